@@ -1,0 +1,171 @@
+//! Who is signed in, their memberships, passwords and sessions.
+use crate::error::AppError;
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A member's role inside one tenant. Tenant admins may do everything approvers and
+/// requesters may do in that tenant; managers read reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantRole {
+    Requester,
+    Approver,
+    TenantAdmin,
+    Manager,
+}
+
+impl TenantRole {
+    pub const ALL: [TenantRole; 4] = [
+        TenantRole::Requester,
+        TenantRole::Approver,
+        TenantRole::TenantAdmin,
+        TenantRole::Manager,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantRole::Requester => "requester",
+            TenantRole::Approver => "approver",
+            TenantRole::TenantAdmin => "tenant_admin",
+            TenantRole::Manager => "manager",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TenantRole::Requester => "Requester",
+            TenantRole::Approver => "Approver",
+            TenantRole::TenantAdmin => "Tenant admin",
+            TenantRole::Manager => "Manager",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        TenantRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| AppError::field("role", "Choose one of the listed roles."))
+    }
+}
+
+impl fmt::Display for TenantRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub tenant_id: Uuid,
+    pub tenant_name: String,
+    pub role: TenantRole,
+    pub tenant_suspended: bool,
+}
+
+/// The authenticated user of one request, as the backend resolved it from the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub fleet_admin: bool,
+    pub must_change_password: bool,
+    pub memberships: Vec<Membership>,
+}
+
+impl Actor {
+    /// The actor's role in `tenant`, ignoring suspended tenants.
+    pub fn role_in(&self, tenant: Uuid) -> Option<TenantRole> {
+        self.memberships
+            .iter()
+            .find(|m| m.tenant_id == tenant && !m.tenant_suspended)
+            .map(|m| m.role)
+    }
+
+    /// May manage members of `tenant` and read its audit trail.
+    pub fn administers(&self, tenant: Uuid) -> bool {
+        self.fleet_admin || self.role_in(tenant) == Some(TenantRole::TenantAdmin)
+    }
+
+    /// Tenants this actor administers (what the navigation offers).
+    pub fn administered_tenants(&self) -> impl Iterator<Item = &Membership> {
+        self.memberships
+            .iter()
+            .filter(|m| m.role == TenantRole::TenantAdmin && !m.tenant_suspended)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: OffsetDateTime,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub current: bool,
+}
+
+/// A freshly issued one-time password, shown once to whoever created the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimePassword {
+    pub user_id: Uuid,
+    pub email: String,
+    pub password: String,
+}
+
+#[server(prefix = "/api", endpoint = "current_actor")]
+pub async fn current_actor() -> Result<Option<Actor>, AppError> {
+    Ok(crate::seam::request()?.actor)
+}
+
+#[server(prefix = "/api", endpoint = "login")]
+pub async fn login(email: String, password: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::backend()?.accounts.login(&req, &email, &password).await?;
+    leptos_axum::redirect("/");
+    Ok(())
+}
+
+#[server(prefix = "/api", endpoint = "logout")]
+pub async fn logout() -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::backend()?.accounts.logout(&req).await?;
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+#[server(prefix = "/api", endpoint = "change_password")]
+pub async fn change_password(
+    current_password: String,
+    new_password: String,
+    confirm_password: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::backend()?
+        .accounts
+        .change_password(&req, &current_password, &new_password, &confirm_password)
+        .await?;
+    leptos_axum::redirect("/account?changed=1");
+    Ok(())
+}
+
+#[server(prefix = "/api", endpoint = "my_sessions")]
+pub async fn my_sessions() -> Result<Vec<SessionInfo>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::backend()?.accounts.sessions(req.actor()?).await
+}
+
+#[server(prefix = "/api", endpoint = "end_session")]
+pub async fn end_session(session_id: Uuid) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::backend()?
+        .accounts
+        .end_session(&req, session_id)
+        .await
+}

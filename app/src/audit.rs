@@ -1,0 +1,51 @@
+//! The audit trail: who changed what, when, from where.
+use crate::error::AppError;
+use crate::Page;
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor_email: Option<String>,
+    pub tenant_id: Option<Uuid>,
+    pub tenant_name: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: Option<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub tenant_id: Option<Uuid>,
+    /// Prefix of the action, e.g. `tenant.` or `user.create`.
+    pub action: String,
+    /// Substring of the actor's e-mail.
+    pub actor: String,
+    /// 1-based.
+    pub page: u32,
+}
+
+#[server(prefix = "/api", endpoint = "list_audit")]
+pub async fn list_audit(
+    #[server(default)] tenant_id: Option<Uuid>,
+    #[server(default)] action: String,
+    #[server(default)] actor: String,
+    #[server(default)] page: u32,
+) -> Result<Page<AuditEntry>, AppError> {
+    let req = crate::seam::request()?;
+    let filter = AuditFilter {
+        tenant_id,
+        action,
+        actor,
+        page,
+    };
+    crate::seam::backend()?.audit.list(&req, filter).await
+}

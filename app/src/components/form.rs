@@ -1,0 +1,38 @@
+//! Pieces every form uses: messages next to fields and above the form.
+use crate::error::AppError;
+use leptos::prelude::*;
+use leptos::server_fn::ServerFn;
+
+/// The error of an action's last run, if it failed.
+pub fn action_error<S>(action: ServerAction<S>) -> Signal<Option<AppError>>
+where
+    S: ServerFn<Error = AppError> + Clone + Send + Sync + 'static,
+    S::Output: Clone + Send + Sync + 'static,
+{
+    Signal::derive(move || {
+        action
+            .value()
+            .with(|v| v.as_ref().and_then(|r| r.as_ref().err().cloned()))
+    })
+}
+
+/// The message for one field, placed right under its control.
+#[component]
+pub fn FieldMessage(error: Signal<Option<AppError>>, field: &'static str) -> impl IntoView {
+    let id = format!("{field}-error");
+    move || {
+        error.with(|e| e.as_ref().and_then(|e| e.field_message(field))).map(|message| {
+            view! { <p class="field-error" id=id.clone() role="alert">{message}</p> }
+        })
+    }
+}
+
+/// The message for errors that belong to no single field.
+#[component]
+pub fn FormMessage(error: Signal<Option<AppError>>) -> impl IntoView {
+    move || {
+        error.with(|e| e.as_ref().and_then(|e| e.form_message())).map(|message| {
+            view! { <p class="form-error" role="alert">{message}</p> }
+        })
+    }
+}

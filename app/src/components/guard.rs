@@ -1,0 +1,58 @@
+//! Page-level gate: who may open a page. The backend checks every operation again; this only
+//! decides what to render (and sends anonymous visitors to the login page).
+use crate::account::Actor;
+use crate::shell::use_actor;
+use leptos::prelude::*;
+use leptos_router::components::Redirect;
+
+#[component]
+pub fn Guard(
+    /// Whether the signed-in actor may see this page.
+    allow: fn(&Actor) -> bool,
+    children: ChildrenFn,
+) -> impl IntoView {
+    let actor = use_actor();
+    let children = StoredValue::new(children);
+    view! {
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match actor.await {
+                    Ok(Some(a)) if a.must_change_password => {
+                        view! { <Redirect path="/password"/> }.into_any()
+                    }
+                    Ok(Some(a)) if allow(&a) => children.with_value(|c| c()).into_any(),
+                    Ok(Some(_)) => view! { <Forbidden/> }.into_any(),
+                    Ok(None) => view! { <Redirect path="/login"/> }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+pub fn Forbidden() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(res) = use_context::<leptos_axum::ResponseOptions>() {
+        res.set_status(http::StatusCode::FORBIDDEN);
+    }
+    view! {
+        <section class="card narrow">
+            <h1>"Not allowed"</h1>
+            <p>"Your account does not have access to this page."</p>
+            <a href="/">"Back to the start page"</a>
+        </section>
+    }
+}
+
+pub fn anyone(_: &Actor) -> bool {
+    true
+}
+
+pub fn fleet_admin(a: &Actor) -> bool {
+    a.fleet_admin
+}
+
+pub fn any_admin(a: &Actor) -> bool {
+    a.fleet_admin || a.administered_tenants().next().is_some()
+}

@@ -1,0 +1,68 @@
+use crate::account::{Actor, Logout};
+use crate::shell::use_actor;
+use leptos::prelude::*;
+use leptos_router::components::A;
+
+#[component]
+pub fn Layout(children: Children) -> impl IntoView {
+    let actor = use_actor();
+    view! {
+        <a class="skip" href="#main">"Skip to content"</a>
+        <header class="topbar">
+            <a class="brand" href="/">
+                <span class="brand-mark" aria-hidden="true">"◆"</span>
+                " Concierge"
+            </a>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    actor.await.ok().flatten().filter(|a| !a.must_change_password).map(|a| view! { <Nav actor=a/> })
+                })}
+            </Transition>
+        </header>
+        <main id="main" class="content">{children()}</main>
+        <footer class="footer">"Concierge · self-service virtual machines"</footer>
+    }
+}
+
+#[component]
+fn Nav(actor: Actor) -> impl IntoView {
+    let logout = ServerAction::<Logout>::new();
+    let admin_links = actor
+        .administered_tenants()
+        .map(|m| {
+            let href = format!("/tenants/{}", m.tenant_id);
+            let label = format!("{} members", m.tenant_name);
+            view! { <A href=href>{label}</A> }
+        })
+        .collect_view();
+    let fleet = actor.fleet_admin;
+    let sees_audit = fleet || actor.administered_tenants().next().is_some();
+    view! {
+        <nav class="nav" aria-label="Main">
+            <A href="/">"Home"</A>
+            {(!fleet).then(|| admin_links)}
+            {fleet.then(|| view! {
+                <A href="/tenants">"Tenants"</A>
+                <A href="/users">"Users"</A>
+            })}
+            {sees_audit.then(|| view! { <A href="/audit">"Audit"</A> })}
+        </nav>
+        <div class="usermenu">
+            <A href="/account">
+                <span class="avatar" aria-hidden="true">{initials(&actor.display_name)}</span>
+                <span class="who">{actor.display_name.clone()}</span>
+            </A>
+            <ActionForm action=logout attr:class="inline">
+                <button type="submit" class="link">"Sign out"</button>
+            </ActionForm>
+        </div>
+    }
+}
+
+fn initials(name: &str) -> String {
+    name.split_whitespace()
+        .filter_map(|w| w.chars().next())
+        .take(2)
+        .collect::<String>()
+        .to_uppercase()
+}

@@ -1,0 +1,5 @@
+pub mod form;
+pub mod guard;
+pub mod layout;
+pub mod pager;
+pub mod timestamp;

@@ -1,0 +1,88 @@
+//! The one error type every server function returns. It crosses the wire as JSON, so the
+//! browser can put each field's message next to that field.
+use leptos::server_fn::{codec::JsonEncoding, error::FromServerFnError, ServerFnError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AppError {
+    #[error("Please sign in.")]
+    Unauthenticated,
+    #[error("Change your password before continuing.")]
+    PasswordChangeRequired,
+    #[error("You are not allowed to do that.")]
+    Forbidden,
+    #[error("{0} not found.")]
+    NotFound(String),
+    #[error("{}", join(.0))]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    Conflict(String),
+    /// Deliberately silent about which of e-mail and password was wrong.
+    #[error("E-mail or password is incorrect.")]
+    LoginFailed,
+    #[error("Too many attempts. Try again later.")]
+    TooManyRequests,
+    #[error("Something went wrong on our side (reference {0}).")]
+    Internal(String),
+    #[error("Could not reach the server: {0}")]
+    Transport(String),
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl AppError {
+    /// A validation error on one form field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        AppError::Invalid(vec![FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        }])
+    }
+
+    /// The message for `field`, if this error concerns it.
+    pub fn field_message(&self, field: &str) -> Option<String> {
+        match self {
+            AppError::Invalid(errors) => errors
+                .iter()
+                .find(|e| e.field == field)
+                .map(|e| e.message.clone()),
+            _ => None,
+        }
+    }
+
+    /// The message shown above a form: everything that is not tied to a field.
+    pub fn form_message(&self) -> Option<String> {
+        match self {
+            AppError::Invalid(_) => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+impl FromServerFnError for AppError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: leptos::server_fn::error::ServerFnErrorErr) -> Self {
+        AppError::Transport(value.to_string())
+    }
+}
+
+impl From<ServerFnError> for AppError {
+    fn from(value: ServerFnError) -> Self {
+        AppError::Transport(value.to_string())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,9 @@
+pub mod account;
+pub mod audit;
+pub mod home;
+pub mod login;
+pub mod members;
+pub mod not_found;
+pub mod password;
+pub mod tenants;
+pub mod users;

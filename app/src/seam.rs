@@ -1,0 +1,151 @@
+//! The seam between pages and backend (ssr only). Server functions find the backend and the
+//! request's authenticated actor in Leptos context; the `server` crate implements the traits.
+use crate::account::{Actor, OneTimePassword, SessionInfo};
+use crate::audit::{AuditEntry, AuditFilter};
+use crate::error::AppError;
+use crate::tenant::{Member, TenantSummary};
+use crate::user::UserSummary;
+use crate::Page;
+use async_trait::async_trait;
+use leptos::prelude::use_context;
+use std::net::IpAddr;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What the HTTP layer learned about one request: the session, the actor it resolves to
+/// (if any) and where it came from. Put into the request's extensions by the server.
+#[derive(Clone, Debug)]
+pub struct RequestCtx {
+    pub session: tower_sessions::Session,
+    pub actor: Option<Actor>,
+    pub client_addr: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestCtx {
+    /// The signed-in actor, refusing anonymous requests and accounts that still have to
+    /// replace their one-time password.
+    pub fn actor(&self) -> Result<&Actor, AppError> {
+        let actor = self.actor.as_ref().ok_or(AppError::Unauthenticated)?;
+        if actor.must_change_password {
+            return Err(AppError::PasswordChangeRequired);
+        }
+        Ok(actor)
+    }
+
+    /// The signed-in actor even when a password change is pending (for that change itself).
+    pub fn any_actor(&self) -> Result<&Actor, AppError> {
+        self.actor.as_ref().ok_or(AppError::Unauthenticated)
+    }
+}
+
+/// The per-response CSP nonce chosen by the server's header layer.
+#[derive(Clone, Debug)]
+pub struct CspNonce(pub String);
+
+#[async_trait]
+pub trait Accounts: Send + Sync + 'static {
+    async fn login(&self, req: &RequestCtx, email: &str, password: &str) -> Result<(), AppError>;
+    async fn logout(&self, req: &RequestCtx) -> Result<(), AppError>;
+    async fn change_password(
+        &self,
+        req: &RequestCtx,
+        current: &str,
+        new: &str,
+        confirm: &str,
+    ) -> Result<(), AppError>;
+    async fn sessions(&self, actor: &Actor) -> Result<Vec<SessionInfo>, AppError>;
+    async fn end_session(&self, req: &RequestCtx, session_id: Uuid) -> Result<(), AppError>;
+
+    async fn list_users(
+        &self,
+        req: &RequestCtx,
+        search: &str,
+        page: u32,
+    ) -> Result<Page<UserSummary>, AppError>;
+    async fn create_user(
+        &self,
+        req: &RequestCtx,
+        email: &str,
+        display_name: &str,
+        fleet_admin: bool,
+    ) -> Result<OneTimePassword, AppError>;
+    async fn set_fleet_admin(
+        &self,
+        req: &RequestCtx,
+        user_id: Uuid,
+        fleet_admin: bool,
+    ) -> Result<(), AppError>;
+    async fn set_user_disabled(
+        &self,
+        req: &RequestCtx,
+        user_id: Uuid,
+        disabled: bool,
+    ) -> Result<(), AppError>;
+    async fn reset_password(
+        &self,
+        req: &RequestCtx,
+        user_id: Uuid,
+    ) -> Result<OneTimePassword, AppError>;
+}
+
+#[async_trait]
+pub trait Tenants: Send + Sync + 'static {
+    async fn list(&self, req: &RequestCtx) -> Result<Vec<TenantSummary>, AppError>;
+    async fn get(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantSummary, AppError>;
+    async fn create(&self, req: &RequestCtx, name: &str) -> Result<TenantSummary, AppError>;
+    async fn rename(&self, req: &RequestCtx, tenant_id: Uuid, name: &str) -> Result<(), AppError>;
+    async fn set_suspended(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        suspended: bool,
+    ) -> Result<(), AppError>;
+    async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError>;
+    /// Adds `email` to the tenant, creating the account (with a one-time password, returned)
+    /// when nobody has that address yet.
+    async fn add_member(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        email: &str,
+        display_name: &str,
+        role: &str,
+    ) -> Result<Option<OneTimePassword>, AppError>;
+    async fn set_member_role(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        user_id: Uuid,
+        role: &str,
+    ) -> Result<(), AppError>;
+    async fn remove_member(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(), AppError>;
+}
+
+#[async_trait]
+pub trait AuditTrail: Send + Sync + 'static {
+    async fn list(&self, req: &RequestCtx, filter: AuditFilter) -> Result<Page<AuditEntry>, AppError>;
+}
+
+/// Everything the server functions reach, provided once per request through context.
+#[derive(Clone)]
+pub struct Backend {
+    pub accounts: Arc<dyn Accounts>,
+    pub tenants: Arc<dyn Tenants>,
+    pub audit: Arc<dyn AuditTrail>,
+}
+
+pub fn backend() -> Result<Backend, AppError> {
+    use_context::<Backend>().ok_or_else(|| AppError::Internal("backend missing".into()))
+}
+
+pub fn request() -> Result<RequestCtx, AppError> {
+    use_context::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<RequestCtx>().cloned())
+        .ok_or_else(|| AppError::Internal("request context missing".into()))
+}

@@ -1,0 +1,135 @@
+//! Browser sessions: the tower-sessions cookie points at a `user_sessions` row, which this
+//! module creates at sign-in, resolves to an actor on every request, and ends.
+use crate::clock::Clock;
+use crate::db;
+use app::account::{Actor, Membership};
+use app::error::AppError;
+use sqlx::PgPool;
+use std::net::IpAddr;
+use time::{Duration, OffsetDateTime};
+use tower_sessions::Session;
+use uuid::Uuid;
+
+const KEY: &str = "sid";
+/// How stale `last_seen_at` may get before a request refreshes it (saves a write per request).
+const TOUCH_EVERY: Duration = Duration::seconds(60);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub absolute: Duration,
+}
+
+/// Starts a session for `user_id` under a fresh session id (no fixation).
+pub async fn start(
+    pool: &PgPool,
+    session: &Session,
+    user_id: Uuid,
+    client_addr: Option<IpAddr>,
+    user_agent: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Uuid, AppError> {
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO user_sessions (user_id, created_at, last_seen_at, client_addr, user_agent)
+         VALUES ($1, $2, $2, $3, $4) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(client_addr.map(sqlx::types::ipnetwork::IpNetwork::from))
+    .bind(user_agent.map(|ua| ua.chars().take(300).collect::<String>()))
+    .fetch_one(pool)
+    .await
+    .map_err(db::internal)?;
+    session.cycle_id().await.map_err(db::internal)?;
+    session.insert(KEY, id).await.map_err(db::internal)?;
+    Ok(id)
+}
+
+/// Gives the current session a new id (after a privilege change such as a new password).
+pub async fn rotate(session: &Session) -> Result<(), AppError> {
+    session.cycle_id().await.map_err(db::internal)
+}
+
+/// Ends the session in the database and clears the cookie's record.
+pub async fn end(pool: &PgPool, session: &Session) -> Result<Option<Uuid>, AppError> {
+    let id: Option<Uuid> = session.get(KEY).await.map_err(db::internal)?;
+    if let Some(id) = id {
+        sqlx::query("DELETE FROM user_sessions WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await
+            .map_err(db::internal)?;
+    }
+    session.flush().await.map_err(db::internal)?;
+    Ok(id)
+}
+
+#[derive(sqlx::FromRow)]
+struct ActorRow {
+    user_id: Uuid,
+    email: String,
+    display_name: String,
+    fleet_admin: bool,
+    must_change_password: bool,
+    disabled: bool,
+    created_at: OffsetDateTime,
+    last_seen_at: OffsetDateTime,
+    memberships: sqlx::types::Json<Vec<Membership>>,
+}
+
+/// The actor behind this request's session, if it is still valid. Expired, ended and
+/// disabled sessions are removed and the cookie's record cleared.
+pub async fn resolve(
+    pool: &PgPool,
+    session: &Session,
+    clock: &dyn Clock,
+    timeouts: Timeouts,
+) -> Result<Option<Actor>, AppError> {
+    let Some(id) = session.get::<Uuid>(KEY).await.map_err(db::internal)? else {
+        return Ok(None);
+    };
+    let row: Option<ActorRow> = sqlx::query_as("SELECT * FROM session_actor($1)")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db::internal)?;
+    let now = clock.now();
+    let Some(row) = row else {
+        // Ended elsewhere (sign-out on another device, user disabled, membership removed).
+        session.flush().await.map_err(db::internal)?;
+        return Ok(None);
+    };
+    if row.disabled || now - row.last_seen_at > timeouts.idle || now - row.created_at > timeouts.absolute {
+        end(pool, session).await?;
+        return Ok(None);
+    }
+    if now - row.last_seen_at > TOUCH_EVERY {
+        sqlx::query("UPDATE user_sessions SET last_seen_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(db::internal)?;
+        // Marks the record modified so the store extends its inactivity expiry too.
+        session.insert("seen", now.unix_timestamp()).await.map_err(db::internal)?;
+    }
+    Ok(Some(Actor {
+        user_id: row.user_id,
+        session_id: id,
+        email: row.email,
+        display_name: row.display_name,
+        fleet_admin: row.fleet_admin,
+        must_change_password: row.must_change_password,
+        memberships: row.memberships.0,
+    }))
+}
+
+/// Ends every session of a user at once (disabled, removed from a tenant, new privileges).
+pub async fn end_all_for(tx: &mut db::Tx, user_id: Uuid) -> Result<u64, AppError> {
+    Ok(sqlx::query("DELETE FROM user_sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db::internal)?
+        .rows_affected())
+}

@@ -1,0 +1,99 @@
+//! Command-line flags, each with an environment fallback.
+use clap::Parser;
+use std::net::SocketAddr;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "concierge", version, about = "Self-service virtualization manager")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CONCIERGE_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+
+    /// The URL people use to reach the portal; cross-site checks compare `Origin` with it, and
+    /// an https URL turns on `Secure` `__Host-` cookies.
+    #[arg(long, env = "CONCIERGE_PUBLIC_URL", default_value = "http://127.0.0.1:3000")]
+    pub public_url: String,
+
+    /// PostgreSQL connection URL of the schema owner (migrations run as this user; requests
+    /// run as the unprivileged role `concierge_app`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Maximum database connections.
+    #[arg(long, env = "CONCIERGE_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
+
+    /// Directory holding the built site (`pkg/` with the WASM bundle and CSS).
+    #[arg(long, env = "CONCIERGE_SITE_ROOT", default_value = "target/site")]
+    pub site_root: String,
+
+    /// Minutes without activity after which a session ends.
+    #[arg(long, env = "CONCIERGE_SESSION_IDLE_MINUTES", default_value_t = 30)]
+    pub session_idle_minutes: i64,
+
+    /// Hours after sign-in after which a session ends regardless of activity.
+    #[arg(long, env = "CONCIERGE_SESSION_ABSOLUTE_HOURS", default_value_t = 12)]
+    pub session_absolute_hours: i64,
+
+    /// Failed sign-ins per account per hour before that account is paused (it unlocks as the
+    /// hour rolls on).
+    #[arg(long, env = "CONCIERGE_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 100)]
+    pub login_failures_per_account: i64,
+
+    /// Failed sign-ins per client address per hour.
+    #[arg(long, env = "CONCIERGE_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 300)]
+    pub login_failures_per_address: i64,
+
+    /// Password hashes computed at once (each takes 19 MiB and a core for ~50 ms).
+    #[arg(long, env = "CONCIERGE_PASSWORD_CONCURRENCY", default_value_t = 4)]
+    pub password_concurrency: usize,
+
+    /// E-mail of the first fleet admin, created when no user exists.
+    #[arg(long, env = "CONCIERGE_ADMIN_EMAIL", default_value = "admin@concierge.local")]
+    pub admin_email: String,
+
+    /// One-time password of the first fleet admin; generated and printed once when unset.
+    #[arg(long, env = "CONCIERGE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Seed a demo tenant with one user per role (never in production).
+    #[arg(long, env = "CONCIERGE_DEMO", default_value_t = false)]
+    pub demo: bool,
+}
+
+impl Config {
+    pub fn tls(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+
+    /// `scheme://host[:port]` of the public URL, as browsers send it in `Origin`.
+    pub fn public_origin(&self) -> String {
+        let url = self.public_url.trim_end_matches('/');
+        match url.find("://") {
+            Some(i) => match url[i + 3..].find('/') {
+                Some(j) => url[..i + 3 + j].to_string(),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        }
+    }
+
+    /// Defaults for tests: everything but the database.
+    pub fn for_tests(database_url: &str) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("static address"),
+            public_url: "http://127.0.0.1:3000".into(),
+            database_url: database_url.into(),
+            db_connections: 8,
+            site_root: "target/site".into(),
+            session_idle_minutes: 30,
+            session_absolute_hours: 12,
+            login_failures_per_account: 100,
+            login_failures_per_address: 300,
+            password_concurrency: 4,
+            admin_email: "admin@concierge.local".into(),
+            admin_password: None,
+            demo: false,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! PostgreSQL: migrations as the owner, requests as `concierge_app` inside transactions that
+//! carry the actor's scope for row-level security.
+use app::error::AppError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool, Postgres, Transaction};
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// The unprivileged role every request runs as.
+pub const RUNTIME_ROLE: &str = "concierge_app";
+
+pub type Tx = Transaction<'static, Postgres>;
+
+/// Creates the runtime role if needed, migrates, and returns the request pool.
+#[tracing::instrument(skip_all)]
+pub async fn prepare(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(database_url)?;
+    let owner = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.clone())
+        .await?;
+    ensure_runtime_role(&owner).await?;
+    sqlx::migrate!("../migrations").run(&owner).await?;
+    // The session store's own table, which the runtime role must be able to use.
+    let store = tower_sessions_sqlx_store::PostgresStore::new(owner.clone());
+    store.migrate().await?;
+    owner
+        .execute(
+            "GRANT USAGE ON SCHEMA tower_sessions TO concierge_app;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA tower_sessions TO concierge_app;",
+        )
+        .await?;
+    owner.close().await;
+
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET ROLE concierge_app").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Roles are cluster-wide, so several databases (tests) may race to create it: retry.
+async fn ensure_runtime_role(owner: &PgPool) -> anyhow::Result<()> {
+    let mut last = None;
+    for _ in 0..10 {
+        let result = owner
+            .execute(
+                "DO $$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'concierge_app') THEN
+                     CREATE ROLE concierge_app NOLOGIN NOSUPERUSER NOBYPASSRLS;
+                   END IF;
+                   IF NOT pg_has_role(current_user, 'concierge_app', 'MEMBER') THEN
+                     EXECUTE format('GRANT concierge_app TO %I', current_user);
+                   END IF;
+                 END $$;",
+            )
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Err(last.expect("loop ran").into())
+}
+
+/// Whose data a transaction may see (row-level security reads these settings).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope {
+    pub user: Option<Uuid>,
+    pub tenant: Option<Uuid>,
+    pub fleet: bool,
+}
+
+impl Scope {
+    pub fn fleet() -> Self {
+        Scope {
+            fleet: true,
+            ..Scope::default()
+        }
+    }
+
+    pub fn tenant(tenant: Uuid) -> Self {
+        Scope {
+            tenant: Some(tenant),
+            ..Scope::default()
+        }
+    }
+}
+
+/// Begins a transaction scoped for row-level security.
+pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
+    let mut tx = pool.begin().await.map_err(internal)?;
+    sqlx::query(
+        "SELECT set_config('app.user_id', $1, true), set_config('app.tenant_id', $2, true),
+                set_config('app.fleet_admin', $3, true)",
+    )
+    .bind(scope.user.map(|u| u.to_string()).unwrap_or_default())
+    .bind(scope.tenant.map(|t| t.to_string()).unwrap_or_default())
+    .bind(if scope.fleet { "on" } else { "" })
+    .execute(&mut *tx)
+    .await
+    .map_err(internal)?;
+    Ok(tx)
+}
+
+/// Logs an unexpected database error and hands the user a reference to quote.
+pub fn internal(err: impl std::fmt::Display) -> AppError {
+    let reference = Uuid::new_v4().simple().to_string()[..8].to_string();
+    tracing::error!(%reference, error = %err, "internal error");
+    AppError::Internal(reference)
+}
+
+/// Maps constraint violations to the form field they concern; anything else is internal.
+pub fn map_err(err: sqlx::Error) -> AppError {
+    if let sqlx::Error::Database(db) = &err {
+        let message = match db.constraint() {
+            Some("users_email_key") => Some(("email", "That e-mail address is already in use.")),
+            Some("users_email_length") => Some(("email", "Enter an e-mail address of 3 to 254 characters.")),
+            Some("users_display_name_length") => Some(("display_name", "Enter a name of 1 to 100 characters.")),
+            Some("tenants_name_key") => Some(("name", "A tenant with that name already exists.")),
+            Some("tenants_name_length") => Some(("name", "Enter a name of 1 to 100 characters.")),
+            Some("memberships_pkey") => Some(("email", "That person is already a member.")),
+            _ => None,
+        };
+        if let Some((field, message)) = message {
+            return AppError::field(field, message);
+        }
+    }
+    internal(err)
+}

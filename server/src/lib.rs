@@ -1,0 +1,59 @@
+//! Concierge's backend: implements the `app` crate's seam and wires the HTTP server.
+pub mod accounts;
+pub mod audit;
+pub mod bootstrap;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod state;
+pub mod tenants;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A server bound to its address, ready to run.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: state::AppState,
+    listener: tokio::net::TcpListener,
+}
+
+impl Server {
+    /// Migrates the database, creates the first admin if needed and binds the listener.
+    pub async fn build(config: config::Config, clock: Arc<dyn clock::Clock>) -> anyhow::Result<Self> {
+        let pool = db::prepare(&config.database_url, config.db_connections).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let state = state::AppState::new(config, pool, clock);
+        if let Some(password) = bootstrap::first_admin(&state).await? {
+            // Printed once, to the console of whoever started the first run.
+            println!(
+                "\n  First fleet admin: {}\n  One-time password: {}\n  (you will be asked to change it at first sign-in)\n",
+                state.config.admin_email, password
+            );
+        }
+        if state.config.demo {
+            bootstrap::demo(&state).await?;
+        }
+        Ok(Server { addr, state, listener })
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        let pool = self.state.pool.clone();
+        let clock = self.state.clock.clone();
+        // Housekeeping: age out old sign-in failures.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = accounts::throttle::prune(&pool, clock.now()).await {
+                    tracing::warn!(error = %e, "pruning sign-in failures");
+                }
+            }
+        });
+        let app = web::router(self.state);
+        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+        Ok(())
+    }
+}

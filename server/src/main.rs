@@ -1,0 +1,17 @@
+use clap::Parser;
+use concierge::{clock::SystemClock, config::Config, Server};
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn".into()),
+        )
+        .init();
+    let config = Config::parse();
+    let server = Server::build(config, Arc::new(SystemClock)).await?;
+    tracing::info!("Concierge listening on http://{}", server.addr);
+    server.run().await
+}

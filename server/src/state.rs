@@ -1,0 +1,56 @@
+//! Everything the HTTP layer and the workers share.
+use crate::accounts::{throttle, AccountsBackend};
+use crate::accounts::password::Hasher;
+use crate::audit::AuditBackend;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::tenants::TenantsBackend;
+use app::seam::Backend;
+use leptos::config::LeptosOptions;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+    pub backend: Backend,
+    pub accounts: AccountsBackend,
+    pub leptos: LeptosOptions,
+    pub public_origin: String,
+}
+
+impl AppState {
+    pub fn new(config: Config, pool: PgPool, clock: Arc<dyn Clock>) -> Self {
+        let accounts = AccountsBackend {
+            pool: pool.clone(),
+            clock: clock.clone(),
+            hasher: Hasher::new(config.password_concurrency),
+            limits: throttle::Limits {
+                per_account: config.login_failures_per_account,
+                per_address: config.login_failures_per_address,
+            },
+        };
+        let backend = Backend {
+            accounts: Arc::new(accounts.clone()),
+            tenants: Arc::new(TenantsBackend { pool: pool.clone(), accounts: accounts.clone() }),
+            audit: Arc::new(AuditBackend { pool: pool.clone() }),
+        };
+        let leptos = LeptosOptions::builder()
+            .output_name("concierge")
+            .site_root(config.site_root.clone())
+            .site_pkg_dir("pkg")
+            .site_addr(config.listen)
+            .build();
+        AppState {
+            public_origin: config.public_origin(),
+            config: Arc::new(config),
+            pool,
+            clock,
+            backend,
+            accounts,
+            leptos,
+        }
+    }
+}

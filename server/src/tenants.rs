@@ -1,0 +1,342 @@
+//! Tenants and memberships: the backend of the `Tenants` seam.
+use crate::accounts::email::{DisplayName, Email};
+use crate::accounts::{sessions, AccountsBackend};
+use crate::audit::{self, Event, Origin};
+use crate::db::{self, Scope};
+use app::account::{OneTimePassword, TenantRole};
+use app::error::AppError;
+use app::seam::{RequestCtx, Tenants};
+use app::tenant::{Member, TenantSummary};
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub struct TenantsBackend {
+    pub pool: PgPool,
+    pub accounts: AccountsBackend,
+}
+
+/// A validated tenant name.
+pub struct TenantName(String);
+
+impl TenantName {
+    pub fn parse(raw: &str) -> Result<Self, AppError> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err(AppError::field("name", "Enter a name."));
+        }
+        if s.chars().count() > 100 {
+            return Err(AppError::field("name", "Use at most 100 characters."));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(AppError::field("name", "Remove control characters from the name."));
+        }
+        Ok(TenantName(s.to_string()))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    id: Uuid,
+    name: String,
+    suspended: bool,
+    member_count: i64,
+    created_at: time::OffsetDateTime,
+}
+
+impl From<TenantRow> for TenantSummary {
+    fn from(r: TenantRow) -> Self {
+        TenantSummary {
+            id: r.id,
+            name: r.name,
+            suspended: r.suspended,
+            member_count: r.member_count,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const TENANT_COLUMNS: &str = "t.id, t.name, t.suspended_at IS NOT NULL AS suspended,
+    (SELECT count(*) FROM memberships m WHERE m.tenant_id = t.id) AS member_count, t.created_at";
+
+fn require_fleet_admin(req: &RequestCtx) -> Result<&app::account::Actor, AppError> {
+    let actor = req.actor()?;
+    if !actor.fleet_admin {
+        return Err(AppError::Forbidden);
+    }
+    Ok(actor)
+}
+
+/// The actor must administer `tenant`; everyone else is told it does not exist or is refused.
+fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Actor, AppError> {
+    let actor = req.actor()?;
+    if actor.administers(tenant) {
+        Ok(actor)
+    } else if actor.memberships.iter().any(|m| m.tenant_id == tenant) {
+        Err(AppError::Forbidden)
+    } else {
+        Err(AppError::NotFound("Tenant".into()))
+    }
+}
+
+/// The transaction scope for work inside one tenant.
+fn scope_for(actor: &app::account::Actor, tenant: Uuid) -> Scope {
+    Scope { user: Some(actor.user_id), tenant: Some(tenant), fleet: actor.fleet_admin }
+}
+
+impl TenantsBackend {
+    async fn fetch(&self, tx: &mut db::Tx, id: Uuid) -> Result<TenantSummary, AppError> {
+        let row: Option<TenantRow> = sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = $1"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db::internal)?;
+        row.map(Into::into).ok_or_else(|| AppError::NotFound("Tenant".into()))
+    }
+
+    async fn member_role(&self, tx: &mut db::Tx, tenant: Uuid, user: Uuid) -> Result<Option<TenantRole>, AppError> {
+        sqlx::query_scalar::<_, String>("SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE")
+            .bind(tenant)
+            .bind(user)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db::internal)?
+            .map(|r| TenantRole::parse(&r))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl Tenants for TenantsBackend {
+    #[tracing::instrument(skip_all)]
+    async fn list(&self, req: &RequestCtx) -> Result<Vec<TenantSummary>, AppError> {
+        require_fleet_admin(req)?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<TenantRow> = sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY lower(t.name)"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn get(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantSummary, AppError> {
+        let actor = require_admin_of(req, tenant_id)?;
+        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+        let t = self.fetch(&mut tx, tenant_id).await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(t)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create(&self, req: &RequestCtx, name: &str) -> Result<TenantSummary, AppError> {
+        require_fleet_admin(req)?;
+        let name = TenantName::parse(name)?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let id: Uuid = sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
+            .bind(&name.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::map_err)?;
+        audit::record(&mut tx, &Origin::of(req), Event::new("tenant.create", "tenant", id).tenant(id).after(json!({ "name": name.0 }))).await?;
+        let t = self.fetch(&mut tx, id).await?;
+        tx.commit().await.map_err(db::map_err)?;
+        Ok(t)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rename(&self, req: &RequestCtx, tenant_id: Uuid, name: &str) -> Result<(), AppError> {
+        require_fleet_admin(req)?;
+        let name = TenantName::parse(name)?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let before = self.fetch(&mut tx, tenant_id).await?;
+        sqlx::query("UPDATE tenants SET name = $2 WHERE id = $1")
+            .bind(tenant_id)
+            .bind(&name.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::map_err)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("tenant.rename", "tenant", tenant_id)
+                .tenant(tenant_id)
+                .before(json!({ "name": before.name }))
+                .after(json!({ "name": name.0 })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::map_err)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_suspended(&self, req: &RequestCtx, tenant_id: Uuid, suspended: bool) -> Result<(), AppError> {
+        require_fleet_admin(req)?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let before = self.fetch(&mut tx, tenant_id).await?;
+        sqlx::query("UPDATE tenants SET suspended_at = CASE WHEN $2 THEN coalesce(suspended_at, now()) END WHERE id = $1")
+            .bind(tenant_id)
+            .bind(suspended)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new(if suspended { "tenant.suspend" } else { "tenant.reactivate" }, "tenant", tenant_id)
+                .tenant(tenant_id)
+                .before(json!({ "suspended": before.suspended }))
+                .after(json!({ "suspended": suspended })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
+    async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError> {
+        let actor = require_admin_of(req, tenant_id)?;
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            user_id: Uuid,
+            email: String,
+            display_name: String,
+            role: String,
+            disabled: bool,
+        }
+        // Tenant scope only (no fleet bypass): row-level security keeps this to one tenant.
+        let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
+        let _ = actor;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT m.user_id, u.email, u.display_name, m.role::text AS role, u.disabled_at IS NOT NULL AS disabled
+             FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.tenant_id = $1 ORDER BY lower(u.display_name), lower(u.email)",
+        )
+        .bind(tenant_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Member {
+                    user_id: r.user_id,
+                    email: r.email,
+                    display_name: r.display_name,
+                    role: TenantRole::parse(&r.role)?,
+                    disabled: r.disabled,
+                })
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn add_member(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        email: &str,
+        display_name: &str,
+        role: &str,
+    ) -> Result<Option<OneTimePassword>, AppError> {
+        let actor = require_admin_of(req, tenant_id)?;
+        let email = Email::parse(email, "email");
+        let role = TenantRole::parse(role);
+        let (email, role) = match (email, role) {
+            (Ok(e), Ok(r)) => (e, r),
+            (e, r) => return Err(crate::accounts::merge(e.err(), r.err())),
+        };
+        let origin = Origin::of(req);
+        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+        self.fetch(&mut tx, tenant_id).await?;
+        let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
+            .bind(email.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        let (user_id, otp) = match existing {
+            Some(id) => (id, None),
+            None => {
+                let name = DisplayName::parse(display_name, "display_name")?;
+                let otp = self.accounts.insert_user(&mut tx, &origin, &email, &name, false, None).await?;
+                (otp.user_id, Some(otp))
+            }
+        };
+        sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)")
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db::map_err)?;
+        audit::record(
+            &mut tx,
+            &origin,
+            Event::new("member.add", "user", user_id)
+                .tenant(tenant_id)
+                .after(json!({ "email": email.as_str(), "role": role.as_str() })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::map_err)?;
+        Ok(otp)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_member_role(&self, req: &RequestCtx, tenant_id: Uuid, user_id: Uuid, role: &str) -> Result<(), AppError> {
+        let actor = require_admin_of(req, tenant_id)?;
+        let role = TenantRole::parse(role)?;
+        if actor.user_id == user_id && !actor.fleet_admin && role != TenantRole::TenantAdmin {
+            return Err(AppError::Conflict("You cannot remove your own admin role; ask another admin.".into()));
+        }
+        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+        let before = self
+            .member_role(&mut tx, tenant_id, user_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("Member".into()))?;
+        sqlx::query("UPDATE memberships SET role = $3::tenant_role WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("member.role", "user", user_id)
+                .tenant(tenant_id)
+                .before(json!({ "role": before.as_str() }))
+                .after(json!({ "role": role.as_str() })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn remove_member(&self, req: &RequestCtx, tenant_id: Uuid, user_id: Uuid) -> Result<(), AppError> {
+        let actor = require_admin_of(req, tenant_id)?;
+        if actor.user_id == user_id && !actor.fleet_admin {
+            return Err(AppError::Conflict("You cannot remove yourself; ask another admin.".into()));
+        }
+        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+        let before = self
+            .member_role(&mut tx, tenant_id, user_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("Member".into()))?;
+        sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        // Whatever the removed member had open in this tenant must stop now.
+        sessions::end_all_for(&mut tx, user_id).await?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("member.remove", "user", user_id)
+                .tenant(tenant_id)
+                .before(json!({ "role": before.as_str() })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+}

@@ -1,0 +1,139 @@
+//! HTTP wiring: the Leptos app and server functions behind sessions, authentication,
+//! same-origin checks and security headers.
+use crate::accounts::sessions::{self, Timeouts};
+use crate::state::AppState;
+use app::seam::{CspNonce, RequestCtx};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine as _;
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use rand::RngCore as _;
+use std::net::SocketAddr;
+use tower_http::services::ServeDir;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::PostgresStore;
+
+pub fn router(state: AppState) -> Router {
+    let options = state.leptos.clone();
+    let routes = generate_route_list(app::App);
+    let backend = state.backend.clone();
+
+    let store = PostgresStore::new(state.pool.clone());
+    let idle = tower_sessions::cookie::time::Duration::minutes(state.config.session_idle_minutes);
+    let secure = state.config.tls();
+    // `__Host-` pins the cookie to this host and path, but browsers only accept it with Secure.
+    let cookie_name = if secure { "__Host-concierge" } else { "concierge" };
+    let sessions = SessionManagerLayer::new(store)
+        .with_name(cookie_name)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(secure)
+        .with_path("/")
+        .with_expiry(Expiry::OnInactivity(idle));
+
+    let site_root = state.config.site_root.clone();
+    let app_routes = Router::new()
+        .leptos_routes_with_context(
+            &options,
+            routes,
+            move || provide_context(backend.clone()),
+            {
+                let options = options.clone();
+                move || app::shell(options.clone())
+            },
+        )
+        .fallback(leptos_axum::file_and_error_handler(app::shell))
+        .with_state(options)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(sessions);
+
+    Router::new()
+        .nest_service("/pkg", ServeDir::new(format!("{site_root}/pkg")))
+        .route_service("/favicon.svg", tower_http::services::ServeFile::new(format!("{site_root}/favicon.svg")))
+        .merge(app_routes)
+        .layer(middleware::from_fn_with_state(state.clone(), same_origin))
+        .layer(middleware::from_fn(security_headers))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Resolves the session to an actor and hands both to the app through request extensions.
+async fn authenticate(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(session) = req.extensions().get::<tower_sessions::Session>().cloned() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let timeouts = Timeouts {
+        idle: time::Duration::minutes(state.config.session_idle_minutes),
+        absolute: time::Duration::hours(state.config.session_absolute_hours),
+    };
+    let actor = match sessions::resolve(&state.pool, &session, state.clock.as_ref(), timeouts).await {
+        Ok(actor) => actor,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not resolve session");
+            None
+        }
+    };
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    req.extensions_mut().insert(RequestCtx {
+        session,
+        actor,
+        client_addr: Some(peer.ip()),
+        user_agent,
+    });
+    next.run(req).await
+}
+
+/// Refuses state-changing requests that a browser marks as coming from another site.
+async fn same_origin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let allowed = match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some(site) => site == "same-origin" || site == "none",
+        None => headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|origin| origin == state.public_origin),
+    };
+    if allowed {
+        next.run(req).await
+    } else {
+        (StatusCode::FORBIDDEN, "Cross-site request refused.").into_response()
+    }
+}
+
+/// CSP with a per-response nonce for Leptos' scripts, plus the usual hardening headers.
+async fn security_headers(mut req: Request, next: Next) -> Response {
+    let mut bytes = [0u8; 18];
+    rand::rng().fill_bytes(&mut bytes);
+    let nonce = base64::engine::general_purpose::STANDARD.encode(bytes);
+    req.extensions_mut().insert(CspNonce(nonce.clone()));
+    let mut res = next.run(req).await;
+    let csp = format!(
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; \
+         style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+         object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    );
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
+}
