@@ -127,7 +127,7 @@ pub async fn current_actor() -> Result<Option<Actor>, AppError> {
 #[server(prefix = "/api", endpoint = "login")]
 pub async fn login(email: String, password: String) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::backend()?.accounts.login(&req, &email, &password).await?;
+    crate::seam::reply(crate::seam::backend()?.accounts.login(&req, &email, &password).await)?;
     leptos_axum::redirect("/");
     Ok(())
 }
@@ -135,7 +135,7 @@ pub async fn login(email: String, password: String) -> Result<(), AppError> {
 #[server(prefix = "/api", endpoint = "logout")]
 pub async fn logout() -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::backend()?.accounts.logout(&req).await?;
+    crate::seam::reply(crate::seam::backend()?.accounts.logout(&req).await)?;
     leptos_axum::redirect("/login");
     Ok(())
 }
@@ -147,10 +147,10 @@ pub async fn change_password(
     confirm_password: String,
 ) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::backend()?
+    crate::seam::reply(crate::seam::backend()?
         .accounts
         .change_password(&req, &current_password, &new_password, &confirm_password)
-        .await?;
+        .await)?;
     leptos_axum::redirect("/account?changed=1");
     Ok(())
 }
@@ -158,14 +158,14 @@ pub async fn change_password(
 #[server(prefix = "/api", endpoint = "my_sessions")]
 pub async fn my_sessions() -> Result<Vec<SessionInfo>, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::backend()?.accounts.sessions(req.actor()?).await
+    crate::seam::reply(crate::seam::backend()?.accounts.sessions(&req).await)
 }
 
 #[server(prefix = "/api", endpoint = "end_session")]
 pub async fn end_session(session_id: Uuid) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::backend()?
+    crate::seam::reply(crate::seam::backend()?
         .accounts
         .end_session(&req, session_id)
-        .await
+        .await)
 }

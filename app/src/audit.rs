@@ -47,5 +47,5 @@ pub async fn list_audit(
         actor,
         page,
     };
-    crate::seam::backend()?.audit.list(&req, filter).await
+    crate::seam::reply(crate::seam::backend()?.audit.list(&req, filter).await)
 }

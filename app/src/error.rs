@@ -71,6 +71,28 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// The HTTP status of this error as a server-function response (numeric, so the browser
+    /// build needs no `http` crate).
+    pub fn status_code(&self) -> u16 {
+        match self {
+            AppError::Unauthenticated | AppError::LoginFailed => 401,
+            AppError::PasswordChangeRequired | AppError::Forbidden => 403,
+            AppError::NotFound(_) => 404,
+            AppError::Conflict(_) => 409,
+            AppError::Invalid(_) => 422,
+            AppError::TooManyRequests => 429,
+            AppError::Transport(_) => 400,
+            AppError::Internal(_) => 500,
+        }
+    }
+
+    #[cfg(feature = "ssr")]
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.status_code()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
 impl FromServerFnError for AppError {
     type Encoder = JsonEncoding;
 

@@ -54,7 +54,7 @@ pub trait Accounts: Send + Sync + 'static {
         new: &str,
         confirm: &str,
     ) -> Result<(), AppError>;
-    async fn sessions(&self, actor: &Actor) -> Result<Vec<SessionInfo>, AppError>;
+    async fn sessions(&self, req: &RequestCtx) -> Result<Vec<SessionInfo>, AppError>;
     async fn end_session(&self, req: &RequestCtx, session_id: Uuid) -> Result<(), AppError>;
 
     async fn list_users(
@@ -148,4 +148,24 @@ pub fn request() -> Result<RequestCtx, AppError> {
     use_context::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<RequestCtx>().cloned())
         .ok_or_else(|| AppError::Internal("request context missing".into()))
+}
+
+/// Passes a server function's result through, giving errors their HTTP status for script
+/// callers. Plain form posts keep the redirect back to the form (which shows the error).
+pub fn reply<T>(result: Result<T, AppError>) -> Result<T, AppError> {
+    if let Err(e) = &result {
+        let plain_form = use_context::<http::request::Parts>().is_some_and(|parts| {
+            parts
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("text/html"))
+        });
+        if !plain_form {
+            if let Some(res) = use_context::<leptos_axum::ResponseOptions>() {
+                res.set_status(e.status());
+            }
+        }
+    }
+    result
 }

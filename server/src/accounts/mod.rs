@@ -216,7 +216,8 @@ impl Accounts for AccountsBackend {
         sessions::rotate(&req.session).await
     }
 
-    async fn sessions(&self, actor: &app::account::Actor) -> Result<Vec<SessionInfo>, AppError> {
+    async fn sessions(&self, req: &RequestCtx) -> Result<Vec<SessionInfo>, AppError> {
+        let actor = req.actor()?;
         #[derive(sqlx::FromRow)]
         struct Row {
             id: Uuid,

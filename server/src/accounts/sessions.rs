@@ -29,6 +29,14 @@ pub async fn start(
     user_agent: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Uuid, AppError> {
+    // Signing in over an existing session (e.g. switching accounts) replaces it.
+    if let Some(old) = session.get::<Uuid>(KEY).await.map_err(db::internal)? {
+        sqlx::query("DELETE FROM user_sessions WHERE id = $1")
+            .bind(old)
+            .execute(pool)
+            .await
+            .map_err(db::internal)?;
+    }
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO user_sessions (user_id, created_at, last_seen_at, client_addr, user_agent)
          VALUES ($1, $2, $2, $3, $4) RETURNING id",

@@ -1,0 +1,92 @@
+// Foundation journey: fleet admin → tenant → tenant admin → requester, in three browsers.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { launch, newPage, goto, shot, signIn, firstSignIn, hydrated, BASE } from './helpers.js';
+
+const ADMIN_EMAIL = process.env.CONCIERGE_ADMIN_EMAIL ?? 'admin@concierge.local';
+const ADMIN_PASSWORD = process.env.CONCIERGE_ADMIN_PASSWORD;
+const run = Date.now().toString(36);
+
+test('fleet admin, tenant admin and requester each get exactly their pages', async () => {
+  assert.ok(ADMIN_PASSWORD, 'CONCIERGE_ADMIN_PASSWORD must be set');
+  const browser = await launch();
+  try {
+    // Fleet admin: wrong password first, then the real one-time password.
+    const admin = await newPage(browser);
+    await goto(admin, '/login');
+    await shot(admin, 'login');
+    await admin.fill('#email', ADMIN_EMAIL);
+    await admin.fill('#password', 'not-the-password');
+    await admin.click('button[type=submit]');
+    await admin.getByText('E-mail or password is incorrect.').waitFor();
+    await firstSignIn(admin, ADMIN_EMAIL, ADMIN_PASSWORD, `fleet-admin-${run}-pass`);
+
+    await goto(admin, '/tenants');
+    const tenantName = `Acme ${run}`;
+    await admin.fill('#tenant-name', tenantName);
+    await admin.click('text=Create tenant');
+    await admin.getByRole('link', { name: tenantName }).waitFor();
+    // A duplicate name is refused next to the field.
+    await admin.fill('#tenant-name', tenantName.toUpperCase());
+    await admin.click('text=Create tenant');
+    await admin.getByText('A tenant with that name already exists.').waitFor();
+    await shot(admin, 'tenants');
+
+    await admin.getByRole('link', { name: tenantName }).click();
+    await admin.waitForURL('**/tenants/*');
+    await hydrated(admin);
+    const tenantAdminEmail = `tara-${run}@acme.example`;
+    await admin.fill('#member-email', tenantAdminEmail);
+    await admin.fill('#member-name', 'Tara Admin');
+    await admin.selectOption('#member-role', 'tenant_admin');
+    await admin.click('text=Add member');
+    const tenantAdminOtp = (await admin.getByTestId('otp').textContent()).trim();
+    assert.match(tenantAdminOtp, /^\w{5}-\w{5}-\w{5}-\w{5}$/);
+    await admin.getByRole('cell', { name: tenantAdminEmail }).waitFor();
+    await shot(admin, 'members');
+
+    await goto(admin, '/users');
+    await admin.getByRole('cell', { name: tenantAdminEmail }).waitFor();
+    await shot(admin, 'users');
+    await goto(admin, '/audit');
+    await admin.getByRole('cell', { name: 'member.add' }).first().waitFor();
+    await shot(admin, 'audit');
+
+    // Tenant admin: first sign-in, adds a requester from their own members page.
+    const tara = await newPage(browser);
+    await firstSignIn(tara, tenantAdminEmail, tenantAdminOtp, `tara-${run}-passphrase`);
+    await tara.getByRole('link', { name: `${tenantName} members` }).click();
+    await tara.waitForURL('**/tenants/*');
+    await hydrated(tara);
+    const requesterEmail = `rick-${run}@acme.example`;
+    await tara.fill('#member-email', requesterEmail);
+    await tara.fill('#member-name', 'Rick Requester');
+    await tara.selectOption('#member-role', 'requester');
+    await tara.click('text=Add member');
+    const requesterOtp = (await tara.getByTestId('otp').textContent()).trim();
+    await tara.getByRole('cell', { name: requesterEmail }).waitFor();
+    // Tenant admins do not see fleet pages.
+    await goto(tara, '/tenants');
+    await tara.getByText('Not allowed').waitFor();
+
+    // Requester: first sign-in, then the fleet and admin pages are closed.
+    const rick = await newPage(browser);
+    await firstSignIn(rick, requesterEmail, requesterOtp, `rick-${run}-passphrase`);
+    await goto(rick, '/');
+    await rick.getByText(`Welcome, Rick`).waitFor();
+    await rick.getByText(tenantName).waitFor();
+    await shot(rick, 'home-requester');
+    for (const path of ['/tenants', '/users', '/audit']) {
+      const res = await rick.goto(BASE + path);
+      assert.equal(res.status(), 403, `${path} must be refused`);
+      await rick.getByText('Not allowed').waitFor();
+    }
+    assert.equal(await rick.getByRole('link', { name: 'Tenants' }).count(), 0);
+
+    for (const p of [admin, tara, rick]) assert.deepEqual(p.errors, [], 'no script or CSP errors');
+    await goto(admin, '/');
+    await shot(admin, 'home-admin');
+  } finally {
+    await browser.close();
+  }
+});

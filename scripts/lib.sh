@@ -1,0 +1,92 @@
+# Shared helpers for the project's scripts: install what is missing, idempotently, and
+# start a private PostgreSQL when DATABASE_URL is unset. Source it; do not run it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WASM_BINDGEN_VERSION="0.2.130"
+PG_PORT="${CONCIERGE_PG_PORT:-55432}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+APT_UPDATED=""
+ensure_apt() {
+  local missing=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || { echo "Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
+  if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
+    say "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+  if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION"; then
+    say "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (once, a few minutes)"
+    # Not --locked: its lockfile pins a crate version the registry no longer serves.
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
+  fi
+}
+
+pg_bin() {
+  local v
+  v=$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1)
+  echo "/usr/lib/postgresql/$v/bin"
+}
+
+# Runs a command as the postgres user when we are root (initdb refuses root).
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# Exports DATABASE_URL: the given one, or a private cluster under .data/ started on demand.
+ensure_database() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    return 0
+  fi
+  ensure_apt postgresql
+  local bin data run
+  bin="$(pg_bin)"
+  data="$ROOT/.data/pg"
+  run="$ROOT/.data/pg-run"
+  mkdir -p "$ROOT/.data" "$run"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "creating a private PostgreSQL cluster in .data/pg"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$data" "$run"
+    as_pg "$bin/initdb" -D "$data" -U postgres -A trust -E UTF8 >/dev/null
+  fi
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$run"
+  if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    as_pg "$bin/pg_ctl" -D "$data" -l "$run/postgres.log" -w \
+      -o "-p $PG_PORT -k $run -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+  fi
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/concierge"
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='concierge'" postgres | grep -q 1 ||
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE concierge" postgres
+}
+
+# Builds the server binary and the site (WASM bundle, CSS, public files) into target/site.
+# $1: "release" or "debug".
+build_site() {
+  local profile="$1" cargo_profile wasm_profile
+  if [ "$profile" = release ]; then cargo_profile=(--release); wasm_profile=wasm-release; else cargo_profile=(); wasm_profile=debug; fi
+  say "building the browser bundle ($profile)"
+  local wasm_args=(-p app --lib --target wasm32-unknown-unknown --no-default-features --features hydrate --target-dir "$ROOT/target/front")
+  if [ "$profile" = release ]; then wasm_args+=(--profile wasm-release); fi
+  (cd "$ROOT" && cargo build "${wasm_args[@]}")
+  mkdir -p "$ROOT/target/site/pkg"
+  wasm-bindgen --target web --no-typescript --out-name concierge \
+    --out-dir "$ROOT/target/site/pkg" "$ROOT/target/front/wasm32-unknown-unknown/$wasm_profile/app.wasm"
+  cp "$ROOT/style/main.css" "$ROOT/target/site/pkg/concierge.css"
+  cp -r "$ROOT/public/." "$ROOT/target/site/"
+  say "building the server ($profile)"
+  (cd "$ROOT" && cargo build -p server "${cargo_profile[@]}")
+}

@@ -1,0 +1,232 @@
+//! `spawn_app()`: a real server on a random port over a fresh PostgreSQL database.
+#![allow(dead_code)]
+
+use app::error::AppError;
+use concierge::clock::ManualClock;
+use concierge::config::Config;
+use concierge::state::AppState;
+use concierge::Server;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct-horse-battery";
+pub const ADMIN_PASSWORD: &str = "first-admin-password";
+pub const ORIGIN: &str = "http://127.0.0.1:3000";
+
+pub struct TestApp {
+    pub base: String,
+    /// The owner connection: sees everything, bypasses row-level security.
+    pub db: PgPool,
+    pub clock: Arc<ManualClock>,
+    pub state: AppState,
+    password_hash: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must point at a PostgreSQL server whose user may create databases (scripts/test sets it)")
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{base}/{db}{query}")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let admin = admin_url();
+    let name = format!("concierge_test_{}", Uuid::new_v4().simple());
+    let maintenance = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&with_database(&admin, "postgres"))
+        .await
+        .expect("connect to the maintenance database");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&maintenance)
+        .await
+        .expect("create the test database");
+    maintenance.close().await;
+    let url = with_database(&admin, &name);
+
+    let mut config = Config::for_tests(&url);
+    config.admin_password = Some(ADMIN_PASSWORD.into());
+    config.db_connections = 6;
+    tweak(&mut config);
+    let clock = Arc::new(ManualClock::default());
+    let server = Server::build(config, clock.clone()).await.expect("server starts");
+    let base = format!("http://{}", server.addr);
+    let state = server.state.clone();
+    tokio::spawn(server.run());
+
+    let db = PgPoolOptions::new().max_connections(3).connect(&url).await.expect("owner pool");
+    let password_hash = state.accounts.hasher.hash(PASSWORD).await.expect("hash");
+    TestApp { base, db, clock, state, password_hash }
+}
+
+/// A browser-like client with its own cookie jar.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+pub type CallResult = Result<Value, (u16, AppError)>;
+
+impl Client {
+    /// Calls a server function the way the hydrated app does (form body, same-origin).
+    pub async fn call(&self, endpoint: &str, form: &[(&str, &str)]) -> CallResult {
+        let res = self
+            .http
+            .post(format!("{}/api/{endpoint}", self.base))
+            .header("Origin", ORIGIN)
+            .header("Sec-Fetch-Site", "same-origin")
+            .form(form)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        let body = res.text().await.expect("body");
+        if status == 200 {
+            Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+        } else {
+            let err = serde_json::from_str::<AppError>(&body)
+                .unwrap_or_else(|_| AppError::Transport(format!("{status}: {body}")));
+            Err((status, err))
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("Accept", "text/html")
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The signed-in user's e-mail, or None when anonymous.
+    pub async fn whoami(&self) -> Option<String> {
+        let v = self.call("current_actor", &[]).await.expect("current_actor");
+        v.get("email").and_then(|e| e.as_str()).map(str::to_owned)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> CallResult {
+        self.call("login", &[("email", email), ("password", password)]).await
+    }
+}
+
+impl TestApp {
+    pub fn client(&self) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            base: self.base.clone(),
+        }
+    }
+
+    /// The first fleet admin, signed in, with the one-time password already replaced.
+    pub async fn fleet_admin(&self) -> Client {
+        sqlx::query("UPDATE users SET must_change_password = false WHERE lower(email) = 'admin@concierge.local'")
+            .execute(&self.db)
+            .await
+            .unwrap();
+        let c = self.client();
+        c.login("admin@concierge.local", ADMIN_PASSWORD).await.expect("admin signs in");
+        c
+    }
+
+    pub async fn tenant(&self, name: &str) -> Uuid {
+        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
+            .bind(name)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user (password `PASSWORD`, no pending change) with an optional membership.
+    pub async fn user(&self, email: &str, membership: Option<(Uuid, &str)>) -> Uuid {
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO users (email, display_name, password_hash, must_change_password)
+             VALUES ($1, $1, $2, false) RETURNING id",
+        )
+        .bind(email)
+        .bind(&self.password_hash)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        if let Some((tenant, role)) = membership {
+            sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)")
+                .bind(tenant)
+                .bind(id)
+                .bind(role)
+                .execute(&self.db)
+                .await
+                .unwrap();
+        }
+        id
+    }
+
+    /// A signed-in client for a new user.
+    pub async fn signed_in(&self, email: &str, membership: Option<(Uuid, &str)>) -> (Uuid, Client) {
+        let id = self.user(email, membership).await;
+        let c = self.client();
+        c.login(email, PASSWORD).await.expect("user signs in");
+        (id, c)
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
+    }
+
+    /// A digest of everything a refused operation must leave untouched.
+    pub async fn snapshot(&self) -> String {
+        sqlx::query_scalar(
+            "SELECT concat_ws('|',
+                (SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM tenants t),
+                (SELECT md5(coalesce(string_agg(u::text, ',' ORDER BY u.id), '')) FROM users u),
+                (SELECT md5(coalesce(string_agg(m::text, ',' ORDER BY m.tenant_id, m.user_id), '')) FROM memberships m),
+                (SELECT count(*)::text FROM user_sessions),
+                (SELECT count(*)::text FROM audit_log))",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    pub async fn audit_actions(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id")
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts a refusal: an authentication, authorization or not-found error.
+pub fn assert_refused(result: &CallResult, what: &str) {
+    match result {
+        Err((status, _)) if [401, 403, 404].contains(status) => {}
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    }
+}
+
+/// Asserts a validation error on `field`.
+pub fn assert_field_error(result: &CallResult, field: &str) -> String {
+    match result {
+        Err((422, err)) => err
+            .field_message(field)
+            .unwrap_or_else(|| panic!("expected an error on {field}, got {err:?}")),
+        other => panic!("expected a validation error on {field}, got {other:?}"),
+    }
+}

@@ -1,0 +1,300 @@
+//! Sign-in, session lifetime, throttling and cross-site protection.
+mod common;
+
+use common::*;
+use std::time::Instant;
+use time::Duration;
+
+/// The `user_sessions` row this client's cookie points at.
+async fn session_of(c: &Client) -> String {
+    let v = c.call("current_actor", &[]).await.unwrap();
+    v["session_id"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn login_rotates_the_session_and_logout_ends_it() {
+    let app = spawn_app().await;
+    app.user("ann@example.com", None).await;
+    app.user("bob@example.com", None).await;
+    let c = app.client();
+    let res = c
+        .http
+        .post(format!("{}/api/login", c.base))
+        .header("Origin", ORIGIN)
+        .form(&[("email", "ann@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let first_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(first_cookie.contains("HttpOnly"), "{first_cookie}");
+    assert!(first_cookie.contains("SameSite=Lax"), "{first_cookie}");
+    assert!(!first_cookie.contains("Secure"), "plain http must not set Secure: {first_cookie}");
+    let first_session = session_of(&c).await;
+
+    // Signing in again in the same browser (as someone else) issues a new cookie value.
+    let res = c
+        .http
+        .post(format!("{}/api/login", c.base))
+        .header("Origin", ORIGIN)
+        .form(&[("email", "bob@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let second_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    let value = |c: &str| c.split(';').next().unwrap().to_string();
+    assert_ne!(value(&first_cookie), value(&second_cookie), "session id must rotate at login");
+    assert_eq!(c.whoami().await.as_deref(), Some("bob@example.com"));
+    assert_ne!(first_session, session_of(&c).await);
+
+    // Replaying the first cookie gives nothing: it was cycled away.
+    let replay = reqwest::Client::new()
+        .post(format!("{}/api/current_actor", app.base))
+        .header("Origin", ORIGIN)
+        .header("Cookie", value(&first_cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.text().await.unwrap(), "null");
+
+    c.call("logout", &[]).await.unwrap();
+    assert_eq!(c.whoami().await, None);
+    let replay = reqwest::Client::new()
+        .post(format!("{}/api/current_actor", app.base))
+        .header("Origin", ORIGIN)
+        .header("Cookie", value(&second_cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.text().await.unwrap(), "null");
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM user_sessions").await, 0);
+    let actions = app.audit_actions().await;
+    assert!(actions.iter().filter(|a| *a == "session.login").count() == 2, "{actions:?}");
+    assert!(actions.contains(&"session.logout".to_string()));
+}
+
+#[tokio::test]
+async fn secure_host_cookie_over_tls() {
+    let app = spawn_app_with(|c| c.public_url = "https://concierge.example".into()).await;
+    app.user("ann@example.com", None).await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/login", app.base))
+        .header("Origin", "https://concierge.example")
+        .form(&[("email", "ann@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-concierge="), "{cookie}");
+    assert!(cookie.contains("Secure") && cookie.contains("Path=/") && !cookie.contains("Domain"), "{cookie}");
+}
+
+#[tokio::test]
+async fn idle_timeout_ends_sessions_but_activity_keeps_them() {
+    let app = spawn_app().await;
+    let (_, c) = app.signed_in("ann@example.com", None).await;
+    app.clock.advance(Duration::minutes(29));
+    assert!(c.whoami().await.is_some(), "29 idle minutes are fine");
+    app.clock.advance(Duration::minutes(29));
+    assert!(c.whoami().await.is_some(), "activity at minute 29 reset the idle timer");
+    app.clock.advance(Duration::minutes(31));
+    assert_eq!(c.whoami().await, None, "31 idle minutes end the session");
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM user_sessions").await, 0);
+}
+
+#[tokio::test]
+async fn absolute_timeout_ends_even_busy_sessions() {
+    let app = spawn_app().await;
+    let (_, c) = app.signed_in("ann@example.com", None).await;
+    for _ in 0..(11 * 3) {
+        app.clock.advance(Duration::minutes(20));
+        assert!(c.whoami().await.is_some());
+    }
+    app.clock.advance(Duration::minutes(61));
+    assert!(c.whoami().await.is_none(), "12 h after sign-in the session is over");
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_sessions_and_blocks_sign_in() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let (id, c) = app.signed_in("ann@example.com", None).await;
+    let other_device = app.client();
+    other_device.login("ann@example.com", PASSWORD).await.unwrap();
+    admin
+        .call("set_user_disabled", &[("user_id", &id.to_string()), ("disabled", "true")])
+        .await
+        .unwrap();
+    assert_eq!(c.whoami().await, None);
+    assert_eq!(other_device.whoami().await, None);
+    let r = app.client().login("ann@example.com", PASSWORD).await;
+    assert!(matches!(r, Err((401, app::error::AppError::LoginFailed))), "{r:?}");
+}
+
+#[tokio::test]
+async fn removing_a_membership_ends_the_members_sessions() {
+    let app = spawn_app().await;
+    let t = app.tenant("Acme").await;
+    let (_, tadmin) = app.signed_in("boss@example.com", Some((t, "tenant_admin"))).await;
+    let (id, member) = app.signed_in("ann@example.com", Some((t, "requester"))).await;
+    tadmin
+        .call("remove_member", &[("tenant_id", &t.to_string()), ("user_id", &id.to_string())])
+        .await
+        .unwrap();
+    assert_eq!(member.whoami().await, None);
+    let audit: (Option<String>, Option<uuid::Uuid>, Option<String>) = sqlx::query_as(
+        "SELECT actor_email, tenant_id, host(client_addr) FROM audit_log WHERE action = 'member.remove'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audit, (Some("boss@example.com".into()), Some(t), Some("127.0.0.1".into())));
+}
+
+#[tokio::test]
+async fn password_change_rotates_the_session_and_signs_out_other_devices() {
+    let app = spawn_app().await;
+    let (_, c) = app.signed_in("ann@example.com", None).await;
+    let other = app.client();
+    other.login("ann@example.com", PASSWORD).await.unwrap();
+    let before = session_of(&c).await;
+    let r = c
+        .call(
+            "change_password",
+            &[("current_password", PASSWORD), ("new_password", "a brand new passphrase"), ("confirm_password", "a brand new passphrase")],
+        )
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(c.whoami().await.as_deref(), Some("ann@example.com"));
+    assert_eq!(session_of(&c).await, before, "the session row stays; its cookie id rotates");
+    assert_eq!(other.whoami().await, None, "other devices are signed out");
+    assert!(app.client().login("ann@example.com", PASSWORD).await.is_err());
+    assert!(app.client().login("ann@example.com", "a brand new passphrase").await.is_ok());
+}
+
+#[tokio::test]
+async fn first_sign_in_must_replace_the_one_time_password() {
+    let app = spawn_app().await;
+    let admin = app.client();
+    admin.login("admin@concierge.local", ADMIN_PASSWORD).await.unwrap();
+    let r = admin.call("list_tenants", &[]).await;
+    assert!(matches!(r, Err((403, app::error::AppError::PasswordChangeRequired))), "{r:?}");
+    assert_eq!(admin.get("/tenants").await.headers()["location"], "/password");
+    let weak = admin
+        .call("change_password", &[("current_password", ADMIN_PASSWORD), ("new_password", "password123"), ("confirm_password", "password123")])
+        .await;
+    assert!(assert_field_error(&weak, "new_password").contains("common"));
+    let mismatch = admin
+        .call("change_password", &[("current_password", ADMIN_PASSWORD), ("new_password", "fleet admin passphrase"), ("confirm_password", "fleet admin passphrase!")])
+        .await;
+    assert_field_error(&mismatch, "confirm_password");
+    let wrong = admin
+        .call("change_password", &[("current_password", "nope-nope-nope"), ("new_password", "fleet admin passphrase"), ("confirm_password", "fleet admin passphrase")])
+        .await;
+    assert_field_error(&wrong, "current_password");
+    admin
+        .call("change_password", &[("current_password", ADMIN_PASSWORD), ("new_password", "fleet admin passphrase"), ("confirm_password", "fleet admin passphrase")])
+        .await
+        .unwrap();
+    assert!(admin.call("list_tenants", &[]).await.is_ok());
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_account_and_unlock_by_themselves() {
+    let app = spawn_app_with(|c| c.login_failures_per_account = 3).await;
+    app.user("ann@example.com", None).await;
+    let c = app.client();
+    for _ in 0..3 {
+        let r = c.login("ann@example.com", "wrong password!").await;
+        assert!(matches!(r, Err((401, app::error::AppError::LoginFailed))), "{r:?}");
+    }
+    let r = c.login("ANN@example.com", PASSWORD).await;
+    assert!(matches!(r, Err((429, app::error::AppError::TooManyRequests))), "locked: {r:?}");
+    // Other accounts are unaffected.
+    app.user("bob@example.com", None).await;
+    assert!(app.client().login("bob@example.com", PASSWORD).await.is_ok());
+    app.clock.advance(Duration::minutes(61));
+    assert!(c.login("ann@example.com", PASSWORD).await.is_ok(), "unlocks after the hour");
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_address() {
+    let app = spawn_app_with(|c| c.login_failures_per_address = 4).await;
+    app.user("ann@example.com", None).await;
+    for i in 0..4 {
+        let _ = app.client().login(&format!("nobody{i}@example.com"), "whatever-password").await;
+    }
+    let r = app.client().login("ann@example.com", PASSWORD).await;
+    assert!(matches!(r, Err((429, _))), "{r:?}");
+}
+
+#[tokio::test]
+async fn unknown_accounts_cost_as_much_as_wrong_passwords() {
+    let app = spawn_app().await;
+    app.user("ann@example.com", None).await;
+    let c = app.client();
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let a = c.login("ann@example.com", "wrong password!").await;
+        known.push(t.elapsed());
+        let t = Instant::now();
+        let b = c.login(&format!("ghost{i}@example.com"), "wrong password!").await;
+        unknown.push(t.elapsed());
+        // Same answer either way.
+        assert_eq!(a.unwrap_err(), b.unwrap_err());
+    }
+    known.sort();
+    unknown.sort();
+    // Without the dummy verification an unknown account answers ~50x faster.
+    assert!(unknown[2] * 3 > known[2], "unknown {unknown:?} vs known {known:?}");
+}
+
+#[tokio::test]
+async fn cross_site_posts_are_refused_and_same_site_ones_accepted() {
+    let app = spawn_app().await;
+    app.user("ann@example.com", None).await;
+    let http = reqwest::Client::new();
+    let post = |headers: Vec<(&'static str, &'static str)>| {
+        let mut req = http
+            .post(format!("{}/api/login", app.base))
+            .form(&[("email", "ann@example.com"), ("password", PASSWORD)]);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    for (headers, want) in [
+        (vec![("Sec-Fetch-Site", "cross-site")], 403),
+        (vec![("Sec-Fetch-Site", "same-site")], 403),
+        (vec![("Sec-Fetch-Site", "cross-site"), ("Origin", ORIGIN)], 403),
+        (vec![("Origin", "http://evil.example")], 403),
+        (vec![("Origin", "null")], 403),
+        (vec![], 403),
+        (vec![("Sec-Fetch-Site", "same-origin")], 200),
+        (vec![("Sec-Fetch-Site", "none")], 200),
+        (vec![("Origin", ORIGIN)], 200),
+    ] {
+        let res = post(headers.clone()).await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{headers:?}");
+    }
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM user_sessions").await, 3);
+    // GET never changes state and is never refused for lack of headers.
+    assert_eq!(http.get(format!("{}/login", app.base)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn pages_carry_security_headers() {
+    let app = spawn_app().await;
+    let res = app.client().get("/login").await;
+    let h = res.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for part in ["object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'", "'nonce-"] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "same-origin");
+    let nonce = csp.split("'nonce-").nth(1).unwrap().split('\'').next().unwrap().to_string();
+    let body = res.text().await.unwrap();
+    assert!(body.contains(&format!("nonce=\"{nonce}\"")), "scripts carry the header's nonce");
+}
