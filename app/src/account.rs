@@ -127,7 +127,12 @@ pub async fn current_actor() -> Result<Option<Actor>, AppError> {
 #[server(prefix = "/api", endpoint = "login")]
 pub async fn login(email: String, password: String) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.accounts.login(&req, &email, &password).await)?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .accounts
+            .login(&req, &email, &password)
+            .await,
+    )?;
     leptos_axum::redirect("/");
     Ok(())
 }
@@ -147,10 +152,12 @@ pub async fn change_password(
     confirm_password: String,
 ) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?
-        .accounts
-        .change_password(&req, &current_password, &new_password, &confirm_password)
-        .await)?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .accounts
+            .change_password(&req, &current_password, &new_password, &confirm_password)
+            .await,
+    )?;
     leptos_axum::redirect("/account?changed=1");
     Ok(())
 }
@@ -164,8 +171,10 @@ pub async fn my_sessions() -> Result<Vec<SessionInfo>, AppError> {
 #[server(prefix = "/api", endpoint = "end_session")]
 pub async fn end_session(session_id: Uuid) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?
-        .accounts
-        .end_session(&req, session_id)
-        .await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .accounts
+            .end_session(&req, session_id)
+            .await,
+    )
 }

@@ -89,7 +89,8 @@ impl AppError {
 
     #[cfg(feature = "ssr")]
     pub fn status(&self) -> http::StatusCode {
-        http::StatusCode::from_u16(self.status_code()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+        http::StatusCode::from_u16(self.status_code())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 

@@ -129,7 +129,11 @@ pub trait Tenants: Send + Sync + 'static {
 
 #[async_trait]
 pub trait AuditTrail: Send + Sync + 'static {
-    async fn list(&self, req: &RequestCtx, filter: AuditFilter) -> Result<Page<AuditEntry>, AppError>;
+    async fn list(
+        &self,
+        req: &RequestCtx,
+        filter: AuditFilter,
+    ) -> Result<Page<AuditEntry>, AppError>;
 }
 
 /// Everything the server functions reach, provided once per request through context.

@@ -46,22 +46,34 @@ pub async fn create_tenant(name: String) -> Result<TenantSummary, AppError> {
 #[server(prefix = "/api", endpoint = "rename_tenant")]
 pub async fn rename_tenant(tenant_id: Uuid, name: String) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.tenants.rename(&req, tenant_id, &name).await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .tenants
+            .rename(&req, tenant_id, &name)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "set_tenant_suspended")]
 pub async fn set_tenant_suspended(tenant_id: Uuid, suspended: bool) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?
-        .tenants
-        .set_suspended(&req, tenant_id, suspended)
-        .await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .tenants
+            .set_suspended(&req, tenant_id, suspended)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "list_members")]
 pub async fn list_members(tenant_id: Uuid) -> Result<Vec<Member>, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.tenants.members(&req, tenant_id).await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .tenants
+            .members(&req, tenant_id)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "add_member")]
@@ -72,26 +84,32 @@ pub async fn add_member(
     role: String,
 ) -> Result<Option<OneTimePassword>, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?
-        .tenants
-        .add_member(&req, tenant_id, &email, &display_name, &role)
-        .await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .tenants
+            .add_member(&req, tenant_id, &email, &display_name, &role)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "set_member_role")]
 pub async fn set_member_role(tenant_id: Uuid, user_id: Uuid, role: String) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?
-        .tenants
-        .set_member_role(&req, tenant_id, user_id, &role)
-        .await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .tenants
+            .set_member_role(&req, tenant_id, user_id, &role)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "remove_member")]
 pub async fn remove_member(tenant_id: Uuid, user_id: Uuid) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?
-        .tenants
-        .remove_member(&req, tenant_id, user_id)
-        .await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .tenants
+            .remove_member(&req, tenant_id, user_id)
+            .await,
+    )
 }

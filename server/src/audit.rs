@@ -111,7 +111,11 @@ struct Row {
 #[async_trait]
 impl AuditTrail for AuditBackend {
     #[tracing::instrument(skip_all)]
-    async fn list(&self, req: &RequestCtx, filter: AuditFilter) -> Result<Page<AuditEntry>, AppError> {
+    async fn list(
+        &self,
+        req: &RequestCtx,
+        filter: AuditFilter,
+    ) -> Result<Page<AuditEntry>, AppError> {
         let actor = req.actor()?;
         // Fleet admins read everything; tenant admins only the tenants they administer.
         let tenants: Vec<Uuid> = match filter.tenant_id {
@@ -124,7 +128,10 @@ impl AuditTrail for AuditBackend {
             return Err(AppError::Forbidden);
         }
         if filter.action.len() > 100 || filter.actor.len() > 254 {
-            return Err(AppError::field("action", "Filters are limited to 100 characters."));
+            return Err(AppError::field(
+                "action",
+                "Filters are limited to 100 characters.",
+            ));
         }
         let page = filter.page.max(1);
         let mut items = Vec::new();
@@ -134,7 +141,11 @@ impl AuditTrail for AuditBackend {
         let scopes: Vec<Scope> = if actor.fleet_admin && filter.tenant_id.is_none() {
             vec![Scope::fleet()]
         } else if actor.fleet_admin {
-            vec![Scope { tenant: filter.tenant_id, fleet: true, user: None }]
+            vec![Scope {
+                tenant: filter.tenant_id,
+                fleet: true,
+                user: None,
+            }]
         } else {
             tenants.iter().map(|t| Scope::tenant(*t)).collect()
         };
@@ -163,7 +174,7 @@ impl AuditTrail for AuditBackend {
             total += rows.first().map(|r| r.total).unwrap_or(0);
             items.extend(rows);
         }
-        items.sort_by(|a, b| (b.at, b.id).cmp(&(a.at, a.id)));
+        items.sort_by_key(|r| std::cmp::Reverse((r.at, r.id)));
         let start = (i64::from(PER_PAGE) * i64::from(page - 1)) as usize;
         let items = items
             .into_iter()
@@ -183,11 +194,18 @@ impl AuditTrail for AuditBackend {
                 client_addr: r.client_addr.map(|a| a.ip().to_string()),
             })
             .collect();
-        Ok(Page { items, page, per_page: PER_PAGE, total })
+        Ok(Page {
+            items,
+            page,
+            per_page: PER_PAGE,
+            total,
+        })
     }
 }
 
 /// Makes user input literal inside a LIKE pattern.
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }

@@ -10,12 +10,17 @@ use app::account::TenantRole;
 pub async fn first_admin(state: &AppState) -> anyhow::Result<Option<String>> {
     let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
     // Serialises concurrent first starts against the same database.
-    sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)").fetch_one(&mut *tx).await?;
+    sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
+        .fetch_one(&mut *tx)
+        .await?;
     if any {
         return Ok(None);
     }
-    let email = Email::parse(&state.config.admin_email, "admin_email").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let email = Email::parse(&state.config.admin_email, "admin_email")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let name = DisplayName::parse("Fleet Admin", "name").map_err(|e| anyhow::anyhow!("{e}"))?;
     let given = state.config.admin_password.as_deref();
     let otp = state
@@ -30,39 +35,53 @@ pub async fn first_admin(state: &AppState) -> anyhow::Result<Option<String>> {
 /// Seeds tenant "Demo" with one account per role, password `concierge-demo`, when absent.
 pub async fn demo(state: &AppState) -> anyhow::Result<()> {
     let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE lower(name) = 'demo')")
-        .fetch_one(&mut *tx)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE lower(name) = 'demo')")
+            .fetch_one(&mut *tx)
+            .await?;
     if exists {
         return Ok(());
     }
-    let tenant: uuid::Uuid = sqlx::query_scalar("INSERT INTO tenants (name) VALUES ('Demo') RETURNING id")
-        .fetch_one(&mut *tx)
-        .await?;
+    let tenant: uuid::Uuid =
+        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ('Demo') RETURNING id")
+            .fetch_one(&mut *tx)
+            .await?;
     for (role, who) in [
         (TenantRole::Requester, "Rita Requester"),
         (TenantRole::Approver, "Arno Approver"),
         (TenantRole::TenantAdmin, "Tara Admin"),
         (TenantRole::Manager, "Mona Manager"),
     ] {
-        let email = Email::parse(&format!("{}@demo.local", role.as_str().replace('_', "-")), "email")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let email = Email::parse(
+            &format!("{}@demo.local", role.as_str().replace('_', "-")),
+            "email",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let name = DisplayName::parse(who, "name").map_err(|e| anyhow::anyhow!("{e}"))?;
         let otp = state
             .accounts
-            .insert_user(&mut tx, &Origin::default(), &email, &name, false, Some("concierge-demo"))
+            .insert_user(
+                &mut tx,
+                &Origin::default(),
+                &email,
+                &name,
+                false,
+                Some("concierge-demo"),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         sqlx::query("UPDATE users SET must_change_password = false WHERE id = $1")
             .bind(otp.user_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)")
-            .bind(tenant)
-            .bind(otp.user_id)
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
+        )
+        .bind(tenant)
+        .bind(otp.user_id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())

@@ -29,6 +29,7 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc() + time::Duration::seconds(self.offset_seconds.load(Ordering::SeqCst))
+        OffsetDateTime::now_utc()
+            + time::Duration::seconds(self.offset_seconds.load(Ordering::SeqCst))
     }
 }

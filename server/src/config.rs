@@ -3,7 +3,11 @@ use clap::Parser;
 use std::net::SocketAddr;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "concierge", version, about = "Self-service virtualization manager")]
+#[command(
+    name = "concierge",
+    version,
+    about = "Self-service virtualization manager"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "CONCIERGE_LISTEN", default_value = "127.0.0.1:3000")]
@@ -11,7 +15,11 @@ pub struct Config {
 
     /// The URL people use to reach the portal; cross-site checks compare `Origin` with it, and
     /// an https URL turns on `Secure` `__Host-` cookies.
-    #[arg(long, env = "CONCIERGE_PUBLIC_URL", default_value = "http://127.0.0.1:3000")]
+    #[arg(
+        long,
+        env = "CONCIERGE_PUBLIC_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
     pub public_url: String,
 
     /// PostgreSQL connection URL of the schema owner (migrations run as this user; requests
@@ -37,11 +45,19 @@ pub struct Config {
 
     /// Failed sign-ins per account per hour before that account is paused (it unlocks as the
     /// hour rolls on).
-    #[arg(long, env = "CONCIERGE_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "CONCIERGE_LOGIN_FAILURES_PER_ACCOUNT",
+        default_value_t = 100
+    )]
     pub login_failures_per_account: i64,
 
     /// Failed sign-ins per client address per hour.
-    #[arg(long, env = "CONCIERGE_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "CONCIERGE_LOGIN_FAILURES_PER_ADDRESS",
+        default_value_t = 300
+    )]
     pub login_failures_per_address: i64,
 
     /// Password hashes computed at once (each takes 19 MiB and a core for ~50 ms).
@@ -49,7 +65,11 @@ pub struct Config {
     pub password_concurrency: usize,
 
     /// E-mail of the first fleet admin, created when no user exists.
-    #[arg(long, env = "CONCIERGE_ADMIN_EMAIL", default_value = "admin@concierge.local")]
+    #[arg(
+        long,
+        env = "CONCIERGE_ADMIN_EMAIL",
+        default_value = "admin@concierge.local"
+    )]
     pub admin_email: String,
 
     /// One-time password of the first fleet admin; generated and printed once when unset.

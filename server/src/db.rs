@@ -124,8 +124,12 @@ pub fn map_err(err: sqlx::Error) -> AppError {
     if let sqlx::Error::Database(db) = &err {
         let message = match db.constraint() {
             Some("users_email_key") => Some(("email", "That e-mail address is already in use.")),
-            Some("users_email_length") => Some(("email", "Enter an e-mail address of 3 to 254 characters.")),
-            Some("users_display_name_length") => Some(("display_name", "Enter a name of 1 to 100 characters.")),
+            Some("users_email_length") => {
+                Some(("email", "Enter an e-mail address of 3 to 254 characters."))
+            }
+            Some("users_display_name_length") => {
+                Some(("display_name", "Enter a name of 1 to 100 characters."))
+            }
             Some("tenants_name_key") => Some(("name", "A tenant with that name already exists.")),
             Some("tenants_name_length") => Some(("name", "Enter a name of 1 to 100 characters.")),
             Some("memberships_pkey") => Some(("email", "That person is already a member.")),

@@ -21,7 +21,10 @@ pub struct Server {
 
 impl Server {
     /// Migrates the database, creates the first admin if needed and binds the listener.
-    pub async fn build(config: config::Config, clock: Arc<dyn clock::Clock>) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: config::Config,
+        clock: Arc<dyn clock::Clock>,
+    ) -> anyhow::Result<Self> {
         let pool = db::prepare(&config.database_url, config.db_connections).await?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -36,7 +39,11 @@ impl Server {
         if state.config.demo {
             bootstrap::demo(&state).await?;
         }
-        Ok(Server { addr, state, listener })
+        Ok(Server {
+            addr,
+            state,
+            listener,
+        })
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
@@ -53,7 +60,11 @@ impl Server {
             }
         });
         let app = web::router(self.state);
-        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Everything the HTTP layer and the workers share.
-use crate::accounts::{throttle, AccountsBackend};
 use crate::accounts::password::Hasher;
+use crate::accounts::{throttle, AccountsBackend};
 use crate::audit::AuditBackend;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -34,7 +34,10 @@ impl AppState {
         };
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
-            tenants: Arc::new(TenantsBackend { pool: pool.clone(), accounts: accounts.clone() }),
+            tenants: Arc::new(TenantsBackend {
+                pool: pool.clone(),
+                accounts: accounts.clone(),
+            }),
             audit: Arc::new(AuditBackend { pool: pool.clone() }),
         };
         let leptos = LeptosOptions::builder()

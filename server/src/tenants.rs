@@ -30,7 +30,10 @@ impl TenantName {
             return Err(AppError::field("name", "Use at most 100 characters."));
         }
         if s.chars().any(char::is_control) {
-            return Err(AppError::field("name", "Remove control characters from the name."));
+            return Err(AppError::field(
+                "name",
+                "Remove control characters from the name.",
+            ));
         }
         Ok(TenantName(s.to_string()))
     }
@@ -82,28 +85,42 @@ fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Act
 
 /// The transaction scope for work inside one tenant.
 fn scope_for(actor: &app::account::Actor, tenant: Uuid) -> Scope {
-    Scope { user: Some(actor.user_id), tenant: Some(tenant), fleet: actor.fleet_admin }
+    Scope {
+        user: Some(actor.user_id),
+        tenant: Some(tenant),
+        fleet: actor.fleet_admin,
+    }
 }
 
 impl TenantsBackend {
     async fn fetch(&self, tx: &mut db::Tx, id: Uuid) -> Result<TenantSummary, AppError> {
-        let row: Option<TenantRow> = sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = $1"))
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db::internal)?;
-        row.map(Into::into).ok_or_else(|| AppError::NotFound("Tenant".into()))
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+        row.map(Into::into)
+            .ok_or_else(|| AppError::NotFound("Tenant".into()))
     }
 
-    async fn member_role(&self, tx: &mut db::Tx, tenant: Uuid, user: Uuid) -> Result<Option<TenantRole>, AppError> {
-        sqlx::query_scalar::<_, String>("SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE")
-            .bind(tenant)
-            .bind(user)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db::internal)?
-            .map(|r| TenantRole::parse(&r))
-            .transpose()
+    async fn member_role(
+        &self,
+        tx: &mut db::Tx,
+        tenant: Uuid,
+        user: Uuid,
+    ) -> Result<Option<TenantRole>, AppError> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db::internal)?
+        .map(|r| TenantRole::parse(&r))
+        .transpose()
     }
 }
 
@@ -113,10 +130,12 @@ impl Tenants for TenantsBackend {
     async fn list(&self, req: &RequestCtx) -> Result<Vec<TenantSummary>, AppError> {
         require_fleet_admin(req)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<TenantRow> = sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY lower(t.name)"))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY lower(t.name)"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -139,7 +158,14 @@ impl Tenants for TenantsBackend {
             .fetch_one(&mut *tx)
             .await
             .map_err(db::map_err)?;
-        audit::record(&mut tx, &Origin::of(req), Event::new("tenant.create", "tenant", id).tenant(id).after(json!({ "name": name.0 }))).await?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("tenant.create", "tenant", id)
+                .tenant(id)
+                .after(json!({ "name": name.0 })),
+        )
+        .await?;
         let t = self.fetch(&mut tx, id).await?;
         tx.commit().await.map_err(db::map_err)?;
         Ok(t)
@@ -170,7 +196,12 @@ impl Tenants for TenantsBackend {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn set_suspended(&self, req: &RequestCtx, tenant_id: Uuid, suspended: bool) -> Result<(), AppError> {
+    async fn set_suspended(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        suspended: bool,
+    ) -> Result<(), AppError> {
         require_fleet_admin(req)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let before = self.fetch(&mut tx, tenant_id).await?;
@@ -183,17 +214,25 @@ impl Tenants for TenantsBackend {
         audit::record(
             &mut tx,
             &Origin::of(req),
-            Event::new(if suspended { "tenant.suspend" } else { "tenant.reactivate" }, "tenant", tenant_id)
-                .tenant(tenant_id)
-                .before(json!({ "suspended": before.suspended }))
-                .after(json!({ "suspended": suspended })),
+            Event::new(
+                if suspended {
+                    "tenant.suspend"
+                } else {
+                    "tenant.reactivate"
+                },
+                "tenant",
+                tenant_id,
+            )
+            .tenant(tenant_id)
+            .before(json!({ "suspended": before.suspended }))
+            .after(json!({ "suspended": suspended })),
         )
         .await?;
         tx.commit().await.map_err(db::internal)
     }
 
     async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError> {
-        let actor = require_admin_of(req, tenant_id)?;
+        require_admin_of(req, tenant_id)?;
         #[derive(sqlx::FromRow)]
         struct Row {
             user_id: Uuid,
@@ -204,7 +243,6 @@ impl Tenants for TenantsBackend {
         }
         // Tenant scope only (no fleet bypass): row-level security keeps this to one tenant.
         let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
-        let _ = actor;
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT m.user_id, u.email, u.display_name, m.role::text AS role, u.disabled_at IS NOT NULL AS disabled
              FROM memberships m JOIN users u ON u.id = m.user_id
@@ -247,26 +285,32 @@ impl Tenants for TenantsBackend {
         let origin = Origin::of(req);
         let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
         self.fetch(&mut tx, tenant_id).await?;
-        let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
-            .bind(email.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        let existing: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
+                .bind(email.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db::internal)?;
         let (user_id, otp) = match existing {
             Some(id) => (id, None),
             None => {
                 let name = DisplayName::parse(display_name, "display_name")?;
-                let otp = self.accounts.insert_user(&mut tx, &origin, &email, &name, false, None).await?;
+                let otp = self
+                    .accounts
+                    .insert_user(&mut tx, &origin, &email, &name, false, None)
+                    .await?;
                 (otp.user_id, Some(otp))
             }
         };
-        sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)")
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db::map_err)?;
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
+        )
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db::map_err)?;
         audit::record(
             &mut tx,
             &origin,
@@ -280,24 +324,34 @@ impl Tenants for TenantsBackend {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn set_member_role(&self, req: &RequestCtx, tenant_id: Uuid, user_id: Uuid, role: &str) -> Result<(), AppError> {
+    async fn set_member_role(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        user_id: Uuid,
+        role: &str,
+    ) -> Result<(), AppError> {
         let actor = require_admin_of(req, tenant_id)?;
         let role = TenantRole::parse(role)?;
         if actor.user_id == user_id && !actor.fleet_admin && role != TenantRole::TenantAdmin {
-            return Err(AppError::Conflict("You cannot remove your own admin role; ask another admin.".into()));
+            return Err(AppError::Conflict(
+                "You cannot remove your own admin role; ask another admin.".into(),
+            ));
         }
         let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
         let before = self
             .member_role(&mut tx, tenant_id, user_id)
             .await?
             .ok_or_else(|| AppError::NotFound("Member".into()))?;
-        sqlx::query("UPDATE memberships SET role = $3::tenant_role WHERE tenant_id = $1 AND user_id = $2")
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        sqlx::query(
+            "UPDATE memberships SET role = $3::tenant_role WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -311,10 +365,17 @@ impl Tenants for TenantsBackend {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn remove_member(&self, req: &RequestCtx, tenant_id: Uuid, user_id: Uuid) -> Result<(), AppError> {
+    async fn remove_member(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(), AppError> {
         let actor = require_admin_of(req, tenant_id)?;
         if actor.user_id == user_id && !actor.fleet_admin {
-            return Err(AppError::Conflict("You cannot remove yourself; ask another admin.".into()));
+            return Err(AppError::Conflict(
+                "You cannot remove yourself; ask another admin.".into(),
+            ));
         }
         let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
         let before = self

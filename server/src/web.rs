@@ -27,7 +27,11 @@ pub fn router(state: AppState) -> Router {
     let idle = tower_sessions::cookie::time::Duration::minutes(state.config.session_idle_minutes);
     let secure = state.config.tls();
     // `__Host-` pins the cookie to this host and path, but browsers only accept it with Secure.
-    let cookie_name = if secure { "__Host-concierge" } else { "concierge" };
+    let cookie_name = if secure {
+        "__Host-concierge"
+    } else {
+        "concierge"
+    };
     let sessions = SessionManagerLayer::new(store)
         .with_name(cookie_name)
         .with_http_only(true)
@@ -54,8 +58,12 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .nest_service("/pkg", ServeDir::new(format!("{site_root}/pkg")))
-        .route_service("/favicon.svg", tower_http::services::ServeFile::new(format!("{site_root}/favicon.svg")))
+        .route_service(
+            "/favicon.svg",
+            tower_http::services::ServeFile::new(format!("{site_root}/favicon.svg")),
+        )
         .merge(app_routes)
+        .layer(middleware::from_fn(malformed_calls))
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -75,7 +83,8 @@ async fn authenticate(
         idle: time::Duration::minutes(state.config.session_idle_minutes),
         absolute: time::Duration::hours(state.config.session_absolute_hours),
     };
-    let actor = match sessions::resolve(&state.pool, &session, state.clock.as_ref(), timeouts).await {
+    let actor = match sessions::resolve(&state.pool, &session, state.clock.as_ref(), timeouts).await
+    {
         Ok(actor) => actor,
         Err(e) => {
             tracing::warn!(error = %e, "could not resolve session");
@@ -94,6 +103,24 @@ async fn authenticate(
         user_agent,
     });
     next.run(req).await
+}
+
+/// Server-function calls whose arguments do not even decode are the caller's fault: the
+/// framework answers 500, we answer 400 (the body, the error, stays as it is).
+async fn malformed_calls(req: Request, next: Next) -> Response {
+    let is_api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    if !is_api || res.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if bytes.starts_with(b"{\"Transport\"") {
+        parts.status = StatusCode::BAD_REQUEST;
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// Refuses state-changing requests that a browser marks as coming from another site.
@@ -132,8 +159,14 @@ async fn security_headers(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
 }

@@ -32,11 +32,19 @@ impl World {
         let tenant_a = app.tenant("Tenant A").await;
         let tenant_b = app.tenant("Tenant B").await;
         let fleet = app.fleet_admin().await;
-        let (requester_a, req_a) = app.signed_in("req-a@example.com", Some((tenant_a, "requester"))).await;
-        let (_, admin_a) = app.signed_in("admin-a@example.com", Some((tenant_a, "tenant_admin"))).await;
-        let (_, req_b) = app.signed_in("req-b@example.com", Some((tenant_b, "requester"))).await;
+        let (requester_a, req_a) = app
+            .signed_in("req-a@example.com", Some((tenant_a, "requester")))
+            .await;
+        let (_, admin_a) = app
+            .signed_in("admin-a@example.com", Some((tenant_a, "tenant_admin")))
+            .await;
+        let (_, req_b) = app
+            .signed_in("req-b@example.com", Some((tenant_b, "requester")))
+            .await;
         // A bystander account for user operations.
-        let target = app.user("target@example.com", Some((tenant_a, "approver"))).await;
+        let target = app
+            .user("target@example.com", Some((tenant_a, "approver")))
+            .await;
         let clients = vec![
             (Anonymous, app.client()),
             (RequesterA, req_a),
@@ -44,11 +52,22 @@ impl World {
             (TenantAdminA, admin_a),
             (FleetAdmin, fleet),
         ];
-        World { app, tenant_a, requester_a, target, clients }
+        World {
+            app,
+            tenant_a,
+            requester_a,
+            target,
+            clients,
+        }
     }
 
     fn client(&self, who: Who) -> &Client {
-        &self.clients.iter().find(|(w, _)| *w == who).expect("client").1
+        &self
+            .clients
+            .iter()
+            .find(|(w, _)| *w == who)
+            .expect("client")
+            .1
     }
 }
 
@@ -63,7 +82,11 @@ async fn check(name: &str, allowed: &[Who], op: Op) {
         let before = world.app.snapshot().await;
         let result = world.client(who).call(&endpoint, &form).await;
         assert_refused(&result, &format!("{name} as {who:?}"));
-        assert_eq!(before, world.app.snapshot().await, "{name} as {who:?} changed the database");
+        assert_eq!(
+            before,
+            world.app.snapshot().await,
+            "{name} as {who:?} changed the database"
+        );
     }
     for (i, who) in allowed.iter().enumerate() {
         if i > 0 {
@@ -72,12 +95,21 @@ async fn check(name: &str, allowed: &[Who], op: Op) {
         let (endpoint, form) = op(&world);
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let result = world.client(*who).call(&endpoint, &form).await;
-        assert!(result.is_ok(), "{name} as {who:?} should succeed: {result:?}");
+        assert!(
+            result.is_ok(),
+            "{name} as {who:?} should succeed: {result:?}"
+        );
     }
 }
 
 fn args(endpoint: &str, pairs: &[(&str, String)]) -> (String, Vec<(String, String)>) {
-    (endpoint.to_string(), pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    (
+        endpoint.to_string(),
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
 }
 
 #[tokio::test]
@@ -87,13 +119,22 @@ async fn list_tenants() {
 
 #[tokio::test]
 async fn create_tenant() {
-    check("create_tenant", &[FleetAdmin], |_| args("create_tenant", &[("name", "New Co".into())])).await;
+    check("create_tenant", &[FleetAdmin], |_| {
+        args("create_tenant", &[("name", "New Co".into())])
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn rename_tenant() {
     check("rename_tenant", &[FleetAdmin], |w| {
-        args("rename_tenant", &[("tenant_id", w.tenant_a.to_string()), ("name", "Renamed".into())])
+        args(
+            "rename_tenant",
+            &[
+                ("tenant_id", w.tenant_a.to_string()),
+                ("name", "Renamed".into()),
+            ],
+        )
     })
     .await;
 }
@@ -101,7 +142,13 @@ async fn rename_tenant() {
 #[tokio::test]
 async fn suspend_tenant() {
     check("set_tenant_suspended", &[FleetAdmin], |w| {
-        args("set_tenant_suspended", &[("tenant_id", w.tenant_a.to_string()), ("suspended", "true".into())])
+        args(
+            "set_tenant_suspended",
+            &[
+                ("tenant_id", w.tenant_a.to_string()),
+                ("suspended", "true".into()),
+            ],
+        )
     })
     .await;
 }
@@ -152,41 +199,86 @@ async fn set_member_role() {
 #[tokio::test]
 async fn remove_member() {
     check("remove_member", &[TenantAdminA, FleetAdmin], |w| {
-        args("remove_member", &[("tenant_id", w.tenant_a.to_string()), ("user_id", w.target.to_string())])
+        args(
+            "remove_member",
+            &[
+                ("tenant_id", w.tenant_a.to_string()),
+                ("user_id", w.target.to_string()),
+            ],
+        )
     })
     .await;
 }
 
 #[tokio::test]
 async fn user_administration() {
-    check("list_users", &[FleetAdmin], |_| args("list_users", &[("search", String::new()), ("page", "1".into())])).await;
+    check("list_users", &[FleetAdmin], |_| {
+        args(
+            "list_users",
+            &[("search", String::new()), ("page", "1".into())],
+        )
+    })
+    .await;
     check("create_user", &[FleetAdmin], |_| {
-        args("create_user", &[("email", "made@example.com".into()), ("display_name", "Made".into())])
+        args(
+            "create_user",
+            &[
+                ("email", "made@example.com".into()),
+                ("display_name", "Made".into()),
+            ],
+        )
     })
     .await;
     check("set_fleet_admin", &[FleetAdmin], |w| {
-        args("set_fleet_admin", &[("user_id", w.target.to_string()), ("fleet_admin", "true".into())])
+        args(
+            "set_fleet_admin",
+            &[
+                ("user_id", w.target.to_string()),
+                ("fleet_admin", "true".into()),
+            ],
+        )
     })
     .await;
     check("set_user_disabled", &[FleetAdmin], |w| {
-        args("set_user_disabled", &[("user_id", w.target.to_string()), ("disabled", "true".into())])
+        args(
+            "set_user_disabled",
+            &[
+                ("user_id", w.target.to_string()),
+                ("disabled", "true".into()),
+            ],
+        )
     })
     .await;
-    check("reset_password", &[FleetAdmin], |w| args("reset_password", &[("user_id", w.target.to_string())])).await;
+    check("reset_password", &[FleetAdmin], |w| {
+        args("reset_password", &[("user_id", w.target.to_string())])
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn audit_log() {
-    check("list_audit for tenant A", &[TenantAdminA, FleetAdmin], |w| {
-        args("list_audit", &[("tenant_id", w.tenant_a.to_string())])
-    })
+    check(
+        "list_audit for tenant A",
+        &[TenantAdminA, FleetAdmin],
+        |w| args("list_audit", &[("tenant_id", w.tenant_a.to_string())]),
+    )
     .await;
-    check("list_audit for all tenants", &[TenantAdminA, FleetAdmin], |_| args("list_audit", &[])).await;
+    check(
+        "list_audit for all tenants",
+        &[TenantAdminA, FleetAdmin],
+        |_| args("list_audit", &[]),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn own_account_operations_need_a_session() {
-    check("my_sessions", &[RequesterA, RequesterB, TenantAdminA, FleetAdmin], |_| args("my_sessions", &[])).await;
+    check(
+        "my_sessions",
+        &[RequesterA, RequesterB, TenantAdminA, FleetAdmin],
+        |_| args("my_sessions", &[]),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -199,11 +291,17 @@ async fn nobody_ends_another_users_session() {
         .unwrap();
     for who in [Anonymous, RequesterB, TenantAdminA, FleetAdmin] {
         let before = w.app.snapshot().await;
-        let r = w.client(who).call("end_session", &[("session_id", &victim.to_string())]).await;
+        let r = w
+            .client(who)
+            .call("end_session", &[("session_id", &victim.to_string())])
+            .await;
         assert_refused(&r, &format!("end_session as {who:?}"));
         assert_eq!(before, w.app.snapshot().await);
     }
-    assert_eq!(w.client(RequesterA).whoami().await.as_deref(), Some("req-a@example.com"));
+    assert_eq!(
+        w.client(RequesterA).whoami().await.as_deref(),
+        Some("req-a@example.com")
+    );
 }
 
 #[tokio::test]
@@ -214,7 +312,11 @@ async fn fleet_pages_are_refused_to_tenant_users() {
             let res = w.client(who).get(path).await;
             assert_eq!(res.status(), 403, "{path} as {who:?}");
         }
-        assert_eq!(w.client(FleetAdmin).get(path).await.status(), 200, "{path} as fleet admin");
+        assert_eq!(
+            w.client(FleetAdmin).get(path).await.status(),
+            200,
+            "{path} as fleet admin"
+        );
         let anon = w.client(Anonymous).get(path).await;
         assert_eq!(anon.status(), 302, "{path} as anonymous");
         assert_eq!(anon.headers()["location"], "/login");

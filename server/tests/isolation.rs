@@ -15,10 +15,12 @@ async fn the_runtime_role_is_neither_owner_nor_superuser() {
     .unwrap();
     assert_eq!(user, "concierge_app");
     assert!(!superuser && !bypass);
-    let owns: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user")
-        .fetch_one(&app.state.pool)
-        .await
-        .unwrap();
+    let owns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user",
+    )
+    .fetch_one(&app.state.pool)
+    .await
+    .unwrap();
     assert_eq!(owns, 0);
 }
 
@@ -30,39 +32,72 @@ async fn without_tenant_context_no_tenant_rows_are_visible() {
     let admin = app.fleet_admin().await;
     for (t, email) in [(a, "a@example.com"), (b, "b@example.com")] {
         admin
-            .call("add_member", &[("tenant_id", &t.to_string()), ("email", email), ("display_name", "X"), ("role", "requester")])
+            .call(
+                "add_member",
+                &[
+                    ("tenant_id", &t.to_string()),
+                    ("email", email),
+                    ("display_name", "X"),
+                    ("role", "requester"),
+                ],
+            )
             .await
             .unwrap();
     }
     assert_eq!(app.scalar_i64("SELECT count(*) FROM memberships").await, 2);
-    assert!(app.scalar_i64("SELECT count(*) FROM audit_log WHERE tenant_id IS NOT NULL").await >= 2);
+    assert!(
+        app.scalar_i64("SELECT count(*) FROM audit_log WHERE tenant_id IS NOT NULL")
+            .await
+            >= 2
+    );
 
     // The runtime role, no context: nothing.
     let pool = &app.state.pool;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships").fetch_one(pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
 
     // Tenant A's context: only A's rows, and writing into B is refused.
     let mut tx = db::begin(pool, Scope::tenant(a)).await.unwrap();
-    let tenants: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM memberships").fetch_all(&mut *tx).await.unwrap();
-    assert_eq!(tenants, vec![a]);
-    let audit: Vec<Option<uuid::Uuid>> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_log").fetch_all(&mut *tx).await.unwrap();
-    assert_eq!(audit, vec![Some(a)]);
-    let someone: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users LIMIT 1").fetch_one(&mut *tx).await.unwrap();
-    let err = sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'requester')")
-        .bind(b)
-        .bind(someone)
-        .execute(&mut *tx)
+    let tenants: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM memberships")
+        .fetch_all(&mut *tx)
         .await
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(tenants, vec![a]);
+    let audit: Vec<Option<uuid::Uuid>> =
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_log")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(audit, vec![Some(a)]);
+    let someone: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query(
+        "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'requester')",
+    )
+    .bind(b)
+    .bind(someone)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     drop(tx);
 
     // The audit trail is append-only for the runtime role.
     let mut tx = db::begin(pool, Scope::fleet()).await.unwrap();
-    let err = sqlx::query("DELETE FROM audit_log").execute(&mut *tx).await.unwrap_err();
+    let err = sqlx::query("DELETE FROM audit_log")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 }
 
@@ -71,23 +106,66 @@ async fn tenant_admins_see_only_their_tenants_audit_and_members() {
     let app = spawn_app().await;
     let a = app.tenant("A").await;
     let b = app.tenant("B").await;
-    let (_, admin_a) = app.signed_in("boss-a@example.com", Some((a, "tenant_admin"))).await;
-    let (_, admin_b) = app.signed_in("boss-b@example.com", Some((b, "tenant_admin"))).await;
+    let (_, admin_a) = app
+        .signed_in("boss-a@example.com", Some((a, "tenant_admin")))
+        .await;
+    let (_, admin_b) = app
+        .signed_in("boss-b@example.com", Some((b, "tenant_admin")))
+        .await;
     admin_a
-        .call("add_member", &[("tenant_id", &a.to_string()), ("email", "ann@example.com"), ("display_name", "Ann"), ("role", "requester")])
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &a.to_string()),
+                ("email", "ann@example.com"),
+                ("display_name", "Ann"),
+                ("role", "requester"),
+            ],
+        )
         .await
         .unwrap();
     admin_b
-        .call("add_member", &[("tenant_id", &b.to_string()), ("email", "bob@example.com"), ("display_name", "Bob"), ("role", "requester")])
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &b.to_string()),
+                ("email", "bob@example.com"),
+                ("display_name", "Bob"),
+                ("role", "requester"),
+            ],
+        )
         .await
         .unwrap();
     let page = admin_a.call("list_audit", &[]).await.unwrap();
     let items = page["items"].as_array().unwrap();
     assert!(!items.is_empty());
-    assert!(items.iter().all(|e| e["tenant_id"] == serde_json::json!(a.to_string())), "{items:?}");
-    let members = admin_a.call("list_members", &[("tenant_id", &a.to_string())]).await.unwrap();
-    let emails: Vec<&str> = members.as_array().unwrap().iter().map(|m| m["email"].as_str().unwrap()).collect();
+    assert!(
+        items
+            .iter()
+            .all(|e| e["tenant_id"] == serde_json::json!(a.to_string())),
+        "{items:?}"
+    );
+    let members = admin_a
+        .call("list_members", &[("tenant_id", &a.to_string())])
+        .await
+        .unwrap();
+    let emails: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["email"].as_str().unwrap())
+        .collect();
     assert_eq!(emails, vec!["ann@example.com", "boss-a@example.com"]);
-    assert_refused(&admin_a.call("list_members", &[("tenant_id", &b.to_string())]).await, "other tenant's members");
-    assert_refused(&admin_a.call("list_audit", &[("tenant_id", &b.to_string())]).await, "other tenant's audit");
+    assert_refused(
+        &admin_a
+            .call("list_members", &[("tenant_id", &b.to_string())])
+            .await,
+        "other tenant's members",
+    );
+    assert_refused(
+        &admin_a
+            .call("list_audit", &[("tenant_id", &b.to_string())])
+            .await,
+        "other tenant's audit",
+    );
 }

@@ -28,7 +28,10 @@ async fn login_rotates_the_session_and_logout_ends_it() {
     let first_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(first_cookie.contains("HttpOnly"), "{first_cookie}");
     assert!(first_cookie.contains("SameSite=Lax"), "{first_cookie}");
-    assert!(!first_cookie.contains("Secure"), "plain http must not set Secure: {first_cookie}");
+    assert!(
+        !first_cookie.contains("Secure"),
+        "plain http must not set Secure: {first_cookie}"
+    );
     let first_session = session_of(&c).await;
 
     // Signing in again in the same browser (as someone else) issues a new cookie value.
@@ -42,7 +45,11 @@ async fn login_rotates_the_session_and_logout_ends_it() {
         .unwrap();
     let second_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
     let value = |c: &str| c.split(';').next().unwrap().to_string();
-    assert_ne!(value(&first_cookie), value(&second_cookie), "session id must rotate at login");
+    assert_ne!(
+        value(&first_cookie),
+        value(&second_cookie),
+        "session id must rotate at login"
+    );
     assert_eq!(c.whoami().await.as_deref(), Some("bob@example.com"));
     assert_ne!(first_session, session_of(&c).await);
 
@@ -66,9 +73,15 @@ async fn login_rotates_the_session_and_logout_ends_it() {
         .await
         .unwrap();
     assert_eq!(replay.text().await.unwrap(), "null");
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM user_sessions").await, 0);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM user_sessions").await,
+        0
+    );
     let actions = app.audit_actions().await;
-    assert!(actions.iter().filter(|a| *a == "session.login").count() == 2, "{actions:?}");
+    assert!(
+        actions.iter().filter(|a| *a == "session.login").count() == 2,
+        "{actions:?}"
+    );
     assert!(actions.contains(&"session.logout".to_string()));
 }
 
@@ -85,7 +98,10 @@ async fn secure_host_cookie_over_tls() {
         .unwrap();
     let cookie = res.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.starts_with("__Host-concierge="), "{cookie}");
-    assert!(cookie.contains("Secure") && cookie.contains("Path=/") && !cookie.contains("Domain"), "{cookie}");
+    assert!(
+        cookie.contains("Secure") && cookie.contains("Path=/") && !cookie.contains("Domain"),
+        "{cookie}"
+    );
 }
 
 #[tokio::test]
@@ -95,10 +111,16 @@ async fn idle_timeout_ends_sessions_but_activity_keeps_them() {
     app.clock.advance(Duration::minutes(29));
     assert!(c.whoami().await.is_some(), "29 idle minutes are fine");
     app.clock.advance(Duration::minutes(29));
-    assert!(c.whoami().await.is_some(), "activity at minute 29 reset the idle timer");
+    assert!(
+        c.whoami().await.is_some(),
+        "activity at minute 29 reset the idle timer"
+    );
     app.clock.advance(Duration::minutes(31));
     assert_eq!(c.whoami().await, None, "31 idle minutes end the session");
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM user_sessions").await, 0);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM user_sessions").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -110,7 +132,10 @@ async fn absolute_timeout_ends_even_busy_sessions() {
         assert!(c.whoami().await.is_some());
     }
     app.clock.advance(Duration::minutes(61));
-    assert!(c.whoami().await.is_none(), "12 h after sign-in the session is over");
+    assert!(
+        c.whoami().await.is_none(),
+        "12 h after sign-in the session is over"
+    );
 }
 
 #[tokio::test]
@@ -119,25 +144,41 @@ async fn disabling_a_user_ends_their_sessions_and_blocks_sign_in() {
     let admin = app.fleet_admin().await;
     let (id, c) = app.signed_in("ann@example.com", None).await;
     let other_device = app.client();
-    other_device.login("ann@example.com", PASSWORD).await.unwrap();
+    other_device
+        .login("ann@example.com", PASSWORD)
+        .await
+        .unwrap();
     admin
-        .call("set_user_disabled", &[("user_id", &id.to_string()), ("disabled", "true")])
+        .call(
+            "set_user_disabled",
+            &[("user_id", &id.to_string()), ("disabled", "true")],
+        )
         .await
         .unwrap();
     assert_eq!(c.whoami().await, None);
     assert_eq!(other_device.whoami().await, None);
     let r = app.client().login("ann@example.com", PASSWORD).await;
-    assert!(matches!(r, Err((401, app::error::AppError::LoginFailed))), "{r:?}");
+    assert!(
+        matches!(r, Err((401, app::error::AppError::LoginFailed))),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
 async fn removing_a_membership_ends_the_members_sessions() {
     let app = spawn_app().await;
     let t = app.tenant("Acme").await;
-    let (_, tadmin) = app.signed_in("boss@example.com", Some((t, "tenant_admin"))).await;
-    let (id, member) = app.signed_in("ann@example.com", Some((t, "requester"))).await;
+    let (_, tadmin) = app
+        .signed_in("boss@example.com", Some((t, "tenant_admin")))
+        .await;
+    let (id, member) = app
+        .signed_in("ann@example.com", Some((t, "requester")))
+        .await;
     tadmin
-        .call("remove_member", &[("tenant_id", &t.to_string()), ("user_id", &id.to_string())])
+        .call(
+            "remove_member",
+            &[("tenant_id", &t.to_string()), ("user_id", &id.to_string())],
+        )
         .await
         .unwrap();
     assert_eq!(member.whoami().await, None);
@@ -147,7 +188,14 @@ async fn removing_a_membership_ends_the_members_sessions() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(audit, (Some("boss@example.com".into()), Some(t), Some("127.0.0.1".into())));
+    assert_eq!(
+        audit,
+        (
+            Some("boss@example.com".into()),
+            Some(t),
+            Some("127.0.0.1".into())
+        )
+    );
 }
 
 #[tokio::test]
@@ -160,39 +208,92 @@ async fn password_change_rotates_the_session_and_signs_out_other_devices() {
     let r = c
         .call(
             "change_password",
-            &[("current_password", PASSWORD), ("new_password", "a brand new passphrase"), ("confirm_password", "a brand new passphrase")],
+            &[
+                ("current_password", PASSWORD),
+                ("new_password", "a brand new passphrase"),
+                ("confirm_password", "a brand new passphrase"),
+            ],
         )
         .await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(c.whoami().await.as_deref(), Some("ann@example.com"));
-    assert_eq!(session_of(&c).await, before, "the session row stays; its cookie id rotates");
+    assert_eq!(
+        session_of(&c).await,
+        before,
+        "the session row stays; its cookie id rotates"
+    );
     assert_eq!(other.whoami().await, None, "other devices are signed out");
-    assert!(app.client().login("ann@example.com", PASSWORD).await.is_err());
-    assert!(app.client().login("ann@example.com", "a brand new passphrase").await.is_ok());
+    assert!(app
+        .client()
+        .login("ann@example.com", PASSWORD)
+        .await
+        .is_err());
+    assert!(app
+        .client()
+        .login("ann@example.com", "a brand new passphrase")
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
 async fn first_sign_in_must_replace_the_one_time_password() {
     let app = spawn_app().await;
     let admin = app.client();
-    admin.login("admin@concierge.local", ADMIN_PASSWORD).await.unwrap();
+    admin
+        .login("admin@concierge.local", ADMIN_PASSWORD)
+        .await
+        .unwrap();
     let r = admin.call("list_tenants", &[]).await;
-    assert!(matches!(r, Err((403, app::error::AppError::PasswordChangeRequired))), "{r:?}");
-    assert_eq!(admin.get("/tenants").await.headers()["location"], "/password");
+    assert!(
+        matches!(r, Err((403, app::error::AppError::PasswordChangeRequired))),
+        "{r:?}"
+    );
+    assert_eq!(
+        admin.get("/tenants").await.headers()["location"],
+        "/password"
+    );
     let weak = admin
-        .call("change_password", &[("current_password", ADMIN_PASSWORD), ("new_password", "password123"), ("confirm_password", "password123")])
+        .call(
+            "change_password",
+            &[
+                ("current_password", ADMIN_PASSWORD),
+                ("new_password", "password123"),
+                ("confirm_password", "password123"),
+            ],
+        )
         .await;
     assert!(assert_field_error(&weak, "new_password").contains("common"));
     let mismatch = admin
-        .call("change_password", &[("current_password", ADMIN_PASSWORD), ("new_password", "fleet admin passphrase"), ("confirm_password", "fleet admin passphrase!")])
+        .call(
+            "change_password",
+            &[
+                ("current_password", ADMIN_PASSWORD),
+                ("new_password", "fleet admin passphrase"),
+                ("confirm_password", "fleet admin passphrase!"),
+            ],
+        )
         .await;
     assert_field_error(&mismatch, "confirm_password");
     let wrong = admin
-        .call("change_password", &[("current_password", "nope-nope-nope"), ("new_password", "fleet admin passphrase"), ("confirm_password", "fleet admin passphrase")])
+        .call(
+            "change_password",
+            &[
+                ("current_password", "nope-nope-nope"),
+                ("new_password", "fleet admin passphrase"),
+                ("confirm_password", "fleet admin passphrase"),
+            ],
+        )
         .await;
     assert_field_error(&wrong, "current_password");
     admin
-        .call("change_password", &[("current_password", ADMIN_PASSWORD), ("new_password", "fleet admin passphrase"), ("confirm_password", "fleet admin passphrase")])
+        .call(
+            "change_password",
+            &[
+                ("current_password", ADMIN_PASSWORD),
+                ("new_password", "fleet admin passphrase"),
+                ("confirm_password", "fleet admin passphrase"),
+            ],
+        )
         .await
         .unwrap();
     assert!(admin.call("list_tenants", &[]).await.is_ok());
@@ -205,15 +306,28 @@ async fn failed_sign_ins_are_throttled_per_account_and_unlock_by_themselves() {
     let c = app.client();
     for _ in 0..3 {
         let r = c.login("ann@example.com", "wrong password!").await;
-        assert!(matches!(r, Err((401, app::error::AppError::LoginFailed))), "{r:?}");
+        assert!(
+            matches!(r, Err((401, app::error::AppError::LoginFailed))),
+            "{r:?}"
+        );
     }
     let r = c.login("ANN@example.com", PASSWORD).await;
-    assert!(matches!(r, Err((429, app::error::AppError::TooManyRequests))), "locked: {r:?}");
+    assert!(
+        matches!(r, Err((429, app::error::AppError::TooManyRequests))),
+        "locked: {r:?}"
+    );
     // Other accounts are unaffected.
     app.user("bob@example.com", None).await;
-    assert!(app.client().login("bob@example.com", PASSWORD).await.is_ok());
+    assert!(app
+        .client()
+        .login("bob@example.com", PASSWORD)
+        .await
+        .is_ok());
     app.clock.advance(Duration::minutes(61));
-    assert!(c.login("ann@example.com", PASSWORD).await.is_ok(), "unlocks after the hour");
+    assert!(
+        c.login("ann@example.com", PASSWORD).await.is_ok(),
+        "unlocks after the hour"
+    );
 }
 
 #[tokio::test]
@@ -221,7 +335,10 @@ async fn failed_sign_ins_are_throttled_per_address() {
     let app = spawn_app_with(|c| c.login_failures_per_address = 4).await;
     app.user("ann@example.com", None).await;
     for i in 0..4 {
-        let _ = app.client().login(&format!("nobody{i}@example.com"), "whatever-password").await;
+        let _ = app
+            .client()
+            .login(&format!("nobody{i}@example.com"), "whatever-password")
+            .await;
     }
     let r = app.client().login("ann@example.com", PASSWORD).await;
     assert!(matches!(r, Err((429, _))), "{r:?}");
@@ -239,7 +356,9 @@ async fn unknown_accounts_cost_as_much_as_wrong_passwords() {
         let a = c.login("ann@example.com", "wrong password!").await;
         known.push(t.elapsed());
         let t = Instant::now();
-        let b = c.login(&format!("ghost{i}@example.com"), "wrong password!").await;
+        let b = c
+            .login(&format!("ghost{i}@example.com"), "wrong password!")
+            .await;
         unknown.push(t.elapsed());
         // Same answer either way.
         assert_eq!(a.unwrap_err(), b.unwrap_err());
@@ -247,7 +366,10 @@ async fn unknown_accounts_cost_as_much_as_wrong_passwords() {
     known.sort();
     unknown.sort();
     // Without the dummy verification an unknown account answers ~50x faster.
-    assert!(unknown[2] * 3 > known[2], "unknown {unknown:?} vs known {known:?}");
+    assert!(
+        unknown[2] * 3 > known[2],
+        "unknown {unknown:?} vs known {known:?}"
+    );
 }
 
 #[tokio::test]
@@ -267,7 +389,10 @@ async fn cross_site_posts_are_refused_and_same_site_ones_accepted() {
     for (headers, want) in [
         (vec![("Sec-Fetch-Site", "cross-site")], 403),
         (vec![("Sec-Fetch-Site", "same-site")], 403),
-        (vec![("Sec-Fetch-Site", "cross-site"), ("Origin", ORIGIN)], 403),
+        (
+            vec![("Sec-Fetch-Site", "cross-site"), ("Origin", ORIGIN)],
+            403,
+        ),
         (vec![("Origin", "http://evil.example")], 403),
         (vec![("Origin", "null")], 403),
         (vec![], 403),
@@ -278,9 +403,19 @@ async fn cross_site_posts_are_refused_and_same_site_ones_accepted() {
         let res = post(headers.clone()).await.unwrap();
         assert_eq!(res.status().as_u16(), want, "{headers:?}");
     }
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM user_sessions").await, 3);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM user_sessions").await,
+        3
+    );
     // GET never changes state and is never refused for lack of headers.
-    assert_eq!(http.get(format!("{}/login", app.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{}/login", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -289,12 +424,27 @@ async fn pages_carry_security_headers() {
     let res = app.client().get("/login").await;
     let h = res.headers();
     let csp = h["content-security-policy"].to_str().unwrap();
-    for part in ["object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'", "'nonce-"] {
+    for part in [
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+        "'nonce-",
+    ] {
         assert!(csp.contains(part), "{csp}");
     }
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "same-origin");
-    let nonce = csp.split("'nonce-").nth(1).unwrap().split('\'').next().unwrap().to_string();
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
     let body = res.text().await.unwrap();
-    assert!(body.contains(&format!("nonce=\"{nonce}\"")), "scripts carry the header's nonce");
+    assert!(
+        body.contains(&format!("nonce=\"{nonce}\"")),
+        "scripts carry the header's nonce"
+    );
 }

@@ -21,9 +21,11 @@ where
 pub fn FieldMessage(error: Signal<Option<AppError>>, field: &'static str) -> impl IntoView {
     let id = format!("{field}-error");
     move || {
-        error.with(|e| e.as_ref().and_then(|e| e.field_message(field))).map(|message| {
-            view! { <p class="field-error" id=id.clone() role="alert">{message}</p> }
-        })
+        error
+            .with(|e| e.as_ref().and_then(|e| e.field_message(field)))
+            .map(|message| {
+                view! { <p class="field-error" id=id.clone() role="alert">{message}</p> }
+            })
     }
 }
 
@@ -31,8 +33,10 @@ pub fn FieldMessage(error: Signal<Option<AppError>>, field: &'static str) -> imp
 #[component]
 pub fn FormMessage(error: Signal<Option<AppError>>) -> impl IntoView {
     move || {
-        error.with(|e| e.as_ref().and_then(|e| e.form_message())).map(|message| {
-            view! { <p class="form-error" role="alert">{message}</p> }
-        })
+        error
+            .with(|e| e.as_ref().and_then(|e| e.form_message()))
+            .map(|message| {
+                view! { <p class="form-error" role="alert">{message}</p> }
+            })
     }
 }

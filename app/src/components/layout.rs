@@ -40,7 +40,7 @@ fn Nav(actor: Actor) -> impl IntoView {
     view! {
         <nav class="nav" aria-label="Main">
             <A href="/">"Home"</A>
-            {(!fleet).then(|| admin_links)}
+            {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
                 <A href="/tenants">"Tenants"</A>
                 <A href="/users">"Users"</A>

@@ -7,7 +7,9 @@ pub fn Timestamp(at: OffsetDateTime) -> impl IntoView {
     let machine = at.format(&Rfc3339).unwrap_or_default();
     let human = at
         .to_offset(time::UtcOffset::UTC)
-        .format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
         .unwrap_or_default();
     view! { <time datetime=machine>{human}</time> }
 }

@@ -48,7 +48,14 @@ fn MembersContent() -> impl IntoView {
         }
     });
     let members = Resource::new(
-        move || (tenant_id(), add.version().get(), set_role.version().get(), remove.version().get()),
+        move || {
+            (
+                tenant_id(),
+                add.version().get(),
+                set_role.version().get(),
+                remove.version().get(),
+            )
+        },
         |(id, ..)| async move {
             match id {
                 Some(id) => list_members(id).await,

@@ -24,7 +24,13 @@ fn TenantsContent() -> impl IntoView {
     let rename_error = action_error(rename);
     let suspend_error = action_error(suspend);
     let tenants = Resource::new(
-        move || (create.version().get(), rename.version().get(), suspend.version().get()),
+        move || {
+            (
+                create.version().get(),
+                rename.version().get(),
+                suspend.version().get(),
+            )
+        },
         |_| list_tenants(),
     );
     view! {

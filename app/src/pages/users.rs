@@ -31,11 +31,23 @@ fn UsersContent() -> impl IntoView {
     let disable_error = action_error(disable);
     let reset_error = action_error(reset);
     let users = Resource::new(
-        move || (search(), page(), create.version().get(), admin.version().get(), disable.version().get(), reset.version().get()),
+        move || {
+            (
+                search(),
+                page(),
+                create.version().get(),
+                admin.version().get(),
+                disable.version().get(),
+                reset.version().get(),
+            )
+        },
         |(s, p, ..)| list_users(s, p),
     );
     let otp = move || {
-        reset.value().get().and_then(|r| r.ok())
+        reset
+            .value()
+            .get()
+            .and_then(|r| r.ok())
             .or_else(|| create.value().get().and_then(|r| r.ok()))
     };
     view! {
@@ -130,7 +142,9 @@ fn UsersContent() -> impl IntoView {
 pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -49,7 +49,10 @@ impl DisplayName {
             return Err(AppError::field(field, "Use at most 100 characters."));
         }
         if s.chars().any(char::is_control) {
-            return Err(AppError::field(field, "Remove control characters from the name."));
+            return Err(AppError::field(
+                field,
+                "Remove control characters from the name.",
+            ));
         }
         Ok(DisplayName(s.to_string()))
     }
@@ -65,16 +68,37 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(Email::parse("  Alice@Example.COM ", "email").unwrap().as_str(), "alice@example.com");
-        for bad in ["", "alice", "alice@", "@example.com", "a b@example.com", "a@b", "a@b@c.d", "<a>@x.io", "a@.x"] {
+        assert_eq!(
+            Email::parse("  Alice@Example.COM ", "email")
+                .unwrap()
+                .as_str(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a b@example.com",
+            "a@b",
+            "a@b@c.d",
+            "<a>@x.io",
+            "a@.x",
+        ] {
             let err = Email::parse(bad, "email").unwrap_err();
-            assert!(err.field_message("email").is_some(), "{bad:?} should be refused");
+            assert!(
+                err.field_message("email").is_some(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(DisplayName::parse(" Ada Lovelace ", "n").unwrap().as_str(), "Ada Lovelace");
+        assert_eq!(
+            DisplayName::parse(" Ada Lovelace ", "n").unwrap().as_str(),
+            "Ada Lovelace"
+        );
         assert!(DisplayName::parse("   ", "n").is_err());
         assert!(DisplayName::parse(&"x".repeat(101), "n").is_err());
         assert!(DisplayName::parse("a\u{7}b", "n").is_err());

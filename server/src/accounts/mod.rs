@@ -49,7 +49,9 @@ impl AccountsBackend {
         fleet_admin: bool,
         password: Option<&str>,
     ) -> Result<OneTimePassword, AppError> {
-        let password = password.map(str::to_owned).unwrap_or_else(password::one_time);
+        let password = password
+            .map(str::to_owned)
+            .unwrap_or_else(password::one_time);
         let hash = self.hasher.hash(&password).await?;
         let id: Uuid = sqlx::query_scalar(
             "INSERT INTO users (email, display_name, password_hash, fleet_admin, must_change_password)
@@ -78,11 +80,12 @@ impl AccountsBackend {
     }
 
     async fn user_exists(&self, tx: &mut db::Tx, user_id: Uuid) -> Result<bool, AppError> {
-        let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
-            .bind(user_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db::internal)?;
+        let found: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(user_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db::internal)?;
         Ok(found.is_some())
     }
 }
@@ -114,10 +117,16 @@ impl Accounts for AccountsBackend {
         let account = email.trim().to_lowercase();
         let mut missing = Vec::new();
         if account.is_empty() {
-            missing.push(app::error::FieldError { field: "email".into(), message: "Enter your e-mail address.".into() });
+            missing.push(app::error::FieldError {
+                field: "email".into(),
+                message: "Enter your e-mail address.".into(),
+            });
         }
         if password.is_empty() {
-            missing.push(app::error::FieldError { field: "password".into(), message: "Enter your password.".into() });
+            missing.push(app::error::FieldError {
+                field: "password".into(),
+                message: "Enter your password.".into(),
+            });
         }
         if !missing.is_empty() {
             return Err(AppError::Invalid(missing));
@@ -154,9 +163,25 @@ impl Accounts for AccountsBackend {
             now,
         )
         .await?;
-        let mut tx = db::begin(&self.pool, Scope { user: Some(user.id), ..Scope::default() }).await?;
-        let origin = Origin { actor_id: Some(user.id), actor_email: Some(account), client_addr: req.client_addr };
-        audit::record(&mut tx, &origin, Event::new("session.login", "session", session_id)).await?;
+        let mut tx = db::begin(
+            &self.pool,
+            Scope {
+                user: Some(user.id),
+                ..Scope::default()
+            },
+        )
+        .await?;
+        let origin = Origin {
+            actor_id: Some(user.id),
+            actor_email: Some(account),
+            client_addr: req.client_addr,
+        };
+        audit::record(
+            &mut tx,
+            &origin,
+            Event::new("session.login", "session", session_id),
+        )
+        .await?;
         tx.commit().await.map_err(db::internal)?;
         Ok(())
     }
@@ -166,24 +191,44 @@ impl Accounts for AccountsBackend {
         let ended = sessions::end(&self.pool, &req.session).await?;
         if let (Some(id), Some(_)) = (ended, req.actor.as_ref()) {
             let mut tx = db::begin(&self.pool, Scope::default()).await?;
-            audit::record(&mut tx, &Origin::of(req), Event::new("session.logout", "session", id)).await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("session.logout", "session", id),
+            )
+            .await?;
             tx.commit().await.map_err(db::internal)?;
         }
         Ok(())
     }
 
     #[tracing::instrument(skip_all)]
-    async fn change_password(&self, req: &RequestCtx, current: &str, new: &str, confirm: &str) -> Result<(), AppError> {
+    async fn change_password(
+        &self,
+        req: &RequestCtx,
+        current: &str,
+        new: &str,
+        confirm: &str,
+    ) -> Result<(), AppError> {
         let actor = req.any_actor()?;
         if current.is_empty() {
-            return Err(AppError::field("current_password", "Enter your current password."));
+            return Err(AppError::field(
+                "current_password",
+                "Enter your current password.",
+            ));
         }
         password::check_policy(new, &actor.email, "new_password")?;
         if new != confirm {
-            return Err(AppError::field("confirm_password", "The two new passwords differ."));
+            return Err(AppError::field(
+                "confirm_password",
+                "The two new passwords differ.",
+            ));
         }
         if new == current {
-            return Err(AppError::field("new_password", "Choose a password different from the current one."));
+            return Err(AppError::field(
+                "new_password",
+                "Choose a password different from the current one.",
+            ));
         }
         let now = self.clock.now();
         throttle::check(&self.pool, self.limits, &actor.email, req.client_addr, now).await?;
@@ -194,10 +239,20 @@ impl Accounts for AccountsBackend {
             .map_err(db::internal)?;
         if !self.hasher.verify(current, Some(&hash)).await? {
             throttle::record_failure(&self.pool, &actor.email, req.client_addr, now).await?;
-            return Err(AppError::field("current_password", "That is not your current password."));
+            return Err(AppError::field(
+                "current_password",
+                "That is not your current password.",
+            ));
         }
         let new_hash = self.hasher.hash(new).await?;
-        let mut tx = db::begin(&self.pool, Scope { user: Some(actor.user_id), ..Scope::default() }).await?;
+        let mut tx = db::begin(
+            &self.pool,
+            Scope {
+                user: Some(actor.user_id),
+                ..Scope::default()
+            },
+        )
+        .await?;
         sqlx::query("UPDATE users SET password_hash = $2, must_change_password = false, updated_at = now() WHERE id = $1")
             .bind(actor.user_id)
             .bind(new_hash)
@@ -211,7 +266,12 @@ impl Accounts for AccountsBackend {
             .execute(&mut *tx)
             .await
             .map_err(db::internal)?;
-        audit::record(&mut tx, &Origin::of(req), Event::new("user.password_change", "user", actor.user_id)).await?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("user.password_change", "user", actor.user_id),
+        )
+        .await?;
         tx.commit().await.map_err(db::internal)?;
         sessions::rotate(&req.session).await
     }
@@ -261,12 +321,22 @@ impl Accounts for AccountsBackend {
         if ended == 0 {
             return Err(AppError::NotFound("Session".into()));
         }
-        audit::record(&mut tx, &Origin::of(req), Event::new("session.end", "session", session_id)).await?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("session.end", "session", session_id),
+        )
+        .await?;
         tx.commit().await.map_err(db::internal)
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_users(&self, req: &RequestCtx, search: &str, page: u32) -> Result<Page<UserSummary>, AppError> {
+    async fn list_users(
+        &self,
+        req: &RequestCtx,
+        search: &str,
+        page: u32,
+    ) -> Result<Page<UserSummary>, AppError> {
         require_fleet_admin(req)?;
         if search.chars().count() > 254 {
             return Err(AppError::field("q", "Search for at most 254 characters."));
@@ -314,7 +384,13 @@ impl Accounts for AccountsBackend {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn create_user(&self, req: &RequestCtx, email: &str, display_name: &str, fleet_admin: bool) -> Result<OneTimePassword, AppError> {
+    async fn create_user(
+        &self,
+        req: &RequestCtx,
+        email: &str,
+        display_name: &str,
+        fleet_admin: bool,
+    ) -> Result<OneTimePassword, AppError> {
         require_fleet_admin(req)?;
         let email = Email::parse(email, "email");
         let name = DisplayName::parse(display_name, "display_name");
@@ -323,16 +399,25 @@ impl Accounts for AccountsBackend {
             (e, n) => return Err(merge(e.err(), n.err())),
         };
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let otp = self.insert_user(&mut tx, &Origin::of(req), &email, &name, fleet_admin, None).await?;
+        let otp = self
+            .insert_user(&mut tx, &Origin::of(req), &email, &name, fleet_admin, None)
+            .await?;
         tx.commit().await.map_err(db::map_err)?;
         Ok(otp)
     }
 
     #[tracing::instrument(skip_all)]
-    async fn set_fleet_admin(&self, req: &RequestCtx, user_id: Uuid, fleet_admin: bool) -> Result<(), AppError> {
+    async fn set_fleet_admin(
+        &self,
+        req: &RequestCtx,
+        user_id: Uuid,
+        fleet_admin: bool,
+    ) -> Result<(), AppError> {
         let actor = require_fleet_admin(req)?;
         if actor.user_id == user_id {
-            return Err(AppError::Conflict("You cannot change your own fleet-admin rights.".into()));
+            return Err(AppError::Conflict(
+                "You cannot change your own fleet-admin rights.".into(),
+            ));
         }
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         if !self.user_exists(&mut tx, user_id).await? {
@@ -359,20 +444,28 @@ impl Accounts for AccountsBackend {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn set_user_disabled(&self, req: &RequestCtx, user_id: Uuid, disabled: bool) -> Result<(), AppError> {
+    async fn set_user_disabled(
+        &self,
+        req: &RequestCtx,
+        user_id: Uuid,
+        disabled: bool,
+    ) -> Result<(), AppError> {
         let actor = require_fleet_admin(req)?;
         if actor.user_id == user_id {
-            return Err(AppError::Conflict("You cannot disable your own account.".into()));
+            return Err(AppError::Conflict(
+                "You cannot disable your own account.".into(),
+            ));
         }
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         if !self.user_exists(&mut tx, user_id).await? {
             return Err(AppError::NotFound("User".into()));
         }
-        let was: bool = sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        let was: bool =
+            sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db::internal)?;
         sqlx::query("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END, updated_at = now() WHERE id = $1")
             .bind(user_id)
             .bind(disabled)
@@ -385,19 +478,33 @@ impl Accounts for AccountsBackend {
         audit::record(
             &mut tx,
             &Origin::of(req),
-            Event::new(if disabled { "user.disable" } else { "user.enable" }, "user", user_id)
-                .before(json!({ "disabled": was }))
-                .after(json!({ "disabled": disabled })),
+            Event::new(
+                if disabled {
+                    "user.disable"
+                } else {
+                    "user.enable"
+                },
+                "user",
+                user_id,
+            )
+            .before(json!({ "disabled": was }))
+            .after(json!({ "disabled": disabled })),
         )
         .await?;
         tx.commit().await.map_err(db::internal)
     }
 
     #[tracing::instrument(skip_all)]
-    async fn reset_password(&self, req: &RequestCtx, user_id: Uuid) -> Result<OneTimePassword, AppError> {
+    async fn reset_password(
+        &self,
+        req: &RequestCtx,
+        user_id: Uuid,
+    ) -> Result<OneTimePassword, AppError> {
         let actor = require_fleet_admin(req)?;
         if actor.user_id == user_id {
-            return Err(AppError::Conflict("Change your own password on your account page.".into()));
+            return Err(AppError::Conflict(
+                "Change your own password on your account page.".into(),
+            ));
         }
         let password = password::one_time();
         let hash = self.hasher.hash(&password).await?;
@@ -413,9 +520,18 @@ impl Accounts for AccountsBackend {
         .map_err(db::internal)?;
         let email = email.ok_or_else(|| AppError::NotFound("User".into()))?;
         sessions::end_all_for(&mut tx, user_id).await?;
-        audit::record(&mut tx, &Origin::of(req), Event::new("user.password_reset", "user", user_id)).await?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("user.password_reset", "user", user_id),
+        )
+        .await?;
         tx.commit().await.map_err(db::internal)?;
-        Ok(OneTimePassword { user_id, email, password })
+        Ok(OneTimePassword {
+            user_id,
+            email,
+            password,
+        })
     }
 }
 

@@ -24,10 +24,16 @@ fn argon2() -> Argon2<'static> {
 pub fn check_policy(password: &str, email: &str, field: &str) -> Result<(), AppError> {
     let len = password.chars().count();
     if len < MIN_LEN {
-        return Err(AppError::field(field, format!("Use at least {MIN_LEN} characters.")));
+        return Err(AppError::field(
+            field,
+            format!("Use at least {MIN_LEN} characters."),
+        ));
     }
     if len > MAX_LEN {
-        return Err(AppError::field(field, format!("Use at most {MAX_LEN} characters.")));
+        return Err(AppError::field(
+            field,
+            format!("Use at most {MAX_LEN} characters."),
+        ));
     }
     let lower = password.to_lowercase();
     if COMMON.contains(lower.as_str()) {
@@ -38,7 +44,10 @@ pub fn check_policy(password: &str, email: &str, field: &str) -> Result<(), AppE
     }
     let local = email.split('@').next().unwrap_or_default();
     if lower == email.to_lowercase() || (local.len() >= 4 && lower == local.to_lowercase()) {
-        return Err(AppError::field(field, "Do not use your e-mail address as your password."));
+        return Err(AppError::field(
+            field,
+            "Do not use your e-mail address as your password.",
+        ));
     }
     Ok(())
 }
@@ -50,7 +59,13 @@ pub fn one_time() -> String {
     let raw: String = (0..20)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("{}-{}-{}-{}", &raw[0..5], &raw[5..10], &raw[10..15], &raw[15..20])
+    format!(
+        "{}-{}-{}-{}",
+        &raw[0..5],
+        &raw[5..10],
+        &raw[10..15],
+        &raw[15..20]
+    )
 }
 
 #[derive(Clone)]
@@ -90,11 +105,17 @@ impl Hasher {
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, AppError> {
         let _permit = self.permits.acquire().await.map_err(crate::db::internal)?;
         let known = hash.is_some();
-        let hash = hash.map(str::to_owned).unwrap_or_else(|| self.dummy.to_string());
+        let hash = hash
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.dummy.to_string());
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    argon2()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -111,9 +132,14 @@ mod tests {
     fn policy_refuses_short_long_common_and_own_email() {
         assert!(check_policy("short", "a@b.c", "p").is_err());
         assert!(check_policy(&"x".repeat(129), "a@b.c", "p").is_err());
-        assert!(check_policy("Password1", "a@b.c", "p").is_ok() || check_policy("password1", "a@b.c", "p").is_err());
+        assert!(
+            check_policy("Password1", "a@b.c", "p").is_ok()
+                || check_policy("password1", "a@b.c", "p").is_err()
+        );
         assert_eq!(
-            check_policy("qwertyuiop", "a@b.c", "new_password").unwrap_err().field_message("new_password"),
+            check_policy("qwertyuiop", "a@b.c", "new_password")
+                .unwrap_err()
+                .field_message("new_password"),
             Some("That password is one of the most common ones; choose another.".into())
         );
         assert!(check_policy("alice@example.com", "alice@example.com", "p").is_err());
@@ -141,7 +167,10 @@ mod tests {
         let h = Hasher::new(2);
         let hash = h.hash("correct horse battery").await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(h.verify("correct horse battery", Some(&hash)).await.unwrap());
+        assert!(h
+            .verify("correct horse battery", Some(&hash))
+            .await
+            .unwrap());
         assert!(!h.verify("wrong horse battery", Some(&hash)).await.unwrap());
         assert!(!h.verify("concierge-dummy-password", None).await.unwrap());
     }

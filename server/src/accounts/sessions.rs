@@ -107,7 +107,10 @@ pub async fn resolve(
         session.flush().await.map_err(db::internal)?;
         return Ok(None);
     };
-    if row.disabled || now - row.last_seen_at > timeouts.idle || now - row.created_at > timeouts.absolute {
+    if row.disabled
+        || now - row.last_seen_at > timeouts.idle
+        || now - row.created_at > timeouts.absolute
+    {
         end(pool, session).await?;
         return Ok(None);
     }
@@ -119,7 +122,10 @@ pub async fn resolve(
             .await
             .map_err(db::internal)?;
         // Marks the record modified so the store extends its inactivity expiry too.
-        session.insert("seen", now.unix_timestamp()).await.map_err(db::internal)?;
+        session
+            .insert("seen", now.unix_timestamp())
+            .await
+            .map_err(db::internal)?;
     }
     Ok(Some(Actor {
         user_id: row.user_id,

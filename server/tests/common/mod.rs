@@ -63,14 +63,26 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.db_connections = 6;
     tweak(&mut config);
     let clock = Arc::new(ManualClock::default());
-    let server = Server::build(config, clock.clone()).await.expect("server starts");
+    let server = Server::build(config, clock.clone())
+        .await
+        .expect("server starts");
     let base = format!("http://{}", server.addr);
     let state = server.state.clone();
     tokio::spawn(server.run());
 
-    let db = PgPoolOptions::new().max_connections(3).connect(&url).await.expect("owner pool");
+    let db = PgPoolOptions::new()
+        .max_connections(3)
+        .connect(&url)
+        .await
+        .expect("owner pool");
     let password_hash = state.accounts.hasher.hash(PASSWORD).await.expect("hash");
-    TestApp { base, db, clock, state, password_hash }
+    TestApp {
+        base,
+        db,
+        clock,
+        state,
+        password_hash,
+    }
 }
 
 /// A browser-like client with its own cookie jar.
@@ -115,12 +127,16 @@ impl Client {
 
     /// The signed-in user's e-mail, or None when anonymous.
     pub async fn whoami(&self) -> Option<String> {
-        let v = self.call("current_actor", &[]).await.expect("current_actor");
+        let v = self
+            .call("current_actor", &[])
+            .await
+            .expect("current_actor");
         v.get("email").and_then(|e| e.as_str()).map(str::to_owned)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> CallResult {
-        self.call("login", &[("email", email), ("password", password)]).await
+        self.call("login", &[("email", email), ("password", password)])
+            .await
     }
 }
 
@@ -143,7 +159,9 @@ impl TestApp {
             .await
             .unwrap();
         let c = self.client();
-        c.login("admin@concierge.local", ADMIN_PASSWORD).await.expect("admin signs in");
+        c.login("admin@concierge.local", ADMIN_PASSWORD)
+            .await
+            .expect("admin signs in");
         c
     }
 

@@ -1,0 +1,358 @@
+//! Bad input gets a clear error on the right field and changes nothing; good input is
+//! audited with before and after.
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn tenant_names_are_validated() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    admin
+        .call("create_tenant", &[("name", "Acme")])
+        .await
+        .unwrap();
+    let before = app.snapshot().await;
+    for (name, expect) in [
+        ("", "Enter a name."),
+        ("   ", "Enter a name."),
+        (&"x".repeat(101), "Use at most 100 characters."),
+        ("ACME", "A tenant with that name already exists."),
+        ("Bad\u{1}Name", "Remove control characters from the name."),
+    ] {
+        let r = admin.call("create_tenant", &[("name", name)]).await;
+        assert_eq!(assert_field_error(&r, "name"), expect, "{name:?}");
+        assert_eq!(before, app.snapshot().await);
+    }
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'Acme'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    admin
+        .call("create_tenant", &[("name", "Other")])
+        .await
+        .unwrap();
+    let before = app.snapshot().await;
+    let r = admin
+        .call(
+            "rename_tenant",
+            &[("tenant_id", &acme.to_string()), ("name", "other")],
+        )
+        .await;
+    assert_eq!(
+        assert_field_error(&r, "name"),
+        "A tenant with that name already exists."
+    );
+    let r = admin
+        .call(
+            "rename_tenant",
+            &[
+                ("tenant_id", &uuid::Uuid::new_v4().to_string()),
+                ("name", "Nope"),
+            ],
+        )
+        .await;
+    assert!(matches!(r, Err((404, _))), "{r:?}");
+    let r = admin
+        .call(
+            "rename_tenant",
+            &[("tenant_id", "not-a-uuid"), ("name", "Nope")],
+        )
+        .await;
+    assert!(matches!(r, Err((400, _))), "{r:?}");
+    assert_eq!(before, app.snapshot().await);
+
+    admin
+        .call(
+            "rename_tenant",
+            &[("tenant_id", &acme.to_string()), ("name", "Acme Corp")],
+        )
+        .await
+        .unwrap();
+    let (before, after): (serde_json::Value, serde_json::Value) =
+        sqlx::query_as("SELECT before, after FROM audit_log WHERE action = 'tenant.rename'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(before["name"], "Acme");
+    assert_eq!(after["name"], "Acme Corp");
+}
+
+#[tokio::test]
+async fn user_fields_are_validated() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let before = app.snapshot().await;
+    let r = admin
+        .call(
+            "create_user",
+            &[("email", "not-an-email"), ("display_name", "")],
+        )
+        .await;
+    assert!(assert_field_error(&r, "email").contains("e-mail address"));
+    assert_eq!(assert_field_error(&r, "display_name"), "Enter a name.");
+    let r = admin
+        .call(
+            "create_user",
+            &[("email", "ADMIN@concierge.local"), ("display_name", "Dup")],
+        )
+        .await;
+    assert_eq!(
+        assert_field_error(&r, "email"),
+        "That e-mail address is already in use."
+    );
+    let r = admin
+        .call(
+            "create_user",
+            &[("email", "x@<script>.io"), ("display_name", "X")],
+        )
+        .await;
+    assert_field_error(&r, "email");
+    assert_eq!(before, app.snapshot().await);
+
+    let otp = admin
+        .call(
+            "create_user",
+            &[
+                ("email", " New@Example.com "),
+                ("display_name", " New Person "),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(otp["email"], "new@example.com");
+    let pw = otp["password"].as_str().unwrap().to_string();
+    let c = app.client();
+    c.login("new@example.com", &pw).await.unwrap();
+    let actor = c.call("current_actor", &[]).await.unwrap();
+    assert_eq!(actor["must_change_password"], true);
+    assert_eq!(actor["display_name"], "New Person");
+}
+
+#[tokio::test]
+async fn member_fields_are_validated() {
+    let app = spawn_app().await;
+    let t = app.tenant("Acme").await;
+    let (_, boss) = app
+        .signed_in("boss@example.com", Some((t, "tenant_admin")))
+        .await;
+    let tid = t.to_string();
+    let before = app.snapshot().await;
+    let r = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &tid),
+                ("email", "ann@example.com"),
+                ("display_name", "Ann"),
+                ("role", "emperor"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        assert_field_error(&r, "role"),
+        "Choose one of the listed roles."
+    );
+    let r = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &tid),
+                ("email", "ann@example.com"),
+                ("display_name", ""),
+                ("role", "requester"),
+            ],
+        )
+        .await;
+    assert_eq!(assert_field_error(&r, "display_name"), "Enter a name.");
+    let r = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &tid),
+                ("email", "boss@example.com"),
+                ("display_name", "B"),
+                ("role", "requester"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        assert_field_error(&r, "email"),
+        "That person is already a member."
+    );
+    let r = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &tid),
+                ("email", "nope"),
+                ("display_name", "B"),
+                ("role", "nope"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "email");
+    assert_field_error(&r, "role");
+    // Admins cannot lock themselves out.
+    let me: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM users WHERE email = 'boss@example.com'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let r = boss
+        .call(
+            "remove_member",
+            &[("tenant_id", &tid), ("user_id", &me.to_string())],
+        )
+        .await;
+    assert!(matches!(r, Err((409, _))), "{r:?}");
+    let r = boss
+        .call(
+            "set_member_role",
+            &[
+                ("tenant_id", &tid),
+                ("user_id", &me.to_string()),
+                ("role", "requester"),
+            ],
+        )
+        .await;
+    assert!(matches!(r, Err((409, _))), "{r:?}");
+    assert_eq!(before, app.snapshot().await);
+
+    // An existing account is added without a new password; a new one gets a one-time password.
+    app.user("known@example.com", None).await;
+    let r = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &tid),
+                ("email", "known@example.com"),
+                ("display_name", ""),
+                ("role", "approver"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(r.is_null());
+    let r = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &tid),
+                ("email", "fresh@example.com"),
+                ("display_name", "Fresh"),
+                ("role", "manager"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["email"], "fresh@example.com");
+    let actions = app.audit_actions().await;
+    assert_eq!(
+        actions[actions.len() - 3..],
+        ["member.add", "user.create", "member.add"]
+    );
+}
+
+#[tokio::test]
+async fn fleet_admins_cannot_lock_themselves_out() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let me = app.scalar_i64("SELECT count(*) FROM users").await;
+    assert_eq!(me, 1);
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let before = app.snapshot().await;
+    for (ep, form) in [
+        (
+            "set_user_disabled",
+            vec![
+                ("user_id", id.to_string()),
+                ("disabled", "true".to_string()),
+            ],
+        ),
+        (
+            "set_fleet_admin",
+            vec![
+                ("user_id", id.to_string()),
+                ("fleet_admin", "false".to_string()),
+            ],
+        ),
+        ("reset_password", vec![("user_id", id.to_string())]),
+    ] {
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = admin.call(ep, &form).await;
+        assert!(matches!(r, Err((409, _))), "{ep}: {r:?}");
+    }
+    assert_eq!(before, app.snapshot().await);
+}
+
+#[tokio::test]
+async fn granting_fleet_admin_requires_a_fresh_sign_in() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let (id, ann) = app.signed_in("ann@example.com", None).await;
+    admin
+        .call(
+            "set_fleet_admin",
+            &[("user_id", &id.to_string()), ("fleet_admin", "true")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ann.whoami().await,
+        None,
+        "privilege change ends old sessions"
+    );
+    ann.login("ann@example.com", PASSWORD).await.unwrap();
+    assert!(ann.call("list_tenants", &[]).await.is_ok());
+    let (b, a): (serde_json::Value, serde_json::Value) =
+        sqlx::query_as("SELECT before, after FROM audit_log WHERE action = 'user.fleet_admin'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (b["fleet_admin"].clone(), a["fleet_admin"].clone()),
+        (false.into(), true.into())
+    );
+}
+
+#[tokio::test]
+async fn audit_filters_and_pagination() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    for i in 0..60 {
+        admin
+            .call("create_tenant", &[("name", &format!("T{i:02}"))])
+            .await
+            .unwrap();
+    }
+    let page1 = admin
+        .call("list_audit", &[("action", "tenant."), ("page", "1")])
+        .await
+        .unwrap();
+    assert_eq!(page1["total"], 60);
+    assert_eq!(page1["items"].as_array().unwrap().len(), 50);
+    assert_eq!(page1["items"][0]["after"], "{\"name\":\"T59\"}");
+    let page2 = admin
+        .call("list_audit", &[("action", "tenant."), ("page", "2")])
+        .await
+        .unwrap();
+    assert_eq!(page2["items"].as_array().unwrap().len(), 10);
+    let none = admin
+        .call("list_audit", &[("action", "tenant.%")])
+        .await
+        .unwrap();
+    assert_eq!(none["total"], 0, "LIKE wildcards in filters are literal");
+    let by_actor = admin
+        .call("list_audit", &[("actor", "ADMIN@")])
+        .await
+        .unwrap();
+    assert!(by_actor["total"].as_i64().unwrap() >= 60);
+    let r = admin
+        .call("list_audit", &[("action", &"x".repeat(101))])
+        .await;
+    assert_field_error(&r, "action");
+}
