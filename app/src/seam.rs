@@ -33,6 +33,15 @@ impl RequestCtx {
         Ok(actor)
     }
 
+    /// The signed-in actor, who must be a fleet admin.
+    pub fn fleet_admin(&self) -> Result<&Actor, AppError> {
+        let actor = self.actor()?;
+        if !actor.fleet_admin {
+            return Err(AppError::Forbidden);
+        }
+        Ok(actor)
+    }
+
     /// The signed-in actor even when a password change is pending (for that change itself).
     pub fn any_actor(&self) -> Result<&Actor, AppError> {
         self.actor.as_ref().ok_or(AppError::Unauthenticated)

@@ -83,6 +83,25 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     }
     assert.equal(await rick.getByRole('link', { name: 'Tenants' }).count(), 0);
 
+    // Before hydration (here: with JavaScript off) forms still work and show their errors.
+    const plain = await (await browser.newContext({ javaScriptEnabled: false })).newPage();
+    await plain.goto(BASE + '/login');
+    await plain.fill('#email', requesterEmail);
+    await plain.fill('#password', 'wrong password, no js');
+    await plain.click('button[type=submit]');
+    await plain.getByText('E-mail or password is incorrect.').waitFor();
+    await plain.fill('#email', requesterEmail);
+    await plain.fill('#password', `rick-${run}-passphrase`);
+    await plain.click('button[type=submit]');
+    await plain.getByText('Welcome, Rick').waitFor();
+    await plain.goto(BASE + '/password');
+    await plain.fill('#current_password', `rick-${run}-passphrase`);
+    await plain.fill('#new_password', 'short');
+    await plain.fill('#confirm_password', 'short');
+    await plain.click('button[type=submit]');
+    await plain.locator('#new_password-error').getByText('Use at least 8 characters.').waitFor();
+    await shot(plain, 'password-error-nojs');
+
     for (const p of [admin, tara, rick]) assert.deepEqual(p.errors, [], 'no script or CSP errors');
     await goto(admin, '/');
     await shot(admin, 'home-admin');

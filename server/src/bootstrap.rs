@@ -25,7 +25,15 @@ pub async fn first_admin(state: &AppState) -> anyhow::Result<Option<String>> {
     let given = state.config.admin_password.as_deref();
     let otp = state
         .accounts
-        .insert_user(&mut tx, &Origin::default(), &email, &name, true, given)
+        .insert_user(
+            &mut tx,
+            &Origin::default(),
+            None,
+            &email,
+            &name,
+            true,
+            given,
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tx.commit().await?;
@@ -63,6 +71,7 @@ pub async fn demo(state: &AppState) -> anyhow::Result<()> {
             .insert_user(
                 &mut tx,
                 &Origin::default(),
+                Some(tenant),
                 &email,
                 &name,
                 false,

@@ -31,6 +31,7 @@ impl AppState {
                 per_account: config.login_failures_per_account,
                 per_address: config.login_failures_per_address,
             },
+            cache: Arc::new(Default::default()),
         };
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),

@@ -63,14 +63,6 @@ impl From<TenantRow> for TenantSummary {
 const TENANT_COLUMNS: &str = "t.id, t.name, t.suspended_at IS NOT NULL AS suspended,
     (SELECT count(*) FROM memberships m WHERE m.tenant_id = t.id) AS member_count, t.created_at";
 
-fn require_fleet_admin(req: &RequestCtx) -> Result<&app::account::Actor, AppError> {
-    let actor = req.actor()?;
-    if !actor.fleet_admin {
-        return Err(AppError::Forbidden);
-    }
-    Ok(actor)
-}
-
 /// The actor must administer `tenant`; everyone else is told it does not exist or is refused.
 fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Actor, AppError> {
     let actor = req.actor()?;
@@ -128,7 +120,7 @@ impl TenantsBackend {
 impl Tenants for TenantsBackend {
     #[tracing::instrument(skip_all)]
     async fn list(&self, req: &RequestCtx) -> Result<Vec<TenantSummary>, AppError> {
-        require_fleet_admin(req)?;
+        req.fleet_admin()?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let rows: Vec<TenantRow> = sqlx::query_as(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY lower(t.name)"
@@ -150,7 +142,7 @@ impl Tenants for TenantsBackend {
 
     #[tracing::instrument(skip_all)]
     async fn create(&self, req: &RequestCtx, name: &str) -> Result<TenantSummary, AppError> {
-        require_fleet_admin(req)?;
+        req.fleet_admin()?;
         let name = TenantName::parse(name)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let id: Uuid = sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
@@ -167,13 +159,13 @@ impl Tenants for TenantsBackend {
         )
         .await?;
         let t = self.fetch(&mut tx, id).await?;
-        tx.commit().await.map_err(db::map_err)?;
+        self.accounts.commit(tx).await?;
         Ok(t)
     }
 
     #[tracing::instrument(skip_all)]
     async fn rename(&self, req: &RequestCtx, tenant_id: Uuid, name: &str) -> Result<(), AppError> {
-        require_fleet_admin(req)?;
+        req.fleet_admin()?;
         let name = TenantName::parse(name)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let before = self.fetch(&mut tx, tenant_id).await?;
@@ -192,7 +184,7 @@ impl Tenants for TenantsBackend {
                 .after(json!({ "name": name.0 })),
         )
         .await?;
-        tx.commit().await.map_err(db::map_err)
+        self.accounts.commit(tx).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -202,7 +194,7 @@ impl Tenants for TenantsBackend {
         tenant_id: Uuid,
         suspended: bool,
     ) -> Result<(), AppError> {
-        require_fleet_admin(req)?;
+        req.fleet_admin()?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let before = self.fetch(&mut tx, tenant_id).await?;
         sqlx::query("UPDATE tenants SET suspended_at = CASE WHEN $2 THEN coalesce(suspended_at, now()) END WHERE id = $1")
@@ -228,7 +220,7 @@ impl Tenants for TenantsBackend {
             .after(json!({ "suspended": suspended })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        self.accounts.commit(tx).await
     }
 
     async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError> {
@@ -297,7 +289,15 @@ impl Tenants for TenantsBackend {
                 let name = DisplayName::parse(display_name, "display_name")?;
                 let otp = self
                     .accounts
-                    .insert_user(&mut tx, &origin, &email, &name, false, None)
+                    .insert_user(
+                        &mut tx,
+                        &origin,
+                        Some(tenant_id),
+                        &email,
+                        &name,
+                        false,
+                        None,
+                    )
                     .await?;
                 (otp.user_id, Some(otp))
             }
@@ -319,7 +319,7 @@ impl Tenants for TenantsBackend {
                 .after(json!({ "email": email.as_str(), "role": role.as_str() })),
         )
         .await?;
-        tx.commit().await.map_err(db::map_err)?;
+        self.accounts.commit(tx).await?;
         Ok(otp)
     }
 
@@ -361,7 +361,7 @@ impl Tenants for TenantsBackend {
                 .after(json!({ "role": role.as_str() })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        self.accounts.commit(tx).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -398,6 +398,6 @@ impl Tenants for TenantsBackend {
                 .before(json!({ "role": before.as_str() })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        self.accounts.commit(tx).await
     }
 }

@@ -15,7 +15,9 @@ use rand::RngCore as _;
 use std::net::SocketAddr;
 use tower_http::services::ServeDir;
 use tower_sessions::cookie::SameSite;
+use tower_sessions::CachingSessionStore;
 use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_moka_store::MokaStore;
 use tower_sessions_sqlx_store::PostgresStore;
 
 pub fn router(state: AppState) -> Router {
@@ -23,7 +25,11 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
     let backend = state.backend.clone();
 
-    let store = PostgresStore::new(state.pool.clone());
+    // Sessions are read on every request: keep them in memory, written through to PostgreSQL.
+    let store = CachingSessionStore::new(
+        MokaStore::new(Some(100_000)),
+        PostgresStore::new(state.pool.clone()),
+    );
     let idle = tower_sessions::cookie::time::Duration::minutes(state.config.session_idle_minutes);
     let secure = state.config.tls();
     // `__Host-` pins the cookie to this host and path, but browsers only accept it with Secure.
@@ -83,7 +89,14 @@ async fn authenticate(
         idle: time::Duration::minutes(state.config.session_idle_minutes),
         absolute: time::Duration::hours(state.config.session_absolute_hours),
     };
-    let actor = match sessions::resolve(&state.pool, &session, state.clock.as_ref(), timeouts).await
+    let actor = match sessions::resolve(
+        &state.pool,
+        &state.accounts.cache,
+        &session,
+        state.clock.as_ref(),
+        timeouts,
+    )
+    .await
     {
         Ok(actor) => actor,
         Err(e) => {

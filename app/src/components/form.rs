@@ -40,3 +40,21 @@ pub fn FormMessage(error: Signal<Option<AppError>>) -> impl IntoView {
             })
     }
 }
+
+/// A form reference that clears the form after each successful run of `action`, so the next
+/// entry starts blank.
+pub fn reset_on_success<S>(action: ServerAction<S>) -> NodeRef<leptos::html::Form>
+where
+    S: ServerFn<Error = AppError> + Clone + Send + Sync + 'static,
+    S::Output: Clone + Send + Sync + 'static,
+{
+    let form = NodeRef::<leptos::html::Form>::new();
+    Effect::new(move |_| {
+        if action.value().with(|v| matches!(v, Some(Ok(_)))) {
+            if let Some(f) = form.get_untracked() {
+                f.reset();
+            }
+        }
+    });
+    form
+}

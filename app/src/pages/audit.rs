@@ -4,6 +4,7 @@ use crate::components::pager::Pager;
 use crate::components::timestamp::Timestamp;
 use crate::pages::users::urlencode;
 use crate::shell::use_actor;
+use crate::tenant::list_tenants;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
@@ -40,10 +41,16 @@ fn AuditContent() -> impl IntoView {
                         {move || Suspend::new(async move {
                             let a = actor.await.ok().flatten()?;
                             let current = get("tenant");
-                            let options = a.memberships.iter()
-                                .filter(|m| a.fleet_admin || m.role == crate::account::TenantRole::TenantAdmin)
-                                .map(|m| (m.tenant_id.to_string(), m.tenant_name.clone()))
-                                .collect::<Vec<_>>();
+                            // Fleet admins pick from every tenant, tenant admins from theirs.
+                            let options = if a.fleet_admin {
+                                list_tenants().await.unwrap_or_default().into_iter()
+                                    .map(|t| (t.id.to_string(), t.name))
+                                    .collect::<Vec<_>>()
+                            } else {
+                                a.administered_tenants()
+                                    .map(|m| (m.tenant_id.to_string(), m.tenant_name.clone()))
+                                    .collect::<Vec<_>>()
+                            };
                             Some(view! {
                                 <select id="audit-tenant" name="tenant">
                                     <option value="">{if a.fleet_admin { "All tenants" } else { "All my tenants" }}</option>

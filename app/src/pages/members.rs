@@ -1,5 +1,5 @@
 use crate::account::{OneTimePassword, TenantRole};
-use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{any_admin, Guard};
 use crate::tenant::{get_tenant, list_members, AddMember, RemoveMember, SetMemberRole};
 use leptos::prelude::*;
@@ -39,6 +39,7 @@ fn MembersContent() -> impl IntoView {
     let set_role = ServerAction::<SetMemberRole>::new();
     let remove = ServerAction::<RemoveMember>::new();
     let add_error = action_error(add);
+    let add_form = reset_on_success(add);
     let role_error = action_error(set_role);
     let remove_error = action_error(remove);
     let tenant = Resource::new(tenant_id, |id| async move {
@@ -78,7 +79,7 @@ fn MembersContent() -> impl IntoView {
                                 <p class="muted">"Someone without an account gets one, with a one-time password shown here once."</p>
                                 {move || new_otp().map(|otp| view! { <OneTimePasswordNotice otp/> })}
                                 <FormMessage error=add_error/>
-                                <ActionForm action=add attr:class="form row">
+                                <ActionForm action=add node_ref=add_form attr:class="form row">
                                     <input type="hidden" name="tenant_id" value=id.clone()/>
                                     <div class="field">
                                         <label for="member-email">"E-mail"</label>

@@ -1,4 +1,4 @@
-use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::components::timestamp::Timestamp;
 use crate::tenant::{list_tenants, CreateTenant, RenameTenant, SetTenantSuspended};
@@ -21,6 +21,7 @@ fn TenantsContent() -> impl IntoView {
     let rename = ServerAction::<RenameTenant>::new();
     let suspend = ServerAction::<SetTenantSuspended>::new();
     let create_error = action_error(create);
+    let create_form = reset_on_success(create);
     let rename_error = action_error(rename);
     let suspend_error = action_error(suspend);
     let tenants = Resource::new(
@@ -37,7 +38,7 @@ fn TenantsContent() -> impl IntoView {
         <h1>"Tenants"</h1>
         <section class="card">
             <h2>"New tenant"</h2>
-            <ActionForm action=create attr:class="form row">
+            <ActionForm action=create node_ref=create_form attr:class="form row">
                 <div class="field">
                     <label for="tenant-name">"Name"</label>
                     <input id="tenant-name" name="name" required maxlength="100" aria-describedby="name-error"/>

@@ -1,4 +1,4 @@
-use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::components::pager::Pager;
 use crate::pages::members::OneTimePasswordNotice;
@@ -27,6 +27,7 @@ fn UsersContent() -> impl IntoView {
     let disable = ServerAction::<SetUserDisabled>::new();
     let reset = ServerAction::<ResetPassword>::new();
     let create_error = action_error(create);
+    let create_form = reset_on_success(create);
     let admin_error = action_error(admin);
     let disable_error = action_error(disable);
     let reset_error = action_error(reset);
@@ -56,7 +57,7 @@ fn UsersContent() -> impl IntoView {
             <h2>"New user"</h2>
             {move || otp().map(|otp| view! { <OneTimePasswordNotice otp/> })}
             <FormMessage error=create_error/>
-            <ActionForm action=create attr:class="form row">
+            <ActionForm action=create node_ref=create_form attr:class="form row">
                 <div class="field">
                     <label for="user-email">"E-mail"</label>
                     <input id="user-email" name="email" type="email" required aria-describedby="email-error"/>

@@ -28,22 +28,25 @@ pub struct AccountsBackend {
     pub clock: Arc<dyn Clock>,
     pub hasher: Hasher,
     pub limits: throttle::Limits,
-}
-
-fn require_fleet_admin(req: &RequestCtx) -> Result<&app::account::Actor, AppError> {
-    let actor = req.actor()?;
-    if !actor.fleet_admin {
-        return Err(AppError::Forbidden);
-    }
-    Ok(actor)
+    pub cache: Arc<sessions::ActorCache>,
 }
 
 impl AccountsBackend {
-    /// Creates an account with a fresh one-time password inside `tx`.
+    /// Commits a change and retires every cached actor it may have altered.
+    pub async fn commit(&self, tx: db::Tx) -> Result<(), AppError> {
+        tx.commit().await.map_err(db::map_err)?;
+        self.cache.invalidate_all();
+        Ok(())
+    }
+
+    /// Creates an account inside `tx`, with `password` or a fresh one-time password. `tenant`
+    /// is the tenant it is created for (so that tenant's admins see it in their audit trail).
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_user(
         &self,
         tx: &mut db::Tx,
         origin: &Origin,
+        tenant: Option<Uuid>,
         email: &Email,
         name: &DisplayName,
         fleet_admin: bool,
@@ -64,14 +67,11 @@ impl AccountsBackend {
         .fetch_one(&mut **tx)
         .await
         .map_err(db::map_err)?;
-        audit::record(
-            tx,
-            origin,
-            Event::new("user.create", "user", id).after(json!({
-                "email": email.as_str(), "display_name": name.as_str(), "fleet_admin": fleet_admin
-            })),
-        )
-        .await?;
+        let mut event = Event::new("user.create", "user", id).after(json!({
+            "email": email.as_str(), "display_name": name.as_str(), "fleet_admin": fleet_admin
+        }));
+        event.tenant_id = tenant;
+        audit::record(tx, origin, event).await?;
         Ok(OneTimePassword {
             user_id: id,
             email: email.as_str().to_string(),
@@ -182,7 +182,7 @@ impl Accounts for AccountsBackend {
             Event::new("session.login", "session", session_id),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -197,7 +197,7 @@ impl Accounts for AccountsBackend {
                 Event::new("session.logout", "session", id),
             )
             .await?;
-            tx.commit().await.map_err(db::internal)?;
+            self.commit(tx).await?;
         }
         Ok(())
     }
@@ -272,7 +272,7 @@ impl Accounts for AccountsBackend {
             Event::new("user.password_change", "user", actor.user_id),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        self.commit(tx).await?;
         sessions::rotate(&req.session).await
     }
 
@@ -327,7 +327,7 @@ impl Accounts for AccountsBackend {
             Event::new("session.end", "session", session_id),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        self.commit(tx).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -337,7 +337,7 @@ impl Accounts for AccountsBackend {
         search: &str,
         page: u32,
     ) -> Result<Page<UserSummary>, AppError> {
-        require_fleet_admin(req)?;
+        req.fleet_admin()?;
         if search.chars().count() > 254 {
             return Err(AppError::field("q", "Search for at most 254 characters."));
         }
@@ -391,7 +391,7 @@ impl Accounts for AccountsBackend {
         display_name: &str,
         fleet_admin: bool,
     ) -> Result<OneTimePassword, AppError> {
-        require_fleet_admin(req)?;
+        req.fleet_admin()?;
         let email = Email::parse(email, "email");
         let name = DisplayName::parse(display_name, "display_name");
         let (email, name) = match (email, name) {
@@ -400,9 +400,17 @@ impl Accounts for AccountsBackend {
         };
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let otp = self
-            .insert_user(&mut tx, &Origin::of(req), &email, &name, fleet_admin, None)
+            .insert_user(
+                &mut tx,
+                &Origin::of(req),
+                None,
+                &email,
+                &name,
+                fleet_admin,
+                None,
+            )
             .await?;
-        tx.commit().await.map_err(db::map_err)?;
+        self.commit(tx).await?;
         Ok(otp)
     }
 
@@ -413,7 +421,7 @@ impl Accounts for AccountsBackend {
         user_id: Uuid,
         fleet_admin: bool,
     ) -> Result<(), AppError> {
-        let actor = require_fleet_admin(req)?;
+        let actor = req.fleet_admin()?;
         if actor.user_id == user_id {
             return Err(AppError::Conflict(
                 "You cannot change your own fleet-admin rights.".into(),
@@ -440,7 +448,7 @@ impl Accounts for AccountsBackend {
                 .after(json!({ "fleet_admin": fleet_admin })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        self.commit(tx).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -450,7 +458,7 @@ impl Accounts for AccountsBackend {
         user_id: Uuid,
         disabled: bool,
     ) -> Result<(), AppError> {
-        let actor = require_fleet_admin(req)?;
+        let actor = req.fleet_admin()?;
         if actor.user_id == user_id {
             return Err(AppError::Conflict(
                 "You cannot disable your own account.".into(),
@@ -491,7 +499,7 @@ impl Accounts for AccountsBackend {
             .after(json!({ "disabled": disabled })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        self.commit(tx).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -500,7 +508,7 @@ impl Accounts for AccountsBackend {
         req: &RequestCtx,
         user_id: Uuid,
     ) -> Result<OneTimePassword, AppError> {
-        let actor = require_fleet_admin(req)?;
+        let actor = req.fleet_admin()?;
         if actor.user_id == user_id {
             return Err(AppError::Conflict(
                 "Change your own password on your account page.".into(),
@@ -526,7 +534,7 @@ impl Accounts for AccountsBackend {
             Event::new("user.password_reset", "user", user_id),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        self.commit(tx).await?;
         Ok(OneTimePassword {
             user_id,
             email,

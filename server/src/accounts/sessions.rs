@@ -6,6 +6,8 @@ use app::account::{Actor, Membership};
 use app::error::AppError;
 use sqlx::PgPool;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use tower_sessions::Session;
 use uuid::Uuid;
@@ -13,6 +15,49 @@ use uuid::Uuid;
 const KEY: &str = "sid";
 /// How stale `last_seen_at` may get before a request refreshes it (saves a write per request).
 const TOUCH_EVERY: Duration = Duration::seconds(60);
+
+/// Resolved actors by session, so most requests need no database round trip. Every committed
+/// change to accounts, memberships or tenants bumps the generation, which retires all entries;
+/// a load that raced with a change is not stored. Entries also expire after a few seconds,
+/// which bounds staleness if another process changed the data.
+pub struct ActorCache {
+    generation: AtomicU64,
+    entries: moka::sync::Cache<Uuid, Cached>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    generation: u64,
+    row: Arc<ActorRow>,
+}
+
+impl Default for ActorCache {
+    fn default() -> Self {
+        ActorCache {
+            generation: AtomicU64::new(0),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(5))
+                .build(),
+        }
+    }
+}
+
+impl ActorCache {
+    /// Call after committing any change that can alter a resolved actor.
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn get(&self, id: Uuid) -> Option<Arc<ActorRow>> {
+        let hit = self.entries.get(&id)?;
+        (hit.generation == self.generation.load(Ordering::SeqCst)).then_some(hit.row)
+    }
+
+    fn forget(&self, id: Uuid) {
+        self.entries.invalidate(&id);
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -72,7 +117,7 @@ pub async fn end(pool: &PgPool, session: &Session) -> Result<Option<Uuid>, AppEr
     Ok(id)
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct ActorRow {
     user_id: Uuid,
     email: String,
@@ -89,6 +134,7 @@ struct ActorRow {
 /// disabled sessions are removed and the cookie's record cleared.
 pub async fn resolve(
     pool: &PgPool,
+    cache: &ActorCache,
     session: &Session,
     clock: &dyn Clock,
     timeouts: Timeouts,
@@ -96,21 +142,39 @@ pub async fn resolve(
     let Some(id) = session.get::<Uuid>(KEY).await.map_err(db::internal)? else {
         return Ok(None);
     };
-    let row: Option<ActorRow> = sqlx::query_as("SELECT * FROM session_actor($1)")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(db::internal)?;
-    let now = clock.now();
-    let Some(row) = row else {
-        // Ended elsewhere (sign-out on another device, user disabled, membership removed).
-        session.flush().await.map_err(db::internal)?;
-        return Ok(None);
+    let row = match cache.get(id) {
+        Some(row) => row,
+        None => {
+            let generation = cache.generation.load(Ordering::SeqCst);
+            let row: Option<ActorRow> = sqlx::query_as("SELECT * FROM session_actor($1)")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(db::internal)?;
+            let Some(row) = row else {
+                // Ended elsewhere (sign-out on another device, user disabled, membership removed).
+                session.flush().await.map_err(db::internal)?;
+                return Ok(None);
+            };
+            let row = Arc::new(row);
+            if generation == cache.generation.load(Ordering::SeqCst) {
+                cache.entries.insert(
+                    id,
+                    Cached {
+                        generation,
+                        row: row.clone(),
+                    },
+                );
+            }
+            row
+        }
     };
+    let now = clock.now();
     if row.disabled
         || now - row.last_seen_at > timeouts.idle
         || now - row.created_at > timeouts.absolute
     {
+        cache.forget(id);
         end(pool, session).await?;
         return Ok(None);
     }
@@ -121,6 +185,7 @@ pub async fn resolve(
             .execute(pool)
             .await
             .map_err(db::internal)?;
+        cache.forget(id);
         // Marks the record modified so the store extends its inactivity expiry too.
         session
             .insert("seen", now.unix_timestamp())
@@ -130,11 +195,11 @@ pub async fn resolve(
     Ok(Some(Actor {
         user_id: row.user_id,
         session_id: id,
-        email: row.email,
-        display_name: row.display_name,
+        email: row.email.clone(),
+        display_name: row.display_name.clone(),
         fleet_admin: row.fleet_admin,
         must_change_password: row.must_change_password,
-        memberships: row.memberships.0,
+        memberships: row.memberships.0.clone(),
     }))
 }
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Load benchmark: an authenticated server-rendered page, release build, 64 connections, wrk.
+#   scripts/bench/ssr-page.sh [runs=3] [seconds=20] [path=/]
+# Prints wrk's output per run and a summary line with the median requests/s and p99.
+source "$(dirname "$0")/../lib.sh"
+runs="${1:-3}"; secs="${2:-20}"; path="${3:-/}"
+ensure_apt wrk curl
+ensure_database
+base_url="${DATABASE_URL%%\?*}"; base_url="${base_url%/*}"
+db="concierge_bench_$(date +%s)"
+psql "$base_url/postgres" -qc "CREATE DATABASE $db"
+(cd "$ROOT" && cargo build -p server --release -q)
+port=$((20000 + RANDOM % 20000))
+(cd "$ROOT" && DATABASE_URL="$base_url/$db" CONCIERGE_LISTEN="127.0.0.1:$port" CONCIERGE_PUBLIC_URL="http://127.0.0.1:$port" \
+  CONCIERGE_ADMIN_PASSWORD="bench-admin-password" CONCIERGE_DEMO=true RUST_LOG=warn \
+  "$ROOT/target/release/concierge" >/tmp/concierge-bench.log 2>&1) &
+server=$!
+trap 'kill $server 2>/dev/null; psql "$base_url/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null' EXIT
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/login" >/dev/null && break; sleep 0.2; done
+jar=$(mktemp)
+curl -fs -c "$jar" -H "Origin: http://127.0.0.1:$port" -d 'email=tenant-admin@demo.local&password=concierge-demo' \
+  "http://127.0.0.1:$port/api/login" >/dev/null
+cookie=$(awk '$6=="concierge"{print "concierge="$7}' "$jar")
+[ -n "$cookie" ] || { echo "could not sign in" >&2; exit 1; }
+curl -fs -H "Cookie: $cookie" "http://127.0.0.1:$port$path" | grep -q "Welcome" || { echo "page is not the signed-in page" >&2; exit 1; }
+results=()
+for i in $(seq 1 "$runs"); do
+  out=$(wrk -t1 -c64 -d"${secs}s" --latency -H "Cookie: $cookie" -H "Accept: text/html" "http://127.0.0.1:$port$path")
+  echo "$out"
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+  results+=("$rps $p99")
+done
+# Medians of each figure separately; p99 normalised to milliseconds.
+to_ms() { case "$1" in *us) echo "${1%us}" | awk '{print $1/1000}';; *ms) echo "${1%ms}";; *s) echo "${1%s}" | awk '{print $1*1000}';; *) echo "$1";; esac; }
+mid=$(( (runs + 1) / 2 ))
+rps_median=$(printf '%s\n' "${results[@]}" | awk '{print $1}' | sort -g | sed -n "${mid}p")
+p99_median=$(for r in "${results[@]}"; do to_ms "${r#* }"; done | sort -g | sed -n "${mid}p")
+echo "median of $runs runs: $rps_median requests/s, p99 $p99_median ms"
