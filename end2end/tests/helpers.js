@@ -54,7 +54,7 @@ export async function signIn(page, email, password) {
   await goto(page, '/login');
   await page.fill('#email', email);
   await page.fill('#password', password);
-  await page.click('button[type=submit]');
+  await page.click('main button[type=submit]');
 }
 
 /// First sign-in with a one-time password: the portal insists on a new one.
@@ -65,6 +65,6 @@ export async function firstSignIn(page, email, oneTimePassword, newPassword) {
   await page.fill('#current_password', oneTimePassword);
   await page.fill('#new_password', newPassword);
   await page.fill('#confirm_password', newPassword);
-  await page.click('button[type=submit]');
+  await page.click('main button[type=submit]');
   await page.waitForURL('**/account?changed=1');
 }

@@ -31,6 +31,8 @@ fn AuditContent() -> impl IntoView {
         |(t, action, actor, p)| list_audit(t, action, actor, p),
     );
     let actor = use_actor();
+    // Resolved during server rendering and handed to the browser with the page.
+    let all_tenants = Resource::new(|| (), |_| list_tenants());
     view! {
         <h1>"Audit log"</h1>
         <section class="card">
@@ -43,7 +45,7 @@ fn AuditContent() -> impl IntoView {
                             let current = get("tenant");
                             // Fleet admins pick from every tenant, tenant admins from theirs.
                             let options = if a.fleet_admin {
-                                list_tenants().await.unwrap_or_default().into_iter()
+                                all_tenants.await.unwrap_or_default().into_iter()
                                     .map(|t| (t.id.to_string(), t.name))
                                     .collect::<Vec<_>>()
                             } else {
