@@ -4,7 +4,8 @@
 # Prints wrk's output per run and a summary line with the median requests/s and p99.
 source "$(dirname "$0")/../lib.sh"
 runs="${1:-3}"; secs="${2:-20}"; path="${3:-/}"
-ensure_apt wrk curl
+ensure_apt wrk curl python3
+command -v oha >/dev/null || cargo install oha --locked
 ensure_database
 base_url="${DATABASE_URL%%\?*}"; base_url="${base_url%/*}"
 db="concierge_bench_$(date +%s)"
@@ -31,6 +32,19 @@ for i in $(seq 1 "$runs"); do
   p99=$(echo "$out" | awk '$1=="99%"{print $2}')
   results+=("$rps $p99")
 done
+# Open-loop: a fixed 3,000 requests/s over 64 connections, latency corrected for
+# coordinated omission (oha, crates.io).
+fixed=()
+for i in $(seq 1 "$runs"); do
+  json=$(oha -z "${secs}s" -c 64 -q 3000 --latency-correction --no-tui --output-format json \
+    -H "Cookie: $cookie" -H "Accept: text/html" "http://127.0.0.1:$port$path")
+  line=$(echo "$json" | python3 "$ROOT/scripts/bench/oha_summary.py")
+  echo "oha fixed 3000/s run $i: requests/s p50_ms p99_ms codes = $line"
+  fixed+=("$line")
+done
+mid=$(( (runs + 1) / 2 ))
+echo "median of $runs fixed-rate runs: $(printf '%s\n' "${fixed[@]}" | awk '{print $1}' | sort -g | sed -n "${mid}p") requests/s, p50 $(printf '%s\n' "${fixed[@]}" | awk '{print $2}' | sort -g | sed -n "${mid}p") ms, p99 $(printf '%s\n' "${fixed[@]}" | awk '{print $3}' | sort -g | sed -n "${mid}p") ms"
+
 # Medians of each figure separately; p99 normalised to milliseconds.
 to_ms() { case "$1" in *us) echo "${1%us}" | awk '{print $1/1000}';; *ms) echo "${1%ms}";; *s) echo "${1%s}" | awk '{print $1*1000}';; *) echo "$1";; esac; }
 mid=$(( (runs + 1) / 2 ))

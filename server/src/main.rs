@@ -2,6 +2,10 @@ use clap::Parser;
 use concierge::{clock::SystemClock, config::Config, Server};
 use std::sync::Arc;
 
+// Server rendering allocates many small strings per request; mimalloc keeps the tail short.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
