@@ -4,7 +4,6 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WASM_BINDGEN_VERSION="0.2.130"
-PG_PORT="${CONCIERGE_PG_PORT:-55432}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
@@ -63,6 +62,14 @@ ensure_database() {
     as_pg "$bin/initdb" -D "$data" -U postgres -A trust -E UTF8 >/dev/null
   fi
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$run"
+  # The cluster keeps the port it first got; another checkout's cluster may hold 55432.
+  if [ -f "$ROOT/.data/pg-port" ]; then
+    PG_PORT=$(cat "$ROOT/.data/pg-port")
+  else
+    PG_PORT="${CONCIERGE_PG_PORT:-55432}"
+    while (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null; do PG_PORT=$((PG_PORT + 1)); done
+    echo "$PG_PORT" >"$ROOT/.data/pg-port"
+  fi
   if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
     as_pg "$bin/pg_ctl" -D "$data" -l "$run/postgres.log" -w \
