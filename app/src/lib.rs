@@ -6,6 +6,7 @@ pub mod account;
 pub mod audit;
 pub mod components;
 pub mod error;
+pub mod fleet;
 pub mod pages;
 #[cfg(feature = "ssr")]
 pub mod seam;

@@ -3,6 +3,7 @@
 use crate::account::{Actor, OneTimePassword, SessionInfo};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
+use crate::fleet::{DomainSummary, HostDetail, HostSummary};
 use crate::tenant::{Member, TenantSummary};
 use crate::user::UserSummary;
 use crate::Page;
@@ -145,12 +146,36 @@ pub trait AuditTrail: Send + Sync + 'static {
     ) -> Result<Page<AuditEntry>, AppError>;
 }
 
+#[async_trait]
+pub trait Fleet: Send + Sync + 'static {
+    async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError>;
+    async fn register(
+        &self,
+        req: &RequestCtx,
+        name: &str,
+        uri: &str,
+        labels: &str,
+        schedulable: bool,
+        maintenance: bool,
+    ) -> Result<HostSummary, AppError>;
+    async fn host(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        search: &str,
+        page: u32,
+    ) -> Result<HostDetail, AppError>;
+    async fn reconcile(&self, req: &RequestCtx, host_id: Uuid) -> Result<(), AppError>;
+    async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
     pub accounts: Arc<dyn Accounts>,
     pub tenants: Arc<dyn Tenants>,
     pub audit: Arc<dyn AuditTrail>,
+    pub fleet: Arc<dyn Fleet>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

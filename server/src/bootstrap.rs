@@ -95,3 +95,51 @@ pub async fn demo(state: &AppState) -> anyhow::Result<()> {
     tx.commit().await?;
     Ok(())
 }
+
+/// Registers the local hypervisor when no host exists: libvirtd's `qemu:///system` if it
+/// answers, else `qemu:///session`, else a simulated host on libvirt's test driver.
+pub async fn local_host(state: &AppState) -> anyhow::Result<()> {
+    let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM hosts)")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if any {
+        return Ok(());
+    }
+    let mut candidates = Vec::new();
+    if std::path::Path::new("/var/run/libvirt/libvirt-sock").exists() {
+        candidates.push(("local", "qemu:///system", false));
+    }
+    candidates.push(("local", "qemu:///session", false));
+    candidates.push(("simulated", "test:///default", true));
+    for (name, uri, simulated) in candidates {
+        match crate::hypervisor::probe(uri).await {
+            Ok(_) => {
+                let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
+                let id: uuid::Uuid = sqlx::query_scalar(
+                    "INSERT INTO hosts (name, uri, simulated, labels) VALUES ($1, $2, $3, ARRAY['local']) RETURNING id",
+                )
+                .bind(name)
+                .bind(uri)
+                .bind(simulated)
+                .fetch_one(&mut *tx)
+                .await?;
+                crate::audit::record(
+                    &mut tx,
+                    &Origin::default(),
+                    crate::audit::Event::new("host.register", "host", id).after(
+                        serde_json::json!({ "name": name, "uri": uri, "simulated": simulated }),
+                    ),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                tx.commit().await?;
+                tracing::info!(uri, "registered the local hypervisor");
+                return Ok(());
+            }
+            Err(e) => tracing::info!(uri, error = %e, "local hypervisor candidate did not answer"),
+        }
+    }
+    Ok(())
+}

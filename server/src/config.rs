@@ -76,6 +76,15 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 
+    /// Seconds between full inventory reconciles of each host.
+    #[arg(long, env = "CONCIERGE_RECONCILE_SECONDS", default_value_t = 60)]
+    pub reconcile_seconds: u64,
+
+    /// When no host is registered, register the local hypervisor (qemu:///system when
+    /// libvirtd answers, else qemu:///session), or a simulated one on libvirt's test driver.
+    #[arg(long, env = "CONCIERGE_LOCAL_HOST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub local_host: bool,
+
     /// Seed a demo tenant with one user per role (never in production).
     #[arg(long, env = "CONCIERGE_DEMO", default_value_t = false)]
     pub demo: bool,
@@ -114,6 +123,8 @@ impl Config {
             admin_email: "admin@concierge.local".into(),
             admin_password: None,
             demo: false,
+            reconcile_seconds: 60,
+            local_host: false,
         }
     }
 }

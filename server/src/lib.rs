@@ -5,6 +5,8 @@ pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod fleet;
+pub mod hypervisor;
 pub mod state;
 pub mod tenants;
 pub mod web;
@@ -39,6 +41,10 @@ impl Server {
         if state.config.demo {
             bootstrap::demo(&state).await?;
         }
+        if state.config.local_host {
+            bootstrap::local_host(&state).await?;
+        }
+        state.hypervisors.start_all().await?;
         Ok(Server {
             addr,
             state,

@@ -4,6 +4,7 @@ use crate::accounts::{throttle, AccountsBackend};
 use crate::audit::AuditBackend;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::hypervisor::Hypervisors;
 use crate::tenants::TenantsBackend;
 use app::seam::Backend;
 use leptos::config::LeptosOptions;
@@ -19,6 +20,7 @@ pub struct AppState {
     pub accounts: AccountsBackend,
     pub leptos: LeptosOptions,
     pub public_origin: String,
+    pub hypervisors: Arc<Hypervisors>,
 }
 
 impl AppState {
@@ -33,6 +35,10 @@ impl AppState {
             },
             cache: Arc::new(Default::default()),
         };
+        let hypervisors = Hypervisors::new(
+            pool.clone(),
+            std::time::Duration::from_secs(config.reconcile_seconds.max(1)),
+        );
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
             tenants: Arc::new(TenantsBackend {
@@ -40,6 +46,11 @@ impl AppState {
                 accounts: accounts.clone(),
             }),
             audit: Arc::new(AuditBackend { pool: pool.clone() }),
+            fleet: Arc::new(crate::fleet::FleetBackend {
+                pool: pool.clone(),
+                hypervisors: hypervisors.clone(),
+                accounts: accounts.clone(),
+            }),
         };
         let leptos = LeptosOptions::builder()
             .output_name("concierge")
@@ -55,6 +66,7 @@ impl AppState {
             backend,
             accounts,
             leptos,
+            hypervisors,
         }
     }
 }

@@ -325,3 +325,35 @@ async fn fleet_pages_are_refused_to_tenant_users() {
     assert_eq!(w.client(TenantAdminA).get(&members).await.status(), 200);
     assert_eq!(w.client(RequesterA).get("/audit").await.status(), 403);
 }
+
+#[tokio::test]
+async fn fleet_operations_are_for_fleet_admins_only() {
+    let w = World::new().await;
+    let host = Uuid::new_v4().to_string();
+    let ops: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("list_hosts", vec![]),
+        ("list_drift", vec![]),
+        ("get_host", vec![("host_id", &host)]),
+        ("reconcile_host", vec![("host_id", &host)]),
+        (
+            "register_host",
+            vec![("name", "x"), ("uri", "test:///default")],
+        ),
+    ];
+    for (ep, form) in &ops {
+        for who in [Anonymous, RequesterA, RequesterB, TenantAdminA] {
+            let before = w.app.snapshot().await;
+            let r = w.client(who).call(ep, form).await;
+            assert_refused(&r, &format!("{ep} as {who:?}"));
+            assert_eq!(before, w.app.snapshot().await, "{ep} as {who:?}");
+        }
+    }
+    assert!(w.client(FleetAdmin).call("list_hosts", &[]).await.is_ok());
+    assert!(w.client(FleetAdmin).call("list_drift", &[]).await.is_ok());
+    let r = w
+        .client(FleetAdmin)
+        .call("get_host", &[("host_id", &host)])
+        .await;
+    assert!(matches!(r, Err((404, _))), "{r:?}");
+    assert_eq!(w.app.scalar_i64("SELECT count(*) FROM hosts").await, 0);
+}

@@ -1,0 +1,140 @@
+//! Hypervisor hosts and their inventory, as fleet admins see them.
+use crate::error::AppError;
+use crate::Page;
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub uri: String,
+    pub labels: Vec<String>,
+    pub schedulable: bool,
+    pub maintenance: bool,
+    pub simulated: bool,
+    /// connecting, connected or lost.
+    pub state: String,
+    pub state_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub state_since: OffsetDateTime,
+    pub cpus: Option<i32>,
+    pub memory_kib: Option<i64>,
+    pub free_memory_kib: Option<i64>,
+    pub vcpus_allocated: i64,
+    pub memory_allocated_kib: i64,
+    pub domains: i64,
+    pub running: i64,
+    pub storage_capacity: i64,
+    pub storage_available: i64,
+    pub lib_version: Option<String>,
+    pub hv_type: Option<String>,
+    pub hv_version: Option<String>,
+    /// The libvirt library is older than the configured minimum.
+    pub needs_update: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_sync_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub name: String,
+    pub pool_type: Option<String>,
+    pub path: Option<String>,
+    pub active: bool,
+    pub capacity: i64,
+    pub allocation: i64,
+    pub available: i64,
+    pub missing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub active: bool,
+    pub forward_mode: Option<String>,
+    pub bridge: Option<String>,
+    pub missing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSummary {
+    pub host_id: Uuid,
+    pub host_name: String,
+    pub uuid: Uuid,
+    pub name: String,
+    pub state: String,
+    pub vcpus: i32,
+    pub memory_kib: i64,
+    pub managed: bool,
+    pub tenant_name: Option<String>,
+    pub owner_email: Option<String>,
+    pub missing: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub state_since: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDetail {
+    pub host: HostSummary,
+    pub pools: Vec<PoolInfo>,
+    pub networks: Vec<NetworkInfo>,
+    pub domains: Page<DomainSummary>,
+}
+
+/// libvirt encodes versions as major * 1,000,000 + minor * 1,000 + release.
+pub fn version_string(v: i64) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1_000) % 1_000, v % 1_000)
+}
+
+#[server(prefix = "/api", endpoint = "list_hosts")]
+pub async fn list_hosts() -> Result<Vec<HostSummary>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.hosts(&req).await)
+}
+
+#[server(prefix = "/api", endpoint = "register_host")]
+pub async fn register_host(
+    name: String,
+    uri: String,
+    #[server(default)] labels: String,
+    #[server(default)] schedulable: bool,
+    #[server(default)] maintenance: bool,
+) -> Result<HostSummary, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .register(&req, &name, &uri, &labels, schedulable, maintenance)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "get_host")]
+pub async fn get_host(
+    host_id: Uuid,
+    #[server(default)] search: String,
+    #[server(default)] page: u32,
+) -> Result<HostDetail, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .host(&req, host_id, &search, page)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "reconcile_host")]
+pub async fn reconcile_host(host_id: Uuid) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.reconcile(&req, host_id).await)
+}
+
+#[server(prefix = "/api", endpoint = "list_drift")]
+pub async fn list_drift(#[server(default)] page: u32) -> Result<Page<DomainSummary>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.drift(&req, page).await)
+}

@@ -1,0 +1,501 @@
+//! Hosts and inventory: the backend of the `Fleet` seam (fleet admins only).
+use crate::accounts::AccountsBackend;
+use crate::audit::{self, Event, Origin};
+use crate::db::{self, Scope};
+use crate::hypervisor::Hypervisors;
+use app::error::AppError;
+use app::fleet::{version_string, DomainSummary, HostDetail, HostSummary, NetworkInfo, PoolInfo};
+use app::seam::{Fleet, RequestCtx};
+use app::Page;
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub const DOMAINS_PER_PAGE: u32 = 50;
+/// Hosts whose libvirt library is older than this are flagged (8.0.0).
+pub const MIN_LIBVIRT_VERSION: i64 = 8_000_000;
+
+pub struct FleetBackend {
+    pub pool: PgPool,
+    pub hypervisors: Arc<Hypervisors>,
+    pub accounts: AccountsBackend,
+}
+
+/// A host name: lowercase letters, digits and hyphens, at most 63, starting alphanumeric.
+pub fn parse_host_name(raw: &str) -> Result<String, AppError> {
+    let s = raw.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(AppError::field(
+            "name",
+            "Use 1 to 63 lowercase letters, digits and hyphens, not starting with a hyphen.",
+        ))
+    }
+}
+
+/// A libvirt URI of a kind Concierge manages.
+pub fn parse_uri(raw: &str) -> Result<String, AppError> {
+    let s = raw.trim();
+    const SCHEMES: [&str; 5] = [
+        "qemu:///",
+        "qemu+ssh://",
+        "qemu+tls://",
+        "qemu+tcp://",
+        "test:///",
+    ];
+    if s.is_empty() {
+        return Err(AppError::field(
+            "uri",
+            "Enter a libvirt URI, e.g. qemu:///system.",
+        ));
+    }
+    if s.len() > 500 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(AppError::field(
+            "uri",
+            "A URI has no spaces or control characters and at most 500 characters.",
+        ));
+    }
+    if !SCHEMES.iter().any(|p| s.starts_with(p)) {
+        return Err(AppError::field(
+            "uri",
+            "Use qemu:///system, qemu:///session, qemu+ssh://…, qemu+tls://… or test:///…",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+pub fn parse_labels(raw: &str) -> Result<Vec<String>, AppError> {
+    let labels: Vec<String> = raw
+        .split(',')
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if labels.len() > 16
+        || labels.iter().any(|l| {
+            l.len() > 32
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+    {
+        return Err(AppError::field(
+            "labels",
+            "Up to 16 comma-separated labels of letters, digits, '-', '_' or '.'.",
+        ));
+    }
+    Ok(labels)
+}
+
+#[derive(sqlx::FromRow)]
+struct HostRow {
+    id: Uuid,
+    name: String,
+    uri: String,
+    labels: Vec<String>,
+    schedulable: bool,
+    maintenance: bool,
+    simulated: bool,
+    state: String,
+    state_reason: Option<String>,
+    state_since: time::OffsetDateTime,
+    cpus: Option<i32>,
+    memory_kib: Option<i64>,
+    free_memory_kib: Option<i64>,
+    lib_version: Option<i64>,
+    hv_type: Option<String>,
+    hv_version: Option<i64>,
+    last_sync_at: Option<time::OffsetDateTime>,
+    vcpus_allocated: i64,
+    memory_allocated_kib: i64,
+    domains: i64,
+    running: i64,
+    storage_capacity: i64,
+    storage_available: i64,
+}
+
+const HOST_QUERY: &str = "
+    SELECT h.id, h.name, h.uri, h.labels, h.schedulable, h.maintenance, h.simulated, h.state, h.state_reason,
+           h.state_since, h.cpus, h.memory_kib, h.free_memory_kib, h.lib_version, h.hv_type, h.hv_version,
+           h.last_sync_at,
+           coalesce(d.vcpus, 0) AS vcpus_allocated, coalesce(d.memory, 0) AS memory_allocated_kib,
+           coalesce(d.n, 0) AS domains, coalesce(d.running, 0) AS running,
+           coalesce(p.capacity, 0) AS storage_capacity, coalesce(p.available, 0) AS storage_available
+    FROM hosts h
+    LEFT JOIN (SELECT host_id, sum(vcpus)::int8 AS vcpus, sum(memory_kib)::int8 AS memory, count(*) AS n,
+                      count(*) FILTER (WHERE state = 'running') AS running
+               FROM domains WHERE missing_since IS NULL GROUP BY host_id) d ON d.host_id = h.id
+    LEFT JOIN (SELECT host_id, sum(capacity)::int8 AS capacity, sum(available)::int8 AS available
+               FROM storage_pools WHERE missing_since IS NULL GROUP BY host_id) p ON p.host_id = h.id";
+
+impl From<HostRow> for HostSummary {
+    fn from(r: HostRow) -> Self {
+        HostSummary {
+            id: r.id,
+            name: r.name,
+            uri: r.uri,
+            labels: r.labels,
+            schedulable: r.schedulable,
+            maintenance: r.maintenance,
+            simulated: r.simulated,
+            state: r.state,
+            state_reason: r.state_reason,
+            state_since: r.state_since,
+            cpus: r.cpus,
+            memory_kib: r.memory_kib,
+            free_memory_kib: r.free_memory_kib,
+            vcpus_allocated: r.vcpus_allocated,
+            memory_allocated_kib: r.memory_allocated_kib,
+            domains: r.domains,
+            running: r.running,
+            storage_capacity: r.storage_capacity,
+            storage_available: r.storage_available,
+            needs_update: r.lib_version.is_some_and(|v| v < MIN_LIBVIRT_VERSION),
+            lib_version: r.lib_version.map(version_string),
+            hv_type: r.hv_type,
+            hv_version: r.hv_version.map(version_string),
+            last_sync_at: r.last_sync_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DomainRow {
+    host_id: Uuid,
+    host_name: String,
+    uuid: Uuid,
+    name: String,
+    state: String,
+    vcpus: i32,
+    memory_kib: i64,
+    managed: bool,
+    tenant_name: Option<String>,
+    owner_email: Option<String>,
+    missing: bool,
+    state_since: time::OffsetDateTime,
+    total: i64,
+}
+
+impl From<DomainRow> for DomainSummary {
+    fn from(r: DomainRow) -> Self {
+        DomainSummary {
+            host_id: r.host_id,
+            host_name: r.host_name,
+            uuid: r.uuid,
+            name: r.name,
+            state: r.state,
+            vcpus: r.vcpus,
+            memory_kib: r.memory_kib,
+            managed: r.managed,
+            tenant_name: r.tenant_name,
+            owner_email: r.owner_email,
+            missing: r.missing,
+            state_since: r.state_since,
+        }
+    }
+}
+
+const DOMAIN_QUERY: &str = "
+    SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
+           t.name AS tenant_name, u.email AS owner_email, d.missing_since IS NOT NULL AS missing,
+           d.state_since, count(*) OVER () AS total
+    FROM domains d JOIN hosts h ON h.id = d.host_id
+    LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id";
+
+impl FleetBackend {
+    async fn host_summary(&self, tx: &mut db::Tx, id: Uuid) -> Result<HostSummary, AppError> {
+        let row: Option<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} WHERE h.id = $1"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db::internal)?;
+        row.map(Into::into)
+            .ok_or_else(|| AppError::NotFound("Host".into()))
+    }
+
+    async fn domains_page(
+        &self,
+        tx: &mut db::Tx,
+        filter: &str,
+        bind_host: Option<Uuid>,
+        search: &str,
+        page: u32,
+    ) -> Result<Page<DomainSummary>, AppError> {
+        let page = page.max(1);
+        let rows: Vec<DomainRow> = sqlx::query_as(&format!(
+            "{DOMAIN_QUERY} WHERE {filter} AND ($2 = '' OR d.name ILIKE '%' || $2 || '%')
+             ORDER BY d.name, d.uuid LIMIT $3 OFFSET $4"
+        ))
+        .bind(bind_host)
+        .bind(
+            search
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_"),
+        )
+        .bind(i64::from(DOMAINS_PER_PAGE))
+        .bind(i64::from(DOMAINS_PER_PAGE) * i64::from(page - 1))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+        let total = rows.first().map(|r| r.total).unwrap_or(0);
+        Ok(Page {
+            items: rows.into_iter().map(Into::into).collect(),
+            page,
+            per_page: DOMAINS_PER_PAGE,
+            total,
+        })
+    }
+}
+
+#[async_trait]
+impl Fleet for FleetBackend {
+    async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} ORDER BY h.name"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn register(
+        &self,
+        req: &RequestCtx,
+        name: &str,
+        uri: &str,
+        labels: &str,
+        schedulable: bool,
+        maintenance: bool,
+    ) -> Result<HostSummary, AppError> {
+        req.fleet_admin()?;
+        let (name, uri, labels) =
+            match (parse_host_name(name), parse_uri(uri), parse_labels(labels)) {
+                (Ok(n), Ok(u), Ok(l)) => (n, u, l),
+                (n, u, l) => {
+                    let errs = [n.err(), u.err(), l.err()];
+                    let merged =
+                        errs.into_iter()
+                            .fold(None, |acc: Option<AppError>, e| match (acc, e) {
+                                (None, e) => e,
+                                (a, None) => a,
+                                (Some(a), Some(b)) => {
+                                    Some(crate::accounts::merge(Some(a), Some(b)))
+                                }
+                            });
+                    return Err(merged.unwrap_or(AppError::Forbidden));
+                }
+            };
+        // Saving tests the connection; libvirt's own words go next to the URI.
+        let facts = crate::hypervisor::probe(&uri)
+            .await
+            .map_err(|e| AppError::field("uri", format!("Could not connect: {e}")))?;
+        let simulated = uri.starts_with("test:");
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO hosts (name, uri, labels, schedulable, maintenance, simulated, cpus, memory_kib, lib_version, hv_type, hv_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(&name)
+        .bind(&uri)
+        .bind(&labels)
+        .bind(schedulable)
+        .bind(maintenance)
+        .bind(simulated)
+        .bind(facts.cpus)
+        .bind(facts.memory_kib)
+        .bind(facts.lib_version)
+        .bind(&facts.hv_type)
+        .bind(facts.hv_version)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(host_constraint)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("host.register", "host", id).after(json!({
+                "name": name, "uri": uri, "labels": labels, "schedulable": schedulable, "maintenance": maintenance
+            })),
+        )
+        .await?;
+        let summary = self.host_summary(&mut tx, id).await?;
+        tx.commit().await.map_err(host_constraint)?;
+        self.hypervisors.start(id, uri);
+        Ok(summary)
+    }
+
+    async fn host(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        search: &str,
+        page: u32,
+    ) -> Result<HostDetail, AppError> {
+        req.fleet_admin()?;
+        if search.chars().count() > 100 {
+            return Err(AppError::field(
+                "search",
+                "Search for at most 100 characters.",
+            ));
+        }
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let host = self.host_summary(&mut tx, host_id).await?;
+        #[derive(sqlx::FromRow)]
+        struct P {
+            name: String,
+            pool_type: Option<String>,
+            path: Option<String>,
+            active: bool,
+            capacity: i64,
+            allocation: i64,
+            available: i64,
+            missing: bool,
+        }
+        let pools: Vec<P> = sqlx::query_as(
+            "SELECT name, pool_type, path, active, capacity, allocation, available, missing_since IS NOT NULL AS missing
+             FROM storage_pools WHERE host_id = $1 ORDER BY name",
+        )
+        .bind(host_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        #[derive(sqlx::FromRow)]
+        struct N {
+            name: String,
+            active: bool,
+            forward_mode: Option<String>,
+            bridge: Option<String>,
+            missing: bool,
+        }
+        let networks: Vec<N> = sqlx::query_as(
+            "SELECT name, active, forward_mode, bridge, missing_since IS NOT NULL AS missing FROM networks WHERE host_id = $1 ORDER BY name",
+        )
+        .bind(host_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let domains = self
+            .domains_page(
+                &mut tx,
+                "d.host_id = $1",
+                Some(host_id),
+                search.trim(),
+                page,
+            )
+            .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(HostDetail {
+            host,
+            pools: pools
+                .into_iter()
+                .map(|p| PoolInfo {
+                    name: p.name,
+                    pool_type: p.pool_type,
+                    path: p.path,
+                    active: p.active,
+                    capacity: p.capacity,
+                    allocation: p.allocation,
+                    available: p.available,
+                    missing: p.missing,
+                })
+                .collect(),
+            networks: networks
+                .into_iter()
+                .map(|n| NetworkInfo {
+                    name: n.name,
+                    active: n.active,
+                    forward_mode: n.forward_mode,
+                    bridge: n.bridge,
+                    missing: n.missing,
+                })
+                .collect(),
+            domains,
+        })
+    }
+
+    async fn reconcile(&self, req: &RequestCtx, host_id: Uuid) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        self.host_summary(&mut tx, host_id).await?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("host.reconcile", "host", host_id),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        self.hypervisors
+            .reconcile(host_id)
+            .await
+            .map(|_| ())
+            .map_err(AppError::Conflict)
+    }
+
+    async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let page = self
+            .domains_page(&mut tx, "NOT d.managed AND d.missing_since IS NULL AND ($1::uuid IS NULL OR d.host_id = $1)", None, "", page)
+            .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(page)
+    }
+}
+
+fn host_constraint(e: sqlx::Error) -> AppError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.constraint() {
+            Some("hosts_name_key") => {
+                return AppError::field("name", "A host with that name is already registered.")
+            }
+            Some("hosts_uri_key") => {
+                return AppError::field("uri", "That URI is already registered.")
+            }
+            _ => {}
+        }
+    }
+    db::map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_fields_are_validated() {
+        assert_eq!(parse_host_name(" kvm-01 ").unwrap(), "kvm-01");
+        for bad in ["", "-a", "KVM", "a_b", &"a".repeat(64), "a b", "<x>"] {
+            assert!(parse_host_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_uri("qemu:///system").is_ok());
+        assert!(parse_uri("test:///default").is_ok());
+        assert!(parse_uri("qemu+ssh://root@kvm1/system").is_ok());
+        for bad in [
+            "",
+            "http://x",
+            "qemu:///system; rm -rf /",
+            "xen:///",
+            "qemu:///sys\ntem",
+        ] {
+            assert!(
+                parse_uri(bad).unwrap_err().field_message("uri").is_some(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_labels("GPU, ssd ,,rack-1").unwrap(),
+            vec!["gpu", "ssd", "rack-1"]
+        );
+        assert!(parse_labels("bad label").is_err());
+    }
+}

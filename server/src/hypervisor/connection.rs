@@ -1,0 +1,258 @@
+//! One actor per host: an OS thread that owns the host's libvirt connection (every libvirt
+//! call is blocking FFI, so none runs on the async executor), reconnects with backoff, and
+//! keeps the inventory in the database in step.
+use super::events::{self, DomainEvent};
+use super::inventory::{self, DomainFacts};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+use uuid::Uuid;
+use virt::connect::Connect;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub domains: usize,
+    pub written: usize,
+    pub collect_ms: u128,
+    pub write_ms: u128,
+}
+
+pub enum Command {
+    Reconcile(oneshot::Sender<Result<ReconcileReport, String>>),
+    /// Re-read one domain (a lifecycle event named a domain the database does not know).
+    RefreshDomain(Uuid),
+    /// The connection closed under us (from libvirt's close callback).
+    Closed(i32),
+    Stop,
+}
+
+pub struct HostSpec {
+    pub id: Uuid,
+    pub uri: String,
+    pub reconcile_every: Duration,
+}
+
+/// How often a connected actor checks the connection is alive.
+const ALIVE_EVERY: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub fn spawn(
+    spec: HostSpec,
+    pool: PgPool,
+    rt: tokio::runtime::Handle,
+    events_tx: UnboundedSender<DomainEvent>,
+) -> Sender<Command> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let me = tx.clone();
+    std::thread::Builder::new()
+        .name(format!("host-{}", &spec.id.simple().to_string()[..8]))
+        .spawn(move || {
+            Actor {
+                spec,
+                pool,
+                rt,
+                events_tx,
+                me,
+                known: HashMap::new(),
+            }
+            .run(rx)
+        })
+        .expect("spawn a host thread");
+    tx
+}
+
+struct Actor {
+    spec: HostSpec,
+    pool: PgPool,
+    rt: tokio::runtime::Handle,
+    events_tx: UnboundedSender<DomainEvent>,
+    me: Sender<Command>,
+    known: HashMap<Uuid, DomainFacts>,
+}
+
+/// Whether the actor should keep going after a connection ended.
+enum Next {
+    Reconnect,
+    Stop,
+}
+
+impl Actor {
+    fn run(mut self, rx: Receiver<Command>) {
+        events::ensure_event_loop();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match Connect::open(Some(&self.spec.uri)) {
+                Ok(conn) => {
+                    backoff = Duration::from_secs(1);
+                    match self.serve(conn, &rx) {
+                        Next::Reconnect => continue,
+                        Next::Stop => return,
+                    }
+                }
+                Err(e) => {
+                    self.set_state("lost", Some(e.message().to_string()));
+                    let until = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // Still answer commands while waiting, so callers are not left hanging.
+                    loop {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        match rx.recv_timeout(left) {
+                            Ok(Command::Reconcile(reply)) => {
+                                let _ =
+                                    reply.send(Err(format!("host unreachable: {}", e.message())));
+                            }
+                            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, conn: Connect, rx: &Receiver<Command>) -> Next {
+        let remote = !self.spec.uri.starts_with("test:");
+        if remote {
+            // 5 s × 5: a silent peer is declared dead after ~25 s; a closed socket at once.
+            let _ = conn.set_keep_alive(5, 5);
+        }
+        let me = self.me.clone();
+        let _ = events::on_close(&conn, move |reason| {
+            let _ = me.send(Command::Closed(reason));
+        });
+        let subscription =
+            events::subscribe_lifecycle(&conn, self.spec.id, self.events_tx.clone()).ok();
+        self.set_state("connected", None);
+        // After every (re)connect: a full reconcile against what the database holds.
+        self.known = self
+            .rt
+            .block_on(inventory::load_known(&self.pool, self.spec.id))
+            .unwrap_or_default();
+        let mut next_reconcile = Instant::now();
+        let mut next_alive = Instant::now() + ALIVE_EVERY;
+        let outcome = loop {
+            let now = Instant::now();
+            if now >= next_reconcile {
+                if let Err(e) = self.reconcile(&conn) {
+                    tracing::warn!(host = %self.spec.id, error = %e, "reconcile failed");
+                }
+                next_reconcile = Instant::now() + self.spec.reconcile_every;
+            }
+            if now >= next_alive {
+                if !conn.is_alive().unwrap_or(false) {
+                    self.set_state("lost", Some("the connection is no longer alive".into()));
+                    break Next::Reconnect;
+                }
+                next_alive = Instant::now() + ALIVE_EVERY;
+            }
+            let wait = next_reconcile
+                .min(next_alive)
+                .saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Command::Reconcile(reply)) => {
+                    let result = self.reconcile(&conn);
+                    next_reconcile = Instant::now() + self.spec.reconcile_every;
+                    if result.is_err() && !conn.is_alive().unwrap_or(false) {
+                        let _ = reply.send(result);
+                        self.set_state(
+                            "lost",
+                            Some("the connection dropped during a reconcile".into()),
+                        );
+                        break Next::Reconnect;
+                    }
+                    let _ = reply.send(result);
+                }
+                Ok(Command::RefreshDomain(uuid)) => self.refresh_domain(&conn, uuid),
+                Ok(Command::Closed(reason)) => {
+                    let why = match reason {
+                        2 => "keepalive timed out",
+                        1 => "the daemon closed the connection",
+                        _ => "the connection was closed",
+                    };
+                    self.set_state("lost", Some(why.into()));
+                    break Next::Reconnect;
+                }
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break Next::Stop,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        };
+        if let Some(id) = subscription {
+            events::unsubscribe_lifecycle(&conn, id);
+        }
+        events::remove_on_close(&conn);
+        events::close(conn);
+        outcome
+    }
+
+    fn reconcile(&mut self, conn: &Connect) -> Result<ReconcileReport, String> {
+        let started = Instant::now();
+        let snapshot =
+            inventory::collect(conn, &self.known).map_err(|e| e.message().to_string())?;
+        let collect_ms = started.elapsed().as_millis();
+        let changes = inventory::diff(&snapshot, &self.known);
+        let written = changes.upserts.len();
+        let write_started = Instant::now();
+        self.rt
+            .block_on(inventory::write(
+                &self.pool,
+                self.spec.id,
+                &snapshot,
+                &changes.upserts,
+                &changes.present,
+                started.elapsed().as_millis() as i32,
+            ))
+            .map_err(|e| e.to_string())?;
+        let write_ms = write_started.elapsed().as_millis();
+        self.known = snapshot
+            .domains
+            .iter()
+            .map(|d| (d.uuid, d.clone()))
+            .collect();
+        Ok(ReconcileReport {
+            domains: snapshot.domains.len(),
+            written,
+            collect_ms,
+            write_ms,
+        })
+    }
+
+    fn refresh_domain(&mut self, conn: &Connect, uuid: Uuid) {
+        match conn.lookup_domain_by_uuid(uuid) {
+            Ok(dom) => {
+                if let Ok(facts) = inventory::domain_facts(&dom, &self.known) {
+                    let snapshot_one = facts.clone();
+                    let result = self.rt.block_on(super::write_domain(
+                        &self.pool,
+                        self.spec.id,
+                        &snapshot_one,
+                    ));
+                    if result.is_ok() {
+                        self.known.insert(uuid, facts);
+                    }
+                }
+            }
+            Err(_) => {
+                self.known.remove(&uuid);
+                let _ = self
+                    .rt
+                    .block_on(super::mark_missing(&self.pool, self.spec.id, uuid));
+            }
+        }
+    }
+
+    fn set_state(&self, state: &str, reason: Option<String>) {
+        if let Err(e) = self.rt.block_on(super::set_host_state(
+            &self.pool,
+            self.spec.id,
+            state,
+            reason.as_deref(),
+        )) {
+            tracing::warn!(host = %self.spec.id, error = %e, "could not record host state");
+        }
+    }
+}

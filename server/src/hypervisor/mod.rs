@@ -1,0 +1,238 @@
+//! libvirt hosts: one actor per host (see `connection`), the lifecycle-event writer, and the
+//! registry the rest of the server talks to.
+pub mod connection;
+pub mod events;
+pub mod inventory;
+pub mod simulation;
+
+use crate::db::{self, Scope};
+use connection::{Command, HostSpec, ReconcileReport};
+use events::DomainEvent;
+use inventory::DomainFacts;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+pub struct Hypervisors {
+    pool: PgPool,
+    reconcile_every: Duration,
+    hosts: Mutex<HashMap<Uuid, std::sync::mpsc::Sender<Command>>>,
+    events_tx: mpsc::UnboundedSender<DomainEvent>,
+    /// Event → row-updated delays, for the benchmark (bounded).
+    pub event_latencies: Mutex<Vec<Duration>>,
+}
+
+impl Hypervisors {
+    /// Creates the registry and starts the lifecycle-event writer. Call inside the runtime.
+    pub fn new(pool: PgPool, reconcile_every: Duration) -> Arc<Self> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let hv = Arc::new(Hypervisors {
+            pool,
+            reconcile_every,
+            hosts: Mutex::new(HashMap::new()),
+            events_tx,
+            event_latencies: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(write_events(Arc::downgrade(&hv), events_rx));
+        hv
+    }
+
+    /// Starts an actor for every registered host.
+    pub async fn start_all(&self) -> Result<(), sqlx::Error> {
+        let mut tx = db::begin(&self.pool, Scope::fleet())
+            .await
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let hosts: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, uri FROM hosts ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        for (id, uri) in hosts {
+            self.start(id, uri);
+        }
+        Ok(())
+    }
+
+    pub fn start(&self, id: Uuid, uri: String) {
+        let sender = connection::spawn(
+            HostSpec {
+                id,
+                uri,
+                reconcile_every: self.reconcile_every,
+            },
+            self.pool.clone(),
+            tokio::runtime::Handle::current(),
+            self.events_tx.clone(),
+        );
+        if let Some(old) = self.hosts.lock().expect("hosts lock").insert(id, sender) {
+            let _ = old.send(Command::Stop);
+        }
+    }
+
+    pub fn stop(&self, id: Uuid) {
+        if let Some(old) = self.hosts.lock().expect("hosts lock").remove(&id) {
+            let _ = old.send(Command::Stop);
+        }
+    }
+
+    fn sender(&self, id: Uuid) -> Option<std::sync::mpsc::Sender<Command>> {
+        self.hosts.lock().expect("hosts lock").get(&id).cloned()
+    }
+
+    /// A full reconcile of one host, now.
+    pub async fn reconcile(&self, id: Uuid) -> Result<ReconcileReport, String> {
+        let sender = self.sender(id).ok_or("host is not running")?;
+        let (tx, rx) = oneshot::channel();
+        sender
+            .send(Command::Reconcile(tx))
+            .map_err(|_| "host actor stopped")?;
+        rx.await.map_err(|_| "host actor stopped".to_string())?
+    }
+
+    /// Reconciles every host concurrently (each on its own thread).
+    pub async fn reconcile_all(&self) -> Vec<(Uuid, Result<ReconcileReport, String>)> {
+        let ids: Vec<Uuid> = self
+            .hosts
+            .lock()
+            .expect("hosts lock")
+            .keys()
+            .copied()
+            .collect();
+        let futures = ids
+            .into_iter()
+            .map(|id| async move { (id, self.reconcile(id).await) });
+        futures_join_all(futures).await
+    }
+
+    pub fn stop_all(&self) {
+        for (_, s) in self.hosts.lock().expect("hosts lock").drain() {
+            let _ = s.send(Command::Stop);
+        }
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.into_iter().collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Each reconcile runs on its host's own thread; awaiting them in turn loses no parallelism.
+    for f in handles {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Applies lifecycle events to domain rows as they arrive.
+async fn write_events(
+    hv: std::sync::Weak<Hypervisors>,
+    mut rx: mpsc::UnboundedReceiver<DomainEvent>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let Some(hv) = hv.upgrade() else { return };
+        let name = events::event_name(ev.event);
+        let applied = match events::state_after(ev.event) {
+            Some(state) => inventory::apply_event(
+                &hv.pool,
+                ev.host,
+                ev.uuid,
+                state,
+                name,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not apply a domain event");
+                true
+            }),
+            None => false,
+        };
+        if applied {
+            let mut l = hv.event_latencies.lock().expect("latency lock");
+            if l.len() < 100_000 {
+                l.push(ev.at.elapsed());
+            }
+        } else if let Some(s) = hv.sender(ev.host) {
+            // New, redefined or undefined domains: let the host re-read it.
+            let _ = s.send(Command::RefreshDomain(ev.uuid));
+        }
+    }
+}
+
+pub async fn set_host_state(
+    pool: &PgPool,
+    id: Uuid,
+    state: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool, Scope::fleet())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    sqlx::query(
+        "UPDATE hosts SET state = $2, state_reason = $3,
+                state_since = CASE WHEN state <> $2 THEN now() ELSE state_since END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+pub async fn write_domain(pool: &PgPool, host: Uuid, d: &DomainFacts) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool, Scope::fleet())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (host_id, uuid) DO UPDATE SET name = excluded.name,
+             state_since = CASE WHEN d.state <> excluded.state THEN now() ELSE d.state_since END,
+             state = excluded.state, vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
+             disks = excluded.disks, nics = excluded.nics, last_seen_at = now(), missing_since = NULL",
+    )
+    .bind(host)
+    .bind(d.uuid)
+    .bind(&d.name)
+    .bind(d.state)
+    .bind(d.vcpus)
+    .bind(d.memory_kib)
+    .bind(serde_json::to_value(&d.disks).unwrap_or_default())
+    .bind(serde_json::to_value(&d.nics).unwrap_or_default())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+pub async fn mark_missing(pool: &PgPool, host: Uuid, uuid: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool, Scope::fleet())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    sqlx::query("UPDATE domains SET missing_since = now() WHERE host_id = $1 AND uuid = $2 AND missing_since IS NULL")
+        .bind(host)
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Opens `uri` once (off the executor) and reads the node's facts: the check run before a host
+/// is saved. The error is libvirt's own message.
+pub async fn probe(uri: &str) -> Result<inventory::HostFacts, String> {
+    let uri = uri.to_owned();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        events::ensure_event_loop();
+        let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| e.message().to_string())?;
+        let facts = inventory::collect(&conn, &HashMap::new()).map(|s| s.host);
+        events::close(conn);
+        facts.map_err(|e| e.message().to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .inspect(|_| tracing::debug!(ms = started.elapsed().as_millis() as u64, "probed a host"))
+}

@@ -1,0 +1,248 @@
+//! Hosts and inventory against libvirt's test driver.
+mod common;
+
+use common::*;
+use concierge::hypervisor::simulation;
+use std::time::{Duration, Instant};
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn registration_validates_and_reports_libvirts_error() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let before = app.snapshot().await;
+    let r = admin
+        .call(
+            "register_host",
+            &[("name", "Bad Name"), ("uri", "http://example.com")],
+        )
+        .await;
+    assert!(assert_field_error(&r, "name").contains("lowercase"));
+    assert!(assert_field_error(&r, "uri").contains("qemu:///system"));
+    let r = admin
+        .call(
+            "register_host",
+            &[("name", "nowhere"), ("uri", "test:///does/not/exist.xml")],
+        )
+        .await;
+    assert!(
+        assert_field_error(&r, "uri").starts_with("Could not connect: "),
+        "{r:?}"
+    );
+    let r = admin
+        .call(
+            "register_host",
+            &[("name", "closed"), ("uri", "qemu+tcp://127.0.0.1:1/system")],
+        )
+        .await;
+    assert!(
+        assert_field_error(&r, "uri").starts_with("Could not connect: "),
+        "{r:?}"
+    );
+    assert_eq!(before, app.snapshot().await);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM hosts").await, 0);
+}
+
+#[tokio::test]
+async fn a_simulated_fleet_is_inventoried_and_unmanaged_domains_are_drift() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let dir = tempdir();
+    let uri = simulation::write_node(&dir, "sim-a", 30).unwrap();
+    let host = admin
+        .call(
+            "register_host",
+            &[
+                ("name", "sim-a"),
+                ("uri", &uri),
+                ("labels", "ssd, rack-1"),
+                ("schedulable", "true"),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = host["id"].as_str().unwrap().to_string();
+    assert_eq!(host["labels"], serde_json::json!(["ssd", "rack-1"]));
+    assert_eq!(host["cpus"], 64);
+    let detail_ok = || async {
+        let d = admin.call("get_host", &[("host_id", &id)]).await.unwrap();
+        d["domains"]["total"] == 30 && d["host"]["state"] == "connected"
+    };
+    wait_for("the first reconcile", detail_ok).await;
+    admin
+        .call("reconcile_host", &[("host_id", &id)])
+        .await
+        .unwrap();
+    let d = admin
+        .call(
+            "get_host",
+            &[("host_id", &id), ("search", "vm-2"), ("page", "1")],
+        )
+        .await
+        .unwrap();
+    // vm-2, vm-20 … vm-29
+    assert_eq!(d["domains"]["total"], 11);
+    assert_eq!(d["pools"][0]["name"], "sim-a-pool");
+    assert!(d["pools"][0]["capacity"].as_i64().unwrap() > 0);
+    assert_eq!(d["networks"][0]["name"], "sim-a-net");
+    assert_eq!(d["host"]["running"], 30 - 10 - 3); // 10 shut off, 3 paused (i%7==6 and i%3!=2)
+    let states: Vec<(String, String, i32, i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT name, state, vcpus, memory_kib, disks FROM domains WHERE name IN ('sim-a-vm-0', 'sim-a-vm-2', 'sim-a-vm-6') ORDER BY name",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(states[0].1, "running");
+    assert_eq!(states[1].1, "shutoff");
+    assert_eq!(states[2].1, "paused");
+    assert_eq!((states[0].2, states[0].3), (1, 512 * 1024));
+    assert_eq!(states[0].4[0]["format"], "qcow2");
+    let drift = admin.call("list_drift", &[]).await.unwrap();
+    assert_eq!(
+        drift["total"], 30,
+        "nothing was created by the portal: all 30 are drift"
+    );
+    let actions = app.audit_actions().await;
+    assert!(
+        actions.contains(&"host.register".to_string())
+            && actions.contains(&"host.reconcile".to_string())
+    );
+    // A duplicate registration is refused on the field.
+    let r = admin
+        .call("register_host", &[("name", "sim-a"), ("uri", &uri)])
+        .await;
+    assert_eq!(
+        assert_field_error(&r, "name"),
+        "A host with that name is already registered."
+    );
+    app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn lifecycle_events_update_rows_at_once_and_vanished_domains_are_marked_missing() {
+    // test:///default is one shared in-process host: a second connection acts on it and our
+    // subscription sees the events.
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let host = admin
+        .call(
+            "register_host",
+            &[("name", "default"), ("uri", "test:///default")],
+        )
+        .await
+        .unwrap();
+    let id: uuid::Uuid = host["id"].as_str().unwrap().parse().unwrap();
+    let db = app.db.clone();
+    wait_for("the default domain", || {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM domains WHERE name = 'test'")
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+
+    let name = format!("ev-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let xml = format!("<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>");
+    let other = tokio::task::spawn_blocking(move || {
+        concierge::hypervisor::events::ensure_event_loop();
+        let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+        let dom = conn.define_domain_xml(&xml).unwrap();
+        (conn, dom)
+    })
+    .await
+    .unwrap();
+    let state_of = |n: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM domains WHERE host_id = $1 AND name = $2 AND missing_since IS NULL")
+                .bind(id)
+                .bind(n)
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let n = name.clone();
+    wait_for("the defined domain to appear", || {
+        let f = state_of(n.clone());
+        async move { f.await.as_deref() == Some("shutoff") }
+    })
+    .await;
+    let (conn, dom) = other;
+    let dom = tokio::task::spawn_blocking(move || {
+        dom.create().unwrap();
+        dom
+    })
+    .await
+    .unwrap();
+    let n = name.clone();
+    wait_for("running by event", || {
+        let f = state_of(n.clone());
+        async move { f.await.as_deref() == Some("running") }
+    })
+    .await;
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT state_reason FROM domains WHERE name = $1")
+            .bind(&name)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(reason.as_deref(), Some("started"));
+    tokio::task::spawn_blocking(move || {
+        dom.destroy().unwrap();
+        dom.undefine().unwrap();
+        concierge::hypervisor::events::close(conn);
+    })
+    .await
+    .unwrap();
+    let db2 = app.db.clone();
+    let n = name.clone();
+    wait_for("the undefined domain to be marked missing", || {
+        let db = db2.clone();
+        let n = n.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT missing_since IS NOT NULL FROM domains WHERE name = $1",
+            )
+            .bind(n)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM domains WHERE name = '{name}'"
+        ))
+        .await,
+        1,
+        "kept, not deleted"
+    );
+    app.state.hypervisors.stop_all();
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("concierge-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
