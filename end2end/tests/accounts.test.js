@@ -102,6 +102,21 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await plain.locator('#new_password-error').getByText('one of the most common').waitFor();
     await shot(plain, 'password-error-nojs');
 
+    // Fleet admin registers a simulated host; its inventory shows up.
+    await goto(admin, '/hosts');
+    await admin.fill('#host-name', 'simulated-e2e');
+    await admin.fill('#host-uri', 'test:///default');
+    await admin.fill('#host-labels', 'demo, e2e');
+    await admin.click('main button[type=submit]');
+    await admin.getByRole('link', { name: 'simulated-e2e' }).waitFor();
+    await admin.getByRole('link', { name: 'simulated-e2e' }).click();
+    await admin.waitForURL('**/hosts/*');
+    await hydrated(admin);
+    await admin.getByRole('cell', { name: 'test', exact: true }).waitFor();
+    await shot(admin, 'host');
+    await goto(admin, '/hosts');
+    await shot(admin, 'hosts');
+
     for (const p of [admin, tara, rick]) assert.deepEqual(p.errors, [], 'no script or CSP errors');
     await goto(admin, '/');
     await shot(admin, 'home-admin');

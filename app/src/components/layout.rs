@@ -42,6 +42,7 @@ fn Nav(actor: Actor) -> impl IntoView {
             <A href="/">"Home"</A>
             {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
+                <A href="/hosts">"Hosts"</A>
                 <A href="/tenants">"Tenants"</A>
                 <A href="/users">"Users"</A>
             })}

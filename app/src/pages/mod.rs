@@ -1,6 +1,7 @@
 pub mod account;
 pub mod audit;
 pub mod home;
+pub mod hosts;
 pub mod login;
 pub mod members;
 pub mod not_found;

@@ -1,0 +1,337 @@
+use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
+use crate::components::guard::{fleet_admin, Guard};
+use crate::components::pager::Pager;
+use crate::components::timestamp::Timestamp;
+use crate::fleet::{
+    get_host, list_drift, list_hosts, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
+};
+use crate::pages::users::urlencode;
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::{use_params_map, use_query_map};
+use uuid::Uuid;
+
+fn gib(kib: i64) -> String {
+    format!("{:.1} GiB", kib as f64 / 1_048_576.0)
+}
+
+fn bytes(b: i64) -> String {
+    format!("{:.0} GiB", b as f64 / 1_073_741_824.0)
+}
+
+#[component]
+fn StateBadge(state: String) -> impl IntoView {
+    let class = match state.as_str() {
+        "connected" | "running" => "badge ok",
+        "lost" | "crashed" => "badge danger",
+        "connecting" | "paused" | "pmsuspended" => "badge warn",
+        _ => "badge muted",
+    };
+    view! { <span class=class>{state}</span> }
+}
+
+/// A labelled capacity meter: `used` of `total`.
+#[component]
+fn Capacity(label: &'static str, used: f64, total: f64, text: String) -> impl IntoView {
+    view! {
+        <div class="capacity">
+            <span class="capacity-label">{label}</span>
+            <meter min="0" max=total.max(1.0) value=used high=total * 0.85 optimum=0 title=text.clone()></meter>
+            <span class="capacity-text">{text}</span>
+        </div>
+    }
+}
+
+#[component]
+fn HostCapacity(h: HostSummary) -> impl IntoView {
+    let cpus = h.cpus.unwrap_or(0) as f64;
+    let mem = h.memory_kib.unwrap_or(0) as f64;
+    let vcpu_text = format!("{} of {} vCPUs", h.vcpus_allocated, h.cpus.unwrap_or(0));
+    let mem_text = format!(
+        "{} of {}",
+        gib(h.memory_allocated_kib),
+        gib(h.memory_kib.unwrap_or(0))
+    );
+    let used_storage = (h.storage_capacity - h.storage_available) as f64;
+    let storage_text = format!(
+        "{} of {} used",
+        bytes(h.storage_capacity - h.storage_available),
+        bytes(h.storage_capacity)
+    );
+    view! {
+        <Capacity label="CPU" used=h.vcpus_allocated as f64 total=cpus text=vcpu_text/>
+        <Capacity label="Memory" used=h.memory_allocated_kib as f64 total=mem text=mem_text/>
+        <Capacity label="Storage" used=used_storage total=h.storage_capacity as f64 text=storage_text/>
+    }
+}
+
+#[component]
+pub fn HostsPage() -> impl IntoView {
+    view! {
+        <Title text="Hosts · Concierge"/>
+        <Guard allow=fleet_admin>
+            <HostsContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn HostsContent() -> impl IntoView {
+    let register = ServerAction::<RegisterHost>::new();
+    let error = action_error(register);
+    let form = reset_on_success(register);
+    let hosts = Resource::new(move || register.version().get(), |_| list_hosts());
+    view! {
+        <div class="page-head">
+            <h1>"Hosts"</h1>
+            <a class="button" href="/drift">"Unmanaged domains (drift)"</a>
+        </div>
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match hosts.await {
+                    Ok(list) if list.is_empty() => view! { <p class="muted">"No hosts yet: register one below."</p> }.into_any(),
+                    Ok(list) => view! {
+                        <div class="host-grid">
+                            {list.into_iter().map(|h| view! { <HostCard h/> }).collect_view()}
+                        </div>
+                    }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+        <section class="card">
+            <h2>"Register a host"</h2>
+            <p class="muted">"Saving opens a connection to test it. Use qemu:///system, qemu:///session, qemu+ssh://user@host/system, qemu+tls://host/system, or test:///path/node.xml for a simulated host."</p>
+            <FormMessage error/>
+            <ActionForm action=register node_ref=form attr:class="form row">
+                <div class="field">
+                    <label for="host-name">"Name"</label>
+                    <input id="host-name" name="name" required maxlength="63" placeholder="kvm-01" aria-describedby="name-error"/>
+                    <FieldMessage error field="name"/>
+                </div>
+                <div class="field wide">
+                    <label for="host-uri">"libvirt URI"</label>
+                    <input id="host-uri" name="uri" required maxlength="500" placeholder="qemu+ssh://root@kvm-01/system" aria-describedby="uri-error"/>
+                    <FieldMessage error field="uri"/>
+                </div>
+                <div class="field">
+                    <label for="host-labels">"Labels"</label>
+                    <input id="host-labels" name="labels" placeholder="ssd, rack-1" aria-describedby="labels-error"/>
+                    <FieldMessage error field="labels"/>
+                </div>
+                <label class="check"><input type="checkbox" name="schedulable" value="true" checked/>" Schedulable"</label>
+                <label class="check"><input type="checkbox" name="maintenance" value="true"/>" Maintenance"</label>
+                <button type="submit" class="primary" disabled=move || register.pending().get()>
+                    {move || if register.pending().get() { "Connecting…" } else { "Register host" }}
+                </button>
+            </ActionForm>
+        </section>
+    }
+}
+
+#[component]
+fn HostCard(h: HostSummary) -> impl IntoView {
+    let href = format!("/hosts/{}", h.id);
+    let flags = h.clone();
+    view! {
+        <article class="card host-card">
+            <div class="card-head">
+                <h2><a href=href>{h.name.clone()}</a></h2>
+                <StateBadge state=h.state.clone()/>
+            </div>
+            <p class="muted mono small">{h.uri.clone()}</p>
+            {h.state_reason.clone().filter(|_| h.state != "connected").map(|r| view! { <p class="field-error">{r}</p> })}
+            <p class="flags">
+                {flags.simulated.then(|| view! { <span class="badge muted">"simulated"</span> " " })}
+                {flags.maintenance.then(|| view! { <span class="badge warn">"maintenance"</span> " " })}
+                {(!flags.schedulable).then(|| view! { <span class="badge muted">"not schedulable"</span> " " })}
+                {flags.needs_update.then(|| view! { <span class="badge danger">"needs update"</span> " " })}
+                {flags.labels.iter().map(|l| view! { <span class="badge">{l.clone()}</span> " " }).collect_view()}
+            </p>
+            <HostCapacity h=h.clone()/>
+            <p class="muted small">
+                {format!("{} domain{}, {} running · libvirt {} · {} {}", h.domains, if h.domains == 1 { "" } else { "s" }, h.running,
+                    h.lib_version.clone().unwrap_or_else(|| "?".into()),
+                    h.hv_type.clone().unwrap_or_default(), h.hv_version.clone().unwrap_or_default())}
+            </p>
+        </article>
+    }
+}
+
+#[component]
+pub fn HostPage() -> impl IntoView {
+    view! {
+        <Title text="Host · Concierge"/>
+        <Guard allow=fleet_admin>
+            <HostContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn HostContent() -> impl IntoView {
+    let params = use_params_map();
+    let query = use_query_map();
+    let id = move || params.with(|p| p.get("id").and_then(|s| Uuid::parse_str(&s).ok()));
+    let search = move || query.with(|q| q.get("q").unwrap_or_default());
+    let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
+    let reconcile = ServerAction::<ReconcileHost>::new();
+    let reconcile_error = action_error(reconcile);
+    let detail = Resource::new(
+        move || (id(), search(), page(), reconcile.version().get()),
+        |(id, s, p, _)| async move {
+            match id {
+                Some(id) => get_host(id, s, p).await,
+                None => Err(crate::error::AppError::NotFound("Host".into())),
+            }
+        },
+    );
+    view! {
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Ok(d) => {
+                        let h = d.host.clone();
+                        let hid = h.id.to_string();
+                        let s = search();
+                        let base = format!("/hosts/{}", h.id);
+                        let base2 = base.clone();
+                        view! {
+                            <div class="page-head">
+                                <h1>{h.name.clone()} " " <StateBadge state=h.state.clone()/></h1>
+                                <ActionForm action=reconcile attr:class="inline">
+                                    <input type="hidden" name="host_id" value=hid/>
+                                    <button type="submit">{move || if reconcile.pending().get() { "Reconciling…" } else { "Reconcile now" }}</button>
+                                </ActionForm>
+                            </div>
+                            <FormMessage error=reconcile_error/>
+                            <section class="card">
+                                <p class="mono small">{h.uri.clone()}</p>
+                                {h.state_reason.clone().filter(|_| h.state != "connected").map(|r| view! { <p class="field-error">{r}</p> })}
+                                <HostCapacity h=h.clone()/>
+                                <p class="muted small">
+                                    {format!("{} CPUs · libvirt {} · {} {} · ", h.cpus.unwrap_or(0),
+                                        h.lib_version.clone().unwrap_or_else(|| "?".into()),
+                                        h.hv_type.clone().unwrap_or_default(), h.hv_version.clone().unwrap_or_default())}
+                                    "last reconcile: "
+                                    {h.last_sync_at.map(|t| view! { <Timestamp at=t/> }.into_any()).unwrap_or_else(|| view! { "never" }.into_any())}
+                                </p>
+                            </section>
+                            <div class="grid">
+                                <section class="card">
+                                    <h2>"Storage pools"</h2>
+                                    <table class="table">
+                                        <thead><tr><th>"Name"</th><th>"Type"</th><th>"Path"</th><th>"Free"</th></tr></thead>
+                                        <tbody>
+                                            {d.pools.into_iter().map(|p| view! {
+                                                <tr>
+                                                    <td>{p.name}{p.missing.then(|| view! { " " <span class="badge warn">"missing"</span> })}</td>
+                                                    <td>{p.pool_type.unwrap_or_default()}</td>
+                                                    <td class="mono small">{p.path.unwrap_or_default()}</td>
+                                                    <td>{format!("{} of {}", bytes(p.available), bytes(p.capacity))}</td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </section>
+                                <section class="card">
+                                    <h2>"Networks"</h2>
+                                    <table class="table">
+                                        <thead><tr><th>"Name"</th><th>"Mode"</th><th>"State"</th></tr></thead>
+                                        <tbody>
+                                            {d.networks.into_iter().map(|n| view! {
+                                                <tr>
+                                                    <td>{n.name}</td>
+                                                    <td>{n.forward_mode.unwrap_or_default()}</td>
+                                                    <td>{if n.active { "active" } else { "inactive" }}{n.missing.then(|| " (missing)")}</td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </section>
+                            </div>
+                            <section class="card">
+                                <div class="card-head">
+                                    <h2>"Domains"</h2>
+                                    <form method="get" action=base class="form row search">
+                                        <label class="sr-only" for="domain-search">"Search domains"</label>
+                                        <input id="domain-search" name="q" type="search" placeholder="Search by name" value=s.clone()/>
+                                        <button type="submit">"Search"</button>
+                                    </form>
+                                </div>
+                                <DomainTable page=d.domains.clone() show_host=false/>
+                                <Pager page=d.domains.page pages=d.domains.pages() total=d.domains.total
+                                    href=move |p| format!("{base2}?q={}&page={p}", urlencode(&s))/>
+                            </section>
+                        }.into_any()
+                    }
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn DomainTable(page: crate::Page<DomainSummary>, show_host: bool) -> impl IntoView {
+    view! {
+        <table class="table">
+            <thead><tr>
+                <th>"Name"</th>{show_host.then(|| view! { <th>"Host"</th> })}<th>"State"</th><th>"vCPUs"</th><th>"Memory"</th><th>"Tenant / owner"</th><th>"Since"</th>
+            </tr></thead>
+            <tbody>
+                {page.items.into_iter().map(|d| view! {
+                    <tr>
+                        <td>{d.name.clone()}{d.missing.then(|| view! { " " <span class="badge warn">"missing"</span> })}</td>
+                        {show_host.then(|| view! { <td><a href=format!("/hosts/{}", d.host_id)>{d.host_name.clone()}</a></td> })}
+                        <td><StateBadge state=d.state.clone()/></td>
+                        <td>{d.vcpus}</td>
+                        <td>{gib(d.memory_kib)}</td>
+                        <td>{if d.managed {
+                            format!("{} / {}", d.tenant_name.clone().unwrap_or_default(), d.owner_email.clone().unwrap_or_else(|| "—".into()))
+                        } else { "unmanaged".to_string() }}</td>
+                        <td><Timestamp at=d.state_since/></td>
+                    </tr>
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}
+
+#[component]
+pub fn DriftPage() -> impl IntoView {
+    view! {
+        <Title text="Drift · Concierge"/>
+        <Guard allow=fleet_admin>
+            <DriftContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn DriftContent() -> impl IntoView {
+    let query = use_query_map();
+    let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
+    let drift = Resource::new(page, list_drift);
+    view! {
+        <h1>"Unmanaged domains"</h1>
+        <p class="muted">"Domains found on hosts that Concierge did not create. They stay listed here until they are adopted into a tenant or removed."</p>
+        <section class="card">
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match drift.await {
+                        Ok(p) if p.items.is_empty() => view! { <p class="muted">"No drift: every domain is managed."</p> }.into_any(),
+                        Ok(p) => {
+                            let (pg, pages, total) = (p.page, p.pages(), p.total);
+                            view! {
+                                <DomainTable page=p show_host=true/>
+                                <Pager page=pg pages total href=|n| format!("/drift?page={n}")/>
+                            }.into_any()
+                        }
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
+}
