@@ -243,7 +243,7 @@ fn HostContent() -> impl IntoView {
                                                 <tr>
                                                     <td>{n.name}</td>
                                                     <td>{n.forward_mode.unwrap_or_default()}</td>
-                                                    <td>{if n.active { "active" } else { "inactive" }}{n.missing.then(|| " (missing)")}</td>
+                                                    <td>{if n.active { "active" } else { "inactive" }}{n.missing.then_some(" (missing)")}</td>
                                                 </tr>
                                             }).collect_view()}
                                         </tbody>

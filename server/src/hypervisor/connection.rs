@@ -21,6 +21,8 @@ pub struct ReconcileReport {
 
 pub enum Command {
     Reconcile(oneshot::Sender<Result<ReconcileReport, String>>),
+    /// Forget what was seen before and re-read and re-write everything (benchmarks, repair).
+    FullReconcile(oneshot::Sender<Result<ReconcileReport, String>>),
     /// Re-read one domain (a lifecycle event named a domain the database does not know).
     RefreshDomain(Uuid),
     /// The connection closed under us (from libvirt's close callback).
@@ -102,7 +104,7 @@ impl Actor {
                             break;
                         }
                         match rx.recv_timeout(left) {
-                            Ok(Command::Reconcile(reply)) => {
+                            Ok(Command::Reconcile(reply)) | Ok(Command::FullReconcile(reply)) => {
                                 let _ =
                                     reply.send(Err(format!("host unreachable: {}", e.message())));
                             }
@@ -166,6 +168,10 @@ impl Actor {
                         break Next::Reconnect;
                     }
                     let _ = reply.send(result);
+                }
+                Ok(Command::FullReconcile(reply)) => {
+                    self.known.clear();
+                    let _ = reply.send(self.reconcile(&conn));
                 }
                 Ok(Command::RefreshDomain(uuid)) => self.refresh_domain(&conn, uuid),
                 Ok(Command::Closed(reason)) => {

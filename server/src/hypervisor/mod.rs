@@ -81,7 +81,7 @@ impl Hypervisors {
         self.hosts.lock().expect("hosts lock").get(&id).cloned()
     }
 
-    /// A full reconcile of one host, now.
+    /// A reconcile of one host, now (only differences are written).
     pub async fn reconcile(&self, id: Uuid) -> Result<ReconcileReport, String> {
         let sender = self.sender(id).ok_or("host is not running")?;
         let (tx, rx) = oneshot::channel();
@@ -91,8 +91,9 @@ impl Hypervisors {
         rx.await.map_err(|_| "host actor stopped".to_string())?
     }
 
-    /// Reconciles every host concurrently (each on its own thread).
-    pub async fn reconcile_all(&self) -> Vec<(Uuid, Result<ReconcileReport, String>)> {
+    /// Reconciles every host concurrently (each on its own thread); `full` re-reads and
+    /// re-writes everything instead of only the differences.
+    pub async fn reconcile_all(&self, full: bool) -> Vec<(Uuid, Result<ReconcileReport, String>)> {
         let ids: Vec<Uuid> = self
             .hosts
             .lock()
@@ -100,10 +101,31 @@ impl Hypervisors {
             .keys()
             .copied()
             .collect();
-        let futures = ids
+        // Send every request first so all hosts work at once, then collect the answers.
+        let pending: Vec<_> = ids
             .into_iter()
-            .map(|id| async move { (id, self.reconcile(id).await) });
-        futures_join_all(futures).await
+            .map(|id| {
+                let (tx, rx) = oneshot::channel();
+                let command = if full {
+                    Command::FullReconcile(tx)
+                } else {
+                    Command::Reconcile(tx)
+                };
+                let sent = self.sender(id).is_some_and(|s| s.send(command).is_ok());
+                (id, sent, rx)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(pending.len());
+        for (id, sent, rx) in pending {
+            let result = if sent {
+                rx.await
+                    .unwrap_or_else(|_| Err("host actor stopped".into()))
+            } else {
+                Err("host is not running".into())
+            };
+            out.push((id, result));
+        }
+        out
     }
 
     pub fn stop_all(&self) {
@@ -111,18 +133,6 @@ impl Hypervisors {
             let _ = s.send(Command::Stop);
         }
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.into_iter().collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Each reconcile runs on its host's own thread; awaiting them in turn loses no parallelism.
-    for f in handles {
-        out.push(f.await);
-    }
-    out
 }
 
 /// Applies lifecycle events to domain rows as they arrive.
