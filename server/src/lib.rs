@@ -66,8 +66,15 @@ impl Server {
             }
         });
         let app = web::router(self.state);
+        // Without TCP_NODELAY a response written in two parts (headers, then a body that was
+        // not ready yet) waits for the client's delayed ACK: 40 ms on one request in eight.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(
-            self.listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await?;
