@@ -138,3 +138,89 @@ pub async fn list_drift(#[server(default)] page: u32) -> Result<Page<DomainSumma
     let req = crate::seam::request()?;
     crate::seam::reply(crate::seam::backend()?.fleet.drift(&req, page).await)
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    pub target: String,
+    pub device: String,
+    pub format: Option<String>,
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicInfo {
+    pub kind: String,
+    pub mac: Option<String>,
+    pub source: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationInfo {
+    pub id: i64,
+    pub operation: String,
+    /// running, succeeded or failed.
+    pub status: String,
+    pub error: Option<String>,
+    pub actor_email: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    pub duration_ms: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDetail {
+    pub domain: DomainSummary,
+    pub disks: Vec<DiskInfo>,
+    pub nics: Vec<NicInfo>,
+    pub operations: Vec<OperationInfo>,
+}
+
+/// The lifecycle actions, in the order the VM page offers them.
+pub const VM_ACTIONS: [(&str, &str); 7] = [
+    ("start", "Start"),
+    ("shutdown", "Shut down"),
+    ("reboot", "Reboot"),
+    ("suspend", "Suspend"),
+    ("resume", "Resume"),
+    ("force_off", "Force off"),
+    ("delete", "Delete"),
+];
+
+#[server(prefix = "/api", endpoint = "get_vm")]
+pub async fn get_vm(host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.vm(&req, host_id, uuid).await)
+}
+
+#[server(prefix = "/api", endpoint = "vm_action")]
+pub async fn vm_action(
+    host_id: Uuid,
+    uuid: Uuid,
+    action: String,
+    #[server(default)] confirm: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .vm_action(&req, host_id, uuid, &action, &confirm)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "adopt_vm")]
+pub async fn adopt_vm(
+    host_id: Uuid,
+    uuid: Uuid,
+    tenant_id: Uuid,
+    owner_email: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .adopt(&req, host_id, uuid, tenant_id, &owner_email)
+            .await,
+    )
+}

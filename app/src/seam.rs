@@ -3,7 +3,7 @@
 use crate::account::{Actor, OneTimePassword, SessionInfo};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
-use crate::fleet::{DomainSummary, HostDetail, HostSummary};
+use crate::fleet::{DomainSummary, HostDetail, HostSummary, VmDetail};
 use crate::tenant::{Member, TenantSummary};
 use crate::user::UserSummary;
 use crate::Page;
@@ -167,6 +167,24 @@ pub trait Fleet: Send + Sync + 'static {
     ) -> Result<HostDetail, AppError>;
     async fn reconcile(&self, req: &RequestCtx, host_id: Uuid) -> Result<(), AppError>;
     async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError>;
+    /// A VM for its owner, their tenant admins, or fleet admins; NotFound for anyone else.
+    async fn vm(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError>;
+    async fn vm_action(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        action: &str,
+        confirm: &str,
+    ) -> Result<(), AppError>;
+    async fn adopt(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        tenant_id: Uuid,
+        owner_email: &str,
+    ) -> Result<(), AppError>;
 }
 
 /// Everything the server functions reach, provided once per request through context.

@@ -80,6 +80,14 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_RECONCILE_SECONDS", default_value_t = 60)]
     pub reconcile_seconds: u64,
 
+    /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
+    #[arg(
+        long,
+        env = "CONCIERGE_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 120
+    )]
+    pub shutdown_timeout_seconds: u64,
+
     /// When no host is registered, register the local hypervisor (qemu:///system when
     /// libvirtd answers, else qemu:///session), or a simulated one on libvirt's test driver.
     #[arg(long, env = "CONCIERGE_LOCAL_HOST", default_value_t = true, action = clap::ArgAction::Set)]
@@ -124,6 +132,7 @@ impl Config {
             admin_password: None,
             demo: false,
             reconcile_seconds: 60,
+            shutdown_timeout_seconds: 5,
             local_host: false,
         }
     }

@@ -2,9 +2,13 @@
 use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
 use crate::db::{self, Scope};
+use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
 use app::error::AppError;
-use app::fleet::{version_string, DomainSummary, HostDetail, HostSummary, NetworkInfo, PoolInfo};
+use app::fleet::{
+    version_string, DiskInfo, DomainSummary, HostDetail, HostSummary, NetworkInfo, NicInfo,
+    OperationInfo, PoolInfo, VmDetail,
+};
 use app::seam::{Fleet, RequestCtx};
 use app::Page;
 use async_trait::async_trait;
@@ -21,7 +25,38 @@ pub struct FleetBackend {
     pub pool: PgPool,
     pub hypervisors: Arc<Hypervisors>,
     pub accounts: AccountsBackend,
+    /// How long a graceful shutdown may take before the VM is forced off.
+    pub shutdown_timeout: std::time::Duration,
 }
+
+/// A domain row with what authorization needs.
+#[derive(sqlx::FromRow, Clone)]
+struct VmRow {
+    host_id: Uuid,
+    host_name: String,
+    uuid: Uuid,
+    name: String,
+    state: String,
+    vcpus: i32,
+    memory_kib: i64,
+    managed: bool,
+    tenant_id: Option<Uuid>,
+    tenant_name: Option<String>,
+    owner_id: Option<Uuid>,
+    owner_email: Option<String>,
+    missing: bool,
+    state_since: time::OffsetDateTime,
+    disks: serde_json::Value,
+    nics: serde_json::Value,
+}
+
+const VM_QUERY: &str = "
+    SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
+           d.tenant_id, t.name AS tenant_name, d.owner_id, u.email AS owner_email,
+           d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics
+    FROM domains d JOIN hosts h ON h.id = d.host_id
+    LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id
+    WHERE d.host_id = $1 AND d.uuid = $2";
 
 /// A host name: lowercase letters, digits and hyphens, at most 63, starting alphanumeric.
 pub fn parse_host_name(raw: &str) -> Result<String, AppError> {
@@ -210,6 +245,52 @@ const DOMAIN_QUERY: &str = "
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id";
 
 impl FleetBackend {
+    /// Loads a VM the actor may manage: fleet admins any; otherwise only managed VMs in the
+    /// actor's tenants (row-level security scopes each look-up), owned by the actor or in a
+    /// tenant the actor administers. Everyone else gets NotFound.
+    async fn authorized_vm(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+    ) -> Result<(VmRow, Scope), AppError> {
+        let actor = req.actor()?;
+        let scopes: Vec<Scope> = if actor.fleet_admin {
+            vec![Scope::fleet()]
+        } else {
+            actor
+                .memberships
+                .iter()
+                .filter(|m| !m.tenant_suspended)
+                .map(|m| Scope {
+                    user: Some(actor.user_id),
+                    tenant: Some(m.tenant_id),
+                    fleet: false,
+                })
+                .collect()
+        };
+        for scope in scopes {
+            let mut tx = db::begin(&self.pool, scope).await?;
+            let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
+                .bind(host_id)
+                .bind(uuid)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+            tx.commit().await.map_err(db::internal)?;
+            if let Some(row) = row {
+                let allowed = actor.fleet_admin
+                    || (row.managed
+                        && (row.owner_id == Some(actor.user_id)
+                            || row.tenant_id.is_some_and(|t| actor.administers(t))));
+                if allowed {
+                    return Ok((row, scope));
+                }
+            }
+        }
+        Err(AppError::NotFound("VM".into()))
+    }
+
     async fn host_summary(&self, tx: &mut db::Tx, id: Uuid) -> Result<HostSummary, AppError> {
         let row: Option<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} WHERE h.id = $1"))
             .bind(id)
@@ -441,6 +522,203 @@ impl Fleet for FleetBackend {
             .map_err(AppError::Conflict)
     }
 
+    async fn vm(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError> {
+        let (row, scope) = self.authorized_vm(req, host_id, uuid).await?;
+        #[derive(sqlx::FromRow)]
+        struct Op {
+            id: i64,
+            operation: String,
+            status: String,
+            error: Option<String>,
+            actor_email: Option<String>,
+            started_at: time::OffsetDateTime,
+            duration_ms: Option<i32>,
+        }
+        let mut tx = db::begin(&self.pool, scope).await?;
+        let ops: Vec<Op> = sqlx::query_as(
+            "SELECT o.id, o.operation, o.status, o.error, u.email AS actor_email, o.started_at, o.duration_ms
+             FROM domain_operations o LEFT JOIN users u ON u.id = o.actor_id
+             WHERE o.host_id = $1 AND o.domain_uuid = $2 ORDER BY o.id DESC LIMIT 20",
+        )
+        .bind(host_id)
+        .bind(uuid)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        let disks =
+            serde_json::from_value::<Vec<serde_json::Value>>(row.disks.clone()).unwrap_or_default();
+        let nics =
+            serde_json::from_value::<Vec<serde_json::Value>>(row.nics.clone()).unwrap_or_default();
+        let text = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_owned);
+        Ok(VmDetail {
+            disks: disks
+                .iter()
+                .map(|d| DiskInfo {
+                    target: text(d, "target").unwrap_or_default(),
+                    device: text(d, "device").unwrap_or_default(),
+                    format: text(d, "format"),
+                    source: text(d, "source"),
+                })
+                .collect(),
+            nics: nics
+                .iter()
+                .map(|n| NicInfo {
+                    kind: text(n, "kind").unwrap_or_default(),
+                    mac: text(n, "mac"),
+                    source: text(n, "source"),
+                    model: text(n, "model"),
+                })
+                .collect(),
+            operations: ops
+                .into_iter()
+                .map(|o| OperationInfo {
+                    id: o.id,
+                    operation: o.operation,
+                    status: o.status,
+                    error: o.error,
+                    actor_email: o.actor_email,
+                    started_at: o.started_at,
+                    duration_ms: o.duration_ms,
+                })
+                .collect(),
+            domain: DomainSummary {
+                host_id: row.host_id,
+                host_name: row.host_name,
+                uuid: row.uuid,
+                name: row.name,
+                state: row.state,
+                vcpus: row.vcpus,
+                memory_kib: row.memory_kib,
+                managed: row.managed,
+                tenant_name: row.tenant_name,
+                owner_email: row.owner_email,
+                missing: row.missing,
+                state_since: row.state_since,
+            },
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn vm_action(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        action: &str,
+        confirm: &str,
+    ) -> Result<(), AppError> {
+        let action =
+            Action::parse(action).ok_or_else(|| AppError::field("action", "Unknown action."))?;
+        let (row, scope) = self.authorized_vm(req, host_id, uuid).await?;
+        if row.missing {
+            return Err(AppError::Conflict(
+                "This VM is no longer on its host.".into(),
+            ));
+        }
+        if action == Action::Delete && confirm.trim() != row.name {
+            return Err(AppError::field(
+                "confirm",
+                format!("Type the VM's name, {}, to confirm.", row.name),
+            ));
+        }
+        self.run_operation(req, &row, scope, action).await?;
+        if action == Action::Shutdown {
+            // Graceful first; if the guest ignores ACPI, force it off after the timeout.
+            let (pool, hv, timeout) = (
+                self.pool.clone(),
+                self.hypervisors.clone(),
+                self.shutdown_timeout,
+            );
+            tokio::spawn(async move {
+                let deadline = std::time::Instant::now() + timeout;
+                while std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    let Ok(mut tx) = db::begin(&pool, Scope::fleet()).await else {
+                        return;
+                    };
+                    let state: Option<String> = sqlx::query_scalar(
+                        "SELECT state FROM domains WHERE host_id = $1 AND uuid = $2",
+                    )
+                    .bind(host_id)
+                    .bind(uuid)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .ok()
+                    .flatten();
+                    let _ = tx.commit().await;
+                    if state.as_deref() != Some("running") && state.as_deref() != Some("shutdown") {
+                        return;
+                    }
+                }
+                tracing::info!(%host_id, %uuid, "graceful shutdown timed out; forcing off");
+                if let Err(e) = hv.lifecycle(host_id, uuid, Action::ForceOff).await {
+                    tracing::warn!(error = %e, "force off after shutdown timeout failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn adopt(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        tenant_id: Uuid,
+        owner_email: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let email = crate::accounts::email::Email::parse(owner_email, "owner_email")?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let managed: Option<bool> = sqlx::query_scalar(
+            "SELECT managed FROM domains WHERE host_id = $1 AND uuid = $2 FOR UPDATE",
+        )
+        .bind(host_id)
+        .bind(uuid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        match managed {
+            None => return Err(AppError::NotFound("VM".into())),
+            Some(true) => return Err(AppError::Conflict("This VM is already managed.".into())),
+            Some(false) => {}
+        }
+        let owner: Option<Uuid> = sqlx::query_scalar(
+            "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1
+             WHERE lower(u.email) = $2 AND u.disabled_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(email.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let owner = owner.ok_or_else(|| {
+            AppError::field(
+                "owner_email",
+                "The owner must be an active member of that tenant.",
+            )
+        })?;
+        sqlx::query("UPDATE domains SET managed = true, tenant_id = $3, owner_id = $4 WHERE host_id = $1 AND uuid = $2")
+            .bind(host_id)
+            .bind(uuid)
+            .bind(tenant_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("vm.adopt", "domain", uuid)
+                .tenant(tenant_id)
+                .after(json!({ "host": host_id, "owner": email.as_str() })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
     async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError> {
         req.fleet_admin()?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
@@ -449,6 +727,62 @@ impl Fleet for FleetBackend {
             .await?;
         tx.commit().await.map_err(db::internal)?;
         Ok(page)
+    }
+}
+
+impl FleetBackend {
+    /// Records the operation, runs it on the host's actor, records the outcome (and an audit
+    /// row). Returns libvirt's error as a conflict the user can read.
+    async fn run_operation(
+        &self,
+        req: &RequestCtx,
+        row: &VmRow,
+        scope: Scope,
+        action: Action,
+    ) -> Result<(), AppError> {
+        let origin = Origin::of(req);
+        let mut tx = db::begin(&self.pool, scope).await?;
+        let op_id: i64 = sqlx::query_scalar(
+            "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, actor_id, operation, status)
+             VALUES ($1, $2, $3, $4, $5, 'running') RETURNING id",
+        )
+        .bind(row.host_id)
+        .bind(row.uuid)
+        .bind(row.tenant_id)
+        .bind(origin.actor_id)
+        .bind(action.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+
+        let started = std::time::Instant::now();
+        let result = self
+            .hypervisors
+            .lifecycle(row.host_id, row.uuid, action)
+            .await;
+        let ms = started.elapsed().as_millis() as i32;
+
+        let mut tx = db::begin(&self.pool, scope).await?;
+        sqlx::query(
+            "UPDATE domain_operations SET status = $2, error = $3, finished_at = now(), duration_ms = $4 WHERE id = $1",
+        )
+        .bind(op_id)
+        .bind(if result.is_ok() { "succeeded" } else { "failed" })
+        .bind(result.as_ref().err())
+        .bind(ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let mut event = Event::new("vm.action", "domain", row.uuid).after(json!({
+            "action": action.as_str(), "host": row.host_name, "name": row.name,
+            "result": if result.is_ok() { "succeeded" } else { "failed" },
+            "error": result.as_ref().err(), "duration_ms": ms
+        }));
+        event.tenant_id = row.tenant_id;
+        audit::record(&mut tx, &origin, event).await?;
+        tx.commit().await.map_err(db::internal)?;
+        result.map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))
     }
 }
 

@@ -50,6 +50,7 @@ impl AppState {
                 pool: pool.clone(),
                 hypervisors: hypervisors.clone(),
                 accounts: accounts.clone(),
+                shutdown_timeout: std::time::Duration::from_secs(config.shutdown_timeout_seconds),
             }),
         };
         let leptos = LeptosOptions::builder()

@@ -23,11 +23,77 @@ pub enum Command {
     Reconcile(oneshot::Sender<Result<ReconcileReport, String>>),
     /// Forget what was seen before and re-read and re-write everything (benchmarks, repair).
     FullReconcile(oneshot::Sender<Result<ReconcileReport, String>>),
+    /// Run a lifecycle action on one domain; the reply carries libvirt's error, if any.
+    Lifecycle(Uuid, Action, oneshot::Sender<Result<(), String>>),
     /// Re-read one domain (a lifecycle event named a domain the database does not know).
     RefreshDomain(Uuid),
     /// The connection closed under us (from libvirt's close callback).
     Closed(i32),
     Stop,
+}
+
+/// What an owner or admin can do to a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    /// ACPI power button; the caller falls back to `ForceOff` after a timeout.
+    Shutdown,
+    Reboot,
+    ForceOff,
+    Suspend,
+    Resume,
+    /// Force off if running, then undefine (with its managed-save image and snapshots' metadata).
+    Delete,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "start" => Action::Start,
+            "shutdown" => Action::Shutdown,
+            "reboot" => Action::Reboot,
+            "force_off" => Action::ForceOff,
+            "suspend" => Action::Suspend,
+            "resume" => Action::Resume,
+            "delete" => Action::Delete,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Shutdown => "shutdown",
+            Action::Reboot => "reboot",
+            Action::ForceOff => "force_off",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+fn run_action(conn: &Connect, uuid: Uuid, action: Action) -> Result<(), virt::error::Error> {
+    let dom = conn.lookup_domain_by_uuid(uuid)?;
+    match action {
+        Action::Start => dom.create().map(|_| ()),
+        Action::Shutdown => dom.shutdown().map(|_| ()),
+        Action::Reboot => dom.reboot(0).map(|_| ()),
+        Action::ForceOff => dom.destroy().map(|_| ()),
+        Action::Suspend => dom.suspend().map(|_| ()),
+        Action::Resume => dom.resume().map(|_| ()),
+        Action::Delete => {
+            if dom.is_active().unwrap_or(false) {
+                dom.destroy()?;
+            }
+            let flags = virt_sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | virt_sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+            dom.undefine_flags(flags)
+                .or_else(|_| dom.undefine())
+                .map(|_| ())
+        }
+    }
 }
 
 pub struct HostSpec {
@@ -104,6 +170,10 @@ impl Actor {
                             break;
                         }
                         match rx.recv_timeout(left) {
+                            Ok(Command::Lifecycle(_, _, reply)) => {
+                                let _ =
+                                    reply.send(Err(format!("host unreachable: {}", e.message())));
+                            }
                             Ok(Command::Reconcile(reply)) | Ok(Command::FullReconcile(reply)) => {
                                 let _ =
                                     reply.send(Err(format!("host unreachable: {}", e.message())));
@@ -174,6 +244,13 @@ impl Actor {
                     let _ = reply.send(self.reconcile(&conn));
                 }
                 Ok(Command::RefreshDomain(uuid)) => self.refresh_domain(&conn, uuid),
+                Ok(Command::Lifecycle(uuid, action, reply)) => {
+                    let result =
+                        run_action(&conn, uuid, action).map_err(|e| e.message().to_string());
+                    // The row follows at once (events also arrive, but not every driver sends them).
+                    self.refresh_domain(&conn, uuid);
+                    let _ = reply.send(result);
+                }
                 Ok(Command::Closed(reason)) => {
                     let why = match reason {
                         2 => "keepalive timed out",

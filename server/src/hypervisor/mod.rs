@@ -128,6 +128,21 @@ impl Hypervisors {
         out
     }
 
+    /// Runs a lifecycle action on the host's actor thread.
+    pub async fn lifecycle(
+        &self,
+        host: Uuid,
+        uuid: Uuid,
+        action: connection::Action,
+    ) -> Result<(), String> {
+        let sender = self.sender(host).ok_or("the host is not connected")?;
+        let (tx, rx) = oneshot::channel();
+        sender
+            .send(Command::Lifecycle(uuid, action, tx))
+            .map_err(|_| "host actor stopped")?;
+        rx.await.map_err(|_| "host actor stopped".to_string())?
+    }
+
     pub fn stop_all(&self) {
         for (_, s) in self.hosts.lock().expect("hosts lock").drain() {
             let _ = s.send(Command::Stop);

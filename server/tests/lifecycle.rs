@@ -1,0 +1,298 @@
+//! VM lifecycle operations on libvirt's test driver: every action, who may run it, and what
+//! is recorded.
+mod common;
+
+use common::*;
+use concierge::hypervisor::simulation;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+struct Fleet {
+    app: TestApp,
+    host: String,
+    tenant_a: Uuid,
+    fleet: Client,
+    owner: Client,
+    other: Client,
+    admin_a: Client,
+    req_b: Client,
+}
+
+async fn domain(app: &TestApp, name: &str) -> (String, String, bool) {
+    sqlx::query_as(
+        "SELECT uuid::text, state, missing_since IS NOT NULL FROM domains WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn wait_state(app: &TestApp, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, state, _) = domain(app, name).await;
+        if state == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed {state}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn setup() -> Fleet {
+    let app = spawn_app().await;
+    let a = app.tenant("A").await;
+    let b = app.tenant("B").await;
+    let fleet = app.fleet_admin().await;
+    let (_, owner) = app
+        .signed_in("owner@example.com", Some((a, "requester")))
+        .await;
+    let (_, other) = app
+        .signed_in("other@example.com", Some((a, "requester")))
+        .await;
+    let (_, admin_a) = app
+        .signed_in("admin-a@example.com", Some((a, "tenant_admin")))
+        .await;
+    let (_, req_b) = app
+        .signed_in("req-b@example.com", Some((b, "requester")))
+        .await;
+    let dir = std::env::temp_dir().join(format!("concierge-lc-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = simulation::write_node(&dir, "lc", 4).unwrap();
+    let host = fleet
+        .call("register_host", &[("name", "lc"), ("uri", &uri)])
+        .await
+        .unwrap();
+    let host = host["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.scalar_i64("SELECT count(*) FROM domains").await < 4 {
+        assert!(Instant::now() < deadline, "inventory never arrived");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (vm0, _, _) = domain(&app, "lc-vm-0").await;
+    fleet
+        .call(
+            "adopt_vm",
+            &[
+                ("host_id", &host),
+                ("uuid", &vm0),
+                ("tenant_id", &a.to_string()),
+                ("owner_email", "owner@example.com"),
+            ],
+        )
+        .await
+        .unwrap();
+    Fleet {
+        app,
+        host,
+        tenant_a: a,
+        fleet,
+        owner,
+        other,
+        admin_a,
+        req_b,
+    }
+}
+
+async fn act(c: &Client, host: &str, uuid: &str, action: &str) -> CallResult {
+    c.call(
+        "vm_action",
+        &[("host_id", host), ("uuid", uuid), ("action", action)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn owners_tenant_admins_and_fleet_admins_run_lifecycle_actions_others_cannot() {
+    let f = setup().await;
+    let (vm0, state, _) = domain(&f.app, "lc-vm-0").await;
+    assert_eq!(state, "running");
+    let anonymous = f.app.client();
+    for (who, c) in [
+        ("anonymous", &anonymous),
+        ("other requester of A", &f.other),
+        ("requester of B", &f.req_b),
+    ] {
+        let before = f.app.snapshot().await;
+        let ops = f
+            .app
+            .scalar_i64("SELECT count(*) FROM domain_operations")
+            .await;
+        assert_refused(&act(c, &f.host, &vm0, "suspend").await, who);
+        assert_refused(
+            &c.call("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
+                .await,
+            who,
+        );
+        assert_eq!(before, f.app.snapshot().await, "{who}");
+        assert_eq!(
+            ops,
+            f.app
+                .scalar_i64("SELECT count(*) FROM domain_operations")
+                .await,
+            "{who}"
+        );
+        assert_eq!(domain(&f.app, "lc-vm-0").await.1, "running", "{who}");
+    }
+    // Owner, then the tenant admin, then the fleet admin.
+    act(&f.owner, &f.host, &vm0, "suspend").await.unwrap();
+    wait_state(&f.app, "lc-vm-0", "paused").await;
+    act(&f.admin_a, &f.host, &vm0, "resume").await.unwrap();
+    wait_state(&f.app, "lc-vm-0", "running").await;
+    act(&f.fleet, &f.host, &vm0, "reboot").await.unwrap();
+    let vm = f
+        .owner
+        .call("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
+        .await
+        .unwrap();
+    assert_eq!(vm["domain"]["owner_email"], "owner@example.com");
+    assert_eq!(vm["disks"][0]["format"], "qcow2");
+    let ops: Vec<String> = vm["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{}:{}",
+                o["operation"].as_str().unwrap(),
+                o["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        ["reboot:succeeded", "resume:succeeded", "suspend:succeeded"]
+    );
+    let audited: i64 = f
+        .app
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM audit_log WHERE action = 'vm.action' AND tenant_id = '{}'",
+            f.tenant_a
+        ))
+        .await;
+    assert_eq!(audited, 3);
+
+    // Unmanaged domains are the fleet admins' alone.
+    let (vm1, _, _) = domain(&f.app, "lc-vm-1").await;
+    assert_refused(
+        &act(&f.admin_a, &f.host, &vm1, "force_off").await,
+        "tenant admin on drift",
+    );
+    act(&f.fleet, &f.host, &vm1, "force_off").await.unwrap();
+    wait_state(&f.app, "lc-vm-1", "shutoff").await;
+}
+
+#[tokio::test]
+async fn every_action_works_and_delete_needs_the_typed_name() {
+    let f = setup().await;
+    let (vm0, _, _) = domain(&f.app, "lc-vm-0").await;
+    for (action, then) in [
+        ("shutdown", "shutoff"),
+        ("start", "running"),
+        ("suspend", "paused"),
+        ("resume", "running"),
+        ("force_off", "shutoff"),
+        ("start", "running"),
+    ] {
+        let r = act(&f.owner, &f.host, &vm0, action).await;
+        assert!(r.is_ok(), "{action}: {r:?}");
+        wait_state(&f.app, "lc-vm-0", then).await;
+    }
+    // libvirt's refusal is reported, and recorded as failed.
+    let r = act(&f.owner, &f.host, &vm0, "resume").await;
+    assert!(
+        matches!(&r, Err((409, app::error::AppError::Conflict(m))) if m.starts_with("libvirt refused")),
+        "{r:?}"
+    );
+    let failed = f
+        .app
+        .scalar_i64(
+            "SELECT count(*) FROM domain_operations WHERE status = 'failed' AND error IS NOT NULL",
+        )
+        .await;
+    assert_eq!(failed, 1);
+    let r = act(&f.owner, &f.host, &vm0, "explode").await;
+    assert_field_error(&r, "action");
+    let before = f.app.snapshot().await;
+    let r = f
+        .owner
+        .call(
+            "vm_action",
+            &[
+                ("host_id", &f.host),
+                ("uuid", &vm0),
+                ("action", "delete"),
+                ("confirm", "wrong"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        assert_field_error(&r, "confirm"),
+        "Type the VM's name, lc-vm-0, to confirm."
+    );
+    assert_eq!(before, f.app.snapshot().await);
+    f.owner
+        .call(
+            "vm_action",
+            &[
+                ("host_id", &f.host),
+                ("uuid", &vm0),
+                ("action", "delete"),
+                ("confirm", "lc-vm-0"),
+            ],
+        )
+        .await
+        .unwrap();
+    let (_, _, missing) = domain(&f.app, "lc-vm-0").await;
+    assert!(missing, "a deleted domain is kept, marked missing");
+    let r = act(&f.owner, &f.host, &vm0, "start").await;
+    assert!(matches!(r, Err((409, _))), "{r:?}");
+}
+
+#[tokio::test]
+async fn adoption_needs_a_member_owner_and_only_fleet_admins() {
+    let f = setup().await;
+    let (vm2, _, _) = domain(&f.app, "lc-vm-2").await;
+    let t = f.tenant_a.to_string();
+    let form = |email: &'static str| {
+        vec![
+            ("host_id", f.host.clone()),
+            ("uuid", vm2.clone()),
+            ("tenant_id", t.clone()),
+            ("owner_email", email.to_string()),
+        ]
+    };
+    for c in [&f.admin_a, &f.owner] {
+        let body = form("owner@example.com");
+        let body: Vec<(&str, &str)> = body.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_refused(&c.call("adopt_vm", &body).await, "adopt by non-fleet");
+    }
+    let body = form("req-b@example.com");
+    let body: Vec<(&str, &str)> = body.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = f.fleet.call("adopt_vm", &body).await;
+    assert_eq!(
+        assert_field_error(&r, "owner_email"),
+        "The owner must be an active member of that tenant."
+    );
+    let drift_before = f.fleet.call("list_drift", &[]).await.unwrap()["total"]
+        .as_i64()
+        .unwrap();
+    let body = form("other@example.com");
+    let body: Vec<(&str, &str)> = body.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    f.fleet.call("adopt_vm", &body).await.unwrap();
+    let drift_after = f.fleet.call("list_drift", &[]).await.unwrap()["total"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(drift_after, drift_before - 1);
+    let r = f.fleet.call("adopt_vm", &body).await;
+    assert!(matches!(r, Err((409, _))), "{r:?}");
+    assert!(f
+        .other
+        .call("get_vm", &[("host_id", &f.host), ("uuid", &vm2)])
+        .await
+        .is_ok());
+}
