@@ -72,6 +72,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/hosts") view=pages::hosts::HostsPage ssr=SsrMode::Async/>
                         <Route path=path!("/hosts/:id") view=pages::hosts::HostPage ssr=SsrMode::Async/>
                         <Route path=path!("/drift") view=pages::hosts::DriftPage ssr=SsrMode::Async/>
+                        <Route path=path!("/vms/:host/:uuid") view=pages::vm::VmPage ssr=SsrMode::Async/>
                     </Routes>
                 </Layout>
             </ActorProvider>

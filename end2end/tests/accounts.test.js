@@ -112,8 +112,18 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await admin.getByRole('link', { name: 'simulated-e2e' }).click();
     await admin.waitForURL('**/hosts/*');
     await hydrated(admin);
-    await admin.getByRole('cell', { name: 'test', exact: true }).waitFor();
+    await admin.getByRole('link', { name: 'test', exact: true }).waitFor();
     await shot(admin, 'host');
+    // The VM page: suspend and resume the simulated domain without a reload.
+    await admin.getByRole('link', { name: 'test', exact: true }).click();
+    await admin.waitForURL('**/vms/*/*');
+    await hydrated(admin);
+    await admin.getByRole('button', { name: 'Suspend' }).click();
+    await admin.locator('h1 .badge', { hasText: 'paused' }).waitFor();
+    await admin.getByRole('cell', { name: 'suspend' }).waitFor();
+    await shot(admin, 'vm');
+    await admin.getByRole('button', { name: 'Resume' }).click();
+    await admin.locator('h1 .badge', { hasText: 'running' }).waitFor();
     await goto(admin, '/hosts');
     await shot(admin, 'hosts');
 

@@ -282,7 +282,7 @@ fn DomainTable(page: crate::Page<DomainSummary>, show_host: bool) -> impl IntoVi
             <tbody>
                 {page.items.into_iter().map(|d| view! {
                     <tr>
-                        <td>{d.name.clone()}{d.missing.then(|| view! { " " <span class="badge warn">"missing"</span> })}</td>
+                        <td><a href=format!("/vms/{}/{}", d.host_id, d.uuid)>{d.name.clone()}</a>{d.missing.then(|| view! { " " <span class="badge warn">"missing"</span> })}</td>
                         {show_host.then(|| view! { <td><a href=format!("/hosts/{}", d.host_id)>{d.host_name.clone()}</a></td> })}
                         <td><StateBadge state=d.state.clone()/></td>
                         <td>{d.vcpus}</td>

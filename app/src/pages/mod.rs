@@ -8,3 +8,4 @@ pub mod not_found;
 pub mod password;
 pub mod tenants;
 pub mod users;
+pub mod vm;

@@ -1,0 +1,222 @@
+use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::guard::{anyone, Guard};
+use crate::components::timestamp::Timestamp;
+use crate::fleet::{get_vm, AdoptVm, VmAction, VmDetail, VM_ACTIONS};
+use crate::shell::use_actor;
+use crate::tenant::list_tenants;
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_params_map;
+use uuid::Uuid;
+
+#[component]
+pub fn VmPage() -> impl IntoView {
+    view! {
+        <Title text="VM · Concierge"/>
+        <Guard allow=anyone>
+            <VmContent/>
+        </Guard>
+    }
+}
+
+/// Which actions make sense in a state (the backend accepts any; libvirt has the last word).
+fn offered(state: &str, action: &str) -> bool {
+    match action {
+        "start" => state == "shutoff" || state == "crashed",
+        "shutdown" | "reboot" | "suspend" => state == "running",
+        "resume" => state == "paused",
+        "force_off" => state != "shutoff",
+        _ => false,
+    }
+}
+
+#[component]
+fn VmContent() -> impl IntoView {
+    let params = use_params_map();
+    let ids = move || {
+        params.with(|p| {
+            let host = p.get("host").and_then(|s| Uuid::parse_str(&s).ok());
+            let uuid = p.get("uuid").and_then(|s| Uuid::parse_str(&s).ok());
+            host.zip(uuid)
+        })
+    };
+    let act = ServerAction::<VmAction>::new();
+    let adopt = ServerAction::<AdoptVm>::new();
+    let act_error = action_error(act);
+    let adopt_error = action_error(adopt);
+    let vm = Resource::new(
+        move || (ids(), act.version().get(), adopt.version().get()),
+        |(ids, ..)| async move {
+            match ids {
+                Some((h, u)) => get_vm(h, u).await,
+                None => Err(crate::error::AppError::NotFound("VM".into())),
+            }
+        },
+    );
+    view! {
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match vm.await {
+                    Ok(d) => view! { <VmView d act act_error adopt adopt_error/> }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn VmView(
+    d: VmDetail,
+    act: ServerAction<VmAction>,
+    act_error: Signal<Option<crate::error::AppError>>,
+    adopt: ServerAction<AdoptVm>,
+    adopt_error: Signal<Option<crate::error::AppError>>,
+) -> impl IntoView {
+    let dom = d.domain.clone();
+    let host = dom.host_id.to_string();
+    let uuid = dom.uuid.to_string();
+    let state = dom.state.clone();
+    let buttons = VM_ACTIONS
+        .iter()
+        .filter(|(a, _)| offered(&state, a))
+        .map(|(a, label)| {
+            let (host, uuid) = (host.clone(), uuid.clone());
+            let danger = *a == "force_off";
+            view! {
+                <ActionForm action=act attr:class="inline">
+                    <input type="hidden" name="host_id" value=host/>
+                    <input type="hidden" name="uuid" value=uuid/>
+                    <input type="hidden" name="action" value=*a/>
+                    <button type="submit" class=if danger { "danger" } else { "" } disabled=move || act.pending().get()>{*label}</button>
+                </ActionForm>
+            }
+        })
+        .collect_view();
+    let (host2, uuid2, host3, uuid3) = (host.clone(), uuid.clone(), host.clone(), uuid.clone());
+    let name = dom.name.clone();
+    view! {
+        <div class="page-head">
+            <h1>{dom.name.clone()} " " <span class=format!("badge {}", match dom.state.as_str() { "running" => "ok", "paused" | "pmsuspended" | "shutdown" => "warn", "crashed" => "danger", _ => "muted" })>{dom.state.clone()}</span></h1>
+            <a href=format!("/hosts/{}", dom.host_id)>{format!("on {}", dom.host_name)}</a>
+        </div>
+        {dom.missing.then(|| view! { <p class="notice warn">"This VM is no longer on its host; its record is kept."</p> })}
+        <section class="card">
+            <div class="grid facts">
+                <div><span class="muted">"vCPUs"</span><strong>{dom.vcpus}</strong></div>
+                <div><span class="muted">"Memory"</span><strong>{format!("{} MiB", dom.memory_kib / 1024)}</strong></div>
+                <div><span class="muted">"Tenant"</span><strong>{dom.tenant_name.clone().unwrap_or_else(|| "unmanaged".into())}</strong></div>
+                <div><span class="muted">"Owner"</span><strong>{dom.owner_email.clone().unwrap_or_else(|| "—".into())}</strong></div>
+                <div><span class="muted">"State since"</span><strong><Timestamp at=dom.state_since/></strong></div>
+            </div>
+        </section>
+        {(!dom.missing).then(|| view! {
+            <section class="card">
+                <h2>"Actions"</h2>
+                <FormMessage error=act_error/>
+                <div class="actions-row">{buttons}</div>
+                <details class="danger-zone">
+                    <summary>"Delete this VM"</summary>
+                    <ActionForm action=act attr:class="form row">
+                        <input type="hidden" name="host_id" value=host2/>
+                        <input type="hidden" name="uuid" value=uuid2/>
+                        <input type="hidden" name="action" value="delete"/>
+                        <div class="field">
+                            <label for="confirm">{format!("Type {name} to confirm")}</label>
+                            <input id="confirm" name="confirm" autocomplete="off" aria-describedby="confirm-error"/>
+                            <FieldMessage error=act_error field="confirm"/>
+                        </div>
+                        <button type="submit" class="danger">"Delete VM"</button>
+                    </ActionForm>
+                </details>
+            </section>
+        })}
+        {(!dom.managed).then(|| view! { <AdoptForm host=host3 uuid=uuid3 adopt adopt_error/> })}
+        <div class="grid">
+            <section class="card">
+                <h2>"Disks"</h2>
+                <table class="table">
+                    <thead><tr><th>"Target"</th><th>"Device"</th><th>"Format"</th><th>"Source"</th></tr></thead>
+                    <tbody>{d.disks.into_iter().map(|k| view! {
+                        <tr><td>{k.target}</td><td>{k.device}</td><td>{k.format.unwrap_or_default()}</td><td class="mono small">{k.source.unwrap_or_default()}</td></tr>
+                    }).collect_view()}</tbody>
+                </table>
+            </section>
+            <section class="card">
+                <h2>"Network interfaces"</h2>
+                <table class="table">
+                    <thead><tr><th>"Type"</th><th>"MAC"</th><th>"Source"</th><th>"Model"</th></tr></thead>
+                    <tbody>{d.nics.into_iter().map(|n| view! {
+                        <tr><td>{n.kind}</td><td class="mono small">{n.mac.unwrap_or_default()}</td><td>{n.source.unwrap_or_default()}</td><td>{n.model.unwrap_or_default()}</td></tr>
+                    }).collect_view()}</tbody>
+                </table>
+            </section>
+        </div>
+        <section class="card">
+            <h2>"Recent operations"</h2>
+            <table class="table">
+                <thead><tr><th>"When"</th><th>"Action"</th><th>"By"</th><th>"Result"</th><th>"Took"</th></tr></thead>
+                <tbody>{d.operations.into_iter().map(|o| view! {
+                    <tr>
+                        <td><Timestamp at=o.started_at/></td>
+                        <td>{o.operation}</td>
+                        <td>{o.actor_email.unwrap_or_else(|| "—".into())}</td>
+                        <td>
+                            <span class=match o.status.as_str() { "succeeded" => "badge ok", "failed" => "badge danger", _ => "badge warn" }>{o.status.clone()}</span>
+                            {o.error.map(|e| view! { " " <span class="small muted">{e}</span> })}
+                        </td>
+                        <td>{o.duration_ms.map(|ms| format!("{ms} ms")).unwrap_or_default()}</td>
+                    </tr>
+                }).collect_view()}</tbody>
+            </table>
+        </section>
+    }
+}
+
+#[component]
+fn AdoptForm(
+    host: String,
+    uuid: String,
+    adopt: ServerAction<AdoptVm>,
+    adopt_error: Signal<Option<crate::error::AppError>>,
+) -> impl IntoView {
+    let actor = use_actor();
+    let tenants = Resource::new(|| (), |_| list_tenants());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || {
+                let (host, uuid) = (host.clone(), uuid.clone());
+                Suspend::new(async move {
+                    let a = actor.await.ok().flatten()?;
+                    if !a.fleet_admin {
+                        return None;
+                    }
+                    let list = tenants.await.unwrap_or_default();
+                    Some(view! {
+                        <section class="card">
+                            <h2>"Adopt into a tenant"</h2>
+                            <p class="muted">"This domain was not created by Concierge. Adopting it gives it a tenant and an owner, who can then manage it."</p>
+                            <FormMessage error=adopt_error/>
+                            <ActionForm action=adopt attr:class="form row">
+                                <input type="hidden" name="host_id" value=host/>
+                                <input type="hidden" name="uuid" value=uuid/>
+                                <div class="field">
+                                    <label for="adopt-tenant">"Tenant"</label>
+                                    <select id="adopt-tenant" name="tenant_id">
+                                        {list.into_iter().map(|t| view! { <option value=t.id.to_string()>{t.name}</option> }).collect_view()}
+                                    </select>
+                                </div>
+                                <div class="field">
+                                    <label for="adopt-owner">"Owner's e-mail"</label>
+                                    <input id="adopt-owner" name="owner_email" type="email" required aria-describedby="owner_email-error"/>
+                                    <FieldMessage error=adopt_error field="owner_email"/>
+                                </div>
+                                <button type="submit" class="primary">"Adopt"</button>
+                            </ActionForm>
+                        </section>
+                    })
+                })
+            }}
+        </Suspense>
+    }
+}
