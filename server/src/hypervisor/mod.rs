@@ -1,6 +1,7 @@
 //! libvirt hosts: one actor per host (see `connection`), the lifecycle-event writer, and the
 //! registry the rest of the server talks to.
 pub mod connection;
+pub mod domain_xml;
 pub mod events;
 pub mod inventory;
 pub mod simulation;

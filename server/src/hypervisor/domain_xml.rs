@@ -1,0 +1,216 @@
+//! Domain XML for VMs the portal defines: an askama template with an escaper that also drops
+//! control characters (libvirt rejects them), validated names, and an idempotent define keyed
+//! by the portal's UUID.
+use app::error::AppError;
+use askama::Template;
+use std::fmt::{self, Write as _};
+use uuid::Uuid;
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+/// XML escaping for libvirt: the five entities, and no control characters but tab, newline
+/// and carriage return.
+#[derive(Clone, Copy, Debug)]
+pub struct LibvirtXml;
+
+impl askama::filters::Escaper for LibvirtXml {
+    fn write_escaped_str<W: fmt::Write>(&self, mut dest: W, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            match c {
+                '<' => dest.write_str("&lt;")?,
+                '>' => dest.write_str("&gt;")?,
+                '&' => dest.write_str("&amp;")?,
+                '"' => dest.write_str("&quot;")?,
+                '\'' => dest.write_str("&apos;")?,
+                '\t' | '\n' | '\r' => dest.write_char(c)?,
+                c if (c as u32) < 0x20 || c == '\u{7f}' => {}
+                c => dest.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A VM name: lowercase letters, digits and hyphens, at most 63, starting with a letter and
+/// not ending with a hyphen (safe in file names, host names and libvirt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn parse(raw: &str, field: &str) -> Result<Self, AppError> {
+        let s = raw.trim();
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(VmName(s.to_string()))
+        } else {
+            Err(AppError::field(
+                field,
+                "Use 1 to 63 lowercase letters, digits and hyphens, starting with a letter.",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub struct DiskSpec {
+    pub path: String,
+    /// Always stated, never probed: a crafted image cannot point libvirt at host files.
+    pub format: &'static str,
+    pub target: String,
+}
+
+#[derive(Template)]
+#[template(path = "domain.xml")]
+pub struct DomainXml<'a> {
+    /// kvm, qemu (TCG) or test (libvirt's test driver).
+    pub domain_type: &'a str,
+    pub name: &'a str,
+    pub uuid: Uuid,
+    pub title: &'a str,
+    pub tenant: &'a str,
+    pub owner: &'a str,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub disks: &'a [DiskSpec],
+    pub user_network: bool,
+}
+
+/// The domain type a host supports: kvm when its capabilities offer it, else qemu.
+pub fn domain_type(conn: &Connect) -> &'static str {
+    let uri = conn.uri().unwrap_or_default();
+    if uri.starts_with("test:") {
+        return "test";
+    }
+    match conn.capabilities() {
+        Ok(caps)
+            if caps.contains("<domain type='kvm'") && std::path::Path::new("/dev/kvm").exists() =>
+        {
+            "kvm"
+        }
+        _ => "qemu",
+    }
+}
+
+/// Defines the domain unless one with this UUID exists already (a retry after a crash finds
+/// the first one instead of defining a second).
+pub fn define_once(conn: &Connect, uuid: Uuid, xml: &str) -> Result<Domain, virt::error::Error> {
+    match conn.lookup_domain_by_uuid(uuid) {
+        Ok(dom) => Ok(dom),
+        Err(_) => conn.define_domain_xml(xml),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(title: &str, domain_type: &str) -> String {
+        DomainXml {
+            domain_type,
+            name: "web-1",
+            uuid: Uuid::nil(),
+            title,
+            tenant: "Acme & Co",
+            owner: "ann@example.com",
+            memory_mib: 512,
+            vcpus: 2,
+            disks: &[DiskSpec {
+                path: "/var/lib/libvirt/images/web-1.qcow2".into(),
+                format: "qcow2",
+                target: "vda".into(),
+            }],
+            user_network: true,
+        }
+        .render()
+        .unwrap()
+    }
+
+    #[test]
+    fn metacharacters_are_escaped_and_control_characters_dropped() {
+        let xml = render("<script>'x'</script>\u{1}\u{8}\ttab", "qemu");
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed");
+        let title = doc
+            .descendants()
+            .find(|n| n.has_tag_name("title"))
+            .unwrap()
+            .text()
+            .unwrap();
+        assert_eq!(title, "<script>'x'</script>\ttab");
+        assert!(!xml.contains('\u{1}'));
+        assert!(xml.contains("Acme &amp; Co"));
+        let driver = doc
+            .descendants()
+            .find(|n| n.has_tag_name("driver"))
+            .unwrap();
+        assert_eq!(
+            driver.attribute("type"),
+            Some("qcow2"),
+            "the format is stated, never probed"
+        );
+        assert!(
+            !xml.contains("host-passthrough"),
+            "TCG cannot pass the host CPU through"
+        );
+        assert!(render("t", "kvm").contains("host-passthrough"));
+    }
+
+    #[test]
+    fn vm_names_are_validated() {
+        assert_eq!(
+            VmName::parse(" web-01 ", "name").unwrap().as_str(),
+            "web-01"
+        );
+        for bad in [
+            "",
+            "Web",
+            "1web",
+            "web-",
+            "web_1",
+            "web 1",
+            "<web>",
+            "web;rm",
+            &"a".repeat(64),
+        ] {
+            assert!(VmName::parse(bad, "name").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defining_twice_with_one_uuid_gives_one_domain() {
+        crate::hypervisor::events::ensure_event_loop();
+        let dir = std::env::temp_dir().join(format!("concierge-xml-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let uri = crate::hypervisor::simulation::write_node(&dir, "xml", 0).unwrap();
+        let conn = Connect::open(Some(&uri)).unwrap();
+        assert_eq!(domain_type(&conn), "test");
+        let uuid = Uuid::new_v4();
+        let xml = DomainXml {
+            domain_type: domain_type(&conn),
+            name: "idem-1",
+            uuid,
+            title: "idempotent",
+            tenant: "t",
+            owner: "o",
+            memory_mib: 64,
+            vcpus: 1,
+            disks: &[],
+            user_network: false,
+        }
+        .render()
+        .unwrap();
+        let a = define_once(&conn, uuid, &xml).unwrap();
+        let b = define_once(&conn, uuid, &xml).unwrap();
+        assert_eq!(a.uuid().unwrap(), b.uuid().unwrap());
+        assert_eq!(conn.list_all_domains(0).unwrap().len(), 1);
+        drop((a, b));
+        crate::hypervisor::events::close(conn);
+    }
+}
