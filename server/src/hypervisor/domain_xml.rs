@@ -3,7 +3,7 @@
 //! by the portal's UUID.
 use app::error::AppError;
 use askama::Template;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::domain::Domain;
