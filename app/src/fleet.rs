@@ -224,3 +224,55 @@ pub async fn adopt_vm(
             .await,
     )
 }
+
+#[server(prefix = "/api", endpoint = "create_pool")]
+pub async fn create_pool(host_id: Uuid, name: String, path: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .create_pool(&req, host_id, &name, &path)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "list_volumes")]
+pub async fn list_volumes(host_id: Uuid, pool: String) -> Result<Vec<String>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .volumes(&req, host_id, &pool)
+            .await,
+    )
+}
+
+/// `kind`: `blank` (new qcow2 of `capacity_gib`), `linked` (overlay on `source`) or `copy`.
+#[server(prefix = "/api", endpoint = "create_volume")]
+pub async fn create_volume(
+    host_id: Uuid,
+    pool: String,
+    name: String,
+    kind: String,
+    #[server(default)] capacity_gib: String,
+    #[server(default)] source: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .create_volume(&req, host_id, &pool, &name, &kind, &capacity_gib, &source)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "delete_volume")]
+pub async fn delete_volume(host_id: Uuid, pool: String, name: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .delete_volume(&req, host_id, &pool, &name)
+            .await,
+    )
+}

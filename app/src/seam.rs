@@ -177,6 +177,37 @@ pub trait Fleet: Send + Sync + 'static {
         action: &str,
         confirm: &str,
     ) -> Result<(), AppError>;
+    async fn create_pool(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        name: &str,
+        path: &str,
+    ) -> Result<(), AppError>;
+    async fn volumes(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        pool: &str,
+    ) -> Result<Vec<String>, AppError>;
+    #[allow(clippy::too_many_arguments)]
+    async fn create_volume(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        pool: &str,
+        name: &str,
+        kind: &str,
+        capacity_gib: &str,
+        source: &str,
+    ) -> Result<(), AppError>;
+    async fn delete_volume(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        pool: &str,
+        name: &str,
+    ) -> Result<(), AppError>;
     async fn adopt(
         &self,
         req: &RequestCtx,

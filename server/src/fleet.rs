@@ -3,6 +3,7 @@ use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
 use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
+use crate::hypervisor::storage;
 use crate::hypervisor::Hypervisors;
 use app::error::AppError;
 use app::fleet::{
@@ -719,6 +720,149 @@ impl Fleet for FleetBackend {
         tx.commit().await.map_err(db::internal)
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn create_pool(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        name: &str,
+        path: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let (name, path) = match (
+            storage::parse_name(name, "name"),
+            storage::parse_dir(path, "path"),
+        ) {
+            (Ok(n), Ok(p)) => (n, p),
+            (n, p) => return Err(crate::accounts::merge(n.err(), p.err())),
+        };
+        self.known_host(host_id).await?;
+        let (n, p) = (name.clone(), path.clone());
+        self.hypervisors
+            .call(host_id, move |conn| {
+                storage::create_dir_pool(conn, &n, &p).map(|_| ())
+            })
+            .await
+            .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
+        self.record(
+            req,
+            Event::new("pool.create", "pool", &name)
+                .after(json!({ "host": host_id, "path": path })),
+        )
+        .await?;
+        let _ = self.hypervisors.reconcile(host_id).await;
+        Ok(())
+    }
+
+    async fn volumes(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        pool: &str,
+    ) -> Result<Vec<String>, AppError> {
+        req.fleet_admin()?;
+        let pool = storage::parse_name(pool, "pool")?;
+        self.known_host(host_id).await?;
+        let mut names = self
+            .hypervisors
+            .call(host_id, move |conn| storage::volumes(conn, &pool))
+            .await
+            .map_err(|e| AppError::field("pool", format!("libvirt refused: {e}")))?;
+        names.sort();
+        Ok(names)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_volume(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        pool: &str,
+        name: &str,
+        kind: &str,
+        capacity_gib: &str,
+        source: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let pool = storage::parse_name(pool, "pool")?;
+        let name = storage::parse_name(name, "name")?;
+        let job: Box<dyn FnOnce(&virt::connect::Connect) -> Result<(), virt::error::Error> + Send> =
+            match kind {
+                "blank" => {
+                    let gib: u64 = capacity_gib
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|g| (1..=16_384).contains(g))
+                        .ok_or_else(|| {
+                            AppError::field("capacity_gib", "Enter a size from 1 to 16384 GiB.")
+                        })?;
+                    let (p, n) = (pool.clone(), name.clone());
+                    Box::new(move |conn| {
+                        storage::create_volume(conn, &p, &n, gib << 30, storage::Format::Qcow2)
+                            .map(|_| ())
+                    })
+                }
+                "linked" | "copy" => {
+                    let src = storage::parse_name(source, "source")?;
+                    let (p, n, linked) = (pool.clone(), name.clone(), kind == "linked");
+                    Box::new(move |conn| {
+                        if linked {
+                            storage::linked_clone(conn, &p, &n, &src).map(|_| ())
+                        } else {
+                            storage::full_copy(conn, &p, &n, &src).map(|_| ())
+                        }
+                    })
+                }
+                _ => {
+                    return Err(AppError::field(
+                        "kind",
+                        "Choose blank, linked clone or full copy.",
+                    ))
+                }
+            };
+        self.known_host(host_id).await?;
+        self.hypervisors
+            .call(host_id, job)
+            .await
+            .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
+        self.record(
+            req,
+            Event::new("volume.create", "volume", format!("{pool}/{name}"))
+                .after(json!({ "host": host_id, "kind": kind, "source": source, "capacity_gib": capacity_gib })),
+        )
+        .await?;
+        let _ = self.hypervisors.reconcile(host_id).await;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_volume(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        pool: &str,
+        name: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let pool = storage::parse_name(pool, "pool")?;
+        let name = storage::parse_name(name, "name")?;
+        self.known_host(host_id).await?;
+        let (p, n) = (pool.clone(), name.clone());
+        self.hypervisors
+            .call(host_id, move |conn| storage::delete_volume(conn, &p, &n))
+            .await
+            .map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))?;
+        self.record(
+            req,
+            Event::new("volume.delete", "volume", format!("{pool}/{name}"))
+                .after(json!({ "host": host_id })),
+        )
+        .await?;
+        let _ = self.hypervisors.reconcile(host_id).await;
+        Ok(())
+    }
+
     async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError> {
         req.fleet_admin()?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
@@ -731,6 +875,27 @@ impl Fleet for FleetBackend {
 }
 
 impl FleetBackend {
+    /// NotFound unless the host is registered.
+    async fn known_host(&self, host_id: Uuid) -> Result<(), AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
+            .bind(host_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        found
+            .map(|_| ())
+            .ok_or_else(|| AppError::NotFound("Host".into()))
+    }
+
+    /// An audit row on its own (for changes made on a hypervisor rather than in the database).
+    async fn record(&self, req: &RequestCtx, event: Event<'_>) -> Result<(), AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        audit::record(&mut tx, &Origin::of(req), event).await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
     /// Records the operation, runs it on the host's actor, records the outcome (and an audit
     /// row). Returns libvirt's error as a conflict the user can read.
     async fn run_operation(

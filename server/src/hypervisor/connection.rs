@@ -25,6 +25,9 @@ pub enum Command {
     FullReconcile(oneshot::Sender<Result<ReconcileReport, String>>),
     /// Run a lifecycle action on one domain; the reply carries libvirt's error, if any.
     Lifecycle(Uuid, Action, oneshot::Sender<Result<(), String>>),
+    /// Run arbitrary libvirt work on this host's connection (storage, networks); the closure
+    /// answers through its own channel.
+    Call(Box<dyn FnOnce(Option<&Connect>) + Send>),
     /// Re-read one domain (a lifecycle event named a domain the database does not know).
     RefreshDomain(Uuid),
     /// The connection closed under us (from libvirt's close callback).
@@ -170,6 +173,7 @@ impl Actor {
                             break;
                         }
                         match rx.recv_timeout(left) {
+                            Ok(Command::Call(f)) => f(None),
                             Ok(Command::Lifecycle(_, _, reply)) => {
                                 let _ =
                                     reply.send(Err(format!("host unreachable: {}", e.message())));
@@ -244,6 +248,7 @@ impl Actor {
                     let _ = reply.send(self.reconcile(&conn));
                 }
                 Ok(Command::RefreshDomain(uuid)) => self.refresh_domain(&conn, uuid),
+                Ok(Command::Call(f)) => f(Some(&conn)),
                 Ok(Command::Lifecycle(uuid, action, reply)) => {
                     let result =
                         run_action(&conn, uuid, action).map_err(|e| e.message().to_string());

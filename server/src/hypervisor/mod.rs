@@ -5,6 +5,7 @@ pub mod domain_xml;
 pub mod events;
 pub mod inventory;
 pub mod simulation;
+pub mod storage;
 
 use crate::db::{self, Scope};
 use connection::{Command, HostSpec, ReconcileReport};
@@ -127,6 +128,27 @@ impl Hypervisors {
             out.push((id, result));
         }
         out
+    }
+
+    /// Runs `f` on the host's actor thread with its connection (never on the executor).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        host: Uuid,
+        f: impl FnOnce(&virt::connect::Connect) -> Result<T, virt::error::Error> + Send + 'static,
+    ) -> Result<T, String> {
+        let sender = self.sender(host).ok_or("the host is not connected")?;
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |conn: Option<&virt::connect::Connect>| {
+            let result = match conn {
+                Some(conn) => f(conn).map_err(|e| e.message().to_string()),
+                None => Err("the host is unreachable".to_string()),
+            };
+            let _ = tx.send(result);
+        });
+        sender
+            .send(Command::Call(job))
+            .map_err(|_| "host actor stopped")?;
+        rx.await.map_err(|_| "host actor stopped".to_string())?
     }
 
     /// Runs a lifecycle action on the host's actor thread.

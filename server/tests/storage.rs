@@ -1,0 +1,132 @@
+//! Storage pools and volumes through the portal, on libvirt's test driver.
+mod common;
+
+use common::*;
+use concierge::hypervisor::simulation;
+
+#[tokio::test]
+async fn pools_volumes_clones_and_copies() {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let t = app.tenant("A").await;
+    let (_, tadmin) = app
+        .signed_in("boss@example.com", Some((t, "tenant_admin")))
+        .await;
+    let dir = std::env::temp_dir().join(format!(
+        "concierge-storage-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = simulation::write_node(&dir, "st", 1).unwrap();
+    let host = fleet
+        .call("register_host", &[("name", "st"), ("uri", &uri)])
+        .await
+        .unwrap();
+    let h = host["id"].as_str().unwrap().to_string();
+
+    let before = app.snapshot().await;
+    let r = fleet
+        .call(
+            "create_pool",
+            &[
+                ("host_id", &h),
+                ("name", "../etc"),
+                ("path", "relative/path"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "name");
+    assert_field_error(&r, "path");
+    assert_refused(
+        &tadmin
+            .call(
+                "create_pool",
+                &[("host_id", &h), ("name", "images"), ("path", "/srv/images")],
+            )
+            .await,
+        "tenant admin",
+    );
+    assert_eq!(before, app.snapshot().await);
+
+    fleet
+        .call(
+            "create_pool",
+            &[("host_id", &h), ("name", "images"), ("path", "/srv/images")],
+        )
+        .await
+        .unwrap();
+    let d = fleet.call("get_host", &[("host_id", &h)]).await.unwrap();
+    assert!(
+        d["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "images" && p["active"] == true),
+        "{d}"
+    );
+
+    let vol = |name: &'static str, kind: &'static str, cap: &'static str, src: &'static str| {
+        vec![
+            ("host_id", h.clone()),
+            ("pool", "images".into()),
+            ("name", name.into()),
+            ("kind", kind.into()),
+            ("capacity_gib", cap.into()),
+            ("source", src.into()),
+        ]
+    };
+    let call = |form: Vec<(&'static str, String)>| {
+        let fleet = &fleet;
+        async move {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fleet.call("create_volume", &form).await
+        }
+    };
+    assert_field_error(
+        &call(vol("base.qcow2", "blank", "0", "")).await,
+        "capacity_gib",
+    );
+    assert_field_error(
+        &call(vol("base.qcow2", "blank", "-5", "")).await,
+        "capacity_gib",
+    );
+    assert_field_error(&call(vol("base.qcow2", "magic", "1", "")).await, "kind");
+    assert_field_error(&call(vol("a/b", "blank", "1", "")).await, "name");
+    call(vol("base.qcow2", "blank", "10", "")).await.unwrap();
+    call(vol("vm-1.qcow2", "linked", "", "base.qcow2"))
+        .await
+        .unwrap();
+    call(vol("vm-2.qcow2", "copy", "", "base.qcow2"))
+        .await
+        .unwrap();
+    let r = call(vol("vm-3.qcow2", "linked", "", "missing.qcow2")).await;
+    assert!(
+        assert_field_error(&r, "name").starts_with("libvirt refused"),
+        "{r:?}"
+    );
+    let list = fleet
+        .call("list_volumes", &[("host_id", &h), ("pool", "images")])
+        .await
+        .unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!(["base.qcow2", "vm-1.qcow2", "vm-2.qcow2"])
+    );
+    fleet
+        .call(
+            "delete_volume",
+            &[("host_id", &h), ("pool", "images"), ("name", "vm-2.qcow2")],
+        )
+        .await
+        .unwrap();
+    let list = fleet
+        .call("list_volumes", &[("host_id", &h), ("pool", "images")])
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let actions = app.audit_actions().await;
+    for a in ["pool.create", "volume.create", "volume.delete"] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+    app.state.hypervisors.stop_all();
+}
