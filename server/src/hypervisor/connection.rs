@@ -19,6 +19,9 @@ pub struct ReconcileReport {
     pub write_ms: u128,
 }
 
+/// Work for a host's thread; `None` when the host is unreachable.
+pub type Job = Box<dyn FnOnce(Option<&Connect>) + Send>;
+
 pub enum Command {
     Reconcile(oneshot::Sender<Result<ReconcileReport, String>>),
     /// Forget what was seen before and re-read and re-write everything (benchmarks, repair).
@@ -27,7 +30,7 @@ pub enum Command {
     Lifecycle(Uuid, Action, oneshot::Sender<Result<(), String>>),
     /// Run arbitrary libvirt work on this host's connection (storage, networks); the closure
     /// answers through its own channel.
-    Call(Box<dyn FnOnce(Option<&Connect>) + Send>),
+    Call(Job),
     /// Re-read one domain (a lifecycle event named a domain the database does not know).
     RefreshDomain(Uuid),
     /// The connection closed under us (from libvirt's close callback).
