@@ -124,6 +124,15 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await shot(admin, 'vm');
     await admin.getByRole('button', { name: 'Resume' }).click();
     await admin.locator('h1 .badge', { hasText: 'running' }).waitFor();
+    // Back on the host: a new blank volume appears in its pool's list.
+    await admin.getByRole('link', { name: 'on simulated-e2e' }).click();
+    await admin.waitForURL('**/hosts/*');
+    await hydrated(admin);
+    await admin.fill('#volume-name', 'e2e-disk.qcow2');
+    await admin.fill('#volume-size', '1');
+    await admin.getByRole('button', { name: 'Create volume' }).click();
+    await admin.getByText('e2e-disk.qcow2', { exact: true }).waitFor();
+    await shot(admin, 'host-storage');
     await goto(admin, '/hosts');
     await shot(admin, 'hosts');
 

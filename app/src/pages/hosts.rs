@@ -5,6 +5,7 @@ use crate::components::timestamp::Timestamp;
 use crate::fleet::{
     get_host, list_drift, list_hosts, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
 };
+use crate::fleet::{list_volumes, CreatePool, CreateVolume, DeleteVolume};
 use crate::pages::users::urlencode;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -196,6 +197,7 @@ fn HostContent() -> impl IntoView {
                         let s = search();
                         let base = format!("/hosts/{}", h.id);
                         let base2 = base.clone();
+                        let pool_names: Vec<String> = d.pools.iter().filter(|p| p.active && !p.missing).map(|p| p.name.clone()).collect();
                         view! {
                             <div class="page-head">
                                 <h1>{h.name.clone()} " " <StateBadge state=h.state.clone()/></h1>
@@ -250,6 +252,7 @@ fn HostContent() -> impl IntoView {
                                     </table>
                                 </section>
                             </div>
+                            <StorageCard host=h.id pools=pool_names/>
                             <section class="card">
                                 <div class="card-head">
                                     <h2>"Domains"</h2>
@@ -332,6 +335,128 @@ fn DriftContent() -> impl IntoView {
                     }
                 })}
             </Suspense>
+        </section>
+    }
+}
+
+/// Pools and volumes of one host: create a `dir` pool; list, create (blank, linked clone,
+/// full copy) and delete volumes.
+#[component]
+fn StorageCard(host: Uuid, pools: Vec<String>) -> impl IntoView {
+    let create_pool = ServerAction::<CreatePool>::new();
+    let create_volume = ServerAction::<CreateVolume>::new();
+    let delete_volume = ServerAction::<DeleteVolume>::new();
+    let pool_error = action_error(create_pool);
+    let volume_error = action_error(create_volume);
+    let delete_error = action_error(delete_volume);
+    let selected = RwSignal::new(pools.first().cloned().unwrap_or_default());
+    let volumes = Resource::new(
+        move || {
+            (
+                selected.get(),
+                create_volume.version().get(),
+                delete_volume.version().get(),
+            )
+        },
+        move |(pool, ..)| async move {
+            if pool.is_empty() {
+                Ok(Vec::new())
+            } else {
+                list_volumes(host, pool).await
+            }
+        },
+    );
+    let hid = host.to_string();
+    let (hid2, hid3) = (hid.clone(), hid.clone());
+    let options = pools.clone();
+    view! {
+        <section class="card">
+            <h2>"Volumes"</h2>
+            <div class="form row">
+                <div class="field">
+                    <label for="volume-pool">"Pool"</label>
+                    <select id="volume-pool" on:change=move |ev| selected.set(event_target_value(&ev))>
+                        {options.into_iter().map(|p| view! { <option value=p.clone()>{p.clone()}</option> }).collect_view()}
+                    </select>
+                </div>
+            </div>
+            <FormMessage error=delete_error/>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || {
+                    let hid = hid3.clone();
+                    Suspend::new(async move {
+                        match volumes.await {
+                            Ok(list) if list.is_empty() => view! { <p class="muted">"No volumes in this pool."</p> }.into_any(),
+                            Ok(list) => view! {
+                                <ul class="plain">
+                                    {list.into_iter().map(|v| {
+                                        let (hid, pool) = (hid.clone(), selected.get_untracked());
+                                        view! {
+                                            <li class="volume">
+                                                <span class="mono">{v.clone()}</span>
+                                                <ActionForm action=delete_volume attr:class="inline">
+                                                    <input type="hidden" name="host_id" value=hid/>
+                                                    <input type="hidden" name="pool" value=pool/>
+                                                    <input type="hidden" name="name" value=v/>
+                                                    <button type="submit" class="small danger">"Delete"</button>
+                                                </ActionForm>
+                                            </li>
+                                        }
+                                    }).collect_view()}
+                                </ul>
+                            }.into_any(),
+                            Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                        }
+                    })
+                }}
+            </Suspense>
+            <h3>"New volume"</h3>
+            <FormMessage error=volume_error/>
+            <ActionForm action=create_volume attr:class="form row">
+                <input type="hidden" name="host_id" value=hid.clone()/>
+                <input type="hidden" name="pool" value=move || selected.get()/>
+                <div class="field">
+                    <label for="volume-name">"Name"</label>
+                    <input id="volume-name" name="name" required placeholder="web-1.qcow2" aria-describedby="name-error"/>
+                    <FieldMessage error=volume_error field="name"/>
+                </div>
+                <div class="field">
+                    <label for="volume-kind">"Kind"</label>
+                    <select id="volume-kind" name="kind">
+                        <option value="blank">"Blank qcow2"</option>
+                        <option value="linked">"Linked clone of…"</option>
+                        <option value="copy">"Full copy of…"</option>
+                    </select>
+                    <FieldMessage error=volume_error field="kind"/>
+                </div>
+                <div class="field">
+                    <label for="volume-size">"Size (GiB, blank only)"</label>
+                    <input id="volume-size" name="capacity_gib" inputmode="numeric" placeholder="20" aria-describedby="capacity_gib-error"/>
+                    <FieldMessage error=volume_error field="capacity_gib"/>
+                </div>
+                <div class="field">
+                    <label for="volume-source">"Source volume (clones)"</label>
+                    <input id="volume-source" name="source" placeholder="base.qcow2" aria-describedby="source-error"/>
+                    <FieldMessage error=volume_error field="source"/>
+                </div>
+                <button type="submit" class="primary">"Create volume"</button>
+            </ActionForm>
+            <h3>"New directory pool"</h3>
+            <FormMessage error=pool_error/>
+            <ActionForm action=create_pool attr:class="form row">
+                <input type="hidden" name="host_id" value=hid2/>
+                <div class="field">
+                    <label for="pool-name">"Name"</label>
+                    <input id="pool-name" name="name" required placeholder="images" aria-describedby="name-error"/>
+                    <FieldMessage error=pool_error field="name"/>
+                </div>
+                <div class="field wide">
+                    <label for="pool-path">"Directory"</label>
+                    <input id="pool-path" name="path" required placeholder="/var/lib/libvirt/images" aria-describedby="path-error"/>
+                    <FieldMessage error=pool_error field="path"/>
+                </div>
+                <button type="submit">"Create pool"</button>
+            </ActionForm>
         </section>
     }
 }
