@@ -276,3 +276,34 @@ pub async fn delete_volume(host_id: Uuid, pool: String, name: String) -> Result<
             .await,
     )
 }
+
+/// `mode`: `nat` or `isolated` (with `address`, the gateway, and `prefix`) or `bridge`.
+#[server(prefix = "/api", endpoint = "define_network")]
+pub async fn define_network(
+    host_id: Uuid,
+    name: String,
+    mode: String,
+    #[server(default)] address: String,
+    #[server(default)] prefix: String,
+    #[server(default)] bridge: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .define_network(&req, host_id, &name, &mode, &address, &prefix, &bridge)
+            .await,
+    )
+}
+
+/// `op`: `start`, `stop` or `delete`.
+#[server(prefix = "/api", endpoint = "network_action")]
+pub async fn network_action(host_id: Uuid, name: String, op: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .network_action(&req, host_id, &name, &op)
+            .await,
+    )
+}

@@ -208,6 +208,24 @@ pub trait Fleet: Send + Sync + 'static {
         pool: &str,
         name: &str,
     ) -> Result<(), AppError>;
+    #[allow(clippy::too_many_arguments)]
+    async fn define_network(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        name: &str,
+        mode: &str,
+        address: &str,
+        prefix: &str,
+        bridge: &str,
+    ) -> Result<(), AppError>;
+    async fn network_action(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        name: &str,
+        op: &str,
+    ) -> Result<(), AppError>;
     async fn adopt(
         &self,
         req: &RequestCtx,

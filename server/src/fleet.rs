@@ -3,8 +3,8 @@ use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
 use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
-use crate::hypervisor::storage;
 use crate::hypervisor::Hypervisors;
+use crate::hypervisor::{network, storage};
 use app::error::AppError;
 use app::fleet::{
     version_string, DiskInfo, DomainSummary, HostDetail, HostSummary, NetworkInfo, NicInfo,
@@ -857,6 +857,79 @@ impl Fleet for FleetBackend {
             req,
             Event::new("volume.delete", "volume", format!("{pool}/{name}"))
                 .after(json!({ "host": host_id })),
+        )
+        .await?;
+        let _ = self.hypervisors.reconcile(host_id).await;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn define_network(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        name: &str,
+        mode: &str,
+        address: &str,
+        prefix: &str,
+        bridge: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let spec = network::NetworkSpec::parse(name, mode, address, prefix, bridge)?;
+        self.known_host(host_id).await?;
+        let s = spec.clone();
+        self.hypervisors
+            .call(host_id, move |conn| network::define(conn, &s))
+            .await
+            .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
+        self.record(
+            req,
+            Event::new("network.define", "network", &spec.name)
+                .after(json!({ "host": host_id, "xml": spec.xml() })),
+        )
+        .await?;
+        let _ = self.hypervisors.reconcile(host_id).await;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn network_action(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        name: &str,
+        op: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let name = name.trim().to_string();
+        if name.is_empty() || name.len() > 64 {
+            return Err(AppError::field("name", "Name a network."));
+        }
+        if !matches!(op, "start" | "stop" | "delete") {
+            return Err(AppError::field("op", "Choose start, stop or delete."));
+        }
+        self.known_host(host_id).await?;
+        let (n, o) = (name.clone(), op.to_string());
+        self.hypervisors
+            .call(host_id, move |conn| match o.as_str() {
+                "start" => network::set_active(conn, &n, true),
+                "stop" => network::set_active(conn, &n, false),
+                _ => network::delete(conn, &n),
+            })
+            .await
+            .map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))?;
+        self.record(
+            req,
+            Event::new(
+                match op {
+                    "start" => "network.start",
+                    "stop" => "network.stop",
+                    _ => "network.delete",
+                },
+                "network",
+                &name,
+            )
+            .after(json!({ "host": host_id })),
         )
         .await?;
         let _ = self.hypervisors.reconcile(host_id).await;

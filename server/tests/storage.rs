@@ -130,3 +130,142 @@ async fn pools_volumes_clones_and_copies() {
     }
     app.state.hypervisors.stop_all();
 }
+
+#[tokio::test]
+async fn virtual_networks_define_start_stop_delete() {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let dir =
+        std::env::temp_dir().join(format!("concierge-nets-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = simulation::write_node(&dir, "nets", 0).unwrap();
+    let host = fleet
+        .call("register_host", &[("name", "nets"), ("uri", &uri)])
+        .await
+        .unwrap();
+    let h = host["id"].as_str().unwrap().to_string();
+    let before = app.snapshot().await;
+    let r = fleet
+        .call(
+            "define_network",
+            &[
+                ("host_id", &h),
+                ("name", "lab"),
+                ("mode", "nat"),
+                ("address", "8.8.8.1"),
+                ("prefix", "24"),
+            ],
+        )
+        .await;
+    assert!(assert_field_error(&r, "address").contains("private"));
+    let r = fleet
+        .call(
+            "define_network",
+            &[
+                ("host_id", &h),
+                ("name", "lab"),
+                ("mode", "nat"),
+                ("address", "10.40.0.1"),
+                ("prefix", "8"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "prefix");
+    let r = fleet
+        .call(
+            "network_action",
+            &[("host_id", &h), ("name", "lab"), ("op", "explode")],
+        )
+        .await;
+    assert_field_error(&r, "op");
+    assert_eq!(before, app.snapshot().await);
+    fleet
+        .call(
+            "define_network",
+            &[
+                ("host_id", &h),
+                ("name", "lab"),
+                ("mode", "nat"),
+                ("address", "10.40.0.1"),
+                ("prefix", "24"),
+            ],
+        )
+        .await
+        .unwrap();
+    let r = fleet
+        .call(
+            "define_network",
+            &[
+                ("host_id", &h),
+                ("name", "lab"),
+                ("mode", "isolated"),
+                ("address", "10.41.0.1"),
+                ("prefix", "24"),
+            ],
+        )
+        .await;
+    assert!(
+        assert_field_error(&r, "name").starts_with("libvirt refused"),
+        "{r:?}"
+    );
+    fleet
+        .call(
+            "network_action",
+            &[("host_id", &h), ("name", "lab"), ("op", "start")],
+        )
+        .await
+        .unwrap();
+    let active = || async {
+        let d = fleet.call("get_host", &[("host_id", &h)]).await.unwrap();
+        d["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "lab")
+            .map(|n| {
+                (
+                    n["active"].as_bool().unwrap(),
+                    n["forward_mode"].clone(),
+                    n["missing"].as_bool().unwrap(),
+                )
+            })
+    };
+    assert_eq!(
+        active().await,
+        Some((true, serde_json::json!("nat"), false))
+    );
+    fleet
+        .call(
+            "network_action",
+            &[("host_id", &h), ("name", "lab"), ("op", "stop")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(active().await.map(|a| a.0), Some(false));
+    fleet
+        .call(
+            "network_action",
+            &[("host_id", &h), ("name", "lab"), ("op", "delete")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        active().await.map(|a| a.2),
+        Some(true),
+        "a deleted network is kept as missing"
+    );
+    let t = app.tenant("A").await;
+    let (_, tadmin) = app
+        .signed_in("boss@example.com", Some((t, "tenant_admin")))
+        .await;
+    assert_refused(
+        &tadmin
+            .call(
+                "network_action",
+                &[("host_id", &h), ("name", "lab"), ("op", "start")],
+            )
+            .await,
+        "tenant admin",
+    );
+    app.state.hypervisors.stop_all();
+}

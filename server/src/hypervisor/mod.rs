@@ -4,6 +4,7 @@ pub mod connection;
 pub mod domain_xml;
 pub mod events;
 pub mod inventory;
+pub mod network;
 pub mod simulation;
 pub mod storage;
 
