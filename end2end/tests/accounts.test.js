@@ -132,6 +132,13 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await admin.fill('#volume-size', '1');
     await admin.getByRole('button', { name: 'Create volume' }).click();
     await admin.getByText('e2e-disk.qcow2', { exact: true }).waitFor();
+    // …and a new isolated network shows up without a reload.
+    await admin.fill('#net-name', 'e2e-isolated');
+    await admin.selectOption('#net-mode', 'isolated');
+    await admin.fill('#net-address', '10.99.0.1');
+    await admin.fill('#net-prefix', '24');
+    await admin.getByRole('button', { name: 'Define network' }).click();
+    await admin.getByRole('cell', { name: 'e2e-isolated' }).waitFor();
     await shot(admin, 'host-storage');
     await goto(admin, '/hosts');
     await shot(admin, 'hosts');

@@ -5,7 +5,9 @@ use crate::components::timestamp::Timestamp;
 use crate::fleet::{
     get_host, list_drift, list_hosts, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
 };
-use crate::fleet::{list_volumes, CreatePool, CreateVolume, DeleteVolume};
+use crate::fleet::{
+    list_volumes, CreatePool, CreateVolume, DefineNetwork, DeleteVolume, NetworkAction,
+};
 use crate::pages::users::urlencode;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -178,8 +180,18 @@ fn HostContent() -> impl IntoView {
     let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
     let reconcile = ServerAction::<ReconcileHost>::new();
     let reconcile_error = action_error(reconcile);
+    // Network changes come back through the host's detail, so it refetches after each.
+    let net_op = ServerAction::<NetworkAction>::new();
+    let net_define = ServerAction::<DefineNetwork>::new();
     let detail = Resource::new(
-        move || (id(), search(), page(), reconcile.version().get()),
+        move || {
+            (
+                id(),
+                search(),
+                page(),
+                reconcile.version().get() + net_op.version().get() + net_define.version().get(),
+            )
+        },
         |(id, s, p, _)| async move {
             match id {
                 Some(id) => get_host(id, s, p).await,
@@ -236,21 +248,7 @@ fn HostContent() -> impl IntoView {
                                         </tbody>
                                     </table>
                                 </section>
-                                <section class="card">
-                                    <h2>"Networks"</h2>
-                                    <table class="table">
-                                        <thead><tr><th>"Name"</th><th>"Mode"</th><th>"State"</th></tr></thead>
-                                        <tbody>
-                                            {d.networks.into_iter().map(|n| view! {
-                                                <tr>
-                                                    <td>{n.name}</td>
-                                                    <td>{n.forward_mode.unwrap_or_default()}</td>
-                                                    <td>{if n.active { "active" } else { "inactive" }}{n.missing.then_some(" (missing)")}</td>
-                                                </tr>
-                                            }).collect_view()}
-                                        </tbody>
-                                    </table>
-                                </section>
+                                <NetworksCard host=h.id networks=d.networks.clone() op=net_op define=net_define/>
                             </div>
                             <StorageCard host=h.id pools=pool_names/>
                             <section class="card">
@@ -456,6 +454,96 @@ fn StorageCard(host: Uuid, pools: Vec<String>) -> impl IntoView {
                     <FieldMessage error=pool_error field="path"/>
                 </div>
                 <button type="submit">"Create pool"</button>
+            </ActionForm>
+        </section>
+    }
+}
+
+/// A host's virtual networks: start, stop, delete, and define new ones.
+#[component]
+fn NetworksCard(
+    host: Uuid,
+    networks: Vec<crate::fleet::NetworkInfo>,
+    op: ServerAction<NetworkAction>,
+    define: ServerAction<DefineNetwork>,
+) -> impl IntoView {
+    let op_error = action_error(op);
+    let define_error = action_error(define);
+    let hid = host.to_string();
+    let rows = networks
+        .into_iter()
+        .map(|n| {
+            let buttons = if n.missing {
+                view! { <span class="badge warn">"missing"</span> }.into_any()
+            } else {
+                [(if n.active { "stop" } else { "start" }, if n.active { "Stop" } else { "Start" }), ("delete", "Delete")]
+                    .into_iter()
+                    .map(|(o, label)| {
+                        let (hid, name) = (hid.clone(), n.name.clone());
+                        view! {
+                            <ActionForm action=op attr:class="inline">
+                                <input type="hidden" name="host_id" value=hid/>
+                                <input type="hidden" name="name" value=name/>
+                                <input type="hidden" name="op" value=o/>
+                                <button type="submit" class=if o == "delete" { "small danger" } else { "small" }>{label}</button>
+                            </ActionForm>
+                        }
+                    })
+                    .collect_view()
+                    .into_any()
+            };
+            view! {
+                <tr>
+                    <td>{n.name.clone()}</td>
+                    <td>{n.forward_mode.clone().unwrap_or_default()}</td>
+                    <td>{if n.active { "active" } else { "inactive" }}</td>
+                    <td>{buttons}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <section class="card">
+            <h2>"Networks"</h2>
+            <FormMessage error=op_error/>
+            <table class="table">
+                <thead><tr><th>"Name"</th><th>"Mode"</th><th>"State"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+            <h3>"New network"</h3>
+            <FormMessage error=define_error/>
+            <ActionForm action=define attr:class="form row">
+                <input type="hidden" name="host_id" value=host.to_string()/>
+                <div class="field">
+                    <label for="net-name">"Name"</label>
+                    <input id="net-name" name="name" required maxlength="32" aria-describedby="name-error"/>
+                    <FieldMessage error=define_error field="name"/>
+                </div>
+                <div class="field">
+                    <label for="net-mode">"Mode"</label>
+                    <select id="net-mode" name="mode">
+                        <option value="nat">"NAT"</option>
+                        <option value="isolated">"Isolated"</option>
+                        <option value="bridge">"Host bridge"</option>
+                    </select>
+                    <FieldMessage error=define_error field="mode"/>
+                </div>
+                <div class="field">
+                    <label for="net-address">"Gateway address"</label>
+                    <input id="net-address" name="address" placeholder="10.20.0.1" aria-describedby="address-error"/>
+                    <FieldMessage error=define_error field="address"/>
+                </div>
+                <div class="field">
+                    <label for="net-prefix">"Prefix length"</label>
+                    <input id="net-prefix" name="prefix" placeholder="24" inputmode="numeric" aria-describedby="prefix-error"/>
+                    <FieldMessage error=define_error field="prefix"/>
+                </div>
+                <div class="field">
+                    <label for="net-bridge">"Bridge (bridge mode)"</label>
+                    <input id="net-bridge" name="bridge" placeholder="br0" aria-describedby="bridge-error"/>
+                    <FieldMessage error=define_error field="bridge"/>
+                </div>
+                <button type="submit">"Define network"</button>
             </ActionForm>
         </section>
     }
