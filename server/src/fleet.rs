@@ -7,8 +7,8 @@ use crate::hypervisor::Hypervisors;
 use crate::hypervisor::{network, storage};
 use app::error::AppError;
 use app::fleet::{
-    version_string, DiskInfo, DomainSummary, HostDetail, HostSummary, NetworkInfo, NicInfo,
-    OperationInfo, PoolInfo, VmDetail,
+    version_string, DomainSummary, HostDetail, HostSummary, NetworkInfo, OperationInfo, PoolInfo,
+    VmDetail,
 };
 use app::seam::{Fleet, RequestCtx};
 use app::Page;
@@ -547,30 +547,9 @@ impl Fleet for FleetBackend {
         .await
         .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
-        let disks =
-            serde_json::from_value::<Vec<serde_json::Value>>(row.disks.clone()).unwrap_or_default();
-        let nics =
-            serde_json::from_value::<Vec<serde_json::Value>>(row.nics.clone()).unwrap_or_default();
-        let text = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_owned);
         Ok(VmDetail {
-            disks: disks
-                .iter()
-                .map(|d| DiskInfo {
-                    target: text(d, "target").unwrap_or_default(),
-                    device: text(d, "device").unwrap_or_default(),
-                    format: text(d, "format"),
-                    source: text(d, "source"),
-                })
-                .collect(),
-            nics: nics
-                .iter()
-                .map(|n| NicInfo {
-                    kind: text(n, "kind").unwrap_or_default(),
-                    mac: text(n, "mac"),
-                    source: text(n, "source"),
-                    model: text(n, "model"),
-                })
-                .collect(),
+            disks: crate::hypervisor::inventory::parse_disks(&row.disks),
+            nics: crate::hypervisor::inventory::parse_nics(&row.nics),
             operations: ops
                 .into_iter()
                 .map(|o| OperationInfo {

@@ -1,6 +1,5 @@
 //! What a host runs, read from libvirt in one pass and written to PostgreSQL in batches.
 use crate::db::{self, Scope};
-use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use time::OffsetDateTime;
@@ -41,21 +40,8 @@ pub struct NetworkFacts {
     pub bridge: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Disk {
-    pub target: String,
-    pub device: String,
-    pub format: Option<String>,
-    pub source: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Nic {
-    pub kind: String,
-    pub mac: Option<String>,
-    pub source: Option<String>,
-    pub model: Option<String>,
-}
+/// Disks and NICs as the pages show them.
+pub use app::fleet::{DiskInfo as Disk, NicInfo as Nic};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DomainFacts {
@@ -409,7 +395,7 @@ fn static_state(s: &str) -> &'static str {
     .unwrap_or("nostate")
 }
 
-fn parse_disks(v: &serde_json::Value) -> Vec<Disk> {
+pub fn parse_disks(v: &serde_json::Value) -> Vec<Disk> {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -424,7 +410,7 @@ fn parse_disks(v: &serde_json::Value) -> Vec<Disk> {
         .unwrap_or_default()
 }
 
-fn parse_nics(v: &serde_json::Value) -> Vec<Nic> {
+pub fn parse_nics(v: &serde_json::Value) -> Vec<Nic> {
     v.as_array()
         .map(|a| {
             a.iter()
