@@ -51,6 +51,19 @@ impl AppError {
         }])
     }
 
+    /// Combines the errors of several validations into one, so a form shows every bad field
+    /// at once (a non-field error wins).
+    pub fn merge(errors: impl IntoIterator<Item = Option<AppError>>) -> AppError {
+        let mut fields = Vec::new();
+        for e in errors.into_iter().flatten() {
+            match e {
+                AppError::Invalid(mut f) => fields.append(&mut f),
+                other => return other,
+            }
+        }
+        AppError::Invalid(fields)
+    }
+
     /// The message for `field`, if this error concerns it.
     pub fn field_message(&self, field: &str) -> Option<String> {
         match self {

@@ -98,7 +98,12 @@ impl Scope {
 
 /// Begins a transaction scoped for row-level security.
 pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
-    let mut tx = pool.begin().await.map_err(internal)?;
+    begin_raw(pool, scope).await.map_err(internal)
+}
+
+/// `begin` for background work that handles database errors itself.
+pub async fn begin_raw(pool: &PgPool, scope: Scope) -> Result<Tx, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "SELECT set_config('app.user_id', $1, true), set_config('app.tenant_id', $2, true),
                 set_config('app.fleet_admin', $3, true)",
@@ -107,8 +112,7 @@ pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
     .bind(scope.tenant.map(|t| t.to_string()).unwrap_or_default())
     .bind(if scope.fleet { "on" } else { "" })
     .execute(&mut *tx)
-    .await
-    .map_err(internal)?;
+    .await?;
     Ok(tx)
 }
 

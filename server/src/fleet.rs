@@ -364,19 +364,7 @@ impl Fleet for FleetBackend {
         let (name, uri, labels) =
             match (parse_host_name(name), parse_uri(uri), parse_labels(labels)) {
                 (Ok(n), Ok(u), Ok(l)) => (n, u, l),
-                (n, u, l) => {
-                    let errs = [n.err(), u.err(), l.err()];
-                    let merged =
-                        errs.into_iter()
-                            .fold(None, |acc: Option<AppError>, e| match (acc, e) {
-                                (None, e) => e,
-                                (a, None) => a,
-                                (Some(a), Some(b)) => {
-                                    Some(crate::accounts::merge(Some(a), Some(b)))
-                                }
-                            });
-                    return Err(merged.unwrap_or(AppError::Forbidden));
-                }
+                (n, u, l) => return Err(AppError::merge([n.err(), u.err(), l.err()])),
             };
         // Saving tests the connection; libvirt's own words go next to the URI.
         let facts = crate::hypervisor::probe(&uri)
@@ -713,7 +701,7 @@ impl Fleet for FleetBackend {
             storage::parse_dir(path, "path"),
         ) {
             (Ok(n), Ok(p)) => (n, p),
-            (n, p) => return Err(crate::accounts::merge(n.err(), p.err())),
+            (n, p) => return Err(AppError::merge([n.err(), p.err()])),
         };
         self.known_host(host_id).await?;
         let (n, p) = (name.clone(), path.clone());

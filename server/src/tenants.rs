@@ -272,7 +272,7 @@ impl Tenants for TenantsBackend {
         let role = TenantRole::parse(role);
         let (email, role) = match (email, role) {
             (Ok(e), Ok(r)) => (e, r),
-            (e, r) => return Err(crate::accounts::merge(e.err(), r.err())),
+            (e, r) => return Err(AppError::merge([e.err(), r.err()])),
         };
         let origin = Origin::of(req);
         let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;

@@ -396,7 +396,7 @@ impl Accounts for AccountsBackend {
         let name = DisplayName::parse(display_name, "display_name");
         let (email, name) = match (email, name) {
             (Ok(e), Ok(n)) => (e, n),
-            (e, n) => return Err(merge(e.err(), n.err())),
+            (e, n) => return Err(AppError::merge([e.err(), n.err()])),
         };
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let otp = self
@@ -541,16 +541,4 @@ impl Accounts for AccountsBackend {
             password,
         })
     }
-}
-
-/// Combines the field errors of several validations into one.
-pub fn merge(a: Option<AppError>, b: Option<AppError>) -> AppError {
-    let mut fields = Vec::new();
-    for e in [a, b].into_iter().flatten() {
-        match e {
-            AppError::Invalid(mut f) => fields.append(&mut f),
-            other => return other,
-        }
-    }
-    AppError::Invalid(fields)
 }

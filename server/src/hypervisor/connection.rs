@@ -316,12 +316,9 @@ impl Actor {
         match conn.lookup_domain_by_uuid(uuid) {
             Ok(dom) => {
                 if let Ok(facts) = inventory::domain_facts(&dom, &self.known) {
-                    let snapshot_one = facts.clone();
-                    let result = self.rt.block_on(super::write_domain(
-                        &self.pool,
-                        self.spec.id,
-                        &snapshot_one,
-                    ));
+                    let result =
+                        self.rt
+                            .block_on(super::write_domain(&self.pool, self.spec.id, &facts));
                     if result.is_ok() {
                         self.known.insert(uuid, facts);
                     }

@@ -234,9 +234,7 @@ pub async fn write(
     present: &[Uuid],
     took_ms: i32,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin(pool, Scope::fleet())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     let h = &snapshot.host;
     sqlx::query(
         "UPDATE hosts SET hostname = $2, cpus = $3, cpu_model = $4, memory_kib = $5, free_memory_kib = $6,
@@ -302,26 +300,7 @@ pub async fn write(
         .execute(&mut *tx)
         .await?;
 
-    if !upserts.is_empty() {
-        sqlx::query(
-            "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics)
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::jsonb[], $8::jsonb[])
-             ON CONFLICT (host_id, uuid) DO UPDATE SET name = excluded.name,
-                 state_since = CASE WHEN d.state <> excluded.state THEN now() ELSE d.state_since END,
-                 state = excluded.state, vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
-                 disks = excluded.disks, nics = excluded.nics, last_seen_at = now(), missing_since = NULL",
-        )
-        .bind(host_id)
-        .bind(upserts.iter().map(|d| d.uuid).collect::<Vec<_>>())
-        .bind(upserts.iter().map(|d| d.name.clone()).collect::<Vec<_>>())
-        .bind(upserts.iter().map(|d| d.state.to_string()).collect::<Vec<_>>())
-        .bind(upserts.iter().map(|d| d.vcpus).collect::<Vec<_>>())
-        .bind(upserts.iter().map(|d| d.memory_kib).collect::<Vec<_>>())
-        .bind(upserts.iter().map(|d| serde_json::to_value(&d.disks).unwrap_or_default()).collect::<Vec<_>>())
-        .bind(upserts.iter().map(|d| serde_json::to_value(&d.nics).unwrap_or_default()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
+    upsert_domains(&mut tx, host_id, upserts).await?;
     // Vanished domains are kept and marked, never silently deleted.
     sqlx::query(
         "UPDATE domains SET missing_since = now(), last_seen_at = coalesce((SELECT last_sync_at FROM hosts WHERE id = $1), last_seen_at)
@@ -349,9 +328,7 @@ pub async fn load_known(
         disks: serde_json::Value,
         nics: serde_json::Value,
     }
-    let mut tx = db::begin(pool, Scope::fleet())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT uuid, name, state, vcpus, memory_kib, disks, nics FROM domains WHERE host_id = $1 AND missing_since IS NULL",
     )
@@ -435,9 +412,7 @@ pub async fn apply_event(
     reason: &str,
     _at: OffsetDateTime,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = db::begin(pool, Scope::fleet())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     let n = sqlx::query(
         "UPDATE domains SET state = $3, state_reason = $4,
                 state_since = CASE WHEN state <> $3 THEN now() ELSE state_since END, missing_since = NULL
@@ -452,4 +427,34 @@ pub async fn apply_event(
     .rows_affected();
     tx.commit().await?;
     Ok(n > 0)
+}
+
+/// Inserts or updates domain rows in one statement (a reconcile's batch, or one refresh).
+pub async fn upsert_domains(
+    tx: &mut db::Tx,
+    host_id: Uuid,
+    upserts: &[&DomainFacts],
+) -> Result<(), sqlx::Error> {
+    if upserts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics)
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::jsonb[], $8::jsonb[])
+         ON CONFLICT (host_id, uuid) DO UPDATE SET name = excluded.name,
+             state_since = CASE WHEN d.state <> excluded.state THEN now() ELSE d.state_since END,
+             state = excluded.state, vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
+             disks = excluded.disks, nics = excluded.nics, last_seen_at = now(), missing_since = NULL",
+    )
+    .bind(host_id)
+    .bind(upserts.iter().map(|d| d.uuid).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| d.name.clone()).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| d.state.to_string()).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| d.vcpus).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| d.memory_kib).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| serde_json::to_value(&d.disks).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| serde_json::to_value(&d.nics).unwrap_or_default()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

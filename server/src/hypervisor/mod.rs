@@ -45,9 +45,7 @@ impl Hypervisors {
 
     /// Starts an actor for every registered host.
     pub async fn start_all(&self) -> Result<(), sqlx::Error> {
-        let mut tx = db::begin(&self.pool, Scope::fleet())
-            .await
-            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         let hosts: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, uri FROM hosts ORDER BY name")
             .fetch_all(&mut *tx)
             .await?;
@@ -216,9 +214,7 @@ pub async fn set_host_state(
     state: &str,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin(pool, Scope::fleet())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     sqlx::query(
         "UPDATE hosts SET state = $2, state_reason = $3,
                 state_since = CASE WHEN state <> $2 THEN now() ELSE state_since END
@@ -233,34 +229,13 @@ pub async fn set_host_state(
 }
 
 pub async fn write_domain(pool: &PgPool, host: Uuid, d: &DomainFacts) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin(pool, Scope::fleet())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (host_id, uuid) DO UPDATE SET name = excluded.name,
-             state_since = CASE WHEN d.state <> excluded.state THEN now() ELSE d.state_since END,
-             state = excluded.state, vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
-             disks = excluded.disks, nics = excluded.nics, last_seen_at = now(), missing_since = NULL",
-    )
-    .bind(host)
-    .bind(d.uuid)
-    .bind(&d.name)
-    .bind(d.state)
-    .bind(d.vcpus)
-    .bind(d.memory_kib)
-    .bind(serde_json::to_value(&d.disks).unwrap_or_default())
-    .bind(serde_json::to_value(&d.nics).unwrap_or_default())
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    inventory::upsert_domains(&mut tx, host, &[d]).await?;
     tx.commit().await
 }
 
 pub async fn mark_missing(pool: &PgPool, host: Uuid, uuid: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin(pool, Scope::fleet())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     sqlx::query("UPDATE domains SET missing_since = now() WHERE host_id = $1 AND uuid = $2 AND missing_since IS NULL")
         .bind(host)
         .bind(uuid)
