@@ -91,6 +91,35 @@ impl Actor {
         self.fleet_admin || self.role_in(tenant) == Some(TenantRole::TenantAdmin)
     }
 
+    /// May ask for VMs in `tenant` (managers only read reports).
+    pub fn may_request(&self, tenant: Uuid) -> bool {
+        matches!(
+            self.role_in(tenant),
+            Some(TenantRole::Requester | TenantRole::Approver | TenantRole::TenantAdmin)
+        )
+    }
+
+    /// May decide requests in `tenant` (subject to the tenant's approval levels).
+    pub fn approves(&self, tenant: Uuid) -> bool {
+        self.fleet_admin
+            || matches!(
+                self.role_in(tenant),
+                Some(TenantRole::Approver | TenantRole::TenantAdmin)
+            )
+    }
+
+    /// Tenants where this actor may decide requests (fleet admins: see `fleet_admin`).
+    pub fn approver_tenants(&self) -> Vec<Uuid> {
+        self.memberships
+            .iter()
+            .filter(|m| {
+                !m.tenant_suspended
+                    && matches!(m.role, TenantRole::Approver | TenantRole::TenantAdmin)
+            })
+            .map(|m| m.tenant_id)
+            .collect()
+    }
+
     /// Tenants this actor administers (what the navigation offers).
     pub fn administered_tenants(&self) -> impl Iterator<Item = &Membership> {
         self.memberships

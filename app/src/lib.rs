@@ -8,6 +8,7 @@ pub mod components;
 pub mod error;
 pub mod fleet;
 pub mod pages;
+pub mod provisioning;
 #[cfg(feature = "ssr")]
 pub mod seam;
 pub mod tenant;

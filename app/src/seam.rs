@@ -4,6 +4,10 @@ use crate::account::{Actor, OneTimePassword, SessionInfo};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
 use crate::fleet::{DomainSummary, HostDetail, HostSummary, VmDetail};
+use crate::provisioning::{
+    InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
+    RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
+};
 use crate::tenant::{Member, TenantSummary};
 use crate::user::UserSummary;
 use crate::Page;
@@ -236,6 +240,95 @@ pub trait Fleet: Send + Sync + 'static {
     ) -> Result<(), AppError>;
 }
 
+/// Templates: fleet admins curate them, tenants see the ones they may use.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// Every template (fleet admins).
+    async fn templates(&self, req: &RequestCtx) -> Result<Vec<Template>, AppError>;
+    /// Creates or updates a template; returns its id.
+    async fn save(&self, req: &RequestCtx, form: TemplateForm) -> Result<Uuid, AppError>;
+    async fn set_published(
+        &self,
+        req: &RequestCtx,
+        id: Uuid,
+        published: bool,
+    ) -> Result<(), AppError>;
+    /// A tenant admin hides (or shows again) a published template for their tenant.
+    async fn set_hidden(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        id: Uuid,
+        hidden: bool,
+    ) -> Result<(), AppError>;
+    /// The published templates a member of `tenant_id` may request.
+    async fn catalog(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        search: &str,
+        include_hidden: bool,
+    ) -> Result<Vec<Template>, AppError>;
+}
+
+/// Requests, approvals, quotas and the VMs they create.
+#[async_trait]
+pub trait Provisioning: Send + Sync + 'static {
+    async fn preview(&self, req: &RequestCtx, form: RequestForm) -> Result<QuotaEffect, AppError>;
+    async fn submit(&self, req: &RequestCtx, form: RequestForm) -> Result<Uuid, AppError>;
+    /// The actor's own requests, or (`all`) every request of the tenants they approve for.
+    async fn requests(
+        &self,
+        req: &RequestCtx,
+        all: bool,
+        page: u32,
+    ) -> Result<Page<RequestSummary>, AppError>;
+    async fn request(&self, req: &RequestCtx, id: Uuid) -> Result<RequestDetail, AppError>;
+    async fn cancel(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;
+    async fn decide(
+        &self,
+        req: &RequestCtx,
+        id: Uuid,
+        decision: &str,
+        reason: &str,
+    ) -> Result<(), AppError>;
+    async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError>;
+    async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError>;
+    async fn set_quota(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        user_email: &str,
+        limits: LimitsForm,
+    ) -> Result<(), AppError>;
+    async fn set_policy(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        form: PolicyForm,
+    ) -> Result<(), AppError>;
+    async fn recount(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Recount, AppError>;
+    async fn vms(&self, req: &RequestCtx, page: u32) -> Result<Page<ManagedVm>, AppError>;
+    async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError>;
+    async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError>;
+    async fn resize(
+        &self,
+        req: &RequestCtx,
+        uuid: Uuid,
+        vcpus: &str,
+        memory_gib: &str,
+    ) -> Result<(), AppError>;
+    async fn snapshots(&self, req: &RequestCtx, uuid: Uuid) -> Result<Vec<Snapshot>, AppError>;
+    async fn snapshot_action(
+        &self,
+        req: &RequestCtx,
+        uuid: Uuid,
+        op: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<(), AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
@@ -243,6 +336,8 @@ pub struct Backend {
     pub tenants: Arc<dyn Tenants>,
     pub audit: Arc<dyn AuditTrail>,
     pub fleet: Arc<dyn Fleet>,
+    pub catalog: Arc<dyn Catalog>,
+    pub provisioning: Arc<dyn Provisioning>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

@@ -69,6 +69,11 @@ impl Origin {
 }
 
 pub async fn record(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<(), AppError> {
+    record_raw(tx, origin, event).await.map_err(db::internal)
+}
+
+/// `record` for background work that handles database errors itself.
+pub async fn record_raw(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_log (actor_id, actor_email, tenant_id, action, object_type, object_id, before, after, client_addr)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -83,8 +88,7 @@ pub async fn record(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<()
     .bind(event.after)
     .bind(origin.client_addr.map(sqlx::types::ipnetwork::IpNetwork::from))
     .execute(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     Ok(())
 }
 

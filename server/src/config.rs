@@ -96,6 +96,31 @@ pub struct Config {
     /// Seed a demo tenant with one user per role (never in production).
     #[arg(long, env = "CONCIERGE_DEMO", default_value_t = false)]
     pub demo: bool,
+
+    /// Provisioning jobs run at once (each holds one VM's steps).
+    #[arg(long, env = "CONCIERGE_JOB_WORKERS", default_value_t = 8)]
+    pub job_workers: usize,
+
+    /// Seconds a claimed job stays leased without a heartbeat before another worker may take
+    /// it over (the runner beats every third of it).
+    #[arg(long, env = "CONCIERGE_JOB_LEASE_SECONDS", default_value_t = 30)]
+    pub job_lease_seconds: u64,
+
+    /// Attempts before a provisioning job fails for good and releases its quota.
+    #[arg(long, env = "CONCIERGE_JOB_MAX_ATTEMPTS", default_value_t = 5)]
+    pub job_max_attempts: i32,
+
+    /// vCPUs placed per physical CPU at most.
+    #[arg(long, env = "CONCIERGE_VCPU_OVERCOMMIT", default_value_t = 4.0)]
+    pub vcpu_overcommit: f64,
+
+    /// Days an expired (stopped) VM is kept before it is deleted.
+    #[arg(long, env = "CONCIERGE_LEASE_GRACE_DAYS", default_value_t = 7)]
+    pub lease_grace_days: i64,
+
+    /// Seconds between lease checks (reminders, expiry, deletion, stale requests).
+    #[arg(long, env = "CONCIERGE_LEASE_CHECK_SECONDS", default_value_t = 60)]
+    pub lease_check_seconds: u64,
 }
 
 impl Config {
@@ -134,6 +159,12 @@ impl Config {
             reconcile_seconds: 60,
             shutdown_timeout_seconds: 5,
             local_host: false,
+            job_workers: 4,
+            job_lease_seconds: 30,
+            job_max_attempts: 3,
+            vcpu_overcommit: 4.0,
+            lease_grace_days: 7,
+            lease_check_seconds: 3600,
         }
     }
 }

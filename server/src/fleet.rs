@@ -28,6 +28,7 @@ pub struct FleetBackend {
     pub accounts: AccountsBackend,
     /// How long a graceful shutdown may take before the VM is forced off.
     pub shutdown_timeout: std::time::Duration,
+    pub queue: Arc<crate::jobs::Queue>,
 }
 
 /// A domain row with what authorization needs.
@@ -986,7 +987,36 @@ impl FleetBackend {
         }));
         event.tenant_id = row.tenant_id;
         audit::record(&mut tx, &origin, event).await?;
+        let portal_vm = if action == Action::Delete && result.is_ok() {
+            // A portal VM also has a disk to remove and quota to release: the delete job does
+            // both (idempotently; the domain is already gone).
+            let marked = sqlx::query(
+                "UPDATE vms SET phase = 'deleting', updated_at = now() WHERE uuid = $1 AND deleted_at IS NULL",
+            )
+            .bind(row.uuid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?
+            .rows_affected();
+            if marked > 0 {
+                crate::jobs::enqueue(
+                    &mut tx,
+                    "delete",
+                    row.uuid,
+                    json!({ "reason": "deleted by its owner or an admin" }),
+                    10,
+                )
+                .await
+                .map_err(db::internal)?;
+            }
+            marked > 0
+        } else {
+            false
+        };
         tx.commit().await.map_err(db::internal)?;
+        if portal_vm {
+            self.queue.wake.notify_waiters();
+        }
         result.map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))
     }
 }

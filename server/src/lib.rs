@@ -1,12 +1,21 @@
 //! Concierge's backend: implements the `app` crate's seam and wires the HTTP server.
 pub mod accounts;
+pub mod approval;
 pub mod audit;
 pub mod bootstrap;
+pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod day2;
 pub mod db;
 pub mod fleet;
 pub mod hypervisor;
+pub mod jobs;
+pub mod leases;
+pub mod placement;
+pub mod provisioner;
+pub mod quota;
+pub mod requests;
 pub mod state;
 pub mod tenants;
 pub mod web;
@@ -65,6 +74,17 @@ impl Server {
                 }
             }
         });
+        let state = &self.state;
+        jobs::spawn_workers(
+            state.pool.clone(),
+            state.queue.clone(),
+            state.provisioner.clone(),
+            state.config.job_workers,
+            std::time::Duration::from_secs(state.config.job_lease_seconds.max(3)),
+        );
+        state.leases.clone().spawn(std::time::Duration::from_secs(
+            state.config.lease_check_seconds.max(1),
+        ));
         let app = web::router(self.state);
         // Without TCP_NODELAY a response written in two parts (headers, then a body that was
         // not ready yet) waits for the client's delayed ACK: 40 ms on one request in eight.

@@ -21,6 +21,9 @@ pub struct AppState {
     pub leptos: LeptosOptions,
     pub public_origin: String,
     pub hypervisors: Arc<Hypervisors>,
+    pub queue: Arc<crate::jobs::Queue>,
+    pub provisioner: Arc<crate::provisioner::Provisioner>,
+    pub leases: Arc<crate::leases::Leases>,
 }
 
 impl AppState {
@@ -39,6 +42,21 @@ impl AppState {
             pool.clone(),
             std::time::Duration::from_secs(config.reconcile_seconds.max(1)),
         );
+        let queue = Arc::new(crate::jobs::Queue::default());
+        let provisioner = Arc::new(crate::provisioner::Provisioner {
+            pool: pool.clone(),
+            hypervisors: hypervisors.clone(),
+            clock: clock.clone(),
+            vcpu_overcommit: config.vcpu_overcommit,
+            crash_after: std::env::var("CONCIERGE_CRASH_AFTER").ok(),
+        });
+        let leases = Arc::new(crate::leases::Leases {
+            pool: pool.clone(),
+            clock: clock.clone(),
+            hypervisors: hypervisors.clone(),
+            queue: queue.clone(),
+            grace: time::Duration::days(config.lease_grace_days.max(0)),
+        });
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
             tenants: Arc::new(TenantsBackend {
@@ -51,6 +69,19 @@ impl AppState {
                 hypervisors: hypervisors.clone(),
                 accounts: accounts.clone(),
                 shutdown_timeout: std::time::Duration::from_secs(config.shutdown_timeout_seconds),
+                queue: queue.clone(),
+            }),
+            catalog: Arc::new(crate::catalog::CatalogBackend {
+                pool: pool.clone(),
+                hypervisors: hypervisors.clone(),
+            }),
+            provisioning: Arc::new(crate::requests::ProvisioningBackend {
+                pool: pool.clone(),
+                clock: clock.clone(),
+                hypervisors: hypervisors.clone(),
+                queue: queue.clone(),
+                vcpu_overcommit: config.vcpu_overcommit,
+                max_attempts: config.job_max_attempts.max(1),
             }),
         };
         let leptos = LeptosOptions::builder()
@@ -68,6 +99,9 @@ impl AppState {
             accounts,
             leptos,
             hypervisors,
+            queue,
+            provisioner,
+            leases,
         }
     }
 }

@@ -88,18 +88,22 @@ fn run_action(conn: &Connect, uuid: Uuid, action: Action) -> Result<(), virt::er
         Action::ForceOff => dom.destroy().map(|_| ()),
         Action::Suspend => dom.suspend().map(|_| ()),
         Action::Resume => dom.resume().map(|_| ()),
-        Action::Delete => {
-            if dom.is_active().unwrap_or(false) {
-                dom.destroy()?;
-            }
-            let flags = virt_sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                | virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                | virt_sys::VIR_DOMAIN_UNDEFINE_NVRAM;
-            dom.undefine_flags(flags)
-                .or_else(|_| dom.undefine())
-                .map(|_| ())
-        }
+        Action::Delete => undefine(&dom),
     }
+}
+
+/// Forces the domain off if it runs, then undefines it with its managed-save image and its
+/// snapshots' metadata.
+pub fn undefine(dom: &virt::domain::Domain) -> Result<(), virt::error::Error> {
+    if dom.is_active().unwrap_or(false) {
+        dom.destroy()?;
+    }
+    let flags = virt_sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        | virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        | virt_sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+    dom.undefine_flags(flags)
+        .or_else(|_| dom.undefine())
+        .map(|_| ())
 }
 
 pub struct HostSpec {

@@ -439,9 +439,15 @@ pub async fn upsert_domains(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics)
-         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::jsonb[], $8::jsonb[])
+        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics, managed, tenant_id, owner_id)
+         SELECT $1, u.*, v.uuid IS NOT NULL, v.tenant_id, v.owner_id
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::jsonb[], $8::jsonb[])
+              AS u (uuid, name, state, vcpus, memory_kib, disks, nics)
+         LEFT JOIN vms v ON v.uuid = u.uuid AND v.deleted_at IS NULL
          ON CONFLICT (host_id, uuid) DO UPDATE SET name = excluded.name,
+             -- A portal VM is managed from its first sighting, whichever write comes first.
+             managed = d.managed OR excluded.managed, tenant_id = coalesce(d.tenant_id, excluded.tenant_id),
+             owner_id = coalesce(d.owner_id, excluded.owner_id),
              state_since = CASE WHEN d.state <> excluded.state THEN now() ELSE d.state_since END,
              state = excluded.state, vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
              disks = excluded.disks, nics = excluded.nics, last_seen_at = now(), missing_since = NULL",

@@ -143,6 +143,35 @@ pub fn linked_clone(
     )
 }
 
+/// The VM's disk as a linked clone of `base` with at least `capacity_bytes`, unless a volume
+/// of that name exists already (a retry after a crash finds the first one). Returns its path.
+pub fn clone_once(
+    conn: &Connect,
+    pool: &str,
+    name: &str,
+    base: &str,
+    capacity_bytes: u64,
+) -> Result<String, virt::error::Error> {
+    let p = conn.lookup_storage_pool_by_name(pool)?;
+    if let Ok(existing) = p.lookup_storage_vol_by_name(name) {
+        return existing.path();
+    }
+    let base_vol = p.lookup_storage_vol_by_name(base)?;
+    let base_path = base_vol.path()?;
+    let capacity = base_vol.info()?.capacity.max(capacity_bytes);
+    let vol = StorageVol::create_xml(
+        &p,
+        &volume_xml(
+            name,
+            capacity,
+            Format::Qcow2,
+            Some((&base_path, Format::Qcow2)),
+        ),
+        0,
+    )?;
+    vol.path()
+}
+
 /// An independent copy of `source`.
 pub fn full_copy(
     conn: &Connect,

@@ -1,0 +1,657 @@
+//! Self-service provisioning: templates and the catalog, requests, approvals, quotas, and the
+//! VMs that requests create.
+use crate::error::AppError;
+use crate::Page;
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One allowed size (flavor) of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Size {
+    pub name: String,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+}
+
+impl Size {
+    pub fn label(&self) -> String {
+        format!(
+            "{} · {} vCPU · {} · {} GiB disk",
+            self.name,
+            self.vcpus,
+            mib_label(self.memory_mib),
+            self.disk_gib
+        )
+    }
+}
+
+pub fn mib_label(mib: i64) -> String {
+    if mib % 1024 == 0 {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{:.1} GiB", mib as f64 / 1024.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateImage {
+    pub host_id: Uuid,
+    pub host_name: String,
+    pub pool: String,
+    pub volume: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub os: String,
+    pub sizes: Vec<Size>,
+    pub default_lease_days: i32,
+    pub max_lease_days: i32,
+    pub published: bool,
+    pub all_tenants: bool,
+    pub tenant_ids: Vec<Uuid>,
+    pub tenant_names: Vec<String>,
+    pub images: Vec<TemplateImage>,
+    /// Hidden by the viewer's tenant (catalog views for tenant admins).
+    pub hidden: bool,
+}
+
+/// One resource line of a quota: what is in use (reserved or allocated), what a request would
+/// add, and the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaLine {
+    /// vcpus, memory, disk or vms.
+    pub resource: String,
+    pub used: i64,
+    pub adding: i64,
+    pub limit: i64,
+}
+
+impl QuotaLine {
+    pub fn label(&self) -> &'static str {
+        match self.resource.as_str() {
+            "vcpus" => "vCPUs",
+            "memory" => "Memory",
+            "disk" => "Disk",
+            _ => "VMs",
+        }
+    }
+
+    /// "6 of 16 vCPUs" style, memory in GiB.
+    pub fn describe(&self, with_adding: bool) -> String {
+        let total = if with_adding {
+            self.used + self.adding
+        } else {
+            self.used
+        };
+        match self.resource.as_str() {
+            "memory" => format!("{} of {}", mib_label(total), mib_label(self.limit)),
+            "disk" => format!("{} of {} GiB disk", total, self.limit),
+            "vcpus" => format!("{} of {} vCPUs", total, self.limit),
+            _ => format!("{} of {} VMs", total, self.limit),
+        }
+    }
+
+    pub fn overflows(&self) -> bool {
+        self.used + self.adding > self.limit
+    }
+}
+
+/// What a request would do to the tenant's and the requester's quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaEffect {
+    pub tenant: Vec<QuotaLine>,
+    /// Empty when the user has no personal quota in this tenant.
+    pub user: Vec<QuotaLine>,
+    /// The first resource that would overflow, named for the user.
+    pub overflow: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub tenant_name: String,
+    pub requester_email: String,
+    pub template_name: String,
+    pub size_name: String,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub count: i32,
+    pub name_prefix: String,
+    pub lease_days: i32,
+    pub purpose: String,
+    pub state: String,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl RequestSummary {
+    pub fn state_label(&self) -> &'static str {
+        state_label(&self.state)
+    }
+}
+
+pub fn state_label(state: &str) -> &'static str {
+    match state {
+        "submitted" => "Submitted",
+        "pending_approval" => "Pending approval",
+        "approved" => "Approved",
+        "rejected" => "Rejected",
+        "provisioning" => "Provisioning",
+        "fulfilled" => "Fulfilled",
+        "failed" => "Failed",
+        "cancelled" => "Cancelled",
+        "expired" => "Expired",
+        _ => "Unknown",
+    }
+}
+
+pub fn state_badge(state: &str) -> &'static str {
+    match state {
+        "fulfilled" | "running" => "badge ok",
+        "rejected" | "failed" | "expired" => "badge danger",
+        "cancelled" | "deleted" => "badge muted",
+        _ => "badge warn",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEvent {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor_email: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A VM the portal manages, as its owner (or their admins) see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedVm {
+    pub uuid: Uuid,
+    pub name: String,
+    pub tenant_name: String,
+    pub owner_email: Option<String>,
+    pub template_name: Option<String>,
+    pub host_id: Option<Uuid>,
+    pub host_name: Option<String>,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    /// Provisioning phase: pending, placing, cloning, defining, starting, running, failed, …
+    pub phase: String,
+    /// What the hypervisor reports, once the domain exists.
+    pub state: Option<String>,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub lease_ends_at: OffsetDateTime,
+    /// Days until the lease ends (negative once expired).
+    pub lease_days_left: i64,
+    pub request_id: Option<Uuid>,
+    pub max_lease_days: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestDetail {
+    pub request: RequestSummary,
+    pub events: Vec<RequestEvent>,
+    pub vms: Vec<ManagedVm>,
+    /// Who still has to approve at the current level (names), when pending.
+    pub waiting_for: Vec<String>,
+    pub level: Option<i32>,
+    pub can_cancel: bool,
+    pub can_decide: bool,
+}
+
+impl RequestDetail {
+    /// Still changing: the page keeps refreshing itself.
+    pub fn in_flight(&self) -> bool {
+        matches!(
+            self.request.state.as_str(),
+            "submitted" | "pending_approval" | "approved" | "provisioning"
+        )
+    }
+}
+
+/// One pending request in an approver's inbox, with what deciding needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxItem {
+    pub request: RequestSummary,
+    pub effect: QuotaEffect,
+    pub requester_vms: i64,
+    pub placement: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserQuota {
+    pub user_id: Uuid,
+    pub email: String,
+    pub lines: Vec<QuotaLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalLevel {
+    pub level: i32,
+    /// any or all.
+    pub mode: String,
+    pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalPolicy {
+    pub auto_max_vcpus: i32,
+    pub auto_max_memory_mib: i64,
+    pub auto_max_count: i32,
+    pub auto_max_lease_days: i32,
+    pub auto_template_ids: Vec<Uuid>,
+    pub expire_days: i32,
+    pub levels: Vec<ApprovalLevel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantQuotas {
+    pub tenant_id: Uuid,
+    pub tenant_name: String,
+    pub lines: Vec<QuotaLine>,
+    pub users: Vec<UserQuota>,
+    pub policy: ApprovalPolicy,
+}
+
+/// A comparison of the ledger with the VMs that exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recount {
+    /// (resource, counter, ledger, existing VMs)
+    pub lines: Vec<(String, i64, i64, i64)>,
+    pub consistent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub description: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: Option<String>,
+}
+
+// ---- server functions: templates and catalog -------------------------------------------
+
+#[server(prefix = "/api", endpoint = "list_templates")]
+pub async fn list_templates() -> Result<Vec<Template>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.catalog.templates(&req).await)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[server(prefix = "/api", endpoint = "save_template")]
+pub async fn save_template(
+    #[server(default)] id: Option<Uuid>,
+    name: String,
+    #[server(default)] description: String,
+    os: String,
+    sizes: String,
+    default_lease_days: String,
+    max_lease_days: String,
+    #[server(default)] tenants: String,
+    #[server(default)] image_host: Option<Uuid>,
+    #[server(default)] image_pool: String,
+    #[server(default)] image_volume: String,
+) -> Result<Uuid, AppError> {
+    let req = crate::seam::request()?;
+    let form = crate::provisioning::TemplateForm {
+        id,
+        name,
+        description,
+        os,
+        sizes,
+        default_lease_days,
+        max_lease_days,
+        tenants,
+        image_host,
+        image_pool,
+        image_volume,
+    };
+    crate::seam::reply(crate::seam::backend()?.catalog.save(&req, form).await)
+}
+
+/// What the template form sends, as typed (the backend parses it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateForm {
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub description: String,
+    pub os: String,
+    /// One size per line: `name vcpus memory_gib disk_gib`.
+    pub sizes: String,
+    pub default_lease_days: String,
+    pub max_lease_days: String,
+    /// `*` for every tenant, else comma-separated tenant names.
+    pub tenants: String,
+    pub image_host: Option<Uuid>,
+    pub image_pool: String,
+    pub image_volume: String,
+}
+
+#[server(prefix = "/api", endpoint = "publish_template")]
+pub async fn publish_template(id: Uuid, published: bool) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .catalog
+            .set_published(&req, id, published)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "hide_template")]
+pub async fn hide_template(tenant_id: Uuid, id: Uuid, hidden: bool) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .catalog
+            .set_hidden(&req, tenant_id, id, hidden)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "catalog")]
+pub async fn catalog(
+    tenant_id: Uuid,
+    #[server(default)] search: String,
+    #[server(default)] include_hidden: bool,
+) -> Result<Vec<Template>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .catalog
+            .catalog(&req, tenant_id, &search, include_hidden)
+            .await,
+    )
+}
+
+// ---- requests and approvals -------------------------------------------------------------
+
+/// What the request form sends, as typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestForm {
+    pub tenant_id: Option<Uuid>,
+    pub template_id: Option<Uuid>,
+    pub size: String,
+    pub count: String,
+    pub name_prefix: String,
+    pub lease_days: String,
+    pub purpose: String,
+}
+
+#[server(prefix = "/api", endpoint = "quota_preview")]
+pub async fn quota_preview(
+    #[server(default)] tenant_id: Option<Uuid>,
+    #[server(default)] template_id: Option<Uuid>,
+    #[server(default)] size: String,
+    #[server(default)] count: String,
+) -> Result<QuotaEffect, AppError> {
+    let req = crate::seam::request()?;
+    let form = RequestForm {
+        tenant_id,
+        template_id,
+        size,
+        count,
+        ..RequestForm::default()
+    };
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .preview(&req, form)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "submit_request")]
+pub async fn submit_request(
+    #[server(default)] tenant_id: Option<Uuid>,
+    #[server(default)] template_id: Option<Uuid>,
+    #[server(default)] size: String,
+    #[server(default)] count: String,
+    #[server(default)] name_prefix: String,
+    #[server(default)] lease_days: String,
+    #[server(default)] purpose: String,
+) -> Result<Uuid, AppError> {
+    let req = crate::seam::request()?;
+    let form = RequestForm {
+        tenant_id,
+        template_id,
+        size,
+        count,
+        name_prefix,
+        lease_days,
+        purpose,
+    };
+    let id = crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .submit(&req, form)
+            .await,
+    )?;
+    leptos_axum::redirect(&format!("/requests/{id}"));
+    Ok(id)
+}
+
+#[server(prefix = "/api", endpoint = "list_requests")]
+pub async fn list_requests(
+    #[server(default)] all: bool,
+    #[server(default)] page: u32,
+) -> Result<Page<RequestSummary>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .requests(&req, all, page)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "get_request")]
+pub async fn get_request(id: Uuid) -> Result<RequestDetail, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.request(&req, id).await)
+}
+
+#[server(prefix = "/api", endpoint = "cancel_request")]
+pub async fn cancel_request(id: Uuid) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.cancel(&req, id).await)
+}
+
+#[server(prefix = "/api", endpoint = "decide_request")]
+pub async fn decide_request(
+    id: Uuid,
+    decision: String,
+    #[server(default)] reason: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .decide(&req, id, &decision, &reason)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "approval_inbox")]
+pub async fn approval_inbox() -> Result<Vec<InboxItem>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.inbox(&req).await)
+}
+
+// ---- quotas and policy ------------------------------------------------------------------
+
+#[server(prefix = "/api", endpoint = "tenant_quotas")]
+pub async fn get_tenant_quotas(tenant_id: Uuid) -> Result<TenantQuotas, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .quotas(&req, tenant_id)
+            .await,
+    )
+}
+
+/// Limits as typed: vCPUs, memory GiB, disk GiB, VM count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsForm {
+    pub vcpus: String,
+    pub memory_gib: String,
+    pub disk_gib: String,
+    pub vms: String,
+}
+
+#[server(prefix = "/api", endpoint = "set_quota")]
+pub async fn set_quota(
+    tenant_id: Uuid,
+    /// Empty for the tenant's own quota; a member's e-mail for theirs.
+    #[server(default)]
+    user_email: String,
+    #[server(default)] vcpus: String,
+    #[server(default)] memory_gib: String,
+    #[server(default)] disk_gib: String,
+    #[server(default)] vms: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    let limits = LimitsForm {
+        vcpus,
+        memory_gib,
+        disk_gib,
+        vms,
+    };
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .set_quota(&req, tenant_id, &user_email, limits)
+            .await,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[server(prefix = "/api", endpoint = "set_policy")]
+pub async fn set_policy(
+    tenant_id: Uuid,
+    #[server(default)] auto_max_vcpus: String,
+    #[server(default)] auto_max_memory_gib: String,
+    #[server(default)] auto_max_count: String,
+    #[server(default)] auto_max_lease_days: String,
+    #[server(default)] expire_days: String,
+    /// One level per line: `any|all: a@x, b@y` (no e-mails: any approver of the tenant).
+    #[server(default)]
+    levels: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    let form = PolicyForm {
+        auto_max_vcpus,
+        auto_max_memory_gib,
+        auto_max_count,
+        auto_max_lease_days,
+        expire_days,
+        levels,
+    };
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .set_policy(&req, tenant_id, form)
+            .await,
+    )
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyForm {
+    pub auto_max_vcpus: String,
+    pub auto_max_memory_gib: String,
+    pub auto_max_count: String,
+    pub auto_max_lease_days: String,
+    pub expire_days: String,
+    pub levels: String,
+}
+
+#[server(prefix = "/api", endpoint = "recount_quota")]
+pub async fn recount_quota(tenant_id: Uuid) -> Result<Recount, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .recount(&req, tenant_id)
+            .await,
+    )
+}
+
+// ---- VMs --------------------------------------------------------------------------------
+
+#[server(prefix = "/api", endpoint = "my_vms")]
+pub async fn my_vms(#[server(default)] page: u32) -> Result<Page<ManagedVm>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.vms(&req, page).await)
+}
+
+#[server(prefix = "/api", endpoint = "get_managed_vm")]
+pub async fn get_managed_vm(uuid: Uuid) -> Result<Option<ManagedVm>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.vm(&req, uuid).await)
+}
+
+#[server(prefix = "/api", endpoint = "extend_lease")]
+pub async fn extend_lease(uuid: Uuid, days: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .extend_lease(&req, uuid, &days)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "resize_vm")]
+pub async fn resize_vm(uuid: Uuid, vcpus: String, memory_gib: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .resize(&req, uuid, &vcpus, &memory_gib)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "list_snapshots")]
+pub async fn list_snapshots(uuid: Uuid) -> Result<Vec<Snapshot>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .snapshots(&req, uuid)
+            .await,
+    )
+}
+
+#[server(prefix = "/api", endpoint = "snapshot_action")]
+pub async fn snapshot_action(
+    uuid: Uuid,
+    op: String,
+    name: String,
+    #[server(default)] description: String,
+) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .snapshot_action(&req, uuid, &op, &name, &description)
+            .await,
+    )
+}

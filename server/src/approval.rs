@@ -1,0 +1,190 @@
+//! Approval policy: auto-approval thresholds and ordered approval levels, each satisfied by
+//! ANY or ALL of its approvers.
+use crate::db::{self, Tx};
+use app::account::{Actor, TenantRole};
+use app::error::AppError;
+use app::provisioning::{ApprovalLevel, ApprovalPolicy};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Level {
+    pub level: i32,
+    pub all: bool,
+    /// Empty: any approver or tenant admin of the tenant.
+    pub approvers: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub auto_max_vcpus: i32,
+    pub auto_max_memory_mib: i64,
+    pub auto_max_count: i32,
+    pub auto_max_lease_days: i32,
+    pub auto_template_ids: Vec<Uuid>,
+    pub expire_days: i32,
+    pub levels: Vec<Level>,
+}
+
+/// What a request asks for, as the policy sees it.
+pub struct Ask {
+    pub template: Uuid,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+    pub count: i32,
+    pub lease_days: i32,
+}
+
+impl Policy {
+    pub async fn load(tx: &mut Tx, tenant: Uuid) -> Result<Policy, AppError> {
+        let row: Option<(i32, i64, i32, i32, Vec<Uuid>, i32)> = sqlx::query_as(
+            "SELECT auto_max_vcpus, auto_max_memory_mib, auto_max_count, auto_max_lease_days, auto_template_ids, expire_days
+             FROM approval_policies WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+        // A tenant without a policy row auto-approves nothing.
+        let (v, m, c, l, t, e) = row.unwrap_or((0, 0, 0, 0, Vec::new(), 7));
+        let levels: Vec<(i32, String, Vec<Uuid>)> = sqlx::query_as(
+            "SELECT level, mode, approvers FROM approval_levels WHERE tenant_id = $1 ORDER BY level",
+        )
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+        let mut levels: Vec<Level> = levels
+            .into_iter()
+            .map(|(level, mode, approvers)| Level {
+                level,
+                all: mode == "all",
+                approvers,
+            })
+            .collect();
+        if levels.is_empty() {
+            levels.push(Level {
+                level: 1,
+                all: false,
+                approvers: Vec::new(),
+            });
+        }
+        Ok(Policy {
+            auto_max_vcpus: v,
+            auto_max_memory_mib: m,
+            auto_max_count: c,
+            auto_max_lease_days: l,
+            auto_template_ids: t,
+            expire_days: e,
+            levels,
+        })
+    }
+
+    /// Within every auto-approval threshold (sizes are per VM).
+    pub fn auto_approves(&self, ask: &Ask) -> bool {
+        ask.vcpus <= self.auto_max_vcpus
+            && ask.memory_mib <= self.auto_max_memory_mib
+            && ask.count <= self.auto_max_count
+            && ask.lease_days <= self.auto_max_lease_days
+            && (self.auto_template_ids.is_empty() || self.auto_template_ids.contains(&ask.template))
+    }
+
+    pub fn level(&self, n: i32) -> Option<&Level> {
+        self.levels.iter().find(|l| l.level == n)
+    }
+
+    pub fn next_level(&self, after: i32) -> Option<&Level> {
+        self.levels.iter().find(|l| l.level > after)
+    }
+
+    pub fn first_level(&self) -> i32 {
+        self.levels.first().map(|l| l.level).unwrap_or(1)
+    }
+}
+
+impl Level {
+    /// May `actor` decide at this level of a request in `tenant`?
+    pub fn eligible(&self, actor: &Actor, tenant: Uuid) -> bool {
+        if self.approvers.is_empty() {
+            actor.fleet_admin
+                || matches!(
+                    actor.role_in(tenant),
+                    Some(TenantRole::Approver | TenantRole::TenantAdmin)
+                )
+        } else {
+            self.approvers.contains(&actor.user_id) && actor.role_in(tenant).is_some()
+        }
+    }
+
+    /// Whether these approvals (user ids) satisfy the level.
+    pub fn satisfied(&self, approved_by: &[Uuid]) -> bool {
+        if self.all && !self.approvers.is_empty() {
+            self.approvers.iter().all(|a| approved_by.contains(a))
+        } else {
+            !approved_by.is_empty()
+        }
+    }
+}
+
+/// The policy as the settings page shows it, with approvers as e-mails.
+pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppError> {
+    let p = Policy::load(tx, tenant).await?;
+    let mut levels = Vec::new();
+    for l in &p.levels {
+        let emails: Vec<String> =
+            sqlx::query_scalar("SELECT email FROM users WHERE id = ANY($1) ORDER BY lower(email)")
+                .bind(&l.approvers)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db::internal)?;
+        levels.push(ApprovalLevel {
+            level: l.level,
+            mode: if l.all { "all" } else { "any" }.into(),
+            approvers: emails,
+        });
+    }
+    Ok(ApprovalPolicy {
+        auto_max_vcpus: p.auto_max_vcpus,
+        auto_max_memory_mib: p.auto_max_memory_mib,
+        auto_max_count: p.auto_max_count,
+        auto_max_lease_days: p.auto_max_lease_days,
+        auto_template_ids: p.auto_template_ids,
+        expire_days: p.expire_days,
+        levels,
+    })
+}
+
+/// Levels as typed: one per line, `any: a@x, b@y` or `all: …`; an empty list of e-mails
+/// means any approver of the tenant.
+pub fn parse_levels(raw: &str) -> Result<Vec<(bool, Vec<String>)>, AppError> {
+    let mut out = Vec::new();
+    for (i, line) in raw.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (mode, rest) = line.split_once(':').unwrap_or((line, ""));
+        let all = match mode.trim().to_lowercase().as_str() {
+            "any" => false,
+            "all" => true,
+            _ => {
+                return Err(AppError::field(
+                    "levels",
+                    format!(
+                        "Line {}: start with `any:` or `all:`, then the approvers' e-mails.",
+                        i + 1
+                    ),
+                ))
+            }
+        };
+        let emails: Vec<String> = rest
+            .split(',')
+            .map(|e| e.trim().to_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect();
+        out.push((all, emails));
+    }
+    if out.len() > 10 {
+        return Err(AppError::field("levels", "At most 10 levels."));
+    }
+    Ok(out)
+}

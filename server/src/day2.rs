@@ -1,0 +1,235 @@
+//! Day-2 operations on portal VMs: resize while shut off (re-checking quota) and snapshots.
+use crate::audit::{self, Event, Origin};
+use crate::db;
+use crate::hypervisor::domain_xml::LibvirtXml;
+use crate::hypervisor::inventory;
+use crate::quota::{self, Amount};
+use crate::requests::ProvisioningBackend;
+use app::error::AppError;
+use app::seam::RequestCtx;
+use serde_json::json;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+fn parse_vcpus(raw: &str) -> Result<i32, AppError> {
+    raw.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|v| (1..=crate::catalog::MAX_VCPUS).contains(v))
+        .ok_or_else(|| AppError::field("vcpus", "Enter a whole number of vCPUs from 1 to 128."))
+}
+
+fn parse_memory(raw: &str) -> Result<i64, AppError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|m| m.is_finite() && *m >= 0.25 && *m <= 1024.0)
+        .map(|m| (m * 1024.0).round() as i64)
+        .ok_or_else(|| AppError::field("memory_gib", "Enter memory from 0.25 to 1024 GiB."))
+}
+
+/// A snapshot name: letters, digits, '-', '_' and '.', at most 64, not starting with '.'.
+pub fn parse_snapshot_name(raw: &str) -> Result<String, AppError> {
+    crate::hypervisor::storage::parse_name(raw, "name")
+}
+
+fn xml_text(s: &str) -> String {
+    let mut out = String::new();
+    let _ = askama::filters::Escaper::write_escaped_str(&LibvirtXml, &mut out, s);
+    out
+}
+
+/// The VM's host, once it has one.
+async fn host_of(tx: &mut db::Tx, uuid: Uuid) -> Result<(Uuid, String, i64, i32, i64), AppError> {
+    let row: Option<(Option<Uuid>, String, i64, i32, i64)> = sqlx::query_as(
+        "SELECT host_id, name, disk_gib, vcpus, memory_mib FROM vms WHERE uuid = $1 AND deleted_at IS NULL FOR UPDATE",
+    )
+    .bind(uuid)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    match row {
+        Some((Some(host), name, disk, vcpus, memory)) => Ok((host, name, disk, vcpus, memory)),
+        Some((None, ..)) => Err(AppError::Conflict("This VM is not on a host yet.".into())),
+        None => Err(AppError::NotFound("VM".into())),
+    }
+}
+
+pub async fn resize(
+    backend: &ProvisioningBackend,
+    req: &RequestCtx,
+    uuid: Uuid,
+    vcpus: &str,
+    memory_gib: &str,
+) -> Result<(), AppError> {
+    let (vcpus, memory_mib) = match (parse_vcpus(vcpus), parse_memory(memory_gib)) {
+        (Ok(v), Ok(m)) => (v, m),
+        (v, m) => return Err(AppError::merge([v.err(), m.err()])),
+    };
+    let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
+    let now = backend.clock_now();
+    let (host, name, disk, old_vcpus, old_memory) = host_of(&mut tx, uuid).await?;
+    // Same quota rules as a new request: growth must fit the tenant's and the owner's limits.
+    quota::adjust(&mut tx, uuid, Amount::vm(vcpus, memory_mib, disk), now).await?;
+    let facts = backend
+        .hypervisors
+        .call(host, move |conn| {
+            use virt::sys;
+            let dom = conn.lookup_domain_by_uuid(uuid)?;
+            if dom.is_active()? {
+                return Ok(None);
+            }
+            let kib = memory_mib as u64 * 1024;
+            let config = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            // Maximum first when growing, current first when shrinking.
+            if vcpus >= old_vcpus {
+                dom.set_vcpus_flags(
+                    vcpus as u32,
+                    sys::VIR_DOMAIN_VCPU_CONFIG | sys::VIR_DOMAIN_VCPU_MAXIMUM,
+                )?;
+                dom.set_vcpus_flags(vcpus as u32, sys::VIR_DOMAIN_VCPU_CONFIG)?;
+            } else {
+                dom.set_vcpus_flags(vcpus as u32, sys::VIR_DOMAIN_VCPU_CONFIG)?;
+                dom.set_vcpus_flags(
+                    vcpus as u32,
+                    sys::VIR_DOMAIN_VCPU_CONFIG | sys::VIR_DOMAIN_VCPU_MAXIMUM,
+                )?;
+            }
+            if memory_mib >= old_memory {
+                dom.set_memory_flags(kib, config | sys::VIR_DOMAIN_MEM_MAXIMUM)?;
+                dom.set_memory_flags(kib, config)?;
+            } else {
+                dom.set_memory_flags(kib, config)?;
+                dom.set_memory_flags(kib, config | sys::VIR_DOMAIN_MEM_MAXIMUM)?;
+            }
+            inventory::domain_facts(&dom, &HashMap::new()).map(Some)
+        })
+        .await
+        .map_err(|e| AppError::Conflict(format!("The hypervisor refused: {e}")))?
+        .ok_or_else(|| AppError::Conflict("Shut the VM off before resizing it.".into()))?;
+    sqlx::query("UPDATE vms SET vcpus = $2, memory_mib = $3, updated_at = $4 WHERE uuid = $1")
+        .bind(uuid)
+        .bind(vcpus)
+        .bind(memory_mib)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new("vm.resize", "vm", uuid)
+            .tenant(tenant)
+            .before(json!({ "vcpus": old_vcpus, "memory_mib": old_memory }))
+            .after(json!({ "name": name, "vcpus": vcpus, "memory_mib": memory_mib })),
+    )
+    .await?;
+    tx.commit().await.map_err(db::internal)?;
+    crate::hypervisor::write_domain(&backend.pool, host, &facts)
+        .await
+        .map_err(db::internal)
+}
+
+pub async fn snapshot(
+    backend: &ProvisioningBackend,
+    req: &RequestCtx,
+    uuid: Uuid,
+    op: &str,
+    name: &str,
+    description: &str,
+) -> Result<(), AppError> {
+    if !matches!(op, "create" | "revert" | "delete") {
+        return Err(AppError::field("op", "Create, revert or delete."));
+    }
+    let name = parse_snapshot_name(name)?;
+    let description = description.trim().to_string();
+    if description.chars().count() > 200 {
+        return Err(AppError::field(
+            "description",
+            "Use at most 200 characters.",
+        ));
+    }
+    let actor = req.actor()?.user_id;
+    let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
+    let now = backend.clock_now();
+    let (host, vm_name, ..) = host_of(&mut tx, uuid).await?;
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM vm_snapshots WHERE vm_uuid = $1 AND name = $2)",
+    )
+    .bind(uuid)
+    .bind(&name)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    match (op, exists) {
+        ("create", true) => {
+            return Err(AppError::field(
+                "name",
+                "This VM already has a snapshot of that name.",
+            ))
+        }
+        ("revert" | "delete", false) => return Err(AppError::NotFound("Snapshot".into())),
+        _ => {}
+    }
+    let (op_owned, n2) = (op.to_string(), name.clone());
+    let xml = format!(
+        "<domainsnapshot><name>{}</name><description>{}</description></domainsnapshot>",
+        xml_text(&name),
+        xml_text(&description)
+    );
+    backend
+        .hypervisors
+        .call(host, move |conn| {
+            let dom = conn.lookup_domain_by_uuid(uuid)?;
+            match op_owned.as_str() {
+                "create" => dom.create_snapshot_xml(&xml, 0).map(|_| ()),
+                "revert" => virt::domain::Domain::lookup_snapshot_by_name(&dom, &n2, 0)?.revert(0),
+                _ => virt::domain::Domain::lookup_snapshot_by_name(&dom, &n2, 0)?.delete(0),
+            }
+        })
+        .await
+        .map_err(|e| AppError::Conflict(format!("The hypervisor refused: {e}")))?;
+    match op {
+        "create" => sqlx::query(
+            "INSERT INTO vm_snapshots (vm_uuid, name, tenant_id, description, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(uuid)
+        .bind(&name)
+        .bind(tenant)
+        .bind(&description)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?,
+        "delete" => sqlx::query("DELETE FROM vm_snapshots WHERE vm_uuid = $1 AND name = $2")
+            .bind(uuid)
+            .bind(&name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?,
+        _ => Default::default(),
+    };
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new(
+            match op {
+                "create" => "vm.snapshot.create",
+                "revert" => "vm.snapshot.revert",
+                _ => "vm.snapshot.delete",
+            },
+            "vm",
+            uuid,
+        )
+        .tenant(tenant)
+        .after(json!({ "vm": vm_name, "snapshot": name })),
+    )
+    .await?;
+    tx.commit().await.map_err(db::internal)?;
+    if op == "revert" {
+        // A revert changes the state; let the host re-read the domain.
+        let _ = backend.hypervisors.reconcile(host).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Leases and stale requests, checked on a timer against the (controllable) clock: reminders
+//! 7 days and 1 day before a lease ends, a stop at expiry, deletion after the grace period,
+//! and expiry of requests nobody decided in time. Each step is one conditional UPDATE, so
+//! running the check twice (or on two servers) does each thing once.
+use crate::audit::{self, Event, Origin};
+use crate::clock::Clock;
+use crate::db::{self, Scope};
+use crate::hypervisor::connection::Action;
+use crate::hypervisor::Hypervisors;
+use crate::jobs::{self, Queue};
+use crate::quota::{self, Release};
+use crate::requests::log;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+pub struct Leases {
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+    pub hypervisors: Arc<Hypervisors>,
+    pub queue: Arc<Queue>,
+    pub grace: Duration,
+}
+
+/// What one check did (for logs and tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tick {
+    pub requests_expired: usize,
+    pub reminded: usize,
+    pub stopped: usize,
+    pub deleting: usize,
+}
+
+impl Leases {
+    pub async fn tick(&self) -> Result<Tick, sqlx::Error> {
+        let now = self.clock.now();
+        let mut out = Tick::default();
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+
+        let expired: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "UPDATE requests SET state = 'expired', reason = 'Nobody decided in time.', updated_at = $1, level = NULL
+             WHERE state = 'pending_approval' AND decide_by <= $1 RETURNING id, tenant_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, tenant) in &expired {
+            quota::release(&mut tx, Release::Request(*id), "expired", now).await?;
+            log(
+                &mut tx,
+                *id,
+                *tenant,
+                None,
+                "expired",
+                "Expired: nobody decided in time. Quota released.",
+                now,
+            )
+            .await?;
+            audit::record_raw(
+                &mut tx,
+                &Origin::default(),
+                Event::new("request.expire", "request", id).tenant(*tenant),
+            )
+            .await?;
+        }
+        out.requests_expired = expired.len();
+
+        // The nearer reminder wins; each is sent once per lease end (an extension resets it).
+        for days in [1i32, 7] {
+            let reminded: Vec<(Uuid, Uuid, String, OffsetDateTime)> = sqlx::query_as(
+                "UPDATE vms SET reminded_days = $2
+                 WHERE deleted_at IS NULL AND phase = 'running' AND lease_ends_at > $1
+                   AND lease_ends_at <= $1 + make_interval(days => $2)
+                   AND (reminded_days IS NULL OR reminded_days > $2)
+                 RETURNING uuid, tenant_id, name, lease_ends_at",
+            )
+            .bind(now)
+            .bind(days)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (uuid, tenant, name, ends) in &reminded {
+                audit::record_raw(
+                    &mut tx,
+                    &Origin::default(),
+                    Event::new("vm.lease.remind", "vm", uuid)
+                        .tenant(*tenant)
+                        .after(json!({ "name": name, "days": days, "lease_ends_at": ends.to_string() })),
+                )
+                .await?;
+            }
+            out.reminded += reminded.len();
+        }
+
+        let stopping: Vec<(Uuid, Uuid, Option<Uuid>, String)> = sqlx::query_as(
+            "UPDATE vms SET phase = 'expired', stopped_for_lease_at = $1, updated_at = $1
+             WHERE deleted_at IS NULL AND phase = 'running' AND lease_ends_at <= $1 AND stopped_for_lease_at IS NULL
+             RETURNING uuid, tenant_id, host_id, name",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (uuid, tenant, _, name) in &stopping {
+            audit::record_raw(
+                &mut tx,
+                &Origin::default(),
+                Event::new("vm.lease.expire", "vm", uuid)
+                    .tenant(*tenant)
+                    .after(json!({ "name": name, "delete_after_days": self.grace.whole_days() })),
+            )
+            .await?;
+        }
+        out.stopped = stopping.len();
+
+        let doomed: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT uuid, tenant_id, name FROM vms
+             WHERE deleted_at IS NULL AND phase = 'expired' AND stopped_for_lease_at <= $1",
+        )
+        .bind(now - self.grace)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (uuid, tenant, name) in &doomed {
+            sqlx::query("UPDATE vms SET phase = 'deleting', updated_at = $2 WHERE uuid = $1")
+                .bind(uuid)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            jobs::enqueue(
+                &mut tx,
+                "delete",
+                *uuid,
+                json!({ "reason": "lease expired" }),
+                10,
+            )
+            .await?;
+            audit::record_raw(
+                &mut tx,
+                &Origin::default(),
+                Event::new("vm.lease.delete", "vm", uuid)
+                    .tenant(*tenant)
+                    .after(json!({ "name": name })),
+            )
+            .await?;
+        }
+        out.deleting = doomed.len();
+        tx.commit().await?;
+
+        // Power off after the commit: a failure here is retried by the next reconcile-driven
+        // state and the next tick (the VM stays marked expired).
+        for (uuid, _, host, _) in stopping {
+            if let Some(host) = host {
+                if let Err(e) = self
+                    .hypervisors
+                    .lifecycle(host, uuid, Action::ForceOff)
+                    .await
+                {
+                    tracing::info!(%uuid, error = %e, "stopping an expired VM (it may be off already)");
+                }
+            }
+        }
+        if out.deleting > 0 {
+            self.queue.wake.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    /// Checks every `every` until the process ends.
+    pub fn spawn(self: Arc<Self>, every: std::time::Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match self.tick().await {
+                    Ok(t) if t != Tick::default() => tracing::info!(?t, "lease check"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "lease check"),
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,480 @@
+//! The quota ledger. Every reservation is a row in `quota_ledger` and moves the tenant's
+//! counters in the same transaction; the check and the reservation are one conditional
+//! UPDATE of the tenant's quota row, whose row lock also serialises the per-user check, so
+//! racing requests can never push usage past a limit.
+use crate::db::{self, Tx};
+use app::error::AppError;
+use app::provisioning::{QuotaEffect, QuotaLine, Recount};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Resources one VM (or a sum of VMs) takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Amount {
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub vms: i64,
+}
+
+impl Amount {
+    pub fn vm(vcpus: i32, memory_mib: i64, disk_gib: i64) -> Self {
+        Amount {
+            vcpus: vcpus.into(),
+            memory_mib,
+            disk_gib,
+            vms: 1,
+        }
+    }
+
+    pub fn times(self, n: i64) -> Self {
+        Amount {
+            vcpus: self.vcpus * n,
+            memory_mib: self.memory_mib * n,
+            disk_gib: self.disk_gib * n,
+            vms: self.vms * n,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow, Debug, Clone, Copy)]
+struct Limits {
+    max_vcpus: i32,
+    max_memory_mib: i64,
+    max_disk_gib: i64,
+    max_vms: i32,
+}
+
+#[derive(sqlx::FromRow, Debug, Clone, Copy, Default)]
+struct Usage {
+    vcpus: i64,
+    memory_mib: i64,
+    disk_gib: i64,
+    vms: i64,
+}
+
+fn lines(limits: Limits, used: Usage, adding: Amount) -> Vec<QuotaLine> {
+    vec![
+        QuotaLine {
+            resource: "vcpus".into(),
+            used: used.vcpus,
+            adding: adding.vcpus,
+            limit: limits.max_vcpus.into(),
+        },
+        QuotaLine {
+            resource: "memory".into(),
+            used: used.memory_mib,
+            adding: adding.memory_mib,
+            limit: limits.max_memory_mib,
+        },
+        QuotaLine {
+            resource: "disk".into(),
+            used: used.disk_gib,
+            adding: adding.disk_gib,
+            limit: limits.max_disk_gib,
+        },
+        QuotaLine {
+            resource: "vms".into(),
+            used: used.vms,
+            adding: adding.vms,
+            limit: limits.max_vms.into(),
+        },
+    ]
+}
+
+fn overflow(scope: &str, lines: &[QuotaLine]) -> Option<String> {
+    lines.iter().find(|l| l.overflows()).map(|l| {
+        format!(
+            "This would exceed the {scope} {} quota: {} requested, {} in use, limit {}.",
+            l.label(),
+            amount_label(&l.resource, l.adding),
+            amount_label(&l.resource, l.used),
+            amount_label(&l.resource, l.limit)
+        )
+    })
+}
+
+fn amount_label(resource: &str, v: i64) -> String {
+    match resource {
+        "memory" => app::provisioning::mib_label(v),
+        "disk" => format!("{v} GiB"),
+        _ => v.to_string(),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    max_vcpus: i32,
+    max_memory_mib: i64,
+    max_disk_gib: i64,
+    max_vms: i32,
+    used_vcpus: i32,
+    used_memory_mib: i64,
+    used_disk_gib: i64,
+    used_vms: i32,
+}
+
+async fn tenant_row(tx: &mut Tx, tenant: Uuid) -> Result<Option<(Limits, Usage)>, AppError> {
+    let row: Option<TenantRow> = sqlx::query_as(
+        "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms, used_vcpus, used_memory_mib, used_disk_gib, used_vms
+         FROM tenant_quotas WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    Ok(row.map(|r| {
+        (
+            Limits {
+                max_vcpus: r.max_vcpus,
+                max_memory_mib: r.max_memory_mib,
+                max_disk_gib: r.max_disk_gib,
+                max_vms: r.max_vms,
+            },
+            Usage {
+                vcpus: r.used_vcpus.into(),
+                memory_mib: r.used_memory_mib,
+                disk_gib: r.used_disk_gib,
+                vms: r.used_vms.into(),
+            },
+        )
+    }))
+}
+
+async fn user_limits(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Option<Limits>, AppError> {
+    sqlx::query_as(
+        "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms FROM user_quotas WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db::internal)
+}
+
+async fn user_usage(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Usage, AppError> {
+    sqlx::query_as(
+        "SELECT coalesce(sum(vcpus), 0)::int8 AS vcpus, coalesce(sum(memory_mib), 0)::int8 AS memory_mib,
+                coalesce(sum(disk_gib), 0)::int8 AS disk_gib, coalesce(sum(vms), 0)::int8 AS vms
+         FROM quota_ledger WHERE tenant_id = $1 AND user_id = $2 AND state <> 'released'",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db::internal)
+}
+
+/// What adding `adding` would do, without reserving anything.
+pub async fn effect(
+    tx: &mut Tx,
+    tenant: Uuid,
+    user: Uuid,
+    adding: Amount,
+) -> Result<QuotaEffect, AppError> {
+    let (limits, used) = tenant_row(tx, tenant).await?.ok_or_else(no_quota)?;
+    let tenant_lines = lines(limits, used, adding);
+    let user_lines = match user_limits(tx, tenant, user).await? {
+        Some(l) => lines(l, user_usage(tx, tenant, user).await?, adding),
+        None => Vec::new(),
+    };
+    let overflow = overflow("tenant's", &tenant_lines).or_else(|| overflow("your", &user_lines));
+    Ok(QuotaEffect {
+        tenant: tenant_lines,
+        user: user_lines,
+        overflow,
+    })
+}
+
+fn no_quota() -> AppError {
+    AppError::Conflict("This tenant has no quota yet. Ask a fleet admin to set one.".into())
+}
+
+/// Checks and reserves `per_vm` for each of `vm_uuids` atomically, or changes nothing and
+/// names the resource that would overflow.
+pub async fn reserve(
+    tx: &mut Tx,
+    tenant: Uuid,
+    user: Uuid,
+    request: Uuid,
+    per_vm: Amount,
+    vm_uuids: &[Uuid],
+    now: OffsetDateTime,
+) -> Result<(), AppError> {
+    let total = per_vm.times(vm_uuids.len() as i64);
+    let reserved = sqlx::query(
+        "UPDATE tenant_quotas SET used_vcpus = used_vcpus + $2, used_memory_mib = used_memory_mib + $3,
+                used_disk_gib = used_disk_gib + $4, used_vms = used_vms + $5
+         WHERE tenant_id = $1 AND used_vcpus + $2 <= max_vcpus AND used_memory_mib + $3 <= max_memory_mib
+           AND used_disk_gib + $4 <= max_disk_gib AND used_vms + $5 <= max_vms",
+    )
+    .bind(tenant)
+    .bind(total.vcpus as i32)
+    .bind(total.memory_mib)
+    .bind(total.disk_gib)
+    .bind(total.vms as i32)
+    .execute(&mut **tx)
+    .await
+    .map_err(db::internal)?
+    .rows_affected();
+    if reserved == 0 {
+        let effect = effect(tx, tenant, user, total).await?;
+        return Err(quota_error(effect));
+    }
+    // The tenant row is locked until commit: the user's check below cannot race.
+    if let Some(limits) = user_limits(tx, tenant, user).await? {
+        let used = user_usage(tx, tenant, user).await?;
+        let user_lines = lines(limits, used, total);
+        if let Some(message) = overflow("your", &user_lines) {
+            return Err(AppError::field("count", message));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO quota_ledger (tenant_id, user_id, request_id, vm_uuid, vcpus, memory_mib, disk_gib, vms, state, created_at, updated_at)
+         SELECT $1, $2, $3, u, $5, $6, $7, 1, 'reserved', $8, $8 FROM UNNEST($4::uuid[]) AS u",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(request)
+    .bind(vm_uuids)
+    .bind(per_vm.vcpus as i32)
+    .bind(per_vm.memory_mib)
+    .bind(per_vm.disk_gib)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    Ok(())
+}
+
+fn quota_error(effect: QuotaEffect) -> AppError {
+    match effect.overflow {
+        Some(message) => AppError::field("count", message),
+        None => AppError::Conflict("The quota changed meanwhile; try again.".into()),
+    }
+}
+
+/// Which open ledger entries to release.
+pub enum Release {
+    Request(Uuid),
+    Vm(Uuid),
+}
+
+/// Releases open entries and gives their resources back to the tenant. Returns how many
+/// entries were released (0 when already released: releasing twice is harmless).
+pub async fn release(
+    tx: &mut Tx,
+    which: Release,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    let (column, key) = match which {
+        Release::Request(id) => ("request_id", id),
+        Release::Vm(id) => ("vm_uuid", id),
+    };
+    let freed: Vec<(Uuid, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "WITH released AS (
+             UPDATE quota_ledger SET state = 'released', reason = $2, updated_at = $3
+             WHERE {column} = $1 AND state <> 'released'
+             RETURNING tenant_id, vcpus, memory_mib, disk_gib, vms)
+         SELECT tenant_id, sum(vcpus)::int8, sum(memory_mib)::int8, sum(disk_gib)::int8, sum(vms)::int8
+         FROM released GROUP BY tenant_id"
+    ))
+    .bind(key)
+    .bind(reason)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut n = 0;
+    for (tenant, vcpus, memory, disk, vms) in freed {
+        sqlx::query(
+            "UPDATE tenant_quotas SET used_vcpus = used_vcpus - $2, used_memory_mib = used_memory_mib - $3,
+                    used_disk_gib = used_disk_gib - $4, used_vms = used_vms - $5 WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .bind(vcpus as i32)
+        .bind(memory)
+        .bind(disk)
+        .bind(vms as i32)
+        .execute(&mut **tx)
+        .await?;
+        n += vms as u64;
+    }
+    Ok(n)
+}
+
+/// The VM exists: its reservation becomes an allocation.
+pub async fn allocate(tx: &mut Tx, vm: Uuid, now: OffsetDateTime) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE quota_ledger SET state = 'allocated', updated_at = $2 WHERE vm_uuid = $1 AND state = 'reserved'",
+    )
+    .bind(vm)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Changes a VM's entry to `to` (a resize), checking the tenant's and the owner's limits for
+/// any growth exactly like a reservation.
+pub async fn adjust(
+    tx: &mut Tx,
+    vm: Uuid,
+    to: Amount,
+    now: OffsetDateTime,
+) -> Result<(), AppError> {
+    let entry: Option<(i64, Uuid, Uuid, i32, i64, i64)> = sqlx::query_as(
+        "SELECT id, tenant_id, user_id, vcpus, memory_mib, disk_gib FROM quota_ledger
+         WHERE vm_uuid = $1 AND state <> 'released' FOR UPDATE",
+    )
+    .bind(vm)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let (id, tenant, user, vcpus, memory, disk) =
+        entry.ok_or_else(|| AppError::Conflict("This VM has no quota entry.".into()))?;
+    let delta = Amount {
+        vcpus: to.vcpus - i64::from(vcpus),
+        memory_mib: to.memory_mib - memory,
+        disk_gib: to.disk_gib - disk,
+        vms: 0,
+    };
+    let ok = sqlx::query(
+        "UPDATE tenant_quotas SET used_vcpus = used_vcpus + $2, used_memory_mib = used_memory_mib + $3,
+                used_disk_gib = used_disk_gib + $4
+         WHERE tenant_id = $1 AND ($2 <= 0 OR used_vcpus + $2 <= max_vcpus)
+           AND ($3 <= 0 OR used_memory_mib + $3 <= max_memory_mib) AND ($4 <= 0 OR used_disk_gib + $4 <= max_disk_gib)",
+    )
+    .bind(tenant)
+    .bind(delta.vcpus as i32)
+    .bind(delta.memory_mib)
+    .bind(delta.disk_gib)
+    .execute(&mut **tx)
+    .await
+    .map_err(db::internal)?
+    .rows_affected();
+    let grow = Amount {
+        vcpus: delta.vcpus.max(0),
+        memory_mib: delta.memory_mib.max(0),
+        disk_gib: delta.disk_gib.max(0),
+        vms: 0,
+    };
+    if ok == 0 {
+        let effect = effect(tx, tenant, user, grow).await?;
+        return Err(resize_error(effect));
+    }
+    if let Some(limits) = user_limits(tx, tenant, user).await? {
+        let used = user_usage(tx, tenant, user).await?;
+        if let Some(m) = overflow("your", &lines(limits, used, grow)) {
+            return Err(AppError::field("vcpus", m));
+        }
+    }
+    sqlx::query(
+        "UPDATE quota_ledger SET vcpus = $2, memory_mib = $3, disk_gib = $4, updated_at = $5 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to.vcpus as i32)
+    .bind(to.memory_mib)
+    .bind(to.disk_gib)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    Ok(())
+}
+
+fn resize_error(effect: QuotaEffect) -> AppError {
+    match effect.overflow {
+        Some(m) => AppError::field("vcpus", m),
+        None => AppError::Conflict("The quota changed meanwhile; try again.".into()),
+    }
+}
+
+/// Counters against the ledger, and allocations against the VMs that exist.
+pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount, AppError> {
+    let (_, counters) = tenant_row(tx, tenant).await?.ok_or_else(no_quota)?;
+    let ledger: Usage = sqlx::query_as(
+        "SELECT coalesce(sum(vcpus), 0)::int8 AS vcpus, coalesce(sum(memory_mib), 0)::int8 AS memory_mib,
+                coalesce(sum(disk_gib), 0)::int8 AS disk_gib, coalesce(sum(vms), 0)::int8 AS vms
+         FROM quota_ledger WHERE tenant_id = $1 AND state <> 'released'",
+    )
+    .bind(tenant)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    // What exists or is on its way: VMs not deleted or failed, plus reservations of requests
+    // whose VMs are not created yet.
+    let existing: Usage = sqlx::query_as(
+        "SELECT coalesce(sum(vcpus), 0)::int8 AS vcpus, coalesce(sum(memory_mib), 0)::int8 AS memory_mib,
+                coalesce(sum(disk_gib), 0)::int8 AS disk_gib, count(*)::int8 AS vms
+         FROM (SELECT v.vcpus::int8, v.memory_mib, v.disk_gib FROM vms v
+               WHERE v.tenant_id = $1 AND v.deleted_at IS NULL AND v.phase NOT IN ('failed', 'deleted')
+               UNION ALL
+               SELECT l.vcpus::int8, l.memory_mib, l.disk_gib FROM quota_ledger l
+               WHERE l.tenant_id = $1 AND l.state = 'reserved'
+                 AND NOT EXISTS (SELECT 1 FROM vms v WHERE v.uuid = l.vm_uuid)) x",
+    )
+    .bind(tenant)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let rows = vec![
+        (
+            "vcpus".to_string(),
+            counters.vcpus,
+            ledger.vcpus,
+            existing.vcpus,
+        ),
+        (
+            "memory_mib".to_string(),
+            counters.memory_mib,
+            ledger.memory_mib,
+            existing.memory_mib,
+        ),
+        (
+            "disk_gib".to_string(),
+            counters.disk_gib,
+            ledger.disk_gib,
+            existing.disk_gib,
+        ),
+        ("vms".to_string(), counters.vms, ledger.vms, existing.vms),
+    ];
+    let consistent = rows.iter().all(|(_, a, b, c)| a == b && b == c);
+    Ok(Recount {
+        lines: rows,
+        consistent,
+    })
+}
+
+/// The tenant's and one user's quota lines (no addition).
+pub async fn usage_lines(tx: &mut Tx, tenant: Uuid) -> Result<Vec<QuotaLine>, AppError> {
+    let (limits, used) = tenant_row(tx, tenant).await?.ok_or_else(no_quota)?;
+    Ok(lines(limits, used, Amount::default()))
+}
+
+/// Every member with a personal quota, with their usage.
+pub async fn user_lines(
+    tx: &mut Tx,
+    tenant: Uuid,
+) -> Result<Vec<(Uuid, String, Vec<QuotaLine>)>, AppError> {
+    let rows: Vec<(Uuid, String, i32, i64, i64, i32)> = sqlx::query_as(
+        "SELECT q.user_id, u.email, q.max_vcpus, q.max_memory_mib, q.max_disk_gib, q.max_vms
+         FROM user_quotas q JOIN users u ON u.id = q.user_id WHERE q.tenant_id = $1 ORDER BY lower(u.email)",
+    )
+    .bind(tenant)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (user, email, v, m, d, n) in rows {
+        let used = user_usage(tx, tenant, user).await?;
+        let limits = Limits {
+            max_vcpus: v,
+            max_memory_mib: m,
+            max_disk_gib: d,
+            max_vms: n,
+        };
+        out.push((user, email, lines(limits, used, Amount::default())));
+    }
+    Ok(out)
+}

@@ -1,0 +1,1566 @@
+//! Requests and approvals, quotas and policy, and the VMs requests create: the backend of the
+//! `Provisioning` seam. Every state change writes its audit row and its request log line in
+//! the transaction that makes it.
+use crate::approval::{self, Ask, Policy};
+use crate::audit::{self, Event, Origin};
+use crate::catalog::{self, parse_days};
+use crate::clock::Clock;
+use crate::db::{self, Scope, Tx};
+use crate::hypervisor::domain_xml::VmName;
+use crate::hypervisor::Hypervisors;
+use crate::jobs::{self, Queue};
+use crate::placement;
+use crate::quota::{self, Amount, Release};
+use app::account::Actor;
+use app::error::AppError;
+use app::provisioning::{
+    InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
+    RequestEvent, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota,
+};
+use app::seam::{Provisioning, RequestCtx};
+use app::Page;
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const PER_PAGE: u32 = 25;
+pub const MAX_COUNT: i32 = 20;
+
+#[derive(Clone)]
+pub struct ProvisioningBackend {
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+    pub hypervisors: Arc<Hypervisors>,
+    pub queue: Arc<Queue>,
+    pub vcpu_overcommit: f64,
+    pub max_attempts: i32,
+}
+
+/// A validated request form.
+struct Valid {
+    tenant: Uuid,
+    template: app::provisioning::Template,
+    size: app::provisioning::Size,
+    count: i32,
+    prefix: String,
+    lease_days: i32,
+    purpose: String,
+}
+
+/// The names a request's VMs get: the prefix alone for one VM, else prefix-1, prefix-2, …
+pub fn vm_names(prefix: &str, count: i32) -> Vec<String> {
+    if count == 1 {
+        vec![prefix.to_string()]
+    } else {
+        (1..=count).map(|i| format!("{prefix}-{i}")).collect()
+    }
+}
+
+fn parse_count(raw: &str) -> Result<i32, AppError> {
+    raw.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|c| (1..=MAX_COUNT).contains(c))
+        .ok_or_else(|| AppError::field("count", format!("Ask for 1 to {MAX_COUNT} VMs at a time.")))
+}
+
+fn parse_purpose(raw: &str) -> Result<String, AppError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(AppError::field(
+            "purpose",
+            "Say what the VMs are for (approvers read it).",
+        ));
+    }
+    if s.chars().count() > 1000 || s.chars().any(|c| c.is_control() && c != '\n' && c != '\r') {
+        return Err(AppError::field(
+            "purpose",
+            "Use at most 1000 characters, without control characters.",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_limit(raw: &str, field: &str, max: i64) -> Result<i64, AppError> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| (0..=max).contains(v))
+        .ok_or_else(|| AppError::field(field, format!("Enter a whole number from 0 to {max}.")))
+}
+
+fn parse_gib_as_mib(raw: &str, field: &str, max_gib: f64) -> Result<i64, AppError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v <= max_gib)
+        .map(|v| (v * 1024.0).round() as i64)
+        .ok_or_else(|| {
+            AppError::field(field, format!("Enter a number of GiB from 0 to {max_gib}."))
+        })
+}
+
+#[derive(sqlx::FromRow)]
+struct RequestRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    tenant_name: String,
+    requester_id: Uuid,
+    requester_email: String,
+    template_id: Uuid,
+    template_name: String,
+    size_name: String,
+    vcpus: i32,
+    memory_mib: i64,
+    disk_gib: i64,
+    count: i32,
+    name_prefix: String,
+    lease_days: i32,
+    purpose: String,
+    state: String,
+    level: Option<i32>,
+    reason: Option<String>,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl RequestRow {
+    fn summary(&self) -> RequestSummary {
+        RequestSummary {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            tenant_name: self.tenant_name.clone(),
+            requester_email: self.requester_email.clone(),
+            template_name: self.template_name.clone(),
+            size_name: self.size_name.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+            count: self.count,
+            name_prefix: self.name_prefix.clone(),
+            lease_days: self.lease_days,
+            purpose: self.purpose.clone(),
+            state: self.state.clone(),
+            reason: self.reason.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    fn amount(&self) -> Amount {
+        Amount::vm(self.vcpus, self.memory_mib, self.disk_gib).times(self.count.into())
+    }
+}
+
+const REQUEST_SELECT: &str = "
+    SELECT r.id, r.tenant_id, t.name AS tenant_name, r.requester_id, u.email AS requester_email,
+           r.template_id, tp.name AS template_name, r.size_name, r.vcpus, r.memory_mib, r.disk_gib,
+           r.count, r.name_prefix, r.lease_days, r.purpose, r.state, r.level, r.reason, r.created_at, r.updated_at
+    FROM requests r JOIN tenants t ON t.id = r.tenant_id JOIN users u ON u.id = r.requester_id
+    JOIN templates tp ON tp.id = r.template_id";
+
+#[derive(sqlx::FromRow)]
+struct VmRow {
+    uuid: Uuid,
+    name: String,
+    tenant_name: String,
+    owner_email: Option<String>,
+    template_name: Option<String>,
+    host_id: Option<Uuid>,
+    host_name: Option<String>,
+    vcpus: i32,
+    memory_mib: i64,
+    disk_gib: i64,
+    phase: String,
+    state: Option<String>,
+    error: Option<String>,
+    lease_ends_at: OffsetDateTime,
+    request_id: Option<Uuid>,
+    max_lease_days: Option<i32>,
+}
+
+const VM_SELECT: &str = "
+    SELECT v.uuid, v.name, t.name AS tenant_name, u.email AS owner_email, tp.name AS template_name,
+           v.host_id, h.name AS host_name, v.vcpus, v.memory_mib, v.disk_gib, v.phase, d.state, v.error,
+           v.lease_ends_at, v.request_id, tp.max_lease_days
+    FROM vms v JOIN tenants t ON t.id = v.tenant_id LEFT JOIN users u ON u.id = v.owner_id
+    LEFT JOIN templates tp ON tp.id = v.template_id LEFT JOIN hosts h ON h.id = v.host_id
+    LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL";
+
+fn managed_vm(r: VmRow, now: OffsetDateTime) -> ManagedVm {
+    ManagedVm {
+        uuid: r.uuid,
+        name: r.name,
+        tenant_name: r.tenant_name,
+        owner_email: r.owner_email,
+        template_name: r.template_name,
+        host_id: r.host_id,
+        host_name: r.host_name,
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        disk_gib: r.disk_gib,
+        phase: r.phase,
+        state: r.state,
+        error: r.error,
+        lease_ends_at: r.lease_ends_at,
+        lease_days_left: (r.lease_ends_at - now).whole_days(),
+        request_id: r.request_id,
+        max_lease_days: r.max_lease_days,
+    }
+}
+
+/// Appends a line to a request's log.
+pub async fn log(
+    tx: &mut Tx,
+    request: Uuid,
+    tenant: Uuid,
+    actor: Option<Uuid>,
+    kind: &str,
+    message: &str,
+    at: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO request_events (request_id, tenant_id, actor_id, kind, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(request)
+    .bind(tenant)
+    .bind(actor)
+    .bind(kind)
+    .bind(message)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn set_state(
+    tx: &mut Tx,
+    id: Uuid,
+    state: &str,
+    reason: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE requests SET state = $2, reason = coalesce($3, reason), updated_at = $4, level = CASE WHEN $2 = 'pending_approval' THEN level ELSE NULL END WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl ProvisioningBackend {
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// The tenant a request belongs to (looked up before the scoped transaction, which needs
+    /// it); callers authorise against it right after.
+    async fn request_tenant(&self, id: Uuid) -> Result<Option<(Uuid, Uuid)>, AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query_as("SELECT tenant_id, requester_id FROM requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)
+    }
+
+    async fn vm_tenant(&self, uuid: Uuid) -> Result<Option<(Uuid, Option<Uuid>)>, AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query_as("SELECT tenant_id, owner_id FROM vms WHERE uuid = $1 AND deleted_at IS NULL")
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)
+    }
+
+    fn scope(actor: &Actor, tenant: Uuid) -> Scope {
+        Scope {
+            user: Some(actor.user_id),
+            tenant: Some(tenant),
+            fleet: false,
+        }
+    }
+
+    async fn validate(
+        &self,
+        tx: &mut Tx,
+        actor: &Actor,
+        form: &RequestForm,
+        full: bool,
+    ) -> Result<Valid, AppError> {
+        let tenant = form
+            .tenant_id
+            .ok_or_else(|| AppError::field("tenant_id", "Choose a tenant."))?;
+        if !actor.may_request(tenant) {
+            return Err(AppError::field(
+                "tenant_id",
+                "You cannot request VMs in that tenant.",
+            ));
+        }
+        let template_id = form
+            .template_id
+            .ok_or_else(|| AppError::field("template_id", "Choose a template."))?;
+        let template = catalog::usable_template(tx, tenant, template_id).await?;
+        let size = template
+            .sizes
+            .iter()
+            .find(|s| s.name == form.size.trim())
+            .cloned()
+            .ok_or_else(|| AppError::field("size", "Choose one of the template's sizes."));
+        let count = parse_count(&form.count);
+        if !full {
+            let (size, count) = match (size, count) {
+                (Ok(s), Ok(c)) => (s, c),
+                (s, c) => return Err(AppError::merge([s.err(), c.err()])),
+            };
+            return Ok(Valid {
+                tenant,
+                template,
+                size,
+                count,
+                prefix: String::new(),
+                lease_days: 0,
+                purpose: String::new(),
+            });
+        }
+        let prefix = VmName::parse(&form.name_prefix, "name_prefix").and_then(|p| {
+            if p.as_str().len() > 50 {
+                Err(AppError::field(
+                    "name_prefix",
+                    "Use at most 50 characters (VM numbers are appended).",
+                ))
+            } else {
+                Ok(p.as_str().to_string())
+            }
+        });
+        let lease_days = if form.lease_days.trim().is_empty() {
+            Ok(template.default_lease_days)
+        } else {
+            parse_days(&form.lease_days, "lease_days").and_then(|d| {
+                if d > template.max_lease_days {
+                    Err(AppError::field(
+                        "lease_days",
+                        format!(
+                            "The longest lease for {} is {} days.",
+                            template.name, template.max_lease_days
+                        ),
+                    ))
+                } else {
+                    Ok(d)
+                }
+            })
+        };
+        let purpose = parse_purpose(&form.purpose);
+        match (size, count, prefix, lease_days, purpose) {
+            (Ok(size), Ok(count), Ok(prefix), Ok(lease_days), Ok(purpose)) => {
+                let names = vm_names(&prefix, count);
+                let taken: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM vms WHERE tenant_id = $1 AND deleted_at IS NULL AND name = ANY($2) LIMIT 1",
+                )
+                .bind(tenant)
+                .bind(&names)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db::internal)?;
+                if let Some(t) = taken {
+                    return Err(AppError::field(
+                        "name_prefix",
+                        format!(
+                            "A VM named {t} already exists in this tenant; choose another prefix."
+                        ),
+                    ));
+                }
+                Ok(Valid {
+                    tenant,
+                    template,
+                    size,
+                    count,
+                    prefix,
+                    lease_days,
+                    purpose,
+                })
+            }
+            (a, b, c, d, e) => Err(AppError::merge([
+                a.err(),
+                b.err(),
+                c.err(),
+                d.err(),
+                e.err(),
+            ])),
+        }
+    }
+
+    async fn load_request(
+        &self,
+        tx: &mut Tx,
+        id: Uuid,
+        lock: bool,
+    ) -> Result<RequestRow, AppError> {
+        let sql = if lock {
+            format!("{REQUEST_SELECT} WHERE r.id = $1 FOR UPDATE OF r")
+        } else {
+            format!("{REQUEST_SELECT} WHERE r.id = $1")
+        };
+        sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db::internal)?
+            .ok_or_else(|| AppError::NotFound("Request".into()))
+    }
+
+    /// Creates the request's VMs (UUIDs from the reservation) and their provisioning jobs.
+    async fn start_provisioning(
+        &self,
+        tx: &mut Tx,
+        r: &RequestRow,
+        now: OffsetDateTime,
+    ) -> Result<(), AppError> {
+        let uuids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT vm_uuid FROM quota_ledger WHERE request_id = $1 AND state = 'reserved' ORDER BY id",
+        )
+        .bind(r.id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+        let names = vm_names(&r.name_prefix, r.count);
+        let lease_end = now + time::Duration::days(r.lease_days.into());
+        for (uuid, name) in uuids.iter().zip(names) {
+            // A name taken meanwhile (by another request approved first) gets a suffix.
+            let taken: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM vms WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL)",
+            )
+            .bind(r.tenant_id)
+            .bind(&name)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db::internal)?;
+            let name = if taken {
+                format!("{name}-{}", &uuid.simple().to_string()[..4])
+            } else {
+                name
+            };
+            sqlx::query(
+                "INSERT INTO vms (uuid, request_id, tenant_id, owner_id, template_id, name, vcpus, memory_mib, disk_gib,
+                                  phase, lease_ends_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $11)",
+            )
+            .bind(uuid)
+            .bind(r.id)
+            .bind(r.tenant_id)
+            .bind(r.requester_id)
+            .bind(r.template_id)
+            .bind(&name)
+            .bind(r.vcpus)
+            .bind(r.memory_mib)
+            .bind(r.disk_gib)
+            .bind(lease_end)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(db::internal)?;
+            jobs::enqueue(
+                tx,
+                "provision",
+                *uuid,
+                json!({ "request": r.id }),
+                self.max_attempts,
+            )
+            .await
+            .map_err(db::internal)?;
+        }
+        set_state(tx, r.id, "approved", None, now)
+            .await
+            .map_err(db::internal)?;
+        Ok(())
+    }
+
+    async fn vm_rows(
+        &self,
+        tx: &mut Tx,
+        filter: &str,
+        key: Uuid,
+    ) -> Result<Vec<ManagedVm>, AppError> {
+        let now = self.now();
+        let rows: Vec<VmRow> =
+            sqlx::query_as(&format!("{VM_SELECT} WHERE {filter} ORDER BY v.name"))
+                .bind(key)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db::internal)?;
+        Ok(rows.into_iter().map(|r| managed_vm(r, now)).collect())
+    }
+
+    /// The VM for someone who may act on it: its owner, or an admin of its tenant.
+    async fn owned_vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<(Uuid, Tx), AppError> {
+        let actor = req.actor()?;
+        let (tenant, owner) = self
+            .vm_tenant(uuid)
+            .await?
+            .ok_or_else(|| AppError::NotFound("VM".into()))?;
+        let allowed = (owner == Some(actor.user_id) && actor.role_in(tenant).is_some())
+            || actor.administers(tenant);
+        if !allowed {
+            return Err(AppError::NotFound("VM".into()));
+        }
+        let tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        Ok((tenant, tx))
+    }
+
+    fn wake(&self) {
+        self.queue.wake.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Provisioning for ProvisioningBackend {
+    async fn preview(&self, req: &RequestCtx, form: RequestForm) -> Result<QuotaEffect, AppError> {
+        let actor = req.actor()?;
+        let tenant = form
+            .tenant_id
+            .ok_or_else(|| AppError::field("tenant_id", "Choose a tenant."))?;
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        let v = self.validate(&mut tx, actor, &form, false).await?;
+        let adding =
+            Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib).times(v.count.into());
+        quota::effect(&mut tx, v.tenant, actor.user_id, adding).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn submit(&self, req: &RequestCtx, form: RequestForm) -> Result<Uuid, AppError> {
+        let actor = req.actor()?;
+        let tenant = form
+            .tenant_id
+            .ok_or_else(|| AppError::field("tenant_id", "Choose a tenant."))?;
+        let now = self.now();
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        let v = self.validate(&mut tx, actor, &form, true).await?;
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO requests (id, tenant_id, requester_id, template_id, size_name, vcpus, memory_mib, disk_gib,
+                                   count, name_prefix, lease_days, purpose, state, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', $13, $13)",
+        )
+        .bind(id)
+        .bind(v.tenant)
+        .bind(actor.user_id)
+        .bind(v.template.id)
+        .bind(&v.size.name)
+        .bind(v.size.vcpus)
+        .bind(v.size.memory_mib)
+        .bind(v.size.disk_gib)
+        .bind(v.count)
+        .bind(&v.prefix)
+        .bind(v.lease_days)
+        .bind(&v.purpose)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let vm_uuids: Vec<Uuid> = (0..v.count).map(|_| Uuid::new_v4()).collect();
+        let per_vm = Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib);
+        quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await?;
+        let origin = Origin::of(req);
+        let what = format!(
+            "{} × {} ({}) for {} days",
+            v.count, v.template.name, v.size.name, v.lease_days
+        );
+        log(
+            &mut tx,
+            id,
+            v.tenant,
+            Some(actor.user_id),
+            "submitted",
+            &format!("Submitted: {what}. Quota reserved."),
+            now,
+        )
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &origin,
+            Event::new("request.submit", "request", id)
+                .tenant(v.tenant)
+                .after(json!({
+                    "template": v.template.id, "size": v.size.name, "count": v.count,
+                    "name_prefix": v.prefix, "lease_days": v.lease_days, "purpose": v.purpose,
+                })),
+        )
+        .await?;
+        let policy = Policy::load(&mut tx, v.tenant).await?;
+        let ask = Ask {
+            template: v.template.id,
+            vcpus: v.size.vcpus,
+            memory_mib: v.size.memory_mib,
+            count: v.count,
+            lease_days: v.lease_days,
+        };
+        let row = self.load_request(&mut tx, id, true).await?;
+        let auto = policy.auto_approves(&ask);
+        if auto {
+            log(
+                &mut tx,
+                id,
+                v.tenant,
+                None,
+                "approved",
+                "Approved automatically: within the tenant's auto-approval thresholds.",
+                now,
+            )
+            .await
+            .map_err(db::internal)?;
+            audit::record(
+                &mut tx,
+                &Origin::default(),
+                Event::new("request.approve", "request", id)
+                    .tenant(v.tenant)
+                    .after(json!({ "by": "policy" })),
+            )
+            .await?;
+            self.start_provisioning(&mut tx, &row, now).await?;
+        } else {
+            let level = policy.first_level();
+            let decide_by = now + time::Duration::days(policy.expire_days.into());
+            sqlx::query("UPDATE requests SET state = 'pending_approval', level = $2, decide_by = $3 WHERE id = $1")
+                .bind(id)
+                .bind(level)
+                .bind(decide_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+            log(
+                &mut tx,
+                id,
+                v.tenant,
+                None,
+                "pending_approval",
+                &format!(
+                    "Needs approval (level {level} of {}); expires unless decided within {} days.",
+                    policy.levels.len(),
+                    policy.expire_days
+                ),
+                now,
+            )
+            .await
+            .map_err(db::internal)?;
+        }
+        tx.commit().await.map_err(db::internal)?;
+        if auto {
+            self.wake();
+        }
+        Ok(id)
+    }
+
+    async fn requests(
+        &self,
+        req: &RequestCtx,
+        all: bool,
+        page: u32,
+    ) -> Result<Page<RequestSummary>, AppError> {
+        let actor = req.actor()?;
+        let page = page.max(1);
+        let offset = i64::from((page - 1) * PER_PAGE);
+        let (scope, filter, tenants) = if all {
+            if actor.fleet_admin {
+                (Scope::fleet(), "true", Vec::new())
+            } else {
+                let t = actor.approver_tenants();
+                if t.is_empty() {
+                    return Err(AppError::Forbidden);
+                }
+                // Several tenants at once: the filter is the authorisation.
+                (Scope::fleet(), "r.tenant_id = ANY($3)", t)
+            }
+        } else {
+            (
+                Scope {
+                    user: Some(actor.user_id),
+                    ..Scope::default()
+                },
+                "r.requester_id = $4",
+                Vec::new(),
+            )
+        };
+        let mut tx = db::begin(&self.pool, scope).await?;
+        let rows: Vec<RequestRow> = sqlx::query_as(&format!(
+            "{REQUEST_SELECT} WHERE {filter} ORDER BY r.created_at DESC, r.id LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(PER_PAGE))
+        .bind(offset)
+        .bind(&tenants)
+        .bind(actor.user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM requests r WHERE {} AND $1::int8 >= 0 AND $2::int8 >= 0",
+            filter
+        ))
+        .bind(0i64)
+        .bind(0i64)
+        .bind(&tenants)
+        .bind(actor.user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        Ok(Page {
+            items: rows.iter().map(RequestRow::summary).collect(),
+            page,
+            per_page: PER_PAGE,
+            total,
+        })
+    }
+
+    async fn request(&self, req: &RequestCtx, id: Uuid) -> Result<RequestDetail, AppError> {
+        let actor = req.actor()?;
+        let (tenant, requester) = self
+            .request_tenant(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("Request".into()))?;
+        let sees = requester == actor.user_id
+            || actor.approves(tenant)
+            || actor.role_in(tenant) == Some(app::account::TenantRole::Manager);
+        if !sees {
+            return Err(AppError::NotFound("Request".into()));
+        }
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        let r = self.load_request(&mut tx, id, false).await?;
+        let events: Vec<(OffsetDateTime, Option<String>, String, String)> = sqlx::query_as(
+            "SELECT e.at, u.email, e.kind, e.message FROM request_events e LEFT JOIN users u ON u.id = e.actor_id
+             WHERE e.request_id = $1 ORDER BY e.id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let vms = self.vm_rows(&mut tx, "v.request_id = $1", id).await?;
+        let mut waiting_for = Vec::new();
+        let mut can_decide = false;
+        if r.state == "pending_approval" {
+            let policy = Policy::load(&mut tx, tenant).await?;
+            if let Some(level) = r.level.and_then(|l| policy.level(l)) {
+                let decided: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2",
+                )
+                .bind(id)
+                .bind(level.level)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+                if level.approvers.is_empty() {
+                    waiting_for.push(format!("any approver of {}", r.tenant_name));
+                } else {
+                    let pending: Vec<Uuid> = level
+                        .approvers
+                        .iter()
+                        .filter(|a| !decided.contains(a))
+                        .copied()
+                        .collect();
+                    waiting_for = sqlx::query_scalar(
+                        "SELECT email FROM users WHERE id = ANY($1) ORDER BY lower(email)",
+                    )
+                    .bind(&pending)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db::internal)?;
+                    if !level.all && !waiting_for.is_empty() {
+                        waiting_for = vec![format!("one of {}", waiting_for.join(", "))];
+                    }
+                }
+                can_decide = requester != actor.user_id
+                    && level.eligible(actor, tenant)
+                    && !decided.contains(&actor.user_id);
+            }
+        }
+        Ok(RequestDetail {
+            request: r.summary(),
+            events: events
+                .into_iter()
+                .map(|(at, actor_email, kind, message)| RequestEvent {
+                    at,
+                    actor_email,
+                    kind,
+                    message,
+                })
+                .collect(),
+            vms,
+            waiting_for,
+            level: r.level,
+            can_cancel: requester == actor.user_id
+                && matches!(r.state.as_str(), "submitted" | "pending_approval"),
+            can_decide,
+        })
+    }
+
+    async fn cancel(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError> {
+        let actor = req.actor()?;
+        let (tenant, requester) = self
+            .request_tenant(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("Request".into()))?;
+        if requester != actor.user_id {
+            return Err(if actor.approves(tenant) {
+                AppError::Forbidden
+            } else {
+                AppError::NotFound("Request".into())
+            });
+        }
+        let now = self.now();
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        let r = self.load_request(&mut tx, id, true).await?;
+        if !matches!(r.state.as_str(), "submitted" | "pending_approval") {
+            return Err(AppError::Conflict(format!(
+                "Only pending requests can be cancelled; this one is {}.",
+                app::provisioning::state_label(&r.state).to_lowercase()
+            )));
+        }
+        set_state(&mut tx, id, "cancelled", None, now)
+            .await
+            .map_err(db::internal)?;
+        quota::release(&mut tx, Release::Request(id), "cancelled", now)
+            .await
+            .map_err(db::internal)?;
+        log(
+            &mut tx,
+            id,
+            tenant,
+            Some(actor.user_id),
+            "cancelled",
+            "Cancelled by the requester. Quota released.",
+            now,
+        )
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("request.cancel", "request", id).tenant(tenant),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn decide(
+        &self,
+        req: &RequestCtx,
+        id: Uuid,
+        decision: &str,
+        reason: &str,
+    ) -> Result<(), AppError> {
+        let actor = req.actor()?;
+        let approve = match decision {
+            "approve" => true,
+            "reject" => false,
+            _ => return Err(AppError::field("decision", "Approve or reject.")),
+        };
+        let reason = reason.trim();
+        if !approve && reason.is_empty() {
+            return Err(AppError::field("reason", "Say why you reject the request."));
+        }
+        if reason.chars().count() > 1000 {
+            return Err(AppError::field("reason", "Use at most 1000 characters."));
+        }
+        let (tenant, requester) = self
+            .request_tenant(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("Request".into()))?;
+        if !actor.approves(tenant) {
+            return Err(if requester == actor.user_id {
+                AppError::Forbidden
+            } else {
+                AppError::NotFound("Request".into())
+            });
+        }
+        if requester == actor.user_id {
+            return Err(AppError::Conflict(
+                "You cannot decide your own request; another approver must.".into(),
+            ));
+        }
+        let now = self.now();
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        let r = self.load_request(&mut tx, id, true).await?;
+        if r.state != "pending_approval" {
+            return Err(AppError::Conflict(format!(
+                "This request is no longer waiting for approval (it is {}).",
+                app::provisioning::state_label(&r.state).to_lowercase()
+            )));
+        }
+        let policy = Policy::load(&mut tx, tenant).await?;
+        let level_no = r.level.unwrap_or(policy.first_level());
+        let level = policy
+            .level(level_no)
+            .cloned()
+            .or_else(|| policy.next_level(level_no - 1).cloned())
+            .ok_or_else(|| AppError::Conflict("The approval policy changed; reload.".into()))?;
+        if !level.eligible(actor, tenant) {
+            return Err(AppError::Forbidden);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO request_approvals (request_id, level, approver_id, decision, reason, at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(level.level)
+        .bind(actor.user_id)
+        .bind(if approve { "approved" } else { "rejected" })
+        .bind((!reason.is_empty()).then_some(reason))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(AppError::Conflict(
+                "You have already decided at this level.".into(),
+            ));
+        }
+        let origin = Origin::of(req);
+        if !approve {
+            set_state(&mut tx, id, "rejected", Some(reason), now)
+                .await
+                .map_err(db::internal)?;
+            quota::release(&mut tx, Release::Request(id), "rejected", now)
+                .await
+                .map_err(db::internal)?;
+            log(
+                &mut tx,
+                id,
+                tenant,
+                Some(actor.user_id),
+                "rejected",
+                &format!(
+                    "Rejected at level {}: {reason}. Quota released.",
+                    level.level
+                ),
+                now,
+            )
+            .await
+            .map_err(db::internal)?;
+            audit::record(
+                &mut tx,
+                &origin,
+                Event::new("request.reject", "request", id)
+                    .tenant(tenant)
+                    .after(json!({ "level": level.level, "reason": reason })),
+            )
+            .await?;
+            return tx.commit().await.map_err(db::internal);
+        }
+        let approved_by: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2 AND decision = 'approved'",
+        )
+        .bind(id)
+        .bind(level.level)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let note = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        log(
+            &mut tx,
+            id,
+            tenant,
+            Some(actor.user_id),
+            "approval",
+            &format!("Approved at level {}{note}.", level.level),
+            now,
+        )
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &origin,
+            Event::new("request.approve", "request", id)
+                .tenant(tenant)
+                .after(json!({ "level": level.level, "reason": reason })),
+        )
+        .await?;
+        let mut provisioning = false;
+        if level.satisfied(&approved_by) {
+            match policy.next_level(level.level) {
+                Some(next) => {
+                    sqlx::query("UPDATE requests SET level = $2, updated_at = $3 WHERE id = $1")
+                        .bind(id)
+                        .bind(next.level)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db::internal)?;
+                    log(
+                        &mut tx,
+                        id,
+                        tenant,
+                        None,
+                        "pending_approval",
+                        &format!(
+                            "Level {} complete; waiting for level {}.",
+                            level.level, next.level
+                        ),
+                        now,
+                    )
+                    .await
+                    .map_err(db::internal)?;
+                }
+                None => {
+                    log(
+                        &mut tx,
+                        id,
+                        tenant,
+                        None,
+                        "approved",
+                        "Approved: every level agreed. Provisioning is queued.",
+                        now,
+                    )
+                    .await
+                    .map_err(db::internal)?;
+                    self.start_provisioning(&mut tx, &r, now).await?;
+                    provisioning = true;
+                }
+            }
+        }
+        tx.commit().await.map_err(db::internal)?;
+        if provisioning {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError> {
+        let actor = req.actor()?;
+        let tenants = actor.approver_tenants();
+        if tenants.is_empty() && !actor.fleet_admin {
+            return Err(AppError::Forbidden);
+        }
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<RequestRow> = sqlx::query_as(&format!(
+            "{REQUEST_SELECT} WHERE r.state = 'pending_approval' AND ($1 OR r.tenant_id = ANY($2))
+               AND r.requester_id <> $3
+               AND NOT EXISTS (SELECT 1 FROM request_approvals a WHERE a.request_id = r.id AND a.level = r.level AND a.approver_id = $3)
+             ORDER BY r.created_at LIMIT 200"
+        ))
+        .bind(actor.fleet_admin)
+        .bind(&tenants)
+        .bind(actor.user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let policy = Policy::load(&mut tx, r.tenant_id).await?;
+            let Some(level) = r.level.and_then(|l| policy.level(l)) else {
+                continue;
+            };
+            if !level.eligible(actor, r.tenant_id) {
+                continue;
+            }
+            // The request's own reservation is already in the counters: show it as the addition.
+            let mut effect =
+                quota::effect(&mut tx, r.tenant_id, r.requester_id, Amount::default()).await?;
+            let amount = r.amount();
+            for lines in [&mut effect.tenant, &mut effect.user] {
+                for l in lines.iter_mut() {
+                    let add = match l.resource.as_str() {
+                        "vcpus" => amount.vcpus,
+                        "memory" => amount.memory_mib,
+                        "disk" => amount.disk_gib,
+                        _ => amount.vms,
+                    };
+                    l.used -= add;
+                    l.adding = add;
+                }
+            }
+            let requester_vms: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM vms WHERE owner_id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
+            )
+            .bind(r.requester_id)
+            .bind(r.tenant_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+            let candidates = placement::candidates(&mut tx, r.template_id)
+                .await
+                .map_err(db::internal)?;
+            let need = placement::Need {
+                vcpus: r.vcpus,
+                memory_mib: r.memory_mib,
+                disk_gib: r.disk_gib,
+            };
+            let placement = match placement::choose(&candidates, &need, self.vcpu_overcommit) {
+                Ok(c) => c.reason,
+                Err(e) => e,
+            };
+            out.push(InboxItem {
+                level: level.level,
+                request: r.summary(),
+                effect,
+                requester_vms,
+                placement,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError> {
+        let actor = req.actor()?;
+        if !actor.administers(tenant_id) {
+            return Err(if actor.role_in(tenant_id).is_some() {
+                AppError::Forbidden
+            } else {
+                AppError::NotFound("Tenant".into())
+            });
+        }
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
+        let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?
+            .ok_or_else(|| AppError::NotFound("Tenant".into()))?;
+        let lines = quota::usage_lines(&mut tx, tenant_id).await?;
+        let users = quota::user_lines(&mut tx, tenant_id)
+            .await?
+            .into_iter()
+            .map(|(user_id, email, lines)| UserQuota {
+                user_id,
+                email,
+                lines,
+            })
+            .collect();
+        let policy = approval::describe(&mut tx, tenant_id).await?;
+        Ok(TenantQuotas {
+            tenant_id,
+            tenant_name: name,
+            lines,
+            users,
+            policy,
+        })
+    }
+
+    async fn set_quota(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        user_email: &str,
+        limits: LimitsForm,
+    ) -> Result<(), AppError> {
+        let actor = req.actor()?;
+        let for_user = !user_email.trim().is_empty();
+        let allowed = if for_user {
+            actor.administers(tenant_id)
+        } else {
+            actor.fleet_admin
+        };
+        if !allowed {
+            return Err(if actor.role_in(tenant_id).is_some() {
+                AppError::Forbidden
+            } else {
+                AppError::NotFound("Tenant".into())
+            });
+        }
+        let parsed = (
+            parse_limit(&limits.vcpus, "vcpus", 100_000),
+            parse_gib_as_mib(&limits.memory_gib, "memory_gib", 1_000_000.0),
+            parse_limit(&limits.disk_gib, "disk_gib", 10_000_000),
+            parse_limit(&limits.vms, "vms", 100_000),
+        );
+        let (vcpus, memory, disk, vms) = match parsed {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+            (a, b, c, d) => return Err(AppError::merge([a.err(), b.err(), c.err(), d.err()])),
+        };
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
+        let origin = Origin::of(req);
+        let after = json!({ "vcpus": vcpus, "memory_mib": memory, "disk_gib": disk, "vms": vms });
+        if for_user {
+            let email = crate::accounts::email::Email::parse(user_email, "user_email")?;
+            let user: Option<Uuid> = sqlx::query_scalar(
+                "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1 WHERE lower(u.email) = $2",
+            )
+            .bind(tenant_id)
+            .bind(email.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+            let user = user.ok_or_else(|| {
+                AppError::field("user_email", "That person is not a member of this tenant.")
+            })?;
+            let tenant_limits: Option<(i32, i64, i64, i32)> = sqlx::query_as(
+                "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms FROM tenant_quotas WHERE tenant_id = $1",
+            )
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+            if let Some((tv, tm, td, tn)) = tenant_limits {
+                let over = [
+                    (vcpus > i64::from(tv), "vcpus"),
+                    (memory > tm, "memory_gib"),
+                    (disk > td, "disk_gib"),
+                    (vms > i64::from(tn), "vms"),
+                ];
+                let errors = over.iter().filter(|(o, _)| *o).map(|(_, f)| {
+                    Some(AppError::field(
+                        f,
+                        "A member's quota must fit inside the tenant's.",
+                    ))
+                });
+                let merged = AppError::merge(errors);
+                if merged != AppError::Invalid(Vec::new()) {
+                    return Err(merged);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO user_quotas (tenant_id, user_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant_id, user_id) DO UPDATE SET max_vcpus = excluded.max_vcpus,
+                     max_memory_mib = excluded.max_memory_mib, max_disk_gib = excluded.max_disk_gib, max_vms = excluded.max_vms",
+            )
+            .bind(tenant_id)
+            .bind(user)
+            .bind(vcpus as i32)
+            .bind(memory)
+            .bind(disk)
+            .bind(vms as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+            audit::record(
+                &mut tx,
+                &origin,
+                Event::new("quota.user.set", "user", user)
+                    .tenant(tenant_id)
+                    .after(after),
+            )
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO tenant_quotas (tenant_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (tenant_id) DO UPDATE SET max_vcpus = excluded.max_vcpus,
+                     max_memory_mib = excluded.max_memory_mib, max_disk_gib = excluded.max_disk_gib, max_vms = excluded.max_vms",
+            )
+            .bind(tenant_id)
+            .bind(vcpus as i32)
+            .bind(memory)
+            .bind(disk)
+            .bind(vms as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => AppError::NotFound("Tenant".into()),
+                _ => db::internal(e),
+            })?;
+            audit::record(
+                &mut tx,
+                &origin,
+                Event::new("quota.tenant.set", "tenant", tenant_id)
+                    .tenant(tenant_id)
+                    .after(after),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db::internal)
+    }
+
+    async fn set_policy(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        form: PolicyForm,
+    ) -> Result<(), AppError> {
+        let actor = req.actor()?;
+        if !actor.administers(tenant_id) {
+            return Err(if actor.role_in(tenant_id).is_some() {
+                AppError::Forbidden
+            } else {
+                AppError::NotFound("Tenant".into())
+            });
+        }
+        let parsed = (
+            parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
+            parse_gib_as_mib(&form.auto_max_memory_gib, "auto_max_memory_gib", 1024.0),
+            parse_limit(&form.auto_max_count, "auto_max_count", i64::from(MAX_COUNT)),
+            parse_limit(&form.auto_max_lease_days, "auto_max_lease_days", 3650),
+            parse_limit(&form.expire_days, "expire_days", 365).and_then(|d| {
+                if d == 0 {
+                    Err(AppError::field(
+                        "expire_days",
+                        "Enter a whole number from 1 to 365.",
+                    ))
+                } else {
+                    Ok(d)
+                }
+            }),
+            approval::parse_levels(&form.levels),
+        );
+        let (v, m, c, l, e, levels) = match parsed {
+            (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
+            (a, b, c, d, e, f) => {
+                return Err(AppError::merge([
+                    a.err(),
+                    b.err(),
+                    c.err(),
+                    d.err(),
+                    e.err(),
+                    f.err(),
+                ]))
+            }
+        };
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
+        let mut resolved = Vec::new();
+        for (all, emails) in &levels {
+            let ids: Vec<(Uuid, String)> = sqlx::query_as(
+                "SELECT u.id, lower(u.email) FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1
+                 WHERE lower(u.email) = ANY($2) AND m.role IN ('approver', 'tenant_admin')",
+            )
+            .bind(tenant_id)
+            .bind(emails)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+            if let Some(missing) = emails.iter().find(|e| !ids.iter().any(|(_, x)| x == *e)) {
+                return Err(AppError::field(
+                    "levels",
+                    format!("{missing} is not an approver or tenant admin of this tenant."),
+                ));
+            }
+            resolved.push((*all, ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>()));
+        }
+        sqlx::query(
+            "INSERT INTO approval_policies (tenant_id, auto_max_vcpus, auto_max_memory_mib, auto_max_count, auto_max_lease_days, expire_days)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant_id) DO UPDATE SET auto_max_vcpus = excluded.auto_max_vcpus,
+                 auto_max_memory_mib = excluded.auto_max_memory_mib, auto_max_count = excluded.auto_max_count,
+                 auto_max_lease_days = excluded.auto_max_lease_days, expire_days = excluded.expire_days",
+        )
+        .bind(tenant_id)
+        .bind(v as i32)
+        .bind(m)
+        .bind(c as i32)
+        .bind(l as i32)
+        .bind(e as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        sqlx::query("DELETE FROM approval_levels WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        for (i, (all, ids)) in resolved.iter().enumerate() {
+            sqlx::query("INSERT INTO approval_levels (tenant_id, level, mode, approvers) VALUES ($1, $2, $3, $4)")
+                .bind(tenant_id)
+                .bind(i as i32 + 1)
+                .bind(if *all { "all" } else { "any" })
+                .bind(ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+        }
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("policy.set", "tenant", tenant_id)
+                .tenant(tenant_id)
+                .after(json!({
+                    "auto_max_vcpus": v, "auto_max_memory_mib": m, "auto_max_count": c,
+                    "auto_max_lease_days": l, "expire_days": e, "levels": form.levels,
+                })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
+    async fn recount(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Recount, AppError> {
+        let actor = req.actor()?;
+        if !actor.administers(tenant_id) {
+            return Err(AppError::NotFound("Tenant".into()));
+        }
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
+        quota::recount(&mut tx, tenant_id).await
+    }
+
+    async fn vms(&self, req: &RequestCtx, page: u32) -> Result<Page<ManagedVm>, AppError> {
+        let actor = req.actor()?;
+        let page = page.max(1);
+        let now = self.now();
+        let mut tx = db::begin(
+            &self.pool,
+            Scope {
+                user: Some(actor.user_id),
+                ..Scope::default()
+            },
+        )
+        .await?;
+        let rows: Vec<VmRow> = sqlx::query_as(&format!(
+            "{VM_SELECT} WHERE v.owner_id = $1 AND v.deleted_at IS NULL ORDER BY v.lease_ends_at, v.name LIMIT $2 OFFSET $3"
+        ))
+        .bind(actor.user_id)
+        .bind(i64::from(PER_PAGE))
+        .bind(i64::from((page - 1) * PER_PAGE))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM vms WHERE owner_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(actor.user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        Ok(Page {
+            items: rows.into_iter().map(|r| managed_vm(r, now)).collect(),
+            page,
+            per_page: PER_PAGE,
+            total,
+        })
+    }
+
+    async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError> {
+        let actor = req.actor()?;
+        let Some((tenant, owner)) = self.vm_tenant(uuid).await? else {
+            return Ok(None);
+        };
+        let sees = (owner == Some(actor.user_id) && actor.role_in(tenant).is_some())
+            || actor.administers(tenant);
+        if !sees {
+            return Ok(None);
+        }
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+        Ok(self
+            .vm_rows(&mut tx, "v.uuid = $1", uuid)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError> {
+        let actor = req.actor()?;
+        let days = parse_days(days, "days")?;
+        let (tenant, mut tx) = self.owned_vm(req, uuid).await?;
+        let now = self.now();
+        let row: (OffsetDateTime, Option<i32>, String, Option<OffsetDateTime>) = sqlx::query_as(
+            "SELECT v.lease_ends_at, t.max_lease_days, v.name, v.stopped_for_lease_at FROM vms v
+             LEFT JOIN templates t ON t.id = v.template_id WHERE v.uuid = $1 FOR UPDATE OF v",
+        )
+        .bind(uuid)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let (current, max_days, name, _stopped) = row;
+        let new_end = current.max(now) + time::Duration::days(days.into());
+        let max_days = max_days.unwrap_or(30);
+        let limit = now + time::Duration::days(max_days.into());
+        // Beyond the template's maximum needs an approver of the tenant.
+        if new_end > limit && !actor.approves(tenant) {
+            return Err(AppError::field(
+                "days",
+                format!(
+                    "Leases of {name} can reach at most {max_days} days from today; ask an approver for longer."
+                ),
+            ));
+        }
+        sqlx::query(
+            "UPDATE vms SET lease_ends_at = $2, reminded_days = NULL, stopped_for_lease_at = NULL,
+                    phase = CASE WHEN phase = 'expired' THEN 'running' ELSE phase END, updated_at = $3
+             WHERE uuid = $1",
+        )
+        .bind(uuid)
+        .bind(new_end)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("vm.lease.extend", "vm", uuid)
+                .tenant(tenant)
+                .before(json!({ "lease_ends_at": current.to_string() }))
+                .after(json!({ "lease_ends_at": new_end.to_string() })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
+    }
+
+    async fn resize(
+        &self,
+        req: &RequestCtx,
+        uuid: Uuid,
+        vcpus: &str,
+        memory_gib: &str,
+    ) -> Result<(), AppError> {
+        crate::day2::resize(self, req, uuid, vcpus, memory_gib).await
+    }
+
+    async fn snapshots(&self, req: &RequestCtx, uuid: Uuid) -> Result<Vec<Snapshot>, AppError> {
+        let (_, mut tx) = self.owned_vm(req, uuid).await?;
+        let rows: Vec<(String, String, OffsetDateTime, Option<String>)> = sqlx::query_as(
+            "SELECT s.name, s.description, s.created_at, u.email FROM vm_snapshots s
+             LEFT JOIN users u ON u.id = s.created_by WHERE s.vm_uuid = $1 ORDER BY s.created_at DESC",
+        )
+        .bind(uuid)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, description, created_at, created_by)| Snapshot {
+                name,
+                description,
+                created_at,
+                created_by,
+            })
+            .collect())
+    }
+
+    async fn snapshot_action(
+        &self,
+        req: &RequestCtx,
+        uuid: Uuid,
+        op: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<(), AppError> {
+        crate::day2::snapshot(self, req, uuid, op, name, description).await
+    }
+}
+
+impl ProvisioningBackend {
+    /// For day-2 operations: the VM's tenant and a transaction scoped to it, once the actor
+    /// is known to be its owner or an admin of its tenant.
+    pub async fn authorize_vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<(Uuid, Tx), AppError> {
+        self.owned_vm(req, uuid).await
+    }
+
+    pub fn clock_now(&self) -> OffsetDateTime {
+        self.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_counts() {
+        assert_eq!(vm_names("web", 1), vec!["web"]);
+        assert_eq!(vm_names("web", 3), vec!["web-1", "web-2", "web-3"]);
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("21").is_err());
+        assert!(parse_count("99999999999").is_err());
+        assert!(parse_count("-3").is_err());
+        assert_eq!(parse_count(" 4 ").unwrap(), 4);
+        assert!(parse_purpose("  ").is_err());
+        assert!(parse_gib_as_mib("1.5", "m", 10.0).unwrap() == 1536);
+        assert!(parse_gib_as_mib("NaN", "m", 10.0).is_err());
+    }
+}

@@ -1,0 +1,1220 @@
+//! Self-service provisioning on libvirt's test driver: templates, requests, approvals,
+//! quotas, placement, provisioning jobs, leases and day-2 operations.
+mod common;
+
+use common::*;
+use concierge::hypervisor::simulation;
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+
+struct World {
+    app: TestApp,
+    fleet: Client,
+    tenant: Uuid,
+    host: String,
+    template: String,
+    pool: String,
+}
+
+/// A tenant, a simulated host with a base image in its pool, and a published template offered
+/// to the tenant (sizes: small 1 vCPU 1 GiB 10 GiB, large 4 vCPU 8 GiB 50 GiB).
+async fn world() -> World {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let tenant = app.tenant("Acme").await;
+    let dir = std::env::temp_dir().join(format!("concierge-prov-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = simulation::write_node(&dir, "hv1", 0).unwrap();
+    let host = fleet
+        .call(
+            "register_host",
+            &[("name", "hv1"), ("uri", &uri), ("schedulable", "true")],
+        )
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pool = "hv1-pool".to_string();
+    fleet
+        .call(
+            "create_volume",
+            &[
+                ("host_id", &host),
+                ("pool", &pool),
+                ("name", "debian-12.qcow2"),
+                ("kind", "blank"),
+                ("capacity_gib", "2"),
+                ("source", ""),
+            ],
+        )
+        .await
+        .unwrap();
+    let template = fleet
+        .call(
+            "save_template",
+            &[
+                ("name", "Debian 12"),
+                ("description", "Stable server image"),
+                ("os", "Debian GNU/Linux 12"),
+                ("sizes", "small 1 1 10\nlarge 4 8 50"),
+                ("default_lease_days", "30"),
+                ("max_lease_days", "90"),
+                ("tenants", "acme"),
+                ("image_host", &host),
+                ("image_pool", &pool),
+                ("image_volume", "debian-12.qcow2"),
+            ],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet
+        .call(
+            "publish_template",
+            &[("id", &template), ("published", "true")],
+        )
+        .await
+        .unwrap();
+    World {
+        app,
+        fleet,
+        tenant,
+        host,
+        template,
+        pool,
+    }
+}
+
+impl World {
+    fn form<'a>(
+        &'a self,
+        tenant: &'a str,
+        size: &'a str,
+        count: &'a str,
+        prefix: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("tenant_id", tenant),
+            ("template_id", self.template.as_str()),
+            ("size", size),
+            ("count", count),
+            ("name_prefix", prefix),
+            ("lease_days", ""),
+            ("purpose", "Integration tests"),
+        ]
+    }
+
+    async fn submit(&self, c: &Client, size: &str, count: &str, prefix: &str) -> CallResult {
+        let t = self.tenant.to_string();
+        c.call("submit_request", &self.form(&t, size, count, prefix))
+            .await
+    }
+
+    async fn set_policy(&self, admin: &Client, auto_count: &str, levels: &str) {
+        admin
+            .call(
+                "set_policy",
+                &[
+                    ("tenant_id", &self.tenant.to_string()),
+                    ("auto_max_vcpus", "2"),
+                    ("auto_max_memory_gib", "4"),
+                    ("auto_max_count", auto_count),
+                    ("auto_max_lease_days", "30"),
+                    ("expire_days", "7"),
+                    ("levels", levels),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Polls the request until it reaches `state` (or fails the test after 30 s).
+    async fn wait_for(&self, c: &Client, id: &str, state: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c.call("get_request", &[("id", id)]).await.unwrap();
+            if r["request"]["state"] == state {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request never reached {state}: {r:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn recount(&self) -> Value {
+        self.fleet
+            .call("recount_quota", &[("tenant_id", &self.tenant.to_string())])
+            .await
+            .unwrap()
+    }
+
+    async fn volumes(&self) -> Vec<String> {
+        let v = self
+            .fleet
+            .call(
+                "list_volumes",
+                &[("host_id", &self.host), ("pool", &self.pool)],
+            )
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn id_of(v: &Value) -> String {
+    v.as_str().expect("an id").to_string()
+}
+
+#[tokio::test]
+async fn auto_approved_request_is_provisioned_and_running() {
+    let w = world().await;
+    let (owner, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    // The default policy auto-approves up to 2 vCPUs, 4 GiB, 1 VM, 30 days.
+    w.set_policy(&w.fleet, "3", "").await;
+    let t = w.tenant.to_string();
+    let preview = ann
+        .call(
+            "quota_preview",
+            &[
+                ("tenant_id", &t),
+                ("template_id", &w.template),
+                ("size", "small"),
+                ("count", "2"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(preview["tenant"][0]["adding"], 2, "{preview}");
+    assert!(preview["overflow"].is_null());
+
+    let id = id_of(&w.submit(&ann, "small", "2", "web").await.unwrap());
+    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let vms = r["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    for vm in vms {
+        assert_eq!(vm["phase"], "running", "{vm}");
+        assert_eq!(vm["state"], "running", "{vm}");
+    }
+    let names: Vec<&str> = vms.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web-1", "web-2"]);
+    let kinds: Vec<&str> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "submitted",
+        "approved",
+        "placed",
+        "cloning",
+        "defining",
+        "starting",
+        "running",
+        "fulfilled",
+    ] {
+        assert!(kinds.contains(&k), "{k} in the request log: {kinds:?}");
+    }
+    // Managed from the first sighting: never drift.
+    let managed = w
+        .app
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM domains WHERE managed AND owner_id = '{owner}' AND tenant_id = '{}'",
+            w.tenant
+        ))
+        .await;
+    assert_eq!(managed, 2);
+    let drift = w.fleet.call("list_drift", &[]).await.unwrap();
+    assert_eq!(drift["total"], 0, "{drift}");
+    let vols = w.volumes().await;
+    assert_eq!(
+        vols.iter().filter(|v| v.starts_with("cc-")).count(),
+        2,
+        "{vols:?}"
+    );
+    let rc = w.recount().await;
+    assert_eq!(rc["consistent"], true, "{rc}");
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state = 'allocated'")
+            .await,
+        2
+    );
+    let mine = ann.call("my_vms", &[]).await.unwrap();
+    assert_eq!(mine["total"], 2);
+    let actions = w.app.audit_actions().await;
+    for a in [
+        "template.create",
+        "template.publish",
+        "request.submit",
+        "request.approve",
+        "vm.provision",
+        "request.fulfil",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+
+    // Deleting a portal VM removes its disk and releases its quota.
+    let vm = &vms[0];
+    let uuid = vm["uuid"].as_str().unwrap();
+    ann.call(
+        "vm_action",
+        &[
+            ("host_id", &w.host),
+            ("uuid", uuid),
+            ("action", "delete"),
+            ("confirm", "web-1"),
+        ],
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w
+        .app
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM vms WHERE uuid = '{uuid}' AND deleted_at IS NOT NULL"
+        ))
+        .await
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vols = w.volumes().await;
+    assert_eq!(
+        vols.iter().filter(|v| v.starts_with("cc-")).count(),
+        1,
+        "{vols:?}"
+    );
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{}'",
+                w.tenant
+            ))
+            .await,
+        1
+    );
+    assert_eq!(w.recount().await["consistent"], true);
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn approval_levels_rejection_and_cancellation() {
+    let w = world().await;
+    let t = w.tenant;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((t, "requester")))
+        .await;
+    let (_, bob) = w
+        .app
+        .signed_in("bob@example.com", Some((t, "requester")))
+        .await;
+    let (_, appr1) = w
+        .app
+        .signed_in("a1@example.com", Some((t, "approver")))
+        .await;
+    let (_, appr2) = w
+        .app
+        .signed_in("a2@example.com", Some((t, "approver")))
+        .await;
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((t, "tenant_admin")))
+        .await;
+    let other_t = w.app.tenant("Other").await;
+    let (_, eve) = w
+        .app
+        .signed_in("eve@example.com", Some((other_t, "tenant_admin")))
+        .await;
+
+    // Level 1 needs both approvers; level 2 any approver. Nothing is auto-approved.
+    w.set_policy(&boss, "0", "all: a1@example.com, a2@example.com\nany:")
+        .await;
+    let id = id_of(&w.submit(&ann, "large", "1", "db").await.unwrap());
+    let r = w.wait_for(&ann, &id, "pending_approval").await;
+    assert_eq!(
+        r["waiting_for"],
+        serde_json::json!(["a1@example.com", "a2@example.com"])
+    );
+    assert_eq!(r["can_cancel"], true);
+    assert_eq!(r["can_decide"], false);
+
+    // Nobody decides their own request, other requesters and other tenants cannot decide.
+    let own = ann
+        .call("decide_request", &[("id", &id), ("decision", "approve")])
+        .await;
+    assert!(own.is_err());
+    assert_refused(
+        &bob.call("decide_request", &[("id", &id), ("decision", "approve")])
+            .await,
+        "requester",
+    );
+    assert_refused(
+        &eve.call("decide_request", &[("id", &id), ("decision", "approve")])
+            .await,
+        "other tenant",
+    );
+    assert_refused(
+        &eve.call("get_request", &[("id", &id)]).await,
+        "other tenant reads",
+    );
+    // The tenant admin is not on level 1's list.
+    assert_refused(
+        &boss
+            .call("decide_request", &[("id", &id), ("decision", "approve")])
+            .await,
+        "not listed",
+    );
+
+    let inbox = appr1.call("approval_inbox", &[]).await.unwrap();
+    assert_eq!(inbox.as_array().unwrap().len(), 1, "{inbox}");
+    assert_eq!(inbox[0]["effect"]["tenant"][0]["adding"], 4, "{inbox}");
+    assert!(
+        inbox[0]["placement"]
+            .as_str()
+            .unwrap()
+            .starts_with("Placed on hv1"),
+        "{inbox}"
+    );
+
+    appr1
+        .call("decide_request", &[("id", &id), ("decision", "approve")])
+        .await
+        .unwrap();
+    let again = appr1
+        .call("decide_request", &[("id", &id), ("decision", "approve")])
+        .await;
+    assert!(matches!(again, Err((409, _))), "{again:?}");
+    let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(r["level"], 1);
+    assert_eq!(r["waiting_for"], serde_json::json!(["a2@example.com"]));
+    appr2
+        .call("decide_request", &[("id", &id), ("decision", "approve")])
+        .await
+        .unwrap();
+    let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(r["level"], 2, "{r}");
+    boss.call(
+        "decide_request",
+        &[("id", &id), ("decision", "approve"), ("reason", "fine")],
+    )
+    .await
+    .unwrap();
+    w.wait_for(&ann, &id, "fulfilled").await;
+
+    // Rejection needs a reason and releases the reservation.
+    let used_before = w
+        .app
+        .scalar_i64(&format!(
+            "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{t}'"
+        ))
+        .await;
+    let id2 = id_of(&w.submit(&bob, "small", "1", "tmp").await.unwrap());
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{t}'"
+            ))
+            .await,
+        used_before + 1
+    );
+    let r = appr1
+        .call("decide_request", &[("id", &id2), ("decision", "reject")])
+        .await;
+    assert_field_error(&r, "reason");
+    appr1
+        .call(
+            "decide_request",
+            &[
+                ("id", &id2),
+                ("decision", "reject"),
+                ("reason", "use the shared box"),
+            ],
+        )
+        .await
+        .unwrap();
+    let r = bob.call("get_request", &[("id", &id2)]).await.unwrap();
+    assert_eq!(r["request"]["state"], "rejected");
+    assert_eq!(r["request"]["reason"], "use the shared box");
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{t}'"
+            ))
+            .await,
+        used_before
+    );
+
+    // Cancellation by the requester while pending; not by anyone else, not twice.
+    let id3 = id_of(&w.submit(&bob, "small", "1", "tmp2").await.unwrap());
+    assert_refused(
+        &ann.call("cancel_request", &[("id", &id3)]).await,
+        "someone else cancels",
+    );
+    bob.call("cancel_request", &[("id", &id3)]).await.unwrap();
+    assert!(matches!(
+        bob.call("cancel_request", &[("id", &id3)]).await,
+        Err((409, _))
+    ));
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{t}'"
+            ))
+            .await,
+        used_before
+    );
+    assert_eq!(w.recount().await["consistent"], true);
+    let actions = w.app.audit_actions().await;
+    for a in [
+        "policy.set",
+        "request.approve",
+        "request.reject",
+        "request.cancel",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+    // The approver's list shows the tenant's requests; a requester's shows only theirs.
+    let all = appr1
+        .call("list_requests", &[("all", "true")])
+        .await
+        .unwrap();
+    assert_eq!(all["total"], 3);
+    let mine = bob.call("list_requests", &[]).await.unwrap();
+    assert_eq!(mine["total"], 2);
+    assert_refused(
+        &bob.call("list_requests", &[("all", "true")]).await,
+        "requester lists all",
+    );
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn concurrent_submissions_never_overshoot_the_quota() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    w.fleet
+        .call(
+            "set_quota",
+            &[
+                ("tenant_id", &t),
+                ("vcpus", "10"),
+                ("memory_gib", "1000"),
+                ("disk_gib", "100000"),
+                ("vms", "1000"),
+            ],
+        )
+        .await
+        .unwrap();
+    // Nothing auto-approved: the reservations stay while 100 submissions race.
+    w.set_policy(&w.fleet, "0", "").await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let (_, c) = w
+            .app
+            .signed_in(&format!("u{i}@example.com"), Some((w.tenant, "requester")))
+            .await;
+        clients.push(c);
+    }
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let c = &clients[i % 10];
+        let w = &w;
+        calls.push(async move {
+            let prefix = format!("race-{i}");
+            w.submit(c, "small", "1", &prefix).await
+        });
+    }
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 10, "exactly the quota's worth succeeds");
+    for r in results.iter().filter(|r| r.is_err()) {
+        let msg = assert_field_error(r, "count");
+        assert!(msg.contains("vCPUs"), "names the resource: {msg}");
+    }
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{t}'"
+            ))
+            .await,
+        10
+    );
+    assert_eq!(w.app.scalar_i64("SELECT count(*) FROM requests").await, 10);
+    let rc = w.recount().await;
+    assert_eq!(rc["consistent"], true, "{rc}");
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn per_user_quota_inside_the_tenant_quota() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let set = |email: &'static str, vcpus: &'static str| {
+        let (boss, t) = (&boss, t.clone());
+        async move {
+            boss.call(
+                "set_quota",
+                &[
+                    ("tenant_id", &t),
+                    ("user_email", email),
+                    ("vcpus", vcpus),
+                    ("memory_gib", "4"),
+                    ("disk_gib", "100"),
+                    ("vms", "5"),
+                ],
+            )
+            .await
+        }
+    };
+    assert_field_error(&set("ann@example.com", "999").await, "vcpus");
+    assert_field_error(&set("nobody@example.com", "2").await, "user_email");
+    set("ann@example.com", "2").await.unwrap();
+    // Only fleet admins set the tenant's own quota.
+    assert_refused(
+        &boss
+            .call(
+                "set_quota",
+                &[
+                    ("tenant_id", &t),
+                    ("vcpus", "999"),
+                    ("memory_gib", "1"),
+                    ("disk_gib", "1"),
+                    ("vms", "1"),
+                ],
+            )
+            .await,
+        "tenant admin sets the tenant quota",
+    );
+    w.set_policy(&boss, "0", "").await;
+    w.submit(&ann, "small", "2", "a").await.unwrap();
+    let r = w.submit(&ann, "small", "1", "b").await;
+    let msg = assert_field_error(&r, "count");
+    assert!(msg.contains("your vCPUs quota"), "{msg}");
+    let q = boss
+        .call("tenant_quotas", &[("tenant_id", &t)])
+        .await
+        .unwrap();
+    assert_eq!(q["users"][0]["email"], "ann@example.com");
+    assert_eq!(q["users"][0]["lines"][0]["used"], 2);
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn bad_input_is_named_and_changes_nothing() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, mgr) = w
+        .app
+        .signed_in("mgr@example.com", Some((w.tenant, "manager")))
+        .await;
+    let counts = "SELECT (SELECT count(*) FROM requests) + (SELECT count(*) FROM quota_ledger) + (SELECT count(*) FROM vms) + (SELECT count(*) FROM jobs)";
+    let before = (w.app.snapshot().await, w.app.scalar_i64(counts).await);
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("size", "huge")], "size"),
+        (vec![("count", "-1")], "count"),
+        (vec![("count", "100000")], "count"),
+        (vec![("count", "two")], "count"),
+        (vec![("name_prefix", "<domain>'; rm -rf /")], "name_prefix"),
+        (vec![("name_prefix", "$(reboot)")], "name_prefix"),
+        (vec![("name_prefix", "")], "name_prefix"),
+        (vec![("lease_days", "91")], "lease_days"),
+        (vec![("lease_days", "-3")], "lease_days"),
+        (vec![("purpose", "")], "purpose"),
+        (
+            vec![("template_id", "00000000-0000-0000-0000-000000000000")],
+            "template_id",
+        ),
+    ];
+    for (overrides, field) in cases {
+        let mut form: Vec<(&str, &str)> = w.form(&t, "small", "1", "ok");
+        for (k, v) in overrides {
+            for f in form.iter_mut() {
+                if f.0 == k {
+                    f.1 = v;
+                }
+            }
+        }
+        let r = ann.call("submit_request", &form).await;
+        assert_field_error(&r, field);
+    }
+    // A manager reads reports but does not request.
+    let r = w.submit(&mgr, "small", "1", "m").await;
+    assert_field_error(&r, "tenant_id");
+    // Templates: every bad field named at once.
+    let r = w
+        .fleet
+        .call(
+            "save_template",
+            &[
+                ("name", ""),
+                ("os", "x"),
+                ("sizes", "tiny -1 0 0"),
+                ("default_lease_days", "100"),
+                ("max_lease_days", "10"),
+                ("tenants", "nope"),
+            ],
+        )
+        .await;
+    for f in ["name", "sizes", "max_lease_days"] {
+        assert_field_error(&r, f);
+    }
+    let r = w
+        .fleet
+        .call(
+            "save_template",
+            &[
+                ("name", "X"),
+                ("os", "x"),
+                ("sizes", "s 1 1 1"),
+                ("default_lease_days", "1"),
+                ("max_lease_days", "1"),
+                ("tenants", "nope"),
+                ("image_host", &w.host),
+                ("image_pool", &w.pool),
+                ("image_volume", "debian-12.qcow2"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "tenants");
+    let r = w
+        .fleet
+        .call(
+            "save_template",
+            &[
+                ("name", "X"),
+                ("os", "x"),
+                ("sizes", "s 1 1 1"),
+                ("default_lease_days", "1"),
+                ("max_lease_days", "1"),
+                ("tenants", "*"),
+                ("image_host", &w.host),
+                ("image_pool", &w.pool),
+                ("image_volume", "missing.qcow2"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "image_volume");
+    let r = w
+        .fleet
+        .call(
+            "set_quota",
+            &[
+                ("tenant_id", &t),
+                ("vcpus", "-1"),
+                ("memory_gib", "x"),
+                ("disk_gib", "1"),
+                ("vms", "1"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "vcpus");
+    assert_field_error(&r, "memory_gib");
+    assert_eq!(
+        before,
+        (w.app.snapshot().await, w.app.scalar_i64(counts).await)
+    );
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn catalog_visibility_and_authorization() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    let other = w.app.tenant("Other").await;
+    let (_, eve) = w
+        .app
+        .signed_in("eve@example.com", Some((other, "requester")))
+        .await;
+    let o = other.to_string();
+
+    let cat = ann.call("catalog", &[("tenant_id", &t)]).await.unwrap();
+    assert_eq!(cat.as_array().unwrap().len(), 1);
+    let found = ann
+        .call("catalog", &[("tenant_id", &t), ("search", "debian")])
+        .await
+        .unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    let none = ann
+        .call("catalog", &[("tenant_id", &t), ("search", "windows")])
+        .await
+        .unwrap();
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    // Offered to Acme only.
+    assert_eq!(
+        eve.call("catalog", &[("tenant_id", &o)])
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_refused(
+        &eve.call("catalog", &[("tenant_id", &t)]).await,
+        "other tenant's catalog",
+    );
+    let r = w.submit(&eve, "small", "1", "x").await;
+    assert_field_error(&r, "tenant_id");
+
+    // Tenant admins hide a template for their tenant only; fleet-only operations are refused.
+    assert_refused(
+        &ann.call(
+            "hide_template",
+            &[("tenant_id", &t), ("id", &w.template), ("hidden", "true")],
+        )
+        .await,
+        "requester hides",
+    );
+    assert_refused(
+        &eve.call(
+            "hide_template",
+            &[("tenant_id", &t), ("id", &w.template), ("hidden", "true")],
+        )
+        .await,
+        "other tenant hides",
+    );
+    boss.call(
+        "hide_template",
+        &[("tenant_id", &t), ("id", &w.template), ("hidden", "true")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ann.call("catalog", &[("tenant_id", &t)])
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let admin_view = boss
+        .call("catalog", &[("tenant_id", &t), ("include_hidden", "true")])
+        .await
+        .unwrap();
+    assert_eq!(admin_view[0]["hidden"], true);
+    assert_field_error(&w.submit(&ann, "small", "1", "x").await, "template_id");
+    boss.call(
+        "hide_template",
+        &[("tenant_id", &t), ("id", &w.template), ("hidden", "false")],
+    )
+    .await
+    .unwrap();
+
+    for c in [&ann, &boss, &eve] {
+        assert_refused(&c.call("list_templates", &[]).await, "list templates");
+        assert_refused(
+            &c.call(
+                "publish_template",
+                &[("id", &w.template), ("published", "false")],
+            )
+            .await,
+            "publish",
+        );
+        assert_refused(
+            &c.call(
+                "save_template",
+                &[
+                    ("name", "Y"),
+                    ("os", "y"),
+                    ("sizes", "s 1 1 1"),
+                    ("default_lease_days", "1"),
+                    ("max_lease_days", "1"),
+                    ("tenants", "*"),
+                ],
+            )
+            .await,
+            "save",
+        );
+    }
+    assert_refused(
+        &ann.call("tenant_quotas", &[("tenant_id", &t)]).await,
+        "requester reads quotas",
+    );
+    assert_refused(
+        &eve.call("tenant_quotas", &[("tenant_id", &t)]).await,
+        "other tenant reads quotas",
+    );
+    assert_refused(
+        &eve.call("recount_quota", &[("tenant_id", &t)]).await,
+        "other tenant recounts",
+    );
+    assert_refused(
+        &ann.call(
+            "set_policy",
+            &[
+                ("tenant_id", &t),
+                ("auto_max_vcpus", "99"),
+                ("auto_max_memory_gib", "1"),
+                ("auto_max_count", "1"),
+                ("auto_max_lease_days", "1"),
+                ("expire_days", "1"),
+            ],
+        )
+        .await,
+        "requester sets policy",
+    );
+    assert_refused(&ann.call("approval_inbox", &[]).await, "requester inbox");
+    // Unpublishing takes it out of every catalog.
+    w.fleet
+        .call(
+            "publish_template",
+            &[("id", &w.template), ("published", "false")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ann.call("catalog", &[("tenant_id", &t)])
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn leases_remind_stop_and_delete_with_extensions() {
+    let w = world().await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, bob) = w
+        .app
+        .signed_in("bob@example.com", Some((w.tenant, "requester")))
+        .await;
+    w.set_policy(&w.fleet, "1", "").await;
+    let id = id_of(&w.submit(&ann, "small", "1", "lease").await.unwrap());
+    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let uuid = r["vms"][0]["uuid"].as_str().unwrap().to_string();
+    let vm = |c: &Client| {
+        let (c, uuid) = (c.clone(), uuid.clone());
+        async move { c.call("get_managed_vm", &[("uuid", &uuid)]).await.unwrap() }
+    };
+    assert_eq!(vm(&ann).await["lease_days_left"], 29);
+    assert!(
+        vm(&bob).await.is_null(),
+        "another requester does not see it"
+    );
+    assert_refused(
+        &bob.call("extend_lease", &[("uuid", &uuid), ("days", "1")])
+            .await,
+        "not the owner",
+    );
+
+    let leases = &w.app.state.leases;
+    // Sessions time out with the clock: sign in again after each jump.
+    let relogin = || async {
+        ann.login("ann@example.com", PASSWORD).await.unwrap();
+        bob.login("bob@example.com", PASSWORD).await.unwrap();
+        w.fleet
+            .login("admin@concierge.local", ADMIN_PASSWORD)
+            .await
+            .unwrap();
+    };
+    w.app.clock.advance(time::Duration::days(24));
+    relogin().await;
+    let t = leases.tick().await.unwrap();
+    assert_eq!(t.reminded, 1);
+    assert_eq!(leases.tick().await.unwrap().reminded, 0, "reminded once");
+    w.app.clock.advance(time::Duration::hours(5 * 24 + 12));
+    relogin().await;
+    assert_eq!(
+        leases.tick().await.unwrap().reminded,
+        1,
+        "the one-day reminder"
+    );
+
+    // Up to the template's maximum (90 days from today) the owner extends alone.
+    assert_field_error(
+        &ann.call("extend_lease", &[("uuid", &uuid), ("days", "120")])
+            .await,
+        "days",
+    );
+    assert_field_error(
+        &ann.call("extend_lease", &[("uuid", &uuid), ("days", "-1")])
+            .await,
+        "days",
+    );
+    ann.call("extend_lease", &[("uuid", &uuid), ("days", "10")])
+        .await
+        .unwrap();
+    assert_eq!(vm(&ann).await["lease_days_left"], 10);
+
+    w.app.clock.advance(time::Duration::days(11));
+    relogin().await;
+    let t = leases.tick().await.unwrap();
+    assert_eq!(t.stopped, 1, "{t:?}");
+    let v = vm(&ann).await;
+    assert_eq!(v["phase"], "expired");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while vm(&ann).await["state"] != "shutoff" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired VM was never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.app.clock.advance(time::Duration::days(8));
+    relogin().await;
+    let t = leases.tick().await.unwrap();
+    assert_eq!(t.deleting, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !vm(&ann).await.is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        w.volumes()
+            .await
+            .iter()
+            .filter(|v| v.starts_with("cc-"))
+            .count(),
+        0
+    );
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state <> 'released'")
+            .await,
+        0
+    );
+    assert_eq!(w.recount().await["consistent"], true);
+    let actions = w.app.audit_actions().await;
+    for a in [
+        "vm.lease.remind",
+        "vm.lease.extend",
+        "vm.lease.expire",
+        "vm.lease.delete",
+        "vm.delete",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+
+    // A pending request nobody decides expires and gives its reservation back.
+    w.set_policy(&w.fleet, "0", "").await;
+    let id = id_of(&w.submit(&bob, "small", "1", "stale").await.unwrap());
+    w.app.clock.advance(time::Duration::days(8));
+    relogin().await;
+    assert_eq!(leases.tick().await.unwrap().requests_expired, 1);
+    let r = bob.call("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(r["request"]["state"], "expired");
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state <> 'released'")
+            .await,
+        0
+    );
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn resize_and_snapshots() {
+    let w = world().await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, bob) = w
+        .app
+        .signed_in("bob@example.com", Some((w.tenant, "requester")))
+        .await;
+    w.set_policy(&w.fleet, "1", "").await;
+    let id = id_of(&w.submit(&ann, "small", "1", "r").await.unwrap());
+    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let uuid = r["vms"][0]["uuid"].as_str().unwrap().to_string();
+
+    let r = ann
+        .call(
+            "resize_vm",
+            &[("uuid", &uuid), ("vcpus", "2"), ("memory_gib", "2")],
+        )
+        .await;
+    assert!(
+        matches!(r, Err((409, _))),
+        "running VMs are not resized: {r:?}"
+    );
+    ann.call(
+        "vm_action",
+        &[
+            ("host_id", &w.host),
+            ("uuid", &uuid),
+            ("action", "force_off"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_field_error(
+        &ann.call(
+            "resize_vm",
+            &[("uuid", &uuid), ("vcpus", "0"), ("memory_gib", "2")],
+        )
+        .await,
+        "vcpus",
+    );
+    assert_refused(
+        &bob.call(
+            "resize_vm",
+            &[("uuid", &uuid), ("vcpus", "2"), ("memory_gib", "2")],
+        )
+        .await,
+        "not the owner",
+    );
+    // Quota re-checked: 16 vCPUs in the tenant.
+    assert_field_error(
+        &ann.call(
+            "resize_vm",
+            &[("uuid", &uuid), ("vcpus", "17"), ("memory_gib", "2")],
+        )
+        .await,
+        "vcpus",
+    );
+    ann.call(
+        "resize_vm",
+        &[("uuid", &uuid), ("vcpus", "2"), ("memory_gib", "2")],
+    )
+    .await
+    .unwrap();
+    let v = ann
+        .call("get_managed_vm", &[("uuid", &uuid)])
+        .await
+        .unwrap();
+    assert_eq!(v["vcpus"], 2);
+    assert_eq!(v["memory_mib"], 2048);
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT vcpus::int8 FROM domains WHERE uuid = '{uuid}'"
+            ))
+            .await,
+        2,
+        "libvirt has the new size"
+    );
+    assert_eq!(w.recount().await["consistent"], true);
+
+    assert_field_error(
+        &ann.call(
+            "snapshot_action",
+            &[("uuid", &uuid), ("op", "create"), ("name", "../x")],
+        )
+        .await,
+        "name",
+    );
+    ann.call(
+        "snapshot_action",
+        &[
+            ("uuid", &uuid),
+            ("op", "create"),
+            ("name", "before-upgrade"),
+            ("description", "<ok & fine>"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_field_error(
+        &ann.call(
+            "snapshot_action",
+            &[
+                ("uuid", &uuid),
+                ("op", "create"),
+                ("name", "before-upgrade"),
+            ],
+        )
+        .await,
+        "name",
+    );
+    let list = ann
+        .call("list_snapshots", &[("uuid", &uuid)])
+        .await
+        .unwrap();
+    assert_eq!(list[0]["name"], "before-upgrade");
+    assert_eq!(list[0]["description"], "<ok & fine>");
+    assert_refused(
+        &bob.call("list_snapshots", &[("uuid", &uuid)]).await,
+        "not the owner",
+    );
+    ann.call(
+        "snapshot_action",
+        &[
+            ("uuid", &uuid),
+            ("op", "revert"),
+            ("name", "before-upgrade"),
+        ],
+    )
+    .await
+    .unwrap();
+    ann.call(
+        "snapshot_action",
+        &[
+            ("uuid", &uuid),
+            ("op", "delete"),
+            ("name", "before-upgrade"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ann.call("list_snapshots", &[("uuid", &uuid)])
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let actions = w.app.audit_actions().await;
+    for a in [
+        "vm.resize",
+        "vm.snapshot.create",
+        "vm.snapshot.revert",
+        "vm.snapshot.delete",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+    w.app.state.hypervisors.stop_all();
+}
