@@ -304,11 +304,13 @@ pub async fn save_template(
     default_lease_days: String,
     max_lease_days: String,
     #[server(default)] tenants: String,
-    #[server(default)] image_host: Option<Uuid>,
+    #[server(default)] image_host: String,
     #[server(default)] image_pool: String,
     #[server(default)] image_volume: String,
 ) -> Result<Uuid, AppError> {
     let req = crate::seam::request()?;
+    // An empty choice ("keep the current images") is no host.
+    let image_host = Uuid::parse_str(image_host.trim()).ok();
     let form = crate::provisioning::TemplateForm {
         id,
         name,

@@ -73,6 +73,14 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/hosts/:id") view=pages::hosts::HostPage ssr=SsrMode::Async/>
                         <Route path=path!("/drift") view=pages::hosts::DriftPage ssr=SsrMode::Async/>
                         <Route path=path!("/vms/:host/:uuid") view=pages::vm::VmPage ssr=SsrMode::Async/>
+                        <Route path=path!("/vms") view=pages::my_vms::MyVmsPage ssr=SsrMode::Async/>
+                        <Route path=path!("/catalog") view=pages::catalog::CatalogPage ssr=SsrMode::Async/>
+                        <Route path=path!("/requests/new") view=pages::catalog::NewRequestPage ssr=SsrMode::Async/>
+                        <Route path=path!("/requests/:id") view=pages::requests::RequestPage ssr=SsrMode::Async/>
+                        <Route path=path!("/requests") view=pages::requests::RequestsPage ssr=SsrMode::Async/>
+                        <Route path=path!("/approvals") view=pages::requests::InboxPage ssr=SsrMode::Async/>
+                        <Route path=path!("/templates") view=pages::templates::TemplatesPage ssr=SsrMode::Async/>
+                        <Route path=path!("/tenants/:id/quotas") view=pages::quotas::QuotasPage ssr=SsrMode::Async/>
                     </Routes>
                 </Layout>
             </ActorProvider>

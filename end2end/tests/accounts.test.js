@@ -1,10 +1,12 @@
 // Foundation journey: fleet admin → tenant → tenant admin → requester, in three browsers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, newPage, goto, shot, signIn, firstSignIn, hydrated, BASE } from './helpers.js';
+import {
+  launch, newPage, goto, shot, signIn, firstSignIn, hydrated, BASE,
+  ADMIN_EMAIL, ADMIN_OTP, ADMIN_PASSWORD as ADMIN_NEW_PASSWORD,
+} from './helpers.js';
 
-const ADMIN_EMAIL = process.env.CONCIERGE_ADMIN_EMAIL ?? 'admin@concierge.local';
-const ADMIN_PASSWORD = process.env.CONCIERGE_ADMIN_PASSWORD;
+const ADMIN_PASSWORD = ADMIN_OTP;
 const run = Date.now().toString(36);
 
 test('fleet admin, tenant admin and requester each get exactly their pages', async () => {
@@ -19,7 +21,7 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await admin.fill('#password', 'not-the-password');
     await admin.click('main button[type=submit]');
     await admin.getByText('E-mail or password is incorrect.').waitFor();
-    await firstSignIn(admin, ADMIN_EMAIL, ADMIN_PASSWORD, `fleet-admin-${run}-pass`);
+    await firstSignIn(admin, ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_NEW_PASSWORD);
 
     await goto(admin, '/tenants');
     const tenantName = `Acme ${run}`;

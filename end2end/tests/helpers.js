@@ -68,3 +68,20 @@ export async function firstSignIn(page, email, oneTimePassword, newPassword) {
   await page.click('main button[type=submit]');
   await page.waitForURL('**/account?changed=1');
 }
+
+export const ADMIN_EMAIL = process.env.CONCIERGE_ADMIN_EMAIL ?? 'admin@concierge.local';
+export const ADMIN_OTP = process.env.CONCIERGE_ADMIN_PASSWORD;
+/// The admin's password after the first journey replaced the one-time password (every test
+/// file signs in with whichever is current).
+export const ADMIN_PASSWORD = `${ADMIN_OTP}-changed`;
+
+/// A page signed in as the first fleet admin, replacing the one-time password if no test did.
+export async function adminPage(browser) {
+  const page = await newPage(browser);
+  await signIn(page, ADMIN_EMAIL, ADMIN_PASSWORD);
+  const failed = page.getByText('E-mail or password is incorrect.');
+  const landed = page.waitForURL((u) => !u.pathname.startsWith('/login'), { timeout: 15000 }).then(() => 'in');
+  const outcome = await Promise.race([landed, failed.waitFor({ timeout: 15000 }).then(() => 'failed')]);
+  if (outcome === 'failed') await firstSignIn(page, ADMIN_EMAIL, ADMIN_OTP, ADMIN_PASSWORD);
+  return page;
+}

@@ -143,3 +143,115 @@ pub async fn local_host(state: &AppState) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// With `--demo`: a base image on the local host and a published template for tenant "Demo",
+/// so a first run can request, approve and start a VM at once. Idempotent; skipped (with a
+/// log line) when the host does not connect.
+pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
+    use crate::hypervisor::storage;
+    let host: Option<(uuid::Uuid, String)> = {
+        let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM templates WHERE lower(name) = 'demo linux')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if exists {
+            return Ok(());
+        }
+        sqlx::query_as(
+            "SELECT id, uri FROM hosts ORDER BY 'local' = ANY(labels) DESC, created_at LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    };
+    let Some((host, uri)) = host else {
+        return Ok(());
+    };
+    // The host actor connects in the background; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let pool_name = if uri.starts_with("test:") {
+        "default-pool".to_string()
+    } else {
+        "concierge".to_string()
+    };
+    let pool_dir = if uri.ends_with("/session") {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+        format!("{home}/.local/share/libvirt/images/concierge")
+    } else {
+        "/var/lib/libvirt/images/concierge".to_string()
+    };
+    loop {
+        let (p, d) = (pool_name.clone(), pool_dir.clone());
+        let made = state
+            .hypervisors
+            .call(host, move |conn| {
+                if conn.lookup_storage_pool_by_name(&p).is_err() {
+                    storage::create_dir_pool(conn, &p, &d)?;
+                }
+                let pool = conn.lookup_storage_pool_by_name(&p)?;
+                let _ = pool.refresh(0);
+                if pool.lookup_storage_vol_by_name("demo-base.qcow2").is_err() {
+                    storage::create_volume(
+                        conn,
+                        &p,
+                        "demo-base.qcow2",
+                        1 << 30,
+                        storage::Format::Qcow2,
+                    )?;
+                }
+                Ok(())
+            })
+            .await;
+        match made {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() > deadline => {
+                tracing::warn!(error = %e, "demo catalog skipped: the local host did not answer");
+                return Ok(());
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+    let _ = state.hypervisors.reconcile(host).await;
+    let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
+    let tenant: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE lower(name) = 'demo'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let sizes = serde_json::json!([
+        { "name": "tiny", "vcpus": 1, "memory_mib": 512, "disk_gib": 5 },
+        { "name": "small", "vcpus": 1, "memory_mib": 1024, "disk_gib": 10 },
+        { "name": "large", "vcpus": 4, "memory_mib": 8192, "disk_gib": 40 },
+    ]);
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, published)
+         VALUES ('Demo Linux', 'A blank disk to try the portal with: the VM starts, but there is no OS on it.', 'none (blank disk)',
+                 $1, 7, 30, $2::uuid IS NULL, CASE WHEN $2::uuid IS NULL THEN '{}'::uuid[] ELSE ARRAY[$2::uuid] END, true)
+         RETURNING id",
+    )
+    .bind(&sizes)
+    .bind(tenant)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO template_images (template_id, host_id, pool, volume) VALUES ($1, $2, $3, 'demo-base.qcow2')")
+        .bind(id)
+        .bind(host)
+        .bind(&pool_name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE hosts SET schedulable = true WHERE id = $1")
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
+    crate::audit::record(
+        &mut tx,
+        &Origin::default(),
+        crate::audit::Event::new("template.create", "template", id)
+            .after(serde_json::json!({ "name": "Demo Linux", "demo": true })),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await?;
+    tracing::info!("demo template published");
+    Ok(())
+}

@@ -54,6 +54,9 @@ impl Server {
             bootstrap::local_host(&state).await?;
         }
         state.hypervisors.start_all().await?;
+        if state.config.demo {
+            bootstrap::demo_catalog(&state).await?;
+        }
         Ok(Server {
             addr,
             state,

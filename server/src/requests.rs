@@ -419,15 +419,19 @@ impl ProvisioningBackend {
         &self,
         tx: &mut Tx,
         r: &RequestRow,
+        reserved: Option<&[Uuid]>,
         now: OffsetDateTime,
     ) -> Result<(), AppError> {
-        let uuids: Vec<Uuid> = sqlx::query_scalar(
+        let uuids: Vec<Uuid> = match reserved {
+            Some(u) => u.to_vec(),
+            None => sqlx::query_scalar(
             "SELECT vm_uuid FROM quota_ledger WHERE request_id = $1 AND state = 'reserved' ORDER BY id",
         )
         .bind(r.id)
         .fetch_all(&mut **tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(db::internal)?,
+        };
         let names = vm_names(&r.name_prefix, r.count);
         let lease_end = now + time::Duration::days(r.lease_days.into());
         for (uuid, name) in uuids.iter().zip(names) {
@@ -564,7 +568,6 @@ impl Provisioning for ProvisioningBackend {
         .map_err(db::internal)?;
         let vm_uuids: Vec<Uuid> = (0..v.count).map(|_| Uuid::new_v4()).collect();
         let per_vm = Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib);
-        quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await?;
         let origin = Origin::of(req);
         let what = format!(
             "{} × {} ({}) for {} days",
@@ -622,7 +625,8 @@ impl Provisioning for ProvisioningBackend {
                     .after(json!({ "by": "policy" })),
             )
             .await?;
-            self.start_provisioning(&mut tx, &row, now).await?;
+            self.start_provisioning(&mut tx, &row, Some(&vm_uuids), now)
+                .await?;
         } else {
             let level = policy.first_level();
             let decide_by = now + time::Duration::days(policy.expire_days.into());
@@ -649,6 +653,9 @@ impl Provisioning for ProvisioningBackend {
             .await
             .map_err(db::internal)?;
         }
+        // Last before the commit: the tenant's quota row stays locked from here to the commit,
+        // so concurrent submissions queue for as short a time as possible.
+        quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await?;
         tx.commit().await.map_err(db::internal)?;
         if auto {
             self.wake();
@@ -1022,7 +1029,7 @@ impl Provisioning for ProvisioningBackend {
                     )
                     .await
                     .map_err(db::internal)?;
-                    self.start_provisioning(&mut tx, &r, now).await?;
+                    self.start_provisioning(&mut tx, &r, None, now).await?;
                     provisioning = true;
                 }
             }
@@ -1094,8 +1101,9 @@ impl Provisioning for ProvisioningBackend {
                 memory_mib: r.memory_mib,
                 disk_gib: r.disk_gib,
             };
+            // A preview: the choice may differ once approved (other VMs may land first).
             let placement = match placement::choose(&candidates, &need, self.vcpu_overcommit) {
-                Ok(c) => c.reason,
+                Ok(c) => c.reason.replacen("Placed on", "Would be placed on", 1),
                 Err(e) => e,
             };
             out.push(InboxItem {

@@ -392,7 +392,7 @@ async fn approval_levels_rejection_and_cancellation() {
         inbox[0]["placement"]
             .as_str()
             .unwrap()
-            .starts_with("Placed on hv1"),
+            .starts_with("Would be placed on hv1"),
         "{inbox}"
     );
 

@@ -37,11 +37,23 @@ fn Nav(actor: Actor) -> impl IntoView {
         .collect_view();
     let fleet = actor.fleet_admin;
     let sees_audit = fleet || actor.administered_tenants().next().is_some();
+    let requester = actor
+        .memberships
+        .iter()
+        .any(|m| actor.may_request(m.tenant_id));
+    let approver = fleet || !actor.approver_tenants().is_empty();
     view! {
         <nav class="nav" aria-label="Main">
             <A href="/">"Home"</A>
+            {requester.then(|| view! {
+                <A href="/catalog">"Catalog"</A>
+                <A href="/vms">"My VMs"</A>
+                <A href="/requests">"Requests"</A>
+            })}
+            {approver.then(|| view! { <A href="/approvals">"Approvals"</A> })}
             {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
+                <A href="/templates">"Templates"</A>
                 <A href="/hosts">"Hosts"</A>
                 <A href="/tenants">"Tenants"</A>
                 <A href="/users">"Users"</A>

@@ -2,4 +2,5 @@ pub mod form;
 pub mod guard;
 pub mod layout;
 pub mod pager;
+pub mod quota;
 pub mod timestamp;

@@ -1,11 +1,16 @@
 pub mod account;
 pub mod audit;
+pub mod catalog;
 pub mod home;
 pub mod hosts;
 pub mod login;
 pub mod members;
+pub mod my_vms;
 pub mod not_found;
 pub mod password;
+pub mod quotas;
+pub mod requests;
+pub mod templates;
 pub mod tenants;
 pub mod users;
 pub mod vm;

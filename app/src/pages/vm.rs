@@ -132,6 +132,7 @@ fn VmView(
             </section>
         })}
         {(!dom.managed).then(|| view! { <AdoptForm host=host3 uuid=uuid3 adopt adopt_error/> })}
+        {(dom.managed && !dom.missing).then(|| view! { <ManagedPanel uuid=dom.uuid state=dom.state.clone()/> })}
         <div class="grid">
             <section class="card">
                 <h2>"Disks"</h2>
@@ -217,6 +218,144 @@ fn AdoptForm(
                     })
                 })
             }}
+        </Suspense>
+    }
+}
+
+/// Lease, resize and snapshots of a VM the portal manages (nothing for other domains).
+#[component]
+fn ManagedPanel(uuid: Uuid, state: String) -> impl IntoView {
+    use crate::pages::my_vms::lease_text;
+    use crate::provisioning::{
+        get_managed_vm, list_snapshots, ExtendLease, ResizeVm, SnapshotAction,
+    };
+    let extend = ServerAction::<ExtendLease>::new();
+    let resize = ServerAction::<ResizeVm>::new();
+    let snap = ServerAction::<SnapshotAction>::new();
+    let (extend_error, resize_error, snap_error) = (
+        action_error(extend),
+        action_error(resize),
+        action_error(snap),
+    );
+    let data = Resource::new(
+        move || {
+            (
+                extend.version().get(),
+                resize.version().get(),
+                snap.version().get(),
+            )
+        },
+        move |_| async move {
+            let vm = get_managed_vm(uuid).await.ok().flatten();
+            let snaps = match vm {
+                Some(_) => list_snapshots(uuid).await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            (vm, snaps)
+        },
+    );
+    let shutoff = state == "shutoff";
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                let (vm, snaps) = data.await;
+                let vm = vm?;
+                let (lease, class) = lease_text(&vm);
+                let id = uuid.to_string();
+                let (id2, id3, id4) = (id.clone(), id.clone(), id.clone());
+                Some(view! {
+                    <div class="grid">
+                        <section class="card">
+                            <h2>"Lease"</h2>
+                            <p><span class=class>{lease}</span>" "<Timestamp at=vm.lease_ends_at/></p>
+                            <p class="small muted">{format!("Owners may extend up to {} days from today; an approver can grant more. At the end the VM is stopped, then deleted after a grace period.", vm.max_lease_days.unwrap_or(30))}</p>
+                            <FormMessage error=extend_error/>
+                            <ActionForm action=extend attr:class="form row">
+                                <input type="hidden" name="uuid" value=id/>
+                                <div class="field">
+                                    <label for="extend-days">"Extend by (days)"</label>
+                                    <input id="extend-days" name="days" type="number" min="1" value="7" aria-describedby="days-error"/>
+                                    <FieldMessage error=extend_error field="days"/>
+                                </div>
+                                <button type="submit">"Extend lease"</button>
+                            </ActionForm>
+                        </section>
+                        <section class="card">
+                            <h2>"Resize"</h2>
+                            {if shutoff {
+                                view! {
+                                    <FormMessage error=resize_error/>
+                                    <ActionForm action=resize attr:class="form row">
+                                        <input type="hidden" name="uuid" value=id2/>
+                                        <div class="field">
+                                            <label for="resize-vcpus">"vCPUs"</label>
+                                            <input id="resize-vcpus" name="vcpus" type="number" min="1" max="128" value=vm.vcpus aria-describedby="vcpus-error"/>
+                                            <FieldMessage error=resize_error field="vcpus"/>
+                                        </div>
+                                        <div class="field">
+                                            <label for="resize-mem">"Memory (GiB)"</label>
+                                            <input id="resize-mem" name="memory_gib" type="number" min="0.25" step="0.25" value=vm.memory_mib as f64 / 1024.0 aria-describedby="memory_gib-error"/>
+                                            <FieldMessage error=resize_error field="memory_gib"/>
+                                        </div>
+                                        <button type="submit">"Resize"</button>
+                                    </ActionForm>
+                                }.into_any()
+                            } else {
+                                view! { <p class="muted">"Shut the VM off to change its vCPUs or memory. The quota is checked again."</p> }.into_any()
+                            }}
+                        </section>
+                    </div>
+                    <section class="card">
+                        <h2>"Snapshots"</h2>
+                        <FormMessage error=snap_error/>
+                        {if snaps.is_empty() {
+                            view! { <p class="muted">"No snapshots."</p> }.into_any()
+                        } else {
+                            view! {
+                                <table class="table">
+                                    <thead><tr><th>"Name"</th><th>"Description"</th><th>"Taken"</th><th>"By"</th><th></th></tr></thead>
+                                    <tbody>{snaps.into_iter().map(|s| {
+                                        let (a, b) = (id3.clone(), id3.clone());
+                                        let (n1, n2) = (s.name.clone(), s.name.clone());
+                                        view! {
+                                            <tr>
+                                                <td class="mono">{s.name}</td>
+                                                <td>{s.description}</td>
+                                                <td><Timestamp at=s.created_at/></td>
+                                                <td>{s.created_by.unwrap_or_default()}</td>
+                                                <td class="actions-row">
+                                                    <ActionForm action=snap attr:class="inline">
+                                                        <input type="hidden" name="uuid" value=a/><input type="hidden" name="op" value="revert"/><input type="hidden" name="name" value=n1/>
+                                                        <button type="submit">"Revert"</button>
+                                                    </ActionForm>
+                                                    <ActionForm action=snap attr:class="inline">
+                                                        <input type="hidden" name="uuid" value=b/><input type="hidden" name="op" value="delete"/><input type="hidden" name="name" value=n2/>
+                                                        <button type="submit" class="danger">"Delete"</button>
+                                                    </ActionForm>
+                                                </td>
+                                            </tr>
+                                        }
+                                    }).collect_view()}</tbody>
+                                </table>
+                            }.into_any()
+                        }}
+                        <ActionForm action=snap attr:class="form row">
+                            <input type="hidden" name="uuid" value=id4/>
+                            <input type="hidden" name="op" value="create"/>
+                            <div class="field">
+                                <label for="snap-name">"Name"</label>
+                                <input id="snap-name" name="name" required maxlength="64" placeholder="before-upgrade" aria-describedby="name-error"/>
+                                <FieldMessage error=snap_error field="name"/>
+                            </div>
+                            <div class="field wide">
+                                <label for="snap-desc">"Description"</label>
+                                <input id="snap-desc" name="description" maxlength="200"/>
+                            </div>
+                            <button type="submit">"Take snapshot"</button>
+                        </ActionForm>
+                    </section>
+                })
+            })}
         </Suspense>
     }
 }

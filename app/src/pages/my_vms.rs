@@ -1,0 +1,94 @@
+//! The VMs a user owns, with their leases.
+use crate::components::guard::{anyone, Guard};
+use crate::components::pager::Pager;
+use crate::components::timestamp::Timestamp;
+use crate::pages::requests::ticker;
+use crate::provisioning::{mib_label, my_vms, state_badge, ManagedVm};
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_query_map;
+
+#[component]
+pub fn MyVmsPage() -> impl IntoView {
+    view! {
+        <Title text="My VMs · Concierge"/>
+        <Guard allow=anyone>
+            <MyVmsContent/>
+        </Guard>
+    }
+}
+
+/// "in 6 days", "tomorrow", "expired 2 days ago", with a warning class from 7 days on.
+pub fn lease_text(v: &ManagedVm) -> (String, &'static str) {
+    let d = v.lease_days_left;
+    let text = match d {
+        d if d < 0 => format!("expired {} days ago", -d),
+        0 => "ends today".to_string(),
+        1 => "ends tomorrow".to_string(),
+        d => format!("ends in {d} days"),
+    };
+    let class = if d <= 1 {
+        "badge danger"
+    } else if d <= 7 {
+        "badge warn"
+    } else {
+        "badge muted"
+    };
+    (text, class)
+}
+
+#[component]
+fn MyVmsContent() -> impl IntoView {
+    let query = use_query_map();
+    let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
+    let tick = ticker(5000);
+    let vms = Resource::new(move || (page(), tick.get()), |(page, _)| my_vms(page));
+    view! {
+        <div class="page-head">
+            <h1>"My VMs"</h1>
+            <a class="button primary" href="/catalog">"New request"</a>
+        </div>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match vms.await {
+                    Ok(p) if p.items.is_empty() => view! { <p class="muted">"You have no VMs yet. Request some from the catalog."</p> }.into_any(),
+                    Ok(p) => {
+                        let pages = p.pages();
+                        let soon: Vec<String> = p.items.iter().filter(|v| (0..=7).contains(&v.lease_days_left)).map(|v| v.name.clone()).collect();
+                        view! {
+                            {(!soon.is_empty()).then(|| view! {
+                                <p class="notice warn" role="status">{format!("Leases ending within 7 days: {}. Extend them from the VM page if you still need them.", soon.join(", "))}</p>
+                            })}
+                            <table class="table">
+                                <thead><tr><th>"Name"</th><th>"State"</th><th>"Size"</th><th>"Organisation"</th><th>"Template"</th><th>"Lease"</th></tr></thead>
+                                <tbody>
+                                    {p.items.into_iter().map(|v| {
+                                        let href = match (v.host_id, v.request_id) {
+                                            (Some(h), _) => format!("/vms/{h}/{}", v.uuid),
+                                            (None, Some(r)) => format!("/requests/{r}"),
+                                            _ => "#".into(),
+                                        };
+                                        let (lease, class) = lease_text(&v);
+                                        let state = v.state.clone().unwrap_or_else(|| v.phase.clone());
+                                        view! {
+                                            <tr data-vm=v.name.clone()>
+                                                <td><a href=href>{v.name.clone()}</a></td>
+                                                <td><span class=state_badge(&state) data-state=state.clone()>{state.clone()}</span></td>
+                                                <td>{format!("{} vCPU · {} · {} GiB", v.vcpus, mib_label(v.memory_mib), v.disk_gib)}</td>
+                                                <td>{v.tenant_name.clone()}</td>
+                                                <td>{v.template_name.clone().unwrap_or_default()}</td>
+                                                <td><span class=class>{lease}</span>" "<span class="small muted"><Timestamp at=v.lease_ends_at/></span></td>
+                                            </tr>
+                                        }
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                            <Pager page=p.page pages total=p.total href=|n| format!("/vms?page={n}")/>
+                        }.into_any()
+                    }
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}

@@ -1,0 +1,392 @@
+//! My requests, one request (live while it is in flight), and the approver's inbox.
+use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::guard::{anyone, Guard};
+use crate::components::pager::Pager;
+use crate::components::quota::QuotaBars;
+use crate::components::timestamp::Timestamp;
+use crate::provisioning::{
+    approval_inbox, get_request, list_requests, mib_label, state_badge, state_label, CancelRequest,
+    DecideRequest, InboxItem, ManagedVm, RequestDetail, RequestSummary,
+};
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::{use_params_map, use_query_map};
+use uuid::Uuid;
+
+fn approver(a: &crate::account::Actor) -> bool {
+    a.fleet_admin || !a.approver_tenants().is_empty()
+}
+
+/// A signal that ticks every `ms` in the browser (never on the server), for pages that keep
+/// themselves current.
+pub fn ticker(ms: u64) -> ReadSignal<u32> {
+    let (tick, set_tick) = signal(0u32);
+    Effect::new(move |_| {
+        if let Ok(handle) = set_interval_with_handle(
+            move || set_tick.update(|t| *t = t.wrapping_add(1)),
+            std::time::Duration::from_millis(ms),
+        ) {
+            on_cleanup(move || handle.clear());
+        }
+    });
+    tick
+}
+
+fn size_text(r: &RequestSummary) -> String {
+    format!(
+        "{} × {} ({} vCPU, {}, {} GiB)",
+        r.count,
+        r.size_name,
+        r.vcpus,
+        mib_label(r.memory_mib),
+        r.disk_gib
+    )
+}
+
+#[component]
+pub fn RequestsPage() -> impl IntoView {
+    view! {
+        <Title text="Requests · Concierge"/>
+        <Guard allow=anyone>
+            <RequestsContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn RequestsContent() -> impl IntoView {
+    let query = use_query_map();
+    let all = move || query.with(|q| q.get("all").is_some_and(|v| v == "1"));
+    let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
+    let list = Resource::new(
+        move || (all(), page()),
+        |(all, page)| list_requests(all, page),
+    );
+    let actor = crate::shell::use_actor();
+    view! {
+        <div class="page-head">
+            <h1>{move || if all() { "All requests" } else { "My requests" }}</h1>
+            <div class="actions-row">
+                <Suspense fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        let a = actor.await.ok().flatten()?;
+                        approver(&a).then(|| view! {
+                            <a class="button" href=move || if all() { "/requests".to_string() } else { "/requests?all=1".to_string() }>
+                                {move || if all() { "Only mine" } else { "All in my organisations" }}
+                            </a>
+                        })
+                    })}
+                </Suspense>
+                <a class="button primary" href="/catalog">"New request"</a>
+            </div>
+        </div>
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match list.await {
+                    Ok(p) if p.items.is_empty() => view! { <p class="muted">"No requests yet. Pick a template in the catalog to ask for VMs."</p> }.into_any(),
+                    Ok(p) => {
+                        let pages = p.pages();
+                        let all = all();
+                        view! {
+                            <table class="table">
+                                <thead><tr><th>"Submitted"</th><th>"Template"</th><th>"Size"</th><th>"Name"</th>{all.then(|| view! { <th>"Requester"</th> })}<th>"State"</th></tr></thead>
+                                <tbody>
+                                    {p.items.into_iter().map(|r| {
+                                        let href = format!("/requests/{}", r.id);
+                                        view! {
+                                            <tr>
+                                                <td><Timestamp at=r.created_at/></td>
+                                                <td><a href=href>{r.template_name.clone()}</a></td>
+                                                <td>{size_text(&r)}</td>
+                                                <td class="mono small">{r.name_prefix.clone()}</td>
+                                                {all.then(|| view! { <td>{r.requester_email.clone()}</td> })}
+                                                <td><span class=state_badge(&r.state)>{r.state_label()}</span></td>
+                                            </tr>
+                                        }
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                            <Pager page=p.page pages total=p.total href=move |n| if all { format!("/requests?all=1&page={n}") } else { format!("/requests?page={n}") }/>
+                        }.into_any()
+                    }
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+pub fn RequestPage() -> impl IntoView {
+    view! {
+        <Title text="Request · Concierge"/>
+        <Guard allow=anyone>
+            <RequestContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn RequestContent() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.with(|p| p.get("id").and_then(|s| Uuid::parse_str(&s).ok()));
+    let cancel = ServerAction::<CancelRequest>::new();
+    let decide = ServerAction::<DecideRequest>::new();
+    let tick = ticker(1000);
+    // Refetch every second only while the request is still moving.
+    let live = RwSignal::new(true);
+    let detail = Resource::new(
+        move || {
+            let t = if live.get() { tick.get() } else { 0 };
+            (id(), t, cancel.version().get(), decide.version().get())
+        },
+        |(id, ..)| async move {
+            match id {
+                Some(id) => get_request(id).await,
+                None => Err(crate::error::AppError::NotFound("Request".into())),
+            }
+        },
+    );
+    Effect::new(move |_| {
+        if let Some(Ok(d)) = detail.get() {
+            live.set(d.in_flight());
+        }
+    });
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Ok(d) => view! { <RequestView d cancel decide/> }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+/// Where a request is on its way: the state machine as steps.
+fn steps(state: &str) -> Vec<(&'static str, &'static str)> {
+    let order = [
+        "submitted",
+        "pending_approval",
+        "approved",
+        "provisioning",
+        "fulfilled",
+    ];
+    let reached = order.iter().position(|s| *s == state);
+    let labels = [
+        "Submitted",
+        "Approval",
+        "Approved",
+        "Provisioning",
+        "Running",
+    ];
+    order
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (_, label))| {
+            let class = match reached {
+                Some(r) if i < r => "done",
+                Some(r) if i == r => {
+                    if state == "fulfilled" {
+                        "done"
+                    } else {
+                        "current"
+                    }
+                }
+                Some(_) => "todo",
+                None => "todo",
+            };
+            (label, class)
+        })
+        .collect()
+}
+
+#[component]
+fn RequestView(
+    d: RequestDetail,
+    cancel: ServerAction<CancelRequest>,
+    decide: ServerAction<DecideRequest>,
+) -> impl IntoView {
+    let r = d.request.clone();
+    let cancel_error = action_error(cancel);
+    let decide_error = action_error(decide);
+    let id = r.id.to_string();
+    let id2 = id.clone();
+    let terminal = matches!(
+        r.state.as_str(),
+        "rejected" | "failed" | "cancelled" | "expired"
+    );
+    view! {
+        <div class="page-head">
+            <h1>{format!("{} · {}", r.template_name, r.name_prefix)} " " <span class=state_badge(&r.state) data-state=r.state.clone()>{r.state_label()}</span></h1>
+            <a href="/requests">"← Requests"</a>
+        </div>
+        {(!terminal).then(|| view! {
+            <ol class="steps" aria-label="Progress">
+                {steps(&r.state).into_iter().map(|(label, class)| view! { <li class=class>{label}</li> }).collect_view()}
+            </ol>
+        })}
+        {r.reason.clone().map(|why| view! { <p class="notice warn">{format!("{}: {why}", state_label(&r.state))}</p> })}
+        {(!d.waiting_for.is_empty()).then(|| view! {
+            <p class="notice">{format!("Waiting for approval at level {}: {}.", d.level.unwrap_or(1), d.waiting_for.join(", "))}</p>
+        })}
+        <section class="card">
+            <div class="grid facts">
+                <div><span class="muted">"Organisation"</span><strong>{r.tenant_name.clone()}</strong></div>
+                <div><span class="muted">"Requested by"</span><strong>{r.requester_email.clone()}</strong></div>
+                <div><span class="muted">"Size"</span><strong>{size_text(&r)}</strong></div>
+                <div><span class="muted">"Lease"</span><strong>{format!("{} days", r.lease_days)}</strong></div>
+                <div><span class="muted">"Submitted"</span><strong><Timestamp at=r.created_at/></strong></div>
+            </div>
+            <p><span class="muted">"Purpose: "</span>{r.purpose.clone()}</p>
+            {d.can_cancel.then(|| view! {
+                <FormMessage error=cancel_error/>
+                <ActionForm action=cancel attr:class="inline">
+                    <input type="hidden" name="id" value=id.clone()/>
+                    <button type="submit" class="danger">"Cancel request"</button>
+                </ActionForm>
+            })}
+        </section>
+        {d.can_decide.then(|| view! {
+            <section class="card">
+                <h2>"Your decision"</h2>
+                <DecisionForm id=id2.clone() decide error=decide_error/>
+            </section>
+        })}
+        {(!d.vms.is_empty()).then(|| view! { <VmTable vms=d.vms.clone()/> })}
+        <section class="card">
+            <h2>"History"</h2>
+            <ol class="timeline">
+                {d.events.into_iter().map(|e| view! {
+                    <li class=format!("event-{}", e.kind)>
+                        <Timestamp at=e.at/>
+                        " "
+                        <span>{e.message}</span>
+                        {e.actor_email.map(|a| view! { <span class="muted small">{format!(" — {a}")}</span> })}
+                    </li>
+                }).collect_view()}
+            </ol>
+        </section>
+    }
+}
+
+#[component]
+fn VmTable(vms: Vec<ManagedVm>) -> impl IntoView {
+    view! {
+        <section class="card">
+            <h2>"Machines"</h2>
+            <table class="table">
+                <thead><tr><th>"Name"</th><th>"Progress"</th><th>"State"</th><th>"Host"</th></tr></thead>
+                <tbody>
+                    {vms.into_iter().map(|v| {
+                        let link = v.host_id.map(|h| format!("/vms/{h}/{}", v.uuid));
+                        let name = v.name.clone();
+                        view! {
+                            <tr data-vm=v.name.clone()>
+                                <td>{match link { Some(l) => view! { <a href=l>{name}</a> }.into_any(), None => view! { <span>{name}</span> }.into_any() }}</td>
+                                <td><span class=state_badge(&v.phase)>{v.phase.clone()}</span>{v.error.clone().map(|e| view! { " " <span class="small muted">{e}</span> })}</td>
+                                <td class="vm-state">{v.state.clone().unwrap_or_else(|| "—".into())}</td>
+                                <td>{v.host_name.clone().unwrap_or_else(|| "—".into())}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+}
+
+#[component]
+fn DecisionForm(
+    id: String,
+    decide: ServerAction<DecideRequest>,
+    error: Signal<Option<crate::error::AppError>>,
+) -> impl IntoView {
+    let field_id = format!("reason-{id}");
+    view! {
+        <FormMessage error/>
+        <ActionForm action=decide attr:class="form row">
+            <input type="hidden" name="id" value=id.clone()/>
+            <div class="field wide">
+                <label for=field_id.clone()>"Reason (required to reject)"</label>
+                <input id=field_id name="reason" maxlength="1000" aria-describedby="reason-error"/>
+                <FieldMessage error field="reason"/>
+            </div>
+            <button type="submit" name="decision" value="approve" class="primary">"Approve"</button>
+            <button type="submit" name="decision" value="reject" class="danger">"Reject"</button>
+        </ActionForm>
+    }
+}
+
+#[component]
+pub fn InboxPage() -> impl IntoView {
+    view! {
+        <Title text="Approvals · Concierge"/>
+        <Guard allow=approver>
+            <InboxContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn InboxContent() -> impl IntoView {
+    let decide = ServerAction::<DecideRequest>::new();
+    let error = action_error(decide);
+    let tick = ticker(5000);
+    let items = Resource::new(
+        move || (decide.version().get(), tick.get()),
+        |_| approval_inbox(),
+    );
+    view! {
+        <div class="page-head"><h1>"Approvals"</h1><a class="button" href="/requests?all=1">"All requests"</a></div>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match items.await {
+                    Ok(list) if list.is_empty() => view! { <p class="muted">"Nothing is waiting for you."</p> }.into_any(),
+                    Ok(list) => view! {
+                        <div class="inbox">
+                            {list.into_iter().map(|item| view! { <InboxCard item decide error/> }).collect_view()}
+                        </div>
+                    }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn InboxCard(
+    item: InboxItem,
+    decide: ServerAction<DecideRequest>,
+    error: Signal<Option<crate::error::AppError>>,
+) -> impl IntoView {
+    let r = item.request.clone();
+    let href = format!("/requests/{}", r.id);
+    view! {
+        <article class="card inbox-item" data-request=r.id.to_string()>
+            <div class="card-head">
+                <h2><a href=href>{format!("{} · {}", r.template_name, r.name_prefix)}</a></h2>
+                <span class="badge">{format!("level {}", item.level)}</span>
+            </div>
+            <p>
+                <strong>{r.requester_email.clone()}</strong>
+                {format!(" ({} VMs now) asks for {} for {} days in {}.", item.requester_vms, size_text(&r), r.lease_days, r.tenant_name)}
+            </p>
+            <p><span class="muted">"Purpose: "</span>{r.purpose.clone()}</p>
+            <div class="grid">
+                <div>
+                    <h3>"Quota if approved"</h3>
+                    <QuotaBars effect=item.effect.clone() with_adding=true/>
+                </div>
+                <div>
+                    <h3>"Placement preview"</h3>
+                    <p class="small">{item.placement.clone()}</p>
+                </div>
+            </div>
+            <DecisionForm id=r.id.to_string() decide error/>
+        </article>
+    }
+}

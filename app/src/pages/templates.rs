@@ -1,0 +1,211 @@
+//! Fleet template management.
+use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::guard::{fleet_admin, Guard};
+use crate::fleet::{list_hosts, HostSummary};
+use crate::provisioning::{list_templates, PublishTemplate, SaveTemplate, Template};
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+#[component]
+pub fn TemplatesPage() -> impl IntoView {
+    view! {
+        <Title text="Templates · Concierge"/>
+        <Guard allow=fleet_admin>
+            <TemplatesContent/>
+        </Guard>
+    }
+}
+
+fn sizes_text(t: &Template) -> String {
+    t.sizes
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {}",
+                s.name,
+                s.vcpus,
+                s.memory_mib as f64 / 1024.0,
+                s.disk_gib
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[component]
+fn TemplatesContent() -> impl IntoView {
+    let save = ServerAction::<SaveTemplate>::new();
+    let publish = ServerAction::<PublishTemplate>::new();
+    let publish_error = action_error(publish);
+    let data = Resource::new(
+        move || (save.version().get(), publish.version().get()),
+        |_| async move {
+            (
+                list_templates().await,
+                list_hosts().await.unwrap_or_default(),
+            )
+        },
+    );
+    view! {
+        <div class="page-head"><h1>"Templates"</h1></div>
+        <FormMessage error=publish_error/>
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                let (templates, hosts) = data.await;
+                match templates {
+                    Ok(list) => view! {
+                        {list.is_empty().then(|| view! { <p class="muted">"No templates yet: create the first one below."</p> })}
+                        <div class="template-list">
+                            {list.into_iter().map(|t| view! { <TemplateRow t hosts=hosts.clone() save publish/> }).collect_view()}
+                        </div>
+                        <section class="card">
+                            <h2>"New template"</h2>
+                            <TemplateForm t=None hosts save/>
+                        </section>
+                    }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn TemplateRow(
+    t: Template,
+    hosts: Vec<HostSummary>,
+    save: ServerAction<SaveTemplate>,
+    publish: ServerAction<PublishTemplate>,
+) -> impl IntoView {
+    let id = t.id.to_string();
+    let offered = if t.all_tenants {
+        "every tenant".to_string()
+    } else if t.tenant_names.is_empty() {
+        "no tenant yet".to_string()
+    } else {
+        t.tenant_names.join(", ")
+    };
+    let images = t
+        .images
+        .iter()
+        .map(|i| format!("{}: {}/{}", i.host_name, i.pool, i.volume))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let published = t.published;
+    let t2 = t.clone();
+    view! {
+        <article class="card" data-template=t.name.clone()>
+            <div class="card-head">
+                <h2>{t.name.clone()} " " {if published { view! { <span class="badge ok">"published"</span> } } else { view! { <span class="badge muted">"draft"</span> } }}</h2>
+                <ActionForm action=publish attr:class="inline">
+                    <input type="hidden" name="id" value=id.clone()/>
+                    <input type="hidden" name="published" value=(!published).to_string()/>
+                    <button type="submit">{if published { "Unpublish" } else { "Publish" }}</button>
+                </ActionForm>
+            </div>
+            <p class="muted small">{t.os.clone()}</p>
+            <p>{t.description.clone()}</p>
+            <div class="grid facts">
+                <div><span class="muted">"Sizes"</span><strong>{t.sizes.iter().map(|s| s.label()).collect::<Vec<_>>().join(" | ")}</strong></div>
+                <div><span class="muted">"Lease"</span><strong>{format!("{} days, at most {}", t.default_lease_days, t.max_lease_days)}</strong></div>
+                <div><span class="muted">"Offered to"</span><strong>{offered}</strong></div>
+                <div><span class="muted">"Base images"</span><strong>{if images.is_empty() { "none".to_string() } else { images }}</strong></div>
+            </div>
+            <details>
+                <summary>"Edit, or add a base image on another host"</summary>
+                <TemplateForm t=Some(t2) hosts save/>
+            </details>
+        </article>
+    }
+}
+
+#[component]
+fn TemplateForm(
+    t: Option<Template>,
+    hosts: Vec<HostSummary>,
+    save: ServerAction<SaveTemplate>,
+) -> impl IntoView {
+    let error = action_error(save);
+    let key = t
+        .as_ref()
+        .map(|t| t.id.simple().to_string())
+        .unwrap_or_else(|| "new".into());
+    let f = move |name: &str| format!("tpl-{key}-{name}");
+    let tenants = t
+        .as_ref()
+        .map(|t| {
+            if t.all_tenants {
+                "*".to_string()
+            } else {
+                t.tenant_names.join(", ")
+            }
+        })
+        .unwrap_or_default();
+    view! {
+        <FormMessage error/>
+        <ActionForm action=save attr:class="form">
+            {t.as_ref().map(|t| view! { <input type="hidden" name="id" value=t.id.to_string()/> })}
+            <div class="row">
+                <div class="field">
+                    <label for=f("name")>"Name"</label>
+                    <input id=f("name") name="name" required maxlength="80" value=t.as_ref().map(|t| t.name.clone()) aria-describedby="name-error"/>
+                    <FieldMessage error field="name"/>
+                </div>
+                <div class="field">
+                    <label for=f("os")>"Operating system"</label>
+                    <input id=f("os") name="os" required maxlength="80" value=t.as_ref().map(|t| t.os.clone()) aria-describedby="os-error"/>
+                    <FieldMessage error field="os"/>
+                </div>
+            </div>
+            <div class="field">
+                <label for=f("description")>"Description"</label>
+                <textarea id=f("description") name="description" maxlength="2000" rows="2">{t.as_ref().map(|t| t.description.clone())}</textarea>
+                <FieldMessage error field="description"/>
+            </div>
+            <div class="row">
+                <div class="field">
+                    <label for=f("sizes")>"Sizes: one per line, name vCPUs memory-GiB disk-GiB"</label>
+                    <textarea id=f("sizes") name="sizes" rows="3" required placeholder="small 1 2 20\nlarge 4 8 80" aria-describedby="sizes-error">{t.as_ref().map(sizes_text)}</textarea>
+                    <FieldMessage error field="sizes"/>
+                </div>
+                <div class="field">
+                    <label for=f("default")>"Default lease (days)"</label>
+                    <input id=f("default") name="default_lease_days" type="number" min="1" max="3650" required value=t.as_ref().map(|t| t.default_lease_days.to_string()).unwrap_or_else(|| "30".into()) aria-describedby="default_lease_days-error"/>
+                    <FieldMessage error field="default_lease_days"/>
+                </div>
+                <div class="field">
+                    <label for=f("max")>"Maximum lease (days)"</label>
+                    <input id=f("max") name="max_lease_days" type="number" min="1" max="3650" required value=t.as_ref().map(|t| t.max_lease_days.to_string()).unwrap_or_else(|| "90".into()) aria-describedby="max_lease_days-error"/>
+                    <FieldMessage error field="max_lease_days"/>
+                </div>
+            </div>
+            <div class="field">
+                <label for=f("tenants")>"Tenants (comma-separated names, or * for every tenant)"</label>
+                <input id=f("tenants") name="tenants" value=tenants aria-describedby="tenants-error"/>
+                <FieldMessage error field="tenants"/>
+            </div>
+            <fieldset class="row">
+                <legend>"Base image (a qcow2 volume in a storage pool of the host)"</legend>
+                <div class="field">
+                    <label for=f("host")>"Host"</label>
+                    <select id=f("host") name="image_host" aria-describedby="image_host-error">
+                        {t.is_some().then(|| view! { <option value="">"(keep the current images)"</option> })}
+                        {hosts.into_iter().map(|h| view! { <option value=h.id.to_string()>{h.name}</option> }).collect_view()}
+                    </select>
+                    <FieldMessage error field="image_host"/>
+                </div>
+                <div class="field">
+                    <label for=f("pool")>"Pool"</label>
+                    <input id=f("pool") name="image_pool" placeholder="default" aria-describedby="image_pool-error"/>
+                    <FieldMessage error field="image_pool"/>
+                </div>
+                <div class="field">
+                    <label for=f("volume")>"Volume"</label>
+                    <input id=f("volume") name="image_volume" placeholder="debian-12.qcow2" aria-describedby="image_volume-error"/>
+                    <FieldMessage error field="image_volume"/>
+                </div>
+            </fieldset>
+            <button type="submit" class="primary">{if t.is_some() { "Save template" } else { "Create template" }}</button>
+        </ActionForm>
+    }
+}

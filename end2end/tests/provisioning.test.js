@@ -1,0 +1,160 @@
+// Provisioning journey: a fleet admin publishes a template on a simulated host; a requester
+// asks for a VM that needs approval; an approver approves it in another browser; the
+// requester's open page turns "running" without a reload.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { launch, newPage, goto, shot, firstSignIn, hydrated, adminPage } from './helpers.js';
+
+const run = Date.now().toString(36);
+
+/// A simulated host for libvirt's test driver: 16 CPUs, 64 GiB, one 1 TiB dir pool.
+function simulatedHost() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'concierge-e2e-'));
+  const file = path.join(dir, 'node.xml');
+  writeFileSync(file, `<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>2</threads><active>16</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>67108864</memory>
+  <pool type='dir'><name>images</name><uuid>${randomUUID()}</uuid><capacity>1099511627776</capacity>
+    <allocation>0</allocation><available>1099511627776</available><target><path>/var/lib/libvirt/images</path></target></pool>
+</node>
+`);
+  return `test://${file}`;
+}
+
+async function addMember(admin, email, name, role) {
+  const shown = admin.getByTestId('otp');
+  const before = (await shown.count()) ? (await shown.textContent()).trim() : null;
+  await admin.fill('#member-email', email);
+  await admin.fill('#member-name', name);
+  await admin.selectOption('#member-role', role);
+  await admin.click('text=Add member');
+  // The previous member's password may still be on screen: wait for the new one.
+  await admin.waitForFunction((prev) => {
+    const el = document.querySelector('[data-testid=otp]');
+    return el && el.textContent.trim() !== prev;
+  }, before);
+  const otp = (await shown.textContent()).trim();
+  await admin.getByRole('cell', { name: email }).waitFor();
+  return otp;
+}
+
+test('a request needing approval is approved in another browser and runs without a reload', async () => {
+  const browser = await launch();
+  try {
+    const admin = await adminPage(browser);
+
+    // A host with a base image in its pool.
+    const hostName = `prov-${run}`;
+    await goto(admin, '/hosts');
+    await admin.fill('#host-name', hostName);
+    await admin.fill('#host-uri', simulatedHost());
+    await admin.click('main button[type=submit]');
+    await admin.getByRole('link', { name: hostName }).click();
+    await admin.waitForURL('**/hosts/*');
+    await hydrated(admin);
+    await admin.fill('#volume-name', 'debian-12.qcow2');
+    await admin.fill('#volume-size', '2');
+    await admin.getByRole('button', { name: 'Create volume' }).click();
+    await admin.getByText('debian-12.qcow2', { exact: true }).waitFor();
+
+    // A template on it, offered to every tenant, published.
+    await goto(admin, '/templates');
+    const template = `Debian 12 ${run}`;
+    await admin.fill('#tpl-new-name', template);
+    await admin.fill('#tpl-new-os', 'Debian GNU/Linux 12');
+    await admin.fill('#tpl-new-description', 'Stable server image with cloud-init.');
+    await admin.fill('#tpl-new-sizes', 'tiny 1 0.5 10\nsmall 1 2 20\nlarge 4 8 80');
+    await admin.fill('#tpl-new-tenants', '*');
+    await admin.selectOption('#tpl-new-host', { label: hostName });
+    await admin.fill('#tpl-new-pool', 'images');
+    await admin.fill('#tpl-new-volume', 'debian-12.qcow2');
+    await admin.getByRole('button', { name: 'Create template' }).click();
+    const card = admin.locator(`article[data-template="${template}"]`);
+    await card.waitFor();
+    await card.getByRole('button', { name: 'Publish' }).click();
+    await card.getByText('published', { exact: true }).waitFor();
+    await shot(admin, 'templates');
+
+    // A tenant with an approver and a requester.
+    await goto(admin, '/tenants');
+    const tenant = `Provisioning ${run}`;
+    await admin.fill('#tenant-name', tenant);
+    await admin.click('text=Create tenant');
+    await admin.getByRole('link', { name: tenant }).click();
+    await admin.waitForURL('**/tenants/*');
+    await hydrated(admin);
+    const tenantUrl = admin.url();
+    const approverEmail = `ada-${run}@prov.example`;
+    const requesterEmail = `ray-${run}@prov.example`;
+    const approverOtp = await addMember(admin, approverEmail, 'Ada Approver', 'approver');
+    const requesterOtp = await addMember(admin, requesterEmail, 'Ray Requester', 'requester');
+    await admin.goto(`${tenantUrl}/quotas`);
+    await hydrated(admin);
+    await admin.getByText('Approval policy').waitFor();
+    await shot(admin, 'quotas');
+
+    // The requester asks for a large VM: above the auto-approval thresholds.
+    const ray = await newPage(browser);
+    await firstSignIn(ray, requesterEmail, requesterOtp, `ray-${run}-passphrase`);
+    await goto(ray, '/catalog');
+    await ray.getByRole('heading', { name: template }).waitFor();
+    await shot(ray, 'catalog');
+    await ray.locator('article', { hasText: template }).getByRole('link', { name: 'Request' }).click();
+    await ray.waitForURL('**/requests/new?*');
+    await hydrated(ray);
+    await ray.check('input[name=size][value=large]');
+    await ray.fill('#req-count', '1');
+    await ray.fill('#req-prefix', `build-${run}`);
+    await ray.fill('#req-purpose', 'CI runners for the release');
+    // The quota effect follows the form.
+    await ray.getByText('4 of 16 vCPUs').waitFor();
+    await shot(ray, 'new-request');
+    // A bad name is named next to its field and nothing is submitted.
+    await ray.fill('#req-prefix', 'Build <1>; rm -rf /');
+    await ray.getByRole('button', { name: 'Submit request' }).click();
+    await ray.locator('#name_prefix-error').waitFor();
+    await ray.fill('#req-prefix', `build-${run}`);
+    await ray.getByRole('button', { name: 'Submit request' }).click();
+    await ray.waitForURL('**/requests/*-*');
+    await hydrated(ray);
+    await ray.locator('h1 [data-state=pending_approval]').waitFor();
+    await ray.getByText('Waiting for approval at level 1').waitFor();
+    await shot(ray, 'request-pending');
+
+    // The approver approves from the inbox, in another browser context.
+    const ada = await newPage(browser);
+    await firstSignIn(ada, approverEmail, approverOtp, `ada-${run}-passphrase`);
+    await goto(ada, '/approvals');
+    const item = ada.locator('.inbox-item', { hasText: `build-${run}` });
+    await item.waitFor();
+    await item.getByText('Would be placed on').waitFor();
+    await shot(ada, 'approvals');
+    await item.getByRole('button', { name: 'Approve' }).click();
+    await ada.getByText('Nothing is waiting for you.').waitFor();
+
+    // The requester's open page follows along without a reload.
+    const navigations = [];
+    ray.on('framenavigated', (f) => { if (f === ray.mainFrame()) navigations.push(f.url()); });
+    await ray.locator('h1 [data-state=fulfilled]').waitFor({ timeout: 30000 });
+    await ray.locator('td.vm-state', { hasText: 'running' }).waitFor();
+    assert.deepEqual(navigations, [], 'no reload or navigation');
+    await shot(ray, 'request-fulfilled');
+
+    await goto(ray, '/vms');
+    await ray.locator(`tr[data-vm="build-${run}"]`).getByText('running').waitFor();
+    await shot(ray, 'my-vms');
+    await ray.locator(`tr[data-vm="build-${run}"]`).getByRole('link').click();
+    await ray.waitForURL('**/vms/*/*');
+    await hydrated(ray);
+    await ray.getByRole('heading', { name: 'Lease' }).waitFor();
+    await shot(ray, 'vm-managed');
+
+    for (const p of [admin, ray, ada]) assert.deepEqual(p.errors, [], 'no script or CSP errors');
+  } finally {
+    await browser.close();
+  }
+});

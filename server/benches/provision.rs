@@ -1,0 +1,294 @@
+//! Approval → running on a real hypervisor with 20 requests in flight: an in-process server
+//! (8 job workers) on a fresh database, a dir pool with a blank qcow2 base image, a template,
+//! and 20 one-VM requests submitted at once under a policy that approves them automatically.
+//! The time of each VM is from its request's approval to its "running" line in the request
+//! log (both written by the server). Everything created is deleted at the end.
+//!
+//!   scripts/libvirtd   # once: libvirtd + QEMU
+//!   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p server --bench provision
+//!
+//! CONCIERGE_BENCH_URI picks another hypervisor (default qemu:///system); ROUNDS rounds.
+use concierge::clock::SystemClock;
+use concierge::config::Config;
+use concierge::Server;
+use sqlx::postgres::PgPoolOptions;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const IN_FLIGHT: usize = 20;
+const ROUNDS: usize = 3;
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let res = self
+            .http
+            .post(format!("{}/api/{endpoint}", self.base))
+            .header("Origin", "http://127.0.0.1:3000")
+            .header("Sec-Fetch-Site", "same-origin")
+            .form(form)
+            .send()
+            .await?;
+        let status = res.status();
+        let body = res.text().await?;
+        anyhow::ensure!(status.is_success(), "{endpoint}: {status} {body}");
+        Ok(serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let uri = std::env::var("CONCIERGE_BENCH_URI").unwrap_or_else(|_| "qemu:///system".into());
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin_url.clone());
+    let name = format!("concierge_bench_{}", Uuid::new_v4().simple());
+    let maint = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{base}/postgres"))
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&maint)
+        .await?;
+    let url = format!("{base}/{name}");
+    let mut config = Config::for_tests(&url);
+    config.admin_password = Some("bench-admin-password".into());
+    config.job_workers = 8;
+    config.db_connections = 24;
+    let server = Server::build(config, Arc::new(SystemClock)).await?;
+    let base_url = format!("http://{}", server.addr);
+    let state = server.state.clone();
+    tokio::spawn(server.run());
+    let owner = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await?;
+    sqlx::query("UPDATE users SET must_change_password = false")
+        .execute(&owner)
+        .await?;
+    let client = Client {
+        http: reqwest::Client::builder().cookie_store(true).build()?,
+        base: base_url,
+    };
+    client
+        .call(
+            "login",
+            &[
+                ("email", "admin@concierge.local"),
+                ("password", "bench-admin-password"),
+            ],
+        )
+        .await?;
+    let host = client
+        .call(
+            "register_host",
+            &[("name", "bench"), ("uri", &uri), ("schedulable", "true")],
+        )
+        .await?["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pool = "concierge-bench";
+    let dir = "/var/lib/libvirt/concierge-bench";
+    let _ = client
+        .call(
+            "create_pool",
+            &[("host_id", &host), ("name", pool), ("path", dir)],
+        )
+        .await;
+    let _ = client
+        .call(
+            "create_volume",
+            &[
+                ("host_id", &host),
+                ("pool", pool),
+                ("name", "bench-base.qcow2"),
+                ("kind", "blank"),
+                ("capacity_gib", "1"),
+                ("source", ""),
+            ],
+        )
+        .await;
+    let _ = state.hypervisors.reconcile(host.parse()?).await;
+    let tenant: Uuid =
+        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ('Bench') RETURNING id")
+            .fetch_one(&owner)
+            .await?;
+    sqlx::query("UPDATE tenant_quotas SET max_vcpus = 1000, max_memory_mib = 10000000, max_disk_gib = 100000, max_vms = 1000 WHERE tenant_id = $1")
+        .bind(tenant)
+        .execute(&owner)
+        .await?;
+    sqlx::query("UPDATE approval_policies SET auto_max_count = 1, auto_max_vcpus = 2, auto_max_memory_mib = 4096, auto_max_lease_days = 30 WHERE tenant_id = $1")
+        .bind(tenant)
+        .execute(&owner)
+        .await?;
+    let template = client
+        .call(
+            "save_template",
+            &[
+                ("name", "Bench"),
+                ("os", "none"),
+                ("sizes", "tiny 1 0.25 1"),
+                ("default_lease_days", "1"),
+                ("max_lease_days", "1"),
+                ("tenants", "*"),
+                ("image_host", &host),
+                ("image_pool", pool),
+                ("image_volume", "bench-base.qcow2"),
+            ],
+        )
+        .await?
+        .as_str()
+        .unwrap()
+        .to_string();
+    client
+        .call(
+            "publish_template",
+            &[("id", &template), ("published", "true")],
+        )
+        .await?;
+    sqlx::query(
+        "INSERT INTO memberships (tenant_id, user_id, role) SELECT $1, id, 'requester' FROM users",
+    )
+    .bind(tenant)
+    .execute(&owner)
+    .await?;
+    // The membership is new: sign in again so the session carries it.
+    client
+        .call(
+            "login",
+            &[
+                ("email", "admin@concierge.local"),
+                ("password", "bench-admin-password"),
+            ],
+        )
+        .await?;
+
+    let t = tenant.to_string();
+    let mut all = Vec::new();
+    for round in 0..ROUNDS {
+        let submits: Vec<_> = (0..IN_FLIGHT)
+            .map(|i| {
+                let prefix = format!("bench-{round}-{i}");
+                let (client, t, template) = (&client, t.clone(), template.clone());
+                async move {
+                    client
+                        .call(
+                            "submit_request",
+                            &[
+                                ("tenant_id", &t),
+                                ("template_id", &template),
+                                ("size", "tiny"),
+                                ("count", "1"),
+                                ("name_prefix", &prefix),
+                                ("lease_days", "1"),
+                                ("purpose", "benchmark"),
+                            ],
+                        )
+                        .await
+                }
+            })
+            .collect();
+        for r in futures::future::join_all(submits).await {
+            r?;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM requests WHERE name_prefix LIKE $1 AND state IN ('fulfilled', 'failed')",
+            )
+            .bind(format!("bench-{round}-%"))
+            .fetch_one(&owner)
+            .await?;
+            if done as usize == IN_FLIGHT {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "round {round} did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut secs: Vec<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM (max(e.at) FILTER (WHERE e.kind = 'running') - min(e.at) FILTER (WHERE e.kind = 'approved')))::float8
+             FROM requests r JOIN request_events e ON e.request_id = r.id
+             WHERE r.name_prefix LIKE $1 GROUP BY r.id",
+        )
+        .bind(format!("bench-{round}-%"))
+        .fetch_all(&owner)
+        .await?;
+        secs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "round {round}: {IN_FLIGHT} VMs approval→running p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+            pct(&secs, 0.5),
+            pct(&secs, 0.99),
+            pct(&secs, 1.0)
+        );
+        all.extend(secs);
+        // Clean up: delete every VM of the round through the portal's own delete job.
+        let vms: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT uuid, name FROM vms WHERE deleted_at IS NULL")
+                .fetch_all(&owner)
+                .await?;
+        for (uuid, name) in vms {
+            let _ = client
+                .call(
+                    "vm_action",
+                    &[
+                        ("host_id", &host),
+                        ("uuid", &uuid.to_string()),
+                        ("action", "delete"),
+                        ("confirm", &name),
+                    ],
+                )
+                .await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM vms WHERE deleted_at IS NULL")
+            .fetch_one(&owner)
+            .await?
+            > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "all {} VMs: approval→running p50 {:.2} s, p99 {:.2} s",
+        all.len(),
+        pct(&all, 0.5),
+        pct(&all, 0.99)
+    );
+    let _ = client
+        .call(
+            "delete_volume",
+            &[
+                ("host_id", &host),
+                ("pool", pool),
+                ("name", "bench-base.qcow2"),
+            ],
+        )
+        .await;
+    state.hypervisors.stop_all();
+    owner.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&maint)
+        .await?;
+    Ok(())
+}
