@@ -110,6 +110,10 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_JOB_MAX_ATTEMPTS", default_value_t = 5)]
     pub job_max_attempts: i32,
 
+    /// Seconds before a VM that found no host with room is placed again.
+    #[arg(long, env = "CONCIERGE_PLACEMENT_RETRY_SECONDS", default_value_t = 15)]
+    pub placement_retry_seconds: u64,
+
     /// vCPUs placed per physical CPU at most.
     #[arg(long, env = "CONCIERGE_VCPU_OVERCOMMIT", default_value_t = 4.0)]
     pub vcpu_overcommit: f64,
@@ -163,6 +167,7 @@ impl Config {
             job_lease_seconds: 30,
             job_max_attempts: 3,
             vcpu_overcommit: 4.0,
+            placement_retry_seconds: 1,
             lease_grace_days: 7,
             lease_check_seconds: 3600,
         }

@@ -26,6 +26,8 @@ pub struct Provisioner {
     pub hypervisors: Arc<Hypervisors>,
     pub clock: Arc<dyn Clock>,
     pub vcpu_overcommit: f64,
+    /// How long a VM that found no room waits before it is placed again.
+    pub placement_retry: Duration,
     /// Test hook: a step after which the process pretends to die (see the crash tests).
     pub crash_after: Option<String>,
 }
@@ -198,7 +200,7 @@ impl Provisioner {
                     }
                 }
                 tx.commit().await.map_err(retry)?;
-                Err(Outcome::Wait(why, Duration::from_secs(15)))
+                Err(Outcome::Wait(why, self.placement_retry))
             }
         }
     }

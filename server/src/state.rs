@@ -48,6 +48,7 @@ impl AppState {
             hypervisors: hypervisors.clone(),
             clock: clock.clone(),
             vcpu_overcommit: config.vcpu_overcommit,
+            placement_retry: std::time::Duration::from_secs(config.placement_retry_seconds.max(1)),
             crash_after: std::env::var("CONCIERGE_CRASH_AFTER").ok(),
         });
         let leases = Arc::new(crate::leases::Leases {

@@ -1218,3 +1218,121 @@ async fn resize_and_snapshots() {
     }
     w.app.state.hypervisors.stop_all();
 }
+
+#[tokio::test]
+async fn no_room_waits_with_the_reason_then_provisions() {
+    let w = world().await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    w.set_policy(&w.fleet, "1", "").await;
+    sqlx::query("UPDATE hosts SET maintenance = true")
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    let id = id_of(&w.submit(&ann, "small", "1", "patient").await.unwrap());
+    // The request says why it waits, once, and keeps its quota.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
+        let waiting: Vec<&Value> = r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "waiting")
+            .collect();
+        if let Some(e) = waiting.first() {
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("hv1 is in maintenance"),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said it waits: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
+    let waits = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "waiting")
+        .count();
+    assert_eq!(waits, 1, "the same reason is logged once: {r:#}");
+    assert_eq!(r["vms"][0]["phase"], "pending");
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state = 'reserved'")
+            .await,
+        1
+    );
+    sqlx::query("UPDATE hosts SET maintenance = false")
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    w.wait_for(&ann, &id, "fulfilled").await;
+    // Waiting used no attempt.
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT attempts::int8 FROM jobs WHERE kind = 'provision'")
+            .await,
+        1
+    );
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota() {
+    let w = world().await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    w.set_policy(&w.fleet, "2", "").await;
+    // The base image disappears from the host after the template was saved.
+    w.fleet
+        .call(
+            "delete_volume",
+            &[
+                ("host_id", &w.host),
+                ("pool", &w.pool),
+                ("name", "debian-12.qcow2"),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = id_of(&w.submit(&ann, "small", "2", "doomed").await.unwrap());
+    let r = w.wait_for(&ann, &id, "failed").await;
+    for vm in r["vms"].as_array().unwrap() {
+        assert_eq!(vm["phase"], "failed", "{vm}");
+        assert!(vm["error"].as_str().unwrap().len() > 3, "{vm}");
+    }
+    assert!(
+        r["request"]["reason"].as_str().unwrap().contains("2 of 2"),
+        "{r:#}"
+    );
+    assert_eq!(
+        w.app.scalar_i64("SELECT max(attempts)::int8 FROM jobs WHERE kind = 'provision' AND state = 'failed'").await,
+        3,
+        "the attempt cap (3 in tests)"
+    );
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state <> 'released'")
+            .await,
+        0
+    );
+    assert_eq!(w.recount().await["consistent"], true);
+    assert!(w.volumes().await.iter().all(|v| !v.starts_with("cc-")));
+    let actions = w.app.audit_actions().await;
+    assert!(actions.iter().any(|a| a == "request.fail"), "{actions:?}");
+    w.app.state.hypervisors.stop_all();
+}

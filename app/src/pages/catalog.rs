@@ -3,7 +3,7 @@ use crate::account::Actor;
 use crate::components::form::{action_error, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::quota::QuotaBars;
-use crate::provisioning::{catalog, quota_preview, SubmitRequest, Template};
+use crate::provisioning::{catalog, quota_preview, HideTemplate, SubmitRequest, Template};
 use crate::shell::use_actor;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -41,19 +41,22 @@ fn CatalogContent() -> impl IntoView {
     let query = use_query_map();
     let wanted = move || query.with(|q| q.get("tenant").and_then(|t| Uuid::parse_str(&t).ok()));
     let search = move || query.with(|q| q.get("q").unwrap_or_default());
+    let hide = ServerAction::<HideTemplate>::new();
     let items = Resource::new(
-        move || (wanted(), search()),
-        move |(wanted, search)| async move {
+        move || (wanted(), search(), hide.version().get()),
+        move |(wanted, search, _)| async move {
             let a = actor.await.ok().flatten();
             let (tenants, chosen) = match &a {
                 Some(a) => request_tenants(a, wanted),
                 None => (Vec::new(), None),
             };
+            // Tenant admins also see what they hid, to show it again.
+            let admin = matches!((&a, chosen), (Some(a), Some(t)) if a.administers(t));
             let list = match chosen {
-                Some(t) => catalog(t, search, false).await,
+                Some(t) => catalog(t, search, admin).await,
                 None => Ok(Vec::new()),
             };
-            (tenants, chosen, list)
+            (tenants, chosen, list, admin)
         },
     );
     view! {
@@ -63,7 +66,7 @@ fn CatalogContent() -> impl IntoView {
         </div>
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
-                let (tenants, chosen, list) = items.await;
+                let (tenants, chosen, list, admin) = items.await;
                 let Some(tenant) = chosen else {
                     return view! { <p class="muted">"You cannot request VMs in any organisation. Ask a tenant admin for the requester role."</p> }.into_any();
                 };
@@ -89,7 +92,7 @@ fn CatalogContent() -> impl IntoView {
                         Ok(list) if list.is_empty() => view! { <p class="muted">"No templates match. Fleet admins publish templates; your tenant admin may hide some."</p> }.into_any(),
                         Ok(list) => view! {
                             <div class="catalog-grid">
-                                {list.into_iter().map(|t| view! { <TemplateCard t tenant/> }).collect_view()}
+                                {list.into_iter().map(|t| view! { <TemplateCard t tenant admin hide/> }).collect_view()}
                             </div>
                         }.into_any(),
                         Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
@@ -101,18 +104,38 @@ fn CatalogContent() -> impl IntoView {
 }
 
 #[component]
-fn TemplateCard(t: Template, tenant: Uuid) -> impl IntoView {
+fn TemplateCard(
+    t: Template,
+    tenant: Uuid,
+    admin: bool,
+    hide: ServerAction<HideTemplate>,
+) -> impl IntoView {
     let href = format!("/requests/new?tenant={tenant}&template={}", t.id);
+    let hidden = t.hidden;
+    let id = t.id.to_string();
     view! {
-        <article class="card template-card">
-            <h2>{t.name.clone()}</h2>
+        <article class=if hidden { "card template-card hidden" } else { "card template-card" }>
+            <div class="card-head">
+                <h2>{t.name.clone()}</h2>
+                {hidden.then(|| view! { <span class="badge warn">"hidden from your organisation"</span> })}
+            </div>
             <p class="muted small">{t.os.clone()}</p>
             <p>{t.description.clone()}</p>
             <ul class="plain sizes">
                 {t.sizes.iter().map(|s| view! { <li>{s.label()}</li> }).collect_view()}
             </ul>
             <p class="small muted">{format!("Lease {} days by default, up to {}.", t.default_lease_days, t.max_lease_days)}</p>
-            <a class="button primary" href=href>"Request"</a>
+            <div class="actions-row">
+                {(!hidden).then(|| view! { <a class="button primary" href=href>"Request"</a> })}
+                {admin.then(|| view! {
+                    <ActionForm action=hide attr:class="inline">
+                        <input type="hidden" name="tenant_id" value=tenant.to_string()/>
+                        <input type="hidden" name="id" value=id/>
+                        <input type="hidden" name="hidden" value=(!hidden).to_string()/>
+                        <button type="submit">{if hidden { "Show again" } else { "Hide from my organisation" }}</button>
+                    </ActionForm>
+                })}
+            </div>
         </article>
     }
 }
