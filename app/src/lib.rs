@@ -9,6 +9,7 @@ pub mod error;
 pub mod fleet;
 pub mod pages;
 pub mod provisioning;
+pub mod reports;
 #[cfg(feature = "ssr")]
 pub mod seam;
 pub mod tenant;

@@ -8,6 +8,7 @@ use crate::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
     RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
 };
+use crate::reports::{RateCard, RateCardForm, Report, ReportQuery};
 use crate::tenant::{Member, TenantSummary};
 use crate::user::UserSummary;
 use crate::Page;
@@ -329,6 +330,14 @@ pub trait Provisioning: Send + Sync + 'static {
     ) -> Result<(), AppError>;
 }
 
+/// Usage, showback and the rate cards (managers and admins).
+#[async_trait]
+pub trait Reports: Send + Sync + 'static {
+    async fn report(&self, req: &RequestCtx, query: ReportQuery) -> Result<Report, AppError>;
+    async fn rate_cards(&self, req: &RequestCtx) -> Result<Vec<RateCard>, AppError>;
+    async fn add_rate_card(&self, req: &RequestCtx, form: RateCardForm) -> Result<Uuid, AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
@@ -338,6 +347,7 @@ pub struct Backend {
     pub fleet: Arc<dyn Fleet>,
     pub catalog: Arc<dyn Catalog>,
     pub provisioning: Arc<dyn Provisioning>,
+    pub reports: Arc<dyn Reports>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

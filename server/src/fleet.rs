@@ -585,7 +585,21 @@ impl Fleet for FleetBackend {
                 "This VM is no longer on its host.".into(),
             ));
         }
-        if action == Action::Delete && confirm.trim() != row.name {
+        // A portal VM may also be confirmed by the name its owner gave it.
+        let portal_name: Option<String> = if action == Action::Delete {
+            let mut tx = db::begin(&self.pool, scope).await?;
+            sqlx::query_scalar("SELECT name FROM vms WHERE uuid = $1 AND deleted_at IS NULL")
+                .bind(uuid)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db::internal)?
+        } else {
+            None
+        };
+        if action == Action::Delete
+            && confirm.trim() != row.name
+            && portal_name.as_deref() != Some(confirm.trim())
+        {
             return Err(AppError::field(
                 "confirm",
                 format!("Type the VM's name, {}, to confirm.", row.name),

@@ -15,9 +15,11 @@ pub mod leases;
 pub mod placement;
 pub mod provisioner;
 pub mod quota;
+pub mod reports;
 pub mod requests;
 pub mod state;
 pub mod tenants;
+pub mod usage;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -88,6 +90,21 @@ impl Server {
         state.leases.clone().spawn(std::time::Duration::from_secs(
             state.config.lease_check_seconds.max(1),
         ));
+        {
+            // Usage rollup: complete hours since the last run, every five minutes.
+            let (pool, clock) = (state.pool.clone(), state.clock.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+                loop {
+                    tick.tick().await;
+                    match usage::rollup(&pool, clock.now(), 24 * 31).await {
+                        Ok(0) => {}
+                        Ok(h) => tracing::info!(hours = h, "usage rolled up"),
+                        Err(e) => tracing::warn!(error = %e, "usage rollup"),
+                    }
+                }
+            });
+        }
         let app = web::router(self.state);
         // Without TCP_NODELAY a response written in two parts (headers, then a body that was
         // not ready yet) waits for the client's delayed ACK: 40 ms on one request in eight.

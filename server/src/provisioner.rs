@@ -93,12 +93,22 @@ impl Provisioner {
         .await
         .map_err(retry)?;
         if let Some(r) = vm.request_id {
-            sqlx::query("UPDATE requests SET state = 'provisioning', updated_at = $2 WHERE id = $1 AND state = 'approved'")
+            let moved = sqlx::query("UPDATE requests SET state = 'provisioning', updated_at = $2 WHERE id = $1 AND state = 'approved'")
                 .bind(r)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
+                .map_err(retry)?
+                .rows_affected();
+            if moved > 0 {
+                audit::record_raw(
+                    &mut tx,
+                    &Origin::default(),
+                    Event::new("request.provision", "request", r).tenant(vm.tenant_id),
+                )
+                .await
                 .map_err(retry)?;
+            }
             log(&mut tx, r, vm.tenant_id, None, phase, message, now)
                 .await
                 .map_err(retry)?;
@@ -247,14 +257,21 @@ impl Provisioner {
             vm.owner_email.clone().unwrap_or_default(),
         );
         let (vcpus, memory_mib) = (vm.vcpus as u32, vm.memory_mib as u64);
-        let domain_type = self
+        let (domain_type, nested) = self
             .hypervisors
-            .call(host, |conn| Ok(domain_xml::domain_type(conn)))
+            .call(host, |conn| {
+                Ok((
+                    domain_xml::domain_type(conn),
+                    domain_xml::host_is_nested(conn),
+                ))
+            })
             .await
             .map_err(retry)?;
+        let libvirt_name = domain_xml::libvirt_name(&name, uuid);
         let xml = DomainXml {
             domain_type,
-            name: &name,
+            nested,
+            name: &libvirt_name,
             uuid,
             title: &name,
             tenant: &tenant,

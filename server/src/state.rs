@@ -84,6 +84,10 @@ impl AppState {
                 vcpu_overcommit: config.vcpu_overcommit,
                 max_attempts: config.job_max_attempts.max(1),
             }),
+            reports: Arc::new(crate::reports::ReportsBackend {
+                pool: pool.clone(),
+                clock: clock.clone(),
+            }),
         };
         let leptos = LeptosOptions::builder()
             .output_name("concierge")

@@ -47,7 +47,15 @@ pub fn router(state: AppState) -> Router {
         .with_expiry(Expiry::OnInactivity(idle));
 
     let site_root = state.config.site_root.clone();
+    let reports = state.backend.reports.clone();
     let app_routes = Router::new()
+        .route(
+            "/reports/usage.csv",
+            axum::routing::get(
+                move |axum::extract::Query(q): axum::extract::Query<app::reports::ReportQuery>,
+                      req: Request| export_csv(reports.clone(), q, req),
+            ),
+        )
         .leptos_routes_with_context(
             &options,
             routes,
@@ -73,6 +81,34 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The usage report as a CSV download (same query and authorization as the report page).
+async fn export_csv(
+    reports: std::sync::Arc<dyn app::seam::Reports>,
+    query: app::reports::ReportQuery,
+    req: Request,
+) -> Response {
+    let Some(ctx) = req.extensions().get::<RequestCtx>().cloned() else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    match reports.report(&ctx, query).await {
+        Ok(r) => {
+            let name = format!("concierge-usage-{}-{}-by-{}.csv", r.from, r.to, r.group_by);
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                crate::reports::to_csv(&r),
+            )
+                .into_response()
+        }
+        Err(e) => (e.status(), e.to_string()).into_response(),
+    }
 }
 
 /// Resolves the session to an actor and hands both to the app through request extensions.

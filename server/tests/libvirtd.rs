@@ -919,7 +919,11 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
         )
     })
     .await;
-    assert_eq!(seen.domains, [(name.clone(), true)], "{seen:?}");
+    assert_eq!(
+        seen.domains,
+        [(domain_xml::libvirt_name(&name, uuid), true)],
+        "{seen:?}"
+    );
     assert_eq!(seen.volumes, 1);
     assert!(
         dom_xml.contains(&format!("<source file='{vol_path}'")),
@@ -1282,8 +1286,8 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
         let expected: (usize, Vec<(String, bool)>) = match point {
             "placed" => (0, vec![]),
             "cloned" => (1, vec![]),
-            "defined" => (1, vec![(name.clone(), false)]),
-            _ => (1, vec![(name.clone(), true)]),
+            "defined" => (1, vec![(domain_xml::libvirt_name(&name, uuid), false)]),
+            _ => (1, vec![(domain_xml::libvirt_name(&name, uuid), true)]),
         };
         assert_eq!(
             (left.volumes, left.domains.clone()),
@@ -1327,7 +1331,7 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
         let after = on_libvirt(move |c| on_host(c, uuid, &n)).await;
         assert_eq!(
             after.domains,
-            [(name.clone(), true)],
+            [(domain_xml::libvirt_name(&name, uuid), true)],
             "{point}: exactly one running domain"
         );
         assert_eq!(after.volumes, 1, "{point}: exactly one volume");

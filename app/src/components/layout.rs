@@ -42,6 +42,13 @@ fn Nav(actor: Actor) -> impl IntoView {
         .iter()
         .any(|m| actor.may_request(m.tenant_id));
     let approver = fleet || !actor.approver_tenants().is_empty();
+    let reports = fleet
+        || actor.memberships.iter().any(|m| {
+            matches!(
+                m.role,
+                crate::account::TenantRole::Manager | crate::account::TenantRole::TenantAdmin
+            )
+        });
     view! {
         <nav class="nav" aria-label="Main">
             <A href="/">"Home"</A>
@@ -51,6 +58,7 @@ fn Nav(actor: Actor) -> impl IntoView {
                 <A href="/requests">"Requests"</A>
             })}
             {approver.then(|| view! { <A href="/approvals">"Approvals"</A> })}
+            {reports.then(|| view! { <A href="/reports">"Reports"</A> })}
             {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
                 <A href="/templates">"Templates"</A>

@@ -9,6 +9,7 @@ pub mod my_vms;
 pub mod not_found;
 pub mod password;
 pub mod quotas;
+pub mod reports;
 pub mod requests;
 pub mod templates;
 pub mod tenants;

@@ -81,6 +81,22 @@ pub struct DomainXml<'a> {
     pub vcpus: u32,
     pub disks: &'a [DiskSpec],
     pub user_network: bool,
+    /// The host is itself a VM: nested KVM cannot pass the `arch-capabilities` MSR through
+    /// (QEMU aborts with "failed to set MSR 0x10a"), so the guest does without it.
+    pub nested: bool,
+}
+
+/// Whether the host's CPU says it runs under a hypervisor (nested virtualization).
+pub fn host_is_nested(conn: &Connect) -> bool {
+    conn.capabilities()
+        .map(|caps| caps.contains("<feature name='hypervisor'/>"))
+        .unwrap_or(false)
+}
+
+/// A libvirt domain name for a portal VM: its name plus the start of its UUID, since VM
+/// names are unique per tenant but libvirt's are unique per host.
+pub fn libvirt_name(vm_name: &str, uuid: Uuid) -> String {
+    format!("{vm_name}-{}", &uuid.simple().to_string()[..8])
 }
 
 /// The domain type a host supports: kvm when its capabilities offer it, else qemu.
@@ -128,9 +144,34 @@ mod tests {
                 target: "vda".into(),
             }],
             user_network: true,
+            nested: false,
         }
         .render()
         .unwrap()
+    }
+
+    #[test]
+    fn nested_kvm_hosts_do_without_arch_capabilities() {
+        let mut xml = DomainXml {
+            domain_type: "kvm",
+            name: "n",
+            uuid: Uuid::nil(),
+            title: "n",
+            tenant: "t",
+            owner: "o",
+            memory_mib: 64,
+            vcpus: 1,
+            disks: &[],
+            user_network: false,
+            nested: true,
+        };
+        let nested = xml.render().unwrap();
+        assert!(nested.contains("<feature policy='disable' name='arch-capabilities'/>"));
+        xml.nested = false;
+        let bare = xml.render().unwrap();
+        assert!(bare.contains("<cpu mode='host-passthrough'/>"));
+        assert!(!bare.contains("arch-capabilities"));
+        assert_eq!(libvirt_name("web-1", Uuid::nil()), "web-1-00000000");
     }
 
     #[test]
@@ -203,6 +244,7 @@ mod tests {
             vcpus: 1,
             disks: &[],
             user_network: false,
+            nested: false,
         }
         .render()
         .unwrap();

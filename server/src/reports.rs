@@ -1,0 +1,553 @@
+//! Usage and showback reports over `usage_hourly`, priced by the rate card valid in each hour
+//! (a template's own card before the general one), and their CSV export.
+use crate::audit::{self, Event, Origin};
+use crate::clock::Clock;
+use crate::db::{self, Scope};
+use app::account::{Actor, TenantRole};
+use app::error::AppError;
+use app::reports::{RateCard, RateCardForm, Report, ReportQuery, ReportRow};
+use app::seam::{Reports, RequestCtx};
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use time::macros::format_description;
+use time::{Date, Duration, OffsetDateTime};
+use uuid::Uuid;
+
+pub const MAX_DAYS: i64 = 400;
+
+pub struct ReportsBackend {
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub fn parse_date(raw: &str, field: &str) -> Result<Date, AppError> {
+    Date::parse(raw.trim(), format_description!("[year]-[month]-[day]"))
+        .map_err(|_| AppError::field(field, "Enter a date as YYYY-MM-DD."))
+}
+
+fn iso(d: Date) -> String {
+    d.format(format_description!("[year]-[month]-[day]"))
+        .unwrap_or_default()
+}
+
+/// Who may read reports of a tenant: its managers and admins, and fleet admins.
+fn reads_reports(actor: &Actor, tenant: Uuid) -> bool {
+    actor.fleet_admin
+        || matches!(
+            actor.role_in(tenant),
+            Some(TenantRole::Manager | TenantRole::TenantAdmin)
+        )
+}
+
+#[derive(Debug)]
+struct Period {
+    from: Date,
+    to: Date,
+}
+
+/// The report's days (inclusive), defaulting to this month so far.
+fn parse_period(q: &ReportQuery, today: Date) -> Result<Period, AppError> {
+    let from = if q.from.trim().is_empty() {
+        Ok(today.replace_day(1).expect("day 1 exists"))
+    } else {
+        parse_date(&q.from, "from")
+    };
+    let to = if q.to.trim().is_empty() {
+        Ok(today)
+    } else {
+        parse_date(&q.to, "to")
+    };
+    let (from, to) = match (from, to) {
+        (Ok(f), Ok(t)) => (f, t),
+        (f, t) => return Err(AppError::merge([f.err(), t.err()])),
+    };
+    if to < from {
+        return Err(AppError::field(
+            "to",
+            "The end must not be before the start.",
+        ));
+    }
+    if (to - from).whole_days() + 1 > MAX_DAYS {
+        return Err(AppError::field(
+            "to",
+            format!("A report covers at most {MAX_DAYS} days; shorten the range."),
+        ));
+    }
+    Ok(Period { from, to })
+}
+
+fn group_sql(group_by: &str) -> Result<(&'static str, &'static str, &'static str), AppError> {
+    // (key, label, join) — fixed SQL fragments, never user input.
+    Ok(match group_by {
+        "" | "tenant" => (
+            "u.tenant_id::text",
+            "t.name",
+            "JOIN tenants t ON t.id = u.tenant_id",
+        ),
+        "user" => (
+            "coalesce(u.owner_id::text, '')",
+            "coalesce(x.email, '(no owner)')",
+            "LEFT JOIN users x ON x.id = u.owner_id",
+        ),
+        "template" => (
+            "coalesce(u.template_id::text, '')",
+            "coalesce(x.name, '(deleted template)')",
+            "LEFT JOIN templates x ON x.id = u.template_id",
+        ),
+        "vm" => (
+            "u.vm_uuid::text",
+            "x.name",
+            "JOIN vms x ON x.uuid = u.vm_uuid",
+        ),
+        _ => {
+            return Err(AppError::field(
+                "group_by",
+                "Group by tenant, user, template or VM.",
+            ))
+        }
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    key: String,
+    label: String,
+    vcpu_hours: f64,
+    memory_gib_hours: f64,
+    disk_gib_hours: f64,
+    powered_on_hours: f64,
+    cost: f64,
+    previous_cost: f64,
+}
+
+/// A spreadsheet runs a cell that starts with one of these as a formula.
+fn neutralise(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
+/// The report as CSV: a header row, RFC 4180 quoting (the `csv` crate), ISO dates, dot
+/// decimals, and text cells neutralised against formula injection.
+pub fn to_csv(r: &Report) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record([
+        "group",
+        "key",
+        "label",
+        "from",
+        "to",
+        "vcpu_hours",
+        "memory_gib_hours",
+        "disk_gib_hours",
+        "powered_on_hours",
+        "cost",
+        "currency",
+        "previous_cost",
+        "change_pct",
+    ]);
+    let f = |v: f64| format!("{v:.4}");
+    for row in r.rows.iter().chain(std::iter::once(&r.total)) {
+        let _ = w.write_record([
+            r.group_by.clone(),
+            neutralise(&row.key),
+            neutralise(&row.label),
+            r.from.clone(),
+            r.to.clone(),
+            f(row.vcpu_hours),
+            f(row.memory_gib_hours),
+            f(row.disk_gib_hours),
+            f(row.powered_on_hours),
+            format!("{:.2}", row.cost),
+            neutralise(&r.currency),
+            format!("{:.2}", row.previous_cost),
+            row.change_pct()
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_default(),
+        ]);
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+fn parse_price(raw: &str, field: &str) -> Result<f64, AppError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1_000_000.0)
+        .ok_or_else(|| {
+            AppError::field(
+                field,
+                "Enter a price of 0 or more, with a dot for decimals.",
+            )
+        })
+}
+
+#[async_trait]
+impl Reports for ReportsBackend {
+    #[tracing::instrument(skip_all)]
+    async fn report(&self, req: &RequestCtx, q: ReportQuery) -> Result<Report, AppError> {
+        let actor = req.actor()?;
+        let readable: Vec<Uuid> = actor
+            .memberships
+            .iter()
+            .filter(|m| reads_reports(actor, m.tenant_id))
+            .map(|m| m.tenant_id)
+            .collect();
+        if readable.is_empty() && !actor.fleet_admin {
+            return Err(AppError::Forbidden);
+        }
+        let tenant = if q.tenant_id.trim().is_empty() {
+            None
+        } else {
+            let t = Uuid::parse_str(q.tenant_id.trim())
+                .ok()
+                .filter(|t| actor.fleet_admin || readable.contains(t))
+                .ok_or_else(|| AppError::field("tenant_id", "Choose one of your organisations."))?;
+            Some(t)
+        };
+        let period = parse_period(&q, self.clock.now().date());
+        let group = group_sql(q.group_by.trim());
+        let (period, (key, label, join)) = match (period, group) {
+            (Ok(p), Ok(g)) => (p, g),
+            (p, g) => return Err(AppError::merge([p.err(), g.err()])),
+        };
+        let start = period.from.midnight().assume_utc();
+        let end = (period.to + Duration::DAY).midnight().assume_utc();
+        let prev_start = start - (end - start);
+        // Every tenant for fleet admins without a choice; else the chosen or readable ones.
+        let (all, tenants) = match tenant {
+            Some(t) => (false, vec![t]),
+            None if actor.fleet_admin => (true, Vec::new()),
+            None => (false, readable),
+        };
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let tenant_name: Option<String> = match tenant {
+            Some(t) => Some(
+                sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
+                    .bind(t)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db::internal)?
+                    .ok_or_else(|| {
+                        AppError::field("tenant_id", "Choose one of your organisations.")
+                    })?,
+            ),
+            None => None,
+        };
+        let sql = format!(
+            "WITH priced AS (
+                 SELECT u.*, rc.currency,
+                        coalesce(u.vcpu_hours * rc.vcpu_hour::float8 + u.memory_gib_hours * rc.memory_gib_hour::float8
+                                 + u.disk_gib_hours * rc.disk_gib_hour::float8, 0) AS cost,
+                        u.hour >= $2 AS current
+                 FROM usage_hourly u
+                 LEFT JOIN LATERAL (
+                     SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
+                     WHERE (r.template_id = u.template_id OR r.template_id IS NULL)
+                       AND r.valid_from <= u.hour AND (r.valid_to IS NULL OR u.hour < r.valid_to)
+                     ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true
+                 WHERE u.hour >= $1 AND u.hour < $3 AND ($4 OR u.tenant_id = ANY($5)))
+             SELECT {key} AS key, {label} AS label,
+                    coalesce(sum(u.vcpu_hours) FILTER (WHERE u.current), 0) AS vcpu_hours,
+                    coalesce(sum(u.memory_gib_hours) FILTER (WHERE u.current), 0) AS memory_gib_hours,
+                    coalesce(sum(u.disk_gib_hours) FILTER (WHERE u.current), 0) AS disk_gib_hours,
+                    coalesce(sum(u.powered_on_hours) FILTER (WHERE u.current), 0) AS powered_on_hours,
+                    coalesce(sum(u.cost) FILTER (WHERE u.current), 0) AS cost,
+                    coalesce(sum(u.cost) FILTER (WHERE NOT u.current), 0) AS previous_cost
+             FROM priced u {join}
+             GROUP BY 1, 2 ORDER BY cost DESC, vcpu_hours DESC, label"
+        );
+        let rows: Vec<Row> = sqlx::query_as(&sql)
+            .bind(prev_start)
+            .bind(start)
+            .bind(end)
+            .bind(all)
+            .bind(&tenants)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        let currency: Option<String> = sqlx::query_scalar(
+            "SELECT string_agg(DISTINCT currency, '/') FROM rate_cards WHERE valid_from < $2 AND (valid_to IS NULL OR valid_to > $1)",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let rows: Vec<ReportRow> = rows
+            .into_iter()
+            .filter(|r| r.vcpu_hours > 0.0 || r.previous_cost > 0.0 || r.cost > 0.0)
+            .map(|r| ReportRow {
+                key: r.key,
+                label: r.label,
+                vcpu_hours: r.vcpu_hours,
+                memory_gib_hours: r.memory_gib_hours,
+                disk_gib_hours: r.disk_gib_hours,
+                powered_on_hours: r.powered_on_hours,
+                cost: r.cost,
+                previous_cost: r.previous_cost,
+            })
+            .collect();
+        let total = rows.iter().fold(
+            ReportRow {
+                key: String::new(),
+                label: "Total".into(),
+                vcpu_hours: 0.0,
+                memory_gib_hours: 0.0,
+                disk_gib_hours: 0.0,
+                powered_on_hours: 0.0,
+                cost: 0.0,
+                previous_cost: 0.0,
+            },
+            |mut t, r| {
+                t.vcpu_hours += r.vcpu_hours;
+                t.memory_gib_hours += r.memory_gib_hours;
+                t.disk_gib_hours += r.disk_gib_hours;
+                t.powered_on_hours += r.powered_on_hours;
+                t.cost += r.cost;
+                t.previous_cost += r.previous_cost;
+                t
+            },
+        );
+        let prev_to = period.from - Duration::DAY;
+        let prev_from = period.from - (period.to - period.from) - Duration::DAY;
+        Ok(Report {
+            from: iso(period.from),
+            to: iso(period.to),
+            previous_from: iso(prev_from),
+            previous_to: iso(prev_to),
+            group_by: if q.group_by.trim().is_empty() {
+                "tenant".into()
+            } else {
+                q.group_by.trim().to_string()
+            },
+            tenant_name,
+            currency: currency.unwrap_or_default(),
+            rows,
+            total,
+        })
+    }
+
+    async fn rate_cards(&self, req: &RequestCtx) -> Result<Vec<RateCard>, AppError> {
+        let actor = req.actor()?;
+        let may = actor.fleet_admin
+            || actor
+                .memberships
+                .iter()
+                .any(|m| reads_reports(actor, m.tenant_id));
+        if !may {
+            return Err(AppError::Forbidden);
+        }
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<(Uuid, Option<String>, String, f64, f64, f64, OffsetDateTime, Option<OffsetDateTime>)> =
+            sqlx::query_as(
+                "SELECT r.id, t.name, r.currency, r.vcpu_hour::float8, r.memory_gib_hour::float8, r.disk_gib_hour::float8,
+                        r.valid_from, r.valid_to
+                 FROM rate_cards r LEFT JOIN templates t ON t.id = r.template_id
+                 ORDER BY r.valid_from DESC, t.name NULLS FIRST",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, template_name, currency, v, m, d, from, to)| RateCard {
+                    id,
+                    template_name,
+                    currency,
+                    vcpu_hour: v,
+                    memory_gib_hour: m,
+                    disk_gib_hour: d,
+                    valid_from: iso(from.date()),
+                    valid_to: to.map(|t| iso(t.date())),
+                },
+            )
+            .collect())
+    }
+
+    async fn add_rate_card(&self, req: &RequestCtx, form: RateCardForm) -> Result<Uuid, AppError> {
+        req.fleet_admin()?;
+        let currency = form.currency.trim().to_uppercase();
+        let currency = if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
+            Ok(currency)
+        } else {
+            Err(AppError::field(
+                "currency",
+                "Use a three-letter currency code such as EUR.",
+            ))
+        };
+        let prices = (
+            parse_price(&form.vcpu_hour, "vcpu_hour"),
+            parse_price(&form.memory_gib_hour, "memory_gib_hour"),
+            parse_price(&form.disk_gib_hour, "disk_gib_hour"),
+        );
+        let from = parse_date(&form.valid_from, "valid_from");
+        let to = if form.valid_to.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse_date(&form.valid_to, "valid_to").map(Some)
+        };
+        let order = match (&from, &to) {
+            (Ok(f), Ok(Some(t))) if t <= f => Some(AppError::field(
+                "valid_to",
+                "The end must be after the start.",
+            )),
+            _ => None,
+        };
+        let template = if form.template_id.trim().is_empty() {
+            Ok(None)
+        } else {
+            Uuid::parse_str(form.template_id.trim())
+                .map(Some)
+                .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
+        };
+        let (currency, (v, m, d), from, to, template) = match (currency, prices, from, to, template)
+        {
+            (Ok(c), (Ok(v), Ok(m), Ok(d)), Ok(f), Ok(t), Ok(tp)) if order.is_none() => {
+                (c, (v, m, d), f, t, tp)
+            }
+            (c, (v, m, d), f, t, tp) => {
+                return Err(AppError::merge([
+                    c.err(),
+                    v.err(),
+                    m.err(),
+                    d.err(),
+                    f.err(),
+                    t.err(),
+                    tp.err(),
+                    order,
+                ]))
+            }
+        };
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO rate_cards (template_id, currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from, valid_to)
+             VALUES ($1, $2, $3::float8::numeric, $4::float8::numeric, $5::float8::numeric, $6, $7) RETURNING id",
+        )
+        .bind(template)
+        .bind(&currency)
+        .bind(v)
+        .bind(m)
+        .bind(d)
+        .bind(from.midnight().assume_utc())
+        .bind(to.map(|t| t.midnight().assume_utc()))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(x) if x.is_foreign_key_violation() => {
+                AppError::field("template_id", "Choose a template from the list.")
+            }
+            _ => db::internal(e),
+        })?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("rate_card.create", "rate_card", id).after(json!({
+                "template": template, "currency": currency, "vcpu_hour": v, "memory_gib_hour": m,
+                "disk_gib_hour": d, "valid_from": iso(from), "valid_to": to.map(iso),
+            })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str, cost: f64) -> ReportRow {
+        ReportRow {
+            key: "k".into(),
+            label: label.into(),
+            vcpu_hours: 1.5,
+            memory_gib_hours: 2.0,
+            disk_gib_hours: 10.0,
+            powered_on_hours: 0.25,
+            cost,
+            previous_cost: 2.0,
+        }
+    }
+
+    #[test]
+    fn csv_quotes_neutralises_and_formats() {
+        let r = Report {
+            from: "2026-11-01".into(),
+            to: "2026-11-30".into(),
+            previous_from: "2026-10-02".into(),
+            previous_to: "2026-10-31".into(),
+            group_by: "vm".into(),
+            tenant_name: None,
+            currency: "EUR".into(),
+            rows: vec![
+                row("web, \"prod\"\nline 2", 1.0),
+                row("=HYPERLINK(\"http://x\")", 3.0),
+                row("+1", 0.0),
+                row("-2", 0.0),
+                row("@SUM(A1)", 0.0),
+            ],
+            total: row("Total", 4.0),
+        };
+        let csv = to_csv(&r);
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(header[0], "group");
+        assert_eq!(header[12], "change_pct");
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 6);
+        assert_eq!(
+            &rows[0][2], "web, \"prod\"\nline 2",
+            "quoted and round-trips"
+        );
+        assert_eq!(&rows[1][2], "'=HYPERLINK(\"http://x\")");
+        assert_eq!(&rows[2][2], "'+1");
+        assert_eq!(&rows[3][2], "'-2");
+        assert_eq!(&rows[4][2], "'@SUM(A1)");
+        assert_eq!(&rows[0][3], "2026-11-01");
+        assert_eq!(&rows[0][5], "1.5000");
+        assert_eq!(&rows[0][9], "1.00");
+        assert_eq!(&rows[0][12], "-50.0", "numbers stay numbers");
+        assert_eq!(&rows[5][2], "Total");
+    }
+
+    #[test]
+    fn periods_are_checked() {
+        let today = time::macros::date!(2026 - 11 - 28);
+        let q = |from: &str, to: &str| ReportQuery {
+            tenant_id: String::new(),
+            from: from.into(),
+            to: to.into(),
+            group_by: "tenant".into(),
+        };
+        let p = parse_period(&q("", ""), today).unwrap();
+        assert_eq!(
+            (iso(p.from), iso(p.to)),
+            ("2026-11-01".into(), "2026-11-28".into())
+        );
+        assert!(parse_period(&q("2026-11-10", "2026-11-01"), today)
+            .unwrap_err()
+            .field_message("to")
+            .is_some());
+        assert!(parse_period(&q("2020-01-01", "2026-11-01"), today)
+            .unwrap_err()
+            .field_message("to")
+            .unwrap()
+            .contains("at most"));
+        assert!(parse_period(&q("11/01/2026", ""), today)
+            .unwrap_err()
+            .field_message("from")
+            .is_some());
+        assert!(group_sql("'; DROP TABLE x").is_err());
+    }
+}

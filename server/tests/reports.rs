@@ -1,0 +1,342 @@
+//! Usage rollup, showback reports with rate cards, CSV export and their authorization.
+mod common;
+
+use common::*;
+use time::macros::datetime;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[allow(clippy::too_many_arguments)]
+async fn vm(
+    app: &TestApp,
+    tenant: Uuid,
+    owner: Uuid,
+    name: &str,
+    created: OffsetDateTime,
+    vcpus: i32,
+    memory_mib: i64,
+    disk_gib: i64,
+) -> Uuid {
+    let uuid = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO vms (uuid, tenant_id, owner_id, name, vcpus, memory_mib, disk_gib, phase, lease_ends_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8, $8, $8)",
+    )
+    .bind(uuid)
+    .bind(tenant)
+    .bind(owner)
+    .bind(name)
+    .bind(vcpus)
+    .bind(memory_mib)
+    .bind(disk_gib)
+    .bind(created)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    uuid
+}
+
+async fn state(app: &TestApp, uuid: Uuid, at: OffsetDateTime, s: &str) {
+    sqlx::query(
+        "INSERT INTO domain_state_history (uuid, host_id, state, at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(uuid)
+    .bind(Uuid::nil())
+    .bind(s)
+    .bind(at)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("a number: {v}"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-6
+}
+
+#[tokio::test]
+async fn usage_from_history_priced_by_the_rate_card_of_each_hour() {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let a = app.tenant("Alpha").await;
+    let b = app.tenant("Beta").await;
+    let (ann, _) = app
+        .signed_in("ann@example.com", Some((a, "requester")))
+        .await;
+    let (_, mona) = app
+        .signed_in("mona@example.com", Some((a, "manager")))
+        .await;
+    let (_, rick) = app
+        .signed_in("rick@example.com", Some((a, "requester")))
+        .await;
+    let (bob, bert) = app
+        .signed_in("bert@example.com", Some((b, "manager")))
+        .await;
+
+    // Alpha's VM: created 1 Oct 12:00 with 2 vCPUs, 4 GiB, 10 GiB; resized at midnight to
+    // 4 vCPUs, 8 GiB; deleted 2 Oct 12:00. Running 12:00–18:00 and 06:00–12:00.
+    let v1 = vm(
+        &app,
+        a,
+        ann,
+        "alpha-web",
+        datetime!(2026-10-01 12:00 UTC),
+        2,
+        4096,
+        10,
+    )
+    .await;
+    sqlx::query("UPDATE vms SET vcpus = 4, memory_mib = 8192, updated_at = $2 WHERE uuid = $1")
+        .bind(v1)
+        .bind(datetime!(2026-10-02 00:00 UTC))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE vms SET deleted_at = $2, phase = 'deleted' WHERE uuid = $1")
+        .bind(v1)
+        .bind(datetime!(2026-10-02 12:00 UTC))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    state(&app, v1, datetime!(2026-10-01 12:00 UTC), "running").await;
+    state(&app, v1, datetime!(2026-10-01 18:00 UTC), "shutoff").await;
+    state(&app, v1, datetime!(2026-10-02 06:00 UTC), "running").await;
+    state(&app, v1, datetime!(2026-10-02 12:00 UTC), "gone").await;
+    // Beta's VM: 1 vCPU, 1 GiB, 5 GiB from 1 Oct 00:00 on, never started.
+    vm(
+        &app,
+        b,
+        bob,
+        "beta-db",
+        datetime!(2026-10-01 00:00 UTC),
+        1,
+        1024,
+        5,
+    )
+    .await;
+
+    // Rates: a general card for 1 Oct, a dearer one from 2 Oct on.
+    let add = |cur: &'static str,
+               v: &'static str,
+               m: &'static str,
+               d: &'static str,
+               from: &'static str,
+               to: &'static str| {
+        let fleet = &fleet;
+        async move {
+            fleet
+                .call(
+                    "add_rate_card",
+                    &[
+                        ("currency", cur),
+                        ("vcpu_hour", v),
+                        ("memory_gib_hour", m),
+                        ("disk_gib_hour", d),
+                        ("valid_from", from),
+                        ("valid_to", to),
+                    ],
+                )
+                .await
+        }
+    };
+    add("EUR", "0.01", "0.001", "0.0001", "2026-10-01", "2026-10-02")
+        .await
+        .unwrap();
+    add("eur", "0.02", "0.002", "0.0002", "2026-10-02", "")
+        .await
+        .unwrap();
+
+    let before = app.scalar_i64("SELECT count(*) FROM rate_cards").await;
+    let r = add("EUR", "-1", "0.001", "x", "2026-13-01", "").await;
+    assert_field_error(&r, "vcpu_hour");
+    assert_field_error(&r, "disk_gib_hour");
+    assert_field_error(&r, "valid_from");
+    assert_field_error(
+        &add("EU", "1", "1", "1", "2026-10-01", "").await,
+        "currency",
+    );
+    assert_field_error(
+        &add("EUR", "1", "1", "1", "2026-10-05", "2026-10-01").await,
+        "valid_to",
+    );
+    assert_refused(
+        &mona
+            .call(
+                "add_rate_card",
+                &[
+                    ("currency", "EUR"),
+                    ("vcpu_hour", "1"),
+                    ("memory_gib_hour", "1"),
+                    ("disk_gib_hour", "1"),
+                    ("valid_from", "2026-10-01"),
+                ],
+            )
+            .await,
+        "a manager sets prices",
+    );
+    assert_eq!(
+        before,
+        app.scalar_i64("SELECT count(*) FROM rate_cards").await
+    );
+
+    // Roll up to 5 Oct; a second run adds nothing (incremental).
+    let hours = concierge::usage::rollup(&app.state.pool, datetime!(2026-10-05 00:30 UTC), 24 * 31)
+        .await
+        .unwrap();
+    assert_eq!(hours, 96);
+    assert_eq!(
+        concierge::usage::rollup(&app.state.pool, datetime!(2026-10-05 00:30 UTC), 24 * 31)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let report =
+        |c: &Client, tenant: String, from: &'static str, to: &'static str, group: &'static str| {
+            let c = c.clone();
+            async move {
+                c.call(
+                    "usage_report",
+                    &[
+                        ("tenant_id", &tenant),
+                        ("from", from),
+                        ("to", to),
+                        ("group_by", group),
+                    ],
+                )
+                .await
+            }
+        };
+    let r = report(&mona, String::new(), "2026-10-01", "2026-10-02", "vm")
+        .await
+        .unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "a manager sees their tenant only: {r:#}");
+    let row = &rows[0];
+    assert_eq!(row["label"], "alpha-web");
+    assert!(close(num(&row["vcpu_hours"]), 72.0), "{row}");
+    assert!(close(num(&row["memory_gib_hours"]), 144.0), "{row}");
+    assert!(close(num(&row["disk_gib_hours"]), 240.0), "{row}");
+    assert!(close(num(&row["powered_on_hours"]), 12.0), "{row}");
+    // 1 Oct: 24×0.01 + 48×0.001 + 120×0.0001 = 0.30; 2 Oct: 48×0.02 + 96×0.002 + 120×0.0002 = 1.176.
+    assert!(close(num(&row["cost"]), 1.476), "{row}");
+    assert_eq!(r["currency"], "EUR");
+
+    // Fleet view by tenant: totals are the sum of their rows.
+    let r = report(&fleet, String::new(), "2026-10-01", "2026-10-02", "tenant")
+        .await
+        .unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let sum = |k: &str| rows.iter().map(|x| num(&x[k])).sum::<f64>();
+    for k in [
+        "vcpu_hours",
+        "memory_gib_hours",
+        "disk_gib_hours",
+        "powered_on_hours",
+        "cost",
+    ] {
+        assert!(close(sum(k), num(&r["total"][k])), "{k}: {r:#}");
+    }
+    let beta = rows.iter().find(|x| x["label"] == "Beta").unwrap();
+    assert!(close(num(&beta["vcpu_hours"]), 48.0));
+    assert!(close(num(&beta["powered_on_hours"]), 0.0));
+    // The next two days compare with these.
+    let r = report(&fleet, b.to_string(), "2026-10-03", "2026-10-04", "user")
+        .await
+        .unwrap();
+    let row = &r["rows"][0];
+    assert_eq!(row["label"], "bert@example.com");
+    assert!(num(&row["previous_cost"]) > 0.0);
+    assert_eq!(r["previous_from"], "2026-10-01");
+
+    // Bad input is named; other tenants and requesters are refused.
+    assert_field_error(
+        &report(&mona, String::new(), "2026-10-05", "2026-10-01", "vm").await,
+        "to",
+    );
+    assert_field_error(
+        &report(&mona, String::new(), "2020-01-01", "2026-10-01", "vm").await,
+        "to",
+    );
+    assert_field_error(
+        &report(&mona, String::new(), "yesterday", "", "vm").await,
+        "from",
+    );
+    assert_field_error(
+        &report(&mona, String::new(), "", "", "planet").await,
+        "group_by",
+    );
+    assert_field_error(
+        &report(&mona, b.to_string(), "", "", "vm").await,
+        "tenant_id",
+    );
+    assert_field_error(
+        &report(&mona, Uuid::new_v4().to_string(), "", "", "vm").await,
+        "tenant_id",
+    );
+    assert_refused(
+        &report(&rick, String::new(), "", "", "vm").await,
+        "a requester",
+    );
+    let r = report(&bert, String::new(), "2026-10-01", "2026-10-02", "vm")
+        .await
+        .unwrap();
+    assert!(
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["label"] == "beta-db"),
+        "{r:#}"
+    );
+
+    // CSV export: same rows, a header, dot decimals, ISO dates.
+    let res = mona
+        .http
+        .get(format!(
+            "{}/reports/usage.csv?from=2026-10-01&to=2026-10-02&group_by=vm",
+            mona.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let body = res.text().await.unwrap();
+    let mut lines = body.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("group,key,label,from,to,vcpu_hours"));
+    let first = lines.next().unwrap();
+    assert!(
+        first.contains(
+            ",alpha-web,2026-10-01,2026-10-02,72.0000,144.0000,240.0000,12.0000,1.48,EUR,"
+        ),
+        "{first}"
+    );
+    let res = rick
+        .http
+        .get(format!("{}/reports/usage.csv", rick.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let anon = app.client();
+    let res = anon
+        .http
+        .get(format!("{}/reports/usage.csv", anon.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let actions = app.audit_actions().await;
+    assert!(actions.iter().any(|a| a == "rate_card.create"));
+}
