@@ -7,6 +7,7 @@ pub mod audit;
 pub mod components;
 pub mod error;
 pub mod fleet;
+pub mod live;
 pub mod pages;
 pub mod provisioning;
 pub mod reports;

@@ -153,6 +153,16 @@ test('a request needing approval is approved in another browser and runs without
     await ray.getByRole('heading', { name: 'Lease' }).waitFor();
     await shot(ray, 'vm-managed');
 
+    // A fleet admin forces the VM off from another browser: the owner's open page follows
+    // (pushed over server-sent events), without a reload.
+    const vmUrl = ray.url();
+    navigations.length = 0;
+    await goto(admin, new URL(vmUrl).pathname);
+    await admin.getByRole('button', { name: 'Force off' }).click();
+    await admin.locator('h1 .badge', { hasText: 'shutoff' }).waitFor();
+    await ray.locator('h1 .badge', { hasText: 'shutoff' }).waitFor({ timeout: 5000 });
+    assert.deepEqual(navigations, [], 'still no reload');
+
     for (const p of [admin, ray, ada]) assert.deepEqual(p.errors, [], 'no script or CSP errors');
   } finally {
     await browser.close();

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod hypervisor;
 pub mod jobs;
 pub mod leases;
+pub mod live;
 pub mod placement;
 pub mod provisioner;
 pub mod quota;
@@ -80,6 +81,7 @@ impl Server {
             }
         });
         let state = &self.state;
+        state.live.spawn_listener(state.pool.clone());
         jobs::spawn_workers(
             state.pool.clone(),
             state.queue.clone(),

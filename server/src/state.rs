@@ -24,6 +24,7 @@ pub struct AppState {
     pub queue: Arc<crate::jobs::Queue>,
     pub provisioner: Arc<crate::provisioner::Provisioner>,
     pub leases: Arc<crate::leases::Leases>,
+    pub live: crate::live::Live,
 }
 
 impl AppState {
@@ -107,6 +108,7 @@ impl AppState {
             queue,
             provisioner,
             leases,
+            live: crate::live::Live::default(),
         }
     }
 }

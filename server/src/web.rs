@@ -48,7 +48,25 @@ pub fn router(state: AppState) -> Router {
 
     let site_root = state.config.site_root.clone();
     let reports = state.backend.reports.clone();
+    let live = state.live.clone();
     let app_routes = Router::new()
+        .route(
+            "/live",
+            axum::routing::get(move |req: Request| {
+                let live = live.clone();
+                async move {
+                    match req
+                        .extensions()
+                        .get::<RequestCtx>()
+                        .map(|c| c.actor().cloned())
+                    {
+                        Some(Ok(actor)) => crate::live::stream(&live, actor).into_response(),
+                        Some(Err(e)) => e.status().into_response(),
+                        None => StatusCode::UNAUTHORIZED.into_response(),
+                    }
+                }
+            }),
+        )
         .route(
             "/reports/usage.csv",
             axum::routing::get(

@@ -296,3 +296,90 @@ async fn adoption_needs_a_member_owner_and_only_fleet_admins() {
         .await
         .is_ok());
 }
+
+/// Reads server-sent events from `/live`.
+struct Sse {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(c: &Client) -> Sse {
+        let res = c
+            .http
+            .get(format!("{}/live", c.base))
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        Sse {
+            res,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event's data within `within`, skipping keep-alive comments.
+    async fn next(&mut self, within: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) {
+                    return Some(serde_json::from_str(data.trim()).unwrap());
+                }
+                continue;
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.res.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn live_updates_reach_only_those_who_may_see_them() {
+    let f = setup().await;
+    let (vm0, _, _) = domain(&f.app, "lc-vm-0").await;
+    let mut owner = Sse::open(&f.owner).await;
+    let mut admin_a = Sse::open(&f.admin_a).await;
+    let mut other = Sse::open(&f.other).await;
+    let mut req_b = Sse::open(&f.req_b).await;
+    let anon = f.app.client();
+    let res = anon
+        .http
+        .get(format!("{}/live", anon.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // Let the subscriptions settle before the change.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    act(&f.fleet, &f.host, &vm0, "suspend").await.unwrap();
+    for (who, sse) in [("owner", &mut owner), ("tenant admin", &mut admin_a)] {
+        let ev = sse
+            .next(Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|| panic!("{who} got no event within 1 s"));
+        assert_eq!(ev["kind"], "domain");
+        assert_eq!(ev["uuid"], vm0);
+        assert_eq!(ev["state"], "paused");
+    }
+    eprintln!(
+        "measure: change -> event on the page: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        other.next(Duration::from_millis(1500)).await.is_none(),
+        "another requester"
+    );
+    assert!(
+        req_b.next(Duration::from_millis(100)).await.is_none(),
+        "another tenant"
+    );
+    f.app.state.hypervisors.stop_all();
+}

@@ -41,8 +41,12 @@ pub fn lease_text(v: &ManagedVm) -> (String, &'static str) {
 fn MyVmsContent() -> impl IntoView {
     let query = use_query_map();
     let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
-    let tick = ticker(5000);
-    let vms = Resource::new(move || (page(), tick.get()), |(page, _)| my_vms(page));
+    let tick = ticker(30_000);
+    let pushed = crate::live::use_live(|e| e.kind == "domain" || e.kind == "lagged");
+    let vms = Resource::new(
+        move || (page(), tick.get(), pushed.get()),
+        |(page, ..)| my_vms(page),
+    );
     view! {
         <div class="page-head">
             <h1>"My VMs"</h1>

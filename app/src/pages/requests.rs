@@ -116,6 +116,10 @@ fn RequestsContent() -> impl IntoView {
     }
 }
 
+fn id_untracked(params: Memo<leptos_router::params::ParamsMap>) -> Option<Uuid> {
+    params.with_untracked(|p| p.get("id").and_then(|s| Uuid::parse_str(&s).ok()))
+}
+
 #[component]
 pub fn RequestPage() -> impl IntoView {
     view! {
@@ -132,13 +136,27 @@ fn RequestContent() -> impl IntoView {
     let id = move || params.with(|p| p.get("id").and_then(|s| Uuid::parse_str(&s).ok()));
     let cancel = ServerAction::<CancelRequest>::new();
     let decide = ServerAction::<DecideRequest>::new();
-    let tick = ticker(1000);
-    // Refetch every second only while the request is still moving.
+    // Pushed: this request's log lines and its VMs' state changes; a slow poll backs it up
+    // (a proxy may swallow server-sent events) while the request is still moving.
+    let vm_ids = RwSignal::new(Vec::<Uuid>::new());
+    let pushed = crate::live::use_live(move |e| {
+        e.kind == "lagged"
+            || (e.request_id.is_some() && e.request_id == id_untracked(params))
+            || e.uuid
+                .is_some_and(|u| vm_ids.with_untracked(|v| v.contains(&u)))
+    });
+    let tick = ticker(5000);
     let live = RwSignal::new(true);
     let detail = Resource::new(
         move || {
             let t = if live.get() { tick.get() } else { 0 };
-            (id(), t, cancel.version().get(), decide.version().get())
+            (
+                id(),
+                t,
+                pushed.get(),
+                cancel.version().get(),
+                decide.version().get(),
+            )
         },
         |(id, ..)| async move {
             match id {
@@ -150,6 +168,7 @@ fn RequestContent() -> impl IntoView {
     Effect::new(move |_| {
         if let Some(Ok(d)) = detail.get() {
             live.set(d.in_flight());
+            vm_ids.set(d.vms.iter().map(|v| v.uuid).collect());
         }
     });
     view! {

@@ -2,6 +2,9 @@ use crate::components::form::{action_error, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::timestamp::Timestamp;
 use crate::fleet::{get_vm, AdoptVm, VmAction, VmDetail, VM_ACTIONS};
+use crate::provisioning::{
+    get_managed_vm, list_snapshots, ExtendLease, ManagedVm, ResizeVm, Snapshot, SnapshotAction,
+};
 use crate::shell::use_actor;
 use crate::tenant::list_tenants;
 use leptos::prelude::*;
@@ -30,6 +33,14 @@ fn offered(state: &str, action: &str) -> bool {
     }
 }
 
+fn ids_untracked(params: Memo<leptos_router::params::ParamsMap>) -> Option<(Uuid, Uuid)> {
+    params.with_untracked(|p| {
+        let host = p.get("host").and_then(|s| Uuid::parse_str(&s).ok());
+        let uuid = p.get("uuid").and_then(|s| Uuid::parse_str(&s).ok());
+        host.zip(uuid)
+    })
+}
+
 #[component]
 fn VmContent() -> impl IntoView {
     let params = use_params_map();
@@ -44,30 +55,69 @@ fn VmContent() -> impl IntoView {
     let adopt = ServerAction::<AdoptVm>::new();
     let act_error = action_error(act);
     let adopt_error = action_error(adopt);
+    // The VM's state changes arrive pushed (another browser, the hypervisor, a lease).
+    let pushed = crate::live::use_live(move |e| {
+        e.kind == "lagged" || (e.uuid.is_some() && e.uuid == ids_untracked(params).map(|(_, u)| u))
+    });
+    let panel = PanelActions {
+        extend: ServerAction::<ExtendLease>::new(),
+        resize: ServerAction::<ResizeVm>::new(),
+        snap: ServerAction::<SnapshotAction>::new(),
+    };
+    // One resource for the whole page (a nested one would not hydrate cleanly): the domain,
+    // and for portal VMs their lease and snapshots.
     let vm = Resource::new(
-        move || (ids(), act.version().get(), adopt.version().get()),
+        move || {
+            (
+                ids(),
+                act.version().get(),
+                adopt.version().get(),
+                pushed.get(),
+                panel.extend.version().get(),
+                panel.resize.version().get(),
+                panel.snap.version().get(),
+            )
+        },
         |(ids, ..)| async move {
-            match ids {
-                Some((h, u)) => get_vm(h, u).await,
-                None => Err(crate::error::AppError::NotFound("VM".into())),
-            }
+            let (h, u) = ids.ok_or_else(|| crate::error::AppError::NotFound("VM".into()))?;
+            let d = get_vm(h, u).await?;
+            let managed = if d.domain.managed {
+                match get_managed_vm(u).await.ok().flatten() {
+                    Some(m) => Some((m, list_snapshots(u).await.unwrap_or_default())),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            Ok::<_, crate::error::AppError>((d, managed))
         },
     );
     view! {
-        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match vm.await {
-                    Ok(d) => view! { <VmView d act act_error adopt adopt_error/> }.into_any(),
+                    Ok((d, managed)) => view! { <VmView d managed panel act act_error adopt adopt_error/> }.into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                 }
             })}
-        </Suspense>
+        </Transition>
     }
+}
+
+/// The actions of the lease, resize and snapshot forms (owned by the page so that the page's
+/// one resource refetches after them).
+#[derive(Clone, Copy)]
+struct PanelActions {
+    extend: ServerAction<ExtendLease>,
+    resize: ServerAction<ResizeVm>,
+    snap: ServerAction<SnapshotAction>,
 }
 
 #[component]
 fn VmView(
     d: VmDetail,
+    managed: Option<(ManagedVm, Vec<Snapshot>)>,
+    panel: PanelActions,
     act: ServerAction<VmAction>,
     act_error: Signal<Option<crate::error::AppError>>,
     adopt: ServerAction<AdoptVm>,
@@ -132,7 +182,7 @@ fn VmView(
             </section>
         })}
         {(!dom.managed).then(|| view! { <AdoptForm host=host3 uuid=uuid3 adopt adopt_error/> })}
-        {(dom.managed && !dom.missing).then(|| view! { <ManagedPanel uuid=dom.uuid state=dom.state.clone()/> })}
+        {managed.filter(|_| !dom.missing).map(|(vm, snaps)| view! { <ManagedPanel vm snaps panel state=dom.state.clone()/> })}
         <div class="grid">
             <section class="card">
                 <h2>"Disks"</h2>
@@ -224,46 +274,25 @@ fn AdoptForm(
 
 /// Lease, resize and snapshots of a VM the portal manages (nothing for other domains).
 #[component]
-fn ManagedPanel(uuid: Uuid, state: String) -> impl IntoView {
+fn ManagedPanel(
+    vm: ManagedVm,
+    snaps: Vec<Snapshot>,
+    panel: PanelActions,
+    state: String,
+) -> impl IntoView {
     use crate::pages::my_vms::lease_text;
-    use crate::provisioning::{
-        get_managed_vm, list_snapshots, ExtendLease, ResizeVm, SnapshotAction,
-    };
-    let extend = ServerAction::<ExtendLease>::new();
-    let resize = ServerAction::<ResizeVm>::new();
-    let snap = ServerAction::<SnapshotAction>::new();
+    let (extend, resize, snap) = (panel.extend, panel.resize, panel.snap);
     let (extend_error, resize_error, snap_error) = (
         action_error(extend),
         action_error(resize),
         action_error(snap),
     );
-    let data = Resource::new(
-        move || {
-            (
-                extend.version().get(),
-                resize.version().get(),
-                snap.version().get(),
-            )
-        },
-        move |_| async move {
-            let vm = get_managed_vm(uuid).await.ok().flatten();
-            let snaps = match vm {
-                Some(_) => list_snapshots(uuid).await.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            (vm, snaps)
-        },
-    );
+    let uuid = vm.uuid;
     let shutoff = state == "shutoff";
+    let (lease, class) = lease_text(&vm);
+    let id = uuid.to_string();
+    let (id2, id3, id4) = (id.clone(), id.clone(), id.clone());
     view! {
-        <Suspense fallback=|| ()>
-            {move || Suspend::new(async move {
-                let (vm, snaps) = data.await;
-                let vm = vm?;
-                let (lease, class) = lease_text(&vm);
-                let id = uuid.to_string();
-                let (id2, id3, id4) = (id.clone(), id.clone(), id.clone());
-                Some(view! {
                     <div class="grid">
                         <section class="card">
                             <h2>"Lease"</h2>
@@ -354,8 +383,5 @@ fn ManagedPanel(uuid: Uuid, state: String) -> impl IntoView {
                             <button type="submit">"Take snapshot"</button>
                         </ActionForm>
                     </section>
-                })
-            })}
-        </Suspense>
     }
 }

@@ -1,0 +1,172 @@
+//! Live updates: one LISTEN connection per server forwards `concierge_live` notifications
+//! (domain state changes, request log lines; see the migration) to a broadcast channel, and
+//! `/live` streams to each open page the events its viewer may see, as server-sent events.
+use app::account::{Actor, TenantRole};
+use app::live::LiveEvent;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::stream::Stream;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+pub const CHANNEL: &str = "concierge_live";
+
+#[derive(Clone)]
+pub struct Live {
+    pub tx: broadcast::Sender<LiveEvent>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        // Slow pages lag and skip (they refetch anyway); nobody blocks the listener.
+        Live {
+            tx: broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl Live {
+    /// Listens until the process ends, reconnecting after errors.
+    pub fn spawn_listener(&self, pool: PgPool) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if let Err(e) = listener.listen(CHANNEL).await {
+                            tracing::warn!(error = %e, "LISTEN failed");
+                        } else {
+                            loop {
+                                match listener.recv().await {
+                                    Ok(n) => match serde_json::from_str::<LiveEvent>(n.payload()) {
+                                        Ok(ev) => {
+                                            let _ = tx.send(ev);
+                                        }
+                                        Err(e) => tracing::warn!(error = %e, "bad live payload"),
+                                    },
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "live listener lost its connection");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "live listener cannot connect"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+/// Whether `actor` may see `ev`: fleet admins everything; the VM's owner or the request's
+/// requester; the approvers, admins and managers of its tenant.
+pub fn visible(actor: &Actor, ev: &LiveEvent) -> bool {
+    if actor.fleet_admin {
+        return true;
+    }
+    if ev.owner_id == Some(actor.user_id) || ev.requester_id == Some(actor.user_id) {
+        return actor.role_in(ev.tenant_id.unwrap_or_default()).is_some();
+    }
+    match ev.tenant_id {
+        Some(t) => matches!(
+            actor.role_in(t),
+            Some(TenantRole::Approver | TenantRole::TenantAdmin | TenantRole::Manager)
+        ),
+        None => false,
+    }
+}
+
+/// The event stream of one page.
+pub fn stream(live: &Live, actor: Actor) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = live.tx.subscribe();
+    let events = futures::stream::unfold((rx, actor), |(mut rx, actor)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if visible(&actor, &ev) => {
+                    let data = serde_json::to_string(&ev).unwrap_or_default();
+                    return Some((Ok(Event::default().data(data)), (rx, actor)));
+                }
+                Ok(_) => continue,
+                // Missed some: tell the page to refetch everything it shows.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let data = r#"{"kind":"lagged"}"#.to_string();
+                    return Some((Ok(Event::default().data(data)), (rx, actor)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::account::Membership;
+    use uuid::Uuid;
+
+    fn actor(role: Option<(Uuid, TenantRole)>) -> Actor {
+        Actor {
+            user_id: Uuid::new_v4(),
+            session_id: Uuid::new_v4(),
+            email: "a@example.com".into(),
+            display_name: "A".into(),
+            fleet_admin: false,
+            must_change_password: false,
+            memberships: role
+                .map(|(t, r)| {
+                    vec![Membership {
+                        tenant_id: t,
+                        tenant_name: "T".into(),
+                        role: r,
+                        tenant_suspended: false,
+                    }]
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn events_reach_only_those_who_may_see_them() {
+        let t = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let owner = actor(Some((t, TenantRole::Requester)));
+        let ev = LiveEvent {
+            kind: "domain".into(),
+            host_id: None,
+            uuid: Some(Uuid::new_v4()),
+            state: Some("running".into()),
+            tenant_id: Some(t),
+            owner_id: Some(owner.user_id),
+            request_id: None,
+            requester_id: None,
+        };
+        assert!(visible(&owner, &ev));
+        assert!(
+            !visible(&actor(Some((t, TenantRole::Requester))), &ev),
+            "another requester"
+        );
+        assert!(visible(&actor(Some((t, TenantRole::Approver))), &ev));
+        assert!(visible(&actor(Some((t, TenantRole::Manager))), &ev));
+        assert!(
+            !visible(&actor(Some((other, TenantRole::TenantAdmin))), &ev),
+            "another tenant"
+        );
+        let unmanaged = LiveEvent {
+            tenant_id: None,
+            owner_id: None,
+            ..ev
+        };
+        assert!(!visible(
+            &actor(Some((t, TenantRole::TenantAdmin))),
+            &unmanaged
+        ));
+        let mut fleet = actor(None);
+        fleet.fleet_admin = true;
+        assert!(visible(&fleet, &unmanaged));
+    }
+}
