@@ -307,3 +307,30 @@ pub async fn network_action(host_id: Uuid, name: String, op: String) -> Result<(
             .await,
     )
 }
+
+/// The fleet at a glance (fleet admins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetDashboard {
+    pub hosts: i64,
+    pub connected: i64,
+    pub lost: i64,
+    pub maintenance: i64,
+    pub cpus: i64,
+    pub memory_kib: i64,
+    pub vcpus_allocated: i64,
+    pub memory_allocated_kib: i64,
+    pub vcpu_overcommit: f64,
+    /// (state, count) of every domain on a host.
+    pub vms_by_state: Vec<(String, i64)>,
+    /// (tenant, vCPUs, memory KiB, VMs) of the largest consumers.
+    pub top_tenants: Vec<(String, i64, i64, i64)>,
+    pub pending_requests: i64,
+    pub drift: i64,
+    pub provisioning: i64,
+}
+
+#[server(prefix = "/api", endpoint = "fleet_dashboard")]
+pub async fn get_fleet_dashboard() -> Result<FleetDashboard, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.dashboard(&req).await)
+}

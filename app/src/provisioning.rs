@@ -657,3 +657,14 @@ pub async fn snapshot_action(
             .await,
     )
 }
+
+#[server(prefix = "/api", endpoint = "my_quota")]
+pub async fn my_quota(tenant_id: Uuid) -> Result<QuotaEffect, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .my_quota(&req, tenant_id)
+            .await,
+    )
+}

@@ -3,7 +3,7 @@
 use crate::account::{Actor, OneTimePassword, SessionInfo};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
-use crate::fleet::{DomainSummary, HostDetail, HostSummary, VmDetail};
+use crate::fleet::{DomainSummary, FleetDashboard, HostDetail, HostSummary, VmDetail};
 use crate::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
     RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
@@ -154,6 +154,7 @@ pub trait AuditTrail: Send + Sync + 'static {
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError>;
+    async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError>;
     async fn register(
         &self,
         req: &RequestCtx,
@@ -309,6 +310,8 @@ pub trait Provisioning: Send + Sync + 'static {
         form: PolicyForm,
     ) -> Result<(), AppError>;
     async fn recount(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Recount, AppError>;
+    /// The tenant's and the actor's own quota use, for any member.
+    async fn my_quota(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<QuotaEffect, AppError>;
     async fn vms(&self, req: &RequestCtx, page: u32) -> Result<Page<ManagedVm>, AppError>;
     async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError>;
     async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError>;

@@ -79,6 +79,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/requests/:id") view=pages::requests::RequestPage ssr=SsrMode::Async/>
                         <Route path=path!("/requests") view=pages::requests::RequestsPage ssr=SsrMode::Async/>
                         <Route path=path!("/approvals") view=pages::requests::InboxPage ssr=SsrMode::Async/>
+                        <Route path=path!("/dashboard") view=pages::dashboard::DashboardPage ssr=SsrMode::Async/>
                         <Route path=path!("/reports") view=pages::reports::ReportsPage ssr=SsrMode::Async/>
                         <Route path=path!("/rate-cards") view=pages::reports::RateCardsPage ssr=SsrMode::Async/>
                         <Route path=path!("/templates") view=pages::templates::TemplatesPage ssr=SsrMode::Async/>

@@ -76,7 +76,7 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await firstSignIn(rick, requesterEmail, requesterOtp, `rick-${run}-passphrase`);
     await goto(rick, '/');
     await rick.getByText(`Welcome, Rick`).waitFor();
-    await rick.getByText(tenantName).waitFor();
+    await rick.getByText(tenantName, { exact: true }).waitFor();
     await shot(rick, 'home-requester');
     for (const path of ['/tenants', '/users', '/audit']) {
       const res = await rick.goto(BASE + path);

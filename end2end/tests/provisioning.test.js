@@ -163,6 +163,33 @@ test('a request needing approval is approved in another browser and runs without
     await ray.locator('h1 .badge', { hasText: 'shutoff' }).waitFor({ timeout: 5000 });
     assert.deepEqual(navigations, [], 'still no reload');
 
+    // The fleet dashboard follows a VM started in another browser, without a reload.
+    await goto(admin, '/dashboard');
+    await admin.getByRole('heading', { name: 'VMs by state' }).waitFor();
+    const running = () => admin.evaluate(() => {
+      const row = [...document.querySelectorAll('.bar-row')]
+        .find((r) => r.querySelector('.bar-label')?.textContent === 'running');
+      return row ? Number(row.querySelector('.bar-value').textContent) : 0;
+    });
+    const before = await running();
+    const dashNavigations = [];
+    admin.on('framenavigated', (f) => { if (f === admin.mainFrame()) dashNavigations.push(f.url()); });
+    await ray.getByRole('button', { name: 'Start' }).click();
+    await ray.locator('h1 .badge', { hasText: 'running' }).waitFor();
+    await admin.waitForFunction((prev) => {
+      const row = [...document.querySelectorAll('.bar-row')]
+        .find((r) => r.querySelector('.bar-label')?.textContent === 'running');
+      return row && Number(row.querySelector('.bar-value').textContent) > prev;
+    }, before, { timeout: 5000 });
+    assert.deepEqual(dashNavigations, [], 'the dashboard did not reload');
+    await shot(admin, 'dashboard');
+    await goto(admin, '/reports');
+    await admin.getByRole('heading', { name: 'Usage and cost' }).waitFor();
+    await shot(admin, 'reports');
+    await goto(ray, '/');
+    await ray.locator(`li[data-vm="build-${run}"]`).waitFor();
+    await shot(ray, 'home-requester-dashboard');
+
     for (const p of [admin, ray, ada]) assert.deepEqual(p.errors, [], 'no script or CSP errors');
   } finally {
     await browser.close();

@@ -7,8 +7,8 @@ use crate::hypervisor::Hypervisors;
 use crate::hypervisor::{network, storage};
 use app::error::AppError;
 use app::fleet::{
-    version_string, DomainSummary, HostDetail, HostSummary, NetworkInfo, OperationInfo, PoolInfo,
-    VmDetail,
+    version_string, DomainSummary, FleetDashboard, HostDetail, HostSummary, NetworkInfo,
+    OperationInfo, PoolInfo, VmDetail,
 };
 use app::seam::{Fleet, RequestCtx};
 use app::Page;
@@ -29,6 +29,7 @@ pub struct FleetBackend {
     /// How long a graceful shutdown may take before the VM is forced off.
     pub shutdown_timeout: std::time::Duration,
     pub queue: Arc<crate::jobs::Queue>,
+    pub vcpu_overcommit: f64,
 }
 
 /// A domain row with what authorization needs.
@@ -352,6 +353,73 @@ impl Fleet for FleetBackend {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        #[derive(sqlx::FromRow)]
+        struct Totals {
+            hosts: i64,
+            connected: i64,
+            lost: i64,
+            maintenance: i64,
+            cpus: i64,
+            memory_kib: i64,
+            vcpus_allocated: i64,
+            memory_allocated_kib: i64,
+            pending_requests: i64,
+            drift: i64,
+            provisioning: i64,
+        }
+        let t: Totals = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM hosts) AS hosts,
+                    (SELECT count(*) FROM hosts WHERE state = 'connected') AS connected,
+                    (SELECT count(*) FROM hosts WHERE state = 'lost') AS lost,
+                    (SELECT count(*) FROM hosts WHERE maintenance) AS maintenance,
+                    (SELECT coalesce(sum(cpus), 0)::int8 FROM hosts WHERE state = 'connected') AS cpus,
+                    (SELECT coalesce(sum(memory_kib), 0)::int8 FROM hosts WHERE state = 'connected') AS memory_kib,
+                    (SELECT coalesce(sum(d.vcpus), 0)::int8 FROM domains d JOIN hosts h ON h.id = d.host_id
+                      WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS vcpus_allocated,
+                    (SELECT coalesce(sum(d.memory_kib), 0)::int8 FROM domains d JOIN hosts h ON h.id = d.host_id
+                      WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS memory_allocated_kib,
+                    (SELECT count(*) FROM requests WHERE state = 'pending_approval') AS pending_requests,
+                    (SELECT count(*) FROM domains WHERE NOT managed AND missing_since IS NULL) AS drift,
+                    (SELECT count(*) FROM vms WHERE phase IN ('pending', 'placing', 'cloning', 'defining', 'starting')) AS provisioning",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let vms_by_state: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM domains WHERE missing_since IS NULL GROUP BY state ORDER BY count(*) DESC, state",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let top_tenants: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT t.name, coalesce(sum(d.vcpus), 0)::int8, coalesce(sum(d.memory_kib), 0)::int8, count(*)
+             FROM domains d JOIN tenants t ON t.id = d.tenant_id
+             WHERE d.missing_since IS NULL GROUP BY t.name ORDER BY 2 DESC, 3 DESC LIMIT 5",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        Ok(FleetDashboard {
+            hosts: t.hosts,
+            connected: t.connected,
+            lost: t.lost,
+            maintenance: t.maintenance,
+            cpus: t.cpus,
+            memory_kib: t.memory_kib,
+            vcpus_allocated: t.vcpus_allocated,
+            memory_allocated_kib: t.memory_allocated_kib,
+            vcpu_overcommit: self.vcpu_overcommit,
+            vms_by_state,
+            top_tenants,
+            pending_requests: t.pending_requests,
+            drift: t.drift,
+            provisioning: t.provisioning,
+        })
+    }
+
     async fn register(
         &self,
         req: &RequestCtx,

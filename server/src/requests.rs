@@ -1396,6 +1396,15 @@ impl Provisioning for ProvisioningBackend {
         quota::recount(&mut tx, tenant_id).await
     }
 
+    async fn my_quota(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<QuotaEffect, AppError> {
+        let actor = req.actor()?;
+        if actor.role_in(tenant_id).is_none() {
+            return Err(AppError::NotFound("Tenant".into()));
+        }
+        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
+        quota::effect(&mut tx, tenant_id, actor.user_id, Amount::default()).await
+    }
+
     async fn vms(&self, req: &RequestCtx, page: u32) -> Result<Page<ManagedVm>, AppError> {
         let actor = req.actor()?;
         let page = page.max(1);

@@ -72,6 +72,7 @@ impl AppState {
                 accounts: accounts.clone(),
                 shutdown_timeout: std::time::Duration::from_secs(config.shutdown_timeout_seconds),
                 queue: queue.clone(),
+                vcpu_overcommit: config.vcpu_overcommit,
             }),
             catalog: Arc::new(crate::catalog::CatalogBackend {
                 pool: pool.clone(),

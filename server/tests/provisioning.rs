@@ -895,6 +895,19 @@ async fn catalog_visibility_and_authorization() {
         "requester sets policy",
     );
     assert_refused(&ann.call("approval_inbox", &[]).await, "requester inbox");
+    // Every member reads their own quota use; the fleet dashboard is for fleet admins.
+    let q = ann.call("my_quota", &[("tenant_id", &t)]).await.unwrap();
+    assert_eq!(q["tenant"][0]["resource"], "vcpus");
+    assert_refused(
+        &eve.call("my_quota", &[("tenant_id", &t)]).await,
+        "another tenant's quota",
+    );
+    for c in [&ann, &boss, &eve] {
+        assert_refused(&c.call("fleet_dashboard", &[]).await, "fleet dashboard");
+    }
+    let d = w.fleet.call("fleet_dashboard", &[]).await.unwrap();
+    assert_eq!(d["hosts"], 1, "{d}");
+    assert_eq!(d["connected"], 1, "{d}");
     // Unpublishing takes it out of every catalog.
     w.fleet
         .call(

@@ -61,6 +61,7 @@ fn Nav(actor: Actor) -> impl IntoView {
             {reports.then(|| view! { <A href="/reports">"Reports"</A> })}
             {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
+                <A href="/dashboard">"Dashboard"</A>
                 <A href="/templates">"Templates"</A>
                 <A href="/hosts">"Hosts"</A>
                 <A href="/tenants">"Tenants"</A>

@@ -63,5 +63,106 @@ fn HomeContent() -> impl IntoView {
                 })
             })}
         </Suspense>
+        // Outside the Suspense above: a resource created inside another's Suspend does not
+        // hydrate cleanly.
+        <div class="grid home-dashboard"><TenantDashboard/></div>
+    }
+}
+
+/// What a member needs at a glance: their VMs, their quota, requests in flight and, for
+/// approvers, what waits for them. Kept current by live updates.
+#[component]
+fn TenantDashboard() -> impl IntoView {
+    use crate::pages::my_vms::lease_text;
+    use crate::provisioning::{approval_inbox, list_requests, my_quota, my_vms, state_badge};
+    let actor = use_actor();
+    let pushed =
+        crate::live::use_live(|e| e.kind == "domain" || e.kind == "request" || e.kind == "lagged");
+    let data = Resource::new(
+        move || pushed.get(),
+        move |_| async move {
+            let a = actor.await.ok().flatten();
+            let vms = my_vms(1).await.ok();
+            let requests = list_requests(false, 1).await.ok();
+            let (approves, tenant) = match &a {
+                Some(a) => (
+                    a.fleet_admin || !a.approver_tenants().is_empty(),
+                    a.memberships
+                        .iter()
+                        .find(|m| a.may_request(m.tenant_id))
+                        .map(|m| (m.tenant_id, m.tenant_name.clone())),
+                ),
+                None => (false, None),
+            };
+            let waiting = if approves {
+                approval_inbox().await.map(|i| i.len()).ok()
+            } else {
+                None
+            };
+            let quota = match tenant {
+                Some((t, name)) => my_quota(t).await.ok().map(|q| (name, q)),
+                None => None,
+            };
+            let member = a.is_some_and(|a| !a.memberships.is_empty());
+            (member, vms, requests, waiting, quota)
+        },
+    );
+    view! {
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                let (member, vms, requests, waiting, quota) = data.await;
+                if !member {
+                    return None;
+                }
+                let in_flight: Vec<_> = requests.map(|p| p.items).unwrap_or_default().into_iter()
+                    .filter(|r| matches!(r.state.as_str(), "submitted" | "pending_approval" | "approved" | "provisioning"))
+                    .collect();
+                Some(view! {
+                    <section class="card">
+                        <div class="card-head"><h2>"Your VMs"</h2><a href="/vms">"All"</a></div>
+                        {match vms {
+                            Some(p) if !p.items.is_empty() => view! {
+                                <ul class="plain vm-list">
+                                    {p.items.into_iter().take(6).map(|v| {
+                                        let (lease, class) = lease_text(&v);
+                                        let state = v.state.clone().unwrap_or_else(|| v.phase.clone());
+                                        let href = v.host_id.map(|h| format!("/vms/{h}/{}", v.uuid)).unwrap_or_else(|| "/vms".into());
+                                        view! {
+                                            <li data-vm=v.name.clone()>
+                                                <a href=href>{v.name.clone()}</a>" "
+                                                <span class=state_badge(&state)>{state.clone()}</span>" "
+                                                <span class=class>{lease}</span>
+                                            </li>
+                                        }
+                                    }).collect_view()}
+                                </ul>
+                            }.into_any(),
+                            _ => view! { <p class="muted">"None yet. "<a href="/catalog">"Request one from the catalog."</a></p> }.into_any(),
+                        }}
+                    </section>
+                    <section class="card">
+                        <div class="card-head"><h2>"Requests"</h2><a href="/requests">"All"</a></div>
+                        {waiting.filter(|n| *n > 0).map(|n| view! { <p class="notice warn"><a href="/approvals">{format!("{n} request(s) wait for your approval.")}</a></p> })}
+                        {if in_flight.is_empty() {
+                            view! { <p class="muted">"Nothing in flight."</p> }.into_any()
+                        } else {
+                            view! {
+                                <ul class="plain">
+                                    {in_flight.into_iter().map(|r| view! {
+                                        <li><a href=format!("/requests/{}", r.id)>{format!("{} · {}", r.template_name, r.name_prefix)}</a>" "<span class=state_badge(&r.state)>{r.state_label()}</span></li>
+                                    }).collect_view()}
+                                </ul>
+                            }.into_any()
+                        }}
+                    </section>
+                    {quota.map(|(name, q)| view! {
+                        <section class="card">
+                            <h2>{format!("Quota in {name}")}</h2>
+                            <crate::components::quota::QuotaBars effect=q with_adding=false/>
+                        </section>
+                    })}
+                })
+            })}
+        </Transition>
     }
 }

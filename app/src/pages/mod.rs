@@ -1,6 +1,7 @@
 pub mod account;
 pub mod audit;
 pub mod catalog;
+pub mod dashboard;
 pub mod home;
 pub mod hosts;
 pub mod login;

@@ -1,0 +1,136 @@
+//! The fleet dashboard (fleet admins): hosts, capacity, VMs by state, top consumers, pending
+//! requests and drift, kept current by live updates.
+use crate::components::guard::{fleet_admin, Guard};
+use crate::fleet::{get_fleet_dashboard, FleetDashboard};
+use crate::pages::requests::ticker;
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+#[component]
+pub fn DashboardPage() -> impl IntoView {
+    view! {
+        <Title text="Fleet dashboard · Concierge"/>
+        <Guard allow=fleet_admin>
+            <DashboardContent/>
+        </Guard>
+    }
+}
+
+#[component]
+fn DashboardContent() -> impl IntoView {
+    let pushed = crate::live::use_live(|_| true);
+    let tick = ticker(30_000);
+    let data = Resource::new(
+        move || (pushed.get(), tick.get()),
+        |_| get_fleet_dashboard(),
+    );
+    view! {
+        <div class="page-head"><h1>"Fleet"</h1><a class="button" href="/hosts">"Hosts"</a></div>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match data.await {
+                    Ok(d) => view! { <DashboardView d/> }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+fn gib(kib: i64) -> String {
+    format!("{:.0} GiB", kib as f64 / 1_048_576.0)
+}
+
+#[component]
+fn Stat(
+    label: &'static str,
+    value: String,
+    #[prop(optional)] class: &'static str,
+    #[prop(optional)] href: Option<&'static str>,
+) -> impl IntoView {
+    let inner =
+        view! { <span class="stat-value">{value}</span><span class="stat-label">{label}</span> };
+    match href {
+        Some(h) => view! { <a class=format!("card stat {class}") href=h>{inner}</a> }.into_any(),
+        None => view! { <div class=format!("card stat {class}")>{inner}</div> }.into_any(),
+    }
+}
+
+#[component]
+fn DashboardView(d: FleetDashboard) -> impl IntoView {
+    let vcpu_cap = (d.cpus as f64 * d.vcpu_overcommit).round() as i64;
+    let total_vms: i64 = d.vms_by_state.iter().map(|(_, n)| n).sum();
+    let max_state = d
+        .vms_by_state
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let states_alt = d
+        .vms_by_state
+        .iter()
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let lost_class = if d.lost > 0 { "danger" } else { "" };
+    let pending_class = if d.pending_requests > 0 { "warn" } else { "" };
+    let drift_class = if d.drift > 0 { "warn" } else { "" };
+    view! {
+        <div class="stats">
+            <Stat label="hosts connected" value=format!("{} / {}", d.connected, d.hosts) href="/hosts"/>
+            <Stat label="hosts lost" value=d.lost.to_string() class=lost_class href="/hosts"/>
+            <Stat label="VMs" value=total_vms.to_string()/>
+            <Stat label="requests pending approval" value=d.pending_requests.to_string() class=pending_class href="/requests?all=1"/>
+            <Stat label="being provisioned" value=d.provisioning.to_string()/>
+            <Stat label="unmanaged domains (drift)" value=d.drift.to_string() class=drift_class href="/drift"/>
+        </div>
+        <div class="grid">
+            <section class="card">
+                <h2>"Capacity"</h2>
+                <div class="capacity">
+                    <span class="capacity-label">"vCPUs"</span>
+                    <meter min="0" max=vcpu_cap.max(1) as f64 value=d.vcpus_allocated as f64 high=vcpu_cap as f64 * 0.85 optimum=0></meter>
+                    <span class="capacity-text">{format!("{} of {} ({} CPUs × {})", d.vcpus_allocated, vcpu_cap, d.cpus, d.vcpu_overcommit)}</span>
+                </div>
+                <div class="capacity">
+                    <span class="capacity-label">"Memory"</span>
+                    <meter min="0" max=d.memory_kib.max(1) as f64 value=d.memory_allocated_kib as f64 high=d.memory_kib as f64 * 0.85 optimum=0></meter>
+                    <span class="capacity-text">{format!("{} of {}", gib(d.memory_allocated_kib), gib(d.memory_kib))}</span>
+                </div>
+                <p class="small muted">"Allocated to running domains on connected hosts."</p>
+            </section>
+            <section class="card">
+                <h2 id="states-title">"VMs by state"</h2>
+                <figure class="bars" role="img" aria-labelledby="states-title" aria-describedby="states-alt">
+                    {d.vms_by_state.iter().map(|(s, n)| {
+                        let pct = (*n as f64 / max_state as f64 * 100.0).max(1.0);
+                        view! {
+                            <div class="bar-row">
+                                <span class="bar-label">{s.clone()}</span>
+                                <span class=format!("bar state-{s}") style=format!("width: {pct:.1}%")></span>
+                                <span class="bar-value">{*n}</span>
+                            </div>
+                        }
+                    }).collect_view()}
+                    <figcaption id="states-alt" class="sr-only">{states_alt}</figcaption>
+                </figure>
+            </section>
+        </div>
+        <section class="card">
+            <h2>"Top consumers"</h2>
+            {if d.top_tenants.is_empty() {
+                view! { <p class="muted">"No managed VMs yet."</p> }.into_any()
+            } else {
+                view! {
+                    <table class="table">
+                        <thead><tr><th>"Organisation"</th><th class="num">"vCPUs"</th><th class="num">"Memory"</th><th class="num">"VMs"</th></tr></thead>
+                        <tbody>{d.top_tenants.into_iter().map(|(t, v, m, n)| view! {
+                            <tr><td>{t}</td><td class="num">{v}</td><td class="num">{gib(m)}</td><td class="num">{n}</td></tr>
+                        }).collect_view()}</tbody>
+                    </table>
+                }.into_any()
+            }}
+        </section>
+    }
+}
