@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         ))
         .fetch_one(&owner)
         .await?;
-        sqlx::query("UPDATE tenant_quotas SET max_vcpus = $2 WHERE tenant_id = $1")
+        sqlx::query("UPDATE tenant_quotas SET max_vcpus = $2, max_vms = 100000, max_memory_mib = 100000000, max_disk_gib = 10000000 WHERE tenant_id = $1")
             .bind(tenant)
             .bind(LIMIT)
             .execute(&owner)

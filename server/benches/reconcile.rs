@@ -72,6 +72,33 @@ async fn main() -> anyhow::Result<()> {
         ids.push(id);
     }
     let rss_before = rss_mib();
+    // Baseline: libvirt's test driver keeps each simulated host inside our process. Opening
+    // and listing them without Concierge shows what of the RSS is libvirt's, not ours.
+    if std::env::var("RSS_BASELINE").is_ok_and(|v| v == "1") {
+        concierge::hypervisor::events::ensure_event_loop();
+        let uris: Vec<String> = sqlx::query_scalar("SELECT uri FROM hosts ORDER BY name")
+            .fetch_all(&maint_owner(&url).await?)
+            .await?;
+        let mut conns = Vec::new();
+        for uri in uris {
+            let c = virt::connect::Connect::open(Some(&uri))?;
+            let n = c.list_all_domains(0)?.len();
+            assert_eq!(n, DOMAINS);
+            conns.push(c);
+        }
+        println!(
+            "baseline: {HOSTS} test-driver hosts opened and listed without Concierge: RSS {:.0} MiB (before {:.0} MiB)",
+            rss_mib(),
+            rss_before
+        );
+        for c in conns {
+            concierge::hypervisor::events::close(c);
+        }
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&maint)
+            .await?;
+        return Ok(());
+    }
     let hv = Hypervisors::new(pool.clone(), Duration::from_secs(3600));
     let opened = Instant::now();
     hv.start_all().await?;
@@ -129,6 +156,48 @@ async fn main() -> anyhow::Result<()> {
         rss_mib(),
         rss_before
     );
+    // Lifecycle events → rows: suspend and resume domains on every host, then read how long
+    // each event took from libvirt's callback to its committed row.
+    hv.event_latencies.lock().expect("latencies").clear();
+    let targets: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "SELECT DISTINCT ON (host_id) host_id, uuid FROM domains WHERE state = 'running' ORDER BY host_id, name",
+    )
+    .fetch_all(&owner)
+    .await?;
+    for _ in 0..5 {
+        let suspends = targets
+            .iter()
+            .map(|(h, u)| hv.lifecycle(*h, *u, concierge::hypervisor::connection::Action::Suspend));
+        for r in futures::future::join_all(suspends).await {
+            r.map_err(anyhow::Error::msg)?;
+        }
+        let resumes = targets
+            .iter()
+            .map(|(h, u)| hv.lifecycle(*h, *u, concierge::hypervisor::connection::Action::Resume));
+        for r in futures::future::join_all(resumes).await {
+            r.map_err(anyhow::Error::msg)?;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut lat: Vec<f64> = hv
+        .event_latencies
+        .lock()
+        .expect("latencies")
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if !lat.is_empty() {
+        let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+        println!(
+            "lifecycle event -> row: {} events from {} hosts at once, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lat.len(),
+            targets.len(),
+            p(0.5),
+            p(0.99),
+            p(1.0)
+        );
+    }
     hv.stop_all();
     tokio::time::sleep(Duration::from_millis(200)).await;
     pool.close().await;

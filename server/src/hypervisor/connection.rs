@@ -255,7 +255,22 @@ impl Actor {
                     let _ = reply.send(self.reconcile(&conn));
                 }
                 Ok(Command::RefreshDomain(uuid)) => self.refresh_domain(&conn, uuid),
-                Ok(Command::Call(f)) => f(Some(&conn)),
+                // libvirt connections are thread-safe: storage and provisioning work (slow
+                // clones, QEMU starts) runs on its own thread with a reference to the
+                // connection, so one host serves many jobs at once and its events, lifecycle
+                // actions and reconciles never queue behind them.
+                Ok(Command::Call(f)) => {
+                    let shared = conn.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("libvirt-call".into())
+                        .spawn(move || {
+                            f(Some(&shared));
+                            events::close(shared);
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "could not start a libvirt call thread");
+                    }
+                }
                 Ok(Command::Lifecycle(uuid, action, reply)) => {
                     let result =
                         run_action(&conn, uuid, action).map_err(|e| e.message().to_string());

@@ -429,6 +429,33 @@ pub async fn apply_event(
     Ok(n > 0)
 }
 
+/// Applies many lifecycle events in one statement; returns the (host, domain) pairs whose row
+/// existed and was updated.
+pub async fn apply_events(
+    pool: &PgPool,
+    rows: &[(Uuid, Uuid, &str, &str)],
+) -> Result<std::collections::HashSet<(Uuid, Uuid)>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let done: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE domains d SET state = e.state, state_reason = e.reason,
+                state_since = CASE WHEN d.state <> e.state THEN now() ELSE d.state_since END, missing_since = NULL
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS e (host_id, uuid, state, reason)
+         WHERE d.host_id = e.host_id AND d.uuid = e.uuid
+         RETURNING d.host_id, d.uuid",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.into_iter().collect())
+}
+
 /// Inserts or updates domain rows in one statement (a reconcile's batch, or one refresh).
 pub async fn upsert_domains(
     tx: &mut db::Tx,

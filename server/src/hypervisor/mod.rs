@@ -172,38 +172,60 @@ impl Hypervisors {
     }
 }
 
-/// Applies lifecycle events to domain rows as they arrive.
+/// Applies lifecycle events to domain rows as they arrive. A burst (a hundred hosts at once)
+/// is written in one transaction: one event per commit would queue them behind each other's
+/// disk flushes.
 async fn write_events(
     hv: std::sync::Weak<Hypervisors>,
     mut rx: mpsc::UnboundedReceiver<DomainEvent>,
 ) {
-    while let Some(ev) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
         let Some(hv) = hv.upgrade() else { return };
-        let name = events::event_name(ev.event);
-        let applied = match events::state_after(ev.event) {
-            Some(state) => inventory::apply_event(
-                &hv.pool,
-                ev.host,
-                ev.uuid,
-                state,
-                name,
-                time::OffsetDateTime::now_utc(),
-            )
+        let mut batch = vec![first];
+        while batch.len() < 2_000 {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+        // The last event of each domain wins; the others only count for latency.
+        let mut last: HashMap<(Uuid, Uuid), (&'static str, &'static str)> = HashMap::new();
+        let mut refresh = Vec::new();
+        for ev in &batch {
+            match events::state_after(ev.event) {
+                Some(state) => {
+                    last.insert((ev.host, ev.uuid), (state, events::event_name(ev.event)));
+                }
+                None => refresh.push((ev.host, ev.uuid)),
+            }
+        }
+        let rows: Vec<(Uuid, Uuid, &str, &str)> = last
+            .iter()
+            .map(|((h, u), (s, r))| (*h, *u, *s, *r))
+            .collect();
+        let applied = inventory::apply_events(&hv.pool, &rows)
             .await
             .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "could not apply a domain event");
-                true
-            }),
-            None => false,
-        };
-        if applied {
+                tracing::warn!(error = %e, "could not apply domain events");
+                Default::default()
+            });
+        {
             let mut l = hv.event_latencies.lock().expect("latency lock");
-            if l.len() < 100_000 {
-                l.push(ev.at.elapsed());
+            for ev in &batch {
+                if applied.contains(&(ev.host, ev.uuid)) && l.len() < 100_000 {
+                    l.push(ev.at.elapsed());
+                }
             }
-        } else if let Some(s) = hv.sender(ev.host) {
-            // New, redefined or undefined domains: let the host re-read it.
-            let _ = s.send(Command::RefreshDomain(ev.uuid));
+        }
+        // New, redefined or undefined domains, and rows we do not have: let the host re-read.
+        for (h, u) in refresh.into_iter().chain(
+            rows.iter()
+                .map(|(h, u, ..)| (*h, *u))
+                .filter(|k| !applied.contains(k)),
+        ) {
+            if let Some(s) = hv.sender(h) {
+                let _ = s.send(Command::RefreshDomain(u));
+            }
         }
     }
 }
