@@ -253,10 +253,10 @@ async fn main() -> anyhow::Result<()> {
             if done as usize == IN_FLIGHT {
                 break;
             }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "round {round} did not finish"
-            );
+            if std::time::Instant::now() > deadline {
+                cleanup(&client, &owner, &host).await;
+                anyhow::bail!("round {round} did not finish");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut secs: Vec<f64> = sqlx::query_scalar(
@@ -275,33 +275,7 @@ async fn main() -> anyhow::Result<()> {
             pct(&secs, 1.0)
         );
         all.extend(secs);
-        // Clean up: delete every VM of the round through the portal's own delete job.
-        let vms: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT uuid, name FROM vms WHERE deleted_at IS NULL")
-                .fetch_all(&owner)
-                .await?;
-        for (uuid, name) in vms {
-            let _ = client
-                .call(
-                    "vm_action",
-                    &[
-                        ("host_id", &host),
-                        ("uuid", &uuid.to_string()),
-                        ("action", "delete"),
-                        ("confirm", &name),
-                    ],
-                )
-                .await;
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM vms WHERE deleted_at IS NULL")
-            .fetch_one(&owner)
-            .await?
-            > 0
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cleanup(&client, &owner, &host).await;
     }
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
