@@ -255,6 +255,7 @@ pub struct ApprovalPolicy {
     pub auto_max_count: i32,
     pub auto_max_lease_days: i32,
     pub auto_template_ids: Vec<Uuid>,
+    pub auto_template_names: Vec<String>,
     pub expire_days: i32,
     pub levels: Vec<ApprovalLevel>,
 }
@@ -556,6 +557,9 @@ pub async fn set_policy(
     /// One level per line: `any|all: a@x, b@y` (no e-mails: any approver of the tenant).
     #[server(default)]
     levels: String,
+    /// Comma-separated template names that may be auto-approved; empty: any template.
+    #[server(default)]
+    auto_templates: String,
 ) -> Result<(), AppError> {
     let req = crate::seam::request()?;
     let form = PolicyForm {
@@ -565,6 +569,7 @@ pub async fn set_policy(
         auto_max_lease_days,
         expire_days,
         levels,
+        auto_templates,
     };
     crate::seam::reply(
         crate::seam::backend()?
@@ -582,6 +587,7 @@ pub struct PolicyForm {
     pub auto_max_lease_days: String,
     pub expire_days: String,
     pub levels: String,
+    pub auto_templates: String,
 }
 
 #[server(prefix = "/api", endpoint = "recount_quota")]

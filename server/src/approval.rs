@@ -147,6 +147,13 @@ pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppEr
         auto_max_memory_mib: p.auto_max_memory_mib,
         auto_max_count: p.auto_max_count,
         auto_max_lease_days: p.auto_max_lease_days,
+        auto_template_names: sqlx::query_scalar(
+            "SELECT name FROM templates WHERE id = ANY($1) ORDER BY lower(name)",
+        )
+        .bind(&p.auto_template_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db::internal)?,
         auto_template_ids: p.auto_template_ids,
         expire_days: p.expire_days,
         levels,

@@ -1342,12 +1342,35 @@ impl Provisioning for ProvisioningBackend {
             }
             resolved.push((*all, ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>()));
         }
+        // Templates that may be auto-approved, by name among those offered to the tenant.
+        let names: Vec<String> = form
+            .auto_templates
+            .split(',')
+            .map(|n| n.trim().to_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let found: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, lower(name) FROM templates WHERE lower(name) = ANY($1) AND (all_tenants OR $2 = ANY(tenant_ids))",
+        )
+        .bind(&names)
+        .bind(tenant_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
+            return Err(AppError::field(
+                "auto_templates",
+                format!("No template named \u{201c}{missing}\u{201d} is offered to this tenant."),
+            ));
+        }
+        let auto_templates: Vec<Uuid> = found.into_iter().map(|(id, _)| id).collect();
         sqlx::query(
-            "INSERT INTO approval_policies (tenant_id, auto_max_vcpus, auto_max_memory_mib, auto_max_count, auto_max_lease_days, expire_days)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO approval_policies (tenant_id, auto_max_vcpus, auto_max_memory_mib, auto_max_count, auto_max_lease_days, expire_days, auto_template_ids)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (tenant_id) DO UPDATE SET auto_max_vcpus = excluded.auto_max_vcpus,
                  auto_max_memory_mib = excluded.auto_max_memory_mib, auto_max_count = excluded.auto_max_count,
-                 auto_max_lease_days = excluded.auto_max_lease_days, expire_days = excluded.expire_days",
+                 auto_max_lease_days = excluded.auto_max_lease_days, expire_days = excluded.expire_days,
+                 auto_template_ids = excluded.auto_template_ids",
         )
         .bind(tenant_id)
         .bind(v as i32)
@@ -1355,6 +1378,7 @@ impl Provisioning for ProvisioningBackend {
         .bind(c as i32)
         .bind(l as i32)
         .bind(e as i32)
+        .bind(&auto_templates)
         .execute(&mut *tx)
         .await
         .map_err(db::internal)?;
@@ -1381,6 +1405,7 @@ impl Provisioning for ProvisioningBackend {
                 .after(json!({
                     "auto_max_vcpus": v, "auto_max_memory_mib": m, "auto_max_count": c,
                     "auto_max_lease_days": l, "expire_days": e, "levels": form.levels,
+                "auto_templates": auto_templates,
                 })),
         )
         .await?;

@@ -895,6 +895,19 @@ async fn catalog_visibility_and_authorization() {
         "requester sets policy",
     );
     assert_refused(&ann.call("approval_inbox", &[]).await, "requester inbox");
+    // Nobody previews (or learns) another tenant's quota.
+    let r = eve
+        .call(
+            "quota_preview",
+            &[
+                ("tenant_id", &t),
+                ("template_id", &w.template),
+                ("size", "small"),
+                ("count", "1"),
+            ],
+        )
+        .await;
+    assert_field_error(&r, "tenant_id");
     // Every member reads their own quota use; the fleet dashboard is for fleet admins.
     let q = ann.call("my_quota", &[("tenant_id", &t)]).await.unwrap();
     assert_eq!(q["tenant"][0]["resource"], "vcpus");
@@ -1347,5 +1360,87 @@ async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota()
     assert!(w.volumes().await.iter().all(|v| !v.starts_with("cc-")));
     let actions = w.app.audit_actions().await;
     assert!(actions.iter().any(|a| a == "request.fail"), "{actions:?}");
+    w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn auto_approval_can_be_limited_to_some_templates() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let policy = |templates: &'static str| {
+        let (boss, t) = (boss.clone(), t.clone());
+        async move {
+            boss.call(
+                "set_policy",
+                &[
+                    ("tenant_id", &t),
+                    ("auto_max_vcpus", "2"),
+                    ("auto_max_memory_gib", "4"),
+                    ("auto_max_count", "1"),
+                    ("auto_max_lease_days", "30"),
+                    ("expire_days", "7"),
+                    ("levels", ""),
+                    ("auto_templates", templates),
+                ],
+            )
+            .await
+        }
+    };
+    assert_field_error(&policy("Windows 11").await, "auto_templates");
+    // Listed: approved at once.
+    policy("debian 12").await.unwrap();
+    let q = boss
+        .call("tenant_quotas", &[("tenant_id", &t)])
+        .await
+        .unwrap();
+    assert_eq!(
+        q["policy"]["auto_template_names"],
+        serde_json::json!(["Debian 12"])
+    );
+    let id = id_of(&w.submit(&ann, "small", "1", "listed").await.unwrap());
+    assert_ne!(
+        ann.call("get_request", &[("id", &id)]).await.unwrap()["request"]["state"],
+        "pending_approval"
+    );
+    // Another template listed instead: the same request now waits for an approver.
+    let other = w
+        .fleet
+        .call(
+            "save_template",
+            &[
+                ("name", "Alpine"),
+                ("os", "Alpine Linux"),
+                ("sizes", "tiny 1 0.5 2"),
+                ("default_lease_days", "7"),
+                ("max_lease_days", "30"),
+                ("tenants", "*"),
+                ("image_host", &w.host),
+                ("image_pool", &w.pool),
+                ("image_volume", "debian-12.qcow2"),
+            ],
+        )
+        .await
+        .unwrap();
+    w.fleet
+        .call(
+            "publish_template",
+            &[("id", other.as_str().unwrap()), ("published", "true")],
+        )
+        .await
+        .unwrap();
+    policy("Alpine").await.unwrap();
+    let id = id_of(&w.submit(&ann, "small", "1", "unlisted").await.unwrap());
+    assert_eq!(
+        ann.call("get_request", &[("id", &id)]).await.unwrap()["request"]["state"],
+        "pending_approval"
+    );
     w.app.state.hypervisors.stop_all();
 }

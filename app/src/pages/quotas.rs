@@ -225,6 +225,11 @@ fn QuotasView(
                     </div>
                 </div>
                 <div class="field">
+                    <label for="pol-templates">"Only these templates are auto-approved (comma-separated names; empty: any)"</label>
+                    <input id="pol-templates" name="auto_templates" value=p.auto_template_names.join(", ") aria-describedby="auto_templates-error"/>
+                    <FieldMessage error=policy_error field="auto_templates"/>
+                </div>
+                <div class="field">
                     <label for="pol-levels">"Approval levels, in order: one per line, \"any:\" or \"all:\" followed by approvers' e-mails (none: any approver of the organisation)"</label>
                     <textarea id="pol-levels" name="levels" rows="3" placeholder="any:\nall: lead@example.com, finance@example.com" aria-describedby="levels-error">{levels_text}</textarea>
                     <FieldMessage error=policy_error field="levels"/>
