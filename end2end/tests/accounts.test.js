@@ -124,6 +124,9 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await admin.locator('h1 .badge', { hasText: 'paused' }).waitFor();
     await admin.getByRole('cell', { name: 'suspend' }).waitFor();
     await shot(admin, 'vm');
+    // A full load of the same page hydrates cleanly (no nested resources).
+    await goto(admin, new URL(admin.url()).pathname);
+    await admin.getByRole('heading', { name: 'Adopt into a tenant' }).waitFor();
     await admin.getByRole('button', { name: 'Resume' }).click();
     await admin.locator('h1 .badge', { hasText: 'running' }).waitFor();
     // Back on the host: a new blank volume appears in its pool's list.

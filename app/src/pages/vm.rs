@@ -5,7 +5,6 @@ use crate::fleet::{get_vm, AdoptVm, VmAction, VmDetail, VM_ACTIONS};
 use crate::provisioning::{
     get_managed_vm, list_snapshots, ExtendLease, ManagedVm, ResizeVm, Snapshot, SnapshotAction,
 };
-use crate::shell::use_actor;
 use crate::tenant::list_tenants;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -89,14 +88,20 @@ fn VmContent() -> impl IntoView {
             } else {
                 None
             };
-            Ok::<_, crate::error::AppError>((d, managed))
+            // Unmanaged: the tenants it may be adopted into (fleet admins only; others get none).
+            let tenants = if d.domain.managed {
+                Vec::new()
+            } else {
+                list_tenants().await.unwrap_or_default()
+            };
+            Ok::<_, crate::error::AppError>((d, managed, tenants))
         },
     );
     view! {
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match vm.await {
-                    Ok((d, managed)) => view! { <VmView d managed panel act act_error adopt adopt_error/> }.into_any(),
+                    Ok((d, managed, tenants)) => view! { <VmView d managed tenants panel act act_error adopt adopt_error/> }.into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                 }
             })}
@@ -117,6 +122,7 @@ struct PanelActions {
 fn VmView(
     d: VmDetail,
     managed: Option<(ManagedVm, Vec<Snapshot>)>,
+    tenants: Vec<crate::tenant::TenantSummary>,
     panel: PanelActions,
     act: ServerAction<VmAction>,
     act_error: Signal<Option<crate::error::AppError>>,
@@ -181,7 +187,7 @@ fn VmView(
                 </details>
             </section>
         })}
-        {(!dom.managed).then(|| view! { <AdoptForm host=host3 uuid=uuid3 adopt adopt_error/> })}
+        {(!dom.managed && !tenants.is_empty()).then(|| view! { <AdoptForm host=host3 uuid=uuid3 tenants adopt adopt_error/> })}
         {managed.filter(|_| !dom.missing).map(|(vm, snaps)| view! { <ManagedPanel vm snaps panel state=dom.state.clone()/> })}
         <div class="grid">
             <section class="card">
@@ -228,47 +234,37 @@ fn VmView(
 fn AdoptForm(
     host: String,
     uuid: String,
+    tenants: Vec<crate::tenant::TenantSummary>,
     adopt: ServerAction<AdoptVm>,
     adopt_error: Signal<Option<crate::error::AppError>>,
 ) -> impl IntoView {
-    let actor = use_actor();
-    let tenants = Resource::new(|| (), |_| list_tenants());
-    view! {
-        <Suspense fallback=|| ()>
-            {move || {
-                let (host, uuid) = (host.clone(), uuid.clone());
-                Suspend::new(async move {
-                    let a = actor.await.ok().flatten()?;
-                    if !a.fleet_admin {
-                        return None;
-                    }
-                    let list = tenants.await.unwrap_or_default();
-                    Some(view! {
-                        <section class="card">
-                            <h2>"Adopt into a tenant"</h2>
-                            <p class="muted">"This domain was not created by Concierge. Adopting it gives it a tenant and an owner, who can then manage it."</p>
-                            <FormMessage error=adopt_error/>
-                            <ActionForm action=adopt attr:class="form row">
-                                <input type="hidden" name="host_id" value=host/>
-                                <input type="hidden" name="uuid" value=uuid/>
-                                <div class="field">
-                                    <label for="adopt-tenant">"Tenant"</label>
-                                    <select id="adopt-tenant" name="tenant_id">
-                                        {list.into_iter().map(|t| view! { <option value=t.id.to_string()>{t.name}</option> }).collect_view()}
-                                    </select>
-                                </div>
-                                <div class="field">
-                                    <label for="adopt-owner">"Owner's e-mail"</label>
-                                    <input id="adopt-owner" name="owner_email" type="email" required aria-describedby="owner_email-error"/>
-                                    <FieldMessage error=adopt_error field="owner_email"/>
-                                </div>
-                                <button type="submit" class="primary">"Adopt"</button>
-                            </ActionForm>
-                        </section>
-                    })
-                })
-            }}
-        </Suspense>
+    // Props only, no resource of its own: a resource created inside the page's Suspend would
+    // not hydrate cleanly.
+    let list = tenants;
+    {
+        view! {
+            <section class="card">
+                <h2>"Adopt into a tenant"</h2>
+                <p class="muted">"This domain was not created by Concierge. Adopting it gives it a tenant and an owner, who can then manage it."</p>
+                <FormMessage error=adopt_error/>
+                <ActionForm action=adopt attr:class="form row">
+                    <input type="hidden" name="host_id" value=host/>
+                    <input type="hidden" name="uuid" value=uuid/>
+                    <div class="field">
+                        <label for="adopt-tenant">"Tenant"</label>
+                        <select id="adopt-tenant" name="tenant_id">
+                            {list.into_iter().map(|t| view! { <option value=t.id.to_string()>{t.name}</option> }).collect_view()}
+                        </select>
+                    </div>
+                    <div class="field">
+                        <label for="adopt-owner">"Owner's e-mail"</label>
+                        <input id="adopt-owner" name="owner_email" type="email" required aria-describedby="owner_email-error"/>
+                        <FieldMessage error=adopt_error field="owner_email"/>
+                    </div>
+                    <button type="submit" class="primary">"Adopt"</button>
+                </ActionForm>
+            </section>
+        }
     }
 }
 
