@@ -159,14 +159,14 @@ fn ReportView(r: Report) -> impl IntoView {
         r.group_by
     );
     let currency = if r.currency.is_empty() {
-        "no rate card".to_string()
+        "No rate card covers this period, so costs are zero.".to_string()
     } else {
-        r.currency.clone()
+        format!("Costs in {}.", r.currency)
     };
     view! {
         <section class="card report">
             <h2>{title}</h2>
-            <p class="muted small">{format!("Cost in {currency}; compared with {} to {}. Allocated hours count while a VM exists; powered-on hours while it runs.", r.previous_from, r.previous_to)}</p>
+            <p class="muted small">{format!("{currency} Compared with {} to {}. Allocated hours count while a VM exists; powered-on hours while it runs.", r.previous_from, r.previous_to)}</p>
             {if r.rows.is_empty() {
                 view! { <p class="muted">"No usage in this period."</p> }.into_any()
             } else {
