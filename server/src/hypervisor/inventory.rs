@@ -2,7 +2,6 @@
 use crate::db::{self, Scope};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use time::OffsetDateTime;
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -402,33 +401,6 @@ pub fn parse_nics(v: &serde_json::Value) -> Vec<Nic> {
         .unwrap_or_default()
 }
 
-/// Applies one lifecycle event to the domain's row at once. Returns false when the domain is
-/// not in the database yet (the caller then asks the host for a refresh).
-pub async fn apply_event(
-    pool: &PgPool,
-    host: Uuid,
-    uuid: Uuid,
-    state: &str,
-    reason: &str,
-    _at: OffsetDateTime,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
-    let n = sqlx::query(
-        "UPDATE domains SET state = $3, state_reason = $4,
-                state_since = CASE WHEN state <> $3 THEN now() ELSE state_since END, missing_since = NULL
-         WHERE host_id = $1 AND uuid = $2",
-    )
-    .bind(host)
-    .bind(uuid)
-    .bind(state)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    Ok(n > 0)
-}
-
 /// Applies many lifecycle events in one statement; returns the (host, domain) pairs whose row
 /// existed and was updated.
 pub async fn apply_events(
@@ -441,9 +413,12 @@ pub async fn apply_events(
     let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     let done: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE domains d SET state = e.state, state_reason = e.reason,
-                state_since = CASE WHEN d.state <> e.state THEN now() ELSE d.state_since END, missing_since = NULL
+                state_since = CASE WHEN d.state <> e.state THEN now() ELSE d.state_since END
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS e (host_id, uuid, state, reason)
          WHERE d.host_id = e.host_id AND d.uuid = e.uuid
+           -- A late event (\"stopped\" after a delete) must not bring an undefined domain back;
+           -- a domain that really returns is re-read and un-marked by the refresh.
+           AND d.missing_since IS NULL
          RETURNING d.host_id, d.uuid",
     )
     .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
