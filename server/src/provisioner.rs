@@ -259,12 +259,7 @@ impl Provisioner {
         let (vcpus, memory_mib) = (vm.vcpus as u32, vm.memory_mib as u64);
         let (domain_type, nested) = self
             .hypervisors
-            .call(host, |conn| {
-                Ok((
-                    domain_xml::domain_type(conn),
-                    domain_xml::host_is_nested(conn),
-                ))
-            })
+            .call(host, |conn| Ok(domain_xml::guest_kind(conn)))
             .await
             .map_err(retry)?;
         let libvirt_name = domain_xml::libvirt_name(&name, uuid);
@@ -360,14 +355,7 @@ impl Provisioner {
             )
             .await
             .map_err(retry)?;
-            let (total, running, failed): (i64, i64, i64) = sqlx::query_as(
-                "SELECT count(*), count(*) FILTER (WHERE phase = 'running'), count(*) FILTER (WHERE phase = 'failed')
-                 FROM vms WHERE request_id = $1",
-            )
-            .bind(r)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(retry)?;
+            let (total, running, failed) = tally(&mut tx, r).await?;
             if running == total {
                 sqlx::query("UPDATE requests SET state = 'fulfilled', updated_at = $2 WHERE id = $1 AND state IN ('approved', 'provisioning')")
                     .bind(r)
@@ -514,6 +502,18 @@ impl Provisioner {
     }
 }
 
+/// A request's VMs: how many in all, running, and failed.
+async fn tally(tx: &mut db::Tx, request: Uuid) -> Result<(i64, i64, i64), Outcome> {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE phase = 'running'), count(*) FILTER (WHERE phase = 'failed')
+         FROM vms WHERE request_id = $1",
+    )
+    .bind(request)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(retry)
+}
+
 async fn base_volume(tx: &mut db::Tx, template: Uuid, host: Uuid) -> Result<String, Outcome> {
     sqlx::query_scalar("SELECT volume FROM template_images WHERE template_id = $1 AND host_id = $2")
         .bind(template)
@@ -553,9 +553,13 @@ impl Handler for Provisioner {
             tracing::warn!(error = ?e, "cleaning up a failed VM");
         }
         let result: Result<(), Outcome> = async {
-            let Some(vm) = self.load(job.key).await? else { return Ok(()) };
+            let Some(vm) = self.load(job.key).await? else {
+                return Ok(());
+            };
             let now = self.clock.now();
-            let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await.map_err(retry)?;
+            let mut tx = db::begin_raw(&self.pool, Scope::fleet())
+                .await
+                .map_err(retry)?;
             if let Some(r) = vm.request_id {
                 sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
                     .bind(r)
@@ -563,30 +567,34 @@ impl Handler for Provisioner {
                     .await
                     .map_err(retry)?;
             }
-            sqlx::query("UPDATE vms SET phase = 'failed', error = $2, updated_at = $3 WHERE uuid = $1")
-                .bind(vm.uuid)
-                .bind(error)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(retry)?;
+            sqlx::query(
+                "UPDATE vms SET phase = 'failed', error = $2, updated_at = $3 WHERE uuid = $1",
+            )
+            .bind(vm.uuid)
+            .bind(error)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(retry)?;
             quota::release(&mut tx, Release::Vm(vm.uuid), "provisioning failed", now)
                 .await
                 .map_err(retry)?;
             if let Some(r) = vm.request_id {
-                log(&mut tx, r, vm.tenant_id, None, "failed", &format!("{} failed: {error}. Its quota was released.", vm.name), now)
-                    .await
-                    .map_err(retry)?;
-                let (total, running, failed): (i64, i64, i64) = sqlx::query_as(
-                    "SELECT count(*), count(*) FILTER (WHERE phase = 'running'), count(*) FILTER (WHERE phase = 'failed')
-                     FROM vms WHERE request_id = $1",
+                log(
+                    &mut tx,
+                    r,
+                    vm.tenant_id,
+                    None,
+                    "failed",
+                    &format!("{} failed: {error}. Its quota was released.", vm.name),
+                    now,
                 )
-                .bind(r)
-                .fetch_one(&mut *tx)
                 .await
                 .map_err(retry)?;
+                let (total, running, failed) = tally(&mut tx, r).await?;
                 if running + failed == total {
-                    self.close_failed_request(&mut tx, r, vm.tenant_id, failed, total).await?;
+                    self.close_failed_request(&mut tx, r, vm.tenant_id, failed, total)
+                        .await?;
                 }
             }
             tx.commit().await.map_err(retry)

@@ -219,7 +219,7 @@ pub async fn reserve(
     .rows_affected();
     if reserved == 0 {
         let effect = effect(tx, tenant, user, total).await?;
-        return Err(quota_error(effect));
+        return Err(overflow_error(effect, "count"));
     }
     // The tenant row is locked until commit: the user's check below cannot race.
     if let Some(limits) = user_limits(tx, tenant, user).await? {
@@ -247,9 +247,10 @@ pub async fn reserve(
     Ok(())
 }
 
-fn quota_error(effect: QuotaEffect) -> AppError {
+/// The error for a reservation that did not fit, on the form field that asked for it.
+fn overflow_error(effect: QuotaEffect, field: &str) -> AppError {
     match effect.overflow {
-        Some(message) => AppError::field("count", message),
+        Some(message) => AppError::field(field, message),
         None => AppError::Conflict("The quota changed meanwhile; try again.".into()),
     }
 }
@@ -361,7 +362,7 @@ pub async fn adjust(
     };
     if ok == 0 {
         let effect = effect(tx, tenant, user, grow).await?;
-        return Err(resize_error(effect));
+        return Err(overflow_error(effect, "vcpus"));
     }
     if let Some(limits) = user_limits(tx, tenant, user).await? {
         let used = user_usage(tx, tenant, user).await?;
@@ -381,13 +382,6 @@ pub async fn adjust(
     .await
     .map_err(db::internal)?;
     Ok(())
-}
-
-fn resize_error(effect: QuotaEffect) -> AppError {
-    match effect.overflow {
-        Some(m) => AppError::field("vcpus", m),
-        None => AppError::Conflict("The quota changed meanwhile; try again.".into()),
-    }
 }
 
 /// Counters against the ledger, and allocations against the VMs that exist.

@@ -59,6 +59,15 @@ pub fn vm_names(prefix: &str, count: i32) -> Vec<String> {
     }
 }
 
+/// Members of the tenant learn they may not; everyone else that it does not exist.
+fn refusal(actor: &Actor, tenant: Uuid) -> AppError {
+    if actor.role_in(tenant).is_some() {
+        AppError::Forbidden
+    } else {
+        AppError::NotFound("Tenant".into())
+    }
+}
+
 fn parse_count(raw: &str) -> Result<i32, AppError> {
     raw.trim()
         .parse::<i32>()
@@ -672,49 +681,47 @@ impl Provisioning for ProvisioningBackend {
         let actor = req.actor()?;
         let page = page.max(1);
         let offset = i64::from((page - 1) * PER_PAGE);
-        let (scope, filter, tenants) = if all {
+        // (any tenant, these tenants, only this requester): one filter for the list and its count.
+        let (scope, any_tenant, tenants, requester) = if all {
             if actor.fleet_admin {
-                (Scope::fleet(), "true", Vec::new())
+                (Scope::fleet(), true, Vec::new(), None)
             } else {
                 let t = actor.approver_tenants();
                 if t.is_empty() {
                     return Err(AppError::Forbidden);
                 }
                 // Several tenants at once: the filter is the authorisation.
-                (Scope::fleet(), "r.tenant_id = ANY($3)", t)
+                (Scope::fleet(), false, t, None)
             }
         } else {
-            (
-                Scope {
-                    user: Some(actor.user_id),
-                    ..Scope::default()
-                },
-                "r.requester_id = $4",
-                Vec::new(),
-            )
+            let scope = Scope {
+                user: Some(actor.user_id),
+                ..Scope::default()
+            };
+            (scope, true, Vec::new(), Some(actor.user_id))
         };
+        const FILTER: &str =
+            "($1 OR r.tenant_id = ANY($2)) AND ($3::uuid IS NULL OR r.requester_id = $3)";
         let mut tx = db::begin(&self.pool, scope).await?;
         let rows: Vec<RequestRow> = sqlx::query_as(&format!(
-            "{REQUEST_SELECT} WHERE {filter} ORDER BY r.created_at DESC, r.id LIMIT $1 OFFSET $2"
+            "{REQUEST_SELECT} WHERE {FILTER} ORDER BY r.created_at DESC, r.id LIMIT $4 OFFSET $5"
         ))
+        .bind(any_tenant)
+        .bind(&tenants)
+        .bind(requester)
         .bind(i64::from(PER_PAGE))
         .bind(offset)
-        .bind(&tenants)
-        .bind(actor.user_id)
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM requests r WHERE {} AND $1::int8 >= 0 AND $2::int8 >= 0",
-            filter
-        ))
-        .bind(0i64)
-        .bind(0i64)
-        .bind(&tenants)
-        .bind(actor.user_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        let total: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM requests r WHERE {FILTER}"))
+                .bind(any_tenant)
+                .bind(&tenants)
+                .bind(requester)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db::internal)?;
         Ok(Page {
             items: rows.iter().map(RequestRow::summary).collect(),
             page,
@@ -1120,11 +1127,7 @@ impl Provisioning for ProvisioningBackend {
     async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError> {
         let actor = req.actor()?;
         if !actor.administers(tenant_id) {
-            return Err(if actor.role_in(tenant_id).is_some() {
-                AppError::Forbidden
-            } else {
-                AppError::NotFound("Tenant".into())
-            });
+            return Err(refusal(actor, tenant_id));
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
         let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
@@ -1168,11 +1171,7 @@ impl Provisioning for ProvisioningBackend {
             actor.fleet_admin
         };
         if !allowed {
-            return Err(if actor.role_in(tenant_id).is_some() {
-                AppError::Forbidden
-            } else {
-                AppError::NotFound("Tenant".into())
-            });
+            return Err(refusal(actor, tenant_id));
         }
         let parsed = (
             parse_limit(&limits.vcpus, "vcpus", 100_000),
@@ -1286,11 +1285,7 @@ impl Provisioning for ProvisioningBackend {
     ) -> Result<(), AppError> {
         let actor = req.actor()?;
         if !actor.administers(tenant_id) {
-            return Err(if actor.role_in(tenant_id).is_some() {
-                AppError::Forbidden
-            } else {
-                AppError::NotFound("Tenant".into())
-            });
+            return Err(refusal(actor, tenant_id));
         }
         let parsed = (
             parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),

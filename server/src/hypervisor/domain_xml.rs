@@ -86,13 +86,6 @@ pub struct DomainXml<'a> {
     pub nested: bool,
 }
 
-/// Whether the host's CPU says it runs under a hypervisor (nested virtualization).
-pub fn host_is_nested(conn: &Connect) -> bool {
-    conn.capabilities()
-        .map(|caps| caps.contains("<feature name='hypervisor'/>"))
-        .unwrap_or(false)
-}
-
 /// A libvirt domain name for a portal VM: its name plus the start of its UUID, since VM
 /// names are unique per tenant but libvirt's are unique per host.
 pub fn libvirt_name(vm_name: &str, uuid: Uuid) -> String {
@@ -101,18 +94,20 @@ pub fn libvirt_name(vm_name: &str, uuid: Uuid) -> String {
 
 /// The domain type a host supports: kvm when its capabilities offer it, else qemu.
 pub fn domain_type(conn: &Connect) -> &'static str {
+    guest_kind(conn).0
+}
+
+/// The domain type, and whether the host itself runs under a hypervisor (nested KVM), from
+/// one read of the host's capabilities.
+pub fn guest_kind(conn: &Connect) -> (&'static str, bool) {
     let uri = conn.uri().unwrap_or_default();
     if uri.starts_with("test:") {
-        return "test";
+        return ("test", false);
     }
-    match conn.capabilities() {
-        Ok(caps)
-            if caps.contains("<domain type='kvm'") && std::path::Path::new("/dev/kvm").exists() =>
-        {
-            "kvm"
-        }
-        _ => "qemu",
-    }
+    let caps = conn.capabilities().unwrap_or_default();
+    let kvm = caps.contains("<domain type='kvm'") && std::path::Path::new("/dev/kvm").exists();
+    let nested = caps.contains("<feature name='hypervisor'/>");
+    (if kvm { "kvm" } else { "qemu" }, nested)
 }
 
 /// Defines the domain unless one with this UUID exists already (a retry after a crash finds
