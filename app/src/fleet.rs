@@ -334,3 +334,43 @@ pub async fn get_fleet_dashboard() -> Result<FleetDashboard, AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(crate::seam::backend()?.fleet.dashboard(&req).await)
 }
+
+/// A chart drawn on the server: its title, the SVG, and its text alternative.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChartView {
+    pub title: String,
+    pub svg: String,
+    pub summary: String,
+}
+
+/// The ranges the range picker offers, as (value, label).
+pub const RANGES: [(&str, &str); 5] = [
+    ("6h", "6 hours"),
+    ("24h", "24 hours"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+    ("1y", "1 year"),
+];
+
+/// Fleet CPU, memory and running VMs over `range` (6h, 24h, 7d, 30d, 1y).
+#[server(prefix = "/api", endpoint = "fleet_charts")]
+pub async fn fleet_charts(#[server(default)] range: String) -> Result<Vec<ChartView>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.charts(&req, &range).await)
+}
+
+/// A VM's CPU, memory, disk and network over `range`.
+#[server(prefix = "/api", endpoint = "vm_charts")]
+pub async fn vm_charts(
+    host_id: Uuid,
+    uuid: Uuid,
+    #[server(default)] range: String,
+) -> Result<Vec<ChartView>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .vm_charts(&req, host_id, uuid, &range)
+            .await,
+    )
+}

@@ -3,7 +3,7 @@
 use crate::account::{Actor, OneTimePassword, SessionInfo};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
-use crate::fleet::{DomainSummary, FleetDashboard, HostDetail, HostSummary, VmDetail};
+use crate::fleet::{ChartView, DomainSummary, FleetDashboard, HostDetail, HostSummary, VmDetail};
 use crate::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
     RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
@@ -155,6 +155,15 @@ pub trait AuditTrail: Send + Sync + 'static {
 pub trait Fleet: Send + Sync + 'static {
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError>;
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError>;
+    /// Fleet charts over a range (fleet admins); an unknown range is a field error.
+    async fn charts(&self, req: &RequestCtx, range: &str) -> Result<Vec<ChartView>, AppError>;
+    async fn vm_charts(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        range: &str,
+    ) -> Result<Vec<ChartView>, AppError>;
     async fn register(
         &self,
         req: &RequestCtx,

@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         return Ok(());
     }
-    let hv = Hypervisors::new(pool.clone(), Duration::from_secs(3600));
+    let hv = Hypervisors::new(pool.clone(), Duration::from_secs(3600), None);
     let opened = Instant::now();
     hv.start_all().await?;
     // Wait for every host's first reconcile (it runs right after its connection opens).

@@ -80,6 +80,15 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_RECONCILE_SECONDS", default_value_t = 60)]
     pub reconcile_seconds: u64,
 
+    /// Seconds between metrics samples of each host (libvirt bulk stats); 0 turns sampling off.
+    #[arg(long, env = "CONCIERGE_SAMPLE_SECONDS", default_value_t = 15)]
+    pub sample_seconds: u64,
+
+    /// Hours raw metrics samples are kept (5-minute and hourly buckets: 13 months; daily:
+    /// for ever).
+    #[arg(long, env = "CONCIERGE_RAW_METRICS_HOURS", default_value_t = 48)]
+    pub raw_metrics_hours: i64,
+
     /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
     #[arg(
         long,
@@ -161,6 +170,8 @@ impl Config {
             admin_password: None,
             demo: false,
             reconcile_seconds: 60,
+            sample_seconds: 15,
+            raw_metrics_hours: 48,
             shutdown_timeout_seconds: 5,
             local_host: false,
             job_workers: 4,

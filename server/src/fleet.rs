@@ -1,13 +1,15 @@
 //! Hosts and inventory: the backend of the `Fleet` seam (fleet admins only).
 use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
+use crate::charts::{self, Unit};
 use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
 use crate::hypervisor::{network, storage};
+use crate::metrics::Range;
 use app::error::AppError;
 use app::fleet::{
-    version_string, DomainSummary, FleetDashboard, HostDetail, HostSummary, NetworkInfo,
+    version_string, ChartView, DomainSummary, FleetDashboard, HostDetail, HostSummary, NetworkInfo,
     OperationInfo, PoolInfo, VmDetail,
 };
 use app::seam::{Fleet, RequestCtx};
@@ -30,6 +32,42 @@ pub struct FleetBackend {
     pub shutdown_timeout: std::time::Duration,
     pub queue: Arc<crate::jobs::Queue>,
     pub vcpu_overcommit: f64,
+    /// Rendered fleet charts per range, for one sample period.
+    pub chart_cache: moka::sync::Cache<Range, Vec<ChartView>>,
+}
+
+fn parse_range(range: &str) -> Result<Range, AppError> {
+    let range = if range.is_empty() { "24h" } else { range };
+    Range::parse(range)
+        .ok_or_else(|| AppError::field("range", "Choose a range of 6h, 24h, 7d, 30d or 1y."))
+}
+
+fn chart_view(
+    title: &str,
+    unit: Unit,
+    range: Range,
+    now: time::OffsetDateTime,
+    lines: Vec<(&str, Option<&Vec<crate::metrics::Point>>)>,
+) -> ChartView {
+    let chart = charts::Chart {
+        title,
+        unit,
+        lines: lines
+            .iter()
+            .map(|(label, points)| charts::Line {
+                label,
+                points: points.map(Vec::as_slice).unwrap_or(&[]),
+            })
+            .collect(),
+        from: now - range.span(),
+        to: now,
+        resolution: i64::from(range.resolution()),
+    };
+    ChartView {
+        title: title.to_string(),
+        svg: charts::line_chart(&chart),
+        summary: charts::summary(&chart),
+    }
 }
 
 /// A domain row with what authorization needs.
@@ -353,6 +391,76 @@ impl Fleet for FleetBackend {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn charts(&self, req: &RequestCtx, range: &str) -> Result<Vec<ChartView>, AppError> {
+        req.fleet_admin()?;
+        let range = parse_range(range)?;
+        // Every fleet admin sees the same charts; they change once per sample period.
+        if let Some(hit) = self.chart_cache.get(&range) {
+            return Ok(hit);
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let series = crate::metrics::fleet_series(&self.pool, range, now)
+            .await
+            .map_err(db::internal)?;
+        let charts = [
+            ("Fleet CPU busy", "CPU", "cpu", Unit::Percent),
+            ("Fleet memory used", "Memory", "mem", Unit::Bytes),
+            ("Running VMs", "VMs", "vms", Unit::Count),
+        ]
+        .into_iter()
+        .map(|(title, label, key, unit)| {
+            chart_view(title, unit, range, now, vec![(label, series.get(key))])
+        })
+        .collect::<Vec<_>>();
+        self.chart_cache.insert(range, charts.clone());
+        Ok(charts)
+    }
+
+    async fn vm_charts(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        range: &str,
+    ) -> Result<Vec<ChartView>, AppError> {
+        let range = parse_range(range)?;
+        let (_, scope) = self.authorized_vm(req, host_id, uuid).await?;
+        let now = time::OffsetDateTime::now_utc();
+        let s = crate::metrics::subject_series(&self.pool, scope, uuid, range, now)
+            .await
+            .map_err(db::internal)?;
+        Ok(vec![
+            chart_view(
+                "CPU",
+                Unit::Percent,
+                range,
+                now,
+                vec![("CPU", s.get("cpu"))],
+            ),
+            chart_view(
+                "Memory",
+                Unit::Bytes,
+                range,
+                now,
+                vec![("Memory", s.get("mem"))],
+            ),
+            chart_view(
+                "Disk",
+                Unit::BytesPerSecond,
+                range,
+                now,
+                vec![("Read", s.get("rd")), ("Write", s.get("wr"))],
+            ),
+            chart_view(
+                "Network",
+                Unit::BytesPerSecond,
+                range,
+                now,
+                vec![("Received", s.get("rx")), ("Sent", s.get("tx"))],
+            ),
+        ])
+    }
+
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError> {
         req.fleet_admin()?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;

@@ -4,6 +4,7 @@ pub mod approval;
 pub mod audit;
 pub mod bootstrap;
 pub mod catalog;
+pub mod charts;
 pub mod clock;
 pub mod config;
 pub mod day2;
@@ -13,6 +14,7 @@ pub mod hypervisor;
 pub mod jobs;
 pub mod leases;
 pub mod live;
+pub mod metrics;
 pub mod placement;
 pub mod provisioner;
 pub mod quota;
@@ -103,6 +105,23 @@ impl Server {
                         Ok(0) => {}
                         Ok(h) => tracing::info!(hours = h, "usage rolled up"),
                         Err(e) => tracing::warn!(error = %e, "usage rollup"),
+                    }
+                }
+            });
+        }
+        {
+            // Metrics rollup and retention: every minute (a few seconds of work at most).
+            let (pool, clock) = (state.pool.clone(), state.clock.clone());
+            let retention = metrics::Retention {
+                raw: time::Duration::hours(state.config.raw_metrics_hours.max(1)),
+                ..Default::default()
+            };
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = metrics::rollup(&pool, clock.now(), retention).await {
+                        tracing::warn!(error = %e, "metrics rollup");
                     }
                 }
             });

@@ -218,6 +218,7 @@ fn managed_vm(r: VmRow, now: OffsetDateTime) -> ManagedVm {
         lease_days_left: (r.lease_ends_at - now).whole_days(),
         request_id: r.request_id,
         max_lease_days: r.max_lease_days,
+        cpu_sparkline: None,
     }
 }
 
@@ -1453,8 +1454,29 @@ impl Provisioning for ProvisioningBackend {
         .fetch_one(&mut *tx)
         .await
         .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        let mut items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
+        // Every VM listed is the actor's own (checked above): their metrics are read fleet-wide
+        // in one query, since they may span tenants.
+        let lines = crate::metrics::cpu_sparklines(
+            &self.pool,
+            Scope::fleet(),
+            items.iter().map(|v| v.uuid).collect(),
+            now,
+        )
+        .await
+        .map_err(db::internal)?;
+        for v in &mut items {
+            let points = lines.get(&v.uuid).map(Vec::as_slice).unwrap_or(&[]);
+            v.cpu_sparkline = Some(crate::charts::sparkline(
+                points,
+                now - time::Duration::hours(6),
+                now,
+                &format!("{} CPU, last 6 hours", v.name),
+            ));
+        }
         Ok(Page {
-            items: rows.into_iter().map(|r| managed_vm(r, now)).collect(),
+            items,
             page,
             per_page: PER_PAGE,
             total,

@@ -42,6 +42,8 @@ impl AppState {
         let hypervisors = Hypervisors::new(
             pool.clone(),
             std::time::Duration::from_secs(config.reconcile_seconds.max(1)),
+            (config.sample_seconds > 0)
+                .then(|| std::time::Duration::from_secs(config.sample_seconds)),
         );
         let queue = Arc::new(crate::jobs::Queue::default());
         let provisioner = Arc::new(crate::provisioner::Provisioner {
@@ -73,6 +75,11 @@ impl AppState {
                 shutdown_timeout: std::time::Duration::from_secs(config.shutdown_timeout_seconds),
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
+                chart_cache: moka::sync::Cache::builder()
+                    .time_to_live(std::time::Duration::from_secs(
+                        config.sample_seconds.clamp(5, 60),
+                    ))
+                    .build(),
             }),
             catalog: Arc::new(crate::catalog::CatalogBackend {
                 pool: pool.clone(),

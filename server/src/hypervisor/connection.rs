@@ -3,6 +3,8 @@
 //! keeps the inventory in the database in step.
 use super::events::{self, DomainEvent};
 use super::inventory::{self, DomainFacts};
+use super::stats;
+use crate::metrics::{self, Sampler};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -110,6 +112,7 @@ pub struct HostSpec {
     pub id: Uuid,
     pub uri: String,
     pub reconcile_every: Duration,
+    pub sample_every: Option<Duration>,
 }
 
 /// How often a connected actor checks the connection is alive.
@@ -134,6 +137,7 @@ pub fn spawn(
                 events_tx,
                 me,
                 known: HashMap::new(),
+                sampler: Sampler::default(),
             }
             .run(rx)
         })
@@ -148,6 +152,7 @@ struct Actor {
     events_tx: UnboundedSender<DomainEvent>,
     me: Sender<Command>,
     known: HashMap<Uuid, DomainFacts>,
+    sampler: Sampler,
 }
 
 /// Whether the actor should keep going after a connection ended.
@@ -218,8 +223,24 @@ impl Actor {
             .unwrap_or_default();
         let mut next_reconcile = Instant::now();
         let mut next_alive = Instant::now() + ALIVE_EVERY;
+        // A new connection starts a new series: rates never span a disconnection.
+        self.sampler = Sampler::default();
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut next_sample = self
+            .spec
+            .sample_every
+            .map(|_| Instant::now())
+            .unwrap_or(far);
         let outcome = loop {
             let now = Instant::now();
+            if now >= next_sample {
+                self.sample(&conn);
+                next_sample = self
+                    .spec
+                    .sample_every
+                    .map(|e| Instant::now() + e)
+                    .unwrap_or(far);
+            }
             if now >= next_reconcile {
                 if let Err(e) = self.reconcile(&conn) {
                     tracing::warn!(host = %self.spec.id, error = %e, "reconcile failed");
@@ -235,6 +256,7 @@ impl Actor {
             }
             let wait = next_reconcile
                 .min(next_alive)
+                .min(next_sample)
                 .saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Command::Reconcile(reply)) => {
@@ -297,6 +319,33 @@ impl Actor {
         events::remove_on_close(&conn);
         events::close(conn);
         outcome
+    }
+
+    /// One metrics round: every running domain's counters in one bulk call, the host's own,
+    /// rates against the previous round, one insert.
+    fn sample(&mut self, conn: &Connect) {
+        let at = time::OffsetDateTime::now_utc();
+        let (running, domains) = match stats::read_domains(conn) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(host = %self.spec.id, error = %e, "domain stats unavailable");
+                (0, Vec::new())
+            }
+        };
+        let host = stats::read_host(conn);
+        let vcpus = self.known.iter().map(|(u, f)| (*u, f.vcpus)).collect();
+        let every = self.spec.sample_every.unwrap_or(Duration::from_secs(15));
+        let max_gap = time::Duration::try_from(every * 3).unwrap_or(time::Duration::MINUTE);
+        let (mut h, vms) = self
+            .sampler
+            .sample(self.spec.id, at, host, domains, &vcpus, max_gap);
+        h.vms = Some(running as i32);
+        if let Err(e) = self
+            .rt
+            .block_on(metrics::write(&self.pool, self.spec.id, at, &h, &vms))
+        {
+            tracing::warn!(host = %self.spec.id, error = %e, "could not store metrics samples");
+        }
     }
 
     fn reconcile(&mut self, conn: &Connect) -> Result<ReconcileReport, String> {

@@ -6,6 +6,7 @@ pub mod events;
 pub mod inventory;
 pub mod network;
 pub mod simulation;
+pub mod stats;
 pub mod storage;
 
 use crate::db::{self, Scope};
@@ -22,6 +23,8 @@ use uuid::Uuid;
 pub struct Hypervisors {
     pool: PgPool,
     reconcile_every: Duration,
+    /// Metrics sampling period of each host; None samples nothing (benchmarks).
+    sample_every: Option<Duration>,
     hosts: Mutex<HashMap<Uuid, std::sync::mpsc::Sender<Command>>>,
     events_tx: mpsc::UnboundedSender<DomainEvent>,
     /// Event → row-updated delays, for the benchmark (bounded).
@@ -30,11 +33,16 @@ pub struct Hypervisors {
 
 impl Hypervisors {
     /// Creates the registry and starts the lifecycle-event writer. Call inside the runtime.
-    pub fn new(pool: PgPool, reconcile_every: Duration) -> Arc<Self> {
+    pub fn new(
+        pool: PgPool,
+        reconcile_every: Duration,
+        sample_every: Option<Duration>,
+    ) -> Arc<Self> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let hv = Arc::new(Hypervisors {
             pool,
             reconcile_every,
+            sample_every,
             hosts: Mutex::new(HashMap::new()),
             events_tx,
             event_latencies: Mutex::new(Vec::new()),
@@ -62,6 +70,7 @@ impl Hypervisors {
                 id,
                 uri,
                 reconcile_every: self.reconcile_every,
+                sample_every: self.sample_every,
             },
             self.pool.clone(),
             tokio::runtime::Handle::current(),
