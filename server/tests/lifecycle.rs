@@ -383,3 +383,82 @@ async fn live_updates_reach_only_those_who_may_see_them() {
     );
     f.app.state.hypervisors.stop_all();
 }
+
+#[tokio::test]
+async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
+    let f = setup().await;
+    let (vm0, _, _) = domain(&f.app, "lc-vm-0").await;
+    let args = |range: &str| {
+        vec![
+            ("host_id", f.host.clone()),
+            ("uuid", vm0.clone()),
+            ("range", range.to_string()),
+        ]
+    };
+    let call = |c: &Client, range: &str| {
+        let a = args(range);
+        let c = c.clone();
+        async move {
+            let pairs: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            c.call("vm_charts", &pairs).await
+        }
+    };
+    // The owner, their tenant admin and fleet admins see the VM's four charts.
+    for c in [&f.owner, &f.admin_a, &f.fleet] {
+        let charts = call(c, "7d").await.expect("charts");
+        let titles: Vec<&str> = charts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["title"].as_str().unwrap())
+            .collect();
+        assert_eq!(titles, ["CPU", "Memory", "Disk", "Network"]);
+        let first = &charts[0];
+        assert!(first["svg"].as_str().unwrap().starts_with("<svg"));
+        assert!(first["svg"].as_str().unwrap().contains("role=\"img\""));
+        assert!(first["summary"].as_str().unwrap().starts_with("CPU."));
+    }
+    // Another requester of the same tenant and another tenant's user do not.
+    assert_refused(&call(&f.other, "7d").await, "another requester's VM charts");
+    assert_refused(&call(&f.req_b, "7d").await, "another tenant's VM charts");
+    // A range the picker does not offer is a field error.
+    assert_field_error(&call(&f.owner, "2w").await, "range");
+    // Fleet charts are for fleet admins.
+    let fleet = f
+        .fleet
+        .call("fleet_charts", &[("range", "6h")])
+        .await
+        .unwrap();
+    assert_eq!(fleet.as_array().unwrap().len(), 3);
+    assert_refused(
+        &f.owner.call("fleet_charts", &[("range", "6h")]).await,
+        "fleet charts",
+    );
+    assert_field_error(
+        &f.fleet.call("fleet_charts", &[("range", "forever")]).await,
+        "range",
+    );
+    // The host's sampler ran at connect: one host sample counting its running domains.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = f
+            .app
+            .scalar_i64("SELECT count(*) FROM metric_samples WHERE is_host")
+            .await;
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no host sample arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = f
+        .app
+        .scalar_i64("SELECT count(*) FROM domains WHERE state = 'running'")
+        .await;
+    let vms = f
+        .app
+        .scalar_i64("SELECT vms::int8 FROM metric_samples WHERE is_host ORDER BY at LIMIT 1")
+        .await;
+    assert_eq!(vms, running);
+    let _ = f.tenant_a;
+}

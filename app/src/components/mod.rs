@@ -1,3 +1,4 @@
+pub mod chart;
 pub mod form;
 pub mod guard;
 pub mod layout;

@@ -1,7 +1,8 @@
 //! The fleet dashboard (fleet admins): hosts, capacity, VMs by state, top consumers, pending
 //! requests and drift, kept current by live updates.
+use crate::components::chart::{ChartGrid, RangePicker};
 use crate::components::guard::{fleet_admin, Guard};
-use crate::fleet::{get_fleet_dashboard, FleetDashboard};
+use crate::fleet::{fleet_charts, get_fleet_dashboard, FleetDashboard};
 use crate::pages::requests::ticker;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -12,6 +13,7 @@ pub fn DashboardPage() -> impl IntoView {
         <Title text="Fleet dashboard · Concierge"/>
         <Guard allow=fleet_admin>
             <DashboardContent/>
+            <FleetCharts/>
         </Guard>
     }
 }
@@ -34,6 +36,32 @@ fn DashboardContent() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+/// CPU, memory and running VMs over the chosen range; a sibling of the dashboard's resource
+/// (not nested in it), refreshed every minute.
+#[component]
+fn FleetCharts() -> impl IntoView {
+    let query = leptos_router::hooks::use_query_map();
+    let range = move || query.with(|q| q.get("range").unwrap_or_default());
+    let tick = ticker(60_000);
+    let charts = Resource::new(move || (range(), tick.get()), |(r, _)| fleet_charts(r));
+    view! {
+        <section class="chart-section">
+            <div class="card-head">
+                <h2>"Over time"</h2>
+                {move || view! { <RangePicker current=range() base="/dashboard".to_string()/> }}
+            </div>
+            <Transition fallback=|| view! { <p class="muted">"Loading charts…"</p> }>
+                {move || Suspend::new(async move {
+                    match charts.await {
+                        Ok(c) => view! { <ChartGrid charts=c/> }.into_any(),
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
     }
 }
 

@@ -131,6 +131,7 @@ fn TenantDashboard() -> impl IntoView {
                                             <li data-vm=v.name.clone()>
                                                 <a href=href>{v.name.clone()}</a>" "
                                                 <span class=state_badge(&state)>{state.clone()}</span>" "
+                                                <span class="sparkline" inner_html=v.cpu_sparkline.clone().unwrap_or_default()></span>" "
                                                 <span class=class>{lease}</span>
                                             </li>
                                         }

@@ -64,7 +64,7 @@ fn MyVmsContent() -> impl IntoView {
                                 <p class="notice warn" role="status">{format!("Leases ending within 7 days: {}. Extend them from the VM page if you still need them.", soon.join(", "))}</p>
                             })}
                             <table class="table">
-                                <thead><tr><th>"Name"</th><th>"State"</th><th>"Size"</th><th>"Organisation"</th><th>"Template"</th><th>"Lease"</th></tr></thead>
+                                <thead><tr><th>"Name"</th><th>"State"</th><th>"CPU, 6 h"</th><th>"Size"</th><th>"Organisation"</th><th>"Template"</th><th>"Lease"</th></tr></thead>
                                 <tbody>
                                     {p.items.into_iter().map(|v| {
                                         let href = match (v.host_id, v.request_id) {
@@ -78,6 +78,7 @@ fn MyVmsContent() -> impl IntoView {
                                             <tr data-vm=v.name.clone()>
                                                 <td><a href=href>{v.name.clone()}</a></td>
                                                 <td><span class=state_badge(&state) data-state=state.clone()>{state.clone()}</span></td>
+                                                <td class="sparkline" inner_html=v.cpu_sparkline.clone().unwrap_or_default()></td>
                                                 <td>{format!("{} vCPU · {} · {} GiB", v.vcpus, mib_label(v.memory_mib), v.disk_gib)}</td>
                                                 <td>{v.tenant_name.clone()}</td>
                                                 <td>{v.template_name.clone().unwrap_or_default()}</td>

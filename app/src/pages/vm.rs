@@ -1,7 +1,8 @@
+use crate::components::chart::{ChartGrid, RangePicker};
 use crate::components::form::{action_error, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::timestamp::Timestamp;
-use crate::fleet::{get_vm, AdoptVm, VmAction, VmDetail, VM_ACTIONS};
+use crate::fleet::{get_vm, vm_charts, AdoptVm, VmAction, VmDetail, VM_ACTIONS};
 use crate::provisioning::{
     get_managed_vm, list_snapshots, ExtendLease, ManagedVm, ResizeVm, Snapshot, SnapshotAction,
 };
@@ -17,7 +18,57 @@ pub fn VmPage() -> impl IntoView {
         <Title text="VM · Concierge"/>
         <Guard allow=anyone>
             <VmContent/>
+            <VmCharts/>
         </Guard>
+    }
+}
+
+/// CPU, memory, disk and network over the chosen range: a sibling of the page's resource.
+#[component]
+fn VmCharts() -> impl IntoView {
+    let params = use_params_map();
+    let query = leptos_router::hooks::use_query_map();
+    let range = move || query.with(|q| q.get("range").unwrap_or_default());
+    let ids = move || {
+        params.with(|p| {
+            let host = p.get("host").and_then(|s| Uuid::parse_str(&s).ok());
+            let uuid = p.get("uuid").and_then(|s| Uuid::parse_str(&s).ok());
+            host.zip(uuid)
+        })
+    };
+    let tick = crate::pages::requests::ticker(60_000);
+    let charts = Resource::new(
+        move || (ids(), range(), tick.get()),
+        |(ids, range, _)| async move {
+            match ids {
+                Some((h, u)) => vm_charts(h, u, range).await.map(Some),
+                None => Ok(None),
+            }
+        },
+    );
+    let base = move || {
+        ids()
+            .map(|(h, u)| format!("/vms/{h}/{u}"))
+            .unwrap_or_default()
+    };
+    view! {
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                match charts.await {
+                    Ok(Some(c)) => Some(view! {
+                        <section class="chart-section">
+                            <div class="card-head">
+                                <h2>"Metrics"</h2>
+                                <RangePicker current=range() base=base()/>
+                            </div>
+                            <ChartGrid charts=c/>
+                        </section>
+                    }.into_any()),
+                    // The page above already says why the VM cannot be shown.
+                    Ok(None) | Err(_) => None,
+                }
+            })}
+        </Transition>
     }
 }
 
