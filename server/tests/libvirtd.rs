@@ -504,6 +504,7 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         // Rows change by events only: no periodic reconcile during the test.
         c.reconcile_seconds = 3600;
         c.shutdown_timeout_seconds = 3;
+        c.sample_seconds = 1;
     })
     .await;
     let admin = app.fleet_admin().await;
@@ -617,6 +618,38 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
     assert!(
         detail["disks"].to_string().contains(&disk),
         "the disk is inventoried: {detail}"
+    );
+    // The sampler reads the running QEMU's counters: after two rounds a CPU rate and its
+    // resident memory are stored, and the VM's CPU chart has data.
+    let cpu: (Option<f32>, Option<i64>) = wait_until!(10, "a CPU rate for the running domain", {
+        sqlx::query_as::<_, (Option<f32>, Option<i64>)>(
+            "SELECT cpu_pct, mem_bytes FROM metric_samples WHERE subject = $1 AND cpu_pct IS NOT NULL LIMIT 1",
+        )
+        .bind(uuid)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+    });
+    assert!(cpu.0.unwrap() >= 0.0 && cpu.0.unwrap() <= 100.0, "{cpu:?}");
+    assert!(
+        cpu.1.unwrap_or(0) > 1 << 20,
+        "QEMU's RSS is stored: {cpu:?}"
+    );
+    let charts = admin
+        .call(
+            "vm_charts",
+            &[
+                ("host_id", &host),
+                ("uuid", &uuid.to_string()),
+                ("range", "6h"),
+            ],
+        )
+        .await
+        .expect("vm_charts");
+    assert!(
+        !charts[0]["summary"].as_str().unwrap().contains("no data"),
+        "{}",
+        charts[0]["summary"]
     );
 
     // A graceful shutdown the guest (no OS) ignores: forced off after the timeout.
