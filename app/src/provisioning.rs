@@ -606,10 +606,43 @@ pub async fn recount_quota(tenant_id: Uuid) -> Result<Recount, AppError> {
 
 // ---- VMs --------------------------------------------------------------------------------
 
+/// Which VMs a list shows: one's own, or (`all`) every VM of the tenants one administers
+/// (fleet admins: every portal VM); filtered by name and state, sorted, one page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmFilter {
+    pub page: u32,
+    pub all: bool,
+    pub search: String,
+    /// A state or provisioning phase (running, shutoff, failed, …); empty for any.
+    pub state: String,
+    /// name (default), lease, created or state.
+    pub sort: String,
+}
+
+pub const VM_SORTS: [(&str, &str); 4] = [
+    ("name", "Name"),
+    ("lease", "Lease end"),
+    ("created", "Newest"),
+    ("state", "State"),
+];
+
 #[server(prefix = "/api", endpoint = "my_vms")]
-pub async fn my_vms(#[server(default)] page: u32) -> Result<Page<ManagedVm>, AppError> {
+pub async fn my_vms(
+    #[server(default)] page: u32,
+    #[server(default)] all: bool,
+    #[server(default)] search: String,
+    #[server(default)] state: String,
+    #[server(default)] sort: String,
+) -> Result<Page<ManagedVm>, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.provisioning.vms(&req, page).await)
+    let filter = VmFilter {
+        page,
+        all,
+        search,
+        state,
+        sort,
+    };
+    crate::seam::reply(crate::seam::backend()?.provisioning.vms(&req, filter).await)
 }
 
 #[server(prefix = "/api", endpoint = "get_managed_vm")]

@@ -6,7 +6,7 @@ use crate::error::AppError;
 use crate::fleet::{ChartView, DomainSummary, FleetDashboard, HostDetail, HostSummary, VmDetail};
 use crate::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
-    RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
+    RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas, VmFilter,
 };
 use crate::reports::{RateCard, RateCardForm, Report, ReportQuery};
 use crate::tenant::{Member, TenantSummary};
@@ -321,7 +321,7 @@ pub trait Provisioning: Send + Sync + 'static {
     async fn recount(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Recount, AppError>;
     /// The tenant's and the actor's own quota use, for any member.
     async fn my_quota(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<QuotaEffect, AppError>;
-    async fn vms(&self, req: &RequestCtx, page: u32) -> Result<Page<ManagedVm>, AppError>;
+    async fn vms(&self, req: &RequestCtx, filter: VmFilter) -> Result<Page<ManagedVm>, AppError>;
     async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError>;
     async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError>;
     async fn resize(

@@ -15,7 +15,7 @@ use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
-    RequestEvent, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota,
+    RequestEvent, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota, VmFilter,
 };
 use app::seam::{Provisioning, RequestCtx};
 use app::Page;
@@ -190,6 +190,22 @@ struct VmRow {
     request_id: Option<Uuid>,
     max_lease_days: Option<i32>,
 }
+
+/// What the state filter accepts: hypervisor states and provisioning phases.
+const VM_STATES: [&str; 12] = [
+    "running",
+    "shutoff",
+    "paused",
+    "crashed",
+    "pmsuspended",
+    "pending",
+    "placing",
+    "cloning",
+    "defining",
+    "starting",
+    "failed",
+    "deleting",
+];
 
 const VM_SELECT: &str = "
     SELECT v.uuid, v.name, t.name AS tenant_name, u.email AS owner_email, tp.name AS template_name,
@@ -1426,31 +1442,90 @@ impl Provisioning for ProvisioningBackend {
         quota::effect(&mut tx, tenant_id, actor.user_id, Amount::default()).await
     }
 
-    async fn vms(&self, req: &RequestCtx, page: u32) -> Result<Page<ManagedVm>, AppError> {
+    async fn vms(&self, req: &RequestCtx, filter: VmFilter) -> Result<Page<ManagedVm>, AppError> {
         let actor = req.actor()?;
-        let page = page.max(1);
+        let page = filter.page.max(1);
         let now = self.now();
-        let mut tx = db::begin(
-            &self.pool,
-            Scope {
+        let order = match filter.sort.as_str() {
+            "" | "name" => "v.name, v.uuid",
+            "lease" => "v.lease_ends_at, v.name, v.uuid",
+            "created" => "v.created_at DESC, v.uuid",
+            "state" => "coalesce(d.state, v.phase), v.name, v.uuid",
+            _ => {
+                return Err(AppError::field(
+                    "sort",
+                    "Sort by name, lease, created or state.",
+                ))
+            }
+        };
+        let state = filter.state.trim();
+        if !state.is_empty() && !VM_STATES.contains(&state) {
+            return Err(AppError::field(
+                "state",
+                format!("Unknown state \"{state}\"."),
+            ));
+        }
+        let search = filter.search.trim();
+        if search.chars().count() > 100 {
+            return Err(AppError::field(
+                "search",
+                "Search for at most 100 characters.",
+            ));
+        }
+        // Who: one's own VMs (row-level security by user), or with `all` also every VM of the
+        // tenants one administers (a fleet-scoped transaction filtered by those tenants in
+        // SQL), or for fleet admins every portal VM.
+        let (scope, tenants, everything) = if !filter.all {
+            let own = Scope {
                 user: Some(actor.user_id),
                 ..Scope::default()
-            },
-        )
-        .await?;
+            };
+            (own, Vec::new(), false)
+        } else if actor.fleet_admin {
+            (Scope::fleet(), Vec::new(), true)
+        } else {
+            let tenants: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
+            if tenants.is_empty() {
+                return Err(AppError::Forbidden);
+            }
+            (Scope::fleet(), tenants, false)
+        };
+        let pattern = format!(
+            "%{}%",
+            search
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let filter_sql = "(v.owner_id = $1 OR v.tenant_id = ANY($2) OR $3) AND v.deleted_at IS NULL
+             AND ($4 = '' OR v.name ILIKE $5)
+             AND ($6 = '' OR coalesce(d.state, v.phase) = $6)";
+        let mut tx = db::begin(&self.pool, scope).await?;
         let rows: Vec<VmRow> = sqlx::query_as(&format!(
-            "{VM_SELECT} WHERE v.owner_id = $1 AND v.deleted_at IS NULL ORDER BY v.lease_ends_at, v.name LIMIT $2 OFFSET $3"
+            "{VM_SELECT} WHERE {filter_sql} ORDER BY {order} LIMIT $7 OFFSET $8"
         ))
         .bind(actor.user_id)
+        .bind(&tenants)
+        .bind(everything)
+        .bind(search)
+        .bind(&pattern)
+        .bind(state)
         .bind(i64::from(PER_PAGE))
         .bind(i64::from((page - 1) * PER_PAGE))
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM vms WHERE owner_id = $1 AND deleted_at IS NULL",
-        )
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM vms v
+             LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL
+             WHERE {filter_sql}"
+        ))
         .bind(actor.user_id)
+        .bind(&tenants)
+        .bind(everything)
+        .bind(search)
+        .bind(&pattern)
+        .bind(state)
         .fetch_one(&mut *tx)
         .await
         .map_err(db::internal)?;

@@ -256,6 +256,49 @@ async fn auto_approved_request_is_provisioned_and_running() {
     );
     let mine = ann.call("my_vms", &[]).await.unwrap();
     assert_eq!(mine["total"], 2);
+    assert!(mine["items"][0]["cpu_sparkline"]
+        .as_str()
+        .unwrap()
+        .starts_with("<svg"));
+    // Filtered and sorted on the server.
+    let list = |c: &Client, q: Vec<(&'static str, &'static str)>| {
+        let c = c.clone();
+        async move { c.call("my_vms", &q).await }
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let found = list(&ann, vec![("search", "eb-2")]).await.unwrap();
+    assert_eq!(
+        (names(&found), found["total"].as_i64()),
+        (vec!["web-2".to_string()], Some(2 - 1))
+    );
+    let newest = list(&ann, vec![("sort", "created")]).await.unwrap();
+    assert_eq!(newest["total"], 2);
+    let none = list(&ann, vec![("state", "shutoff")]).await.unwrap();
+    assert_eq!(none["total"], 0);
+    let running = list(&ann, vec![("state", "running")]).await.unwrap();
+    assert_eq!(running["total"], 2);
+    // A literal % is searched for, not a wildcard.
+    assert_eq!(list(&ann, vec![("search", "%")]).await.unwrap()["total"], 0);
+    assert_field_error(&list(&ann, vec![("sort", "price")]).await, "sort");
+    assert_field_error(&list(&ann, vec![("state", "exploded")]).await, "state");
+    // Everything one administers: fleet admins see all; a requester may not ask.
+    assert_refused(
+        &list(&ann, vec![("all", "true")]).await,
+        "all VMs for a requester",
+    );
+    let all = list(&w.fleet, vec![("all", "true"), ("sort", "name")])
+        .await
+        .unwrap();
+    assert_eq!(names(&all), ["web-1", "web-2"]);
+    let fleet_own = list(&w.fleet, vec![]).await.unwrap();
+    assert_eq!(fleet_own["total"], 0);
     let actions = w.app.audit_actions().await;
     for a in [
         "template.create",

@@ -82,7 +82,9 @@ fn TenantDashboard() -> impl IntoView {
         move || pushed.get(),
         move |_| async move {
             let a = actor.await.ok().flatten();
-            let vms = my_vms(1).await.ok();
+            let vms = my_vms(1, false, String::new(), String::new(), String::new())
+                .await
+                .ok();
             let requests = list_requests(false, 1).await.ok();
             let (approves, tenant) = match &a {
                 Some(a) => (

@@ -1,9 +1,12 @@
-//! The VMs a user owns, with their leases.
+//! VM lists: the VMs a user owns, with their leases; for tenant and fleet admins also every
+//! VM they administer. Filtered, sorted and paginated on the server; the filters live in the
+//! URL (a GET form), so they work without JavaScript and can be shared.
 use crate::components::guard::{anyone, Guard};
 use crate::components::pager::Pager;
 use crate::components::timestamp::Timestamp;
 use crate::pages::requests::ticker;
-use crate::provisioning::{mib_label, my_vms, state_badge, ManagedVm};
+use crate::provisioning::{mib_label, my_vms, state_badge, ManagedVm, VM_SORTS};
+use crate::shell::use_actor;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
@@ -40,31 +43,91 @@ pub fn lease_text(v: &ManagedVm) -> (String, &'static str) {
 #[component]
 fn MyVmsContent() -> impl IntoView {
     let query = use_query_map();
+    let get = move |k: &str| query.with(|q| q.get(k).unwrap_or_default());
     let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
     let tick = ticker(30_000);
     let pushed = crate::live::use_live(|e| e.kind == "domain" || e.kind == "lagged");
+    let actor = use_actor();
     let vms = Resource::new(
-        move || (page(), tick.get(), pushed.get()),
-        |(page, ..)| my_vms(page),
+        move || {
+            (
+                page(),
+                get("all") == "1",
+                get("search"),
+                get("state"),
+                get("sort"),
+                tick.get(),
+                pushed.get(),
+            )
+        },
+        |(page, all, search, state, sort, ..)| my_vms(page, all, search, state, sort),
     );
+    let href = move |n: u32| {
+        let mut q = vec![format!("page={n}")];
+        for k in ["all", "search", "state", "sort"] {
+            let v = get(k);
+            if !v.is_empty() {
+                q.push(format!("{k}={}", urlencode(&v)));
+            }
+        }
+        format!("/vms?{}", q.join("&"))
+    };
     view! {
         <div class="page-head">
-            <h1>"My VMs"</h1>
+            <h1>{move || if get("all") == "1" { "All VMs" } else { "My VMs" }}</h1>
             <a class="button primary" href="/catalog">"New request"</a>
         </div>
+        <form method="get" action="/vms" class="filters" role="search">
+            {move || (get("all") == "1").then(|| view! { <input type="hidden" name="all" value="1"/> })}
+            <label>"Name" <input type="search" name="search" prop:value=move || get("search") placeholder="part of a name"/></label>
+            <label>"State"
+                <select name="state">
+                    {move || {
+                        let cur = get("state");
+                        [("", "any"), ("running", "running"), ("shutoff", "shut off"), ("paused", "paused"), ("failed", "failed"), ("pending", "pending")]
+                            .into_iter()
+                            .map(|(v, l)| view! { <option value=v selected=cur == v>{l}</option> })
+                            .collect_view()
+                    }}
+                </select>
+            </label>
+            <label>"Sort"
+                <select name="sort">
+                    {move || {
+                        let cur = get("sort");
+                        VM_SORTS.into_iter()
+                            .map(|(v, l)| view! { <option value=v selected=cur == v || (cur.is_empty() && v == "name")>{l}</option> })
+                            .collect_view()
+                    }}
+                </select>
+            </label>
+            <button type="submit">"Apply"</button>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    let a = actor.await.ok().flatten()?;
+                    let admin = a.fleet_admin || a.administered_tenants().next().is_some();
+                    admin.then(|| if get("all") == "1" {
+                        view! { <a href="/vms">"Only mine"</a> }.into_any()
+                    } else {
+                        view! { <a href="/vms?all=1">"All VMs I administer"</a> }.into_any()
+                    })
+                })}
+            </Suspense>
+        </form>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match vms.await {
-                    Ok(p) if p.items.is_empty() => view! { <p class="muted">"You have no VMs yet. Request some from the catalog."</p> }.into_any(),
+                    Ok(p) if p.items.is_empty() => view! { <p class="muted">"No VMs match. Request some from the catalog, or change the filters."</p> }.into_any(),
                     Ok(p) => {
                         let pages = p.pages();
                         let soon: Vec<String> = p.items.iter().filter(|v| (0..=7).contains(&v.lease_days_left)).map(|v| v.name.clone()).collect();
+                        let all = get("all") == "1";
                         view! {
-                            {(!soon.is_empty()).then(|| view! {
+                            {(!soon.is_empty() && !all).then(|| view! {
                                 <p class="notice warn" role="status">{format!("Leases ending within 7 days: {}. Extend them from the VM page if you still need them.", soon.join(", "))}</p>
                             })}
                             <table class="table">
-                                <thead><tr><th>"Name"</th><th>"State"</th><th>"CPU, 6 h"</th><th>"Size"</th><th>"Organisation"</th><th>"Template"</th><th>"Lease"</th></tr></thead>
+                                <thead><tr><th>"Name"</th><th>"State"</th><th>"CPU, 6 h"</th><th>"Size"</th><th>"Organisation"</th>{all.then(|| view! { <th>"Owner"</th> })}<th>"Template"</th><th>"Lease"</th></tr></thead>
                                 <tbody>
                                     {p.items.into_iter().map(|v| {
                                         let href = match (v.host_id, v.request_id) {
@@ -81,6 +144,7 @@ fn MyVmsContent() -> impl IntoView {
                                                 <td class="sparkline" inner_html=v.cpu_sparkline.clone().unwrap_or_default()></td>
                                                 <td>{format!("{} vCPU · {} · {} GiB", v.vcpus, mib_label(v.memory_mib), v.disk_gib)}</td>
                                                 <td>{v.tenant_name.clone()}</td>
+                                                {all.then(|| view! { <td>{v.owner_email.clone().unwrap_or_default()}</td> })}
                                                 <td>{v.template_name.clone().unwrap_or_default()}</td>
                                                 <td><span class=class>{lease}</span>" "<span class="small muted"><Timestamp at=v.lease_ends_at/></span></td>
                                             </tr>
@@ -88,7 +152,7 @@ fn MyVmsContent() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table>
-                            <Pager page=p.page pages total=p.total href=|n| format!("/vms?page={n}")/>
+                            <Pager page=p.page pages total=p.total href=href/>
                         }.into_any()
                     }
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
@@ -96,4 +160,16 @@ fn MyVmsContent() -> impl IntoView {
             })}
         </Transition>
     }
+}
+
+/// Percent-encodes a query value (the few characters that matter in a query string).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
