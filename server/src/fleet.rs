@@ -32,8 +32,85 @@ pub struct FleetBackend {
     pub shutdown_timeout: std::time::Duration,
     pub queue: Arc<crate::jobs::Queue>,
     pub vcpu_overcommit: f64,
+    /// The live-event generation (see `live::Live`) and the last dashboard computed at one:
+    /// the figures are fleet-wide and the same for every fleet admin, so they are computed once
+    /// per change (at most `DASHBOARD_TTL` old, for changes that send no event).
+    pub live_generation: Arc<std::sync::atomic::AtomicU64>,
+    pub dashboard_cache: std::sync::Mutex<Option<(u64, std::time::Instant, FleetDashboard)>>,
     /// Rendered fleet charts per range, for one sample period.
     pub chart_cache: moka::sync::Cache<Range, Vec<ChartView>>,
+}
+
+/// How old a cached dashboard may be when no event said it changed (host state changes send
+/// none).
+const DASHBOARD_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl FleetBackend {
+    async fn compute_dashboard(&self) -> Result<FleetDashboard, AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        #[derive(sqlx::FromRow)]
+        struct Totals {
+            hosts: i64,
+            connected: i64,
+            lost: i64,
+            maintenance: i64,
+            cpus: i64,
+            memory_kib: i64,
+            vcpus_allocated: i64,
+            memory_allocated_kib: i64,
+            pending_requests: i64,
+            drift: i64,
+            provisioning: i64,
+        }
+        let t: Totals = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM hosts) AS hosts,
+                    (SELECT count(*) FROM hosts WHERE state = 'connected') AS connected,
+                    (SELECT count(*) FROM hosts WHERE state = 'lost') AS lost,
+                    (SELECT count(*) FROM hosts WHERE maintenance) AS maintenance,
+                    (SELECT coalesce(sum(cpus), 0)::int8 FROM hosts WHERE state = 'connected') AS cpus,
+                    (SELECT coalesce(sum(memory_kib), 0)::int8 FROM hosts WHERE state = 'connected') AS memory_kib,
+                    (SELECT coalesce(sum(d.vcpus), 0)::int8 FROM domains d JOIN hosts h ON h.id = d.host_id
+                      WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS vcpus_allocated,
+                    (SELECT coalesce(sum(d.memory_kib), 0)::int8 FROM domains d JOIN hosts h ON h.id = d.host_id
+                      WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS memory_allocated_kib,
+                    (SELECT count(*) FROM requests WHERE state = 'pending_approval') AS pending_requests,
+                    (SELECT count(*) FROM domains WHERE NOT managed AND missing_since IS NULL) AS drift,
+                    (SELECT count(*) FROM vms WHERE phase IN ('pending', 'placing', 'cloning', 'defining', 'starting')) AS provisioning",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let vms_by_state: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM domains WHERE missing_since IS NULL GROUP BY state ORDER BY count(*) DESC, state",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let top_tenants: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT t.name, coalesce(sum(d.vcpus), 0)::int8, coalesce(sum(d.memory_kib), 0)::int8, count(*)
+             FROM domains d JOIN tenants t ON t.id = d.tenant_id
+             WHERE d.missing_since IS NULL GROUP BY t.name ORDER BY 2 DESC, 3 DESC LIMIT 5",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        Ok(FleetDashboard {
+            hosts: t.hosts,
+            connected: t.connected,
+            lost: t.lost,
+            maintenance: t.maintenance,
+            cpus: t.cpus,
+            memory_kib: t.memory_kib,
+            vcpus_allocated: t.vcpus_allocated,
+            memory_allocated_kib: t.memory_allocated_kib,
+            vcpu_overcommit: self.vcpu_overcommit,
+            vms_by_state,
+            top_tenants,
+            pending_requests: t.pending_requests,
+            drift: t.drift,
+            provisioning: t.provisioning,
+        })
+    }
 }
 
 fn parse_range(range: &str) -> Result<Range, AppError> {
@@ -463,69 +540,18 @@ impl Fleet for FleetBackend {
 
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError> {
         req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        #[derive(sqlx::FromRow)]
-        struct Totals {
-            hosts: i64,
-            connected: i64,
-            lost: i64,
-            maintenance: i64,
-            cpus: i64,
-            memory_kib: i64,
-            vcpus_allocated: i64,
-            memory_allocated_kib: i64,
-            pending_requests: i64,
-            drift: i64,
-            provisioning: i64,
+        let generation = self
+            .live_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some((g, at, d)) = &*self.dashboard_cache.lock().expect("dashboard cache") {
+            if *g == generation && at.elapsed() < DASHBOARD_TTL {
+                return Ok(d.clone());
+            }
         }
-        let t: Totals = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM hosts) AS hosts,
-                    (SELECT count(*) FROM hosts WHERE state = 'connected') AS connected,
-                    (SELECT count(*) FROM hosts WHERE state = 'lost') AS lost,
-                    (SELECT count(*) FROM hosts WHERE maintenance) AS maintenance,
-                    (SELECT coalesce(sum(cpus), 0)::int8 FROM hosts WHERE state = 'connected') AS cpus,
-                    (SELECT coalesce(sum(memory_kib), 0)::int8 FROM hosts WHERE state = 'connected') AS memory_kib,
-                    (SELECT coalesce(sum(d.vcpus), 0)::int8 FROM domains d JOIN hosts h ON h.id = d.host_id
-                      WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS vcpus_allocated,
-                    (SELECT coalesce(sum(d.memory_kib), 0)::int8 FROM domains d JOIN hosts h ON h.id = d.host_id
-                      WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS memory_allocated_kib,
-                    (SELECT count(*) FROM requests WHERE state = 'pending_approval') AS pending_requests,
-                    (SELECT count(*) FROM domains WHERE NOT managed AND missing_since IS NULL) AS drift,
-                    (SELECT count(*) FROM vms WHERE phase IN ('pending', 'placing', 'cloning', 'defining', 'starting')) AS provisioning",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        let vms_by_state: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, count(*) FROM domains WHERE missing_since IS NULL GROUP BY state ORDER BY count(*) DESC, state",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        let top_tenants: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT t.name, coalesce(sum(d.vcpus), 0)::int8, coalesce(sum(d.memory_kib), 0)::int8, count(*)
-             FROM domains d JOIN tenants t ON t.id = d.tenant_id
-             WHERE d.missing_since IS NULL GROUP BY t.name ORDER BY 2 DESC, 3 DESC LIMIT 5",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        Ok(FleetDashboard {
-            hosts: t.hosts,
-            connected: t.connected,
-            lost: t.lost,
-            maintenance: t.maintenance,
-            cpus: t.cpus,
-            memory_kib: t.memory_kib,
-            vcpus_allocated: t.vcpus_allocated,
-            memory_allocated_kib: t.memory_allocated_kib,
-            vcpu_overcommit: self.vcpu_overcommit,
-            vms_by_state,
-            top_tenants,
-            pending_requests: t.pending_requests,
-            drift: t.drift,
-            provisioning: t.provisioning,
-        })
+        let d = self.compute_dashboard().await?;
+        *self.dashboard_cache.lock().expect("dashboard cache") =
+            Some((generation, std::time::Instant::now(), d.clone()));
+        Ok(d)
     }
 
     async fn register(

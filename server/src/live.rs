@@ -8,6 +8,8 @@ use futures::stream::Stream;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -16,6 +18,9 @@ pub const CHANNEL: &str = "concierge_live";
 #[derive(Clone)]
 pub struct Live {
     pub tx: broadcast::Sender<LiveEvent>,
+    /// Bumped on every event (and listener reconnect): caches of fleet-wide figures compare it
+    /// to know they are stale.
+    pub generation: Arc<AtomicU64>,
 }
 
 impl Default for Live {
@@ -23,6 +28,7 @@ impl Default for Live {
         // Slow pages lag and skip (they refetch anyway); nobody blocks the listener.
         Live {
             tx: broadcast::channel(4096).0,
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -31,8 +37,11 @@ impl Live {
     /// Listens until the process ends, reconnecting after errors.
     pub fn spawn_listener(&self, pool: PgPool) {
         let tx = self.tx.clone();
+        let generation = self.generation.clone();
         tokio::spawn(async move {
             loop {
+                // Events may have been missed while disconnected.
+                generation.fetch_add(1, Ordering::Relaxed);
                 match PgListener::connect_with(&pool).await {
                     Ok(mut listener) => {
                         if let Err(e) = listener.listen(CHANNEL).await {
@@ -42,6 +51,7 @@ impl Live {
                                 match listener.recv().await {
                                     Ok(n) => match serde_json::from_str::<LiveEvent>(n.payload()) {
                                         Ok(ev) => {
+                                            generation.fetch_add(1, Ordering::Relaxed);
                                             let _ = tx.send(ev);
                                         }
                                         Err(e) => tracing::warn!(error = %e, "bad live payload"),

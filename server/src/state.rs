@@ -61,6 +61,7 @@ impl AppState {
             queue: queue.clone(),
             grace: time::Duration::days(config.lease_grace_days.max(0)),
         });
+        let live = crate::live::Live::default();
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
             tenants: Arc::new(TenantsBackend {
@@ -75,6 +76,8 @@ impl AppState {
                 shutdown_timeout: std::time::Duration::from_secs(config.shutdown_timeout_seconds),
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
+                live_generation: live.generation.clone(),
+                dashboard_cache: Default::default(),
                 chart_cache: moka::sync::Cache::builder()
                     .time_to_live(std::time::Duration::from_secs(
                         config.sample_seconds.clamp(5, 60),
@@ -116,7 +119,7 @@ impl AppState {
             queue,
             provisioner,
             leases,
-            live: crate::live::Live::default(),
+            live,
         }
     }
 }
