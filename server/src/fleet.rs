@@ -34,16 +34,12 @@ pub struct FleetBackend {
     pub vcpu_overcommit: f64,
     /// The live-event generation (see `live::Live`) and the last dashboard computed at one:
     /// the figures are fleet-wide and the same for every fleet admin, so they are computed once
-    /// per change (at most `DASHBOARD_TTL` old, for changes that send no event).
+    /// per change (at most 3 s old, for changes that send no event, such as a host's state).
     pub live_generation: Arc<std::sync::atomic::AtomicU64>,
-    pub dashboard_cache: std::sync::Mutex<Option<(u64, std::time::Instant, FleetDashboard)>>,
+    pub dashboard_cache: moka::future::Cache<u64, FleetDashboard>,
     /// Rendered fleet charts per range, for one sample period.
-    pub chart_cache: moka::sync::Cache<Range, Vec<ChartView>>,
+    pub chart_cache: moka::future::Cache<Range, Vec<ChartView>>,
 }
-
-/// How old a cached dashboard may be when no event said it changed (host state changes send
-/// none).
-const DASHBOARD_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl FleetBackend {
     async fn compute_dashboard(&self) -> Result<FleetDashboard, AppError> {
@@ -471,26 +467,28 @@ impl Fleet for FleetBackend {
     async fn charts(&self, req: &RequestCtx, range: &str) -> Result<Vec<ChartView>, AppError> {
         req.fleet_admin()?;
         let range = parse_range(range)?;
-        // Every fleet admin sees the same charts; they change once per sample period.
-        if let Some(hit) = self.chart_cache.get(&range) {
-            return Ok(hit);
-        }
-        let now = time::OffsetDateTime::now_utc();
-        let series = crate::metrics::fleet_series(&self.pool, range, now)
+        // Every fleet admin sees the same charts; they change once per sample period. Concurrent
+        // misses wait for one computation instead of each running it.
+        self.chart_cache
+            .try_get_with(range, async move {
+                let now = time::OffsetDateTime::now_utc();
+                let series = crate::metrics::fleet_series(&self.pool, range, now)
+                    .await
+                    .map_err(db::internal)?;
+                let charts = [
+                    ("Fleet CPU busy", "CPU", "cpu", Unit::Percent),
+                    ("Fleet memory used", "Memory", "mem", Unit::Bytes),
+                    ("Running VMs", "VMs", "vms", Unit::Count),
+                ]
+                .into_iter()
+                .map(|(title, label, key, unit)| {
+                    chart_view(title, unit, range, now, vec![(label, series.get(key))])
+                })
+                .collect::<Vec<_>>();
+                Ok::<_, AppError>(charts)
+            })
             .await
-            .map_err(db::internal)?;
-        let charts = [
-            ("Fleet CPU busy", "CPU", "cpu", Unit::Percent),
-            ("Fleet memory used", "Memory", "mem", Unit::Bytes),
-            ("Running VMs", "VMs", "vms", Unit::Count),
-        ]
-        .into_iter()
-        .map(|(title, label, key, unit)| {
-            chart_view(title, unit, range, now, vec![(label, series.get(key))])
-        })
-        .collect::<Vec<_>>();
-        self.chart_cache.insert(range, charts.clone());
-        Ok(charts)
+            .map_err(|e: std::sync::Arc<AppError>| (*e).clone())
     }
 
     async fn vm_charts(
@@ -540,18 +538,15 @@ impl Fleet for FleetBackend {
 
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError> {
         req.fleet_admin()?;
+        // Keyed by the live-event generation: a change (an event) makes a new key; concurrent
+        // misses wait for one computation.
         let generation = self
             .live_generation
             .load(std::sync::atomic::Ordering::Relaxed);
-        if let Some((g, at, d)) = &*self.dashboard_cache.lock().expect("dashboard cache") {
-            if *g == generation && at.elapsed() < DASHBOARD_TTL {
-                return Ok(d.clone());
-            }
-        }
-        let d = self.compute_dashboard().await?;
-        *self.dashboard_cache.lock().expect("dashboard cache") =
-            Some((generation, std::time::Instant::now(), d.clone()));
-        Ok(d)
+        self.dashboard_cache
+            .try_get_with(generation, self.compute_dashboard())
+            .await
+            .map_err(|e: std::sync::Arc<AppError>| (*e).clone())
     }
 
     async fn register(

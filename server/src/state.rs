@@ -77,8 +77,11 @@ impl AppState {
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
                 live_generation: live.generation.clone(),
-                dashboard_cache: Default::default(),
-                chart_cache: moka::sync::Cache::builder()
+                dashboard_cache: moka::future::Cache::builder()
+                    .max_capacity(4)
+                    .time_to_live(std::time::Duration::from_secs(3))
+                    .build(),
+                chart_cache: moka::future::Cache::builder()
                     .time_to_live(std::time::Duration::from_secs(
                         config.sample_seconds.clamp(5, 60),
                     ))
