@@ -21,3 +21,5 @@ ALTER POLICY vms_scope ON vms USING ((SELECT app_fleet_scope()) OR tenant_id = (
 
 -- Lists of every VM sorted by name or lease walk an index and stop after one page.
 CREATE INDEX vms_name_order ON vms (name, uuid) WHERE deleted_at IS NULL;
+CREATE INDEX vms_lease_order ON vms (lease_ends_at, name, uuid) WHERE deleted_at IS NULL;
+CREATE INDEX vms_created_order ON vms (created_at DESC, uuid) WHERE deleted_at IS NULL;

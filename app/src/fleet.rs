@@ -327,6 +327,9 @@ pub struct FleetDashboard {
     pub pending_requests: i64,
     pub drift: i64,
     pub provisioning: i64,
+    /// (id, name, state, CPUs, vCPUs allocated, memory KiB, memory allocated KiB) of the
+    /// fullest hosts by memory.
+    pub busiest_hosts: Vec<(Uuid, String, String, i64, i64, i64, i64)>,
 }
 
 #[server(prefix = "/api", endpoint = "fleet_dashboard")]

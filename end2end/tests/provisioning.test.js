@@ -187,7 +187,7 @@ test('a request needing approval is approved in another browser and runs without
     // picker swaps them for another range.
     const cpuChart = admin.locator('figure.chart[data-chart="Fleet CPU busy"]');
     await cpuChart.locator('svg[role=img]').waitFor();
-    assert.match(await cpuChart.locator('svg').getAttribute('aria-label'), /^Fleet CPU busy\./);
+    assert.match(await cpuChart.locator('svg').getAttribute('aria-label'), /^Fleet CPU busy: /);
     assert.equal(await admin.locator('figure.chart').count(), 3);
     await admin.getByRole('link', { name: '7 days' }).click();
     await admin.waitForURL('**/dashboard?range=7d');

@@ -72,9 +72,15 @@ pub struct Chart<'a> {
 /// The chart's text alternative: average, peak and latest of each line over the range.
 pub fn summary(chart: &Chart) -> String {
     let mut parts = Vec::new();
+    let named = chart.lines.len() > 1;
     for line in &chart.lines {
+        let name = if named {
+            format!("{}: ", line.label)
+        } else {
+            String::new()
+        };
         let Some(last) = line.points.last() else {
-            parts.push(format!("{}: no data in this range", line.label));
+            parts.push(format!("{name}no data in this range"));
             continue;
         };
         let avg = line.points.iter().map(|p| p.avg).sum::<f64>() / line.points.len() as f64;
@@ -84,15 +90,14 @@ pub fn summary(chart: &Chart) -> String {
             .max_by(|a, b| a.max.total_cmp(&b.max))
             .unwrap_or(last);
         parts.push(format!(
-            "{}: average {}, peak {} at {}, latest {}",
-            line.label,
+            "{name}average {}, peak {} at {}, latest {}",
             chart.unit.format(avg),
             chart.unit.format(peak.max),
             stamp(peak.at),
             chart.unit.format(last.avg)
         ));
     }
-    format!("{}. {}.", chart.title, parts.join("; "))
+    format!("{}: {}.", chart.title, parts.join("; "))
 }
 
 fn stamp(t: OffsetDateTime) -> String {
@@ -100,18 +105,22 @@ fn stamp(t: OffsetDateTime) -> String {
     t.format(&f).unwrap_or_default()
 }
 
-fn axis_label(secs: i64, span: i64) -> String {
-    let Ok(t) = OffsetDateTime::from_unix_timestamp(secs) else {
-        return String::new();
-    };
-    let f = if span <= 2 * 86400 {
-        time::macros::format_description!("[hour]:[minute]")
-    } else if span <= 62 * 86400 {
-        time::macros::format_description!("[month repr:short] [day padding:none]")
+type Utc = chrono::DateTime<chrono::Utc>;
+
+fn utc(t: OffsetDateTime) -> Utc {
+    chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default()
+}
+
+/// Tick labels: clock times within two days, dates within two months, months beyond.
+fn axis_label(t: &Utc, span: chrono::Duration) -> String {
+    let f = if span <= chrono::Duration::days(2) {
+        "%H:%M"
+    } else if span <= chrono::Duration::days(62) {
+        "%b %-d"
     } else {
-        time::macros::format_description!("[month repr:short] [year]")
+        "%b %Y"
     };
-    t.format(&f).unwrap_or_default()
+    t.format(f).to_string()
 }
 
 /// Splits points into runs without gaps longer than two buckets.
@@ -165,11 +174,14 @@ fn accessible(svg: String, title: &str, alt: &str) -> String {
 }
 
 /// A line chart: per line, the average as a line and the min–max range as a light band.
+/// Drawn at about the size it is shown, with large type, so it reads on a projector.
 pub fn line_chart(chart: &Chart) -> String {
     ensure_font();
-    let (w, h) = (880u32, 300u32);
-    let x0 = chart.from.unix_timestamp();
-    let x1 = chart.to.unix_timestamp().max(x0 + 1);
+    let (w, h) = (640u32, 300u32);
+    let (x0, x1) = (
+        utc(chart.from),
+        utc(chart.to).max(utc(chart.from) + chrono::Duration::seconds(1)),
+    );
     let peak = chart
         .lines
         .iter()
@@ -177,45 +189,47 @@ pub fn line_chart(chart: &Chart) -> String {
         .fold(0.0f64, f64::max);
     let y1 = match chart.unit {
         Unit::Percent => 100.0,
-        _ if peak <= 0.0 => 1.0,
-        _ => peak * 1.15,
+        _ if peak > 0.0 => peak * 1.15,
+        Unit::Bytes => 1024.0 * 1024.0 * 1024.0,
+        Unit::BytesPerSecond => 1_000_000.0,
+        Unit::Count => 10.0,
     };
+    let empty = chart.lines.iter().all(|l| l.points.is_empty());
     let mut buf = String::new();
     let drawn: Result<(), Box<dyn std::error::Error>> = (|| {
         let root = SVGBackend::with_string(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut c = ChartBuilder::on(&root)
-            .caption(chart.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(34)
-            .y_label_area_size(84)
+            .margin(14)
+            .x_label_area_size(36)
+            .y_label_area_size(92)
             .build_cartesian_2d(x0..x1, 0f64..y1)?;
         let unit = chart.unit;
         let span = x1 - x0;
         c.configure_mesh()
-            .x_labels(7)
+            .x_labels(6)
             .y_labels(5)
-            .x_label_formatter(&|x| axis_label(*x, span))
+            .x_label_formatter(&|t| axis_label(t, span))
             .y_label_formatter(&|y| unit.format(*y))
-            .label_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .bold_line_style(RGBColor(210, 210, 210))
+            .label_style(("sans-serif", 18))
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(214, 214, 214))
             .axis_style(RGBColor(90, 90, 90))
             .draw()?;
         for (i, line) in chart.lines.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
             for run in runs(line.points, chart.resolution) {
-                let band: Vec<(i64, f64)> = run
+                let band: Vec<(Utc, f64)> = run
                     .iter()
-                    .map(|p| (p.at.unix_timestamp(), p.max))
-                    .chain(run.iter().rev().map(|p| (p.at.unix_timestamp(), p.min)))
+                    .map(|p| (utc(p.at), p.max))
+                    .chain(run.iter().rev().map(|p| (utc(p.at), p.min)))
                     .collect();
                 c.draw_series(std::iter::once(Polygon::new(band, colour.mix(0.15))))?;
             }
             let mut first = true;
             for run in runs(line.points, chart.resolution) {
                 let series = c.draw_series(LineSeries::new(
-                    run.iter().map(|p| (p.at.unix_timestamp(), p.avg)),
+                    run.iter().map(|p| (utc(p.at), p.avg)),
                     colour.stroke_width(3),
                 ))?;
                 if first {
@@ -226,18 +240,18 @@ pub fn line_chart(chart: &Chart) -> String {
                 }
             }
         }
-        if chart.lines.len() > 1 {
+        if chart.lines.len() > 1 && !empty {
             c.configure_series_labels()
                 .position(SeriesLabelPosition::UpperLeft)
-                .label_font(("sans-serif", 16))
+                .label_font(("sans-serif", 18))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(200, 200, 200))
                 .draw()?;
         }
-        if chart.lines.iter().all(|l| l.points.is_empty()) {
+        if empty {
             root.draw(&Text::new(
                 "No samples in this range yet",
-                ((w / 2 - 130) as i32, (h / 2) as i32),
+                ((w / 2 - 110) as i32, (h / 2 - 20) as i32),
                 ("sans-serif", 20).into_font().color(&RGBColor(90, 90, 90)),
             ))?;
         }
@@ -320,7 +334,10 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(svg.contains("role=\"img\""));
         assert!(svg.contains("<title>CPU &lt;busy&gt;</title>"));
-        assert!(svg.contains("average 20 %, peak 31 %"), "{svg}");
+        assert!(
+            svg.contains("CPU &lt;busy&gt;: average 20 %, peak 31 %"),
+            "{svg}"
+        );
         assert!(svg.contains("<polyline") || svg.contains("<path"));
         assert!(svg.contains("viewBox"));
         let empty = line_chart(&Chart {

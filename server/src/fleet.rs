@@ -90,7 +90,22 @@ impl FleetBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
+        // The fullest hosts by memory (what placement runs out of first), with their vCPUs.
+        let busiest_hosts: Vec<(Uuid, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT h.id, h.name, h.state, coalesce(h.cpus, 0)::int8, coalesce(a.vcpus, 0)::int8,
+                    coalesce(h.memory_kib, 0)::int8, coalesce(a.memory_kib, 0)::int8
+             FROM hosts h LEFT JOIN (
+                 SELECT host_id, sum(vcpus) AS vcpus, sum(memory_kib) AS memory_kib FROM domains
+                 WHERE missing_since IS NULL AND state NOT IN ('shutoff', 'crashed') GROUP BY host_id
+             ) a ON a.host_id = h.id
+             ORDER BY coalesce(a.memory_kib, 0)::float8 / greatest(h.memory_kib, 1) DESC, h.name
+             LIMIT 8",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
         Ok(FleetDashboard {
+            busiest_hosts,
             hosts: t.hosts,
             connected: t.connected,
             lost: t.lost,

@@ -384,50 +384,65 @@ pub struct Point {
 /// Series of one subject (or of all hosts, summed) by metric prefix.
 pub type Series = HashMap<&'static str, Vec<Point>>;
 
-/// The buckets of `res` in `[since, now)` plus the part not yet rolled into `res`, aggregated
-/// on the fly from the finer level, so a chart reaches the present.
+/// The buckets of `res` in `[since, now)`: what was rolled into `res`, then each finer level
+/// beyond the next coarser one's watermark, then raw samples beyond the 5-minute watermark,
+/// all aggregated into `res` buckets, so a chart reaches the present. Parameters: $1 the
+/// subjects, $2 since, $3.. the watermarks of each resolution (finest first), clamped to since.
 fn series_sql(res: i32, subjects: &str) -> String {
-    let tail_cols_raw: Vec<String> = METRICS
-        .iter()
-        .map(|(_, c)| format!("min({c})::float8, sum({c})::float8, max({c})::float8"))
-        .collect();
-    let tail_cols: Vec<String> = METRICS
-        .iter()
-        .map(|(p, _)| format!("min({p}_min)::float8, sum({p}_sum), max({p}_max)::float8"))
-        .collect();
-    let rolled: Vec<String> = METRICS
-        .iter()
-        .map(|(p, _)| format!("{p}_min::float8, {p}_sum, {p}_max::float8"))
-        .collect();
     let idx = RESOLUTIONS
         .iter()
         .position(|r| *r == res)
         .expect("a resolution");
-    let tail = if idx == 0 {
-        format!(
-            "SELECT subject, {b} AS bucket, count(*)::int8 AS n,
-                    (count(cpu_pct) + count(disk_rd_bps) - count(cpu_pct + disk_rd_bps))::int8 AS rate_n, {t}
-             FROM metric_samples WHERE {subjects} AND at >= $2 AND at >= $3
-             GROUP BY subject, 2",
-            b = bucket_expr("at", res),
-            t = tail_cols_raw.join(", ")
-        )
-    } else {
-        format!(
-            "SELECT subject, {b} AS bucket, sum(n)::int8, sum(rate_n)::int8, {t}
-             FROM metric_rollups WHERE resolution = {f} AND {subjects} AND bucket >= $2 AND bucket >= $3
+    let w = |k: usize| format!("${}", 3 + k);
+    let rolled_cols: Vec<String> = METRICS
+        .iter()
+        .map(|(p, _)| format!("{p}_min::float8 AS {p}_min, {p}_sum, {p}_max::float8 AS {p}_max"))
+        .collect();
+    let finer_cols: Vec<String> = METRICS
+        .iter()
+        .map(|(p, _)| format!("min({p}_min)::float8, sum({p}_sum), max({p}_max)::float8"))
+        .collect();
+    let raw_cols: Vec<String> = METRICS
+        .iter()
+        .map(|(_, c)| format!("min({c})::float8, sum({c})::float8, max({c})::float8"))
+        .collect();
+    let mut parts = vec![format!(
+        "SELECT subject, bucket, n::int8 AS n, rate_n::int8 AS rate_n, {cols}
+         FROM metric_rollups WHERE resolution = {res} AND {subjects} AND bucket >= $2 AND bucket < {w}",
+        cols = rolled_cols.join(", "),
+        w = w(idx)
+    )];
+    for j in (0..idx).rev() {
+        parts.push(format!(
+            "SELECT subject, {b}, sum(n)::int8, sum(rate_n)::int8, {cols}
+             FROM metric_rollups WHERE resolution = {f} AND {subjects} AND bucket >= {lo} AND bucket < {hi}
              GROUP BY subject, 2",
             b = bucket_expr("bucket", res),
-            f = RESOLUTIONS[idx - 1],
-            t = tail_cols.join(", ")
-        )
-    };
+            f = RESOLUTIONS[j],
+            cols = finer_cols.join(", "),
+            lo = w(j + 1),
+            hi = w(j)
+        ));
+    }
+    parts.push(format!(
+        "SELECT subject, {b}, count(*)::int8,
+                (count(cpu_pct) + count(disk_rd_bps) - count(cpu_pct + disk_rd_bps))::int8, {cols}
+         FROM metric_samples WHERE {subjects} AND at >= {lo}
+         GROUP BY subject, 2",
+        b = bucket_expr("at", res),
+        cols = raw_cols.join(", "),
+        lo = w(0)
+    ));
+    let merged: Vec<String> = METRICS
+        .iter()
+        .map(|(p, _)| format!("min({p}_min), sum({p}_sum), max({p}_max)"))
+        .collect();
     format!(
-        "SELECT subject, bucket, n::int8, rate_n::int8, {rolled}
-         FROM metric_rollups WHERE resolution = {res} AND {subjects} AND bucket >= $2 AND bucket < $3
-         UNION ALL {tail}
-         ORDER BY bucket",
-        rolled = rolled.join(", ")
+        "SELECT subject, bucket, sum(n)::int8, sum(rate_n)::int8, {merged}
+         FROM ({union}) AS parts
+         GROUP BY subject, bucket ORDER BY bucket",
+        merged = merged.join(", "),
+        union = parts.join(" UNION ALL ")
     )
 }
 
@@ -441,19 +456,20 @@ async fn rows(
     since: OffsetDateTime,
 ) -> Result<Vec<Row>, sqlx::Error> {
     use sqlx::Row as _;
-    let upto: Option<OffsetDateTime> =
-        sqlx::query_scalar("SELECT upto FROM metric_watermarks WHERE resolution = $1")
-            .bind(res)
-            .fetch_optional(&mut **tx)
-            .await?;
-    // Without a watermark nothing was rolled yet: everything comes from the finer level.
-    let upto = upto.unwrap_or(since);
-    let raw = sqlx::query(&series_sql(res, subjects))
-        .bind(subject_bind)
-        .bind(since)
-        .bind(upto)
-        .fetch_all(&mut **tx)
-        .await?;
+    let marks: HashMap<i32, OffsetDateTime> = sqlx::query_as::<_, (i32, OffsetDateTime)>(
+        "SELECT resolution, upto FROM metric_watermarks",
+    )
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    // A level without a watermark holds nothing yet.
+    let sql = series_sql(res, subjects);
+    let mut query = sqlx::query(&sql).bind(subject_bind).bind(since);
+    for r in RESOLUTIONS {
+        query = query.bind(marks.get(&r).copied().unwrap_or(since).max(since));
+    }
+    let raw = query.fetch_all(&mut **tx).await?;
     Ok(raw
         .into_iter()
         .map(|r| {
@@ -530,12 +546,33 @@ pub async fn cpu_sparklines(
     if subjects.is_empty() {
         return Ok(out);
     }
+    // CPU only, from 5-minute buckets and the raw samples after them: a list shows dozens.
     let mut tx = db::begin_raw(pool, scope).await?;
     let since = floor_to(now - Duration::hours(6), 300);
-    let rows = rows(&mut tx, 300, "subject = ANY($1)", subjects, since).await?;
+    let upto: Option<OffsetDateTime> =
+        sqlx::query_scalar("SELECT upto FROM metric_watermarks WHERE resolution = 300")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let upto = upto.unwrap_or(since).max(since);
+    let rows: Vec<(Uuid, OffsetDateTime, Option<f64>, Option<f64>, Option<f64>, i64)> =
+        sqlx::query_as(&format!(
+            "SELECT subject, bucket, min(lo), sum(total), max(hi), sum(n)::int8 FROM (
+                 SELECT subject, bucket, cpu_min::float8 AS lo, cpu_sum AS total, cpu_max::float8 AS hi, rate_n::int8 AS n
+                 FROM metric_rollups WHERE resolution = 300 AND subject = ANY($1) AND bucket >= $2 AND bucket < $3
+                 UNION ALL
+                 SELECT subject, {b}, cpu_pct, cpu_pct, cpu_pct, 1
+                 FROM metric_samples WHERE subject = ANY($1) AND at >= $3 AND cpu_pct IS NOT NULL
+             ) AS parts GROUP BY subject, bucket ORDER BY bucket",
+            b = bucket_expr("at", 300)
+        ))
+        .bind(&subjects)
+        .bind(since)
+        .bind(upto)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
-    for (subject, at, _, rate_n, v) in rows {
-        if let Some(pt) = point(at, v[0], v[1], v[2], rate_n) {
+    for (subject, at, lo, total, hi, n) in rows {
+        if let Some(pt) = point(at, lo, total, hi, n) {
             out.entry(subject).or_default().push(pt);
         }
     }

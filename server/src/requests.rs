@@ -37,6 +37,9 @@ pub struct ProvisioningBackend {
     pub queue: Arc<Queue>,
     pub vcpu_overcommit: f64,
     pub max_attempts: i32,
+    /// Rendered CPU sparklines by VM for a minute: a list page shows the same ones to everyone
+    /// who may see them (each list is authorized before its sparklines are looked up).
+    pub sparklines: moka::future::Cache<Uuid, String>,
 }
 
 /// A validated request form.
@@ -280,6 +283,41 @@ async fn set_state(
 }
 
 impl ProvisioningBackend {
+    /// Fills each listed VM's CPU sparkline, from the cache or, for the rest, from one query.
+    /// The VMs were listed under the viewer's authorization; their metrics are read fleet-wide
+    /// in one statement, since a list may span tenants.
+    async fn attach_sparklines(
+        &self,
+        items: &mut [ManagedVm],
+        now: OffsetDateTime,
+    ) -> Result<(), AppError> {
+        let mut missing = Vec::new();
+        for v in items.iter_mut() {
+            match self.sparklines.get(&v.uuid).await {
+                Some(svg) => v.cpu_sparkline = Some(svg),
+                None => missing.push(v.uuid),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let lines = crate::metrics::cpu_sparklines(&self.pool, Scope::fleet(), missing, now)
+            .await
+            .map_err(db::internal)?;
+        for v in items.iter_mut().filter(|v| v.cpu_sparkline.is_none()) {
+            let points = lines.get(&v.uuid).map(Vec::as_slice).unwrap_or(&[]);
+            let svg = crate::charts::sparkline(
+                points,
+                now - time::Duration::hours(6),
+                now,
+                &format!("{} CPU, last 6 hours", v.name),
+            );
+            self.sparklines.insert(v.uuid, svg.clone()).await;
+            v.cpu_sparkline = Some(svg);
+        }
+        Ok(())
+    }
+
     fn now(&self) -> OffsetDateTime {
         self.clock.now()
     }
@@ -1497,12 +1535,27 @@ impl Provisioning for ProvisioningBackend {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
-        let filter_sql = "(v.owner_id = $1 OR v.tenant_id = ANY($2) OR $3) AND v.deleted_at IS NULL
-             AND ($4 = '' OR v.name ILIKE $5)
-             AND ($6 = '' OR coalesce(d.state, v.phase) = $6)";
+        // The page is chosen from `vms` alone (its indexes serve the name, lease and newest
+        // orders), joining the domains only to filter or sort by state; the 50 rows are then
+        // read with everything the list shows.
+        let by_state = !state.is_empty() || filter.sort == "state";
+        let (domains_join, state_cond) = if by_state {
+            (
+                "LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL",
+                "($6 = '' OR coalesce(d.state, v.phase) = $6)",
+            )
+        } else {
+            ("", "$6 = ''")
+        };
+        let from_where = format!(
+            "FROM vms v {domains_join}
+             WHERE (v.owner_id = $1 OR v.tenant_id = ANY($2) OR $3) AND v.deleted_at IS NULL
+               AND ($4 = '' OR v.name ILIKE $5) AND {state_cond}"
+        );
         let mut tx = db::begin(&self.pool, scope).await?;
         let rows: Vec<VmRow> = sqlx::query_as(&format!(
-            "{VM_SELECT} WHERE {filter_sql} ORDER BY {order} LIMIT $7 OFFSET $8"
+            "{VM_SELECT} WHERE v.uuid IN (SELECT v.uuid {from_where} ORDER BY {order} LIMIT $7 OFFSET $8)
+             ORDER BY {order}"
         ))
         .bind(actor.user_id)
         .bind(&tenants)
@@ -1515,41 +1568,19 @@ impl Provisioning for ProvisioningBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM vms v
-             LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL
-             WHERE {filter_sql}"
-        ))
-        .bind(actor.user_id)
-        .bind(&tenants)
-        .bind(everything)
-        .bind(search)
-        .bind(&pattern)
-        .bind(state)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {from_where}"))
+            .bind(actor.user_id)
+            .bind(&tenants)
+            .bind(everything)
+            .bind(search)
+            .bind(&pattern)
+            .bind(state)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
         let mut items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
-        // Every VM listed is the actor's own (checked above): their metrics are read fleet-wide
-        // in one query, since they may span tenants.
-        let lines = crate::metrics::cpu_sparklines(
-            &self.pool,
-            Scope::fleet(),
-            items.iter().map(|v| v.uuid).collect(),
-            now,
-        )
-        .await
-        .map_err(db::internal)?;
-        for v in &mut items {
-            let points = lines.get(&v.uuid).map(Vec::as_slice).unwrap_or(&[]);
-            v.cpu_sparkline = Some(crate::charts::sparkline(
-                points,
-                now - time::Duration::hours(6),
-                now,
-                &format!("{} CPU, last 6 hours", v.name),
-            ));
-        }
+        self.attach_sparklines(&mut items, now).await?;
         Ok(Page {
             items,
             page,

@@ -98,6 +98,10 @@ impl AppState {
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
                 max_attempts: config.job_max_attempts.max(1),
+                sparklines: moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(std::time::Duration::from_secs(60))
+                    .build(),
             }),
             reports: Arc::new(crate::reports::ReportsBackend {
                 pool: pool.clone(),

@@ -416,7 +416,7 @@ async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
         let first = &charts[0];
         assert!(first["svg"].as_str().unwrap().starts_with("<svg"));
         assert!(first["svg"].as_str().unwrap().contains("role=\"img\""));
-        assert!(first["summary"].as_str().unwrap().starts_with("CPU."));
+        assert!(first["summary"].as_str().unwrap().starts_with("CPU: "));
     }
     // Another requester of the same tenant and another tenant's user do not.
     assert_refused(&call(&f.other, "7d").await, "another requester's VM charts");

@@ -252,3 +252,26 @@ async fn rollups_give_known_buckets_incrementally_and_expire() {
     assert!(bucket(&app, 3600, vm, s(0)).await.is_none());
     assert_eq!(bucket(&app, 86400, vm, s(0)).await.unwrap().n, 6);
 }
+
+#[tokio::test]
+async fn a_chart_over_any_range_reaches_the_newest_raw_sample() {
+    let app = spawn_app().await;
+    let host = Uuid::new_v4();
+    let vm = Uuid::new_v4();
+    let now = OffsetDateTime::now_utc();
+    sample(&app, vm, host, now, Some(42.0), 100, Some(0.0), None).await;
+    for range in [Range::Hours6, Range::Days7, Range::Year] {
+        let s = metrics::subject_series(
+            &app.db,
+            Scope::fleet(),
+            vm,
+            range,
+            now + Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+        let cpu = &s["cpu"];
+        assert_eq!(cpu.len(), 1, "{range:?}: {cpu:?}");
+        assert_eq!(cpu[0].avg, 42.0);
+    }
+}

@@ -9,6 +9,7 @@ pub fn ChartGrid(charts: Vec<ChartView>) -> impl IntoView {
         <div class="charts">
             {charts.into_iter().map(|c| view! {
                 <figure class="card chart" data-chart=c.title.clone()>
+                    <h3 class="chart-title">{c.title.clone()}</h3>
                     <div class="chart-frame" inner_html=c.svg></div>
                     <figcaption class="small muted">{c.summary}</figcaption>
                 </figure>

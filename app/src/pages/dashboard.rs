@@ -146,6 +146,30 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
             </section>
         </div>
         <section class="card">
+            <div class="card-head"><h2>"Fullest hosts"</h2><a href="/hosts">{format!("All {} hosts", d.hosts)}</a></div>
+            <table class="table host-load">
+                <thead><tr><th>"Host"</th><th>"vCPUs allocated"</th><th>"Memory allocated"</th></tr></thead>
+                <tbody>
+                    {d.busiest_hosts.into_iter().map(|(id, name, state, cpus, vcpus, mem, mem_used)| {
+                        let vcap = (cpus as f64 * d.vcpu_overcommit).round().max(1.0);
+                        view! {
+                            <tr>
+                                <td><a href=format!("/hosts/{id}")>{name}</a>" "{(state != "connected").then(|| view! { <span class="badge danger">{state.clone()}</span> })}</td>
+                                <td class="capacity">
+                                    <meter min="0" max=vcap value=vcpus as f64 high=vcap * 0.85 optimum=0></meter>
+                                    <span class="capacity-text">{format!("{vcpus} of {vcap:.0}")}</span>
+                                </td>
+                                <td class="capacity">
+                                    <meter min="0" max=mem.max(1) as f64 value=mem_used as f64 high=mem as f64 * 0.85 optimum=0></meter>
+                                    <span class="capacity-text">{format!("{} of {}", gib(mem_used), gib(mem))}</span>
+                                </td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+        <section class="card">
             <h2>"Top consumers"</h2>
             {if d.top_tenants.is_empty() {
                 view! { <p class="muted">"No managed VMs yet."</p> }.into_any()
