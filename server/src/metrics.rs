@@ -554,7 +554,16 @@ pub async fn cpu_sparklines(
             .fetch_optional(&mut *tx)
             .await?;
     let upto = upto.unwrap_or(since).max(since);
-    let rows: Vec<(Uuid, OffsetDateTime, Option<f64>, Option<f64>, Option<f64>, i64)> =
+    /// subject, bucket, min, sum, max, samples.
+    type CpuRow = (
+        Uuid,
+        OffsetDateTime,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        i64,
+    );
+    let rows: Vec<CpuRow> =
         sqlx::query_as(&format!(
             "SELECT subject, bucket, min(lo), sum(total), max(hi), sum(n)::int8 FROM (
                  SELECT subject, bucket, cpu_min::float8 AS lo, cpu_sum AS total, cpu_max::float8 AS hi, rate_n::int8 AS n
