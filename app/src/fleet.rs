@@ -95,6 +95,41 @@ pub async fn list_hosts() -> Result<Vec<HostSummary>, AppError> {
     crate::seam::reply(crate::seam::backend()?.fleet.hosts(&req).await)
 }
 
+/// The hosts page: filtered by name or label and state, sorted, one page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFilter {
+    pub page: u32,
+    pub search: String,
+    /// connected, lost, connecting or maintenance; empty for any.
+    pub state: String,
+    /// name (default), state, memory (fullest first) or domains (most first).
+    pub sort: String,
+}
+
+pub const HOST_SORTS: [(&str, &str); 4] = [
+    ("name", "Name"),
+    ("memory", "Fullest first"),
+    ("domains", "Most domains"),
+    ("state", "State"),
+];
+
+#[server(prefix = "/api", endpoint = "host_page")]
+pub async fn host_page(
+    #[server(default)] page: u32,
+    #[server(default)] search: String,
+    #[server(default)] state: String,
+    #[server(default)] sort: String,
+) -> Result<Page<HostSummary>, AppError> {
+    let req = crate::seam::request()?;
+    let filter = HostFilter {
+        page,
+        search,
+        state,
+        sort,
+    };
+    crate::seam::reply(crate::seam::backend()?.fleet.host_page(&req, filter).await)
+}
+
 #[server(prefix = "/api", endpoint = "register_host")]
 pub async fn register_host(
     name: String,

@@ -3,7 +3,9 @@
 use crate::account::{Actor, OneTimePassword, SessionInfo};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
-use crate::fleet::{ChartView, DomainSummary, FleetDashboard, HostDetail, HostSummary, VmDetail};
+use crate::fleet::{
+    ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary, VmDetail,
+};
 use crate::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
     RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas, VmFilter,
@@ -154,6 +156,11 @@ pub trait AuditTrail: Send + Sync + 'static {
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError>;
+    async fn host_page(
+        &self,
+        req: &RequestCtx,
+        filter: HostFilter,
+    ) -> Result<Page<HostSummary>, AppError>;
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError>;
     /// Fleet charts over a range (fleet admins); an unknown range is a field error.
     async fn charts(&self, req: &RequestCtx, range: &str) -> Result<Vec<ChartView>, AppError>;

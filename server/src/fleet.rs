@@ -9,8 +9,8 @@ use crate::hypervisor::{network, storage};
 use crate::metrics::Range;
 use app::error::AppError;
 use app::fleet::{
-    version_string, ChartView, DomainSummary, FleetDashboard, HostDetail, HostSummary, NetworkInfo,
-    OperationInfo, PoolInfo, VmDetail,
+    version_string, ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary,
+    NetworkInfo, OperationInfo, PoolInfo, VmDetail,
 };
 use app::seam::{Fleet, RequestCtx};
 use app::Page;
@@ -21,6 +21,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 pub const DOMAINS_PER_PAGE: u32 = 50;
+/// Host cards per page on the hosts page.
+pub const HOSTS_PER_PAGE: u32 = 24;
 /// Hosts whose libvirt library is older than this are flagged (8.0.0).
 pub const MIN_LIBVIRT_VERSION: i64 = 8_000_000;
 
@@ -476,6 +478,76 @@ impl Fleet for FleetBackend {
             .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn host_page(
+        &self,
+        req: &RequestCtx,
+        filter: HostFilter,
+    ) -> Result<Page<HostSummary>, AppError> {
+        req.fleet_admin()?;
+        let page = filter.page.max(1);
+        let order = match filter.sort.as_str() {
+            "" | "name" => "h.name",
+            "state" => "h.state, h.name",
+            "memory" => "coalesce(d.memory, 0)::float8 / greatest(h.memory_kib, 1) DESC, h.name",
+            "domains" => "coalesce(d.n, 0) DESC, h.name",
+            _ => {
+                return Err(AppError::field(
+                    "sort",
+                    "Sort by name, memory, domains or state.",
+                ))
+            }
+        };
+        let state = filter.state.trim();
+        if !["", "connected", "lost", "connecting", "maintenance"].contains(&state) {
+            return Err(AppError::field(
+                "state",
+                format!("Unknown state \"{state}\"."),
+            ));
+        }
+        let search = filter.search.trim();
+        if search.chars().count() > 100 {
+            return Err(AppError::field(
+                "search",
+                "Search for at most 100 characters.",
+            ));
+        }
+        let pattern = format!(
+            "%{}%",
+            search
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let cond = "($1 = '' OR h.name ILIKE $2 OR EXISTS (SELECT 1 FROM unnest(h.labels) l WHERE l ILIKE $2))
+             AND ($3 = '' OR ($3 = 'maintenance' AND h.maintenance) OR h.state = $3)";
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<HostRow> = sqlx::query_as(&format!(
+            "{HOST_QUERY} WHERE {cond} ORDER BY {order} LIMIT $4 OFFSET $5"
+        ))
+        .bind(search)
+        .bind(&pattern)
+        .bind(state)
+        .bind(i64::from(HOSTS_PER_PAGE))
+        .bind(i64::from((page - 1) * HOSTS_PER_PAGE))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM hosts h WHERE {cond}"))
+            .bind(search)
+            .bind(&pattern)
+            .bind(state)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(Page {
+            items: rows.into_iter().map(Into::into).collect(),
+            page,
+            per_page: HOSTS_PER_PAGE,
+            total,
+        })
     }
 
     #[tracing::instrument(skip_all)]

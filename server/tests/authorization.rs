@@ -332,6 +332,7 @@ async fn fleet_operations_are_for_fleet_admins_only() {
     let host = Uuid::new_v4().to_string();
     let ops: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("list_hosts", vec![]),
+        ("host_page", vec![]),
         ("list_drift", vec![]),
         ("get_host", vec![("host_id", &host)]),
         ("reconcile_host", vec![("host_id", &host)]),

@@ -438,6 +438,40 @@ async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
         &f.fleet.call("fleet_charts", &[("range", "forever")]).await,
         "range",
     );
+    // The hosts list is filtered, sorted and paginated on the server.
+    let hosts = f
+        .fleet
+        .call("host_page", &[("search", "lc")])
+        .await
+        .unwrap();
+    assert_eq!(hosts["total"], 1);
+    assert_eq!(hosts["items"][0]["name"], "lc");
+    let none = f
+        .fleet
+        .call("host_page", &[("search", "nope")])
+        .await
+        .unwrap();
+    assert_eq!(none["total"], 0);
+    let lost = f
+        .fleet
+        .call("host_page", &[("state", "lost")])
+        .await
+        .unwrap();
+    assert_eq!(lost["total"], 0);
+    let fullest = f
+        .fleet
+        .call("host_page", &[("sort", "memory")])
+        .await
+        .unwrap();
+    assert_eq!(fullest["total"], 1);
+    assert_field_error(
+        &f.fleet.call("host_page", &[("sort", "price")]).await,
+        "sort",
+    );
+    assert_field_error(
+        &f.fleet.call("host_page", &[("state", "on fire")]).await,
+        "state",
+    );
     // The host's sampler ran at connect: one host sample counting its running domains.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

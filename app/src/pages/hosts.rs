@@ -3,7 +3,8 @@ use crate::components::guard::{fleet_admin, Guard};
 use crate::components::pager::Pager;
 use crate::components::timestamp::Timestamp;
 use crate::fleet::{
-    get_host, list_drift, list_hosts, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
+    get_host, host_page, list_drift, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
+    HOST_SORTS,
 };
 use crate::fleet::{
     list_volumes, CreatePool, CreateVolume, DefineNetwork, DeleteVolume, NetworkAction,
@@ -83,21 +84,75 @@ fn HostsContent() -> impl IntoView {
     let register = ServerAction::<RegisterHost>::new();
     let error = action_error(register);
     let form = reset_on_success(register);
-    let hosts = Resource::new(move || register.version().get(), |_| list_hosts());
+    let query = use_query_map();
+    let get = move |k: &str| query.with(|q| q.get(k).unwrap_or_default());
+    let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
+    let hosts = Resource::new(
+        move || {
+            (
+                register.version().get(),
+                page(),
+                get("search"),
+                get("state"),
+                get("sort"),
+            )
+        },
+        |(_, page, search, state, sort)| host_page(page, search, state, sort),
+    );
+    let href = move |n: u32| {
+        let mut q = vec![format!("page={n}")];
+        for k in ["search", "state", "sort"] {
+            let v = get(k);
+            if !v.is_empty() {
+                q.push(format!("{k}={}", urlencode(&v)));
+            }
+        }
+        format!("/hosts?{}", q.join("&"))
+    };
     view! {
         <div class="page-head">
             <h1>"Hosts"</h1>
             <a class="button" href="/drift">"Unmanaged domains (drift)"</a>
         </div>
+        <form method="get" action="/hosts" class="filters" role="search">
+            <label>"Name or label" <input type="search" name="search" prop:value=move || get("search")/></label>
+            <label>"State"
+                <select name="state">
+                    {move || {
+                        let cur = get("state");
+                        [("", "any"), ("connected", "connected"), ("lost", "lost"), ("connecting", "connecting"), ("maintenance", "in maintenance")]
+                            .into_iter()
+                            .map(|(v, l)| view! { <option value=v selected=cur == v>{l}</option> })
+                            .collect_view()
+                    }}
+                </select>
+            </label>
+            <label>"Sort"
+                <select name="sort">
+                    {move || {
+                        let cur = get("sort");
+                        HOST_SORTS.into_iter()
+                            .map(|(v, l)| view! { <option value=v selected=cur == v || (cur.is_empty() && v == "name")>{l}</option> })
+                            .collect_view()
+                    }}
+                </select>
+            </label>
+            <button type="submit">"Apply"</button>
+        </form>
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match hosts.await {
-                    Ok(list) if list.is_empty() => view! { <p class="muted">"No hosts yet: register one below."</p> }.into_any(),
-                    Ok(list) => view! {
-                        <div class="host-grid">
-                            {list.into_iter().map(|h| view! { <HostCard h/> }).collect_view()}
-                        </div>
-                    }.into_any(),
+                    Ok(p) if p.items.is_empty() && p.total == 0 && get("search").is_empty() && get("state").is_empty() => view! { <p class="muted">"No hosts yet: register one below."</p> }.into_any(),
+                    Ok(p) if p.items.is_empty() => view! { <p class="muted">"No host matches these filters."</p> }.into_any(),
+                    Ok(p) => {
+                        let pages = p.pages();
+                        view! {
+                            <div class="host-grid">
+                                {p.items.into_iter().map(|h| view! { <HostCard h/> }).collect_view()}
+                            </div>
+                            <Pager page=p.page pages total=p.total href=href/>
+                        }.into_any()
+                    }
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                 }
             })}

@@ -5,6 +5,7 @@ use crate::components::guard::{anyone, Guard};
 use crate::components::pager::Pager;
 use crate::components::timestamp::Timestamp;
 use crate::pages::requests::ticker;
+use crate::pages::users::urlencode;
 use crate::provisioning::{mib_label, my_vms, state_badge, ManagedVm, VM_SORTS};
 use crate::shell::use_actor;
 use leptos::prelude::*;
@@ -160,16 +161,4 @@ fn MyVmsContent() -> impl IntoView {
             })}
         </Transition>
     }
-}
-
-/// Percent-encodes a query value (the few characters that matter in a query string).
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
