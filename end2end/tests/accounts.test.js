@@ -109,7 +109,7 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await admin.fill('#host-name', 'simulated-e2e');
     await admin.fill('#host-uri', 'test:///default');
     await admin.fill('#host-labels', 'demo, e2e');
-    await admin.click('main button[type=submit]');
+    await admin.getByRole('button', { name: 'Register host' }).click();
     await admin.getByRole('link', { name: 'simulated-e2e' }).waitFor();
     await admin.getByRole('link', { name: 'simulated-e2e' }).click();
     await admin.waitForURL('**/hosts/*');

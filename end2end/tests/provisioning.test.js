@@ -52,7 +52,7 @@ test('a request needing approval is approved in another browser and runs without
     await goto(admin, '/hosts');
     await admin.fill('#host-name', hostName);
     await admin.fill('#host-uri', simulatedHost());
-    await admin.click('main button[type=submit]');
+    await admin.getByRole('button', { name: 'Register host' }).click();
     await admin.getByRole('link', { name: hostName }).click();
     await admin.waitForURL('**/hosts/*');
     await hydrated(admin);

@@ -63,6 +63,10 @@ const SEED: &[(&str, &str)] = &[
     ("usage, daily before", "INSERT INTO usage_hourly (vm_uuid, hour, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
                SELECT v.uuid, d, v.tenant_id, v.owner_id, NULL, 24 * v.vcpus, 24 * v.memory_mib / 1024.0, 24 * v.disk_gib, 24.0
                FROM vms v CROSS JOIN generate_series(date_trunc('day', now()) - interval '365 days', date_trunc('hour', now()) - interval '31 days', interval '1 day') d"),
+    ("usage, monthly totals", "INSERT INTO usage_monthly (vm_uuid, month, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
+               SELECT vm_uuid, date_trunc('month', hour, 'UTC'), tenant_id, owner_id, template_id,
+                      sum(vcpu_hours), sum(memory_gib_hours), sum(disk_gib_hours), sum(powered_on_hours)
+               FROM usage_hourly GROUP BY 1, 2, 3, 4, 5"),
     ("usage watermark", "INSERT INTO usage_watermark (hour) VALUES (date_trunc('hour', now()))
                ON CONFLICT (id) DO UPDATE SET hour = EXCLUDED.hour"),
     ("rate card", "INSERT INTO rate_cards (currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from)
@@ -263,6 +267,9 @@ async fn run(url: &str) -> anyhow::Result<()> {
         );
     }
 
+    if !parts.contains("report") && !parts.contains("events") {
+        return Ok(());
+    }
     // A year's report for the largest tenant.
     let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'Tenant 01'")
         .fetch_one(&owner)

@@ -78,6 +78,57 @@ fn parse_period(q: &ReportQuery, today: Date) -> Result<Period, AppError> {
     Ok(Period { from, to })
 }
 
+/// How a report's span is read: whole UTC months (from `usage_monthly`) and the hour ranges
+/// around them (from `usage_hourly`).
+#[derive(Debug, PartialEq)]
+pub struct Split {
+    pub months: Vec<OffsetDateTime>,
+    pub hours: Vec<(OffsetDateTime, OffsetDateTime)>,
+}
+
+fn next_month(t: OffsetDateTime) -> OffsetDateTime {
+    let d = t.date();
+    let (y, m) = if d.month() == time::Month::December {
+        (d.year() + 1, time::Month::January)
+    } else {
+        (d.year(), d.month().next())
+    };
+    time::Date::from_calendar_date(y, m, 1)
+        .expect("a first of the month")
+        .midnight()
+        .assume_utc()
+}
+
+/// Splits `[from, to)` into whole months without a rate-card boundary strictly inside (one
+/// price for the whole month) and hour ranges for the rest, merged where adjacent.
+pub fn split_by_month(
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    boundaries: &[OffsetDateTime],
+) -> Split {
+    let mut split = Split {
+        months: Vec::new(),
+        hours: Vec::new(),
+    };
+    let mut at = from;
+    while at < to {
+        let first = at.date().day() == 1 && at.time() == time::Time::MIDNIGHT;
+        let next = next_month(at).min(to);
+        let whole = first && next == next_month(at);
+        let clean = !boundaries.iter().any(|b| *b > at && *b < next);
+        if whole && clean {
+            split.months.push(at);
+        } else {
+            match split.hours.last_mut() {
+                Some(last) if last.1 == at => last.1 = next,
+                _ => split.hours.push((at, next)),
+            }
+        }
+        at = next;
+    }
+    split
+}
+
 fn group_sql(group_by: &str) -> Result<(&'static str, &'static str, &'static str), AppError> {
     // (key, label, join) — fixed SQL fragments, never user input.
     Ok(match group_by {
@@ -238,19 +289,40 @@ impl Reports for ReportsBackend {
             ),
             None => None,
         };
+        // Whole months with no rate-card boundary inside are read from `usage_monthly` (one
+        // row per VM and month, priced by the card of the month); the rest, hour by hour.
+        let boundaries: Vec<OffsetDateTime> = sqlx::query_scalar(
+            "SELECT valid_from FROM rate_cards UNION SELECT valid_to FROM rate_cards WHERE valid_to IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        // The start of the current period is a boundary too: a month is current or previous.
+        let boundaries: Vec<OffsetDateTime> = boundaries.into_iter().chain([start]).collect();
+        let split = split_by_month(prev_start, end, &boundaries);
         let sql = format!(
-            "WITH priced AS (
+            "WITH usage AS (
+                 SELECT u.vm_uuid, u.hour, u.tenant_id, u.owner_id, u.template_id, u.vcpu_hours,
+                        u.memory_gib_hours, u.disk_gib_hours, u.powered_on_hours
+                 FROM usage_hourly u
+                 JOIN UNNEST($4::timestamptz[], $5::timestamptz[]) AS r(f, t) ON u.hour >= r.f AND u.hour < r.t
+                 WHERE ($2 OR u.tenant_id = ANY($3))
+                 UNION ALL
+                 SELECT m.vm_uuid, m.month, m.tenant_id, m.owner_id, m.template_id, m.vcpu_hours,
+                        m.memory_gib_hours, m.disk_gib_hours, m.powered_on_hours
+                 FROM usage_monthly m
+                 WHERE m.month = ANY($6) AND ($2 OR m.tenant_id = ANY($3))
+             ), priced AS (
                  SELECT u.*, rc.currency,
                         coalesce(u.vcpu_hours * rc.vcpu_hour::float8 + u.memory_gib_hours * rc.memory_gib_hour::float8
                                  + u.disk_gib_hours * rc.disk_gib_hour::float8, 0) AS cost,
-                        u.hour >= $2 AS current
-                 FROM usage_hourly u
+                        u.hour >= $1 AS current
+                 FROM usage u
                  LEFT JOIN LATERAL (
                      SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
                      WHERE (r.template_id = u.template_id OR r.template_id IS NULL)
                        AND r.valid_from <= u.hour AND (r.valid_to IS NULL OR u.hour < r.valid_to)
-                     ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true
-                 WHERE u.hour >= $1 AND u.hour < $3 AND ($4 OR u.tenant_id = ANY($5)))
+                     ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true)
              SELECT {key} AS key, {label} AS label,
                     coalesce(sum(u.vcpu_hours) FILTER (WHERE u.current), 0) AS vcpu_hours,
                     coalesce(sum(u.memory_gib_hours) FILTER (WHERE u.current), 0) AS memory_gib_hours,
@@ -262,11 +334,12 @@ impl Reports for ReportsBackend {
              GROUP BY 1, 2 ORDER BY cost DESC, vcpu_hours DESC, label"
         );
         let rows: Vec<Row> = sqlx::query_as(&sql)
-            .bind(prev_start)
             .bind(start)
-            .bind(end)
             .bind(all)
             .bind(&tenants)
+            .bind(split.hours.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(split.hours.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(&split.months)
             .fetch_all(&mut *tx)
             .await
             .map_err(db::internal)?;
@@ -519,6 +592,49 @@ mod tests {
         assert_eq!(&rows[0][9], "1.00");
         assert_eq!(&rows[0][12], "-50.0", "numbers stay numbers");
         assert_eq!(&rows[5][2], "Total");
+    }
+
+    #[test]
+    fn spans_split_into_clean_months_and_hour_ranges() {
+        use time::macros::datetime;
+        // 2025-11-15 .. 2026-04-01 with a rate change on 2026-02-10.
+        let s = split_by_month(
+            datetime!(2025-11-15 00:00 UTC),
+            datetime!(2026-04-01 00:00 UTC),
+            &[
+                datetime!(2026-02-10 00:00 UTC),
+                datetime!(2026-01-01 00:00 UTC),
+            ],
+        );
+        assert_eq!(
+            s.months,
+            vec![
+                datetime!(2025-12-01 00:00 UTC),
+                datetime!(2026-01-01 00:00 UTC),
+                datetime!(2026-03-01 00:00 UTC)
+            ]
+        );
+        assert_eq!(
+            s.hours,
+            vec![
+                (
+                    datetime!(2025-11-15 00:00 UTC),
+                    datetime!(2025-12-01 00:00 UTC)
+                ),
+                (
+                    datetime!(2026-02-01 00:00 UTC),
+                    datetime!(2026-03-01 00:00 UTC)
+                )
+            ]
+        );
+        // A span inside one month is all hours.
+        let s = split_by_month(
+            datetime!(2026-05-03 00:00 UTC),
+            datetime!(2026-05-09 00:00 UTC),
+            &[],
+        );
+        assert!(s.months.is_empty());
+        assert_eq!(s.hours.len(), 1);
     }
 
     #[test]

@@ -340,3 +340,79 @@ async fn usage_from_history_priced_by_the_rate_card_of_each_hour() {
     let actions = app.audit_actions().await;
     assert!(actions.iter().any(|a| a == "rate_card.create"));
 }
+
+#[tokio::test]
+async fn whole_months_are_read_from_monthly_totals_with_the_same_result() {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let a = app.tenant("Alpha").await;
+    let (ann, _) = app
+        .signed_in("ann@example.com", Some((a, "requester")))
+        .await;
+    // Running from 1 Sep to 15 Oct: September is a whole month with one price.
+    let v = vm(
+        &app,
+        a,
+        ann,
+        "steady",
+        datetime!(2026-09-01 00:00 UTC),
+        2,
+        1024,
+        10,
+    )
+    .await;
+    state(&app, v, datetime!(2026-09-01 00:00 UTC), "running").await;
+    sqlx::query(
+        "INSERT INTO rate_cards (currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from)
+         VALUES ('EUR', 0.01, 0.005, 0.0001, '2026-09-01')",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    concierge::usage::rollup(&app.state.pool, datetime!(2026-10-15 00:30 UTC), 24 * 60)
+        .await
+        .unwrap();
+    // The monthly row holds exactly the sum of September's hours.
+    let (monthly, hourly): (f64, f64) = sqlx::query_as(
+        "SELECT (SELECT sum(vcpu_hours) FROM usage_monthly WHERE month = '2026-09-01'),
+                (SELECT sum(vcpu_hours) FROM usage_hourly WHERE hour >= '2026-09-01' AND hour < '2026-10-01')",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(
+        close(monthly, 1440.0) && close(hourly, 1440.0),
+        "{monthly} {hourly}"
+    );
+    // September alone (monthly row) and 1 Sep–14 Oct (September monthly + October hours).
+    let r = fleet
+        .call(
+            "usage_report",
+            &[
+                ("from", "2026-09-01"),
+                ("to", "2026-09-30"),
+                ("group_by", "vm"),
+            ],
+        )
+        .await
+        .unwrap();
+    let row = &r["rows"][0];
+    assert!(close(num(&row["vcpu_hours"]), 1440.0), "{row}");
+    assert!(close(num(&row["powered_on_hours"]), 720.0), "{row}");
+    // 1440×0.01 + 720×0.005 + 7200×0.0001
+    assert!(close(num(&row["cost"]), 18.72), "{row}");
+    let r = fleet
+        .call(
+            "usage_report",
+            &[
+                ("from", "2026-09-01"),
+                ("to", "2026-10-14"),
+                ("group_by", "tenant"),
+            ],
+        )
+        .await
+        .unwrap();
+    let row = &r["rows"][0];
+    assert!(close(num(&row["vcpu_hours"]), 2.0 * 24.0 * 44.0), "{row}");
+    assert!(close(num(&row["cost"]), 18.72 * 44.0 / 30.0), "{row}");
+}
