@@ -110,29 +110,48 @@ async fn sign_in(base: &str, email: &str, password: &str) -> String {
 }
 
 /// `oha` at a fixed rate for `secs`; returns (requests/s, p50 ms, p99 ms, status codes).
-fn oha(url: &str, cookie: &str, secs: u32) -> (f64, f64, f64, String) {
-    let out = Command::new("oha")
-        .args([
-            "-z",
-            &format!("{secs}s"),
-            "-c",
-            "32",
-            "-q",
-            &RATE.to_string(),
-        ])
-        .args([
-            "--latency-correction",
-            "--no-tui",
-            "--output-format",
-            "json",
+/// With `form`, a server-function call (POST, same-origin) instead of a page.
+fn oha(url: &str, cookie: &str, secs: u32, form: Option<&str>) -> (f64, f64, f64, String) {
+    let mut cmd = Command::new("oha");
+    cmd.args([
+        "-z",
+        &format!("{secs}s"),
+        "-c",
+        "32",
+        "-q",
+        &RATE.to_string(),
+    ])
+    .args([
+        "--latency-correction",
+        "--no-tui",
+        "--output-format",
+        "json",
+    ])
+    .args([
+        "-H",
+        &format!("Cookie: {cookie}"),
+        "-H",
+        "Accept: text/html",
+    ]);
+    if let Some(body) = form {
+        let origin = url.split("/api/").next().unwrap_or(url);
+        cmd.args([
+            "-m",
+            "POST",
+            "-d",
+            body,
+            "-T",
+            "application/x-www-form-urlencoded",
         ])
         .args([
             "-H",
-            &format!("Cookie: {cookie}"),
+            &format!("Origin: {origin}"),
             "-H",
-            "Accept: text/html",
-            url,
-        ])
+            "Sec-Fetch-Site: same-origin",
+        ]);
+    }
+    let out = cmd
+        .arg(url)
         .output()
         .expect("oha on PATH (cargo install oha)");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("oha's JSON");
@@ -232,30 +251,54 @@ async fn run(url: &str) -> anyhow::Result<()> {
         .await?;
     let admin = sign_in(&base, "admin@concierge.local", ADMIN_PASSWORD).await;
 
-    // Pages at a fixed 500 requests/s.
-    for (what, path) in [
-        ("fleet dashboard", "/dashboard"),
-        ("every VM, page 1 by name", "/vms?all=1"),
-        (
-            "every VM, page 100 by lease",
-            "/vms?all=1&sort=lease&page=100",
-        ),
-    ] {
-        let page = reqwest::Client::new()
-            .get(format!("{base}{path}"))
-            .header("Cookie", &admin)
-            .send()
-            .await?
-            .text()
-            .await?;
-        assert!(
-            page.contains("<svg"),
-            "{what} renders its charts or sparklines"
-        );
+    // Pages (and, to tell rendering from data, the server functions behind them) at a fixed
+    // 500 requests/s. FLEET_BENCH=pages,api,report,events picks parts (default: all).
+    let parts = std::env::var("FLEET_BENCH").unwrap_or_else(|_| "pages,api,report,events".into());
+    let mut targets: Vec<(&str, &str, Option<&str>)> = Vec::new();
+    if parts.contains("pages") {
+        targets.extend([
+            ("fleet dashboard", "/dashboard", None),
+            ("every VM, page 1 by name", "/vms?all=1", None),
+            (
+                "every VM, page 100 by lease",
+                "/vms?all=1&sort=lease&page=100",
+                None,
+            ),
+        ]);
+    }
+    if parts.contains("api") {
+        targets.extend([
+            (
+                "server fn fleet_dashboard",
+                "/api/fleet_dashboard",
+                Some(""),
+            ),
+            (
+                "server fn my_vms (every VM, page 1)",
+                "/api/my_vms",
+                Some("all=true"),
+            ),
+        ]);
+    }
+    for (what, path, form) in targets {
+        if form.is_none() {
+            let page = reqwest::Client::new()
+                .get(format!("{base}{path}"))
+                .header("Cookie", &admin)
+                .send()
+                .await?
+                .text()
+                .await?;
+            println!("{what}: {} KiB of HTML", page.len() / 1024);
+            assert!(
+                page.contains("<svg"),
+                "{what} renders its charts or sparklines"
+            );
+        }
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         for i in 0..RUNS {
-            let (rps, a, b, codes) = oha(&format!("{base}{path}"), &admin, 15);
+            let (rps, a, b, codes) = oha(&format!("{base}{path}"), &admin, 15, form);
             println!("{what} run {i}: {rps:.0} req/s, p50 {a:.2} ms, p99 {b:.2} ms, codes {codes}");
             p50.push(a);
             p99.push(b);
