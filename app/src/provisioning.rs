@@ -199,9 +199,6 @@ pub struct ManagedVm {
     pub lease_days_left: i64,
     pub request_id: Option<Uuid>,
     pub max_lease_days: Option<i32>,
-    /// CPU over the last hours as a small SVG (lists only).
-    #[serde(default)]
-    pub cpu_sparkline: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -330,6 +330,9 @@ pub trait Provisioning: Send + Sync + 'static {
     async fn my_quota(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<QuotaEffect, AppError>;
     async fn vms(&self, req: &RequestCtx, filter: VmFilter) -> Result<Page<ManagedVm>, AppError>;
     async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError>;
+    /// A portal VM's CPU over the last 6 hours as a small SVG, for lists (served as an image so
+    /// list pages stay small; authorized like the VM itself).
+    async fn cpu_sparkline(&self, req: &RequestCtx, uuid: Uuid) -> Result<String, AppError>;
     async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError>;
     async fn resize(
         &self,

@@ -312,17 +312,25 @@ impl Reports for ReportsBackend {
                         m.memory_gib_hours, m.disk_gib_hours, m.powered_on_hours
                  FROM usage_monthly m
                  WHERE m.month = ANY($6) AND ($2 OR m.tenant_id = ANY($3))
-             ), priced AS (
+             ),
+             -- The card of each (template, hour) present, looked up once per pair, not per row.
+             pairs AS (SELECT DISTINCT template_id, hour FROM usage),
+             cards AS (
+                 SELECT coalesce(p.template_id, '00000000-0000-0000-0000-000000000000') AS template_key, p.hour, rc.*
+                 FROM pairs p
+                 LEFT JOIN LATERAL (
+                     SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
+                     WHERE (r.template_id = p.template_id OR r.template_id IS NULL)
+                       AND r.valid_from <= p.hour AND (r.valid_to IS NULL OR p.hour < r.valid_to)
+                     ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true),
+             priced AS (
                  SELECT u.*, rc.currency,
                         coalesce(u.vcpu_hours * rc.vcpu_hour::float8 + u.memory_gib_hours * rc.memory_gib_hour::float8
                                  + u.disk_gib_hours * rc.disk_gib_hour::float8, 0) AS cost,
                         u.hour >= $1 AS current
                  FROM usage u
-                 LEFT JOIN LATERAL (
-                     SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
-                     WHERE (r.template_id = u.template_id OR r.template_id IS NULL)
-                       AND r.valid_from <= u.hour AND (r.valid_to IS NULL OR u.hour < r.valid_to)
-                     ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true)
+                 JOIN cards rc ON rc.template_key = coalesce(u.template_id, '00000000-0000-0000-0000-000000000000')
+                              AND rc.hour = u.hour)
              SELECT {key} AS key, {label} AS label,
                     coalesce(sum(u.vcpu_hours) FILTER (WHERE u.current), 0) AS vcpu_hours,
                     coalesce(sum(u.memory_gib_hours) FILTER (WHERE u.current), 0) AS memory_gib_hours,

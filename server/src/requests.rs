@@ -237,7 +237,6 @@ fn managed_vm(r: VmRow, now: OffsetDateTime) -> ManagedVm {
         lease_days_left: (r.lease_ends_at - now).whole_days(),
         request_id: r.request_id,
         max_lease_days: r.max_lease_days,
-        cpu_sparkline: None,
     }
 }
 
@@ -283,39 +282,29 @@ async fn set_state(
 }
 
 impl ProvisioningBackend {
-    /// Fills each listed VM's CPU sparkline, from the cache or, for the rest, from one query.
-    /// The VMs were listed under the viewer's authorization; their metrics are read fleet-wide
-    /// in one statement, since a list may span tenants.
-    async fn attach_sparklines(
+    /// One VM's CPU sparkline, cached for a minute (list pages show the same ones to everyone
+    /// who may see them; the caller has authorized the viewer).
+    async fn sparkline(
         &self,
-        items: &mut [ManagedVm],
+        uuid: Uuid,
+        name: &str,
         now: OffsetDateTime,
-    ) -> Result<(), AppError> {
-        let mut missing = Vec::new();
-        for v in items.iter_mut() {
-            match self.sparklines.get(&v.uuid).await {
-                Some(svg) => v.cpu_sparkline = Some(svg),
-                None => missing.push(v.uuid),
-            }
+    ) -> Result<String, AppError> {
+        if let Some(svg) = self.sparklines.get(&uuid).await {
+            return Ok(svg);
         }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let lines = crate::metrics::cpu_sparklines(&self.pool, Scope::fleet(), missing, now)
+        let lines = crate::metrics::cpu_sparklines(&self.pool, Scope::fleet(), vec![uuid], now)
             .await
             .map_err(db::internal)?;
-        for v in items.iter_mut().filter(|v| v.cpu_sparkline.is_none()) {
-            let points = lines.get(&v.uuid).map(Vec::as_slice).unwrap_or(&[]);
-            let svg = crate::charts::sparkline(
-                points,
-                now - time::Duration::hours(6),
-                now,
-                &format!("{} CPU, last 6 hours", v.name),
-            );
-            self.sparklines.insert(v.uuid, svg.clone()).await;
-            v.cpu_sparkline = Some(svg);
-        }
-        Ok(())
+        let points = lines.get(&uuid).map(Vec::as_slice).unwrap_or(&[]);
+        let svg = crate::charts::sparkline(
+            points,
+            now - time::Duration::hours(6),
+            now,
+            &format!("{name} CPU, last 6 hours"),
+        );
+        self.sparklines.insert(uuid, svg.clone()).await;
+        Ok(svg)
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -1579,14 +1568,21 @@ impl Provisioning for ProvisioningBackend {
             .await
             .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
-        let mut items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
-        self.attach_sparklines(&mut items, now).await?;
+        let items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
         Ok(Page {
             items,
             page,
             per_page: PER_PAGE,
             total,
         })
+    }
+
+    async fn cpu_sparkline(&self, req: &RequestCtx, uuid: Uuid) -> Result<String, AppError> {
+        let vm = self
+            .vm(req, uuid)
+            .await?
+            .ok_or_else(|| AppError::NotFound("VM".into()))?;
+        self.sparkline(uuid, &vm.name, self.now()).await
     }
 
     async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError> {

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
 
     let site_root = state.config.site_root.clone();
     let reports = state.backend.reports.clone();
+    let provisioning = state.backend.provisioning.clone();
     let live = state.live.clone();
     let app_routes = Router::new()
         .route(
@@ -66,6 +67,31 @@ pub fn router(state: AppState) -> Router {
                     }
                 }
             }),
+        )
+        .route(
+            "/sparklines/cpu/{uuid}",
+            axum::routing::get(
+                move |axum::extract::Path(uuid): axum::extract::Path<uuid::Uuid>, req: Request| {
+                    let provisioning = provisioning.clone();
+                    async move {
+                        let Some(ctx) = req.extensions().get::<RequestCtx>().cloned() else {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        };
+                        match provisioning.cpu_sparkline(&ctx, uuid).await {
+                            Ok(svg) => (
+                                [
+                                    (header::CONTENT_TYPE, "image/svg+xml"),
+                                    // Private: it is one viewer's authorized data.
+                                    (header::CACHE_CONTROL, "private, max-age=60"),
+                                ],
+                                svg,
+                            )
+                                .into_response(),
+                            Err(e) => e.status().into_response(),
+                        }
+                    }
+                },
+            ),
         )
         .route(
             "/reports/usage.csv",

@@ -256,10 +256,18 @@ async fn auto_approved_request_is_provisioned_and_running() {
     );
     let mine = ann.call("my_vms", &[]).await.unwrap();
     assert_eq!(mine["total"], 2);
-    assert!(mine["items"][0]["cpu_sparkline"]
-        .as_str()
-        .unwrap()
-        .starts_with("<svg"));
+    // Each listed VM's CPU sparkline is an image for those who may see the VM.
+    let first = mine["items"][0]["uuid"].as_str().unwrap().to_string();
+    let spark = ann.get(&format!("/sparklines/cpu/{first}")).await;
+    assert_eq!(spark.status(), 200);
+    assert_eq!(spark.headers()["content-type"], "image/svg+xml");
+    assert!(spark.text().await.unwrap().starts_with("<svg"));
+    let (_, stranger) = w
+        .app
+        .signed_in("stranger@example.com", Some((w.tenant, "requester")))
+        .await;
+    let refused = stranger.get(&format!("/sparklines/cpu/{first}")).await;
+    assert_eq!(refused.status(), 404, "another requester's VM");
     // Filtered and sorted on the server.
     let list = |c: &Client, q: Vec<(&'static str, &'static str)>| {
         let c = c.clone();

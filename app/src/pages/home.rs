@@ -133,7 +133,7 @@ fn TenantDashboard() -> impl IntoView {
                                             <li data-vm=v.name.clone()>
                                                 <a href=href>{v.name.clone()}</a>" "
                                                 <span class=state_badge(&state)>{state.clone()}</span>" "
-                                                <span class="sparkline" inner_html=v.cpu_sparkline.clone().unwrap_or_default()></span>" "
+                                                <img class="sparkline" src=format!("/sparklines/cpu/{}", v.uuid) alt=format!("CPU of {} over the last 6 hours", v.name) width="120" height="28" loading="lazy"/>" "
                                                 <span class=class>{lease}</span>
                                             </li>
                                         }

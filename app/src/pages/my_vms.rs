@@ -142,7 +142,7 @@ fn MyVmsContent() -> impl IntoView {
                                             <tr data-vm=v.name.clone()>
                                                 <td><a href=href>{v.name.clone()}</a></td>
                                                 <td><span class=state_badge(&state) data-state=state.clone()>{state.clone()}</span></td>
-                                                <td class="sparkline" inner_html=v.cpu_sparkline.clone().unwrap_or_default()></td>
+                                                <td><img class="sparkline" src=format!("/sparklines/cpu/{}", v.uuid) alt=format!("CPU of {} over the last 6 hours", v.name) width="120" height="28" loading="lazy"/></td>
                                                 <td>{format!("{} vCPU · {} · {} GiB", v.vcpus, mib_label(v.memory_mib), v.disk_gib)}</td>
                                                 <td>{v.tenant_name.clone()}</td>
                                                 {all.then(|| view! { <td>{v.owner_email.clone().unwrap_or_default()}</td> })}
