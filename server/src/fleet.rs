@@ -38,29 +38,29 @@ pub struct FleetBackend {
     /// the figures are fleet-wide and the same for every fleet admin, so they are computed once
     /// per change (at most 3 s old, for changes that send no event, such as a host's state).
     pub live_generation: Arc<std::sync::atomic::AtomicU64>,
-    pub dashboard_cache: moka::future::Cache<u64, FleetDashboard>,
+    pub dashboard: Arc<Kept<FleetDashboard>>,
     /// Rendered fleet charts per range, for one sample period.
-    pub chart_cache: moka::future::Cache<Range, Vec<ChartView>>,
+    pub charts: std::collections::HashMap<Range, Arc<Kept<Vec<ChartView>>>>,
 }
 
-impl FleetBackend {
-    async fn compute_dashboard(&self) -> Result<FleetDashboard, AppError> {
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        #[derive(sqlx::FromRow)]
-        struct Totals {
-            hosts: i64,
-            connected: i64,
-            lost: i64,
-            maintenance: i64,
-            cpus: i64,
-            memory_kib: i64,
-            vcpus_allocated: i64,
-            memory_allocated_kib: i64,
-            pending_requests: i64,
-            drift: i64,
-            provisioning: i64,
-        }
-        let t: Totals = sqlx::query_as(
+/// The fleet dashboard's figures, read from the inventory and the requests.
+async fn dashboard_figures(pool: PgPool, vcpu_overcommit: f64) -> Result<FleetDashboard, AppError> {
+    let mut tx = db::begin(&pool, Scope::fleet()).await?;
+    #[derive(sqlx::FromRow)]
+    struct Totals {
+        hosts: i64,
+        connected: i64,
+        lost: i64,
+        maintenance: i64,
+        cpus: i64,
+        memory_kib: i64,
+        vcpus_allocated: i64,
+        memory_allocated_kib: i64,
+        pending_requests: i64,
+        drift: i64,
+        provisioning: i64,
+    }
+    let t: Totals = sqlx::query_as(
             "SELECT (SELECT count(*) FROM hosts) AS hosts,
                     (SELECT count(*) FROM hosts WHERE state = 'connected') AS connected,
                     (SELECT count(*) FROM hosts WHERE state = 'lost') AS lost,
@@ -78,13 +78,13 @@ impl FleetBackend {
         .fetch_one(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let vms_by_state: Vec<(String, i64)> = sqlx::query_as(
+    let vms_by_state: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, count(*) FROM domains WHERE missing_since IS NULL GROUP BY state ORDER BY count(*) DESC, state",
         )
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let top_tenants: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+    let top_tenants: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT t.name, coalesce(sum(d.vcpus), 0)::int8, coalesce(sum(d.memory_kib), 0)::int8, count(*)
              FROM domains d JOIN tenants t ON t.id = d.tenant_id
              WHERE d.missing_since IS NULL GROUP BY t.name ORDER BY 2 DESC, 3 DESC LIMIT 5",
@@ -92,8 +92,8 @@ impl FleetBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        // The fullest hosts by memory (what placement runs out of first), with their vCPUs.
-        let busiest_hosts: Vec<(Uuid, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+    // The fullest hosts by memory (what placement runs out of first), with their vCPUs.
+    let busiest_hosts: Vec<(Uuid, String, String, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT h.id, h.name, h.state, coalesce(h.cpus, 0)::int8, coalesce(a.vcpus, 0)::int8,
                     coalesce(h.memory_kib, 0)::int8, coalesce(a.memory_kib, 0)::int8
              FROM hosts h LEFT JOIN (
@@ -106,23 +106,104 @@ impl FleetBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        Ok(FleetDashboard {
-            busiest_hosts,
-            hosts: t.hosts,
-            connected: t.connected,
-            lost: t.lost,
-            maintenance: t.maintenance,
-            cpus: t.cpus,
-            memory_kib: t.memory_kib,
-            vcpus_allocated: t.vcpus_allocated,
-            memory_allocated_kib: t.memory_allocated_kib,
-            vcpu_overcommit: self.vcpu_overcommit,
-            vms_by_state,
-            top_tenants,
-            pending_requests: t.pending_requests,
-            drift: t.drift,
-            provisioning: t.provisioning,
+    Ok(FleetDashboard {
+        busiest_hosts,
+        hosts: t.hosts,
+        connected: t.connected,
+        lost: t.lost,
+        maintenance: t.maintenance,
+        cpus: t.cpus,
+        memory_kib: t.memory_kib,
+        vcpus_allocated: t.vcpus_allocated,
+        memory_allocated_kib: t.memory_allocated_kib,
+        vcpu_overcommit,
+        vms_by_state,
+        top_tenants,
+        pending_requests: t.pending_requests,
+        drift: t.drift,
+        provisioning: t.provisioning,
+    })
+}
+
+async fn fleet_charts(pool: PgPool, range: Range) -> Result<Vec<ChartView>, AppError> {
+    let now = time::OffsetDateTime::now_utc();
+    let series = crate::metrics::fleet_series(&pool, range, now)
+        .await
+        .map_err(db::internal)?;
+    Ok([
+        ("Fleet CPU busy", "CPU", "cpu", Unit::Percent),
+        ("Fleet memory used", "Memory", "mem", Unit::Bytes),
+        ("Running VMs", "VMs", "vms", Unit::Count),
+    ]
+    .into_iter()
+    .map(|(title, label, key, unit)| {
+        chart_view(title, unit, range, now, vec![(label, series.get(key))])
+    })
+    .collect())
+}
+
+/// A fleet-wide figure (the same for every fleet admin) computed by one request at a time and,
+/// once it exists, served while a newer one is computed in the background, so no request waits
+/// for a periodic refresh. A new `version` (a live event happened) is computed before
+/// answering: a page that refetches because of an event sees the change.
+pub struct Kept<T> {
+    value: std::sync::RwLock<Option<(u64, std::time::Instant, T)>>,
+    refreshing: std::sync::atomic::AtomicBool,
+    computing: tokio::sync::Mutex<()>,
+    ttl: std::time::Duration,
+}
+
+impl<T: Clone + Send + Sync + 'static> Kept<T> {
+    pub fn new(ttl: std::time::Duration) -> Arc<Self> {
+        Arc::new(Kept {
+            value: std::sync::RwLock::new(None),
+            refreshing: Default::default(),
+            computing: tokio::sync::Mutex::new(()),
+            ttl,
         })
+    }
+
+    fn current(&self, version: u64) -> Option<(bool, T)> {
+        let guard = self.value.read().expect("kept value");
+        match &*guard {
+            Some((v, at, value)) if *v == version => {
+                Some((at.elapsed() >= self.ttl, value.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn store(&self, version: u64, value: T) {
+        *self.value.write().expect("kept value") =
+            Some((version, std::time::Instant::now(), value));
+    }
+
+    pub async fn get<F, Fut>(self: &Arc<Self>, version: u64, compute: F) -> Result<T, AppError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        if let Some((stale, value)) = self.current(version) {
+            if stale && !self.refreshing.swap(true, Ordering::SeqCst) {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    match compute().await {
+                        Ok(v) => me.store(version, v),
+                        Err(e) => tracing::warn!(error = %e, "refreshing a fleet figure"),
+                    }
+                    me.refreshing.store(false, Ordering::SeqCst);
+                });
+            }
+            return Ok(value);
+        }
+        let _one = self.computing.lock().await;
+        if let Some((_, value)) = self.current(version) {
+            return Ok(value);
+        }
+        let value = compute().await?;
+        self.store(version, value.clone());
+        Ok(value)
     }
 }
 
@@ -554,28 +635,11 @@ impl Fleet for FleetBackend {
     async fn charts(&self, req: &RequestCtx, range: &str) -> Result<Vec<ChartView>, AppError> {
         req.fleet_admin()?;
         let range = parse_range(range)?;
-        // Every fleet admin sees the same charts; they change once per sample period. Concurrent
-        // misses wait for one computation instead of each running it.
-        self.chart_cache
-            .try_get_with(range, async move {
-                let now = time::OffsetDateTime::now_utc();
-                let series = crate::metrics::fleet_series(&self.pool, range, now)
-                    .await
-                    .map_err(db::internal)?;
-                let charts = [
-                    ("Fleet CPU busy", "CPU", "cpu", Unit::Percent),
-                    ("Fleet memory used", "Memory", "mem", Unit::Bytes),
-                    ("Running VMs", "VMs", "vms", Unit::Count),
-                ]
-                .into_iter()
-                .map(|(title, label, key, unit)| {
-                    chart_view(title, unit, range, now, vec![(label, series.get(key))])
-                })
-                .collect::<Vec<_>>();
-                Ok::<_, AppError>(charts)
-            })
+        // Every fleet admin sees the same charts; they change once per sample period.
+        let pool = self.pool.clone();
+        self.charts[&range]
+            .get(0, move || fleet_charts(pool.clone(), range))
             .await
-            .map_err(|e: std::sync::Arc<AppError>| (*e).clone())
     }
 
     async fn vm_charts(
@@ -625,15 +689,17 @@ impl Fleet for FleetBackend {
 
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError> {
         req.fleet_admin()?;
-        // Keyed by the live-event generation: a change (an event) makes a new key; concurrent
-        // misses wait for one computation.
+        // Versioned by the live-event generation: after an event the figures are computed
+        // again before answering (the page refetches because of that event).
         let generation = self
             .live_generation
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.dashboard_cache
-            .try_get_with(generation, self.compute_dashboard())
+        let (pool, overcommit) = (self.pool.clone(), self.vcpu_overcommit);
+        self.dashboard
+            .get(generation, move || {
+                dashboard_figures(pool.clone(), overcommit)
+            })
             .await
-            .map_err(|e: std::sync::Arc<AppError>| (*e).clone())
     }
 
     async fn register(

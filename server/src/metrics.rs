@@ -341,6 +341,14 @@ pub enum Range {
 }
 
 impl Range {
+    pub const ALL: [Range; 5] = [
+        Range::Hours6,
+        Range::Hours24,
+        Range::Days7,
+        Range::Days30,
+        Range::Year,
+    ];
+
     pub fn parse(s: &str) -> Option<Range> {
         Some(match s {
             "6h" => Range::Hours6,

@@ -77,15 +77,15 @@ impl AppState {
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
                 live_generation: live.generation.clone(),
-                dashboard_cache: moka::future::Cache::builder()
-                    .max_capacity(4)
-                    .time_to_live(std::time::Duration::from_secs(3))
-                    .build(),
-                chart_cache: moka::future::Cache::builder()
-                    .time_to_live(std::time::Duration::from_secs(
-                        config.sample_seconds.clamp(5, 60),
-                    ))
-                    .build(),
+                dashboard: crate::fleet::Kept::new(std::time::Duration::from_secs(3)),
+                charts: crate::metrics::Range::ALL
+                    .into_iter()
+                    .map(|r| {
+                        let ttl =
+                            std::time::Duration::from_secs(config.sample_seconds.clamp(5, 60));
+                        (r, crate::fleet::Kept::new(ttl))
+                    })
+                    .collect(),
             }),
             catalog: Arc::new(crate::catalog::CatalogBackend {
                 pool: pool.clone(),
