@@ -300,13 +300,22 @@ impl Reports for ReportsBackend {
         // The start of the current period is a boundary too: a month is current or previous.
         let boundaries: Vec<OffsetDateTime> = boundaries.into_iter().chain([start]).collect();
         let split = split_by_month(prev_start, end, &boundaries);
+        // One range predicate per hour range (at most three), so each can use the index on
+        // (tenant, hour); a join against an array of ranges made the planner scan every row.
+        let hour_ranges = if split.hours.is_empty() {
+            "$4::timestamptz[] IS NULL AND $5::timestamptz[] IS NULL".to_string()
+        } else {
+            (1..=split.hours.len())
+                .map(|i| format!("(u.hour >= ($4::timestamptz[])[{i}] AND u.hour < ($5::timestamptz[])[{i}])"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        };
         let sql = format!(
             "WITH usage AS (
                  SELECT u.vm_uuid, u.hour, u.tenant_id, u.owner_id, u.template_id, u.vcpu_hours,
                         u.memory_gib_hours, u.disk_gib_hours, u.powered_on_hours
                  FROM usage_hourly u
-                 JOIN UNNEST($4::timestamptz[], $5::timestamptz[]) AS r(f, t) ON u.hour >= r.f AND u.hour < r.t
-                 WHERE ($2 OR u.tenant_id = ANY($3))
+                 WHERE ($2 OR u.tenant_id = ANY($3)) AND ({hour_ranges})
                  UNION ALL
                  SELECT m.vm_uuid, m.month, m.tenant_id, m.owner_id, m.template_id, m.vcpu_hours,
                         m.memory_gib_hours, m.disk_gib_hours, m.powered_on_hours
