@@ -77,11 +77,13 @@ const SEED: &[(&str, &str)] = &[
                       1 << 30, r.n * (100::float8 * (1 << 30)), 200::int8 << 30, 60, r.n * 66.0, 70
                FROM hosts h,
                     (VALUES (300, 20, interval '1 day'), (3600, 240, interval '30 days'), (86400, 5760, interval '365 days')) AS r(res, n, span),
-                    LATERAL generate_series(to_timestamp(floor(extract(epoch FROM now() - r.span) / r.res) * r.res), now() - make_interval(secs => r.res), make_interval(secs => r.res)) b"),
+                    LATERAL generate_series(to_timestamp(floor(extract(epoch FROM now() - r.span) / r.res) * r.res), now() - make_interval(secs => r.res), make_interval(secs => r.res)) b
+               ON CONFLICT DO NOTHING"),
     // VM buckets for the lists' sparklines: 5-minute for the last 6 hours.
     ("VM metric buckets", "INSERT INTO metric_rollups (resolution, subject, bucket, is_host, host_id, tenant_id, n, rate_n, cpu_min, cpu_sum, cpu_max, mem_min, mem_sum, mem_max)
                SELECT 300, v.uuid, b, false, v.host_id, v.tenant_id, 20, 20, 1, 20 * (10 + 10 * sin(extract(epoch FROM b) / 3000)), 50, 1 << 29, 20::float8 * (1 << 29), 1 << 29
-               FROM vms v, generate_series(to_timestamp(floor(extract(epoch FROM now() - interval '6 hours') / 300) * 300), now() - interval '5 minutes', interval '5 minutes') b"),
+               FROM vms v, generate_series(to_timestamp(floor(extract(epoch FROM now() - interval '6 hours') / 300) * 300), now() - interval '5 minutes', interval '5 minutes') b
+               ON CONFLICT DO NOTHING"),
     ("metric watermarks", "INSERT INTO metric_watermarks (resolution, upto)
                SELECT r, to_timestamp(floor(extract(epoch FROM now() - interval '30 seconds') / r) * r) FROM unnest(ARRAY[300, 3600, 86400]) r
                ON CONFLICT (resolution) DO UPDATE SET upto = EXCLUDED.upto"),
