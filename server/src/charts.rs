@@ -192,7 +192,13 @@ pub fn line_chart(chart: &Chart) -> String {
         _ if peak > 0.0 => peak * 1.15,
         Unit::Bytes => 1024.0 * 1024.0 * 1024.0,
         Unit::BytesPerSecond => 1_000_000.0,
-        Unit::Count => 10.0,
+        Unit::Count => 5.0,
+    };
+    // Whole numbers on a count axis: at least 0–5, rounded up.
+    let y1 = if chart.unit == Unit::Count {
+        y1.max(5.0).ceil()
+    } else {
+        y1
     };
     let empty = chart.lines.iter().all(|l| l.points.is_empty());
     let mut buf = String::new();
@@ -225,6 +231,17 @@ pub fn line_chart(chart: &Chart) -> String {
                     .chain(run.iter().rev().map(|p| (utc(p.at), p.min)))
                     .collect();
                 c.draw_series(std::iter::once(Polygon::new(band, colour.mix(0.15))))?;
+            }
+            // A lone bucket (a gap on both sides) has no line to draw: mark it.
+            for run in runs(line.points, chart.resolution)
+                .into_iter()
+                .filter(|r| r.len() == 1)
+            {
+                c.draw_series(std::iter::once(Circle::new(
+                    (utc(run[0].at), run[0].avg),
+                    4,
+                    colour.filled(),
+                )))?;
             }
             let mut first = true;
             for run in runs(line.points, chart.resolution) {

@@ -155,13 +155,17 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
                         view! {
                             <tr>
                                 <td><a href=format!("/hosts/{id}")>{name}</a>" "{(state != "connected").then(|| view! { <span class="badge danger">{state.clone()}</span> })}</td>
-                                <td class="capacity">
-                                    <meter min="0" max=vcap value=vcpus as f64 high=vcap * 0.85 optimum=0></meter>
-                                    <span class="capacity-text">{format!("{vcpus} of {vcap:.0}")}</span>
+                                <td>
+                                    <span class="cell-meter">
+                                        <meter min="0" max=vcap value=vcpus as f64 high=vcap * 0.85 optimum=0></meter>
+                                        <span class="capacity-text">{format!("{vcpus} of {vcap:.0}")}</span>
+                                    </span>
                                 </td>
-                                <td class="capacity">
-                                    <meter min="0" max=mem.max(1) as f64 value=mem_used as f64 high=mem as f64 * 0.85 optimum=0></meter>
-                                    <span class="capacity-text">{format!("{} of {}", gib(mem_used), gib(mem))}</span>
+                                <td>
+                                    <span class="cell-meter">
+                                        <meter min="0" max=mem.max(1) as f64 value=mem_used as f64 high=mem as f64 * 0.85 optimum=0></meter>
+                                        <span class="capacity-text">{format!("{} of {}", gib(mem_used), gib(mem))}</span>
+                                    </span>
                                 </td>
                             </tr>
                         }
