@@ -297,6 +297,11 @@ pub fn sparkline(
         let mut c = ChartBuilder::on(&root)
             .margin(2)
             .build_cartesian_2d(x0..x1, 0f64..100f64)?;
+        // A faint baseline, so an empty sparkline still reads as "nothing yet", not as missing.
+        c.draw_series(std::iter::once(PathElement::new(
+            vec![(x0, 0.0), (x1, 0.0)],
+            RGBColor(200, 205, 215).stroke_width(1),
+        )))?;
         for run in runs(points, 300) {
             c.draw_series(LineSeries::new(
                 run.iter().map(|p| (p.at.unix_timestamp(), p.avg)),

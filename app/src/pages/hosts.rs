@@ -114,7 +114,7 @@ fn HostsContent() -> impl IntoView {
             <h1>"Hosts"</h1>
             <a class="button" href="/drift">"Unmanaged domains (drift)"</a>
         </div>
-        <form method="get" action="/hosts" class="filters" role="search">
+        <form method="get" action="/hosts" class="form row filters" role="search">
             <label>"Name or label" <input type="search" name="search" prop:value=move || get("search")/></label>
             <label>"State"
                 <select name="state">

@@ -78,7 +78,7 @@ fn MyVmsContent() -> impl IntoView {
             <h1>{move || if get("all") == "1" { "All VMs" } else { "My VMs" }}</h1>
             <a class="button primary" href="/catalog">"New request"</a>
         </div>
-        <form method="get" action="/vms" class="filters" role="search">
+        <form method="get" action="/vms" class="form row filters" role="search">
             {move || (get("all") == "1").then(|| view! { <input type="hidden" name="all" value="1"/> })}
             <label>"Name" <input type="search" name="search" prop:value=move || get("search") placeholder="part of a name"/></label>
             <label>"State"
