@@ -168,8 +168,8 @@ impl AuditTrail for AuditBackend {
                  LIMIT $4",
             )
             .bind(scope.tenant)
-            .bind(escape_like(&filter.action))
-            .bind(escape_like(&filter.actor))
+            .bind(db::escape_like(&filter.action))
+            .bind(db::escape_like(&filter.actor))
             .bind(limit)
             .fetch_all(&mut *tx)
             .await
@@ -205,11 +205,4 @@ impl AuditTrail for AuditBackend {
             total,
         })
     }
-}
-
-/// Makes user input literal inside a LIKE pattern.
-fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
 }

@@ -501,15 +501,7 @@ impl Catalog for CatalogBackend {
             return Err(AppError::NotFound("Tenant".into()));
         }
         let include_hidden = include_hidden && actor.administers(tenant_id);
-        let pattern = format!(
-            "%{}%",
-            search
-                .trim()
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let pattern = format!("%{}%", db::escape_like(&search.trim().to_lowercase()));
         let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
         let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
             "SELECT * FROM ({TEMPLATE_SELECT}

@@ -145,3 +145,23 @@ pub fn map_err(err: sqlx::Error) -> AppError {
     }
     internal(err)
 }
+
+/// Makes user input literal inside a LIKE pattern (`\\`, `%` and `_` escaped).
+pub fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// A list's search box: trimmed, at most 100 characters (a field error on `search`), and the
+/// ILIKE pattern that finds it literally anywhere in a value.
+pub fn search_pattern(search: &str) -> Result<(&str, String), app::error::AppError> {
+    let search = search.trim();
+    if search.chars().count() > 100 {
+        return Err(app::error::AppError::field(
+            "search",
+            "Search for at most 100 characters.",
+        ));
+    }
+    Ok((search, format!("%{}%", escape_like(search))))
+}

@@ -527,12 +527,7 @@ impl FleetBackend {
              ORDER BY d.name, d.uuid LIMIT $3 OFFSET $4"
         ))
         .bind(bind_host)
-        .bind(
-            search
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_"),
-        )
+        .bind(db::escape_like(search))
         .bind(i64::from(DOMAINS_PER_PAGE))
         .bind(i64::from(DOMAINS_PER_PAGE) * i64::from(page - 1))
         .fetch_all(&mut **tx)
@@ -587,20 +582,7 @@ impl Fleet for FleetBackend {
                 format!("Unknown state \"{state}\"."),
             ));
         }
-        let search = filter.search.trim();
-        if search.chars().count() > 100 {
-            return Err(AppError::field(
-                "search",
-                "Search for at most 100 characters.",
-            ));
-        }
-        let pattern = format!(
-            "%{}%",
-            search
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let (search, pattern) = db::search_pattern(&filter.search)?;
         let cond = "($1 = '' OR h.name ILIKE $2 OR EXISTS (SELECT 1 FROM unnest(h.labels) l WHERE l ILIKE $2))
              AND ($3 = '' OR ($3 = 'maintenance' AND h.maintenance) OR h.state = $3)";
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;

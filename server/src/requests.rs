@@ -1492,13 +1492,7 @@ impl Provisioning for ProvisioningBackend {
                 format!("Unknown state \"{state}\"."),
             ));
         }
-        let search = filter.search.trim();
-        if search.chars().count() > 100 {
-            return Err(AppError::field(
-                "search",
-                "Search for at most 100 characters.",
-            ));
-        }
+        let (search, pattern) = db::search_pattern(&filter.search)?;
         // Who: one's own VMs (row-level security by user), or with `all` also every VM of the
         // tenants one administers (a fleet-scoped transaction filtered by those tenants in
         // SQL), or for fleet admins every portal VM.
@@ -1517,13 +1511,6 @@ impl Provisioning for ProvisioningBackend {
             }
             (Scope::fleet(), tenants, false)
         };
-        let pattern = format!(
-            "%{}%",
-            search
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
         // The page is chosen from `vms` alone (its indexes serve the name, lease and newest
         // orders), joining the domains only to filter or sort by state; the 50 rows are then
         // read with everything the list shows.

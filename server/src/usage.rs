@@ -88,6 +88,13 @@ pub fn hour_usage(
     u
 }
 
+/// Adds the incoming sums to a month's row (or subtracts, with negated sums).
+const MONTHLY_ADD: &str = "ON CONFLICT ON CONSTRAINT usage_monthly_key DO UPDATE SET
+    vcpu_hours = usage_monthly.vcpu_hours + excluded.vcpu_hours,
+    memory_gib_hours = usage_monthly.memory_gib_hours + excluded.memory_gib_hours,
+    disk_gib_hours = usage_monthly.disk_gib_hours + excluded.disk_gib_hours,
+    powered_on_hours = usage_monthly.powered_on_hours + excluded.powered_on_hours";
+
 pub fn truncate_hour(t: OffsetDateTime) -> OffsetDateTime {
     let secs = t.unix_timestamp();
     OffsetDateTime::from_unix_timestamp(secs - secs.rem_euclid(3600)).expect("in range")
@@ -206,18 +213,14 @@ pub async fn rollup(
     }
     // Monthly totals follow the hours: an hour written again (it should not be, behind the
     // watermark) first takes its old values out, so each hour counts once.
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO usage_monthly (vm_uuid, month, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
          SELECT u.vm_uuid, date_trunc('month', u.hour, 'UTC'), u.tenant_id, u.owner_id, u.template_id,
                 -sum(u.vcpu_hours), -sum(u.memory_gib_hours), -sum(u.disk_gib_hours), -sum(u.powered_on_hours)
          FROM usage_hourly u JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS n(vm, hour) ON u.vm_uuid = n.vm AND u.hour = n.hour
          GROUP BY 1, 2, 3, 4, 5
-         ON CONFLICT ON CONSTRAINT usage_monthly_key DO UPDATE SET
-             vcpu_hours = usage_monthly.vcpu_hours + excluded.vcpu_hours,
-             memory_gib_hours = usage_monthly.memory_gib_hours + excluded.memory_gib_hours,
-             disk_gib_hours = usage_monthly.disk_gib_hours + excluded.disk_gib_hours,
-             powered_on_hours = usage_monthly.powered_on_hours + excluded.powered_on_hours",
-    )
+         {MONTHLY_ADD}"
+    ))
     .bind(&c_vm)
     .bind(&c_hour)
     .execute(&mut *tx)
@@ -239,18 +242,14 @@ pub async fn rollup(
     .bind(&c_on)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO usage_monthly (vm_uuid, month, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
          SELECT vm, date_trunc('month', hour, 'UTC'), tenant, owner, template, sum(c), sum(m), sum(d), sum(p)
          FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[], $6::float8[], $7::float8[], $8::float8[], $9::float8[])
               AS n(vm, hour, tenant, owner, template, c, m, d, p)
          GROUP BY 1, 2, 3, 4, 5
-         ON CONFLICT ON CONSTRAINT usage_monthly_key DO UPDATE SET
-             vcpu_hours = usage_monthly.vcpu_hours + excluded.vcpu_hours,
-             memory_gib_hours = usage_monthly.memory_gib_hours + excluded.memory_gib_hours,
-             disk_gib_hours = usage_monthly.disk_gib_hours + excluded.disk_gib_hours,
-             powered_on_hours = usage_monthly.powered_on_hours + excluded.powered_on_hours",
-    )
+         {MONTHLY_ADD}"
+    ))
     .bind(&c_vm)
     .bind(&c_hour)
     .bind(&c_tenant)

@@ -1,5 +1,17 @@
 use leptos::prelude::*;
 
+/// The link to page `n` of a filtered list: the page number, then each non-empty filter value
+/// (as the URL's query had it) under its key.
+pub fn page_href(base: &str, n: u32, filters: &[(&str, String)]) -> String {
+    let mut q = vec![format!("page={n}")];
+    for (k, v) in filters {
+        if !v.is_empty() {
+            q.push(format!("{k}={}", crate::pages::users::urlencode(v)));
+        }
+    }
+    format!("{base}?{}", q.join("&"))
+}
+
 /// Previous/next links for a server-side paginated list; `href` builds the link for a page.
 #[component]
 pub fn Pager(

@@ -1,6 +1,6 @@
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
-use crate::components::pager::Pager;
+use crate::components::pager::{page_href, Pager};
 use crate::components::timestamp::Timestamp;
 use crate::fleet::{
     get_host, host_page, list_drift, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
@@ -100,14 +100,11 @@ fn HostsContent() -> impl IntoView {
         |(_, page, search, state, sort)| host_page(page, search, state, sort),
     );
     let href = move |n: u32| {
-        let mut q = vec![format!("page={n}")];
-        for k in ["search", "state", "sort"] {
-            let v = get(k);
-            if !v.is_empty() {
-                q.push(format!("{k}={}", urlencode(&v)));
-            }
-        }
-        format!("/hosts?{}", q.join("&"))
+        let filters: Vec<(&str, String)> = ["search", "state", "sort"]
+            .into_iter()
+            .map(|k| (k, get(k)))
+            .collect();
+        page_href("/hosts", n, &filters)
     };
     view! {
         <div class="page-head">

@@ -2,10 +2,9 @@
 //! VM they administer. Filtered, sorted and paginated on the server; the filters live in the
 //! URL (a GET form), so they work without JavaScript and can be shared.
 use crate::components::guard::{anyone, Guard};
-use crate::components::pager::Pager;
+use crate::components::pager::{page_href, Pager};
 use crate::components::timestamp::Timestamp;
 use crate::pages::requests::ticker;
-use crate::pages::users::urlencode;
 use crate::provisioning::{mib_label, my_vms, state_badge, ManagedVm, VM_SORTS};
 use crate::shell::use_actor;
 use leptos::prelude::*;
@@ -64,14 +63,11 @@ fn MyVmsContent() -> impl IntoView {
         |(page, all, search, state, sort, ..)| my_vms(page, all, search, state, sort),
     );
     let href = move |n: u32| {
-        let mut q = vec![format!("page={n}")];
-        for k in ["all", "search", "state", "sort"] {
-            let v = get(k);
-            if !v.is_empty() {
-                q.push(format!("{k}={}", urlencode(&v)));
-            }
-        }
-        format!("/vms?{}", q.join("&"))
+        let filters: Vec<(&str, String)> = ["all", "search", "state", "sort"]
+            .into_iter()
+            .map(|k| (k, get(k)))
+            .collect();
+        page_href("/vms", n, &filters)
     };
     view! {
         <div class="page-head">

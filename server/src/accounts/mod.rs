@@ -355,7 +355,7 @@ impl Accounts for AccountsBackend {
              ORDER BY lower(u.email)
              LIMIT $2 OFFSET $3",
         )
-        .bind(search.trim().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+        .bind(db::escape_like(search.trim()))
         .bind(i64::from(USERS_PER_PAGE))
         .bind(i64::from(USERS_PER_PAGE) * i64::from(page - 1))
         .fetch_all(&mut *tx)
