@@ -102,6 +102,11 @@ impl AppState {
                     .max_capacity(100_000)
                     .time_to_live(std::time::Duration::from_secs(60))
                     .build(),
+                vm_counts: moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(std::time::Duration::from_secs(10))
+                    .build(),
+                live_generation: live.generation.clone(),
             }),
             reports: Arc::new(crate::reports::ReportsBackend {
                 pool: pool.clone(),

@@ -16,7 +16,10 @@ pub fn Guard(
     view! {
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
-                match actor.await {
+                let actor = actor.await;
+                #[cfg(feature = "ssr")]
+                first_poll_pending().await;
+                match actor {
                     Ok(Some(a)) if a.must_change_password => {
                         view! { <Redirect path="/password"/> }.into_any()
                     }
@@ -28,6 +31,25 @@ pub fn Guard(
             })}
         </Suspense>
     }
+}
+
+/// On the server a `Suspense` invokes its children's closure up to three times (twice to
+/// discover resources, once to render), and a `Suspend` that is ready at once builds its
+/// view each time: every page behind a guard created its resources three times, loading and
+/// serializing its data thrice. Pending once makes the discovery passes build nothing; the
+/// render pass waits it out and builds the page once.
+#[cfg(feature = "ssr")]
+fn first_poll_pending() -> impl std::future::Future<Output = ()> {
+    let mut polled = false;
+    std::future::poll_fn(move |cx| {
+        if polled {
+            std::task::Poll::Ready(())
+        } else {
+            polled = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
 }
 
 #[component]
