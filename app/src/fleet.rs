@@ -373,11 +373,58 @@ pub async fn get_fleet_dashboard() -> Result<FleetDashboard, AppError> {
     crate::seam::reply(crate::seam::backend()?.fleet.dashboard(&req).await)
 }
 
-/// A chart drawn on the server: its title, the SVG, and its text alternative.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a chart's values measure: for its axis, its tooltips and its summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChartUnit {
+    Percent,
+    Bytes,
+    BytesPerSecond,
+    Count,
+}
+
+impl ChartUnit {
+    /// "42 %", "1.5 GiB", "300 kB/s", "12".
+    pub fn format(self, v: f64) -> String {
+        fn scaled(v: f64, units: &[&str], step: f64) -> String {
+            let mut v = v;
+            let mut i = 0;
+            while v.abs() >= step && i + 1 < units.len() {
+                v /= step;
+                i += 1;
+            }
+            if v.abs() >= 100.0 || v == v.trunc() {
+                format!("{v:.0} {}", units[i])
+            } else {
+                format!("{v:.1} {}", units[i])
+            }
+        }
+        match self {
+            ChartUnit::Percent => format!("{v:.0} %"),
+            ChartUnit::Bytes => scaled(v, &["B", "KiB", "MiB", "GiB", "TiB"], 1024.0),
+            ChartUnit::BytesPerSecond => scaled(v, &["B/s", "kB/s", "MB/s", "GB/s"], 1000.0),
+            ChartUnit::Count => format!("{v:.0}"),
+        }
+    }
+}
+
+/// One line of a chart: its label and its points as (milliseconds since the epoch, average
+/// over the bucket), sorted by time; a missing bucket is a gap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChartLine {
+    pub label: String,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// A chart's data, drawn in the browser: title, unit, span, bucket size, lines, and its text
+/// alternative (average, peak and latest), which the page shows as the caption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChartView {
     pub title: String,
-    pub svg: String,
+    pub unit: ChartUnit,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub resolution_s: i64,
+    pub lines: Vec<ChartLine>,
     pub summary: String,
 }
 

@@ -151,7 +151,7 @@ test('a request needing approval is approved in another browser and runs without
     await ray.waitForURL('**/vms/*/*');
     await hydrated(ray);
     await ray.getByRole('heading', { name: 'Lease' }).waitFor();
-    await ray.locator('figure.chart[data-chart="CPU"] svg[role=img]').waitFor();
+    await ray.locator('figure.chart[data-chart="CPU"] ._chartistry svg').waitFor();
     await shot(ray, 'vm-managed');
 
     // A fleet admin forces the VM off from another browser: the owner's open page follows
@@ -183,16 +183,16 @@ test('a request needing approval is approved in another browser and runs without
       return row && Number(row.querySelector('.bar-value').textContent) > prev;
     }, before, { timeout: 5000 });
     assert.deepEqual(dashNavigations, [], 'the dashboard did not reload');
-    // The charts over time: server-drawn SVG with a title and a text alternative; the range
-    // picker swaps them for another range.
+    // The charts over time: drawn in the browser (leptos-chartistry) with a text alternative
+    // from the server; the range picker swaps them for another range.
     const cpuChart = admin.locator('figure.chart[data-chart="Fleet CPU busy"]');
-    await cpuChart.locator('svg[role=img]').waitFor();
-    assert.match(await cpuChart.locator('svg').getAttribute('aria-label'), /^Fleet CPU busy: /);
+    await cpuChart.locator('._chartistry svg').waitFor();
+    assert.match(await cpuChart.locator('.chart-frame[role=img]').getAttribute('aria-label'), /^Fleet CPU busy: /);
     assert.equal(await admin.locator('figure.chart').count(), 3);
     await admin.getByRole('link', { name: '7 days' }).click();
     await admin.waitForURL('**/dashboard?range=7d');
     await admin.locator('.range-picker a[aria-current=true]', { hasText: '7 days' }).waitFor();
-    await cpuChart.locator('svg[role=img]').waitFor();
+    await cpuChart.locator('._chartistry svg').waitFor();
     await shot(admin, 'dashboard');
     await goto(admin, '/reports');
     await admin.getByRole('heading', { name: 'Usage and cost' }).waitFor();

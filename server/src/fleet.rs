@@ -234,9 +234,26 @@ fn chart_view(
         to: now,
         resolution: i64::from(range.resolution()),
     };
+    let ms = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
     ChartView {
         title: title.to_string(),
-        svg: charts::line_chart(&chart),
+        unit,
+        from_ms: ms(chart.from),
+        to_ms: ms(chart.to),
+        resolution_s: chart.resolution,
+        lines: chart
+            .lines
+            .iter()
+            .map(|l| app::fleet::ChartLine {
+                label: l.label.to_string(),
+                points: l
+                    .points
+                    .iter()
+                    .filter(|p| p.avg.is_finite())
+                    .map(|p| (ms(p.at), p.avg))
+                    .collect(),
+            })
+            .collect(),
         summary: charts::summary(&chart),
     }
 }
