@@ -19,12 +19,28 @@ pub fn ChartGrid(charts: Vec<ChartView>) -> impl IntoView {
                 <figure class="card chart" data-chart=c.title.clone()>
                     <h3 class="chart-title">{c.title.clone()}</h3>
                     <div class="chart-frame" role="img" aria-label=c.summary.clone()>
-                        <LineChart chart=c.clone()/>
+                        <Mounted chart=c.clone()/>
                     </div>
                     <figcaption class="small muted">{c.summary}</figcaption>
                 </figure>
             }).collect_view()}
         </div>
+    }
+}
+
+/// The chart once the page runs in the browser: chartistry measures its frame there, and on
+/// the server it only ever draws "Loading..." while its observers outlive the request (the
+/// fleet bench's memory and latency grew with every dashboard rendered).
+#[component]
+fn Mounted(chart: ChartView) -> impl IntoView {
+    let mounted = RwSignal::new(false);
+    Effect::new(move |_| mounted.set(true));
+    move || {
+        if mounted.get() {
+            view! { <LineChart chart=chart.clone()/> }.into_any()
+        } else {
+            view! { <p class="chart-wait muted small">"Loading…"</p> }.into_any()
+        }
     }
 }
 
