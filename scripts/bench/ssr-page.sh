@@ -13,7 +13,7 @@ psql "$base_url/postgres" -qc "CREATE DATABASE $db"
 (cd "$ROOT" && cargo build -p server --release -q)
 port=$((20000 + RANDOM % 20000))
 (cd "$ROOT" && DATABASE_URL="$base_url/$db" CONCIERGE_LISTEN="127.0.0.1:$port" CONCIERGE_PUBLIC_URL="http://127.0.0.1:$port" \
-  CONCIERGE_ADMIN_PASSWORD="bench-admin-password" CONCIERGE_DEMO=true RUST_LOG=warn \
+  CONCIERGE_ADMIN_PASSWORD="bench-admin-password" CONCIERGE_DEMO=true RUST_LOG=warn exec \
   "$ROOT/target/release/concierge" >/tmp/concierge-bench.log 2>&1) &
 server=$!
 trap 'kill $server 2>/dev/null; psql "$base_url/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null' EXIT

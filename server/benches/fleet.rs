@@ -307,7 +307,7 @@ async fn run(url: &str) -> anyhow::Result<()> {
                 .await?;
             println!("{what}: {} KiB of HTML", page.len() / 1024);
             assert!(
-                page.contains("_chartistry") || page.contains("/sparklines/cpu/"),
+                page.contains("class=\"chart-frame\"") || page.contains("/sparklines/cpu/"),
                 "{what} renders its chart frames or sparklines"
             );
         }
