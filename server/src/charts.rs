@@ -7,7 +7,7 @@ use crate::metrics::Point;
 use plotters::prelude::*;
 use time::OffsetDateTime;
 
-pub use app::fleet::ChartUnit as Unit;
+use app::fleet::ChartUnit;
 
 /// One line of a chart: its legend label and its points (sorted by time).
 pub struct Line<'a> {
@@ -17,7 +17,7 @@ pub struct Line<'a> {
 
 pub struct Chart<'a> {
     pub title: &'a str,
-    pub unit: Unit,
+    pub unit: ChartUnit,
     pub lines: Vec<Line<'a>>,
     pub from: OffsetDateTime,
     pub to: OffsetDateTime,
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(runs(&pts, 300).len(), 2);
         let chart = Chart {
             title: "CPU",
-            unit: Unit::Percent,
+            unit: ChartUnit::Percent,
             lines: vec![Line {
                 label: "CPU",
                 points: &pts,
@@ -198,8 +198,11 @@ mod tests {
 
     #[test]
     fn units_read_naturally() {
-        assert_eq!(Unit::Bytes.format(3.0 * 1024.0 * 1024.0 * 1024.0), "3 GiB");
-        assert_eq!(Unit::BytesPerSecond.format(1500.0), "1.5 kB/s");
-        assert_eq!(Unit::Percent.format(42.4), "42 %");
+        assert_eq!(
+            ChartUnit::Bytes.format(3.0 * 1024.0 * 1024.0 * 1024.0),
+            "3 GiB"
+        );
+        assert_eq!(ChartUnit::BytesPerSecond.format(1500.0), "1.5 kB/s");
+        assert_eq!(ChartUnit::Percent.format(42.4), "42 %");
     }
 }

@@ -1,8 +1,8 @@
 //! PostgreSQL: migrations as the owner, requests as `concierge_app` inside transactions that
 //! carry the actor's scope for row-level security.
 use app::error::AppError;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor, PgPool, Postgres, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::{Arguments as _, Executor, PgPool, Postgres, Transaction};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -164,4 +164,27 @@ pub fn search_pattern(search: &str) -> Result<(&str, String), app::error::AppErr
         ));
     }
     Ok((search, format!("%{}%", escape_like(search))))
+}
+
+/// Appends `value` to a list's filter parameters, which its page query and its count query
+/// share (bound once, cloned for each).
+pub fn arg<'q, T>(args: &mut PgArguments, value: T) -> Result<(), AppError>
+where
+    T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+{
+    args.add(value).map_err(internal)
+}
+
+/// The filter's parameters followed by the page's, and the clause that uses them:
+/// `LIMIT $n+1 OFFSET $n+2` for 1-based `page`.
+pub fn page_args(
+    filter: &PgArguments,
+    per_page: u32,
+    page: u32,
+) -> Result<(String, PgArguments), AppError> {
+    let mut args = filter.clone();
+    let n = args.len();
+    arg(&mut args, i64::from(per_page))?;
+    arg(&mut args, i64::from(page.max(1) - 1) * i64::from(per_page))?;
+    Ok((format!("LIMIT ${} OFFSET ${}", n + 1, n + 2), args))
 }

@@ -1,13 +1,14 @@
 //! Hosts and inventory: the backend of the `Fleet` seam (fleet admins only).
 use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
-use crate::charts::{self, Unit};
+use crate::charts;
 use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
 use crate::hypervisor::{network, storage};
 use crate::metrics::Range;
 use app::error::AppError;
+use app::fleet::ChartUnit;
 use app::fleet::{
     version_string, ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary,
     NetworkInfo, OperationInfo, PoolInfo, VmDetail,
@@ -131,9 +132,9 @@ async fn fleet_charts(pool: PgPool, range: Range) -> Result<Vec<ChartView>, AppE
         .await
         .map_err(db::internal)?;
     Ok([
-        ("Fleet CPU busy", "CPU", "cpu", Unit::Percent),
-        ("Fleet memory used", "Memory", "mem", Unit::Bytes),
-        ("Running VMs", "VMs", "vms", Unit::Count),
+        ("Fleet CPU busy", "CPU", "cpu", ChartUnit::Percent),
+        ("Fleet memory used", "Memory", "mem", ChartUnit::Bytes),
+        ("Running VMs", "VMs", "vms", ChartUnit::Count),
     ]
     .into_iter()
     .map(|(title, label, key, unit)| {
@@ -215,7 +216,7 @@ fn parse_range(range: &str) -> Result<Range, AppError> {
 
 fn chart_view(
     title: &str,
-    unit: Unit,
+    unit: ChartUnit,
     range: Range,
     now: time::OffsetDateTime,
     lines: Vec<(&str, Option<&Vec<crate::metrics::Point>>)>,
@@ -602,25 +603,24 @@ impl Fleet for FleetBackend {
         let (search, pattern) = db::search_pattern(&filter.search)?;
         let cond = "($1 = '' OR h.name ILIKE $2 OR EXISTS (SELECT 1 FROM unnest(h.labels) l WHERE l ILIKE $2))
              AND ($3 = '' OR ($3 = 'maintenance' AND h.maintenance) OR h.state = $3)";
+        let mut args = sqlx::postgres::PgArguments::default();
+        db::arg(&mut args, search)?;
+        db::arg(&mut args, &pattern)?;
+        db::arg(&mut args, state)?;
+        let (limit, page_args) = db::page_args(&args, HOSTS_PER_PAGE, page)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<HostRow> = sqlx::query_as(&format!(
-            "{HOST_QUERY} WHERE {cond} ORDER BY {order} LIMIT $4 OFFSET $5"
-        ))
-        .bind(search)
-        .bind(&pattern)
-        .bind(state)
-        .bind(i64::from(HOSTS_PER_PAGE))
-        .bind(i64::from((page - 1) * HOSTS_PER_PAGE))
+        let rows: Vec<HostRow> = sqlx::query_as_with(
+            &format!("{HOST_QUERY} WHERE {cond} ORDER BY {order} {limit}"),
+            page_args,
+        )
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM hosts h WHERE {cond}"))
-            .bind(search)
-            .bind(&pattern)
-            .bind(state)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        let total: i64 =
+            sqlx::query_scalar_with(&format!("SELECT count(*) FROM hosts h WHERE {cond}"), args)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
         Ok(Page {
             items: rows.into_iter().map(Into::into).collect(),
@@ -657,28 +657,28 @@ impl Fleet for FleetBackend {
         Ok(vec![
             chart_view(
                 "CPU",
-                Unit::Percent,
+                ChartUnit::Percent,
                 range,
                 now,
                 vec![("CPU", s.get("cpu"))],
             ),
             chart_view(
                 "Memory",
-                Unit::Bytes,
+                ChartUnit::Bytes,
                 range,
                 now,
                 vec![("Memory", s.get("mem"))],
             ),
             chart_view(
                 "Disk",
-                Unit::BytesPerSecond,
+                ChartUnit::BytesPerSecond,
                 range,
                 now,
                 vec![("Read", s.get("rd")), ("Write", s.get("wr"))],
             ),
             chart_view(
                 "Network",
-                Unit::BytesPerSecond,
+                ChartUnit::BytesPerSecond,
                 range,
                 now,
                 vec![("Received", s.get("rx")), ("Sent", s.get("tx"))],
