@@ -29,15 +29,25 @@ pub struct AuditFilter {
     pub action: String,
     /// Substring of the actor's e-mail.
     pub actor: String,
+    /// newest (default), oldest, action or actor.
+    pub sort: String,
     /// 1-based.
     pub page: u32,
 }
+
+pub const AUDIT_SORTS: [(&str, &str); 4] = [
+    ("newest", "Newest"),
+    ("oldest", "Oldest"),
+    ("action", "Action"),
+    ("actor", "Actor"),
+];
 
 #[server(prefix = "/api", endpoint = "list_audit")]
 pub async fn list_audit(
     #[server(default)] tenant_id: Option<Uuid>,
     #[server(default)] action: String,
     #[server(default)] actor: String,
+    #[server(default)] sort: String,
     #[server(default)] page: u32,
 ) -> Result<Page<AuditEntry>, AppError> {
     let req = crate::seam::request()?;
@@ -45,6 +55,7 @@ pub async fn list_audit(
         tenant_id,
         action,
         actor,
+        sort,
         page,
     };
     crate::seam::reply(crate::seam::backend()?.audit.list(&req, filter).await)

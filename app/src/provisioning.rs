@@ -450,16 +450,62 @@ pub async fn submit_request(
     Ok(id)
 }
 
+/// Which requests a list shows: one's own, or (`all`) every request of the tenants one
+/// approves for (fleet admins: every request); filtered by text and state, sorted, one page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFilter {
+    pub page: u32,
+    pub all: bool,
+    /// Part of the name prefix, template, requester's e-mail or purpose.
+    pub search: String,
+    /// One of [`REQUEST_STATES`], or `open` for every state still in flight; empty for any.
+    pub state: String,
+    /// newest (default), oldest, state or template.
+    pub sort: String,
+}
+
+/// The states a request list can be narrowed to, with their labels; `open` groups the
+/// states that still need something to happen.
+pub const REQUEST_STATES: [(&str, &str); 10] = [
+    ("open", "Still open"),
+    ("submitted", "Submitted"),
+    ("pending_approval", "Pending approval"),
+    ("approved", "Approved"),
+    ("provisioning", "Provisioning"),
+    ("fulfilled", "Fulfilled"),
+    ("failed", "Failed"),
+    ("rejected", "Rejected"),
+    ("cancelled", "Cancelled"),
+    ("expired", "Expired"),
+];
+
+pub const REQUEST_SORTS: [(&str, &str); 4] = [
+    ("newest", "Newest"),
+    ("oldest", "Oldest"),
+    ("state", "State"),
+    ("template", "Template"),
+];
+
 #[server(prefix = "/api", endpoint = "list_requests")]
 pub async fn list_requests(
-    #[server(default)] all: bool,
     #[server(default)] page: u32,
+    #[server(default)] all: bool,
+    #[server(default)] search: String,
+    #[server(default)] state: String,
+    #[server(default)] sort: String,
 ) -> Result<Page<RequestSummary>, AppError> {
     let req = crate::seam::request()?;
+    let filter = RequestFilter {
+        page,
+        all,
+        search,
+        state,
+        sort,
+    };
     crate::seam::reply(
         crate::seam::backend()?
             .provisioning
-            .requests(&req, all, page)
+            .requests(&req, filter)
             .await,
     )
 }

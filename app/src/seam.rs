@@ -7,8 +7,9 @@ use crate::fleet::{
     ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary, VmDetail,
 };
 use crate::provisioning::{
-    InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail, RequestForm,
-    RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas, VmFilter,
+    InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
+    RequestFilter, RequestForm, RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
+    VmFilter,
 };
 use crate::reports::{RateCard, RateCardForm, Report, ReportQuery};
 use crate::tenant::{Member, TenantSummary};
@@ -298,8 +299,7 @@ pub trait Provisioning: Send + Sync + 'static {
     async fn requests(
         &self,
         req: &RequestCtx,
-        all: bool,
-        page: u32,
+        filter: RequestFilter,
     ) -> Result<Page<RequestSummary>, AppError>;
     async fn request(&self, req: &RequestCtx, id: Uuid) -> Result<RequestDetail, AppError>;
     async fn cancel(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;

@@ -144,6 +144,18 @@ test('a request needing approval is approved in another browser and runs without
     assert.deepEqual(navigations, [], 'no reload or navigation');
     await shot(ray, 'request-fulfilled');
 
+    // My requests: filtered and sorted on the server through a plain GET form.
+    await goto(ray, '/requests');
+    await ray.fill('input[name=search]', `build-${run}`);
+    await ray.selectOption('select[name=state]', 'fulfilled');
+    await ray.getByRole('button', { name: 'Apply' }).click();
+    await ray.waitForURL('**/requests?*state=fulfilled*');
+    await ray.getByRole('cell', { name: `build-${run}` }).waitFor();
+    await shot(ray, 'requests');
+    await ray.selectOption('select[name=state]', 'rejected');
+    await ray.getByRole('button', { name: 'Apply' }).click();
+    await ray.getByText('No requests match.').waitFor();
+
     await goto(ray, '/vms');
     await ray.locator(`tr[data-vm="build-${run}"]`).getByText('running').waitFor();
     await shot(ray, 'my-vms');

@@ -109,7 +109,6 @@ struct Row {
     before: Option<Value>,
     after: Option<Value>,
     client_addr: Option<sqlx::types::ipnetwork::IpNetwork>,
-    total: i64,
 }
 
 #[async_trait]
@@ -131,59 +130,72 @@ impl AuditTrail for AuditBackend {
         if !actor.fleet_admin && tenants.is_empty() {
             return Err(AppError::Forbidden);
         }
-        if filter.action.len() > 100 || filter.actor.len() > 254 {
+        if filter.action.chars().count() > 100 {
             return Err(AppError::field(
                 "action",
-                "Filters are limited to 100 characters.",
+                "Filter actions by at most 100 characters.",
             ));
         }
+        if filter.actor.chars().count() > 254 {
+            return Err(AppError::field(
+                "actor",
+                "An e-mail address has at most 254 characters.",
+            ));
+        }
+        let order = match filter.sort.as_str() {
+            "" | "newest" => "a.at DESC, a.id DESC",
+            "oldest" => "a.at, a.id",
+            "action" => "a.action, a.at DESC, a.id DESC",
+            "actor" => "a.actor_email NULLS FIRST, a.at DESC, a.id DESC",
+            _ => {
+                return Err(AppError::field(
+                    "sort",
+                    "Sort by newest, oldest, action or actor.",
+                ))
+            }
+        };
         let page = filter.page.max(1);
-        let mut items = Vec::new();
-        let mut total = 0;
-        // Row-level security sees one tenant per transaction: query each in its own scope
-        // (fleet admins in fleet scope) and merge.
-        let scopes: Vec<Scope> = if actor.fleet_admin && filter.tenant_id.is_none() {
-            vec![Scope::fleet()]
-        } else if actor.fleet_admin {
-            vec![Scope {
-                tenant: filter.tenant_id,
+        // One query in fleet scope for every case: for a tenant admin the tenant filter below
+        // is the authorisation (rows of no tenant never match it).
+        let any_tenant = actor.fleet_admin && filter.tenant_id.is_none();
+        let scope = match filter.tenant_id {
+            Some(t) => Scope {
+                tenant: Some(t),
                 fleet: true,
                 user: None,
-            }]
-        } else {
-            tenants.iter().map(|t| Scope::tenant(*t)).collect()
+            },
+            None => Scope::fleet(),
         };
-        let limit = i64::from(PER_PAGE) * i64::from(page);
-        for scope in scopes {
-            let mut tx = db::begin(&self.pool, scope).await?;
-            let rows: Vec<Row> = sqlx::query_as(
+        const WHERE: &str = "WHERE ($1 OR a.tenant_id = ANY($2))
+               AND a.action LIKE $3 || '%'
+               AND coalesce(a.actor_email, '') ILIKE '%' || $4 || '%'";
+        let mut args = sqlx::postgres::PgArguments::default();
+        db::arg(&mut args, any_tenant)?;
+        db::arg(&mut args, &tenants)?;
+        db::arg(&mut args, db::escape_like(&filter.action))?;
+        db::arg(&mut args, db::escape_like(&filter.actor))?;
+        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+        let mut tx = db::begin(&self.pool, scope).await?;
+        let rows: Vec<Row> = sqlx::query_as_with(
+            &format!(
                 "SELECT a.id, a.at, a.actor_email, a.tenant_id, t.name AS tenant_name, a.action,
-                        a.object_type, a.object_id, a.before, a.after, a.client_addr,
-                        count(*) OVER () AS total
+                        a.object_type, a.object_id, a.before, a.after, a.client_addr
                  FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
-                 WHERE ($1::uuid IS NULL OR a.tenant_id = $1)
-                   AND a.action LIKE $2 || '%'
-                   AND coalesce(a.actor_email, '') ILIKE '%' || $3 || '%'
-                 ORDER BY a.at DESC, a.id DESC
-                 LIMIT $4",
-            )
-            .bind(scope.tenant)
-            .bind(db::escape_like(&filter.action))
-            .bind(db::escape_like(&filter.actor))
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db::internal)?;
-            tx.commit().await.map_err(db::internal)?;
-            total += rows.first().map(|r| r.total).unwrap_or(0);
-            items.extend(rows);
-        }
-        items.sort_by_key(|r| std::cmp::Reverse((r.at, r.id)));
-        let start = (i64::from(PER_PAGE) * i64::from(page - 1)) as usize;
-        let items = items
+                 {WHERE} ORDER BY {order} {limit}"
+            ),
+            page_args,
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let total: i64 =
+            sqlx::query_scalar_with(&format!("SELECT count(*) FROM audit_log a {WHERE}"), args)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        let items = rows
             .into_iter()
-            .skip(start)
-            .take(PER_PAGE as usize)
             .map(|r| AuditEntry {
                 id: r.id,
                 at: r.at,

@@ -1,7 +1,7 @@
 //! The quota ledger. Every reservation is a row in `quota_ledger` and moves the tenant's
 //! counters in the same transaction; the check and the reservation are one conditional
-//! UPDATE of the tenant's quota row, whose row lock also serialises the per-user check, so
-//! racing requests can never push usage past a limit.
+//! UPDATE of the tenant's quota row (in `quota_reserve`, a database function), whose row lock
+//! also serialises the per-user check, so racing requests can never push usage past a limit.
 use crate::db::{self, Tx};
 use app::error::AppError;
 use app::provisioning::{QuotaEffect, QuotaLine, Recount};
@@ -190,8 +190,16 @@ fn no_quota() -> AppError {
     AppError::Conflict("This tenant has no quota yet. Ask a fleet admin to set one.".into())
 }
 
-/// Checks and reserves `per_vm` for each of `vm_uuids` atomically, or changes nothing and
-/// names the resource that would overflow.
+/// Checks and reserves `per_vm` for each of `vm_uuids` atomically and commits `tx` with the
+/// reservation, or changes nothing and names the resource that would overflow. It must be
+/// the transaction's last step.
+///
+/// The tenant's quota row is what every racing submission queues for, so it is held as
+/// briefly as PostgreSQL allows: the check-and-reserve (`quota_reserve`, one server-side call)
+/// and the COMMIT travel in one message, and that commit does not wait for the disk. Durability
+/// comes right after, outside the lock: the same message opens a new transaction that takes a
+/// transaction id, and the caller's `tx.commit()` of it flushes the write-ahead log up to and
+/// past the reservation (the log is flushed in order) before the user is answered.
 pub async fn reserve(
     tx: &mut Tx,
     tenant: Uuid,
@@ -200,51 +208,54 @@ pub async fn reserve(
     per_vm: Amount,
     vm_uuids: &[Uuid],
     now: OffsetDateTime,
-) -> Result<(), AppError> {
-    let total = per_vm.times(vm_uuids.len() as i64);
-    let reserved = sqlx::query(
-        "UPDATE tenant_quotas SET used_vcpus = used_vcpus + $2, used_memory_mib = used_memory_mib + $3,
-                used_disk_gib = used_disk_gib + $4, used_vms = used_vms + $5
-         WHERE tenant_id = $1 AND used_vcpus + $2 <= max_vcpus AND used_memory_mib + $3 <= max_memory_mib
-           AND used_disk_gib + $4 <= max_disk_gib AND used_vms + $5 <= max_vms",
-    )
-    .bind(tenant)
-    .bind(total.vcpus as i32)
-    .bind(total.memory_mib)
-    .bind(total.disk_gib)
-    .bind(total.vms as i32)
-    .execute(&mut **tx)
-    .await
-    .map_err(db::internal)?
-    .rows_affected();
-    if reserved == 0 {
-        let effect = effect(tx, tenant, user, total).await?;
-        return Err(overflow_error(effect, "count"));
-    }
-    // The tenant row is locked until commit: the user's check below cannot race.
-    if let Some(limits) = user_limits(tx, tenant, user).await? {
-        let used = user_usage(tx, tenant, user).await?;
-        let user_lines = lines(limits, used, total);
-        if let Some(message) = overflow("your", &user_lines) {
-            return Err(AppError::field("count", message));
+) -> Result<(), Reserve> {
+    // One message needs the simple-query protocol, which takes no parameters: the values are
+    // written into it, and each is a UUID, an integer or an RFC 3339 time, so none can carry
+    // quotes.
+    let vms = vm_uuids
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let at = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| Reserve::Failed(db::internal(e)))?;
+    let sql = format!(
+        "SET LOCAL synchronous_commit = off;
+         SELECT quota_reserve('{tenant}', '{user}', '{request}', {}, {}, {}, ARRAY[{vms}]::uuid[], '{at}');
+         COMMIT;
+         BEGIN;
+         SELECT pg_current_xact_id();",
+        per_vm.vcpus, per_vm.memory_mib, per_vm.disk_gib
+    );
+    // Through the connection's `Executor` (not `RawSql::execute`), whose future is `Send`.
+    let conn: &mut sqlx::PgConnection = tx;
+    match sqlx::Executor::execute(conn, sqlx::raw_sql(&sql)).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("P0001") && e.message() == "quota exceeded" =>
+        {
+            Err(Reserve::Refused)
         }
+        Err(e) => Err(Reserve::Failed(db::internal(e))),
     }
-    sqlx::query(
-        "INSERT INTO quota_ledger (tenant_id, user_id, request_id, vm_uuid, vcpus, memory_mib, disk_gib, vms, state, created_at, updated_at)
-         SELECT $1, $2, $3, u, $5, $6, $7, 1, 'reserved', $8, $8 FROM UNNEST($4::uuid[]) AS u",
-    )
-    .bind(tenant)
-    .bind(user)
-    .bind(request)
-    .bind(vm_uuids)
-    .bind(per_vm.vcpus as i32)
-    .bind(per_vm.memory_mib)
-    .bind(per_vm.disk_gib)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(db::internal)?;
-    Ok(())
+}
+
+/// Why `reserve` reserved nothing.
+#[derive(Debug)]
+pub enum Reserve {
+    /// A limit would be passed, or the tenant has no quota: `refusal` says which.
+    Refused,
+    Failed(AppError),
+}
+
+/// Why a reservation of `total` was refused, read in a new transaction (the refused one is
+/// aborted): the tenant has no quota, or which limit would overflow.
+pub async fn refusal(tx: &mut Tx, tenant: Uuid, user: Uuid, total: Amount) -> AppError {
+    match effect(tx, tenant, user, total).await {
+        Ok(effect) => overflow_error(effect, "count"),
+        Err(e) => e,
+    }
 }
 
 /// The error for a reservation that did not fit, on the form field that asked for it.

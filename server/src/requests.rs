@@ -15,7 +15,8 @@ use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{
     InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
-    RequestEvent, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota, VmFilter,
+    RequestEvent, RequestFilter, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota,
+    VmFilter, REQUEST_STATES,
 };
 use app::seam::{Provisioning, RequestCtx};
 use app::Page;
@@ -760,9 +761,21 @@ impl Provisioning for ProvisioningBackend {
             .await
             .map_err(db::internal)?;
         }
-        // Last before the commit: the tenant's quota row stays locked from here to the commit,
-        // so concurrent submissions queue for as short a time as possible.
-        quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await?;
+        // Last, and committed with the submission: the tenant's quota row is locked only from
+        // here to that commit, so concurrent submissions queue for as short a time as possible.
+        let reserved =
+            quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await;
+        match reserved {
+            Ok(()) => {}
+            Err(quota::Reserve::Failed(e)) => return Err(e),
+            Err(quota::Reserve::Refused) => {
+                tx.rollback().await.map_err(db::internal)?;
+                let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+                let total = per_vm.times(vm_uuids.len() as i64);
+                return Err(quota::refusal(&mut tx, v.tenant, actor.user_id, total).await);
+            }
+        }
+        // Returns once the submission is on disk (see `quota::reserve`).
         tx.commit().await.map_err(db::internal)?;
         if auto {
             self.wake();
@@ -773,14 +786,32 @@ impl Provisioning for ProvisioningBackend {
     async fn requests(
         &self,
         req: &RequestCtx,
-        all: bool,
-        page: u32,
+        filter: RequestFilter,
     ) -> Result<Page<RequestSummary>, AppError> {
         let actor = req.actor()?;
-        let page = page.max(1);
-        let offset = i64::from((page - 1) * PER_PAGE);
+        let page = filter.page.max(1);
+        let order = match filter.sort.as_str() {
+            "" | "newest" => "r.created_at DESC, r.id",
+            "oldest" => "r.created_at, r.id",
+            "state" => "r.state, r.created_at DESC, r.id",
+            "template" => "tp.name, r.created_at DESC, r.id",
+            _ => {
+                return Err(AppError::field(
+                    "sort",
+                    "Sort by newest, oldest, state or template.",
+                ))
+            }
+        };
+        let state = filter.state.trim();
+        if !state.is_empty() && !REQUEST_STATES.iter().any(|(s, _)| *s == state) {
+            return Err(AppError::field(
+                "state",
+                format!("Unknown state \"{state}\"."),
+            ));
+        }
+        let (search, pattern) = db::search_pattern(&filter.search)?;
         // (any tenant, these tenants, only this requester): one filter for the list and its count.
-        let (scope, any_tenant, tenants, requester) = if all {
+        let (scope, any_tenant, tenants, requester) = if filter.all {
             if actor.fleet_admin {
                 (Scope::fleet(), true, Vec::new(), None)
             } else {
@@ -798,28 +829,37 @@ impl Provisioning for ProvisioningBackend {
             };
             (scope, true, Vec::new(), Some(actor.user_id))
         };
-        const FILTER: &str =
-            "($1 OR r.tenant_id = ANY($2)) AND ($3::uuid IS NULL OR r.requester_id = $3)";
+        let from_where = "FROM requests r JOIN users u ON u.id = r.requester_id
+             JOIN templates tp ON tp.id = r.template_id
+             WHERE ($1 OR r.tenant_id = ANY($2)) AND ($3::uuid IS NULL OR r.requester_id = $3)
+               AND ($4 = '' OR r.name_prefix ILIKE $5 OR tp.name ILIKE $5 OR u.email ILIKE $5
+                    OR r.purpose ILIKE $5)
+               AND ($6 = '' OR r.state = $6 OR ($6 = 'open'
+                    AND r.state IN ('submitted', 'pending_approval', 'approved', 'provisioning')))";
+        let mut args = sqlx::postgres::PgArguments::default();
+        db::arg(&mut args, any_tenant)?;
+        db::arg(&mut args, &tenants)?;
+        db::arg(&mut args, requester)?;
+        db::arg(&mut args, search)?;
+        db::arg(&mut args, &pattern)?;
+        db::arg(&mut args, state)?;
+        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
         let mut tx = db::begin(&self.pool, scope).await?;
-        let rows: Vec<RequestRow> = sqlx::query_as(&format!(
-            "{REQUEST_SELECT} WHERE {FILTER} ORDER BY r.created_at DESC, r.id LIMIT $4 OFFSET $5"
-        ))
-        .bind(any_tenant)
-        .bind(&tenants)
-        .bind(requester)
-        .bind(i64::from(PER_PAGE))
-        .bind(offset)
+        let rows: Vec<RequestRow> = sqlx::query_as_with(
+            &format!(
+                "{REQUEST_SELECT} WHERE r.id IN (SELECT r.id {from_where} ORDER BY {order} {limit})
+                 ORDER BY {order}"
+            ),
+            page_args,
+        )
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        let total: i64 =
-            sqlx::query_scalar(&format!("SELECT count(*) FROM requests r WHERE {FILTER}"))
-                .bind(any_tenant)
-                .bind(&tenants)
-                .bind(requester)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db::internal)?;
+        let total: i64 = sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
         Ok(Page {
             items: rows.iter().map(RequestRow::summary).collect(),
             page,

@@ -556,6 +556,62 @@ async fn approval_levels_rejection_and_cancellation() {
         &bob.call("list_requests", &[("all", "true")]).await,
         "requester lists all",
     );
+    // Filters and sorts run on the server, over the same set the actor may see.
+    let list = |who: &'static str, params: Vec<(&'static str, &'static str)>| {
+        let client = if who == "bob" { &bob } else { &appr1 };
+        async move { client.call("list_requests", &params).await }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let rejected = list("appr1", vec![("all", "true"), ("state", "rejected")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&rejected), vec![id2.clone()]);
+    let open = list("appr1", vec![("all", "true"), ("state", "open")])
+        .await
+        .unwrap();
+    assert_eq!(open["total"], 0, "nothing is in flight: {open}");
+    let by_prefix = list("appr1", vec![("all", "true"), ("search", "TMP2")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_prefix), vec![id3.clone()]);
+    let by_requester = list("appr1", vec![("all", "true"), ("search", "ann@")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_requester), vec![id.clone()]);
+    let newest = list("appr1", vec![("all", "true")]).await.unwrap();
+    assert_eq!(ids(&newest), vec![id3.clone(), id2.clone(), id.clone()]);
+    let oldest = list("appr1", vec![("all", "true"), ("sort", "oldest")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&oldest), vec![id.clone(), id2.clone(), id3.clone()]);
+    let by_state = list("appr1", vec![("all", "true"), ("sort", "state")])
+        .await
+        .unwrap();
+    let states: Vec<&str> = by_state["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["cancelled", "fulfilled", "rejected"]);
+    // Bob's own list never shows Ann's request, whatever the filter.
+    let bobs = list("bob", vec![("search", "ann@")]).await.unwrap();
+    assert_eq!(bobs["total"], 0);
+    assert_field_error(&list("bob", vec![("sort", "price")]).await, "sort");
+    assert_field_error(&list("bob", vec![("state", "lost")]).await, "state");
+    let long = "x".repeat(101);
+    assert_field_error(
+        &bob.call("list_requests", &[("search", long.as_str())])
+            .await,
+        "search",
+    );
     w.app.state.hypervisors.stop_all();
 }
 
@@ -611,6 +667,54 @@ async fn concurrent_submissions_never_overshoot_the_quota() {
         10
     );
     assert_eq!(w.app.scalar_i64("SELECT count(*) FROM requests").await, 10);
+    let rc = w.recount().await;
+    assert_eq!(rc["consistent"], true, "{rc}");
+
+    // A user's own limit holds under the same race: room for 3 more vCPUs, 30 racing asks.
+    w.fleet
+        .call(
+            "set_quota",
+            &[
+                ("tenant_id", &t),
+                ("vcpus", "1000"),
+                ("memory_gib", "1000"),
+                ("disk_gib", "100000"),
+                ("vms", "1000"),
+            ],
+        )
+        .await
+        .unwrap();
+    let held = w
+        .app
+        .scalar_i64(
+            "SELECT coalesce(sum(l.vcpus), 0)::int8 FROM quota_ledger l JOIN users u ON u.id = l.user_id
+             WHERE u.email = 'u0@example.com' AND l.state <> 'released'",
+        )
+        .await;
+    w.fleet
+        .call(
+            "set_quota",
+            &[
+                ("tenant_id", &t),
+                ("user_email", "u0@example.com"),
+                ("vcpus", &(held + 3).to_string()),
+                ("memory_gib", "1000"),
+                ("disk_gib", "10000"),
+                ("vms", "100"),
+            ],
+        )
+        .await
+        .unwrap();
+    let calls = (0..30).map(|i| {
+        let (c, w) = (&clients[0], &w);
+        async move { w.submit(c, "small", "1", &format!("own-{i}")).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+    for r in results.iter().filter(|r| r.is_err()) {
+        let msg = assert_field_error(r, "count");
+        assert!(msg.contains("your"), "names the user's quota: {msg}");
+    }
     let rc = w.recount().await;
     assert_eq!(rc["consistent"], true, "{rc}");
     w.app.state.hypervisors.stop_all();

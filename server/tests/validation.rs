@@ -355,4 +355,39 @@ async fn audit_filters_and_pagination() {
         .call("list_audit", &[("action", &"x".repeat(101))])
         .await;
     assert_field_error(&r, "action");
+    let r = admin
+        .call("list_audit", &[("actor", &"x".repeat(255))])
+        .await;
+    assert_field_error(&r, "actor");
+    // Sorted on the server: oldest first, or by action.
+    let oldest = admin
+        .call("list_audit", &[("action", "tenant."), ("sort", "oldest")])
+        .await
+        .unwrap();
+    assert_eq!(oldest["items"][0]["after"], "{\"name\":\"T00\"}");
+    let by_action = admin
+        .call("list_audit", &[("sort", "action")])
+        .await
+        .unwrap();
+    let actions: Vec<&str> = by_action["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    // Grouped by action (the order within the collation is PostgreSQL's).
+    let mut groups = actions.clone();
+    groups.dedup();
+    let mut distinct = groups.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(groups.len(), distinct.len(), "{actions:?}");
+    assert_field_error(&admin.call("list_audit", &[("sort", "size")]).await, "sort");
+    // A page past the end is empty but still counts the matches.
+    let past = admin
+        .call("list_audit", &[("action", "tenant."), ("page", "9")])
+        .await
+        .unwrap();
+    assert_eq!(past["total"], 60);
+    assert_eq!(past["items"].as_array().unwrap().len(), 0);
 }

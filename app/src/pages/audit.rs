@@ -1,8 +1,8 @@
-use crate::audit::list_audit;
+use crate::audit::{list_audit, AUDIT_SORTS};
+use crate::components::filters::QueryChoice;
 use crate::components::guard::{any_admin, Guard};
-use crate::components::pager::Pager;
+use crate::components::pager::{page_href, Pager};
 use crate::components::timestamp::Timestamp;
-use crate::pages::users::urlencode;
 use crate::shell::use_actor;
 use crate::tenant::list_tenants;
 use leptos::prelude::*;
@@ -27,8 +27,8 @@ fn AuditContent() -> impl IntoView {
     let tenant = move || Uuid::parse_str(&get("tenant")).ok();
     let page = move || get("page").parse().unwrap_or(1u32);
     let entries = Resource::new(
-        move || (tenant(), get("action"), get("actor"), page()),
-        |(t, action, actor, p)| list_audit(t, action, actor, p),
+        move || (tenant(), get("action"), get("actor"), get("sort"), page()),
+        |(t, action, actor, sort, p)| list_audit(t, action, actor, sort, p),
     );
     let actor = use_actor();
     // Resolved during server rendering and handed to the browser with the page.
@@ -73,6 +73,10 @@ fn AuditContent() -> impl IntoView {
                     <label for="audit-actor">"Actor e-mail contains"</label>
                     <input id="audit-actor" name="actor" value=move || get("actor")/>
                 </div>
+                <div class="field">
+                    <label for="audit-sort">"Sort"</label>
+                    <QueryChoice name="sort" id="audit-sort" options=AUDIT_SORTS.to_vec()/>
+                </div>
                 <button type="submit">"Filter"</button>
             </form>
         </section>
@@ -81,8 +85,11 @@ fn AuditContent() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match entries.await {
                         Ok(page) => {
-                            let (t, a, who) = (get("tenant"), get("action"), get("actor"));
-                            let href = move |p: u32| format!("/audit?tenant={}&action={}&actor={}&page={p}", urlencode(&t), urlencode(&a), urlencode(&who));
+                            let filters: Vec<(&str, String)> = ["tenant", "action", "actor", "sort"]
+                                .into_iter()
+                                .map(|k| (k, get(k)))
+                                .collect();
+                            let href = move |p: u32| page_href("/audit", p, &filters);
                             view! {
                                 <table class="table audit">
                                     <thead><tr><th>"When"</th><th>"Who"</th><th>"Tenant"</th><th>"Action"</th><th>"Object"</th><th>"Change"</th><th>"From"</th></tr></thead>

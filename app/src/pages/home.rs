@@ -85,7 +85,9 @@ fn TenantDashboard() -> impl IntoView {
             let vms = my_vms(1, false, String::new(), String::new(), String::new())
                 .await
                 .ok();
-            let requests = list_requests(false, 1).await.ok();
+            let requests = list_requests(1, false, String::new(), String::new(), String::new())
+                .await
+                .ok();
             let (approves, tenant) = match &a {
                 Some(a) => (
                     a.fleet_admin || !a.approver_tenants().is_empty(),

@@ -1,3 +1,4 @@
+use crate::components::filters::QueryChoice;
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::components::pager::{page_href, Pager};
@@ -114,25 +115,10 @@ fn HostsContent() -> impl IntoView {
         <form method="get" action="/hosts" class="form row filters" role="search">
             <label>"Name or label" <input type="search" name="search" prop:value=move || get("search")/></label>
             <label>"State"
-                <select name="state">
-                    {move || {
-                        let cur = get("state");
-                        [("", "any"), ("connected", "connected"), ("lost", "lost"), ("connecting", "connecting"), ("maintenance", "in maintenance")]
-                            .into_iter()
-                            .map(|(v, l)| view! { <option value=v selected=cur == v>{l}</option> })
-                            .collect_view()
-                    }}
-                </select>
+                <QueryChoice name="state" options=vec![("", "any"), ("connected", "connected"), ("lost", "lost"), ("connecting", "connecting"), ("maintenance", "in maintenance")]/>
             </label>
             <label>"Sort"
-                <select name="sort">
-                    {move || {
-                        let cur = get("sort");
-                        HOST_SORTS.into_iter()
-                            .map(|(v, l)| view! { <option value=v selected=cur == v || (cur.is_empty() && v == "name")>{l}</option> })
-                            .collect_view()
-                    }}
-                </select>
+                <QueryChoice name="sort" options=HOST_SORTS.to_vec()/>
             </label>
             <button type="submit">"Apply"</button>
         </form>

@@ -1,6 +1,7 @@
 //! VM lists: the VMs a user owns, with their leases; for tenant and fleet admins also every
 //! VM they administer. Filtered, sorted and paginated on the server; the filters live in the
 //! URL (a GET form), so they work without JavaScript and can be shared.
+use crate::components::filters::QueryChoice;
 use crate::components::guard::{anyone, Guard};
 use crate::components::pager::{page_href, Pager};
 use crate::components::timestamp::Timestamp;
@@ -78,25 +79,10 @@ fn MyVmsContent() -> impl IntoView {
             {move || (get("all") == "1").then(|| view! { <input type="hidden" name="all" value="1"/> })}
             <label>"Name" <input type="search" name="search" prop:value=move || get("search") placeholder="part of a name"/></label>
             <label>"State"
-                <select name="state">
-                    {move || {
-                        let cur = get("state");
-                        [("", "any"), ("running", "running"), ("shutoff", "shut off"), ("paused", "paused"), ("failed", "failed"), ("pending", "pending")]
-                            .into_iter()
-                            .map(|(v, l)| view! { <option value=v selected=cur == v>{l}</option> })
-                            .collect_view()
-                    }}
-                </select>
+                <QueryChoice name="state" options=vec![("", "any"), ("running", "running"), ("shutoff", "shut off"), ("paused", "paused"), ("failed", "failed"), ("pending", "pending")]/>
             </label>
             <label>"Sort"
-                <select name="sort">
-                    {move || {
-                        let cur = get("sort");
-                        VM_SORTS.into_iter()
-                            .map(|(v, l)| view! { <option value=v selected=cur == v || (cur.is_empty() && v == "name")>{l}</option> })
-                            .collect_view()
-                    }}
-                </select>
+                <QueryChoice name="sort" options=VM_SORTS.to_vec()/>
             </label>
             <button type="submit">"Apply"</button>
             <Suspense fallback=|| ()>

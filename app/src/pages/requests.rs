@@ -1,12 +1,14 @@
 //! My requests, one request (live while it is in flight), and the approver's inbox.
+use crate::components::filters::QueryChoice;
 use crate::components::form::{action_error, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
-use crate::components::pager::Pager;
+use crate::components::pager::{page_href, Pager};
 use crate::components::quota::QuotaBars;
 use crate::components::timestamp::Timestamp;
 use crate::provisioning::{
     approval_inbox, get_request, list_requests, mib_label, state_badge, state_label, CancelRequest,
-    DecideRequest, InboxItem, ManagedVm, RequestDetail, RequestSummary,
+    DecideRequest, InboxItem, ManagedVm, RequestDetail, RequestSummary, REQUEST_SORTS,
+    REQUEST_STATES,
 };
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -56,33 +58,52 @@ pub fn RequestsPage() -> impl IntoView {
 #[component]
 fn RequestsContent() -> impl IntoView {
     let query = use_query_map();
-    let all = move || query.with(|q| q.get("all").is_some_and(|v| v == "1"));
+    let get = move |k: &str| query.with(|q| q.get(k).unwrap_or_default());
+    let all = move || get("all") == "1";
     let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
     let list = Resource::new(
-        move || (all(), page()),
-        |(all, page)| list_requests(all, page),
+        move || (page(), all(), get("search"), get("state"), get("sort")),
+        |(page, all, search, state, sort)| list_requests(page, all, search, state, sort),
     );
+    let href = move |n: u32| {
+        let filters: Vec<(&str, String)> = ["all", "search", "state", "sort"]
+            .into_iter()
+            .map(|k| (k, get(k)))
+            .collect();
+        page_href("/requests", n, &filters)
+    };
+    let filtered = move || !(get("search").is_empty() && get("state").is_empty());
     let actor = crate::shell::use_actor();
     view! {
         <div class="page-head">
             <h1>{move || if all() { "All requests" } else { "My requests" }}</h1>
-            <div class="actions-row">
-                <Suspense fallback=|| ()>
-                    {move || Suspend::new(async move {
-                        let a = actor.await.ok().flatten()?;
-                        approver(&a).then(|| view! {
-                            <a class="button" href=move || if all() { "/requests".to_string() } else { "/requests?all=1".to_string() }>
-                                {move || if all() { "Only mine" } else { "All in my organisations" }}
-                            </a>
-                        })
-                    })}
-                </Suspense>
-                <a class="button primary" href="/catalog">"New request"</a>
-            </div>
+            <a class="button primary" href="/catalog">"New request"</a>
         </div>
+        <form method="get" action="/requests" class="form row filters" role="search">
+            {move || all().then(|| view! { <input type="hidden" name="all" value="1"/> })}
+            <label>"Search" <input type="search" name="search" prop:value=move || get("search") placeholder="name, template, requester, purpose"/></label>
+            <label>"State"
+                <QueryChoice name="state" options=std::iter::once(("", "any")).chain(REQUEST_STATES).collect()/>
+            </label>
+            <label>"Sort"
+                <QueryChoice name="sort" options=REQUEST_SORTS.to_vec()/>
+            </label>
+            <button type="submit">"Apply"</button>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    let a = actor.await.ok().flatten()?;
+                    approver(&a).then(|| if all() {
+                        view! { <a href="/requests">"Only mine"</a> }.into_any()
+                    } else {
+                        view! { <a href="/requests?all=1">"All in my organisations"</a> }.into_any()
+                    })
+                })}
+            </Suspense>
+        </form>
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match list.await {
+                    Ok(p) if p.items.is_empty() && filtered() => view! { <p class="muted">"No requests match. Change the filters."</p> }.into_any(),
                     Ok(p) if p.items.is_empty() => view! { <p class="muted">"No requests yet. Pick a template in the catalog to ask for VMs."</p> }.into_any(),
                     Ok(p) => {
                         let pages = p.pages();
@@ -106,7 +127,7 @@ fn RequestsContent() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table>
-                            <Pager page=p.page pages total=p.total href=move |n| if all { format!("/requests?all=1&page={n}") } else { format!("/requests?page={n}") }/>
+                            <Pager page=p.page pages total=p.total href/>
                         }.into_any()
                     }
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
