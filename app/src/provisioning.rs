@@ -543,6 +543,12 @@ pub async fn approval_inbox() -> Result<Vec<InboxItem>, AppError> {
     crate::seam::reply(crate::seam::backend()?.provisioning.inbox(&req).await)
 }
 
+#[server(prefix = "/api", endpoint = "approvals_waiting")]
+pub async fn approvals_waiting() -> Result<u32, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.waiting_count(&req).await)
+}
+
 // ---- quotas and policy ------------------------------------------------------------------
 
 #[server(prefix = "/api", endpoint = "tenant_quotas")]

@@ -311,6 +311,8 @@ pub trait Provisioning: Send + Sync + 'static {
         reason: &str,
     ) -> Result<(), AppError>;
     async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError>;
+    /// How many requests the inbox holds, without what it shows of each.
+    async fn waiting_count(&self, req: &RequestCtx) -> Result<u32, AppError>;
     async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError>;
     async fn set_quota(
         &self,

@@ -5,9 +5,14 @@
 //!   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p server --bench quota
 //!
 //! Prints per round: how many reservations succeeded (must equal the limit), and the latency
-//! of the reserve call (the conditional UPDATE, waiting for the row lock included) and of the
-//! whole submission transaction (waiting for one of the 60 pooled connections included),
-//! p50/p99/max; then the medians over the rounds.
+//! of the reserve call (`quota::reserve`: waiting for the tenant's row lock, the check, the
+//! ledger rows and the asynchronous commit), of the request's INSERT just before it (the same
+//! load without the quota row: the control), and of the whole submission (waiting for a pooled
+//! connection and the final flush included), p50/p99/max; then the medians over the rounds.
+//!
+//! The pool has the server's default size (`--db-connections`, 16); `QUOTA_BENCH_POOL=60`
+//! gives every other submission a connection of its own, so all of them run in PostgreSQL at
+//! once and compete for the two cores.
 use concierge::db::{self, Scope};
 use concierge::quota::{self, Amount};
 use sqlx::postgres::PgPoolOptions;
@@ -17,8 +22,8 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 const SUBMISSIONS: usize = 100;
-/// PostgreSQL allows 100 connections in all here; submissions beyond the pool wait for one.
-const POOL: u32 = 60;
+/// The server's default pool size; submissions beyond it wait for a connection.
+const POOL: u32 = 16;
 const LIMIT: i32 = 40;
 const ROUNDS: usize = 7;
 
@@ -49,7 +54,12 @@ async fn main() -> anyhow::Result<()> {
         .execute(&maint)
         .await?;
     let url = format!("{base}/{name}");
-    let pool = db::prepare(&url, POOL).await?;
+    let pool_size: u32 = std::env::var("QUOTA_BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(POOL);
+    println!("{SUBMISSIONS} submissions, pool of {pool_size} connections, {ROUNDS} rounds");
+    let pool = db::prepare(&url, pool_size).await?;
     let owner = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -67,11 +77,12 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&owner)
     .await?;
     // Warm the pool so connection set-up is not measured.
-    let warm: Vec<_> = (0..POOL).map(|_| pool.acquire()).collect();
+    let warm: Vec<_> = (0..pool_size).map(|_| pool.acquire()).collect();
     let conns = futures::future::try_join_all(warm).await?;
     drop(conns);
 
     let (mut p50s, mut p99s, mut tx_p99s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut insert_p99s = Vec::new();
     for round in 0..ROUNDS {
         let tenant: Uuid = sqlx::query_scalar(&format!(
             "INSERT INTO tenants (name) VALUES ('bench-{round}') RETURNING id"
@@ -97,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
                     let started = Instant::now();
                     let mut tx = db::begin_raw(&pool, scope).await?;
                     let id = Uuid::new_v4();
+                    let insert_start = Instant::now();
                     sqlx::query(
                         "INSERT INTO requests (id, tenant_id, requester_id, template_id, size_name, vcpus, memory_mib, disk_gib,
                                                count, name_prefix, lease_days, purpose, state, created_at, updated_at)
@@ -108,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
                     .bind(template)
                     .execute(&mut *tx)
                     .await?;
+                    let insert = insert_start.elapsed();
                     let reserve_start = Instant::now();
                     let ok = quota::reserve(
                         &mut tx,
@@ -126,19 +139,20 @@ async fn main() -> anyhow::Result<()> {
                     } else {
                         tx.rollback().await?;
                     }
-                    Ok::<_, sqlx::Error>((ok, reserve, started.elapsed()))
+                    Ok::<_, sqlx::Error>((ok, insert, reserve, started.elapsed()))
                 })
             })
             .collect();
-        let mut reserves = Vec::new();
-        let mut totals = Vec::new();
+        let (mut inserts, mut reserves, mut totals) = (Vec::new(), Vec::new(), Vec::new());
         let mut succeeded = 0;
         for t in tasks {
-            let (ok, reserve, total) = t.await??;
+            let (ok, insert, reserve, total) = t.await??;
             succeeded += usize::from(ok);
+            inserts.push(insert);
             reserves.push(reserve);
             totals.push(total);
         }
+        inserts.sort();
         reserves.sort();
         totals.sort();
         let used: i32 =
@@ -149,21 +163,24 @@ async fn main() -> anyhow::Result<()> {
         assert_eq!(succeeded as i32, LIMIT, "exactly the limit succeeds");
         assert_eq!(used, LIMIT, "usage never passes the limit");
         println!(
-            "round {round}: {succeeded}/{SUBMISSIONS} reserved (limit {LIMIT}); reserve p50 {:.2} ms p99 {:.2} ms max {:.2} ms; whole submission p50 {:.2} ms p99 {:.2} ms",
+            "round {round}: {succeeded}/{SUBMISSIONS} reserved (limit {LIMIT}); reserve p50 {:.2} ms p99 {:.2} ms max {:.2} ms; insert (control) p99 {:.2} ms; whole submission p50 {:.2} ms p99 {:.2} ms",
             pct(&reserves, 0.5),
             pct(&reserves, 0.99),
             pct(&reserves, 1.0),
+            pct(&inserts, 0.99),
             pct(&totals, 0.5),
             pct(&totals, 0.99),
         );
         p50s.push(pct(&reserves, 0.5));
         p99s.push(pct(&reserves, 0.99));
         tx_p99s.push(pct(&totals, 0.99));
+        insert_p99s.push(pct(&inserts, 0.99));
     }
     println!(
-        "median over {ROUNDS} rounds: reserve p50 {:.2} ms, reserve p99 {:.2} ms, whole submission p99 {:.2} ms",
+        "median over {ROUNDS} rounds: reserve p50 {:.2} ms, reserve p99 {:.2} ms, insert (control) p99 {:.2} ms, whole submission p99 {:.2} ms",
         median(p50s),
         median(p99s),
+        median(insert_p99s),
         median(tx_p99s)
     );
     pool.close().await;

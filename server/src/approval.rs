@@ -36,29 +36,50 @@ pub struct Ask {
 
 impl Policy {
     pub async fn load(tx: &mut Tx, tenant: Uuid) -> Result<Policy, AppError> {
-        let row: Option<(i32, i64, i32, i32, Vec<Uuid>, i32)> = sqlx::query_as(
-            "SELECT auto_max_vcpus, auto_max_memory_mib, auto_max_count, auto_max_lease_days, auto_template_ids, expire_days
-             FROM approval_policies WHERE tenant_id = $1",
-        )
-        .bind(tenant)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db::internal)?;
-        // A tenant without a policy row auto-approves nothing.
-        let (v, m, c, l, t, e) = row.unwrap_or((0, 0, 0, 0, Vec::new(), 7));
-        let levels: Vec<(i32, String, Vec<Uuid>)> = sqlx::query_as(
-            "SELECT level, mode, approvers FROM approval_levels WHERE tenant_id = $1 ORDER BY level",
+        // The policy and its levels in one round trip: a row per level, the policy's columns
+        // repeated (NULL without a policy row, no level columns without levels).
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            auto_max_vcpus: Option<i32>,
+            auto_max_memory_mib: Option<i64>,
+            auto_max_count: Option<i32>,
+            auto_max_lease_days: Option<i32>,
+            auto_template_ids: Option<Vec<Uuid>>,
+            expire_days: Option<i32>,
+            level: Option<i32>,
+            mode: Option<String>,
+            approvers: Option<Vec<Uuid>>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT p.auto_max_vcpus, p.auto_max_memory_mib, p.auto_max_count, p.auto_max_lease_days,
+                    p.auto_template_ids, p.expire_days, l.level, l.mode, l.approvers
+             FROM (SELECT $1::uuid AS tenant_id) k
+             LEFT JOIN approval_policies p ON p.tenant_id = k.tenant_id
+             LEFT JOIN approval_levels l ON l.tenant_id = k.tenant_id
+             ORDER BY l.level",
         )
         .bind(tenant)
         .fetch_all(&mut **tx)
         .await
         .map_err(db::internal)?;
-        let mut levels: Vec<Level> = levels
+        let first = rows.first();
+        // A tenant without a policy row auto-approves nothing.
+        let v = first.and_then(|r| r.auto_max_vcpus).unwrap_or(0);
+        let m = first.and_then(|r| r.auto_max_memory_mib).unwrap_or(0);
+        let c = first.and_then(|r| r.auto_max_count).unwrap_or(0);
+        let l = first.and_then(|r| r.auto_max_lease_days).unwrap_or(0);
+        let t = first
+            .and_then(|r| r.auto_template_ids.clone())
+            .unwrap_or_default();
+        let e = first.and_then(|r| r.expire_days).unwrap_or(7);
+        let mut levels: Vec<Level> = rows
             .into_iter()
-            .map(|(level, mode, approvers)| Level {
-                level,
-                all: mode == "all",
-                approvers,
+            .filter_map(|r| {
+                Some(Level {
+                    level: r.level?,
+                    all: r.mode? == "all",
+                    approvers: r.approvers.unwrap_or_default(),
+                })
             })
             .collect();
         if levels.is_empty() {

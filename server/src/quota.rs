@@ -114,6 +114,41 @@ struct TenantRow {
     used_vms: i32,
 }
 
+impl TenantRow {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_vcpus: self.max_vcpus,
+            max_memory_mib: self.max_memory_mib,
+            max_disk_gib: self.max_disk_gib,
+            max_vms: self.max_vms,
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            vcpus: self.used_vcpus.into(),
+            memory_mib: self.used_memory_mib,
+            disk_gib: self.used_disk_gib,
+            vms: self.used_vms.into(),
+        }
+    }
+}
+
+/// The tenant's quota row with the user's limits and use (absent without a user quota).
+#[derive(sqlx::FromRow)]
+struct EffectRow {
+    #[sqlx(flatten)]
+    tenant: TenantRow,
+    user_max_vcpus: Option<i32>,
+    user_max_memory_mib: Option<i64>,
+    user_max_disk_gib: Option<i64>,
+    user_max_vms: Option<i32>,
+    user_vcpus: Option<i64>,
+    user_memory_mib: Option<i64>,
+    user_disk_gib: Option<i64>,
+    user_vms: Option<i64>,
+}
+
 async fn tenant_row(tx: &mut Tx, tenant: Uuid) -> Result<Option<(Limits, Usage)>, AppError> {
     let row: Option<TenantRow> = sqlx::query_as(
         "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms, used_vcpus, used_memory_mib, used_disk_gib, used_vms
@@ -123,22 +158,7 @@ async fn tenant_row(tx: &mut Tx, tenant: Uuid) -> Result<Option<(Limits, Usage)>
     .fetch_optional(&mut **tx)
     .await
     .map_err(db::internal)?;
-    Ok(row.map(|r| {
-        (
-            Limits {
-                max_vcpus: r.max_vcpus,
-                max_memory_mib: r.max_memory_mib,
-                max_disk_gib: r.max_disk_gib,
-                max_vms: r.max_vms,
-            },
-            Usage {
-                vcpus: r.used_vcpus.into(),
-                memory_mib: r.used_memory_mib,
-                disk_gib: r.used_disk_gib,
-                vms: r.used_vms.into(),
-            },
-        )
-    }))
+    Ok(row.map(|r| (r.limits(), r.usage())))
 }
 
 async fn user_limits(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Option<Limits>, AppError> {
@@ -172,11 +192,53 @@ pub async fn effect(
     user: Uuid,
     adding: Amount,
 ) -> Result<QuotaEffect, AppError> {
-    let (limits, used) = tenant_row(tx, tenant).await?.ok_or_else(no_quota)?;
-    let tenant_lines = lines(limits, used, adding);
-    let user_lines = match user_limits(tx, tenant, user).await? {
-        Some(l) => lines(l, user_usage(tx, tenant, user).await?, adding),
-        None => Vec::new(),
+    // One round trip: the tenant's row, the user's limits if any, and then their use.
+    let row: Option<EffectRow> = sqlx::query_as(
+        "SELECT t.max_vcpus, t.max_memory_mib, t.max_disk_gib, t.max_vms, t.used_vcpus,
+                t.used_memory_mib, t.used_disk_gib, t.used_vms,
+                u.max_vcpus AS user_max_vcpus, u.max_memory_mib AS user_max_memory_mib,
+                u.max_disk_gib AS user_max_disk_gib, u.max_vms AS user_max_vms,
+                l.vcpus AS user_vcpus, l.memory_mib AS user_memory_mib, l.disk_gib AS user_disk_gib,
+                l.vms AS user_vms
+         FROM tenant_quotas t
+         LEFT JOIN user_quotas u ON u.tenant_id = t.tenant_id AND u.user_id = $2
+         LEFT JOIN LATERAL (
+             SELECT coalesce(sum(vcpus), 0)::int8 AS vcpus, coalesce(sum(memory_mib), 0)::int8 AS memory_mib,
+                    coalesce(sum(disk_gib), 0)::int8 AS disk_gib, coalesce(sum(vms), 0)::int8 AS vms
+             FROM quota_ledger
+             WHERE u.user_id IS NOT NULL AND tenant_id = $1 AND user_id = $2 AND state <> 'released'
+         ) l ON true
+         WHERE t.tenant_id = $1",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let row = row.ok_or_else(no_quota)?;
+    let tenant_lines = lines(row.tenant.limits(), row.tenant.usage(), adding);
+    let user_lines = match (
+        row.user_max_vcpus,
+        row.user_max_memory_mib,
+        row.user_max_disk_gib,
+        row.user_max_vms,
+    ) {
+        (Some(max_vcpus), Some(max_memory_mib), Some(max_disk_gib), Some(max_vms)) => {
+            let limits = Limits {
+                max_vcpus,
+                max_memory_mib,
+                max_disk_gib,
+                max_vms,
+            };
+            let used = Usage {
+                vcpus: row.user_vcpus.unwrap_or(0),
+                memory_mib: row.user_memory_mib.unwrap_or(0),
+                disk_gib: row.user_disk_gib.unwrap_or(0),
+                vms: row.user_vms.unwrap_or(0),
+            };
+            lines(limits, used, adding)
+        }
+        _ => Vec::new(),
     };
     let overflow = overflow("tenant's", &tenant_lines).or_else(|| overflow("your", &user_lines));
     Ok(QuotaEffect {

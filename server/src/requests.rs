@@ -222,6 +222,14 @@ impl RequestRow {
     }
 }
 
+/// The requests waiting for the actor ($3) in the tenants they approve for ($2, or all with
+/// $1): pending, not their own, not yet approved by them at the current level. Whether they
+/// are listed at that level is the policy's to say.
+const AWAITING: &str = "r.state = 'pending_approval' AND ($1 OR r.tenant_id = ANY($2))
+    AND r.requester_id <> $3
+    AND NOT EXISTS (SELECT 1 FROM request_approvals a
+                    WHERE a.request_id = r.id AND a.level = r.level AND a.approver_id = $3)";
+
 const REQUEST_SELECT: &str = "
     SELECT r.id, r.tenant_id, t.name AS tenant_name, r.requester_id, u.email AS requester_email,
            r.template_id, tp.name AS template_name, r.size_name, r.vcpus, r.memory_mib, r.disk_gib,
@@ -859,7 +867,7 @@ impl Provisioning for ProvisioningBackend {
             .fetch_one(&mut *tx)
             .await
             .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        db::done(tx);
         Ok(Page {
             items: rows.iter().map(RequestRow::summary).collect(),
             page,
@@ -1194,10 +1202,7 @@ impl Provisioning for ProvisioningBackend {
         }
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let rows: Vec<RequestRow> = sqlx::query_as(&format!(
-            "{REQUEST_SELECT} WHERE r.state = 'pending_approval' AND ($1 OR r.tenant_id = ANY($2))
-               AND r.requester_id <> $3
-               AND NOT EXISTS (SELECT 1 FROM request_approvals a WHERE a.request_id = r.id AND a.level = r.level AND a.approver_id = $3)
-             ORDER BY r.created_at LIMIT 200"
+            "{REQUEST_SELECT} WHERE {AWAITING} ORDER BY r.created_at LIMIT 200"
         ))
         .bind(actor.fleet_admin)
         .bind(&tenants)
@@ -1260,6 +1265,38 @@ impl Provisioning for ProvisioningBackend {
             });
         }
         Ok(out)
+    }
+
+    async fn waiting_count(&self, req: &RequestCtx) -> Result<u32, AppError> {
+        let actor = req.actor()?;
+        let tenants = actor.approver_tenants();
+        if tenants.is_empty() && !actor.fleet_admin {
+            return Err(AppError::Forbidden);
+        }
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
+            "SELECT r.tenant_id, r.level FROM requests r WHERE {AWAITING}"
+        ))
+        .bind(actor.fleet_admin)
+        .bind(&tenants)
+        .bind(actor.user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        // The same eligibility as the inbox, each tenant's policy read once.
+        let mut policies = std::collections::HashMap::new();
+        let mut waiting = 0;
+        for (tenant, level) in rows {
+            if !policies.contains_key(&tenant) {
+                policies.insert(tenant, Policy::load(&mut tx, tenant).await?);
+            }
+            let eligible = level
+                .and_then(|l| policies[&tenant].level(l))
+                .is_some_and(|l| l.eligible(actor, tenant));
+            waiting += u32::from(eligible);
+        }
+        db::done(tx);
+        Ok(waiting)
     }
 
     async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError> {
@@ -1621,14 +1658,8 @@ impl Provisioning for ProvisioningBackend {
         db::arg(&mut args, search)?;
         db::arg(&mut args, &pattern)?;
         db::arg(&mut args, state)?;
-        let mut tx = db::begin(&self.pool, owners.scope()).await?;
-        // The filters are parameters that fold away in a custom plan, so PostgreSQL would keep
-        // re-planning this six-table query (2–4 ms) on every page; the generic plan serves
-        // every filter with the same indexes.
-        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-            .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        // A custom plan of this six-table query would be re-made on every page (2–4 ms).
+        let mut tx = db::begin_generic(&self.pool, owners.scope()).await?;
         let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
         let rows: Vec<VmRow> = sqlx::query_as_with(
             &format!(
@@ -1661,7 +1692,7 @@ impl Provisioning for ProvisioningBackend {
                 total
             }
         };
-        tx.commit().await.map_err(db::internal)?;
+        db::done(tx);
         let items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
         Ok(Page {
             items,

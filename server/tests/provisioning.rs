@@ -438,6 +438,9 @@ async fn approval_levels_rejection_and_cancellation() {
 
     let inbox = appr1.call("approval_inbox", &[]).await.unwrap();
     assert_eq!(inbox.as_array().unwrap().len(), 1, "{inbox}");
+    // The home page's count agrees with the inbox; the tenant admin is not listed at level 1.
+    assert_eq!(appr1.call("approvals_waiting", &[]).await.unwrap(), 1);
+    assert_eq!(boss.call("approvals_waiting", &[]).await.unwrap(), 0);
     assert_eq!(inbox[0]["effect"]["tenant"][0]["adding"], 4, "{inbox}");
     assert!(
         inbox[0]["placement"]
@@ -1050,6 +1053,10 @@ async fn catalog_visibility_and_authorization() {
         "requester sets policy",
     );
     assert_refused(&ann.call("approval_inbox", &[]).await, "requester inbox");
+    assert_refused(
+        &ann.call("approvals_waiting", &[]).await,
+        "requester's waiting count",
+    );
     // Nobody previews (or learns) another tenant's quota.
     let r = eve
         .call(

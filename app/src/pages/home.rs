@@ -74,7 +74,7 @@ fn HomeContent() -> impl IntoView {
 #[component]
 fn TenantDashboard() -> impl IntoView {
     use crate::pages::my_vms::lease_text;
-    use crate::provisioning::{approval_inbox, list_requests, my_quota, my_vms, state_badge};
+    use crate::provisioning::{approvals_waiting, list_requests, my_quota, my_vms, state_badge};
     let actor = use_actor();
     let pushed =
         crate::live::use_live(|e| e.kind == "domain" || e.kind == "request" || e.kind == "lagged");
@@ -85,7 +85,8 @@ fn TenantDashboard() -> impl IntoView {
             let vms = my_vms(1, false, String::new(), String::new(), String::new())
                 .await
                 .ok();
-            let requests = list_requests(1, false, String::new(), String::new(), String::new())
+            // In flight: filtered on the server, so none hides behind older ones.
+            let requests = list_requests(1, false, String::new(), "open".into(), String::new())
                 .await
                 .ok();
             let (approves, tenant) = match &a {
@@ -99,7 +100,7 @@ fn TenantDashboard() -> impl IntoView {
                 None => (false, None),
             };
             let waiting = if approves {
-                approval_inbox().await.map(|i| i.len()).ok()
+                approvals_waiting().await.ok()
             } else {
                 None
             };
@@ -118,9 +119,7 @@ fn TenantDashboard() -> impl IntoView {
                 if !member {
                     return None;
                 }
-                let in_flight: Vec<_> = requests.map(|p| p.items).unwrap_or_default().into_iter()
-                    .filter(|r| matches!(r.state.as_str(), "submitted" | "pending_approval" | "approved" | "provisioning"))
-                    .collect();
+                let in_flight = requests.map(|p| p.items).unwrap_or_default();
                 Some(view! {
                     <section class="card">
                         <div class="card-head"><h2>"Your VMs"</h2><a href="/vms">"All"</a></div>
