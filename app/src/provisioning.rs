@@ -546,7 +546,12 @@ pub async fn approval_inbox() -> Result<Vec<InboxItem>, AppError> {
 #[server(prefix = "/api", endpoint = "approvals_waiting")]
 pub async fn approvals_waiting() -> Result<u32, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.provisioning.waiting_count(&req).await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .waiting_count(&req)
+            .await,
+    )
 }
 
 // ---- quotas and policy ------------------------------------------------------------------

@@ -130,9 +130,13 @@ pub async fn begin_raw(pool: &PgPool, scope: Scope) -> Result<Tx, sqlx::Error> {
 /// PostgreSQL would re-plan its query on every call; the generic plan serves every filter
 /// with the same indexes.
 pub async fn begin_generic(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
-    begin_then(pool, scope, "; SET LOCAL plan_cache_mode = force_generic_plan")
-        .await
-        .map_err(internal)
+    begin_then(
+        pool,
+        scope,
+        "; SET LOCAL plan_cache_mode = force_generic_plan",
+    )
+    .await
+    .map_err(internal)
 }
 
 /// Ends a transaction that only read: its ROLLBACK then travels with the pool's own check of
@@ -242,7 +246,10 @@ mod tests {
         assert_eq!(mode("postgres://postgres@127.0.0.1:5432/x"), "Disable");
         assert_eq!(mode("postgres://postgres@localhost/x"), "Disable");
         assert_eq!(mode("postgres://postgres@[::1]:5432/x"), "Disable");
-        assert_eq!(mode("postgres://postgres@127.0.0.1/x?sslmode=require"), "Require");
+        assert_eq!(
+            mode("postgres://postgres@127.0.0.1/x?sslmode=require"),
+            "Require"
+        );
         assert_eq!(mode("postgres://postgres@db.example.com/x"), "Prefer");
     }
 }

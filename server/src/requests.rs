@@ -1287,8 +1287,8 @@ impl Provisioning for ProvisioningBackend {
         let mut policies = std::collections::HashMap::new();
         let mut waiting = 0;
         for (tenant, level) in rows {
-            if !policies.contains_key(&tenant) {
-                policies.insert(tenant, Policy::load(&mut tx, tenant).await?);
+            if let std::collections::hash_map::Entry::Vacant(e) = policies.entry(tenant) {
+                e.insert(Policy::load(&mut tx, tenant).await?);
             }
             let eligible = level
                 .and_then(|l| policies[&tenant].level(l))
