@@ -10,7 +10,7 @@
 //! load without the quota row: the control), and of the whole submission (waiting for a pooled
 //! connection and the final flush included), p50/p99/max; then the medians over the rounds.
 //!
-//! The pool has the server's default size (`--db-connections`, 16); `QUOTA_BENCH_POOL=60`
+//! The pool has the server's default size on 2 cores (`--db-connections`, 8); `QUOTA_BENCH_POOL=60`
 //! gives every other submission a connection of its own, so all of them run in PostgreSQL at
 //! once and compete for the two cores.
 use concierge::db::{self, Scope};
@@ -22,8 +22,8 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 const SUBMISSIONS: usize = 100;
-/// The server's default pool size; submissions beyond it wait for a connection.
-const POOL: u32 = 16;
+/// The server's default pool size on 2 cores; submissions beyond it wait for a connection.
+const POOL: u32 = 8;
 const LIMIT: i32 = 40;
 const ROUNDS: usize = 7;
 

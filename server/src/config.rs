@@ -27,8 +27,10 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// Maximum database connections.
-    #[arg(long, env = "CONCIERGE_DB_CONNECTIONS", default_value_t = 16)]
+    /// Maximum database connections; by default four per core, at least 8. More backends
+    /// than that only take turns on the same cores (16 on 2 cores served the home page
+    /// ~25 % slower than 8).
+    #[arg(long, env = "CONCIERGE_DB_CONNECTIONS", default_value_t = default_db_connections())]
     pub db_connections: u32,
 
     /// Directory holding the built site (`pkg/` with the WASM bundle and CSS).
@@ -134,6 +136,11 @@ pub struct Config {
     /// Seconds between lease checks (reminders, expiry, deletion, stale requests).
     #[arg(long, env = "CONCIERGE_LEASE_CHECK_SECONDS", default_value_t = 60)]
     pub lease_check_seconds: u64,
+}
+
+fn default_db_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores * 4).unwrap_or(u32::MAX).max(8)
 }
 
 impl Config {
