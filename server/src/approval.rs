@@ -34,6 +34,19 @@ pub struct Ask {
     pub lease_days: i32,
 }
 
+/// Tenants' policies, each read once, for lists that span tenants.
+#[derive(Default)]
+pub struct Policies(std::collections::HashMap<Uuid, Policy>);
+
+impl Policies {
+    pub async fn get(&mut self, tx: &mut Tx, tenant: Uuid) -> Result<&Policy, AppError> {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.0.entry(tenant) {
+            e.insert(Policy::load(tx, tenant).await?);
+        }
+        Ok(&self.0[&tenant])
+    }
+}
+
 impl Policy {
     pub async fn load(tx: &mut Tx, tenant: Uuid) -> Result<Policy, AppError> {
         // The policy and its levels in one round trip: a row per level, the policy's columns

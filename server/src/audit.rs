@@ -142,18 +142,15 @@ impl AuditTrail for AuditBackend {
                 "An e-mail address has at most 254 characters.",
             ));
         }
-        let order = match filter.sort.as_str() {
-            "" | "newest" => "a.at DESC, a.id DESC",
-            "oldest" => "a.at, a.id",
-            "action" => "a.action, a.at DESC, a.id DESC",
-            "actor" => "a.actor_email NULLS FIRST, a.at DESC, a.id DESC",
-            _ => {
-                return Err(AppError::field(
-                    "sort",
-                    "Sort by newest, oldest, action or actor.",
-                ))
-            }
-        };
+        let order = db::order_by(
+            &filter.sort,
+            &[
+                ("newest", "a.at DESC, a.id DESC"),
+                ("oldest", "a.at, a.id"),
+                ("action", "a.action, a.at DESC, a.id DESC"),
+                ("actor", "a.actor_email NULLS FIRST, a.at DESC, a.id DESC"),
+            ],
+        )?;
         let page = filter.page.max(1);
         // One query in fleet scope for every case: for a tenant admin the tenant filter below
         // is the authorisation (rows of no tenant never match it).

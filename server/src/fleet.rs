@@ -8,10 +8,9 @@ use crate::hypervisor::Hypervisors;
 use crate::hypervisor::{network, storage};
 use crate::metrics::Range;
 use app::error::AppError;
-use app::fleet::ChartUnit;
 use app::fleet::{
-    version_string, ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary,
-    NetworkInfo, OperationInfo, PoolInfo, VmDetail,
+    version_string, ChartUnit, ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter,
+    HostSummary, NetworkInfo, OperationInfo, PoolInfo, VmDetail,
 };
 use app::seam::{Fleet, RequestCtx};
 use app::Page;
@@ -581,25 +580,22 @@ impl Fleet for FleetBackend {
     ) -> Result<Page<HostSummary>, AppError> {
         req.fleet_admin()?;
         let page = filter.page.max(1);
-        let order = match filter.sort.as_str() {
-            "" | "name" => "h.name",
-            "state" => "h.state, h.name",
-            "memory" => "coalesce(d.memory, 0)::float8 / greatest(h.memory_kib, 1) DESC, h.name",
-            "domains" => "coalesce(d.n, 0) DESC, h.name",
-            _ => {
-                return Err(AppError::field(
-                    "sort",
-                    "Sort by name, memory, domains or state.",
-                ))
-            }
-        };
-        let state = filter.state.trim();
-        if !["", "connected", "lost", "connecting", "maintenance"].contains(&state) {
-            return Err(AppError::field(
-                "state",
-                format!("Unknown state \"{state}\"."),
-            ));
-        }
+        let order = db::order_by(
+            &filter.sort,
+            &[
+                ("name", "h.name"),
+                (
+                    "memory",
+                    "coalesce(d.memory, 0)::float8 / greatest(h.memory_kib, 1) DESC, h.name",
+                ),
+                ("domains", "coalesce(d.n, 0) DESC, h.name"),
+                ("state", "h.state, h.name"),
+            ],
+        )?;
+        let state = db::state_filter(
+            &filter.state,
+            ["connected", "lost", "connecting", "maintenance"],
+        )?;
         let (search, pattern) = db::search_pattern(&filter.search)?;
         let cond = "($1 = '' OR h.name ILIKE $2 OR EXISTS (SELECT 1 FROM unnest(h.labels) l WHERE l ILIKE $2))
              AND ($3 = '' OR ($3 = 'maintenance' AND h.maintenance) OR h.state = $3)";

@@ -1,7 +1,7 @@
 //! Requests and approvals, quotas and policy, and the VMs requests create: the backend of the
 //! `Provisioning` seam. Every state change writes its audit row and its request log line in
 //! the transaction that makes it.
-use crate::approval::{self, Ask, Policy};
+use crate::approval::{self, Ask, Policies, Policy};
 use crate::audit::{self, Event, Origin};
 use crate::catalog::{self, parse_days};
 use crate::clock::Clock;
@@ -115,6 +115,20 @@ pub fn vm_names(prefix: &str, count: i32) -> Vec<String> {
     } else {
         (1..=count).map(|i| format!("{prefix}-{i}")).collect()
     }
+}
+
+/// Whose requests the actor decides on, as the (every tenant, these tenants) pair the request
+/// filters take: fleet admins every tenant's, approvers and tenant admins their tenants';
+/// anyone else is refused.
+fn deciding(actor: &Actor) -> Result<(bool, Vec<Uuid>), AppError> {
+    if actor.fleet_admin {
+        return Ok((true, Vec::new()));
+    }
+    let tenants = actor.approver_tenants();
+    if tenants.is_empty() {
+        return Err(AppError::Forbidden);
+    }
+    Ok((false, tenants))
 }
 
 /// Members of the tenant learn they may not; everyone else that it does not exist.
@@ -798,38 +812,22 @@ impl Provisioning for ProvisioningBackend {
     ) -> Result<Page<RequestSummary>, AppError> {
         let actor = req.actor()?;
         let page = filter.page.max(1);
-        let order = match filter.sort.as_str() {
-            "" | "newest" => "r.created_at DESC, r.id",
-            "oldest" => "r.created_at, r.id",
-            "state" => "r.state, r.created_at DESC, r.id",
-            "template" => "tp.name, r.created_at DESC, r.id",
-            _ => {
-                return Err(AppError::field(
-                    "sort",
-                    "Sort by newest, oldest, state or template.",
-                ))
-            }
-        };
-        let state = filter.state.trim();
-        if !state.is_empty() && !REQUEST_STATES.iter().any(|(s, _)| *s == state) {
-            return Err(AppError::field(
-                "state",
-                format!("Unknown state \"{state}\"."),
-            ));
-        }
+        let order = db::order_by(
+            &filter.sort,
+            &[
+                ("newest", "r.created_at DESC, r.id"),
+                ("oldest", "r.created_at, r.id"),
+                ("state", "r.state, r.created_at DESC, r.id"),
+                ("template", "tp.name, r.created_at DESC, r.id"),
+            ],
+        )?;
+        let state = db::state_filter(&filter.state, REQUEST_STATES.map(|(s, _)| s))?;
         let (search, pattern) = db::search_pattern(&filter.search)?;
         // (any tenant, these tenants, only this requester): one filter for the list and its count.
         let (scope, any_tenant, tenants, requester) = if filter.all {
-            if actor.fleet_admin {
-                (Scope::fleet(), true, Vec::new(), None)
-            } else {
-                let t = actor.approver_tenants();
-                if t.is_empty() {
-                    return Err(AppError::Forbidden);
-                }
-                // Several tenants at once: the filter is the authorisation.
-                (Scope::fleet(), false, t, None)
-            }
+            // Several tenants at once: the filter is the authorisation.
+            let (any_tenant, tenants) = deciding(actor)?;
+            (Scope::fleet(), any_tenant, tenants, None)
         } else {
             let scope = Scope {
                 user: Some(actor.user_id),
@@ -1196,23 +1194,21 @@ impl Provisioning for ProvisioningBackend {
 
     async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError> {
         let actor = req.actor()?;
-        let tenants = actor.approver_tenants();
-        if tenants.is_empty() && !actor.fleet_admin {
-            return Err(AppError::Forbidden);
-        }
+        let (any_tenant, tenants) = deciding(actor)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let rows: Vec<RequestRow> = sqlx::query_as(&format!(
             "{REQUEST_SELECT} WHERE {AWAITING} ORDER BY r.created_at LIMIT 200"
         ))
-        .bind(actor.fleet_admin)
+        .bind(any_tenant)
         .bind(&tenants)
         .bind(actor.user_id)
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
         let mut out = Vec::new();
+        let mut policies = Policies::default();
         for r in rows {
-            let policy = Policy::load(&mut tx, r.tenant_id).await?;
+            let policy = policies.get(&mut tx, r.tenant_id).await?;
             let Some(level) = r.level.and_then(|l| policy.level(l)) else {
                 continue;
             };
@@ -1269,29 +1265,24 @@ impl Provisioning for ProvisioningBackend {
 
     async fn waiting_count(&self, req: &RequestCtx) -> Result<u32, AppError> {
         let actor = req.actor()?;
-        let tenants = actor.approver_tenants();
-        if tenants.is_empty() && !actor.fleet_admin {
-            return Err(AppError::Forbidden);
-        }
+        let (any_tenant, tenants) = deciding(actor)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
             "SELECT r.tenant_id, r.level FROM requests r WHERE {AWAITING}"
         ))
-        .bind(actor.fleet_admin)
+        .bind(any_tenant)
         .bind(&tenants)
         .bind(actor.user_id)
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        // The same eligibility as the inbox, each tenant's policy read once.
-        let mut policies = std::collections::HashMap::new();
+        // The same eligibility as the inbox.
+        let mut policies = Policies::default();
         let mut waiting = 0;
         for (tenant, level) in rows {
-            if let std::collections::hash_map::Entry::Vacant(e) = policies.entry(tenant) {
-                e.insert(Policy::load(&mut tx, tenant).await?);
-            }
+            let policy = policies.get(&mut tx, tenant).await?;
             let eligible = level
-                .and_then(|l| policies[&tenant].level(l))
+                .and_then(|l| policy.level(l))
                 .is_some_and(|l| l.eligible(actor, tenant));
             waiting += u32::from(eligible);
         }
@@ -1604,25 +1595,16 @@ impl Provisioning for ProvisioningBackend {
         let actor = req.actor()?;
         let page = filter.page.max(1);
         let now = self.now();
-        let order = match filter.sort.as_str() {
-            "" | "name" => "v.name, v.uuid",
-            "lease" => "v.lease_ends_at, v.name, v.uuid",
-            "created" => "v.created_at DESC, v.uuid",
-            "state" => "coalesce(d.state, v.phase), v.name, v.uuid",
-            _ => {
-                return Err(AppError::field(
-                    "sort",
-                    "Sort by name, lease, created or state.",
-                ))
-            }
-        };
-        let state = filter.state.trim();
-        if !state.is_empty() && !VM_STATES.contains(&state) {
-            return Err(AppError::field(
-                "state",
-                format!("Unknown state \"{state}\"."),
-            ));
-        }
+        let order = db::order_by(
+            &filter.sort,
+            &[
+                ("name", "v.name, v.uuid"),
+                ("lease", "v.lease_ends_at, v.name, v.uuid"),
+                ("created", "v.created_at DESC, v.uuid"),
+                ("state", "coalesce(d.state, v.phase), v.name, v.uuid"),
+            ],
+        )?;
+        let state = db::state_filter(&filter.state, VM_STATES)?;
         let (search, pattern) = db::search_pattern(&filter.search)?;
         let owners = if !filter.all {
             VmOwners::Own(actor.user_id)
