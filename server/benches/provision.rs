@@ -7,7 +7,8 @@
 //!   scripts/libvirtd   # once: libvirtd + QEMU
 //!   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p server --bench provision
 //!
-//! CONCIERGE_BENCH_URI picks another hypervisor (default qemu:///system); ROUNDS rounds.
+//! CONCIERGE_BENCH_URI picks another hypervisor (default qemu:///system), PROVISION_BENCH_WORKERS
+//! the number of job workers (default 8, the server's default); ROUNDS rounds.
 use concierge::clock::SystemClock;
 use concierge::config::Config;
 use concierge::Server;
@@ -100,7 +101,15 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("{base}/{name}");
     let mut config = Config::for_tests(&url);
     config.admin_password = Some("bench-admin-password".into());
-    config.job_workers = 8;
+    // The server's default (8) unless PROVISION_BENCH_WORKERS says otherwise.
+    if let Some(n) = std::env::var("PROVISION_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.job_workers = n;
+    } else {
+        config.job_workers = 8;
+    }
     // This machine has 2 cores: at the default overcommit (4) only 8 one-vCPU VMs fit, and
     // the other 12 would wait for room. The benchmark measures provisioning, not placement.
     config.vcpu_overcommit = 16.0;
@@ -275,6 +284,53 @@ async fn main() -> anyhow::Result<()> {
             pct(&secs, 1.0)
         );
         all.extend(secs);
+        // Where the time went: the median of each step, from the request log's lines.
+        let steps: Vec<(String, f64)> = sqlx::query_as(
+            "WITH t AS (SELECT e.request_id, e.kind, min(e.at) AS at FROM request_events e
+                        JOIN requests r ON r.id = e.request_id WHERE r.name_prefix LIKE $1
+                        GROUP BY 1, 2),
+                  s(kind, prev, ord) AS (VALUES ('placed', 'approved', 1), ('cloning', 'placed', 2),
+                        ('defining', 'cloning', 3), ('starting', 'defining', 4), ('running', 'starting', 5))
+             SELECT s.prev || ' → ' || s.kind,
+                    (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM b.at - a.at)))::float8
+             FROM s JOIN t b ON b.kind = s.kind JOIN t a ON a.kind = s.prev AND a.request_id = b.request_id
+             GROUP BY s.prev, s.kind, s.ord ORDER BY s.ord",
+        )
+        .bind(format!("bench-{round}-%"))
+        .fetch_all(&owner)
+        .await?;
+        let steps: Vec<String> = steps
+            .iter()
+            .map(|(step, secs)| format!("{step} {secs:.2} s"))
+            .collect();
+        let slowest: Vec<(String, f64)> = sqlx::query_as(
+            "WITH r AS (SELECT r.id FROM requests r JOIN request_events e ON e.request_id = r.id
+                        WHERE r.name_prefix LIKE $1 GROUP BY r.id
+                        ORDER BY max(e.at) FILTER (WHERE e.kind = 'running') - min(e.at) FILTER (WHERE e.kind = 'approved') DESC LIMIT 1),
+                  e AS (SELECT e.kind, e.at, lag(e.at) OVER (ORDER BY e.id) AS prev FROM request_events e JOIN r ON r.id = e.request_id)
+             SELECT kind, coalesce(extract(epoch FROM at - prev), 0)::float8 FROM e",
+        )
+        .bind(format!("bench-{round}-%"))
+        .fetch_all(&owner)
+        .await?;
+        let slowest: Vec<String> = slowest
+            .iter()
+            .map(|(kind, secs)| format!("{kind} +{secs:.2}"))
+            .collect();
+        println!("         slowest: {}", slowest.join(", "));
+        let (retried, waited): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM jobs j JOIN vms v ON v.uuid = j.key JOIN requests r ON r.id = v.request_id
+                     WHERE j.kind = 'provision' AND j.attempts > 1 AND r.name_prefix LIKE $1),
+                    (SELECT count(*) FROM request_events e JOIN requests r ON r.id = e.request_id
+                     WHERE e.kind = 'waiting' AND r.name_prefix LIKE $1)",
+        )
+        .bind(format!("bench-{round}-%"))
+        .fetch_one(&owner)
+        .await?;
+        println!(
+            "         step medians: {}; jobs retried: {retried}; waited for room: {waited}",
+            steps.join(", ")
+        );
         cleanup(&client, &owner, &host).await;
     }
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());

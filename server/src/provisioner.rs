@@ -7,7 +7,7 @@ use crate::audit::{self, Event, Origin};
 use crate::clock::Clock;
 use crate::db::{self, Scope};
 use crate::hypervisor::domain_xml::{self, DiskSpec, DomainXml};
-use crate::hypervisor::{inventory, storage, Hypervisors};
+use crate::hypervisor::{cpu_weight, inventory, storage, Hypervisors};
 use crate::jobs::{Handler, Job, Outcome};
 use crate::placement;
 use crate::quota::{self, Release};
@@ -273,6 +273,7 @@ impl Provisioner {
             owner: &owner,
             memory_mib,
             vcpus,
+            cpu_weight: cpu_weight::RUNNING,
             disks: &[DiskSpec {
                 path: disk_path,
                 format: "qcow2",
@@ -304,7 +305,7 @@ impl Provisioner {
             .call(host, move |conn| {
                 let dom = conn.lookup_domain_by_uuid(uuid)?;
                 if !dom.is_active()? {
-                    dom.create()?;
+                    cpu_weight::start(conn, &dom)?;
                 }
                 inventory::domain_facts(&dom, &HashMap::new())
             })

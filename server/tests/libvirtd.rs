@@ -986,6 +986,39 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
         1
     );
 
+    // It runs with the normal CPU weight (the start's larger one is over), in the live
+    // domain and its definition; a stop and a start through the portal end the same way.
+    let weights = move || {
+        on_libvirt(move |c| {
+            let d = c.lookup_domain_by_uuid(uuid).expect("domain");
+            let read = |flags| {
+                d.scheduler_parameters_flags(flags)
+                    .map(|s| s.cpu_shares)
+                    .unwrap_or_else(|e| panic!("weights: {}", e.message()))
+            };
+            (
+                read(virt_sys::VIR_DOMAIN_AFFECT_LIVE),
+                read(virt_sys::VIR_DOMAIN_AFFECT_CONFIG),
+            )
+        })
+    };
+    let normal = Some(concierge::hypervisor::cpu_weight::RUNNING);
+    assert_eq!(weights().await, (normal, normal));
+    for action in ["force_off", "start"] {
+        ann.call(
+            "vm_action",
+            &[
+                ("host_id", &host),
+                ("uuid", &uuid.to_string()),
+                ("action", action),
+                ("confirm", ""),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{action}: {e:?}"));
+    }
+    assert_eq!(weights().await, (normal, normal), "after a restart");
+
     // The owner deletes it: domain, disk and quota go.
     let t0 = Instant::now();
     ann.call(

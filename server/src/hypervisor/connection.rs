@@ -8,6 +8,7 @@ use crate::metrics::{self, Sampler};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 use uuid::Uuid;
@@ -30,6 +31,12 @@ pub enum Command {
     FullReconcile(oneshot::Sender<Result<ReconcileReport, String>>),
     /// Run a lifecycle action on one domain; the reply carries libvirt's error, if any.
     Lifecycle(Uuid, Action, oneshot::Sender<Result<(), String>>),
+    /// A lifecycle action ended (on its own thread): re-read the domain, then answer.
+    Acted(
+        Uuid,
+        Result<(), String>,
+        oneshot::Sender<Result<(), String>>,
+    ),
     /// Run arbitrary libvirt work on this host's connection (storage, networks); the closure
     /// answers through its own channel.
     Call(Job),
@@ -84,7 +91,7 @@ impl Action {
 fn run_action(conn: &Connect, uuid: Uuid, action: Action) -> Result<(), virt::error::Error> {
     let dom = conn.lookup_domain_by_uuid(uuid)?;
     match action {
-        Action::Start => dom.create().map(|_| ()),
+        Action::Start => super::cpu_weight::start(conn, &dom),
         Action::Shutdown => dom.shutdown().map(|_| ()),
         Action::Reboot => dom.reboot(0).map(|_| ()),
         Action::ForceOff => dom.destroy().map(|_| ()),
@@ -119,8 +126,13 @@ pub struct HostSpec {
 const ALIVE_EVERY: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The connection an actor holds while connected. Calls clone it and run on their own
+/// threads, so they never queue behind the actor's own work (reconciles, refreshes).
+pub type Live = Arc<Mutex<Option<Connect>>>;
+
 pub fn spawn(
     spec: HostSpec,
+    live: Live,
     pool: PgPool,
     rt: tokio::runtime::Handle,
     events_tx: UnboundedSender<DomainEvent>,
@@ -132,6 +144,7 @@ pub fn spawn(
         .spawn(move || {
             Actor {
                 spec,
+                live,
                 pool,
                 rt,
                 events_tx,
@@ -147,6 +160,7 @@ pub fn spawn(
 
 struct Actor {
     spec: HostSpec,
+    live: Live,
     pool: PgPool,
     rt: tokio::runtime::Handle,
     events_tx: UnboundedSender<DomainEvent>,
@@ -190,6 +204,9 @@ impl Actor {
                                 let _ =
                                     reply.send(Err(format!("host unreachable: {}", e.message())));
                             }
+                            Ok(Command::Acted(_, result, reply)) => {
+                                let _ = reply.send(result);
+                            }
                             Ok(Command::Reconcile(reply)) | Ok(Command::FullReconcile(reply)) => {
                                 let _ =
                                     reply.send(Err(format!("host unreachable: {}", e.message())));
@@ -215,6 +232,7 @@ impl Actor {
         });
         let subscription =
             events::subscribe_lifecycle(&conn, self.spec.id, self.events_tx.clone()).ok();
+        *self.live.lock().expect("live connection lock") = Some(conn.clone());
         self.set_state("connected", None);
         // After every (re)connect: a full reconcile against what the database holds.
         self.known = self
@@ -293,9 +311,23 @@ impl Actor {
                         tracing::warn!(error = %e, "could not start a libvirt call thread");
                     }
                 }
+                // The action (a destroy takes seconds) runs on its own thread; the row is
+                // re-read here, in order with events and reconciles, before the caller hears.
                 Ok(Command::Lifecycle(uuid, action, reply)) => {
-                    let result =
-                        run_action(&conn, uuid, action).map_err(|e| e.message().to_string());
+                    let (shared, me) = (conn.clone(), self.me.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("libvirt-action".into())
+                        .spawn(move || {
+                            let result = run_action(&shared, uuid, action)
+                                .map_err(|e| e.message().to_string());
+                            events::close(shared);
+                            let _ = me.send(Command::Acted(uuid, result, reply));
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "could not start a libvirt action thread");
+                    }
+                }
+                Ok(Command::Acted(uuid, result, reply)) => {
                     // The row follows at once (events also arrive, but not every driver sends them).
                     self.refresh_domain(&conn, uuid);
                     let _ = reply.send(result);
@@ -313,6 +345,9 @@ impl Actor {
                 Err(RecvTimeoutError::Timeout) => {}
             }
         };
+        if let Some(shared) = self.live.lock().expect("live connection lock").take() {
+            events::close(shared);
+        }
         if let Some(id) = subscription {
             events::unsubscribe_lifecycle(&conn, id);
         }

@@ -79,6 +79,8 @@ pub struct DomainXml<'a> {
     pub owner: &'a str,
     pub memory_mib: u64,
     pub vcpus: u32,
+    /// `cpu_weight::RUNNING`: a start raises it while QEMU starts (see `cpu_weight`).
+    pub cpu_weight: u64,
     pub disks: &'a [DiskSpec],
     pub user_network: bool,
     /// The host is itself a VM: nested KVM cannot pass the `arch-capabilities` MSR through
@@ -133,6 +135,7 @@ mod tests {
             owner: "ann@example.com",
             memory_mib: 512,
             vcpus: 2,
+            cpu_weight: crate::hypervisor::cpu_weight::RUNNING,
             disks: &[DiskSpec {
                 path: "/var/lib/libvirt/images/web-1.qcow2".into(),
                 format: "qcow2",
@@ -156,6 +159,7 @@ mod tests {
             owner: "o",
             memory_mib: 64,
             vcpus: 1,
+            cpu_weight: crate::hypervisor::cpu_weight::RUNNING,
             disks: &[],
             user_network: false,
             nested: true,
@@ -237,6 +241,7 @@ mod tests {
             owner: "o",
             memory_mib: 64,
             vcpus: 1,
+            cpu_weight: crate::hypervisor::cpu_weight::RUNNING,
             disks: &[],
             user_network: false,
             nested: false,

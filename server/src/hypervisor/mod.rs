@@ -1,6 +1,7 @@
 //! libvirt hosts: one actor per host (see `connection`), the lifecycle-event writer, and the
 //! registry the rest of the server talks to.
 pub mod connection;
+pub mod cpu_weight;
 pub mod domain_xml;
 pub mod events;
 pub mod inventory;
@@ -20,12 +21,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+/// A host actor's command channel, and the connection it holds while connected.
+#[derive(Clone)]
+struct Link {
+    sender: std::sync::mpsc::Sender<Command>,
+    live: connection::Live,
+}
+
 pub struct Hypervisors {
     pool: PgPool,
     reconcile_every: Duration,
     /// Metrics sampling period of each host; None samples nothing (benchmarks).
     sample_every: Option<Duration>,
-    hosts: Mutex<HashMap<Uuid, std::sync::mpsc::Sender<Command>>>,
+    hosts: Mutex<HashMap<Uuid, Link>>,
     events_tx: mpsc::UnboundedSender<DomainEvent>,
     /// Event → row-updated delays, for the benchmark (bounded).
     pub event_latencies: Mutex<Vec<Duration>>,
@@ -65,6 +73,7 @@ impl Hypervisors {
     }
 
     pub fn start(&self, id: Uuid, uri: String) {
+        let live = connection::Live::default();
         let sender = connection::spawn(
             HostSpec {
                 id,
@@ -72,23 +81,29 @@ impl Hypervisors {
                 reconcile_every: self.reconcile_every,
                 sample_every: self.sample_every,
             },
+            live.clone(),
             self.pool.clone(),
             tokio::runtime::Handle::current(),
             self.events_tx.clone(),
         );
-        if let Some(old) = self.hosts.lock().expect("hosts lock").insert(id, sender) {
-            let _ = old.send(Command::Stop);
+        let link = Link { sender, live };
+        if let Some(old) = self.hosts.lock().expect("hosts lock").insert(id, link) {
+            let _ = old.sender.send(Command::Stop);
         }
     }
 
     pub fn stop(&self, id: Uuid) {
         if let Some(old) = self.hosts.lock().expect("hosts lock").remove(&id) {
-            let _ = old.send(Command::Stop);
+            let _ = old.sender.send(Command::Stop);
         }
     }
 
-    fn sender(&self, id: Uuid) -> Option<std::sync::mpsc::Sender<Command>> {
+    fn link(&self, id: Uuid) -> Option<Link> {
         self.hosts.lock().expect("hosts lock").get(&id).cloned()
+    }
+
+    fn sender(&self, id: Uuid) -> Option<std::sync::mpsc::Sender<Command>> {
+        self.link(id).map(|l| l.sender)
     }
 
     /// A reconcile of one host, now (only differences are written).
@@ -138,13 +153,26 @@ impl Hypervisors {
         out
     }
 
-    /// Runs `f` on the host's actor thread with its connection (never on the executor).
+    /// Runs `f` with the host's connection on a blocking thread (never on the executor, never
+    /// queued behind the host actor's own work).
     pub async fn call<T: Send + 'static>(
         &self,
         host: Uuid,
         f: impl FnOnce(&virt::connect::Connect) -> Result<T, virt::error::Error> + Send + 'static,
     ) -> Result<T, String> {
-        let sender = self.sender(host).ok_or("the host is not connected")?;
+        let link = self.link(host).ok_or("the host is not connected")?;
+        let shared = link.live.lock().expect("live connection lock").clone();
+        if let Some(conn) = shared {
+            return tokio::task::spawn_blocking(move || {
+                let result = f(&conn).map_err(|e| e.message().to_string());
+                events::close(conn);
+                result
+            })
+            .await
+            .map_err(|_| "a libvirt call panicked".to_string())?;
+        }
+        // Not connected: the actor answers (unreachable) while it waits to reconnect.
+        let sender = link.sender;
         let (tx, rx) = oneshot::channel();
         let job = Box::new(move |conn: Option<&virt::connect::Connect>| {
             let result = match conn {
@@ -176,7 +204,7 @@ impl Hypervisors {
 
     pub fn stop_all(&self) {
         for (_, s) in self.hosts.lock().expect("hosts lock").drain() {
-            let _ = s.send(Command::Stop);
+            let _ = s.sender.send(Command::Stop);
         }
     }
 }
