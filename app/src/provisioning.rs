@@ -113,6 +113,17 @@ pub struct QuotaEffect {
     pub overflow: Option<String>,
 }
 
+/// The home page's panels, read in one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HomePanels {
+    pub vms: Page<ManagedVm>,
+    pub requests: Page<RequestSummary>,
+    /// Requests waiting for this actor's decision; None for those who approve nothing.
+    pub waiting: Option<u32>,
+    /// The quota of the first tenant the actor may request in, with its name.
+    pub quota: Option<(String, QuotaEffect)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestSummary {
     pub id: Uuid,
@@ -541,6 +552,12 @@ pub async fn decide_request(
 pub async fn approval_inbox() -> Result<Vec<InboxItem>, AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(crate::seam::backend()?.provisioning.inbox(&req).await)
+}
+
+#[server(prefix = "/api", endpoint = "home_panels")]
+pub async fn read_home_panels() -> Result<HomePanels, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.provisioning.home(&req).await)
 }
 
 #[server(prefix = "/api", endpoint = "approvals_waiting")]

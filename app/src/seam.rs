@@ -7,7 +7,7 @@ use crate::fleet::{
     ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary, VmDetail,
 };
 use crate::provisioning::{
-    InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
+    HomePanels, InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
     RequestFilter, RequestForm, RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
     VmFilter,
 };
@@ -313,6 +313,9 @@ pub trait Provisioning: Send + Sync + 'static {
     async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError>;
     /// How many requests the inbox holds, without what it shows of each.
     async fn waiting_count(&self, req: &RequestCtx) -> Result<u32, AppError>;
+    /// The home page's panels for a member: their VMs, their requests in flight, what waits
+    /// for their approval (approvers only) and the quota of the first tenant they request in.
+    async fn home(&self, req: &RequestCtx) -> Result<HomePanels, AppError>;
     async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError>;
     async fn set_quota(
         &self,

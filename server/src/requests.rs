@@ -14,7 +14,7 @@ use crate::quota::{self, Amount, Release};
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{
-    InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
+    HomePanels, InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
     RequestEvent, RequestFilter, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota,
     VmFilter, REQUEST_STATES,
 };
@@ -65,18 +65,6 @@ enum VmOwners {
 }
 
 impl VmOwners {
-    /// Row-level security by user for one's own VMs; otherwise a fleet-scoped transaction
-    /// whose SQL filter is the authorization.
-    fn scope(&self) -> Scope {
-        match self {
-            VmOwners::Own(user) => Scope {
-                user: Some(*user),
-                ..Scope::default()
-            },
-            _ => Scope::fleet(),
-        }
-    }
-
     /// The condition on `$1`, one statement per kind rather than one with
     /// `owner = $1 OR tenant = ANY($2) OR $3`: a generic plan of that must serve all three and
     /// walks the whole name index to find a user's few VMs (5 ms at 10,000 VMs).
@@ -651,6 +639,104 @@ impl ProvisioningBackend {
     }
 }
 
+impl ProvisioningBackend {
+    /// A page of VMs inside the caller's transaction, which sets the generic plan (see
+    /// `vms`): the owners' condition is the authorisation, whatever the transaction's scope.
+    async fn vms_in(
+        &self,
+        tx: &mut Tx,
+        actor: &Actor,
+        filter: VmFilter,
+    ) -> Result<Page<ManagedVm>, AppError> {
+        let page = filter.page.max(1);
+        let now = self.now();
+        let order = db::order_by(
+            &filter.sort,
+            &[
+                ("name", "v.name, v.uuid"),
+                ("lease", "v.lease_ends_at, v.name, v.uuid"),
+                ("created", "v.created_at DESC, v.uuid"),
+                ("state", "coalesce(d.state, v.phase), v.name, v.uuid"),
+            ],
+        )?;
+        let state = db::state_filter(&filter.state, VM_STATES)?;
+        let (search, pattern) = db::search_pattern(&filter.search)?;
+        let owners = if !filter.all {
+            VmOwners::Own(actor.user_id)
+        } else if actor.fleet_admin {
+            VmOwners::Everything
+        } else {
+            let tenants: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
+            if tenants.is_empty() {
+                return Err(AppError::Forbidden);
+            }
+            VmOwners::Tenants(tenants)
+        };
+        // The page is chosen from `vms` alone (its indexes serve the name, lease and newest
+        // orders), joining the domains only to filter or sort by state; the 50 rows are then
+        // read with everything the list shows.
+        let by_state = !state.is_empty() || filter.sort == "state";
+        let (domains_join, state_cond) = if by_state {
+            (
+                "LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL",
+                "($4 = '' OR coalesce(d.state, v.phase) = $4)",
+            )
+        } else {
+            ("", "$4 = ''")
+        };
+        let from_where = format!(
+            "FROM vms v {domains_join}
+             WHERE {} AND v.deleted_at IS NULL
+               AND ($2 = '' OR v.name ILIKE $3) AND {state_cond}",
+            owners.condition()
+        );
+        let mut args = sqlx::postgres::PgArguments::default();
+        owners.bind(&mut args)?;
+        db::arg(&mut args, search)?;
+        db::arg(&mut args, &pattern)?;
+        db::arg(&mut args, state)?;
+        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+        let rows: Vec<VmRow> = sqlx::query_as_with(
+            &format!(
+                "{VM_SELECT} WHERE v.uuid IN (SELECT v.uuid {from_where} ORDER BY {order} {limit})
+                 ORDER BY {order}"
+            ),
+            page_args,
+        )
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+        let key = VmCountKey {
+            owners,
+            search: search.to_string(),
+            state: state.to_string(),
+        };
+        // Read before counting: an event during the count leaves the entry stale, not wrong.
+        let generation = self
+            .live_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let total = match self.vm_counts.get(&key).await {
+            Some((at, total)) if at == generation => total,
+            _ => {
+                let total: i64 =
+                    sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
+                        .fetch_one(&mut **tx)
+                        .await
+                        .map_err(db::internal)?;
+                self.vm_counts.insert(key, (generation, total)).await;
+                total
+            }
+        };
+        let items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
+        Ok(Page {
+            items,
+            page,
+            per_page: PER_PAGE,
+            total,
+        })
+    }
+}
+
 #[async_trait]
 impl Provisioning for ProvisioningBackend {
     async fn preview(&self, req: &RequestCtx, form: RequestForm) -> Result<QuotaEffect, AppError> {
@@ -811,67 +897,19 @@ impl Provisioning for ProvisioningBackend {
         filter: RequestFilter,
     ) -> Result<Page<RequestSummary>, AppError> {
         let actor = req.actor()?;
-        let page = filter.page.max(1);
-        let order = db::order_by(
-            &filter.sort,
-            &[
-                ("newest", "r.created_at DESC, r.id"),
-                ("oldest", "r.created_at, r.id"),
-                ("state", "r.state, r.created_at DESC, r.id"),
-                ("template", "tp.name, r.created_at DESC, r.id"),
-            ],
-        )?;
-        let state = db::state_filter(&filter.state, REQUEST_STATES.map(|(s, _)| s))?;
-        let (search, pattern) = db::search_pattern(&filter.search)?;
-        // (any tenant, these tenants, only this requester): one filter for the list and its count.
-        let (scope, any_tenant, tenants, requester) = if filter.all {
+        let scope = if filter.all {
             // Several tenants at once: the filter is the authorisation.
-            let (any_tenant, tenants) = deciding(actor)?;
-            (Scope::fleet(), any_tenant, tenants, None)
+            Scope::fleet()
         } else {
-            let scope = Scope {
+            Scope {
                 user: Some(actor.user_id),
                 ..Scope::default()
-            };
-            (scope, true, Vec::new(), Some(actor.user_id))
+            }
         };
-        let from_where = "FROM requests r JOIN users u ON u.id = r.requester_id
-             JOIN templates tp ON tp.id = r.template_id
-             WHERE ($1 OR r.tenant_id = ANY($2)) AND ($3::uuid IS NULL OR r.requester_id = $3)
-               AND ($4 = '' OR r.name_prefix ILIKE $5 OR tp.name ILIKE $5 OR u.email ILIKE $5
-                    OR r.purpose ILIKE $5)
-               AND ($6 = '' OR r.state = $6 OR ($6 = 'open'
-                    AND r.state IN ('submitted', 'pending_approval', 'approved', 'provisioning')))";
-        let mut args = sqlx::postgres::PgArguments::default();
-        db::arg(&mut args, any_tenant)?;
-        db::arg(&mut args, &tenants)?;
-        db::arg(&mut args, requester)?;
-        db::arg(&mut args, search)?;
-        db::arg(&mut args, &pattern)?;
-        db::arg(&mut args, state)?;
-        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
         let mut tx = db::begin(&self.pool, scope).await?;
-        let rows: Vec<RequestRow> = sqlx::query_as_with(
-            &format!(
-                "{REQUEST_SELECT} WHERE r.id IN (SELECT r.id {from_where} ORDER BY {order} {limit})
-                 ORDER BY {order}"
-            ),
-            page_args,
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        let total: i64 = sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        let page = requests_in(&mut tx, actor, filter).await?;
         db::done(tx);
-        Ok(Page {
-            items: rows.iter().map(RequestRow::summary).collect(),
-            page,
-            per_page: PER_PAGE,
-            total,
-        })
+        Ok(page)
     }
 
     async fn request(&self, req: &RequestCtx, id: Uuid) -> Result<RequestDetail, AppError> {
@@ -1263,29 +1301,55 @@ impl Provisioning for ProvisioningBackend {
         Ok(out)
     }
 
+    async fn home(&self, req: &RequestCtx) -> Result<HomePanels, AppError> {
+        let actor = req.actor()?;
+        let approves = actor.fleet_admin || !actor.approver_tenants().is_empty();
+        let tenant = actor
+            .memberships
+            .iter()
+            .find(|m| actor.may_request(m.tenant_id))
+            .map(|m| (m.tenant_id, m.tenant_name.clone()));
+        // One transaction for the four panels (it was four, one per panel). It sees every
+        // tenant because the waiting count spans the tenants the actor approves for; each
+        // query's own filter (owner, requester, tenant) is the authorisation, as in the lists.
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let open = RequestFilter {
+            page: 1,
+            state: "open".into(),
+            ..RequestFilter::default()
+        };
+        let requests = requests_in(&mut tx, actor, open).await?;
+        let waiting = if approves {
+            Some(waiting_in(&mut tx, actor).await?)
+        } else {
+            None
+        };
+        let quota = match tenant {
+            Some((t, name)) => Some((
+                name,
+                quota::effect(&mut tx, t, actor.user_id, Amount::default()).await?,
+            )),
+            None => None,
+        };
+        // The VM list's generic plan (see `vms`), for the rest of this transaction only.
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        let vms = self.vms_in(&mut tx, actor, VmFilter::default()).await?;
+        db::done(tx);
+        Ok(HomePanels {
+            vms,
+            requests,
+            waiting,
+            quota,
+        })
+    }
+
     async fn waiting_count(&self, req: &RequestCtx) -> Result<u32, AppError> {
         let actor = req.actor()?;
-        let (any_tenant, tenants) = deciding(actor)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
-            "SELECT r.tenant_id, r.level FROM requests r WHERE {AWAITING}"
-        ))
-        .bind(any_tenant)
-        .bind(&tenants)
-        .bind(actor.user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        // The same eligibility as the inbox.
-        let mut policies = Policies::default();
-        let mut waiting = 0;
-        for (tenant, level) in rows {
-            let policy = policies.get(&mut tx, tenant).await?;
-            let eligible = level
-                .and_then(|l| policy.level(l))
-                .is_some_and(|l| l.eligible(actor, tenant));
-            waiting += u32::from(eligible);
-        }
+        let waiting = waiting_in(&mut tx, actor).await?;
         db::done(tx);
         Ok(waiting)
     }
@@ -1593,95 +1657,19 @@ impl Provisioning for ProvisioningBackend {
 
     async fn vms(&self, req: &RequestCtx, filter: VmFilter) -> Result<Page<ManagedVm>, AppError> {
         let actor = req.actor()?;
-        let page = filter.page.max(1);
-        let now = self.now();
-        let order = db::order_by(
-            &filter.sort,
-            &[
-                ("name", "v.name, v.uuid"),
-                ("lease", "v.lease_ends_at, v.name, v.uuid"),
-                ("created", "v.created_at DESC, v.uuid"),
-                ("state", "coalesce(d.state, v.phase), v.name, v.uuid"),
-            ],
-        )?;
-        let state = db::state_filter(&filter.state, VM_STATES)?;
-        let (search, pattern) = db::search_pattern(&filter.search)?;
-        let owners = if !filter.all {
-            VmOwners::Own(actor.user_id)
-        } else if actor.fleet_admin {
-            VmOwners::Everything
+        let scope = if filter.all {
+            Scope::fleet()
         } else {
-            let tenants: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
-            if tenants.is_empty() {
-                return Err(AppError::Forbidden);
+            Scope {
+                user: Some(actor.user_id),
+                ..Scope::default()
             }
-            VmOwners::Tenants(tenants)
         };
-        // The page is chosen from `vms` alone (its indexes serve the name, lease and newest
-        // orders), joining the domains only to filter or sort by state; the 50 rows are then
-        // read with everything the list shows.
-        let by_state = !state.is_empty() || filter.sort == "state";
-        let (domains_join, state_cond) = if by_state {
-            (
-                "LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL",
-                "($4 = '' OR coalesce(d.state, v.phase) = $4)",
-            )
-        } else {
-            ("", "$4 = ''")
-        };
-        let from_where = format!(
-            "FROM vms v {domains_join}
-             WHERE {} AND v.deleted_at IS NULL
-               AND ($2 = '' OR v.name ILIKE $3) AND {state_cond}",
-            owners.condition()
-        );
-        let mut args = sqlx::postgres::PgArguments::default();
-        owners.bind(&mut args)?;
-        db::arg(&mut args, search)?;
-        db::arg(&mut args, &pattern)?;
-        db::arg(&mut args, state)?;
         // A custom plan of this six-table query would be re-made on every page (2–4 ms).
-        let mut tx = db::begin_generic(&self.pool, owners.scope()).await?;
-        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
-        let rows: Vec<VmRow> = sqlx::query_as_with(
-            &format!(
-                "{VM_SELECT} WHERE v.uuid IN (SELECT v.uuid {from_where} ORDER BY {order} {limit})
-                 ORDER BY {order}"
-            ),
-            page_args,
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        let key = VmCountKey {
-            owners,
-            search: search.to_string(),
-            state: state.to_string(),
-        };
-        // Read before counting: an event during the count leaves the entry stale, not wrong.
-        let generation = self
-            .live_generation
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let total = match self.vm_counts.get(&key).await {
-            Some((at, total)) if at == generation => total,
-            _ => {
-                let total: i64 =
-                    sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db::internal)?;
-                self.vm_counts.insert(key, (generation, total)).await;
-                total
-            }
-        };
+        let mut tx = db::begin_generic(&self.pool, scope).await?;
+        let page = self.vms_in(&mut tx, actor, filter).await?;
         db::done(tx);
-        let items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
-        Ok(Page {
-            items,
-            page,
-            per_page: PER_PAGE,
-            total,
-        })
+        Ok(page)
     }
 
     async fn cpu_sparkline(&self, req: &RequestCtx, uuid: Uuid) -> Result<String, AppError> {
@@ -1812,6 +1800,95 @@ impl ProvisioningBackend {
     pub fn clock_now(&self) -> OffsetDateTime {
         self.now()
     }
+}
+
+/// The actor's own requests, or (`all`) those of every tenant they decide for, inside the
+/// caller's transaction: the filter is the authorisation, whatever the transaction's scope.
+async fn requests_in(
+    tx: &mut db::Tx,
+    actor: &Actor,
+    filter: RequestFilter,
+) -> Result<Page<RequestSummary>, AppError> {
+    let page = filter.page.max(1);
+    let order = db::order_by(
+        &filter.sort,
+        &[
+            ("newest", "r.created_at DESC, r.id"),
+            ("oldest", "r.created_at, r.id"),
+            ("state", "r.state, r.created_at DESC, r.id"),
+            ("template", "tp.name, r.created_at DESC, r.id"),
+        ],
+    )?;
+    let state = db::state_filter(&filter.state, REQUEST_STATES.map(|(s, _)| s))?;
+    let (search, pattern) = db::search_pattern(&filter.search)?;
+    // (any tenant, these tenants, only this requester): one filter for the list and its count.
+    let (any_tenant, tenants, requester) = if filter.all {
+        let (any_tenant, tenants) = deciding(actor)?;
+        (any_tenant, tenants, None)
+    } else {
+        (true, Vec::new(), Some(actor.user_id))
+    };
+    let from_where = "FROM requests r JOIN users u ON u.id = r.requester_id
+             JOIN templates tp ON tp.id = r.template_id
+             WHERE ($1 OR r.tenant_id = ANY($2)) AND ($3::uuid IS NULL OR r.requester_id = $3)
+               AND ($4 = '' OR r.name_prefix ILIKE $5 OR tp.name ILIKE $5 OR u.email ILIKE $5
+                    OR r.purpose ILIKE $5)
+               AND ($6 = '' OR r.state = $6 OR ($6 = 'open'
+                    AND r.state IN ('submitted', 'pending_approval', 'approved', 'provisioning')))";
+    let mut args = sqlx::postgres::PgArguments::default();
+    db::arg(&mut args, any_tenant)?;
+    db::arg(&mut args, &tenants)?;
+    db::arg(&mut args, requester)?;
+    db::arg(&mut args, search)?;
+    db::arg(&mut args, &pattern)?;
+    db::arg(&mut args, state)?;
+    let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+    let rows: Vec<RequestRow> = sqlx::query_as_with(
+        &format!(
+            "{REQUEST_SELECT} WHERE r.id IN (SELECT r.id {from_where} ORDER BY {order} {limit})
+                 ORDER BY {order}"
+        ),
+        page_args,
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let total: i64 = sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db::internal)?;
+    Ok(Page {
+        items: rows.iter().map(RequestRow::summary).collect(),
+        page,
+        per_page: PER_PAGE,
+        total,
+    })
+}
+
+/// How many requests wait for this actor's decision, inside the caller's transaction (which
+/// must see every tenant: the filter is the authorisation).
+async fn waiting_in(tx: &mut db::Tx, actor: &Actor) -> Result<u32, AppError> {
+    let (any_tenant, tenants) = deciding(actor)?;
+    let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
+        "SELECT r.tenant_id, r.level FROM requests r WHERE {AWAITING}"
+    ))
+    .bind(any_tenant)
+    .bind(&tenants)
+    .bind(actor.user_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    // The same eligibility as the inbox.
+    let mut policies = Policies::default();
+    let mut waiting = 0;
+    for (tenant, level) in rows {
+        let policy = policies.get(tx, tenant).await?;
+        let eligible = level
+            .and_then(|l| policy.level(l))
+            .is_some_and(|l| l.eligible(actor, tenant));
+        waiting += u32::from(eligible);
+    }
+    Ok(waiting)
 }
 
 #[cfg(test)]

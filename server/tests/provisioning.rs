@@ -441,6 +441,27 @@ async fn approval_levels_rejection_and_cancellation() {
     // The home page's count agrees with the inbox; the tenant admin is not listed at level 1.
     assert_eq!(appr1.call("approvals_waiting", &[]).await.unwrap(), 1);
     assert_eq!(boss.call("approvals_waiting", &[]).await.unwrap(), 0);
+    // The home page's panels, read in one call, say the same, and each sees only their own.
+    let home = appr1.call("home_panels", &[]).await.unwrap();
+    assert_eq!(home["waiting"], 1, "{home}");
+    let home = ann.call("home_panels", &[]).await.unwrap();
+    assert_eq!(
+        home["waiting"],
+        serde_json::Value::Null,
+        "a requester approves nothing"
+    );
+    assert_eq!(home["requests"]["total"], 1, "{home}");
+    assert_eq!(home["requests"]["items"][0]["id"], id.as_str(), "{home}");
+    assert_eq!(home["quota"][1]["tenant"][0]["resource"], "vcpus", "{home}");
+    let home = eve.call("home_panels", &[]).await.unwrap();
+    assert_eq!(
+        home["requests"]["total"], 0,
+        "another tenant's member: {home}"
+    );
+    assert_eq!(
+        bob.call("home_panels", &[]).await.unwrap()["requests"]["total"],
+        0
+    );
     assert_eq!(inbox[0]["effect"]["tenant"][0]["adding"], 4, "{inbox}");
     assert!(
         inbox[0]["placement"]

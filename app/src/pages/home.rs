@@ -74,41 +74,25 @@ fn HomeContent() -> impl IntoView {
 #[component]
 fn TenantDashboard() -> impl IntoView {
     use crate::pages::my_vms::lease_text;
-    use crate::provisioning::{approvals_waiting, list_requests, my_quota, my_vms, state_badge};
+    use crate::provisioning::{read_home_panels, state_badge};
     let actor = use_actor();
     let pushed =
         crate::live::use_live(|e| e.kind == "domain" || e.kind == "request" || e.kind == "lagged");
+    // One call, one transaction for the four panels.
     let data = Resource::new(
         move || pushed.get(),
         move |_| async move {
-            let a = actor.await.ok().flatten();
-            let vms = my_vms(1, false, String::new(), String::new(), String::new())
+            let member = actor
                 .await
-                .ok();
+                .ok()
+                .flatten()
+                .is_some_and(|a| !a.memberships.is_empty());
+            let panels = read_home_panels().await.ok();
+            let vms = panels.as_ref().map(|p| p.vms.clone());
             // In flight: filtered on the server, so none hides behind older ones.
-            let requests = list_requests(1, false, String::new(), "open".into(), String::new())
-                .await
-                .ok();
-            let (approves, tenant) = match &a {
-                Some(a) => (
-                    a.fleet_admin || !a.approver_tenants().is_empty(),
-                    a.memberships
-                        .iter()
-                        .find(|m| a.may_request(m.tenant_id))
-                        .map(|m| (m.tenant_id, m.tenant_name.clone())),
-                ),
-                None => (false, None),
-            };
-            let waiting = if approves {
-                approvals_waiting().await.ok()
-            } else {
-                None
-            };
-            let quota = match tenant {
-                Some((t, name)) => my_quota(t).await.ok().map(|q| (name, q)),
-                None => None,
-            };
-            let member = a.is_some_and(|a| !a.memberships.is_empty());
+            let requests = panels.as_ref().map(|p| p.requests.clone());
+            let waiting = panels.as_ref().and_then(|p| p.waiting);
+            let quota = panels.and_then(|p| p.quota);
             (member, vms, requests, waiting, quota)
         },
     );
