@@ -123,20 +123,27 @@ pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
 
 /// `begin` for background work that handles database errors itself.
 pub async fn begin_raw(pool: &PgPool, scope: Scope) -> Result<Tx, sqlx::Error> {
-    begin_then(pool, scope, "").await
+    begin_then(pool, scope, None).await
 }
 
 /// `begin` for a list whose filters are parameters that fold away in a custom plan, so that
 /// PostgreSQL would re-plan its query on every call; the generic plan serves every filter
 /// with the same indexes.
 pub async fn begin_generic(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
-    begin_then(
-        pool,
-        scope,
-        "; SET LOCAL plan_cache_mode = force_generic_plan",
-    )
-    .await
-    .map_err(internal)
+    begin_then(pool, scope, Some(GENERIC_PLANS))
+        .await
+        .map_err(internal)
+}
+
+const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// `begin_generic`'s setting for the rest of a transaction begun otherwise.
+pub async fn generic_plans(tx: &mut Tx) -> Result<(), AppError> {
+    sqlx::query(GENERIC_PLANS)
+        .execute(&mut **tx)
+        .await
+        .map_err(internal)?;
+    Ok(())
 }
 
 /// Ends a transaction that only read: its ROLLBACK then travels with the pool's own check of
@@ -145,13 +152,18 @@ pub fn done(tx: Tx) {
     drop(tx);
 }
 
-async fn begin_then(pool: &PgPool, scope: Scope, then: &'static str) -> Result<Tx, sqlx::Error> {
+async fn begin_then(
+    pool: &PgPool,
+    scope: Scope,
+    then: Option<&'static str>,
+) -> Result<Tx, sqlx::Error> {
     // BEGIN and the settings travel as one simple query, one round trip instead of two (every
     // page makes several transactions). Simple queries take no parameters: the values written
     // in are UUIDs or a fixed word, which cannot carry a quote.
     let user = scope.user.map(|u| u.to_string()).unwrap_or_default();
     let tenant = scope.tenant.map(|t| t.to_string()).unwrap_or_default();
     let fleet = if scope.fleet { "on" } else { "" };
+    let then = then.map(|t| format!("; {t}")).unwrap_or_default();
     pool.begin_with(format!(
         "BEGIN; SELECT set_config('app.user_id', '{user}', true), \
          set_config('app.tenant_id', '{tenant}', true), set_config('app.fleet_admin', '{fleet}', true){then}"

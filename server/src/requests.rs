@@ -637,9 +637,20 @@ impl ProvisioningBackend {
     fn wake(&self) {
         self.queue.wake.notify_waiters();
     }
-}
 
-impl ProvisioningBackend {
+    /// Own lists (`all` false) are scoped to the user by row-level security; lists over
+    /// several tenants run fleet-scoped, their SQL filter being the authorisation.
+    fn list_scope(actor: &Actor, all: bool) -> Scope {
+        if all {
+            Scope::fleet()
+        } else {
+            Scope {
+                user: Some(actor.user_id),
+                ..Scope::default()
+            }
+        }
+    }
+
     /// A page of VMs inside the caller's transaction, which sets the generic plan (see
     /// `vms`): the owners' condition is the authorisation, whatever the transaction's scope.
     async fn vms_in(
@@ -897,16 +908,7 @@ impl Provisioning for ProvisioningBackend {
         filter: RequestFilter,
     ) -> Result<Page<RequestSummary>, AppError> {
         let actor = req.actor()?;
-        let scope = if filter.all {
-            // Several tenants at once: the filter is the authorisation.
-            Scope::fleet()
-        } else {
-            Scope {
-                user: Some(actor.user_id),
-                ..Scope::default()
-            }
-        };
-        let mut tx = db::begin(&self.pool, scope).await?;
+        let mut tx = db::begin(&self.pool, Self::list_scope(actor, filter.all)).await?;
         let page = requests_in(&mut tx, actor, filter).await?;
         db::done(tx);
         Ok(page)
@@ -1303,7 +1305,6 @@ impl Provisioning for ProvisioningBackend {
 
     async fn home(&self, req: &RequestCtx) -> Result<HomePanels, AppError> {
         let actor = req.actor()?;
-        let approves = actor.fleet_admin || !actor.approver_tenants().is_empty();
         let tenant = actor
             .memberships
             .iter()
@@ -1319,10 +1320,10 @@ impl Provisioning for ProvisioningBackend {
             ..RequestFilter::default()
         };
         let requests = requests_in(&mut tx, actor, open).await?;
-        let waiting = if approves {
-            Some(waiting_in(&mut tx, actor).await?)
-        } else {
-            None
+        // Only for those who decide on requests.
+        let waiting = match deciding(actor) {
+            Ok(decides) => Some(waiting_in(&mut tx, actor, decides).await?),
+            Err(_) => None,
         };
         let quota = match tenant {
             Some((t, name)) => Some((
@@ -1332,10 +1333,7 @@ impl Provisioning for ProvisioningBackend {
             None => None,
         };
         // The VM list's generic plan (see `vms`), for the rest of this transaction only.
-        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-            .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+        db::generic_plans(&mut tx).await?;
         let vms = self.vms_in(&mut tx, actor, VmFilter::default()).await?;
         db::done(tx);
         Ok(HomePanels {
@@ -1348,8 +1346,9 @@ impl Provisioning for ProvisioningBackend {
 
     async fn waiting_count(&self, req: &RequestCtx) -> Result<u32, AppError> {
         let actor = req.actor()?;
+        let decides = deciding(actor)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let waiting = waiting_in(&mut tx, actor).await?;
+        let waiting = waiting_in(&mut tx, actor, decides).await?;
         db::done(tx);
         Ok(waiting)
     }
@@ -1657,16 +1656,8 @@ impl Provisioning for ProvisioningBackend {
 
     async fn vms(&self, req: &RequestCtx, filter: VmFilter) -> Result<Page<ManagedVm>, AppError> {
         let actor = req.actor()?;
-        let scope = if filter.all {
-            Scope::fleet()
-        } else {
-            Scope {
-                user: Some(actor.user_id),
-                ..Scope::default()
-            }
-        };
         // A custom plan of this six-table query would be re-made on every page (2–4 ms).
-        let mut tx = db::begin_generic(&self.pool, scope).await?;
+        let mut tx = db::begin_generic(&self.pool, Self::list_scope(actor, filter.all)).await?;
         let page = self.vms_in(&mut tx, actor, filter).await?;
         db::done(tx);
         Ok(page)
@@ -1865,10 +1856,13 @@ async fn requests_in(
     })
 }
 
-/// How many requests wait for this actor's decision, inside the caller's transaction (which
-/// must see every tenant: the filter is the authorisation).
-async fn waiting_in(tx: &mut db::Tx, actor: &Actor) -> Result<u32, AppError> {
-    let (any_tenant, tenants) = deciding(actor)?;
+/// How many requests wait for this actor's decision (`deciding`'s answer for them), inside the
+/// caller's transaction (which must see every tenant: the filter is the authorisation).
+async fn waiting_in(
+    tx: &mut db::Tx,
+    actor: &Actor,
+    (any_tenant, tenants): (bool, Vec<Uuid>),
+) -> Result<u32, AppError> {
     let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
         "SELECT r.tenant_id, r.level FROM requests r WHERE {AWAITING}"
     ))

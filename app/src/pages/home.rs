@@ -87,13 +87,11 @@ fn TenantDashboard() -> impl IntoView {
                 .ok()
                 .flatten()
                 .is_some_and(|a| !a.memberships.is_empty());
-            let panels = read_home_panels().await.ok();
-            let vms = panels.as_ref().map(|p| p.vms.clone());
-            // In flight: filtered on the server, so none hides behind older ones.
-            let requests = panels.as_ref().map(|p| p.requests.clone());
-            let waiting = panels.as_ref().and_then(|p| p.waiting);
-            let quota = panels.and_then(|p| p.quota);
-            (member, vms, requests, waiting, quota)
+            // Requests in flight are filtered on the server, so none hides behind older ones.
+            match read_home_panels().await {
+                Ok(p) => (member, Some(p.vms), Some(p.requests), p.waiting, p.quota),
+                Err(_) => (member, None, None, None, None),
+            }
         },
     );
     view! {
