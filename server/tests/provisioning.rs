@@ -453,6 +453,10 @@ async fn approval_levels_rejection_and_cancellation() {
     assert_eq!(home["requests"]["total"], 1, "{home}");
     assert_eq!(home["requests"]["items"][0]["id"], id.as_str(), "{home}");
     assert_eq!(home["quota"][1]["tenant"][0]["resource"], "vcpus", "{home}");
+    assert_refused(
+        &w.app.client().call("home_panels", &[]).await,
+        "anonymous home panels",
+    );
     let home = eve.call("home_panels", &[]).await.unwrap();
     assert_eq!(
         home["requests"]["total"], 0,
