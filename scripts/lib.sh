@@ -41,8 +41,22 @@ pg_bin() {
   echo "/usr/lib/postgresql/$v/bin"
 }
 
-# Runs a command as the postgres user when we are root (initdb refuses root).
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Runs a command as the postgres user when we are root (initdb refuses root), from / so that
+# a working folder that user cannot enter (a clone under /root) does not stop it.
+as_pg() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
+
+# Where the private cluster lives: .data/ in the checkout, unless we are root and the postgres
+# user cannot reach the checkout (a clone under /root, or any folder of mode 0700 on the way):
+# then a folder named after the checkout in the postgres user's home.
+pg_home() {
+  if [ "$(id -u)" != 0 ] || runuser -u postgres -- test -x "$ROOT/." 2>/dev/null; then
+    echo "$ROOT/.data"
+  else
+    local home
+    home=$(getent passwd postgres | cut -d: -f6)
+    echo "${home:-/var/lib/postgresql}/concierge-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+  fi
+}
 
 # Exports DATABASE_URL: the given one, or a private cluster under .data/ started on demand.
 ensure_database() {
@@ -50,13 +64,15 @@ ensure_database() {
     return 0
   fi
   ensure_apt postgresql
-  local bin data run
+  local bin home data run
   bin="$(pg_bin)"
-  data="$ROOT/.data/pg"
-  run="$ROOT/.data/pg-run"
-  mkdir -p "$ROOT/.data" "$run"
+  home="$(pg_home)"
+  data="$home/pg"
+  run="$home/pg-run"
+  mkdir -p "$ROOT/.data" "$home" "$run"
+  [ "$(id -u)" = 0 ] && [ "$home" != "$ROOT/.data" ] && chown postgres:postgres "$home"
   if [ ! -f "$data/PG_VERSION" ]; then
-    say "creating a private PostgreSQL cluster in .data/pg"
+    say "creating a private PostgreSQL cluster in $data"
     mkdir -p "$data"
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$data" "$run"
     as_pg "$bin/initdb" -D "$data" -U postgres -A trust -E UTF8 >/dev/null
@@ -86,12 +102,13 @@ build_site() {
   local profile="$1" cargo_profile wasm_profile
   if [ "$profile" = release ]; then cargo_profile=(--release); wasm_profile=wasm-release; else cargo_profile=(); wasm_profile=debug; fi
   say "building the browser bundle ($profile)"
-  local wasm_args=(-p app --lib --target wasm32-unknown-unknown --no-default-features --features hydrate --target-dir "$ROOT/target/front")
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}"
+  local wasm_args=(-p app --lib --target wasm32-unknown-unknown --no-default-features --features hydrate --target-dir "$target/front")
   if [ "$profile" = release ]; then wasm_args+=(--profile wasm-release); fi
   (cd "$ROOT" && cargo build "${wasm_args[@]}")
   mkdir -p "$ROOT/target/site/pkg"
   wasm-bindgen --target web --no-typescript --out-name concierge \
-    --out-dir "$ROOT/target/site/pkg" "$ROOT/target/front/wasm32-unknown-unknown/$wasm_profile/app.wasm"
+    --out-dir "$ROOT/target/site/pkg" "$target/front/wasm32-unknown-unknown/$wasm_profile/app.wasm"
   cp "$ROOT/style/main.css" "$ROOT/target/site/pkg/concierge.css"
   cp -r "$ROOT/public/." "$ROOT/target/site/"
   say "building the server ($profile)"

@@ -26,8 +26,12 @@ pub enum AppError {
     /// Deliberately silent about which of e-mail and password was wrong.
     #[error("E-mail or password is incorrect.")]
     LoginFailed,
-    #[error("Too many attempts. Try again later.")]
-    TooManyRequests,
+    /// Like `LoginFailed`, and says why the answer took longer.
+    #[error("E-mail or password is incorrect. This account has had many failed sign-ins, so each attempt is answered more slowly for a while.")]
+    LoginSlowed,
+    /// Refused for now; the message says why and for how long.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("Something went wrong on our side (reference {0}).")]
     Internal(String),
     #[error("Could not reach the server: {0}")]
@@ -89,12 +93,12 @@ impl AppError {
     /// build needs no `http` crate).
     pub fn status_code(&self) -> u16 {
         match self {
-            AppError::Unauthenticated | AppError::LoginFailed => 401,
+            AppError::Unauthenticated | AppError::LoginFailed | AppError::LoginSlowed => 401,
             AppError::PasswordChangeRequired | AppError::Forbidden => 403,
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
             AppError::Invalid(_) => 422,
-            AppError::TooManyRequests => 429,
+            AppError::TooManyRequests(_) => 429,
             AppError::Transport(_) => 400,
             AppError::Internal(_) => 500,
         }

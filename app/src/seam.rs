@@ -12,7 +12,9 @@ use crate::provisioning::{
     VmFilter,
 };
 use crate::reports::{RateCard, RateCardForm, Report, ReportQuery};
-use crate::tenant::{Member, TenantSummary};
+use crate::tenant::{
+    JoinForm, Member, MyInvitation, NewInvitation, PendingInvitation, TenantSummary,
+};
 use crate::user::UserSummary;
 use crate::Page;
 use async_trait::async_trait;
@@ -120,16 +122,6 @@ pub trait Tenants: Send + Sync + 'static {
         suspended: bool,
     ) -> Result<(), AppError>;
     async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError>;
-    /// Adds `email` to the tenant, creating the account (with a one-time password, returned)
-    /// when nobody has that address yet.
-    async fn add_member(
-        &self,
-        req: &RequestCtx,
-        tenant_id: Uuid,
-        email: &str,
-        display_name: &str,
-        role: &str,
-    ) -> Result<Option<OneTimePassword>, AppError>;
     async fn set_member_role(
         &self,
         req: &RequestCtx,
@@ -143,6 +135,28 @@ pub trait Tenants: Send + Sync + 'static {
         tenant_id: Uuid,
         user_id: Uuid,
     ) -> Result<(), AppError>;
+}
+
+/// Joining tenants: invitations made by tenant admins, answered by their invitees.
+#[async_trait]
+pub trait Invitations: Send + Sync + 'static {
+    async fn invite(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+        email: &str,
+        display_name: &str,
+        role: &str,
+    ) -> Result<NewInvitation, AppError>;
+    async fn pending(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Uuid,
+    ) -> Result<Vec<PendingInvitation>, AppError>;
+    async fn revoke(&self, req: &RequestCtx, tenant_id: Uuid, id: Uuid) -> Result<(), AppError>;
+    async fn mine(&self, req: &RequestCtx) -> Result<Vec<MyInvitation>, AppError>;
+    async fn answer(&self, req: &RequestCtx, id: Uuid, accept: bool) -> Result<(), AppError>;
+    async fn join(&self, req: &RequestCtx, form: JoinForm) -> Result<(), AppError>;
 }
 
 #[async_trait]
@@ -370,6 +384,7 @@ pub trait Reports: Send + Sync + 'static {
 pub struct Backend {
     pub accounts: Arc<dyn Accounts>,
     pub tenants: Arc<dyn Tenants>,
+    pub invitations: Arc<dyn Invitations>,
     pub audit: Arc<dyn AuditTrail>,
     pub fleet: Arc<dyn Fleet>,
     pub catalog: Arc<dyn Catalog>,

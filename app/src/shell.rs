@@ -62,6 +62,7 @@ pub fn App() -> impl IntoView {
                 <Layout>
                     <Routes fallback=pages::not_found::NotFound>
                         <Route path=path!("/login") view=pages::login::LoginPage ssr=SsrMode::Async/>
+                        <Route path=path!("/join") view=pages::join::JoinPage ssr=SsrMode::Async/>
                         <Route path=path!("/") view=pages::home::HomePage ssr=SsrMode::Async/>
                         <Route path=path!("/password") view=pages::password::PasswordPage ssr=SsrMode::Async/>
                         <Route path=path!("/account") view=pages::account::AccountPage ssr=SsrMode::Async/>

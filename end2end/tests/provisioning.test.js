@@ -13,7 +13,8 @@ const run = Date.now().toString(36);
 
 /// A simulated host for libvirt's test driver: 16 CPUs, 64 GiB, one 1 TiB dir pool.
 function simulatedHost() {
-  const dir = mkdtempSync(path.join(tmpdir(), 'concierge-e2e-'));
+  // Inside the directory the server accepts simulated hosts from (scripts/test sets it).
+  const dir = mkdtempSync(path.join(process.env.CONCIERGE_SIMULATED_FLEETS_DIR || tmpdir(), 'concierge-e2e-'));
   const file = path.join(dir, 'node.xml');
   writeFileSync(file, `<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>2</threads><active>16</active><mhz>2400</mhz><model>x86_64</model></cpu>

@@ -515,8 +515,22 @@ impl Catalog for CatalogBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        Ok(rows.into_iter().map(Template::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| for_choosing(Template::from(r)))
+            .collect())
     }
+}
+
+/// A catalog entry holds what a requester needs to choose: not which other tenants are
+/// offered the template, nor the hosts, pools and volumes behind it (the templates page has
+/// those, for fleet admins).
+fn for_choosing(mut t: Template) -> Template {
+    t.all_tenants = false;
+    t.tenant_ids.clear();
+    t.tenant_names.clear();
+    t.images.clear();
+    t
 }
 
 fn map_err(e: sqlx::Error) -> AppError {

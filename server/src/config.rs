@@ -38,21 +38,40 @@ pub struct Config {
     pub site_root: String,
 
     /// Minutes without activity after which a session ends.
-    #[arg(long, env = "CONCIERGE_SESSION_IDLE_MINUTES", default_value_t = 30)]
+    #[arg(long, env = "CONCIERGE_SESSION_IDLE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=525_600))]
     pub session_idle_minutes: i64,
 
     /// Hours after sign-in after which a session ends regardless of activity.
-    #[arg(long, env = "CONCIERGE_SESSION_ABSOLUTE_HOURS", default_value_t = 12)]
+    #[arg(long, env = "CONCIERGE_SESSION_ABSOLUTE_HOURS", default_value_t = 12, value_parser = clap::value_parser!(i64).range(1..=87_600))]
     pub session_absolute_hours: i64,
 
-    /// Failed sign-ins per account per hour before that account is paused (it unlocks as the
-    /// hour rolls on).
+    /// Failed sign-ins of one account (from anywhere) per hour after which its sign-ins are
+    /// slowed down, 100 ms more per failure up to `--login-max-delay-ms`; never refused, so
+    /// nobody can lock the real user out.
     #[arg(
         long,
         env = "CONCIERGE_LOGIN_FAILURES_PER_ACCOUNT",
-        default_value_t = 100
+        default_value_t = 20
     )]
     pub login_failures_per_account: i64,
+
+    /// Failed sign-ins of one account from one client address per hour before that address
+    /// is refused for that account (it unlocks as the hour rolls on).
+    #[arg(
+        long,
+        env = "CONCIERGE_LOGIN_FAILURES_PER_ACCOUNT_ADDRESS",
+        default_value_t = 10
+    )]
+    pub login_failures_per_account_address: i64,
+
+    /// The longest a slowed-down sign-in is held before it is answered.
+    #[arg(
+        long,
+        env = "CONCIERGE_LOGIN_MAX_DELAY_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(0..=60_000)
+    )]
+    pub login_max_delay_ms: u64,
 
     /// Failed sign-ins per client address per hour.
     #[arg(
@@ -88,7 +107,7 @@ pub struct Config {
 
     /// Hours raw metrics samples are kept (5-minute and hourly buckets: 13 months; daily:
     /// for ever).
-    #[arg(long, env = "CONCIERGE_RAW_METRICS_HOURS", default_value_t = 48)]
+    #[arg(long, env = "CONCIERGE_RAW_METRICS_HOURS", default_value_t = 48, value_parser = clap::value_parser!(i64).range(1..=87_600))]
     pub raw_metrics_hours: i64,
 
     /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
@@ -130,8 +149,13 @@ pub struct Config {
     pub vcpu_overcommit: f64,
 
     /// Days an expired (stopped) VM is kept before it is deleted.
-    #[arg(long, env = "CONCIERGE_LEASE_GRACE_DAYS", default_value_t = 7)]
+    #[arg(long, env = "CONCIERGE_LEASE_GRACE_DAYS", default_value_t = 7, value_parser = clap::value_parser!(i64).range(0..=3650))]
     pub lease_grace_days: i64,
+
+    /// A directory of libvirt test-driver node files that fleet admins may register as
+    /// simulated hosts (`test:///DIR/name.xml`). Off by default: then only `test:///default`.
+    #[arg(long, env = "CONCIERGE_SIMULATED_FLEETS_DIR")]
+    pub simulated_fleets_dir: Option<std::path::PathBuf>,
 
     /// Seconds between lease checks (reminders, expiry, deletion, stale requests).
     #[arg(long, env = "CONCIERGE_LEASE_CHECK_SECONDS", default_value_t = 60)]
@@ -170,7 +194,9 @@ impl Config {
             site_root: "target/site".into(),
             session_idle_minutes: 30,
             session_absolute_hours: 12,
-            login_failures_per_account: 100,
+            login_failures_per_account: 20,
+            login_failures_per_account_address: 10,
+            login_max_delay_ms: 5000,
             login_failures_per_address: 300,
             password_concurrency: 4,
             admin_email: "admin@concierge.local".into(),
@@ -187,6 +213,8 @@ impl Config {
             vcpu_overcommit: 4.0,
             placement_retry_seconds: 1,
             lease_grace_days: 7,
+            // Tests write their node files under the temporary directory.
+            simulated_fleets_dir: Some(std::env::temp_dir()),
             lease_check_seconds: 3600,
         }
     }

@@ -171,12 +171,22 @@ async fn begin_then(
     .await
 }
 
-/// Logs an unexpected database error and hands the user a reference to quote.
-pub fn internal(err: impl std::fmt::Display) -> AppError {
+/// Logs an unexpected database error and hands the user a reference to quote. A write that
+/// row-level security refused is the caller's lack of access, not our failure: 403.
+pub fn internal(err: impl std::fmt::Display + 'static) -> AppError {
+    if let Some(sqlx::Error::Database(db)) = (&err as &dyn std::any::Any).downcast_ref::<sqlx::Error>() {
+        if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) {
+            tracing::warn!(error = %db, "refused by row-level security");
+            return AppError::Forbidden;
+        }
+    }
     let reference = Uuid::new_v4().simple().to_string()[..8].to_string();
     tracing::error!(%reference, error = %err, "internal error");
     AppError::Internal(reference)
 }
+
+/// SQLSTATE of "new row violates row-level security policy" (and of missing grants).
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// Maps constraint violations to the form field they concern; anything else is internal.
 pub fn map_err(err: sqlx::Error) -> AppError {

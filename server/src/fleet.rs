@@ -34,6 +34,9 @@ pub struct FleetBackend {
     pub shutdown_timeout: std::time::Duration,
     pub queue: Arc<crate::jobs::Queue>,
     pub vcpu_overcommit: f64,
+    /// Where `test:///…` node files may be registered from (`--simulated-fleets-dir`); with
+    /// none, only `test:///default`.
+    pub simulated_fleets: Option<std::path::PathBuf>,
     /// The live-event generation (see `live::Live`) and the last dashboard computed at one:
     /// the figures are fleet-wide and the same for every fleet admin, so they are computed once
     /// per change (at most 3 s old, for changes that send no event, such as a host's state).
@@ -258,7 +261,7 @@ fn chart_view(
     }
 }
 
-/// A domain row with what authorization needs.
+/// A domain row as the VM page and the lifecycle actions need it.
 #[derive(sqlx::FromRow, Clone)]
 struct VmRow {
     host_id: Uuid,
@@ -271,7 +274,6 @@ struct VmRow {
     managed: bool,
     tenant_id: Option<Uuid>,
     tenant_name: Option<String>,
-    owner_id: Option<Uuid>,
     owner_email: Option<String>,
     missing: bool,
     state_since: time::OffsetDateTime,
@@ -281,7 +283,7 @@ struct VmRow {
 
 const VM_QUERY: &str = "
     SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
-           d.tenant_id, t.name AS tenant_name, d.owner_id, u.email AS owner_email,
+           d.tenant_id, t.name AS tenant_name, u.email AS owner_email,
            d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics
     FROM domains d JOIN hosts h ON h.id = d.host_id
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id
@@ -334,6 +336,37 @@ pub fn parse_uri(raw: &str) -> Result<String, AppError> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// Whether `uri` names a simulated host's node file, which is allowed only inside the
+/// configured directory of simulated fleets (a fleet admin must not be able to make the
+/// server open any file it can read). `test:///default` is always allowed.
+fn simulated_file(uri: &str, allowed: Option<&std::path::Path>) -> Result<bool, AppError> {
+    let Some(path) = uri.strip_prefix("test://") else {
+        return Ok(false);
+    };
+    if path == "/default" {
+        return Ok(false);
+    }
+    let refused = || {
+        AppError::field(
+            "uri",
+            "Simulated hosts are test:///default, or node files inside the server's --simulated-fleets-dir.",
+        )
+    };
+    let dir = allowed.ok_or_else(refused)?;
+    // Canonical forms, so `..` and symbolic links cannot step outside the directory.
+    let (Ok(dir), Ok(file)) = (
+        std::fs::canonicalize(dir),
+        std::fs::canonicalize(std::path::Path::new(path)),
+    ) else {
+        return Err(refused());
+    };
+    if file.starts_with(&dir) && file.is_file() {
+        Ok(true)
+    } else {
+        Err(refused())
+    }
 }
 
 pub fn parse_labels(raw: &str) -> Result<Vec<String>, AppError> {
@@ -474,9 +507,9 @@ const DOMAIN_QUERY: &str = "
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id";
 
 impl FleetBackend {
-    /// Loads a VM the actor may manage: fleet admins any; otherwise only managed VMs in the
-    /// actor's tenants (row-level security scopes each look-up), owned by the actor or in a
-    /// tenant the actor administers. Everyone else gets NotFound.
+    /// Loads a VM the actor may manage (`Actor::acts_on_vm`; unmanaged domains: fleet admins
+    /// only) with the transaction scope of the VM's own tenant, so its operation rows land in
+    /// that tenant whichever of the actor's tenants came first. Everyone else gets NotFound.
     async fn authorized_vm(
         &self,
         req: &RequestCtx,
@@ -484,40 +517,35 @@ impl FleetBackend {
         uuid: Uuid,
     ) -> Result<(VmRow, Scope), AppError> {
         let actor = req.actor()?;
-        let scopes: Vec<Scope> = if actor.fleet_admin {
-            vec![Scope::fleet()]
-        } else {
-            actor
-                .memberships
-                .iter()
-                .filter(|m| !m.tenant_suspended)
-                .map(|m| Scope {
-                    user: Some(actor.user_id),
-                    tenant: Some(m.tenant_id),
-                    fleet: false,
-                })
-                .collect()
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let owner: Option<(bool, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+            "SELECT managed, tenant_id, owner_id FROM domains WHERE host_id = $1 AND uuid = $2",
+        )
+        .bind(host_id)
+        .bind(uuid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        db::done(tx);
+        let scope = match owner {
+            _ if actor.fleet_admin => Scope::fleet(),
+            Some((true, Some(tenant), owner)) if actor.acts_on_vm(tenant, owner) => Scope {
+                user: Some(actor.user_id),
+                tenant: Some(tenant),
+                fleet: false,
+            },
+            _ => return Err(AppError::NotFound("VM".into())),
         };
-        for scope in scopes {
-            let mut tx = db::begin(&self.pool, scope).await?;
-            let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
-                .bind(host_id)
-                .bind(uuid)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db::internal)?;
-            tx.commit().await.map_err(db::internal)?;
-            if let Some(row) = row {
-                let allowed = actor.fleet_admin
-                    || (row.managed
-                        && (row.owner_id == Some(actor.user_id)
-                            || row.tenant_id.is_some_and(|t| actor.administers(t))));
-                if allowed {
-                    return Ok((row, scope));
-                }
-            }
-        }
-        Err(AppError::NotFound("VM".into()))
+        let mut tx = db::begin(&self.pool, scope).await?;
+        let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
+            .bind(host_id)
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        db::done(tx);
+        row.map(|r| (r, scope))
+            .ok_or_else(|| AppError::NotFound("VM".into()))
     }
 
     async fn host_summary(&self, tx: &mut db::Tx, id: Uuid) -> Result<HostSummary, AppError> {
@@ -712,10 +740,17 @@ impl Fleet for FleetBackend {
                 (Ok(n), Ok(u), Ok(l)) => (n, u, l),
                 (n, u, l) => return Err(AppError::merge([n.err(), u.err(), l.err()])),
             };
-        // Saving tests the connection; libvirt's own words go next to the URI.
-        let facts = crate::hypervisor::probe(&uri)
-            .await
-            .map_err(|e| AppError::field("uri", format!("Could not connect: {e}")))?;
+        let simulated_file = simulated_file(&uri, self.simulated_fleets.as_deref())?;
+        // Saving tests the connection; libvirt's own words go next to the URI, except for a
+        // simulated host's file, whose parse errors would quote the file's content.
+        let facts = crate::hypervisor::probe(&uri).await.map_err(|e| {
+            let message = if simulated_file {
+                "Could not connect: that file is not a libvirt test-driver node file.".to_string()
+            } else {
+                format!("Could not connect: {e}")
+            };
+            AppError::field("uri", message)
+        })?;
         let simulated = uri.starts_with("test:");
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let id: Uuid = sqlx::query_scalar(

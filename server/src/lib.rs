@@ -11,6 +11,7 @@ pub mod day2;
 pub mod db;
 pub mod fleet;
 pub mod hypervisor;
+pub mod invitations;
 pub mod jobs;
 pub mod leases;
 pub mod live;

@@ -90,23 +90,59 @@ pub fn visible(actor: &Actor, ev: &LiveEvent) -> bool {
     }
 }
 
-/// The event stream of one page.
-pub fn stream(live: &Live, actor: Actor) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = live.tx.subscribe();
-    let events = futures::stream::unfold((rx, actor), |(mut rx, actor)| async move {
+/// Re-reads the viewer of a stream: their current actor, or `None` once their session ended
+/// (signed out, disabled, password reset, timed out).
+pub type Recheck =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<Actor>> + Send + Sync>;
+
+/// How often an idle stream re-checks its viewer, so it closes soon after access ends even
+/// when no event comes.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The event stream of one page. Every event is filtered by the viewer's access as it is
+/// now (a role removed an hour after the page opened counts), and the stream ends once the
+/// viewer's session does.
+pub fn stream(
+    live: &Live,
+    actor: Actor,
+    recheck: Recheck,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    struct Viewer {
+        rx: broadcast::Receiver<LiveEvent>,
+        actor: Actor,
+        recheck: Recheck,
+        tick: tokio::time::Interval,
+    }
+    let mut tick = tokio::time::interval(RECHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let viewer = Viewer {
+        rx: live.tx.subscribe(),
+        actor,
+        recheck,
+        tick,
+    };
+    let events = futures::stream::unfold(viewer, |mut v| async move {
         loop {
-            match rx.recv().await {
-                Ok(ev) if visible(&actor, &ev) => {
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    return Some((Ok(Event::default().data(data)), (rx, actor)));
+            tokio::select! {
+                received = v.rx.recv() => match received {
+                    Ok(ev) => {
+                        v.actor = (v.recheck)().await?;
+                        if visible(&v.actor, &ev) {
+                            let data = serde_json::to_string(&ev).unwrap_or_default();
+                            return Some((Ok(Event::default().data(data)), v));
+                        }
+                    }
+                    // Missed some: tell the page to refetch everything it shows.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        v.actor = (v.recheck)().await?;
+                        let data = r#"{"kind":"lagged"}"#.to_string();
+                        return Some((Ok(Event::default().data(data)), v));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = v.tick.tick() => {
+                    v.actor = (v.recheck)().await?;
                 }
-                Ok(_) => continue,
-                // Missed some: tell the page to refetch everything it shows.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let data = r#"{"kind":"lagged"}"#.to_string();
-                    return Some((Ok(Event::default().data(data)), (rx, actor)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });

@@ -22,9 +22,21 @@ pub struct ReportsBackend {
     pub clock: Arc<dyn Clock>,
 }
 
+/// The dates reports and rate cards accept: wide enough for any real period, narrow enough
+/// that the arithmetic on them (a day past the end, the previous period) cannot overflow.
+const FIRST_YEAR: i32 = 2000;
+const LAST_YEAR: i32 = 2199;
+
 pub fn parse_date(raw: &str, field: &str) -> Result<Date, AppError> {
-    Date::parse(raw.trim(), format_description!("[year]-[month]-[day]"))
-        .map_err(|_| AppError::field(field, "Enter a date as YYYY-MM-DD."))
+    let date = Date::parse(raw.trim(), format_description!("[year]-[month]-[day]"))
+        .map_err(|_| AppError::field(field, "Enter a date as YYYY-MM-DD."))?;
+    if !(FIRST_YEAR..=LAST_YEAR).contains(&date.year()) {
+        return Err(AppError::field(
+            field,
+            format!("Enter a date between {FIRST_YEAR}-01-01 and {LAST_YEAR}-12-31."),
+        ));
+    }
+    Ok(date)
 }
 
 fn iso(d: Date) -> String {
@@ -432,14 +444,25 @@ impl Reports for ReportsBackend {
         if !may {
             return Err(AppError::Forbidden);
         }
+        // Others see the general cards and those of templates offered to a tenant whose
+        // reports they read, never names of templates offered only to other tenants.
+        let readable: Vec<Uuid> = actor
+            .memberships
+            .iter()
+            .filter(|m| reads_reports(actor, m.tenant_id))
+            .map(|m| m.tenant_id)
+            .collect();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let rows: Vec<(Uuid, Option<String>, String, f64, f64, f64, OffsetDateTime, Option<OffsetDateTime>)> =
             sqlx::query_as(
                 "SELECT r.id, t.name, r.currency, r.vcpu_hour::float8, r.memory_gib_hour::float8, r.disk_gib_hour::float8,
                         r.valid_from, r.valid_to
                  FROM rate_cards r LEFT JOIN templates t ON t.id = r.template_id
+                 WHERE $1 OR r.template_id IS NULL OR t.all_tenants OR t.tenant_ids && $2
                  ORDER BY r.valid_from DESC, t.name NULLS FIRST",
             )
+            .bind(actor.fleet_admin)
+            .bind(&readable)
             .fetch_all(&mut *tx)
             .await
             .map_err(db::internal)?;

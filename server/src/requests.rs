@@ -59,7 +59,8 @@ pub struct VmCountKey {
 /// Whose VMs a list shows: the viewer's own, every VM of some tenants, or every portal VM.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum VmOwners {
-    Own(Uuid),
+    /// The owner and the tenants they are still a member of: ownership ends with membership.
+    Own(Uuid, Vec<Uuid>),
     Tenants(Vec<Uuid>),
     Everything,
 }
@@ -70,7 +71,8 @@ impl VmOwners {
     /// walks the whole name index to find a user's few VMs (5 ms at 10,000 VMs).
     fn condition(&self) -> &'static str {
         match self {
-            VmOwners::Own(_) => "v.owner_id = $1",
+            // One array parameter: the owner first, then their tenants.
+            VmOwners::Own(..) => "v.owner_id = ($1::uuid[])[1] AND v.tenant_id = ANY(($1::uuid[])[2:])",
             VmOwners::Tenants(_) => "v.tenant_id = ANY($1)",
             VmOwners::Everything => "$1",
         }
@@ -78,11 +80,18 @@ impl VmOwners {
 
     fn bind(&self, args: &mut sqlx::postgres::PgArguments) -> Result<(), AppError> {
         match self {
-            VmOwners::Own(user) => db::arg(args, *user),
+            VmOwners::Own(user, tenants) => {
+                db::arg(args, std::iter::once(*user).chain(tenants.iter().copied()).collect::<Vec<_>>())
+            }
             VmOwners::Tenants(tenants) => db::arg(args, tenants.clone()),
             VmOwners::Everything => db::arg(args, true),
         }
     }
+}
+
+/// The tenants `actor` belongs to: what their own VMs and requests are limited to.
+fn member_tenants(actor: &Actor) -> Vec<Uuid> {
+    actor.memberships.iter().map(|m| m.tenant_id).collect()
 }
 
 /// A validated request form.
@@ -625,9 +634,7 @@ impl ProvisioningBackend {
             .vm_tenant(uuid)
             .await?
             .ok_or_else(|| AppError::NotFound("VM".into()))?;
-        let allowed = (owner == Some(actor.user_id) && actor.role_in(tenant).is_some())
-            || actor.administers(tenant);
-        if !allowed {
+        if !actor.acts_on_vm(tenant, owner) {
             return Err(AppError::NotFound("VM".into()));
         }
         let tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
@@ -673,7 +680,7 @@ impl ProvisioningBackend {
         let state = db::state_filter(&filter.state, VM_STATES)?;
         let (search, pattern) = db::search_pattern(&filter.search)?;
         let owners = if !filter.all {
-            VmOwners::Own(actor.user_id)
+            VmOwners::Own(actor.user_id, member_tenants(actor))
         } else if actor.fleet_admin {
             VmOwners::Everything
         } else {
@@ -920,10 +927,7 @@ impl Provisioning for ProvisioningBackend {
             .request_tenant(id)
             .await?
             .ok_or_else(|| AppError::NotFound("Request".into()))?;
-        let sees = requester == actor.user_id
-            || actor.approves(tenant)
-            || actor.role_in(tenant) == Some(app::account::TenantRole::Manager);
-        if !sees {
+        if !actor.sees_request(tenant, requester) {
             return Err(AppError::NotFound("Request".into()));
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
@@ -1676,9 +1680,7 @@ impl Provisioning for ProvisioningBackend {
         let Some((tenant, owner)) = self.vm_tenant(uuid).await? else {
             return Ok(None);
         };
-        let sees = (owner == Some(actor.user_id) && actor.role_in(tenant).is_some())
-            || actor.administers(tenant);
-        if !sees {
+        if !actor.acts_on_vm(tenant, owner) {
             return Ok(None);
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
@@ -1817,7 +1819,7 @@ async fn requests_in(
         let (any_tenant, tenants) = deciding(actor)?;
         (any_tenant, tenants, None)
     } else {
-        (true, Vec::new(), Some(actor.user_id))
+        (false, member_tenants(actor), Some(actor.user_id))
     };
     let from_where = "FROM requests r JOIN users u ON u.id = r.requester_id
              JOIN templates tp ON tp.id = r.template_id

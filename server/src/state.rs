@@ -34,8 +34,11 @@ impl AppState {
             clock: clock.clone(),
             hasher: Hasher::new(config.password_concurrency),
             limits: throttle::Limits {
-                per_account: config.login_failures_per_account,
+                per_account_address: config.login_failures_per_account_address,
                 per_address: config.login_failures_per_address,
+                slow_after: config.login_failures_per_account,
+                delay_step: std::time::Duration::from_millis(100),
+                max_delay: std::time::Duration::from_millis(config.login_max_delay_ms),
             },
             cache: Arc::new(Default::default()),
         };
@@ -68,6 +71,10 @@ impl AppState {
                 pool: pool.clone(),
                 accounts: accounts.clone(),
             }),
+            invitations: Arc::new(crate::invitations::InvitationsBackend {
+                pool: pool.clone(),
+                accounts: accounts.clone(),
+            }),
             audit: Arc::new(AuditBackend { pool: pool.clone() }),
             fleet: Arc::new(crate::fleet::FleetBackend {
                 pool: pool.clone(),
@@ -76,6 +83,7 @@ impl AppState {
                 shutdown_timeout: std::time::Duration::from_secs(config.shutdown_timeout_seconds),
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
+                simulated_fleets: config.simulated_fleets_dir.clone(),
                 live_generation: live.generation.clone(),
                 dashboard: crate::fleet::Kept::new(std::time::Duration::from_secs(3)),
                 charts: crate::metrics::Range::ALL

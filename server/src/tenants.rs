@@ -1,9 +1,8 @@
 //! Tenants and memberships: the backend of the `Tenants` seam.
-use crate::accounts::email::{DisplayName, Email};
-use crate::accounts::{sessions, AccountsBackend};
+use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
 use crate::db::{self, Scope};
-use app::account::{OneTimePassword, TenantRole};
+use app::account::TenantRole;
 use app::error::AppError;
 use app::seam::{RequestCtx, Tenants};
 use app::tenant::{Member, TenantSummary};
@@ -64,7 +63,7 @@ const TENANT_COLUMNS: &str = "t.id, t.name, t.suspended_at IS NOT NULL AS suspen
     (SELECT count(*) FROM memberships m WHERE m.tenant_id = t.id) AS member_count, t.created_at";
 
 /// The actor must administer `tenant`; everyone else is told it does not exist or is refused.
-fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Actor, AppError> {
+pub(crate) fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Actor, AppError> {
     let actor = req.actor()?;
     if actor.administers(tenant) {
         Ok(actor)
@@ -76,7 +75,7 @@ fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Act
 }
 
 /// The transaction scope for work inside one tenant.
-fn scope_for(actor: &app::account::Actor, tenant: Uuid) -> Scope {
+pub(crate) fn scope_for(actor: &app::account::Actor, tenant: Uuid) -> Scope {
     Scope {
         user: Some(actor.user_id),
         tenant: Some(tenant),
@@ -259,71 +258,6 @@ impl Tenants for TenantsBackend {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn add_member(
-        &self,
-        req: &RequestCtx,
-        tenant_id: Uuid,
-        email: &str,
-        display_name: &str,
-        role: &str,
-    ) -> Result<Option<OneTimePassword>, AppError> {
-        let actor = require_admin_of(req, tenant_id)?;
-        let email = Email::parse(email, "email");
-        let role = TenantRole::parse(role);
-        let (email, role) = match (email, role) {
-            (Ok(e), Ok(r)) => (e, r),
-            (e, r) => return Err(AppError::merge([e.err(), r.err()])),
-        };
-        let origin = Origin::of(req);
-        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
-        self.fetch(&mut tx, tenant_id).await?;
-        let existing: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1")
-                .bind(email.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db::internal)?;
-        let (user_id, otp) = match existing {
-            Some(id) => (id, None),
-            None => {
-                let name = DisplayName::parse(display_name, "display_name")?;
-                let otp = self
-                    .accounts
-                    .insert_user(
-                        &mut tx,
-                        &origin,
-                        Some(tenant_id),
-                        &email,
-                        &name,
-                        false,
-                        None,
-                    )
-                    .await?;
-                (otp.user_id, Some(otp))
-            }
-        };
-        sqlx::query(
-            "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
-        )
-        .bind(tenant_id)
-        .bind(user_id)
-        .bind(role.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db::map_err)?;
-        audit::record(
-            &mut tx,
-            &origin,
-            Event::new("member.add", "user", user_id)
-                .tenant(tenant_id)
-                .after(json!({ "email": email.as_str(), "role": role.as_str() })),
-        )
-        .await?;
-        self.accounts.commit(tx).await?;
-        Ok(otp)
-    }
-
-    #[tracing::instrument(skip_all)]
     async fn set_member_role(
         &self,
         req: &RequestCtx,
@@ -388,8 +322,8 @@ impl Tenants for TenantsBackend {
             .execute(&mut *tx)
             .await
             .map_err(db::internal)?;
-        // Whatever the removed member had open in this tenant must stop now.
-        sessions::end_all_for(&mut tx, user_id).await?;
+        // Their sessions stay: they may belong to other tenants. Access to this one ends with
+        // the commit, which retires every cached actor; open live streams re-check theirs.
         audit::record(
             &mut tx,
             &Origin::of(req),

@@ -49,19 +49,22 @@ pub fn router(state: AppState) -> Router {
     let site_root = state.config.site_root.clone();
     let reports = state.backend.reports.clone();
     let provisioning = state.backend.provisioning.clone();
-    let live = state.live.clone();
+    let live_state = state.clone();
     let app_routes = Router::new()
         .route(
             "/live",
             axum::routing::get(move |req: Request| {
-                let live = live.clone();
+                let state = live_state.clone();
                 async move {
                     match req
                         .extensions()
                         .get::<RequestCtx>()
                         .map(|c| c.actor().cloned())
                     {
-                        Some(Ok(actor)) => crate::live::stream(&live, actor).into_response(),
+                        Some(Ok(actor)) => {
+                            let recheck = recheck_session(state.clone(), actor.session_id);
+                            crate::live::stream(&state.live, actor, recheck).into_response()
+                        }
                         Some(Err(e)) => e.status().into_response(),
                         None => StatusCode::UNAUTHORIZED.into_response(),
                     }
@@ -112,7 +115,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(leptos_axum::file_and_error_handler(app::shell))
         .with_state(options)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(sessions);
+        .layer(sessions)
+        .layer(middleware::from_fn_with_state(secure, flash_errors));
 
     Router::new()
         .nest_service("/pkg", ServeDir::new(format!("{site_root}/pkg")))
@@ -155,6 +159,33 @@ async fn export_csv(
     }
 }
 
+fn timeouts(state: &AppState) -> Timeouts {
+    Timeouts {
+        idle: time::Duration::minutes(state.config.session_idle_minutes),
+        absolute: time::Duration::hours(state.config.session_absolute_hours),
+    }
+}
+
+/// How a live stream re-reads its viewer's session (see `live::stream`). A database error
+/// ends the stream too: the page reconnects and is authenticated afresh.
+fn recheck_session(state: AppState, session_id: uuid::Uuid) -> crate::live::Recheck {
+    std::sync::Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move {
+            sessions::current(
+                &state.pool,
+                &state.accounts.cache,
+                session_id,
+                state.clock.as_ref(),
+                timeouts(&state),
+            )
+            .await
+            .ok()
+            .flatten()
+        })
+    })
+}
+
 /// Resolves the session to an actor and hands both to the app through request extensions.
 async fn authenticate(
     State(state): State<AppState>,
@@ -165,16 +196,12 @@ async fn authenticate(
     let Some(session) = req.extensions().get::<tower_sessions::Session>().cloned() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let timeouts = Timeouts {
-        idle: time::Duration::minutes(state.config.session_idle_minutes),
-        absolute: time::Duration::hours(state.config.session_absolute_hours),
-    };
     let actor = match sessions::resolve(
         &state.pool,
         &state.accounts.cache,
         &session,
         state.clock.as_ref(),
-        timeouts,
+        timeouts(&state),
     )
     .await
     {
@@ -196,6 +223,91 @@ async fn authenticate(
         user_agent,
     });
     next.run(req).await
+}
+
+const FLASH_COOKIE: &str = "concierge_flash";
+
+/// The digest a flash cookie holds: of the function path and the error it was sent.
+fn flash_digest(path: &str, err: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{path}\n{err}"));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// The `__path` and `__err` pairs Leptos puts in a URL for a form error shown without
+/// JavaScript, and the query without them.
+fn form_error(query: &str) -> (Option<String>, Option<String>, String) {
+    let (mut path, mut err) = (None, None);
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "__path" => path = Some(v.into_owned()),
+            "__err" => err = Some(v.into_owned()),
+            _ => {
+                rest.append_pair(&k, &v);
+            }
+        }
+    }
+    (path, err, rest.finish())
+}
+
+/// Without JavaScript, a server function's error travels back in the redirect's URL
+/// (`?__path=…&__err=…`) and the page shows it: anyone could craft a link that displays their
+/// own text on our pages. So the redirect also sets a short-lived cookie holding a digest of
+/// that error, and a page is shown with an error only when this browser holds the matching
+/// cookie (once: the cookie is then cleared); otherwise it redirects to the address without it.
+async fn flash_errors(State(secure): State<bool>, req: Request, next: Next) -> Response {
+    let cookie_attrs = format!(
+        "Path=/; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    );
+    if req.uri().path().starts_with("/api/") {
+        let mut res = next.run(req).await;
+        let flash = res
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.split_once('?'))
+            .map(|(_, q)| form_error(q));
+        if let Some((Some(path), Some(err), _)) = flash {
+            let cookie = format!(
+                "{FLASH_COOKIE}={}; Max-Age=120; {cookie_attrs}",
+                flash_digest(&path, &err)
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        return res;
+    }
+    let Some(query) = req.uri().query().filter(|q| q.contains("__err")) else {
+        return next.run(req).await;
+    };
+    let (path, err, rest) = form_error(query);
+    let (Some(path), Some(err)) = (path, err) else {
+        return next.run(req).await;
+    };
+    let expected = format!("{FLASH_COOKIE}={}", flash_digest(&path, &err));
+    let held = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|c| c.trim() == expected);
+    if !held {
+        let clean = if rest.is_empty() {
+            req.uri().path().to_string()
+        } else {
+            format!("{}?{rest}", req.uri().path())
+        };
+        return axum::response::Redirect::to(&clean).into_response();
+    }
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&format!("{FLASH_COOKIE}=; Max-Age=0; {cookie_attrs}")) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
 }
 
 /// Server-function calls whose arguments do not even decode are the caller's fault: the

@@ -23,6 +23,8 @@ struct World {
     tenant_a: Uuid,
     requester_a: Uuid,
     target: Uuid,
+    /// An open invitation of requester B (req-b@example.com) into tenant A.
+    invitation: Uuid,
     clients: Vec<(Who, Client)>,
 }
 
@@ -45,6 +47,15 @@ impl World {
         let target = app
             .user("target@example.com", Some((tenant_a, "approver")))
             .await;
+        let invitation: Uuid = sqlx::query_scalar(
+            "INSERT INTO invitations (tenant_id, email, role, code_hash, expires_at)
+             VALUES ($1, 'req-b@example.com', 'requester', 'not-a-real-hash', now() + interval '1 day')
+             RETURNING id",
+        )
+        .bind(tenant_a)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
         let clients = vec![
             (Anonymous, app.client()),
             (RequesterA, req_a),
@@ -57,6 +68,7 @@ impl World {
             tenant_a,
             requester_a,
             target,
+            invitation,
             clients,
         }
     }
@@ -178,6 +190,42 @@ async fn add_member() {
             ],
         )
     })
+    .await;
+}
+
+#[tokio::test]
+async fn invitations_of_a_tenant_are_its_admins_business() {
+    check("list_invitations", &[TenantAdminA, FleetAdmin], |w| {
+        args("list_invitations", &[("tenant_id", w.tenant_a.to_string())])
+    })
+    .await;
+    check("revoke_invitation", &[TenantAdminA, FleetAdmin], |w| {
+        args(
+            "revoke_invitation",
+            &[
+                ("tenant_id", w.tenant_a.to_string()),
+                ("id", w.invitation.to_string()),
+            ],
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_invitee_answers_an_invitation() {
+    check("accept_invitation", &[RequesterB], |w| {
+        args("accept_invitation", &[("id", w.invitation.to_string())])
+    })
+    .await;
+    check("decline_invitation", &[RequesterB], |w| {
+        args("decline_invitation", &[("id", w.invitation.to_string())])
+    })
+    .await;
+    check(
+        "my_invitations",
+        &[RequesterA, RequesterB, TenantAdminA, FleetAdmin],
+        |_| args("my_invitations", &[]),
+    )
     .await;
 }
 

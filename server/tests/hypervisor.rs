@@ -40,7 +40,7 @@ async fn registration_validates_and_reports_libvirts_error() {
         )
         .await;
     assert!(
-        assert_field_error(&r, "uri").starts_with("Could not connect: "),
+        assert_field_error(&r, "uri").starts_with("Simulated hosts are test:///default"),
         "{r:?}"
     );
     let r = admin
@@ -245,4 +245,56 @@ fn tempdir() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("concierge-test-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Outside testing: registering `test:///path/to/any/file` echoed the file's first line in
+/// libvirt's parse error. Only `test:///default` and files inside the configured directory of
+/// simulated fleets are opened, and a bad file's content is never quoted.
+#[tokio::test]
+async fn simulated_hosts_open_only_files_in_their_directory_and_never_echo_content() {
+    let allowed = tempdir();
+    let outside = std::env::temp_dir().join(format!("concierge-secret-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&outside, "TOP-SECRET-LINE\nmore\n").unwrap();
+    let inside = allowed.join("not-a-node.xml");
+    std::fs::write(&inside, "TOP-SECRET-LINE <node\n").unwrap();
+    let allowed_dir = allowed.clone();
+    let app = spawn_app_with(move |c| c.simulated_fleets_dir = Some(allowed_dir)).await;
+    let admin = app.fleet_admin().await;
+    let before = app.snapshot().await;
+    for (uri, starts) in [
+        ("test:///etc/passwd".to_string(), "Simulated hosts are"),
+        (format!("test://{}", outside.display()), "Simulated hosts are"),
+        (
+            format!("test://{}/../{}", allowed.display(), outside.file_name().unwrap().to_string_lossy()),
+            "Simulated hosts are",
+        ),
+        (format!("test://{}", inside.display()), "Could not connect: that file is not"),
+    ] {
+        let r = admin
+            .call("register_host", &[("name", "sneaky"), ("uri", &uri)])
+            .await;
+        let message = assert_field_error(&r, "uri");
+        assert!(message.starts_with(starts), "{uri}: {message}");
+        assert!(!format!("{r:?}").contains("TOP-SECRET"), "{uri}: {r:?}");
+        assert!(!format!("{r:?}").contains("root:"), "{uri}: {r:?}");
+    }
+    assert_eq!(before, app.snapshot().await);
+    // A real node file inside the directory, and the built-in default, are fine.
+    let uri = simulation::write_node(&allowed, "sim-ok", 2).unwrap();
+    admin
+        .call("register_host", &[("name", "sim-ok"), ("uri", &uri)])
+        .await
+        .expect("a node file inside the directory");
+    admin
+        .call("register_host", &[("name", "sim-default"), ("uri", "test:///default")])
+        .await
+        .expect("test:///default");
+    // With no directory configured (production's default), only test:///default.
+    let strict = spawn_app_with(|c| c.simulated_fleets_dir = None).await;
+    let admin = strict.fleet_admin().await;
+    let r = admin
+        .call("register_host", &[("name", "sim-ok"), ("uri", &uri)])
+        .await;
+    assert!(assert_field_error(&r, "uri").starts_with("Simulated hosts are"));
+    let _ = std::fs::remove_file(&outside);
 }

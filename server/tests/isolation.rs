@@ -31,7 +31,7 @@ async fn without_tenant_context_no_tenant_rows_are_visible() {
     let b = app.tenant("B").await;
     let admin = app.fleet_admin().await;
     for (t, email) in [(a, "a@example.com"), (b, "b@example.com")] {
-        admin
+        let invitation = admin
             .call(
                 "add_member",
                 &[
@@ -43,6 +43,7 @@ async fn without_tenant_context_no_tenant_rows_are_visible() {
             )
             .await
             .unwrap();
+        app.join(&invitation, "X").await;
     }
     assert_eq!(app.scalar_i64("SELECT count(*) FROM memberships").await, 2);
     assert!(
@@ -112,30 +113,24 @@ async fn tenant_admins_see_only_their_tenants_audit_and_members() {
     let (_, admin_b) = app
         .signed_in("boss-b@example.com", Some((b, "tenant_admin")))
         .await;
-    admin_a
-        .call(
-            "add_member",
-            &[
-                ("tenant_id", &a.to_string()),
-                ("email", "ann@example.com"),
-                ("display_name", "Ann"),
-                ("role", "requester"),
-            ],
-        )
-        .await
-        .unwrap();
-    admin_b
-        .call(
-            "add_member",
-            &[
-                ("tenant_id", &b.to_string()),
-                ("email", "bob@example.com"),
-                ("display_name", "Bob"),
-                ("role", "requester"),
-            ],
-        )
-        .await
-        .unwrap();
+    for (admin, t, email, name) in [
+        (&admin_a, a, "ann@example.com", "Ann"),
+        (&admin_b, b, "bob@example.com", "Bob"),
+    ] {
+        let invitation = admin
+            .call(
+                "add_member",
+                &[
+                    ("tenant_id", &t.to_string()),
+                    ("email", email),
+                    ("display_name", name),
+                    ("role", "requester"),
+                ],
+            )
+            .await
+            .unwrap();
+        app.join(&invitation, name).await;
+    }
     let page = admin_a.call("list_audit", &[]).await.unwrap();
     let items = page["items"].as_array().unwrap();
     assert!(!items.is_empty());

@@ -1631,3 +1631,164 @@ async fn auto_approval_can_be_limited_to_some_templates() {
     );
     w.app.state.hypervisors.stop_all();
 }
+
+/// Outside testing: a member of two tenants could not act on their own VM in the second one
+/// (a 500 from row-level security), and a member removed from a tenant kept reading their VM
+/// there, its disks, operations and request log.
+#[tokio::test]
+async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_tenant() {
+    let w = world().await;
+    let beta = w.app.tenant("Beta").await;
+    sqlx::query("UPDATE templates SET all_tenants = true")
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    let (dual, c) = w
+        .app
+        .signed_in("dual@example.com", Some((w.tenant, "requester")))
+        .await;
+    sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'requester')")
+        .bind(beta)
+        .bind(dual)
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    w.app.state.accounts.cache.invalidate_all();
+    let mut made = Vec::new();
+    for (tenant, prefix) in [(w.tenant, "in-acme"), (beta, "in-beta")] {
+        let t = tenant.to_string();
+        let id = id_of(
+            &c.call("submit_request", &w.form(&t, "small", "1", prefix))
+                .await
+                .unwrap(),
+        );
+        let r = w.wait_for(&c, &id, "fulfilled").await;
+        let vm = &r["vms"][0];
+        made.push((
+            id,
+            vm["host_id"].as_str().unwrap().to_string(),
+            vm["uuid"].as_str().unwrap().to_string(),
+        ));
+    }
+    let (acme_request, acme_host, acme_vm) = made[0].clone();
+    let (_, beta_host, beta_vm) = made[1].clone();
+
+    // The VM in the second tenant: its page and an action, recorded in that tenant.
+    c.call("get_vm", &[("host_id", &beta_host), ("uuid", &beta_vm)])
+        .await
+        .unwrap();
+    c.call(
+        "vm_action",
+        &[("host_id", &beta_host), ("uuid", &beta_vm), ("action", "reboot")],
+    )
+    .await
+    .expect("the owner acts on their VM in their second tenant");
+    let op_tenant: Uuid = sqlx::query_scalar(
+        "SELECT tenant_id FROM domain_operations WHERE domain_uuid = $1::uuid AND operation = 'reboot'",
+    )
+    .bind(&beta_vm)
+    .fetch_one(&w.app.db)
+    .await
+    .unwrap();
+    assert_eq!(op_tenant, beta);
+
+    // The catalog tells a requester what they choose, not who else gets it or where it lives.
+    let catalog = c
+        .call("catalog", &[("tenant_id", &beta.to_string())])
+        .await
+        .unwrap();
+    let entry = &catalog[0];
+    assert_eq!(entry["name"], "Debian 12");
+    assert_eq!(entry["tenant_ids"], serde_json::json!([]));
+    assert_eq!(entry["tenant_names"], serde_json::json!([]));
+    assert_eq!(entry["images"], serde_json::json!([]));
+    assert!(!catalog.to_string().contains("hv1"), "{catalog}");
+
+    // Removed from Acme, still in Beta: still signed in, but Acme's VM and request are gone.
+    w.fleet
+        .call(
+            "remove_member",
+            &[("tenant_id", &w.tenant.to_string()), ("user_id", &dual.to_string())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.whoami().await.as_deref(), Some("dual@example.com"));
+    assert_refused(
+        &c.call("get_vm", &[("host_id", &acme_host), ("uuid", &acme_vm)])
+            .await,
+        "the VM page of a tenant one left",
+    );
+    assert_refused(
+        &c.call(
+            "vm_action",
+            &[("host_id", &acme_host), ("uuid", &acme_vm), ("action", "reboot")],
+        )
+        .await,
+        "an action on a VM of a tenant one left",
+    );
+    assert_refused(
+        &c.call("get_request", &[("id", &acme_request)]).await,
+        "the request log of a tenant one left",
+    );
+    let managed = c
+        .call("get_managed_vm", &[("uuid", &acme_vm)])
+        .await
+        .unwrap_or(Value::Null);
+    assert!(managed.is_null(), "{managed}");
+    let mine = c.call("my_vms", &[]).await.unwrap();
+    let names: Vec<&str> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["in-beta"]);
+    let requests = c.call("list_requests", &[]).await.unwrap();
+    assert_eq!(requests["items"].as_array().unwrap().len(), 1, "{requests}");
+    let home = c.call("read_home_panels", &[]).await.unwrap();
+    assert_eq!(home["vms"]["items"].as_array().unwrap().len(), 1, "{home}");
+    assert_eq!(home["requests"]["total"], 0, "{home}");
+    // The second tenant's VM still works for them.
+    c.call("get_vm", &[("host_id", &beta_host), ("uuid", &beta_vm)])
+        .await
+        .unwrap();
+}
+
+/// Outside testing: a template description holding `</textarea>` ended the edit form's
+/// textarea and injected markup (Leptos writes a textarea's children unescaped).
+#[tokio::test]
+async fn template_text_is_escaped_inside_the_edit_form() {
+    let w = world().await;
+    let payload = "</textarea><img src=x onerror=alert(1)><form action=/evil><button>Go</button></form>";
+    let sizes_before: String = sqlx::query_scalar("SELECT sizes::text FROM templates")
+        .fetch_one(&w.app.db)
+        .await
+        .unwrap();
+    w.fleet
+        .call(
+            "save_template",
+            &[
+                ("id", &w.template),
+                ("name", "Debian 12"),
+                ("description", payload),
+                ("os", "Debian GNU/Linux 12"),
+                ("sizes", "small 1 1 10\nlarge 4 8 50"),
+                ("default_lease_days", "30"),
+                ("max_lease_days", "90"),
+                ("tenants", "acme"),
+                ("image_host", &w.host),
+                ("image_pool", &w.pool),
+                ("image_volume", "debian-12.qcow2"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!sizes_before.is_empty());
+    let html = w.fleet.get("/templates").await.text().await.unwrap();
+    assert!(!html.contains("<img src=x"), "markup injected");
+    assert!(!html.contains("<form action=/evil"), "form injected");
+    assert!(
+        html.contains("&lt;/textarea>&lt;img src=x onerror=alert(1)>"),
+        "the description is shown as text"
+    );
+}

@@ -416,3 +416,104 @@ async fn whole_months_are_read_from_monthly_totals_with_the_same_result() {
     assert!(close(num(&row["vcpu_hours"]), 2.0 * 24.0 * 44.0), "{row}");
     assert!(close(num(&row["cost"]), 18.72 * 44.0 / 30.0), "{row}");
 }
+
+/// Outside testing: dates near year ±9999 crashed the report ("overflow adding duration to
+/// date") in the server function and the CSV route; rate cards listed templates offered only
+/// to other tenants.
+#[tokio::test]
+async fn extreme_dates_are_field_errors_and_rate_cards_stay_within_the_tenant() {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let a = app.tenant("Alpha").await;
+    let b = app.tenant("Beta").await;
+    let (_, mona) = app
+        .signed_in("mona@example.com", Some((a, "manager")))
+        .await;
+    for (from, to, field) in [
+        ("9999-12-01", "9999-12-31", "from"),
+        ("2026-01-01", "9999-12-31", "to"),
+        ("-9999-01-01", "2026-01-01", "from"),
+        ("1999-12-31", "2000-01-05", "from"),
+    ] {
+        let r = mona
+            .call("usage_report", &[("from", from), ("to", to), ("group_by", "tenant")])
+            .await;
+        let message = assert_field_error(&r, field);
+        assert!(
+            message.contains("between 2000-01-01 and 2199-12-31") || message.contains("YYYY-MM-DD"),
+            "{from}..{to}: {message}"
+        );
+        let res = mona
+            .http
+            .get(format!(
+                "{}/reports/usage.csv?from={from}&to={to}&group_by=tenant",
+                mona.base
+            ))
+            .send()
+            .await
+            .expect("the CSV route answers instead of dropping the connection");
+        assert_eq!(res.status(), 422, "{from}..{to}");
+    }
+    let before = app.snapshot().await;
+    let r = fleet
+        .call(
+            "add_rate_card",
+            &[
+                ("currency", "EUR"),
+                ("vcpu_hour", "1"),
+                ("memory_gib_hour", "1"),
+                ("disk_gib_hour", "1"),
+                ("valid_from", "9999-12-31"),
+            ],
+        )
+        .await;
+    assert!(assert_field_error(&r, "valid_from").contains("2199-12-31"));
+    assert_eq!(before, app.snapshot().await);
+
+    // Rate cards: the general one, and those of templates offered to Alpha; never the names of
+    // templates only Beta gets.
+    for (name, all, tenants) in [
+        ("Shared image", true, vec![]),
+        ("Alpha image", false, vec![a]),
+        ("Beta secret project", false, vec![b]),
+    ] {
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO templates (name, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids)
+             VALUES ($1, 'Linux', '[{\"name\":\"s\",\"vcpus\":1,\"memory_mib\":1024,\"disk_gib\":1}]', 1, 1, $2, $3)
+             RETURNING id",
+        )
+        .bind(name)
+        .bind(all)
+        .bind(&tenants)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO rate_cards (template_id, currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from) VALUES ($1, 'EUR', 1, 1, 1, now())")
+            .bind(id)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO rate_cards (currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from) VALUES ('EUR', 1, 1, 1, now())")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let names = |v: serde_json::Value| {
+        let mut n: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["template_name"].as_str().unwrap_or("(general)").to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(mona.call("list_rate_cards", &[]).await.unwrap()),
+        ["(general)", "Alpha image", "Shared image"]
+    );
+    assert_eq!(
+        names(fleet.call("list_rate_cards", &[]).await.unwrap()),
+        ["(general)", "Alpha image", "Beta secret project", "Shared image"]
+    );
+}

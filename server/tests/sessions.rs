@@ -299,35 +299,64 @@ async fn first_sign_in_must_replace_the_one_time_password() {
     assert!(admin.call("list_tenants", &[]).await.is_ok());
 }
 
+/// Outside testing: 100 wrong passwords from anywhere locked the real user out for an hour.
+/// Now refusals are per (account, address); the account alone is slowed down, never refused.
 #[tokio::test]
-async fn failed_sign_ins_are_throttled_per_account_and_unlock_by_themselves() {
-    let app = spawn_app_with(|c| c.login_failures_per_account = 3).await;
+async fn failed_sign_ins_refuse_the_guessing_address_and_only_slow_the_account() {
+    let app = spawn_app_with(|c| {
+        c.login_failures_per_account_address = 3;
+        c.login_failures_per_account = 2;
+        c.login_max_delay_ms = 300;
+    })
+    .await;
     app.user("ann@example.com", None).await;
-    let c = app.client();
-    for _ in 0..3 {
-        let r = c.login("ann@example.com", "wrong password!").await;
-        assert!(
-            matches!(r, Err((401, app::error::AppError::LoginFailed))),
-            "{r:?}"
-        );
+    let attacker = app.client();
+    for i in 0..3 {
+        let r = attacker.login("ann@example.com", "wrong password!").await;
+        match (i, &r) {
+            (0 | 1, Err((401, app::error::AppError::LoginFailed))) => {}
+            (2, Err((401, app::error::AppError::LoginSlowed))) => {}
+            _ => panic!("attempt {i}: {r:?}"),
+        }
     }
-    let r = c.login("ANN@example.com", PASSWORD).await;
-    assert!(
-        matches!(r, Err((429, app::error::AppError::TooManyRequests))),
-        "locked: {r:?}"
-    );
-    // Other accounts are unaffected.
-    app.user("bob@example.com", None).await;
-    assert!(app
-        .client()
-        .login("bob@example.com", PASSWORD)
+    // The guessing address is refused for this account, even with the right password, and
+    // told why.
+    let r = attacker.login("ANN@example.com", PASSWORD).await;
+    match &r {
+        Err((429, app::error::AppError::TooManyRequests(m))) => {
+            assert!(m.contains("this account from your network"), "{m}")
+        }
+        other => panic!("refused: {other:?}"),
+    }
+    // The real user, from another address, still gets in: slowed down, not refused.
+    let started = Instant::now();
+    let ann = app.client_from("127.0.0.2");
+    ann.login("ann@example.com", PASSWORD)
         .await
-        .is_ok());
-    app.clock.advance(Duration::minutes(61));
+        .expect("the real user signs in from elsewhere");
     assert!(
-        c.login("ann@example.com", PASSWORD).await.is_ok(),
-        "unlocks after the hour"
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "slowed down: {:?}",
+        started.elapsed()
     );
+    assert_eq!(ann.whoami().await.as_deref(), Some("ann@example.com"));
+    // Other accounts from the guessing address are unaffected.
+    app.user("bob@example.com", None).await;
+    assert!(attacker.login("bob@example.com", PASSWORD).await.is_ok());
+    // Failures and the refusal are in the audit trail (the account as typed).
+    let actions = app.audit_actions().await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "session.login_failed")
+            .count(),
+        3
+    );
+    assert!(actions.contains(&"session.login_refused".to_string()));
+    // The refusal lifts as the hour rolls on.
+    app.clock.advance(Duration::minutes(61));
+    let again = app.client();
+    assert!(again.login("ann@example.com", PASSWORD).await.is_ok());
 }
 
 #[tokio::test]
@@ -447,4 +476,72 @@ async fn pages_carry_security_headers() {
         body.contains(&format!("nonce=\"{nonce}\"")),
         "scripts carry the header's nonce"
     );
+}
+
+/// Outside testing: `/login?__path=…&__err=…` showed attacker-chosen text as a form error.
+/// Only an error this browser was just sent by the server is shown, once.
+#[tokio::test]
+async fn form_errors_in_the_address_show_only_when_the_server_sent_them_to_this_browser() {
+    use base64::Engine as _;
+    let app = spawn_app().await;
+    let forged = base64::engine::general_purpose::URL_SAFE
+        .encode(r#"{"Conflict":"Your account is blocked: call +1 555 0100"}"#);
+    let visitor = app.client();
+    let res = visitor
+        .get(&format!("/login?__path=/api/login&__err={forged}"))
+        .await;
+    assert_eq!(res.status().as_u16(), 303);
+    assert_eq!(res.headers()["location"], "/login");
+
+    // The real thing: a sign-in form posted without JavaScript.
+    let res = visitor
+        .http
+        .post(format!("{}/api/login", app.base))
+        .header("Accept", "text/html")
+        .header("Origin", ORIGIN)
+        .header("Referer", format!("{}/login", app.base))
+        .form(&[("email", "nobody@example.com"), ("password", "wrong password!")])
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_redirection(), "{}", res.status());
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("__err="), "{location}");
+    let path = location.trim_start_matches(&app.base).to_string();
+    let page = visitor.get(&path).await;
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("E-mail or password is incorrect."), "shown once");
+    // Once: the same address again (a forwarded link, a reload) is cleaned.
+    let again = visitor.get(&path).await;
+    assert_eq!(again.status().as_u16(), 303);
+    // Another browser with the genuine link sees nothing either.
+    let other = app.client().get(&path).await;
+    assert_eq!(other.status().as_u16(), 303);
+}
+
+/// Outside testing: a `/live` stream opened before sign-out kept receiving events.
+#[tokio::test]
+async fn a_live_stream_ends_with_its_session() {
+    use futures::StreamExt as _;
+    let app = spawn_app().await;
+    let t = app.tenant("Acme").await;
+    let (_, ann) = app
+        .signed_in("ann@example.com", Some((t, "tenant_admin")))
+        .await;
+    let res = ann.get("/live").await;
+    assert_eq!(res.status().as_u16(), 200);
+    let mut stream = res.bytes_stream();
+    // Signed out from another tab of the same browser.
+    let tab = ann.clone();
+    tab.call("logout", &[]).await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived the session");
 }

@@ -159,12 +159,15 @@ async fn member_fields_are_validated() {
             &[
                 ("tenant_id", &tid),
                 ("email", "ann@example.com"),
-                ("display_name", ""),
+                ("display_name", "A\u{7}nn"),
                 ("role", "requester"),
             ],
         )
         .await;
-    assert_eq!(assert_field_error(&r, "display_name"), "Enter a name.");
+    assert_eq!(
+        assert_field_error(&r, "display_name"),
+        "Remove control characters from the name."
+    );
     let r = boss
         .call(
             "add_member",
@@ -219,9 +222,9 @@ async fn member_fields_are_validated() {
     assert!(matches!(r, Err((409, _))), "{r:?}");
     assert_eq!(before, app.snapshot().await);
 
-    // An existing account is added without a new password; a new one gets a one-time password.
+    // An existing account and a new address get the same answer: an invitation with a code.
     app.user("known@example.com", None).await;
-    let r = boss
+    let known = boss
         .call(
             "add_member",
             &[
@@ -233,8 +236,7 @@ async fn member_fields_are_validated() {
         )
         .await
         .unwrap();
-    assert!(r.is_null());
-    let r = boss
+    let fresh = boss
         .call(
             "add_member",
             &[
@@ -246,12 +248,102 @@ async fn member_fields_are_validated() {
         )
         .await
         .unwrap();
-    assert_eq!(r["email"], "fresh@example.com");
+    assert_eq!(fresh["email"], "fresh@example.com");
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&known), keys(&fresh));
+    assert_eq!(keys(&fresh), ["code", "email", "expires_at"]);
     let actions = app.audit_actions().await;
+    assert_eq!(actions[actions.len() - 2..], ["member.invite", "member.invite"]);
     assert_eq!(
-        actions[actions.len() - 3..],
-        ["member.add", "user.create", "member.add"]
+        app.scalar_i64("SELECT count(*) FROM users WHERE email = 'fresh@example.com'")
+            .await,
+        0,
+        "no account before the invitee joins"
     );
+}
+
+#[tokio::test]
+async fn joining_with_an_invitation_is_validated() {
+    let app = spawn_app().await;
+    let t = app.tenant("Acme").await;
+    let (_, boss) = app
+        .signed_in("boss@example.com", Some((t, "tenant_admin")))
+        .await;
+    let invitation = boss
+        .call(
+            "add_member",
+            &[
+                ("tenant_id", &t.to_string()),
+                ("email", "new@example.com"),
+                ("role", "requester"),
+            ],
+        )
+        .await
+        .unwrap();
+    let code = invitation["code"].as_str().unwrap();
+    let before = app.snapshot().await;
+    let visitor = app.client();
+    let join = |email: &'static str, code: String, name: &'static str, pw: &'static str, confirm: &'static str| {
+        let visitor = visitor.clone();
+        async move {
+            visitor
+                .call(
+                    "join",
+                    &[
+                        ("email", email),
+                        ("code", &code),
+                        ("display_name", name),
+                        ("password", pw),
+                        ("confirm_password", confirm),
+                    ],
+                )
+                .await
+        }
+    };
+    let r = join("nope", String::new(), "", "short", "other").await;
+    for field in ["email", "code", "display_name", "password"] {
+        assert_field_error(&r, field);
+    }
+    let r = join("new@example.com", code.into(), "New", PASSWORD, "different password!").await;
+    assert_eq!(assert_field_error(&r, "confirm_password"), "The two passwords differ.");
+    // A wrong code, or the right code for another address.
+    let r = join("new@example.com", "aaaaa-bbbbb-ccccc-ddddd".into(), "New", PASSWORD, PASSWORD).await;
+    assert!(assert_field_error(&r, "code").contains("not an open invitation"));
+    let r = join("other@example.com", code.into(), "New", PASSWORD, PASSWORD).await;
+    assert!(assert_field_error(&r, "code").contains("not an open invitation"));
+    // Failed tries only count towards the throttle (and its audit rows).
+    let _ = sqlx::query("DELETE FROM login_failures").execute(&app.db).await;
+    let after: String = app.snapshot().await;
+    assert_eq!(before.split('|').take(5).collect::<Vec<_>>(), after.split('|').take(5).collect::<Vec<_>>());
+
+    // The right code: the account exists, is a member and is signed in.
+    let r = join("NEW@example.com", code.into(), "New Person", PASSWORD, PASSWORD).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(visitor.whoami().await.as_deref(), Some("new@example.com"));
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = 'new@example.com'")
+            .await,
+        1
+    );
+    // A code works once.
+    let again = app.client();
+    let r = again
+        .call(
+            "join",
+            &[
+                ("email", "new@example.com"),
+                ("code", code),
+                ("display_name", "New"),
+                ("password", PASSWORD),
+                ("confirm_password", PASSWORD),
+            ],
+        )
+        .await;
+    assert!(assert_field_error(&r, "code").contains("not an open invitation"));
 }
 
 #[tokio::test]

@@ -58,3 +58,17 @@ where
     });
     form
 }
+
+/// Text for inside a `<textarea>`. Leptos writes a textarea's children unescaped on the server
+/// (it treats the element like `<script>`), so user text holding `</textarea>` would end the
+/// element and inject markup; in the browser the text becomes a text node and needs nothing.
+pub fn textarea_text(text: String) -> String {
+    #[cfg(feature = "ssr")]
+    {
+        text.replace('&', "&amp;").replace('<', "&lt;")
+    }
+    #[cfg(not(feature = "ssr"))]
+    {
+        text
+    }
+}

@@ -1,7 +1,11 @@
 use crate::account::{OneTimePassword, TenantRole};
+use crate::components::timestamp::Timestamp;
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{any_admin, Guard};
-use crate::tenant::{get_tenant, list_members, AddMember, RemoveMember, SetMemberRole};
+use crate::tenant::{
+    get_tenant, list_invitations, list_members, AddMember, NewInvitation, RemoveMember,
+    RevokeInvitation, SetMemberRole,
+};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
@@ -31,6 +35,27 @@ pub fn OneTimePasswordNotice(otp: OneTimePassword) -> impl IntoView {
     }
 }
 
+/// Shows a new invitation's code once, for the admin to hand over with the join link.
+#[component]
+fn InvitationNotice(inv: NewInvitation) -> impl IntoView {
+    let link = format!(
+        "/join?email={}&code={}",
+        crate::pages::users::urlencode(&inv.email),
+        crate::pages::users::urlencode(&inv.code)
+    );
+    view! {
+        <div class="notice ok otp" role="status">
+            <p>
+                "Invitation made for " <strong>{inv.email.clone()}</strong>
+                ". If they already have an account, they accept it on their account page after signing in. "
+                "Otherwise give them this code (shown only now) and the join page, where they choose their password:"
+            </p>
+            <code class="otp-value" data-testid="invitation-code">{inv.code.clone()}</code>
+            <p><a href=link>"Join page with this code"</a>" · expires " <Timestamp at=inv.expires_at/></p>
+        </div>
+    }
+}
+
 #[component]
 fn MembersContent() -> impl IntoView {
     let params = use_params_map();
@@ -38,6 +63,8 @@ fn MembersContent() -> impl IntoView {
     let add = ServerAction::<AddMember>::new();
     let set_role = ServerAction::<SetMemberRole>::new();
     let remove = ServerAction::<RemoveMember>::new();
+    let revoke = ServerAction::<RevokeInvitation>::new();
+    let revoke_error = action_error(revoke);
     let add_error = action_error(add);
     let add_form = reset_on_success(add);
     let role_error = action_error(set_role);
@@ -64,7 +91,16 @@ fn MembersContent() -> impl IntoView {
             }
         },
     );
-    let new_otp = move || add.value().get().and_then(|r| r.ok()).flatten();
+    let invitations = Resource::new(
+        move || (tenant_id(), add.version().get(), revoke.version().get()),
+        |(id, ..)| async move {
+            match id {
+                Some(id) => list_invitations(id).await,
+                None => Err(crate::error::AppError::NotFound("Tenant".into())),
+            }
+        },
+    );
+    let new_invitation = move || add.value().get().and_then(|r| r.ok());
     view! {
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -75,9 +111,9 @@ fn MembersContent() -> impl IntoView {
                             <h1>{t.name.clone()} <span class="muted">" · members"</span></h1>
                             {t.suspended.then(|| view! { <p class="notice warn">"This tenant is suspended: its members cannot use it until a fleet admin reactivates it."</p> })}
                             <section class="card">
-                                <h2>"Add a member"</h2>
-                                <p class="muted">"Someone without an account gets one, with a one-time password shown here once."</p>
-                                {move || new_otp().map(|otp| view! { <OneTimePasswordNotice otp/> })}
+                                <h2>"Invite a member"</h2>
+                                <p class="muted">"They join once they accept: with their account if they have one, else by creating it with the code shown here once."</p>
+                                {move || new_invitation().map(|inv| view! { <InvitationNotice inv/> })}
                                 <FormMessage error=add_error/>
                                 <ActionForm action=add node_ref=add_form attr:class="form row">
                                     <input type="hidden" name="tenant_id" value=id.clone()/>
@@ -87,7 +123,7 @@ fn MembersContent() -> impl IntoView {
                                         <FieldMessage error=add_error field="email"/>
                                     </div>
                                     <div class="field">
-                                        <label for="member-name">"Full name"</label>
+                                        <label for="member-name">"Full name (optional)"</label>
                                         <input id="member-name" name="display_name" maxlength="100" aria-describedby="display_name-error"/>
                                         <FieldMessage error=add_error field="display_name"/>
                                     </div>
@@ -96,7 +132,7 @@ fn MembersContent() -> impl IntoView {
                                         <RoleSelect id="member-role".to_string() selected=TenantRole::Requester/>
                                         <FieldMessage error=add_error field="role"/>
                                     </div>
-                                    <button type="submit" class="primary">"Add member"</button>
+                                    <button type="submit" class="primary">"Invite"</button>
                                 </ActionForm>
                             </section>
                         }.into_any()
@@ -105,6 +141,41 @@ fn MembersContent() -> impl IntoView {
                 }
             })}
         </Suspense>
+        <section class="card">
+            <h2>"Open invitations"</h2>
+            <FormMessage error=revoke_error/>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    let tid = tenant_id().map(|t| t.to_string()).unwrap_or_default();
+                    match invitations.await {
+                        Ok(list) if list.is_empty() => view! { <p class="muted">"None."</p> }.into_any(),
+                        Ok(list) => view! {
+                            <table class="table">
+                                <thead><tr><th>"E-mail"</th><th>"Role"</th><th>"Invited by"</th><th>"Expires"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                                <tbody>
+                                    {list.into_iter().map(|i| { let tid = tid.clone(); view! {
+                                        <tr>
+                                            <td>{i.email.clone()}</td>
+                                            <td>{i.role.label()}</td>
+                                            <td>{i.invited_by.clone().unwrap_or_default()}</td>
+                                            <td><Timestamp at=i.expires_at/></td>
+                                            <td>
+                                                <ActionForm action=revoke attr:class="inline">
+                                                    <input type="hidden" name="tenant_id" value=tid/>
+                                                    <input type="hidden" name="id" value=i.id.to_string()/>
+                                                    <button type="submit" class="small danger">"Revoke"</button>
+                                                </ActionForm>
+                                            </td>
+                                        </tr>
+                                    }}).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
         <section class="card">
             <h2>"Members"</h2>
             <FormMessage error=role_error/>

@@ -3,6 +3,7 @@ pub mod audit;
 pub mod catalog;
 pub mod dashboard;
 pub mod home;
+pub mod join;
 pub mod hosts;
 pub mod login;
 pub mod members;

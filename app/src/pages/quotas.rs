@@ -1,5 +1,5 @@
 //! A tenant's quotas (tenant and per member), its approval policy and the ledger recount.
-use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::form::{action_error, textarea_text, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::quota::QuotaLines;
 use crate::provisioning::{
@@ -231,7 +231,7 @@ fn QuotasView(
                 </div>
                 <div class="field">
                     <label for="pol-levels">"Approval levels, in order: one per line, \"any:\" or \"all:\" followed by approvers' e-mails (none: any approver of the organisation)"</label>
-                    <textarea id="pol-levels" name="levels" rows="3" placeholder="any:\nall: lead@example.com, finance@example.com" aria-describedby="levels-error">{levels_text}</textarea>
+                    <textarea id="pol-levels" name="levels" rows="3" placeholder="any:\nall: lead@example.com, finance@example.com" aria-describedby="levels-error">{textarea_text(levels_text)}</textarea>
                     <FieldMessage error=policy_error field="levels"/>
                 </div>
                 <button type="submit" class="primary">"Save policy"</button>

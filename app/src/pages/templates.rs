@@ -1,5 +1,5 @@
 //! Fleet template management.
-use crate::components::form::{action_error, FieldMessage, FormMessage};
+use crate::components::form::{action_error, textarea_text, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::fleet::{list_hosts, HostSummary};
 use crate::provisioning::{list_templates, PublishTemplate, SaveTemplate, Template};
@@ -159,13 +159,13 @@ fn TemplateForm(
             </div>
             <div class="field">
                 <label for=f("description")>"Description"</label>
-                <textarea id=f("description") name="description" maxlength="2000" rows="2">{t.as_ref().map(|t| t.description.clone())}</textarea>
+                <textarea id=f("description") name="description" maxlength="2000" rows="2">{t.as_ref().map(|t| textarea_text(t.description.clone()))}</textarea>
                 <FieldMessage error field="description"/>
             </div>
             <div class="row">
                 <div class="field">
                     <label for=f("sizes")>"Sizes: one per line, name vCPUs memory-GiB disk-GiB"</label>
-                    <textarea id=f("sizes") name="sizes" rows="3" required placeholder="small 1 2 20\nlarge 4 8 80" aria-describedby="sizes-error">{t.as_ref().map(sizes_text)}</textarea>
+                    <textarea id=f("sizes") name="sizes" rows="3" required placeholder="small 1 2 20\nlarge 4 8 80" aria-describedby="sizes-error">{t.as_ref().map(|t| textarea_text(sizes_text(t)))}</textarea>
                     <FieldMessage error field="sizes"/>
                 </div>
                 <div class="field">

@@ -135,7 +135,10 @@ impl Accounts for AccountsBackend {
             return Err(AppError::LoginFailed);
         }
         let now = self.clock.now();
-        throttle::check(&self.pool, self.limits, &account, req.client_addr, now).await?;
+        let verdict = throttle::check(&self.pool, self.limits, &account, req.client_addr, now).await?;
+        if let throttle::Verdict::Slow(wait) = verdict {
+            tokio::time::sleep(wait).await;
+        }
         let creds: Option<Credentials> = sqlx::query_as(
             "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled FROM users WHERE lower(email) = $1",
         )
@@ -151,7 +154,10 @@ impl Accounts for AccountsBackend {
             Some(c) if ok && !c.disabled => c,
             _ => {
                 throttle::record_failure(&self.pool, &account, req.client_addr, now).await?;
-                return Err(AppError::LoginFailed);
+                return Err(match verdict {
+                    throttle::Verdict::Go => AppError::LoginFailed,
+                    throttle::Verdict::Slow(_) => AppError::LoginSlowed,
+                });
             }
         };
         let session_id = sessions::start(
@@ -231,7 +237,11 @@ impl Accounts for AccountsBackend {
             ));
         }
         let now = self.clock.now();
-        throttle::check(&self.pool, self.limits, &actor.email, req.client_addr, now).await?;
+        if let throttle::Verdict::Slow(wait) =
+            throttle::check(&self.pool, self.limits, &actor.email, req.client_addr, now).await?
+        {
+            tokio::time::sleep(wait).await;
+        }
         let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
             .bind(actor.user_id)
             .fetch_one(&self.pool)

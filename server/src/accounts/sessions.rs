@@ -142,38 +142,13 @@ pub async fn resolve(
     let Some(id) = session.get::<Uuid>(KEY).await.map_err(db::internal)? else {
         return Ok(None);
     };
-    let row = match cache.get(id) {
-        Some(row) => row,
-        None => {
-            let generation = cache.generation.load(Ordering::SeqCst);
-            let row: Option<ActorRow> = sqlx::query_as("SELECT * FROM session_actor($1)")
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .map_err(db::internal)?;
-            let Some(row) = row else {
-                // Ended elsewhere (sign-out on another device, user disabled, membership removed).
-                session.flush().await.map_err(db::internal)?;
-                return Ok(None);
-            };
-            let row = Arc::new(row);
-            if generation == cache.generation.load(Ordering::SeqCst) {
-                cache.entries.insert(
-                    id,
-                    Cached {
-                        generation,
-                        row: row.clone(),
-                    },
-                );
-            }
-            row
-        }
+    let Some(row) = load(pool, cache, id).await? else {
+        // Ended elsewhere (sign-out on another device, user disabled, password reset).
+        session.flush().await.map_err(db::internal)?;
+        return Ok(None);
     };
     let now = clock.now();
-    if row.disabled
-        || now - row.last_seen_at > timeouts.idle
-        || now - row.created_at > timeouts.absolute
-    {
+    if row.expired(now, timeouts) {
         cache.forget(id);
         end(pool, session).await?;
         return Ok(None);
@@ -192,15 +167,75 @@ pub async fn resolve(
             .await
             .map_err(db::internal)?;
     }
-    Ok(Some(Actor {
-        user_id: row.user_id,
-        session_id: id,
-        email: row.email.clone(),
-        display_name: row.display_name.clone(),
-        fleet_admin: row.fleet_admin,
-        must_change_password: row.must_change_password,
-        memberships: row.memberships.0.clone(),
-    }))
+    Ok(Some(row.actor(id)))
+}
+
+/// The session's actor as it is now, for a long-lived stream opened under it: `None` once the
+/// session ended, expired or its user was disabled. Reads like `resolve` (mostly from the
+/// cache) but changes nothing.
+pub async fn current(
+    pool: &PgPool,
+    cache: &ActorCache,
+    id: Uuid,
+    clock: &dyn Clock,
+    timeouts: Timeouts,
+) -> Result<Option<Actor>, AppError> {
+    Ok(load(pool, cache, id)
+        .await?
+        .filter(|row| !row.expired(clock.now(), timeouts))
+        .map(|row| row.actor(id)))
+}
+
+/// The session's row with its user and memberships, from the cache or the database.
+async fn load(
+    pool: &PgPool,
+    cache: &ActorCache,
+    id: Uuid,
+) -> Result<Option<Arc<ActorRow>>, AppError> {
+    if let Some(row) = cache.get(id) {
+        return Ok(Some(row));
+    }
+    let generation = cache.generation.load(Ordering::SeqCst);
+    let row: Option<ActorRow> = sqlx::query_as("SELECT * FROM session_actor($1)")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db::internal)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let row = Arc::new(row);
+    // A load that raced with a change is not stored.
+    if generation == cache.generation.load(Ordering::SeqCst) {
+        cache.entries.insert(
+            id,
+            Cached {
+                generation,
+                row: row.clone(),
+            },
+        );
+    }
+    Ok(Some(row))
+}
+
+impl ActorRow {
+    fn expired(&self, now: OffsetDateTime, timeouts: Timeouts) -> bool {
+        self.disabled
+            || now - self.last_seen_at > timeouts.idle
+            || now - self.created_at > timeouts.absolute
+    }
+
+    fn actor(&self, session_id: Uuid) -> Actor {
+        Actor {
+            user_id: self.user_id,
+            session_id,
+            email: self.email.clone(),
+            display_name: self.display_name.clone(),
+            fleet_admin: self.fleet_admin,
+            must_change_password: self.must_change_password,
+            memberships: self.memberships.0.clone(),
+        }
+    }
 }
 
 /// Ends every session of a user at once (disabled, removed from a tenant, new privileges).

@@ -1,7 +1,10 @@
-//! Failed sign-in counting: per account and per client address, over a sliding hour. Nothing
-//! locks for good: old failures simply age out.
-use crate::db;
+//! Failed sign-in counting over a sliding hour. Refusals are per (account, client address)
+//! and per address, so nobody can lock the real user out of their account from elsewhere; on
+//! the account alone, sign-ins are slowed down, never refused. Old failures age out.
+use crate::audit::{self, Event, Origin};
+use crate::db::{self, Scope};
 use app::error::AppError;
+use serde_json::json;
 use sqlx::types::ipnetwork::IpNetwork;
 use sqlx::PgPool;
 use std::net::IpAddr;
@@ -11,21 +14,39 @@ const WINDOW: Duration = Duration::hours(1);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub per_account: i64,
+    /// Failures of one account from one address before that pair is refused.
+    pub per_account_address: i64,
+    /// Failures from one address (any account) before that address is refused.
     pub per_address: i64,
+    /// Failures of one account (any address) before its sign-ins are slowed down.
+    pub slow_after: i64,
+    /// Added wait per failure beyond `slow_after`, and its cap.
+    pub delay_step: std::time::Duration,
+    pub max_delay: std::time::Duration,
 }
 
-/// Refuses when the account or the address has too many recent failures.
+/// What the counts allow for one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Go,
+    /// Answer only after this wait: the account has many recent failures.
+    Slow(std::time::Duration),
+}
+
+/// Refuses when this address, or this account from this address, has too many recent
+/// failures; otherwise says how long to hold the attempt. Refusals are audited.
 pub async fn check(
     pool: &PgPool,
     limits: Limits,
     account: &str,
     addr: Option<IpAddr>,
     now: OffsetDateTime,
-) -> Result<(), AppError> {
-    let (by_account, by_addr): (i64, i64) = sqlx::query_as(
+) -> Result<Verdict, AppError> {
+    let (by_account, by_addr, by_pair): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM login_failures WHERE account = $1 AND at > $3),
-                (SELECT count(*) FROM login_failures WHERE $2::inet IS NOT NULL AND client_addr = $2 AND at > $3)",
+                (SELECT count(*) FROM login_failures WHERE $2::inet IS NOT NULL AND client_addr = $2 AND at > $3),
+                (SELECT count(*) FROM login_failures
+                  WHERE account = $1 AND client_addr IS NOT DISTINCT FROM $2::inet AND at > $3)",
     )
     .bind(account)
     .bind(addr.map(IpNetwork::from))
@@ -33,12 +54,32 @@ pub async fn check(
     .fetch_one(pool)
     .await
     .map_err(db::internal)?;
-    if by_account >= limits.per_account || by_addr >= limits.per_address {
-        return Err(AppError::TooManyRequests);
+    let refusal = if by_addr >= limits.per_address {
+        Some("Too many failed sign-ins from your network. Try again in an hour.")
+    } else if by_pair >= limits.per_account_address {
+        Some("Too many failed sign-ins to this account from your network. Try again in an hour, or from another network.")
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
+        audited(pool, account, addr, "session.login_refused", by_account).await?;
+        return Err(AppError::TooManyRequests(message.into()));
     }
-    Ok(())
+    Ok(verdict(limits, by_account))
 }
 
+/// The wait for an account with `failures` in the window: none up to `slow_after`, then one
+/// step more per failure, up to the cap.
+pub fn verdict(limits: Limits, failures: i64) -> Verdict {
+    let over = failures - limits.slow_after;
+    if over < 0 {
+        return Verdict::Go;
+    }
+    let steps = u32::try_from(over + 1).unwrap_or(u32::MAX);
+    Verdict::Slow(limits.delay_step.saturating_mul(steps).min(limits.max_delay))
+}
+
+/// Counts a failure and audits it (the account as typed: it may not exist).
 pub async fn record_failure(
     pool: &PgPool,
     account: &str,
@@ -52,7 +93,28 @@ pub async fn record_failure(
         .execute(pool)
         .await
         .map_err(db::internal)?;
-    Ok(())
+    audited(pool, account, addr, "session.login_failed", 0).await
+}
+
+async fn audited(
+    pool: &PgPool,
+    account: &str,
+    addr: Option<IpAddr>,
+    action: &str,
+    failures: i64,
+) -> Result<(), AppError> {
+    let mut tx = db::begin(pool, Scope::default()).await?;
+    let origin = Origin {
+        actor_id: None,
+        actor_email: Some(account.to_string()),
+        client_addr: addr,
+    };
+    let mut event = Event::new(action, "account", account);
+    if failures > 0 {
+        event = event.after(json!({ "failures_in_last_hour": failures }));
+    }
+    audit::record(&mut tx, &origin, event).await?;
+    tx.commit().await.map_err(db::internal)
 }
 
 /// Drops failures older than the window (run periodically).
@@ -63,4 +125,34 @@ pub async fn prune(pool: &PgPool, now: OffsetDateTime) -> Result<u64, AppError> 
         .await
         .map_err(db::internal)?
         .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_grows_with_failures_and_stops_at_the_cap() {
+        let limits = Limits {
+            per_account_address: 10,
+            per_address: 300,
+            slow_after: 5,
+            delay_step: std::time::Duration::from_millis(100),
+            max_delay: std::time::Duration::from_millis(350),
+        };
+        assert_eq!(verdict(limits, 0), Verdict::Go);
+        assert_eq!(verdict(limits, 4), Verdict::Go);
+        assert_eq!(
+            verdict(limits, 5),
+            Verdict::Slow(std::time::Duration::from_millis(100))
+        );
+        assert_eq!(
+            verdict(limits, 6),
+            Verdict::Slow(std::time::Duration::from_millis(200))
+        );
+        assert_eq!(
+            verdict(limits, 1_000_000),
+            Verdict::Slow(std::time::Duration::from_millis(350))
+        );
+    }
 }

@@ -205,6 +205,39 @@ impl TestApp {
         (id, c)
     }
 
+    /// A browser-like client whose requests come from another loopback address (the server
+    /// sees `addr` as the client address), e.g. 127.0.0.2.
+    pub fn client_from(&self, addr: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .local_address(addr.parse::<std::net::IpAddr>().expect("an address"))
+                .build()
+                .expect("client"),
+            base: self.base.clone(),
+        }
+    }
+
+    /// Redeems an invitation (`add_member`'s answer) as a newcomer: creates the account with
+    /// password `PASSWORD` and returns the signed-in client.
+    pub async fn join(&self, invitation: &Value, name: &str) -> Client {
+        let c = self.client();
+        c.call(
+            "join",
+            &[
+                ("email", invitation["email"].as_str().expect("email")),
+                ("code", invitation["code"].as_str().expect("code")),
+                ("display_name", name),
+                ("password", PASSWORD),
+                ("confirm_password", PASSWORD),
+            ],
+        )
+        .await
+        .expect("joins with the invitation");
+        c
+    }
+
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
@@ -217,6 +250,7 @@ impl TestApp {
                 (SELECT md5(coalesce(string_agg(u::text, ',' ORDER BY u.id), '')) FROM users u),
                 (SELECT md5(coalesce(string_agg(m::text, ',' ORDER BY m.tenant_id, m.user_id), '')) FROM memberships m),
                 (SELECT count(*)::text FROM user_sessions),
+                (SELECT md5(coalesce(string_agg(i::text, ',' ORDER BY i.id), '')) FROM invitations i),
                 (SELECT count(*)::text FROM audit_log))",
         )
         .fetch_one(&self.db)
