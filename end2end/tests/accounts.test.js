@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  launch, newPage, goto, shot, signIn, firstSignIn, hydrated, BASE,
+  launch, newPage, goto, shot, signIn, firstSignIn, hydrated, BASE, invite, joinWithCode,
   ADMIN_EMAIL, ADMIN_OTP, ADMIN_PASSWORD as ADMIN_NEW_PASSWORD,
 } from './helpers.js';
 
@@ -38,42 +38,34 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await admin.waitForURL('**/tenants/*');
     await hydrated(admin);
     const tenantAdminEmail = `tara-${run}@acme.example`;
-    await admin.fill('#member-email', tenantAdminEmail);
-    await admin.fill('#member-name', 'Tara Admin');
-    await admin.selectOption('#member-role', 'tenant_admin');
-    await admin.click('text=Add member');
-    const tenantAdminOtp = (await admin.getByTestId('otp').textContent()).trim();
-    assert.match(tenantAdminOtp, /^\w{5}-\w{5}-\w{5}-\w{5}$/);
-    await admin.getByRole('cell', { name: tenantAdminEmail }).waitFor();
+    const tenantAdminCode = await invite(admin, tenantAdminEmail, 'Tara Admin', 'tenant_admin');
+    assert.match(tenantAdminCode, /^\w{5}-\w{5}-\w{5}-\w{5}$/);
     await shot(admin, 'members');
+
+    // Tenant admin: joins with the code, adds a requester from their own members page.
+    const tara = await newPage(browser);
+    await goto(tara, `/join?email=${encodeURIComponent(tenantAdminEmail)}&code=${encodeURIComponent(tenantAdminCode)}`);
+    await shot(tara, 'join');
+    await joinWithCode(tara, tenantAdminEmail, tenantAdminCode, 'Tara Admin', `tara-${run}-passphrase`);
 
     await goto(admin, '/users');
     await admin.getByRole('cell', { name: tenantAdminEmail }).waitFor();
     await shot(admin, 'users');
     await goto(admin, '/audit');
-    await admin.getByRole('cell', { name: 'member.add' }).first().waitFor();
+    await admin.getByRole('cell', { name: 'member.join' }).first().waitFor();
     await shot(admin, 'audit');
-
-    // Tenant admin: first sign-in, adds a requester from their own members page.
-    const tara = await newPage(browser);
-    await firstSignIn(tara, tenantAdminEmail, tenantAdminOtp, `tara-${run}-passphrase`);
     await tara.getByRole('link', { name: `${tenantName} members` }).click();
     await tara.waitForURL('**/tenants/*');
     await hydrated(tara);
     const requesterEmail = `rick-${run}@acme.example`;
-    await tara.fill('#member-email', requesterEmail);
-    await tara.fill('#member-name', 'Rick Requester');
-    await tara.selectOption('#member-role', 'requester');
-    await tara.click('text=Add member');
-    const requesterOtp = (await tara.getByTestId('otp').textContent()).trim();
-    await tara.getByRole('cell', { name: requesterEmail }).waitFor();
+    const requesterCode = await invite(tara, requesterEmail, 'Rick Requester', 'requester');
     // Tenant admins do not see fleet pages.
     await goto(tara, '/tenants');
     await tara.getByText('Not allowed').waitFor();
 
     // Requester: first sign-in, then the fleet and admin pages are closed.
     const rick = await newPage(browser);
-    await firstSignIn(rick, requesterEmail, requesterOtp, `rick-${run}-passphrase`);
+    await joinWithCode(rick, requesterEmail, requesterCode, 'Rick Requester', `rick-${run}-passphrase`);
     await goto(rick, '/');
     await rick.getByText(`Welcome, Rick`).waitFor();
     await rick.getByText(tenantName, { exact: true }).waitFor();

@@ -69,6 +69,36 @@ export async function firstSignIn(page, email, oneTimePassword, newPassword) {
   await page.waitForURL('**/account?changed=1');
 }
 
+/// Invites `email` from a tenant's members page (already open) and returns the invitation
+/// code the page shows once.
+export async function invite(admin, email, name, role) {
+  const shown = admin.getByTestId('invitation-code');
+  const before = (await shown.count()) ? (await shown.textContent()).trim() : null;
+  await admin.fill('#member-email', email);
+  await admin.fill('#member-name', name);
+  await admin.selectOption('#member-role', role);
+  await admin.getByRole('button', { name: 'Invite', exact: true }).click();
+  // The previous invitation's code may still be on screen: wait for the new one.
+  await admin.waitForFunction((prev) => {
+    const el = document.querySelector('[data-testid=invitation-code]');
+    return el && el.textContent.trim() !== prev;
+  }, before);
+  const code = (await shown.textContent()).trim();
+  await admin.getByRole('cell', { name: email }).first().waitFor();
+  return code;
+}
+
+/// A newcomer creates their account with the invitation code on the join page.
+export async function joinWithCode(page, email, code, name, password) {
+  await goto(page, `/join?email=${encodeURIComponent(email)}&code=${encodeURIComponent(code)}`);
+  await page.fill('#join-name', name);
+  await page.fill('#join-password', password);
+  await page.fill('#join-confirm', password);
+  await page.getByRole('button', { name: 'Create my account and join' }).click();
+  await page.waitForURL((u) => u.pathname === '/');
+  await hydrated(page);
+}
+
 export const ADMIN_EMAIL = process.env.CONCIERGE_ADMIN_EMAIL ?? 'admin@concierge.local';
 export const ADMIN_OTP = process.env.CONCIERGE_ADMIN_PASSWORD;
 /// The admin's password after the first journey replaced the one-time password (every test

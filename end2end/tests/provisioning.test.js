@@ -7,7 +7,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
-import { launch, newPage, goto, shot, firstSignIn, hydrated, adminPage } from './helpers.js';
+import { launch, newPage, goto, shot, hydrated, adminPage, invite, joinWithCode } from './helpers.js';
 
 const run = Date.now().toString(36);
 
@@ -24,23 +24,6 @@ function simulatedHost() {
 </node>
 `);
   return `test://${file}`;
-}
-
-async function addMember(admin, email, name, role) {
-  const shown = admin.getByTestId('otp');
-  const before = (await shown.count()) ? (await shown.textContent()).trim() : null;
-  await admin.fill('#member-email', email);
-  await admin.fill('#member-name', name);
-  await admin.selectOption('#member-role', role);
-  await admin.click('text=Add member');
-  // The previous member's password may still be on screen: wait for the new one.
-  await admin.waitForFunction((prev) => {
-    const el = document.querySelector('[data-testid=otp]');
-    return el && el.textContent.trim() !== prev;
-  }, before);
-  const otp = (await shown.textContent()).trim();
-  await admin.getByRole('cell', { name: email }).waitFor();
-  return otp;
 }
 
 test('a request needing approval is approved in another browser and runs without a reload', async () => {
@@ -91,8 +74,8 @@ test('a request needing approval is approved in another browser and runs without
     const tenantUrl = admin.url();
     const approverEmail = `ada-${run}@prov.example`;
     const requesterEmail = `ray-${run}@prov.example`;
-    const approverOtp = await addMember(admin, approverEmail, 'Ada Approver', 'approver');
-    const requesterOtp = await addMember(admin, requesterEmail, 'Ray Requester', 'requester');
+    const approverCode = await invite(admin, approverEmail, 'Ada Approver', 'approver');
+    const requesterCode = await invite(admin, requesterEmail, 'Ray Requester', 'requester');
     await admin.goto(`${tenantUrl}/quotas`);
     await hydrated(admin);
     await admin.getByText('Approval policy').waitFor();
@@ -100,7 +83,7 @@ test('a request needing approval is approved in another browser and runs without
 
     // The requester asks for a large VM: above the auto-approval thresholds.
     const ray = await newPage(browser);
-    await firstSignIn(ray, requesterEmail, requesterOtp, `ray-${run}-passphrase`);
+    await joinWithCode(ray, requesterEmail, requesterCode, 'Ray Requester', `ray-${run}-passphrase`);
     await goto(ray, '/catalog');
     await ray.getByRole('heading', { name: template }).waitFor();
     await shot(ray, 'catalog');
@@ -128,7 +111,7 @@ test('a request needing approval is approved in another browser and runs without
 
     // The approver approves from the inbox, in another browser context.
     const ada = await newPage(browser);
-    await firstSignIn(ada, approverEmail, approverOtp, `ada-${run}-passphrase`);
+    await joinWithCode(ada, approverEmail, approverCode, 'Ada Approver', `ada-${run}-passphrase`);
     await goto(ada, '/approvals');
     const item = ada.locator('.inbox-item', { hasText: `build-${run}` });
     await item.waitFor();

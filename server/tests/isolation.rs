@@ -164,3 +164,113 @@ async fn tenant_admins_see_only_their_tenants_audit_and_members() {
         "other tenant's audit",
     );
 }
+
+/// Outside testing: a tenant admin could enrol any existing account of another tenant by its
+/// address, learn that it exists and see its name. Now "add member" answers the same for any
+/// address and membership starts only when the invitee accepts.
+#[tokio::test]
+async fn inviting_an_existing_account_reveals_nothing_and_needs_its_consent() {
+    let app = spawn_app().await;
+    let a = app.tenant("A").await;
+    let b = app.tenant("B").await;
+    let (_, admin_a) = app
+        .signed_in("boss-a@example.com", Some((a, "tenant_admin")))
+        .await;
+    let (bob_id, bob) = app
+        .signed_in("bob@example.com", Some((b, "requester")))
+        .await;
+    sqlx::query("UPDATE users SET display_name = 'Robert Secret-Name' WHERE id = $1")
+        .bind(bob_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let invite = |email: &'static str| {
+        let admin_a = admin_a.clone();
+        async move {
+            admin_a
+                .call(
+                    "add_member",
+                    &[
+                        ("tenant_id", &a.to_string()),
+                        ("email", email),
+                        ("role", "approver"),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let existing = invite("bob@example.com").await;
+    let unknown = invite("nobody-yet@example.com").await;
+    let shape = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(shape(&existing), shape(&unknown));
+    for seen in [
+        existing.to_string(),
+        admin_a
+            .call("list_members", &[("tenant_id", &a.to_string())])
+            .await
+            .unwrap()
+            .to_string(),
+        admin_a
+            .call("list_invitations", &[("tenant_id", &a.to_string())])
+            .await
+            .unwrap()
+            .to_string(),
+    ] {
+        assert!(!seen.contains("Robert"), "{seen}");
+        assert!(!seen.contains(&bob_id.to_string()), "{seen}");
+    }
+    let members_of_a = || async {
+        app.scalar_i64(&format!(
+            "SELECT count(*) FROM memberships WHERE tenant_id = '{a}' AND user_id = '{bob_id}'"
+        ))
+        .await
+    };
+    assert_eq!(members_of_a().await, 0, "not a member before consenting");
+
+    // The code is no way in for an existing account.
+    let r = app
+        .client()
+        .call(
+            "join",
+            &[
+                ("email", "bob@example.com"),
+                ("code", existing["code"].as_str().unwrap()),
+                ("display_name", "Mallory"),
+                ("password", "mallory's new password"),
+                ("confirm_password", "mallory's new password"),
+            ],
+        )
+        .await;
+    assert!(assert_field_error(&r, "email").contains("already has an account"));
+    assert_eq!(members_of_a().await, 0);
+
+    // Bob sees it, declines; invited again, accepts.
+    let mine = bob.call("my_invitations", &[]).await.unwrap();
+    assert_eq!(mine[0]["tenant_name"], "A", "{mine}");
+    let id = mine[0]["id"].as_str().unwrap().to_string();
+    bob.call("decline_invitation", &[("id", &id)]).await.unwrap();
+    assert_eq!(members_of_a().await, 0);
+    assert_eq!(bob.call("my_invitations", &[]).await.unwrap(), serde_json::json!([]));
+    invite("bob@example.com").await;
+    let mine = bob.call("my_invitations", &[]).await.unwrap();
+    let id = mine[0]["id"].as_str().unwrap().to_string();
+    bob.call("accept_invitation", &[("id", &id)]).await.unwrap();
+    assert_eq!(members_of_a().await, 1);
+    let actor = bob.call("current_actor", &[]).await.unwrap();
+    let tenants: Vec<&str> = actor["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["tenant_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["A", "B"]);
+    let actions = app.audit_actions().await;
+    for a in ["member.invite", "member.decline", "member.join"] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+}

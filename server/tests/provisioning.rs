@@ -1745,7 +1745,7 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
     assert_eq!(names, ["in-beta"]);
     let requests = c.call("list_requests", &[]).await.unwrap();
     assert_eq!(requests["items"].as_array().unwrap().len(), 1, "{requests}");
-    let home = c.call("read_home_panels", &[]).await.unwrap();
+    let home = c.call("home_panels", &[]).await.unwrap();
     assert_eq!(home["vms"]["items"].as_array().unwrap().len(), 1, "{home}");
     assert_eq!(home["requests"]["total"], 0, "{home}");
     // The second tenant's VM still works for them.

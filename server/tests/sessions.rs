@@ -164,16 +164,37 @@ async fn disabling_a_user_ends_their_sessions_and_blocks_sign_in() {
     );
 }
 
+/// Outside testing: removing a member from one tenant signed them out everywhere, so any
+/// tenant admin could sign out an account of another tenant. Now it ends that tenant's access
+/// at once and nothing else.
 #[tokio::test]
-async fn removing_a_membership_ends_the_members_sessions() {
+async fn removing_a_membership_ends_that_tenants_access_only() {
     let app = spawn_app().await;
     let t = app.tenant("Acme").await;
+    let other = app.tenant("Other").await;
     let (_, tadmin) = app
         .signed_in("boss@example.com", Some((t, "tenant_admin")))
         .await;
     let (id, member) = app
         .signed_in("ann@example.com", Some((t, "requester")))
         .await;
+    sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'manager')")
+        .bind(other)
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.state.accounts.cache.invalidate_all();
+    let tenants_of = |v: serde_json::Value| -> Vec<String> {
+        v["memberships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["tenant_name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = member.call("current_actor", &[]).await.unwrap();
+    assert_eq!(tenants_of(before), ["Acme", "Other"]);
     tadmin
         .call(
             "remove_member",
@@ -181,7 +202,13 @@ async fn removing_a_membership_ends_the_members_sessions() {
         )
         .await
         .unwrap();
-    assert_eq!(member.whoami().await, None);
+    assert_eq!(member.whoami().await.as_deref(), Some("ann@example.com"));
+    let after = member.call("current_actor", &[]).await.unwrap();
+    assert_eq!(tenants_of(after), ["Other"]);
+    assert_refused(
+        &member.call("catalog", &[("tenant_id", &t.to_string())]).await,
+        "the catalog of the tenant one was removed from",
+    );
     let audit: (Option<String>, Option<uuid::Uuid>, Option<String>) = sqlx::query_as(
         "SELECT actor_email, tenant_id, host(client_addr) FROM audit_log WHERE action = 'member.remove'",
     )
