@@ -166,13 +166,23 @@ pub async fn my_invitations() -> Result<Vec<MyInvitation>, AppError> {
 #[server(prefix = "/api", endpoint = "accept_invitation")]
 pub async fn accept_invitation(id: Uuid) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.invitations.answer(&req, id, true).await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .invitations
+            .answer(&req, id, true)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "decline_invitation")]
 pub async fn decline_invitation(id: Uuid) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.invitations.answer(&req, id, false).await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .invitations
+            .answer(&req, id, false)
+            .await,
+    )
 }
 
 /// Creates the invitee's account with an invitation code, joins the tenant and signs in.

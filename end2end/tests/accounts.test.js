@@ -59,6 +59,15 @@ test('fleet admin, tenant admin and requester each get exactly their pages', asy
     await hydrated(tara);
     const requesterEmail = `rick-${run}@acme.example`;
     const requesterCode = await invite(tara, requesterEmail, 'Rick Requester', 'requester');
+    // An existing account (the fleet admin's) gets the same kind of answer, and is asked on
+    // its account page; declining leaves everything as it was.
+    await invite(tara, ADMIN_EMAIL, '', 'manager');
+    await goto(admin, '/account');
+    const card = admin.getByRole('region', { name: 'Invitations' });
+    await card.getByText(`${tenantName}`, { exact: true }).waitFor();
+    await shot(admin, 'account-invitation');
+    await card.getByRole('button', { name: 'Decline' }).click();
+    await card.waitFor({ state: 'detached' });
     // Tenant admins do not see fleet pages.
     await goto(tara, '/tenants');
     await tara.getByText('Not allowed').waitFor();

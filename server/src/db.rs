@@ -174,7 +174,9 @@ async fn begin_then(
 /// Logs an unexpected database error and hands the user a reference to quote. A write that
 /// row-level security refused is the caller's lack of access, not our failure: 403.
 pub fn internal(err: impl std::fmt::Display + 'static) -> AppError {
-    if let Some(sqlx::Error::Database(db)) = (&err as &dyn std::any::Any).downcast_ref::<sqlx::Error>() {
+    if let Some(sqlx::Error::Database(db)) =
+        (&err as &dyn std::any::Any).downcast_ref::<sqlx::Error>()
+    {
         if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) {
             tracing::warn!(error = %db, "refused by row-level security");
             return AppError::Forbidden;

@@ -95,14 +95,11 @@ impl Invitations for InvitationsBackend {
         } else {
             DisplayName::parse(display_name, "display_name").map(Some)
         };
-        let (email, name, role) = match (
-            Email::parse(email, "email"),
-            name,
-            TenantRole::parse(role),
-        ) {
-            (Ok(e), Ok(n), Ok(r)) => (e, n, r),
-            (e, n, r) => return Err(AppError::merge([e.err(), n.err(), r.err()])),
-        };
+        let (email, name, role) =
+            match (Email::parse(email, "email"), name, TenantRole::parse(role)) {
+                (Ok(e), Ok(n), Ok(r)) => (e, n, r),
+                (e, n, r) => return Err(AppError::merge([e.err(), n.err(), r.err()])),
+            };
         let now = self.now();
         let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
         let tenant: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
@@ -277,12 +274,22 @@ impl Invitations for InvitationsBackend {
         if accept {
             Self::add_membership(&mut tx, &inv, actor.user_id).await?;
         }
-        Self::close(&mut tx, inv.id, if accept { "accepted" } else { "declined" }, now).await?;
+        Self::close(
+            &mut tx,
+            inv.id,
+            if accept { "accepted" } else { "declined" },
+            now,
+        )
+        .await?;
         audit::record(
             &mut tx,
             &Origin::of(req),
             Event::new(
-                if accept { "member.join" } else { "member.decline" },
+                if accept {
+                    "member.join"
+                } else {
+                    "member.decline"
+                },
                 "user",
                 actor.user_id,
             )
@@ -302,7 +309,10 @@ impl Invitations for InvitationsBackend {
         }
         let email = Email::parse(&form.email, "email");
         let code = if form.code.trim().is_empty() {
-            Err(AppError::field("code", "Enter the invitation code you were given."))
+            Err(AppError::field(
+                "code",
+                "Enter the invitation code you were given.",
+            ))
         } else {
             Ok(form.code.trim().to_string())
         };
@@ -316,7 +326,10 @@ impl Invitations for InvitationsBackend {
             if form.password == form.confirm_password {
                 Ok(())
             } else {
-                Err(AppError::field("confirm_password", "The two passwords differ."))
+                Err(AppError::field(
+                    "confirm_password",
+                    "The two passwords differ.",
+                ))
             }
         });
         let (email, code, name) = match (email, code, name, pass) {

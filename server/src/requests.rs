@@ -72,7 +72,9 @@ impl VmOwners {
     fn condition(&self) -> &'static str {
         match self {
             // One array parameter: the owner first, then their tenants.
-            VmOwners::Own(..) => "v.owner_id = ($1::uuid[])[1] AND v.tenant_id = ANY(($1::uuid[])[2:])",
+            VmOwners::Own(..) => {
+                "v.owner_id = ($1::uuid[])[1] AND v.tenant_id = ANY(($1::uuid[])[2:])"
+            }
             VmOwners::Tenants(_) => "v.tenant_id = ANY($1)",
             VmOwners::Everything => "$1",
         }
@@ -80,9 +82,12 @@ impl VmOwners {
 
     fn bind(&self, args: &mut sqlx::postgres::PgArguments) -> Result<(), AppError> {
         match self {
-            VmOwners::Own(user, tenants) => {
-                db::arg(args, std::iter::once(*user).chain(tenants.iter().copied()).collect::<Vec<_>>())
-            }
+            VmOwners::Own(user, tenants) => db::arg(
+                args,
+                std::iter::once(*user)
+                    .chain(tenants.iter().copied())
+                    .collect::<Vec<_>>(),
+            ),
             VmOwners::Tenants(tenants) => db::arg(args, tenants.clone()),
             VmOwners::Everything => db::arg(args, true),
         }

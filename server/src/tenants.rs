@@ -63,7 +63,10 @@ const TENANT_COLUMNS: &str = "t.id, t.name, t.suspended_at IS NOT NULL AS suspen
     (SELECT count(*) FROM memberships m WHERE m.tenant_id = t.id) AS member_count, t.created_at";
 
 /// The actor must administer `tenant`; everyone else is told it does not exist or is refused.
-pub(crate) fn require_admin_of(req: &RequestCtx, tenant: Uuid) -> Result<&app::account::Actor, AppError> {
+pub(crate) fn require_admin_of(
+    req: &RequestCtx,
+    tenant: Uuid,
+) -> Result<&app::account::Actor, AppError> {
     let actor = req.actor()?;
     if actor.administers(tenant) {
         Ok(actor)

@@ -253,9 +253,14 @@ async fn inviting_an_existing_account_reveals_nothing_and_needs_its_consent() {
     let mine = bob.call("my_invitations", &[]).await.unwrap();
     assert_eq!(mine[0]["tenant_name"], "A", "{mine}");
     let id = mine[0]["id"].as_str().unwrap().to_string();
-    bob.call("decline_invitation", &[("id", &id)]).await.unwrap();
+    bob.call("decline_invitation", &[("id", &id)])
+        .await
+        .unwrap();
     assert_eq!(members_of_a().await, 0);
-    assert_eq!(bob.call("my_invitations", &[]).await.unwrap(), serde_json::json!([]));
+    assert_eq!(
+        bob.call("my_invitations", &[]).await.unwrap(),
+        serde_json::json!([])
+    );
     invite("bob@example.com").await;
     let mine = bob.call("my_invitations", &[]).await.unwrap();
     let id = mine[0]["id"].as_str().unwrap().to_string();

@@ -784,7 +784,8 @@ async fn the_host_is_lost_when_libvirtd_dies_and_reconciled_when_it_returns() {
     });
 
     let _back = LibvirtdBack;
-    let pid = system_libvirtd().expect("the system libvirtd runs (its pidfile names a live libvirtd)");
+    let pid =
+        system_libvirtd().expect("the system libvirtd runs (its pidfile names a live libvirtd)");
     let killed_at = Instant::now();
     assert!(as_root(&format!("kill -KILL {pid}")).success());
     let lost_after = wait_host(&admin, &host, "lost", LOST_WITHIN.as_secs()).await;

@@ -1679,7 +1679,11 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
         .unwrap();
     c.call(
         "vm_action",
-        &[("host_id", &beta_host), ("uuid", &beta_vm), ("action", "reboot")],
+        &[
+            ("host_id", &beta_host),
+            ("uuid", &beta_vm),
+            ("action", "reboot"),
+        ],
     )
     .await
     .expect("the owner acts on their VM in their second tenant");
@@ -1708,7 +1712,10 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
     w.fleet
         .call(
             "remove_member",
-            &[("tenant_id", &w.tenant.to_string()), ("user_id", &dual.to_string())],
+            &[
+                ("tenant_id", &w.tenant.to_string()),
+                ("user_id", &dual.to_string()),
+            ],
         )
         .await
         .unwrap();
@@ -1721,7 +1728,11 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
     assert_refused(
         &c.call(
             "vm_action",
-            &[("host_id", &acme_host), ("uuid", &acme_vm), ("action", "reboot")],
+            &[
+                ("host_id", &acme_host),
+                ("uuid", &acme_vm),
+                ("action", "reboot"),
+            ],
         )
         .await,
         "an action on a VM of a tenant one left",
@@ -1759,7 +1770,8 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
 #[tokio::test]
 async fn template_text_is_escaped_inside_the_edit_form() {
     let w = world().await;
-    let payload = "</textarea><img src=x onerror=alert(1)><form action=/evil><button>Go</button></form>";
+    let payload =
+        "</textarea><img src=x onerror=alert(1)><form action=/evil><button>Go</button></form>";
     let sizes_before: String = sqlx::query_scalar("SELECT sizes::text FROM templates")
         .fetch_one(&w.app.db)
         .await

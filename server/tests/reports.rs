@@ -436,7 +436,10 @@ async fn extreme_dates_are_field_errors_and_rate_cards_stay_within_the_tenant() 
         ("1999-12-31", "2000-01-05", "from"),
     ] {
         let r = mona
-            .call("usage_report", &[("from", from), ("to", to), ("group_by", "tenant")])
+            .call(
+                "usage_report",
+                &[("from", from), ("to", to), ("group_by", "tenant")],
+            )
             .await;
         let message = assert_field_error(&r, field);
         assert!(
@@ -503,7 +506,12 @@ async fn extreme_dates_are_field_errors_and_rate_cards_stay_within_the_tenant() 
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| c["template_name"].as_str().unwrap_or("(general)").to_string())
+            .map(|c| {
+                c["template_name"]
+                    .as_str()
+                    .unwrap_or("(general)")
+                    .to_string()
+            })
             .collect();
         n.sort();
         n
@@ -514,6 +522,11 @@ async fn extreme_dates_are_field_errors_and_rate_cards_stay_within_the_tenant() 
     );
     assert_eq!(
         names(fleet.call("list_rate_cards", &[]).await.unwrap()),
-        ["(general)", "Alpha image", "Beta secret project", "Shared image"]
+        [
+            "(general)",
+            "Alpha image",
+            "Beta secret project",
+            "Shared image"
+        ]
     );
 }

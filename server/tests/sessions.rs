@@ -206,7 +206,9 @@ async fn removing_a_membership_ends_that_tenants_access_only() {
     let after = member.call("current_actor", &[]).await.unwrap();
     assert_eq!(tenants_of(after), ["Other"]);
     assert_refused(
-        &member.call("catalog", &[("tenant_id", &t.to_string())]).await,
+        &member
+            .call("catalog", &[("tenant_id", &t.to_string())])
+            .await,
         "the catalog of the tenant one was removed from",
     );
     let audit: (Option<String>, Option<uuid::Uuid>, Option<String>) = sqlx::query_as(
@@ -527,7 +529,10 @@ async fn form_errors_in_the_address_show_only_when_the_server_sent_them_to_this_
         .header("Accept", "text/html")
         .header("Origin", ORIGIN)
         .header("Referer", format!("{}/login", app.base))
-        .form(&[("email", "nobody@example.com"), ("password", "wrong password!")])
+        .form(&[
+            ("email", "nobody@example.com"),
+            ("password", "wrong password!"),
+        ])
         .send()
         .await
         .unwrap();
@@ -538,7 +543,10 @@ async fn form_errors_in_the_address_show_only_when_the_server_sent_them_to_this_
     let page = visitor.get(&path).await;
     assert_eq!(page.status().as_u16(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("E-mail or password is incorrect."), "shown once");
+    assert!(
+        html.contains("E-mail or password is incorrect."),
+        "shown once"
+    );
     // Once: the same address again (a forwarded link, a reload) is cleaned.
     let again = visitor.get(&path).await;
     assert_eq!(again.status().as_u16(), 303);

@@ -257,7 +257,10 @@ async fn member_fields_are_validated() {
     assert_eq!(keys(&known), keys(&fresh));
     assert_eq!(keys(&fresh), ["code", "email", "expires_at"]);
     let actions = app.audit_actions().await;
-    assert_eq!(actions[actions.len() - 2..], ["member.invite", "member.invite"]);
+    assert_eq!(
+        actions[actions.len() - 2..],
+        ["member.invite", "member.invite"]
+    );
     assert_eq!(
         app.scalar_i64("SELECT count(*) FROM users WHERE email = 'fresh@example.com'")
             .await,
@@ -287,7 +290,11 @@ async fn joining_with_an_invitation_is_validated() {
     let code = invitation["code"].as_str().unwrap();
     let before = app.snapshot().await;
     let visitor = app.client();
-    let join = |email: &'static str, code: String, name: &'static str, pw: &'static str, confirm: &'static str| {
+    let join = |email: &'static str,
+                code: String,
+                name: &'static str,
+                pw: &'static str,
+                confirm: &'static str| {
         let visitor = visitor.clone();
         async move {
             visitor
@@ -308,20 +315,49 @@ async fn joining_with_an_invitation_is_validated() {
     for field in ["email", "code", "display_name", "password"] {
         assert_field_error(&r, field);
     }
-    let r = join("new@example.com", code.into(), "New", PASSWORD, "different password!").await;
-    assert_eq!(assert_field_error(&r, "confirm_password"), "The two passwords differ.");
+    let r = join(
+        "new@example.com",
+        code.into(),
+        "New",
+        PASSWORD,
+        "different password!",
+    )
+    .await;
+    assert_eq!(
+        assert_field_error(&r, "confirm_password"),
+        "The two passwords differ."
+    );
     // A wrong code, or the right code for another address.
-    let r = join("new@example.com", "aaaaa-bbbbb-ccccc-ddddd".into(), "New", PASSWORD, PASSWORD).await;
+    let r = join(
+        "new@example.com",
+        "aaaaa-bbbbb-ccccc-ddddd".into(),
+        "New",
+        PASSWORD,
+        PASSWORD,
+    )
+    .await;
     assert!(assert_field_error(&r, "code").contains("not an open invitation"));
     let r = join("other@example.com", code.into(), "New", PASSWORD, PASSWORD).await;
     assert!(assert_field_error(&r, "code").contains("not an open invitation"));
     // Failed tries only count towards the throttle (and its audit rows).
-    let _ = sqlx::query("DELETE FROM login_failures").execute(&app.db).await;
+    let _ = sqlx::query("DELETE FROM login_failures")
+        .execute(&app.db)
+        .await;
     let after: String = app.snapshot().await;
-    assert_eq!(before.split('|').take(5).collect::<Vec<_>>(), after.split('|').take(5).collect::<Vec<_>>());
+    assert_eq!(
+        before.split('|').take(5).collect::<Vec<_>>(),
+        after.split('|').take(5).collect::<Vec<_>>()
+    );
 
     // The right code: the account exists, is a member and is signed in.
-    let r = join("NEW@example.com", code.into(), "New Person", PASSWORD, PASSWORD).await;
+    let r = join(
+        "NEW@example.com",
+        code.into(),
+        "New Person",
+        PASSWORD,
+        PASSWORD,
+    )
+    .await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(visitor.whoami().await.as_deref(), Some("new@example.com"));
     assert_eq!(

@@ -1,7 +1,7 @@
 use crate::account::{OneTimePassword, TenantRole};
-use crate::components::timestamp::Timestamp;
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{any_admin, Guard};
+use crate::components::timestamp::Timestamp;
 use crate::tenant::{
     get_tenant, list_invitations, list_members, AddMember, NewInvitation, RemoveMember,
     RevokeInvitation, SetMemberRole,

@@ -135,7 +135,8 @@ impl Accounts for AccountsBackend {
             return Err(AppError::LoginFailed);
         }
         let now = self.clock.now();
-        let verdict = throttle::check(&self.pool, self.limits, &account, req.client_addr, now).await?;
+        let verdict =
+            throttle::check(&self.pool, self.limits, &account, req.client_addr, now).await?;
         if let throttle::Verdict::Slow(wait) = verdict {
             tokio::time::sleep(wait).await;
         }

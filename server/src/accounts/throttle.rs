@@ -76,7 +76,12 @@ pub fn verdict(limits: Limits, failures: i64) -> Verdict {
         return Verdict::Go;
     }
     let steps = u32::try_from(over + 1).unwrap_or(u32::MAX);
-    Verdict::Slow(limits.delay_step.saturating_mul(steps).min(limits.max_delay))
+    Verdict::Slow(
+        limits
+            .delay_step
+            .saturating_mul(steps)
+            .min(limits.max_delay),
+    )
 }
 
 /// Counts a failure and audits it (the account as typed: it may not exist).
