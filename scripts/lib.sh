@@ -97,19 +97,41 @@ ensure_database() {
 }
 
 # Builds the server binary and the site (WASM bundle, CSS, public files) into target/site.
-# $1: "release" or "debug".
+# $1: the server's profile, "release" or "debug"; $2: the bundle's (default: the same).
+# Bundle files are named after a hash of their content (concierge-HASH.js, _bg.wasm, .css),
+# so browsers may cache them for good; pkg/concierge.name tells the server the name. A
+# release bundle loses the WASM name section and is precompressed (brotli, gzip) for the
+# server to send as they are.
 build_site() {
-  local profile="$1" cargo_profile wasm_profile
-  if [ "$profile" = release ]; then cargo_profile=(--release); wasm_profile=wasm-release; else cargo_profile=(); wasm_profile=debug; fi
-  say "building the browser bundle ($profile)"
+  local profile="$1" bundle="${2:-$1}" cargo_profile wasm_profile
+  if [ "$profile" = release ]; then cargo_profile=(--release); else cargo_profile=(); fi
+  if [ "$bundle" = release ]; then wasm_profile=wasm-release; else wasm_profile=debug; fi
+  say "building the browser bundle ($bundle)"
   local target="${CARGO_TARGET_DIR:-$ROOT/target}"
   local wasm_args=(-p app --lib --target wasm32-unknown-unknown --no-default-features --features hydrate --target-dir "$target/front")
-  if [ "$profile" = release ]; then wasm_args+=(--profile wasm-release); fi
+  if [ "$bundle" = release ]; then wasm_args+=(--profile wasm-release); fi
   (cd "$ROOT" && cargo build "${wasm_args[@]}")
-  mkdir -p "$ROOT/target/site/pkg"
-  wasm-bindgen --target web --no-typescript --out-name concierge \
-    --out-dir "$ROOT/target/site/pkg" "$target/front/wasm32-unknown-unknown/$wasm_profile/app.wasm"
-  cp "$ROOT/style/main.css" "$ROOT/target/site/pkg/concierge.css"
+  local input="$target/front/wasm32-unknown-unknown/$wasm_profile/app.wasm"
+  local pkg="$ROOT/target/site/pkg" name
+  name="concierge-$(cat "$input" "$ROOT/style/main.css" | sha256sum | cut -c1-16)"
+  mkdir -p "$pkg"
+  if [ ! -f "$pkg/${name}_bg.wasm" ]; then
+    rm -f "$pkg"/concierge*
+    local strip=()
+    [ "$bundle" = release ] && strip=(--remove-name-section --remove-producers-section)
+    wasm-bindgen --target web --no-typescript --out-name "$name" "${strip[@]}" --out-dir "$pkg" "$input"
+    cp "$ROOT/style/main.css" "$pkg/$name.css"
+    # No wasm-opt: Debian's (binaryen 108) breaks wasm-bindgen's externref table, and its -Oz
+    # output compressed worse than rustc's opt-level "z" alone (docs/benchmarks.md).
+    if [ "$bundle" = release ]; then
+      ensure_apt brotli
+      for f in "$pkg/${name}_bg.wasm" "$pkg/$name.js" "$pkg/$name.css"; do
+        brotli -f -k -q 11 "$f"
+        gzip -f -k -9 "$f"
+      done
+    fi
+  fi
+  echo "$name" >"$pkg/concierge.name"
   cp -r "$ROOT/public/." "$ROOT/target/site/"
   say "building the server ($profile)"
   (cd "$ROOT" && cargo build -p server "${cargo_profile[@]}")

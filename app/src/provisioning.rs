@@ -285,6 +285,9 @@ pub struct TenantQuotas {
 pub struct Recount {
     /// (resource, counter, ledger, existing VMs)
     pub lines: Vec<(String, i64, i64, i64)>,
+    /// VMs whose recorded size is not what their hypervisor runs, described.
+    #[serde(default)]
+    pub mismatched: Vec<String>,
     pub consistent: bool,
 }
 

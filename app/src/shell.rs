@@ -3,7 +3,7 @@ use crate::components::layout::Layout;
 use crate::error::AppError;
 use crate::pages;
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_meta::{provide_meta_context, MetaTags, Title};
 use leptos_router::{
     components::{Route, Router, Routes},
     hooks::use_location,
@@ -23,6 +23,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="color-scheme" content="light"/>
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
                 <AutoReload options=options.clone()/>
+                // Named after the bundle (a hash of its content), like the scripts.
+                <link rel="stylesheet" href=format!("/pkg/{}.css", options.output_name)/>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
@@ -55,7 +57,6 @@ pub fn App() -> impl IntoView {
     provide_meta_context();
 
     view! {
-        <Stylesheet id="leptos" href="/pkg/concierge.css"/>
         <Title text="Concierge"/>
         <Router>
             <ActorProvider>

@@ -92,6 +92,14 @@ pub async fn demo(state: &AppState) -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await?;
     }
+    // A general rate card, so the demo's reports show costs rather than zeros.
+    sqlx::query(
+        "INSERT INTO rate_cards (currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from)
+         SELECT 'EUR', 0.02, 0.005, 0.0002, date_trunc('year', now())
+         WHERE NOT EXISTS (SELECT 1 FROM rate_cards WHERE template_id IS NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -39,6 +39,55 @@ fn xml_text(s: &str) -> String {
     out
 }
 
+/// Adds a finished day-2 change (resize, snapshot, lease) to the VM's operation log, the
+/// "Recent operations" of its page, beside the lifecycle actions. In the change's transaction.
+pub async fn log_operation(
+    tx: &mut db::Tx,
+    vm: Uuid,
+    tenant: Uuid,
+    actor: Option<Uuid>,
+    operation: &str,
+    started: std::time::Instant,
+) -> Result<(), AppError> {
+    // A VM not placed yet has no domain to log against.
+    sqlx::query(
+        "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, actor_id, operation, status, finished_at, duration_ms)
+         SELECT v.host_id, v.uuid, $2, $3, $4, 'succeeded', now(), $5 FROM vms v
+         WHERE v.uuid = $1 AND v.host_id IS NOT NULL",
+    )
+    .bind(vm)
+    .bind(tenant)
+    .bind(actor)
+    .bind(operation)
+    .bind(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX))
+    .execute(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    Ok(())
+}
+
+/// The size (vCPUs, MiB) of the domain a snapshot holds: `<domainsnapshot><domain>` with its
+/// `<vcpu>` and `<memory unit=…>`.
+fn snapshot_size(xml: &str) -> Option<(i32, i64)> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let domain = doc
+        .root_element()
+        .children()
+        .find(|n| n.has_tag_name("domain"))?;
+    let child = |tag: &str| domain.children().find(|n| n.has_tag_name(tag));
+    let vcpus: i32 = child("vcpu")?.text()?.trim().parse().ok()?;
+    let memory = child("memory")?;
+    let amount: i64 = memory.text()?.trim().parse().ok()?;
+    let kib = match memory.attribute("unit").unwrap_or("KiB") {
+        "b" | "bytes" => amount / 1024,
+        "KiB" | "k" => amount,
+        "MiB" | "M" => amount * 1024,
+        "GiB" | "G" => amount * 1024 * 1024,
+        _ => return None,
+    };
+    Some((vcpus, kib / 1024))
+}
+
 /// The VM's host, once it has one.
 async fn host_of(tx: &mut db::Tx, uuid: Uuid) -> Result<(Uuid, String, i64, i32, i64), AppError> {
     let row: Option<(Option<Uuid>, String, i64, i32, i64)> = sqlx::query_as(
@@ -66,6 +115,7 @@ pub async fn resize(
         (Ok(v), Ok(m)) => (v, m),
         (v, m) => return Err(AppError::merge([v.err(), m.err()])),
     };
+    let started = std::time::Instant::now();
     let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
     let now = backend.clock_now();
     let (host, name, disk, old_vcpus, old_memory) = host_of(&mut tx, uuid).await?;
@@ -124,6 +174,8 @@ pub async fn resize(
             .after(json!({ "name": name, "vcpus": vcpus, "memory_mib": memory_mib })),
     )
     .await?;
+    let actor = req.actor.as_ref().map(|a| a.user_id);
+    log_operation(&mut tx, uuid, tenant, actor, "resize", started).await?;
     tx.commit().await.map_err(db::internal)?;
     crate::hypervisor::write_domain(&backend.pool, host, &facts)
         .await
@@ -150,9 +202,10 @@ pub async fn snapshot(
         ));
     }
     let actor = req.actor()?.user_id;
+    let started = std::time::Instant::now();
     let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
     let now = backend.clock_now();
-    let (host, vm_name, ..) = host_of(&mut tx, uuid).await?;
+    let (host, vm_name, disk, vcpus, memory_mib) = host_of(&mut tx, uuid).await?;
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM vm_snapshots WHERE vm_uuid = $1 AND name = $2)",
     )
@@ -170,6 +223,33 @@ pub async fn snapshot(
         }
         ("revert" | "delete", false) => return Err(AppError::NotFound("Snapshot".into())),
         _ => {}
+    }
+    // A revert brings back the size the VM had then (a resize since is undone): the ledger
+    // and the size history follow, and a size that no longer fits the quota is refused.
+    let reverted_size = if op == "revert" {
+        let n3 = name.clone();
+        let xml = backend
+            .hypervisors
+            .call(host, move |conn| {
+                let dom = conn.lookup_domain_by_uuid(uuid)?;
+                virt::domain::Domain::lookup_snapshot_by_name(&dom, &n3, 0)?.xml_desc(0)
+            })
+            .await
+            .map_err(|e| AppError::Conflict(format!("The hypervisor refused: {e}")))?;
+        snapshot_size(&xml).filter(|&(v, m)| (v, m) != (vcpus, memory_mib))
+    } else {
+        None
+    };
+    if let Some((v, m)) = reverted_size {
+        quota::adjust(&mut tx, uuid, Amount::vm(v, m, disk), now).await?;
+        sqlx::query("UPDATE vms SET vcpus = $2, memory_mib = $3, updated_at = $4 WHERE uuid = $1")
+            .bind(uuid)
+            .bind(v)
+            .bind(m)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
     }
     let (op_owned, n2) = (op.to_string(), name.clone());
     let xml = format!(
@@ -223,9 +303,17 @@ pub async fn snapshot(
             uuid,
         )
         .tenant(tenant)
-        .after(json!({ "vm": vm_name, "snapshot": name })),
+        .before(json!({ "vcpus": vcpus, "memory_mib": memory_mib }))
+        .after(json!({
+            "vm": vm_name,
+            "snapshot": name,
+            "vcpus": reverted_size.map_or(vcpus, |(v, _)| v),
+            "memory_mib": reverted_size.map_or(memory_mib, |(_, m)| m),
+        })),
     )
     .await?;
+    let logged = format!("snapshot {op}: {name}");
+    log_operation(&mut tx, uuid, tenant, Some(actor), &logged, started).await?;
     tx.commit().await.map_err(db::internal)?;
     if op == "revert" {
         // A revert changes the state; let the host re-read the domain.

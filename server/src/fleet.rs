@@ -982,7 +982,10 @@ impl Fleet for FleetBackend {
         {
             return Err(AppError::field(
                 "confirm",
-                format!("Type the VM's name, {}, to confirm.", row.name),
+                format!(
+                    "Type the VM's name, {}, to confirm.",
+                    portal_name.as_deref().unwrap_or(&row.name)
+                ),
             ));
         }
         self.run_operation(req, &row, scope, action).await?;

@@ -506,9 +506,28 @@ pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount, AppError> {
         ),
         ("vms".to_string(), counters.vms, ledger.vms, existing.vms),
     ];
-    let consistent = rows.iter().all(|(_, a, b, c)| a == b && b == c);
+    // The hypervisor's truth: each VM's recorded size against what its domain runs.
+    let mismatched: Vec<(String, i32, i64, i32, i64)> = sqlx::query_as(
+        "SELECT v.name, v.vcpus, v.memory_mib, d.vcpus, d.memory_kib / 1024
+         FROM vms v JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL
+         WHERE v.tenant_id = $1 AND v.deleted_at IS NULL
+           AND (d.vcpus <> v.vcpus OR d.memory_kib <> v.memory_mib * 1024)
+         ORDER BY v.name",
+    )
+    .bind(tenant)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let mismatched: Vec<String> = mismatched
+        .into_iter()
+        .map(|(name, v, m, dv, dm)| {
+            format!("{name}: recorded {v} vCPUs, {m} MiB; the hypervisor runs {dv} vCPUs, {dm} MiB")
+        })
+        .collect();
+    let consistent = rows.iter().all(|(_, a, b, c)| a == b && b == c) && mismatched.is_empty();
     Ok(Recount {
         lines: rows,
+        mismatched,
         consistent,
     })
 }

@@ -1699,6 +1699,7 @@ impl Provisioning for ProvisioningBackend {
     async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError> {
         let actor = req.actor()?;
         let days = parse_days(days, "days")?;
+        let started = std::time::Instant::now();
         let (tenant, mut tx) = self.owned_vm(req, uuid).await?;
         let now = self.now();
         let row: (OffsetDateTime, Option<i32>, String, Option<OffsetDateTime>) = sqlx::query_as(
@@ -1718,7 +1719,7 @@ impl Provisioning for ProvisioningBackend {
             return Err(AppError::field(
                 "days",
                 format!(
-                    "Leases of {name} can reach at most {max_days} days from today; ask an approver for longer."
+                    "Leases of {name} can reach at most {max_days} days from today; an admin of its tenant can extend it further."
                 ),
             ));
         }
@@ -1742,6 +1743,12 @@ impl Provisioning for ProvisioningBackend {
                 .after(json!({ "lease_ends_at": new_end.to_string() })),
         )
         .await?;
+        let logged = format!(
+            "lease extended by {days} day{}",
+            if days == 1 { "" } else { "s" }
+        );
+        crate::day2::log_operation(&mut tx, uuid, tenant, Some(actor.user_id), &logged, started)
+            .await?;
         tx.commit().await.map_err(db::internal)
     }
 

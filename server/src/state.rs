@@ -122,7 +122,7 @@ impl AppState {
             }),
         };
         let leptos = LeptosOptions::builder()
-            .output_name("concierge")
+            .output_name(bundle_name(&config.site_root))
             .site_root(config.site_root.clone())
             .site_pkg_dir("pkg")
             .site_addr(config.listen)
@@ -142,4 +142,14 @@ impl AppState {
             live,
         }
     }
+}
+
+/// The browser bundle's file name without extension: `scripts/lib.sh` names the files after a
+/// hash of their content (so they can be cached for good) and writes that name next to them.
+pub fn bundle_name(site_root: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(site_root).join("pkg/concierge.name"))
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or_else(|| "concierge".to_string())
 }

@@ -114,12 +114,14 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(leptos_axum::file_and_error_handler(app::shell))
         .with_state(options)
+        // Pages and server-function answers (event streams are left alone by its predicate).
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(sessions)
         .layer(middleware::from_fn_with_state(secure, flash_errors));
 
     Router::new()
-        .nest_service("/pkg", ServeDir::new(format!("{site_root}/pkg")))
+        .nest_service("/pkg", bundle(&site_root))
         .route_service(
             "/favicon.svg",
             tower_http::services::ServeFile::new(format!("{site_root}/favicon.svg")),
@@ -129,6 +131,38 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The browser bundle: brotli or gzip files made at build time when the browser takes them,
+/// and, for the content-named files, a year in the browser's cache with no revalidation
+/// (a new build has new names). Anything else there is revalidated on every use.
+fn bundle(site_root: &str) -> Router {
+    let files = ServeDir::new(format!("{site_root}/pkg"))
+        .precompressed_br()
+        .precompressed_gzip();
+    Router::new()
+        .fallback_service(files)
+        .layer(middleware::from_fn(cache_bundle))
+}
+
+async fn cache_bundle(req: Request, next: Next) -> Response {
+    let named_by_content = req
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .is_some_and(|file| file.starts_with("concierge-"));
+    let mut res = next.run(req).await;
+    if res.status().is_success() {
+        let policy = if named_by_content {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        };
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+    }
+    res
 }
 
 /// The usage report as a CSV download (same query and authorization as the report page).

@@ -1804,3 +1804,113 @@ async fn template_text_is_escaped_inside_the_edit_form() {
         "the description is shown as text"
     );
 }
+
+/// Browser walkthrough: reverting a snapshot taken before a resize ran the old size while the
+/// portal, the ledger and showback kept the new one, and the recount called it consistent.
+/// Resize, snapshots and lease changes were missing from the VM's operation log.
+#[tokio::test]
+async fn a_revert_across_a_resize_carries_the_real_size_and_every_change_is_logged() {
+    let w = world().await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    w.set_policy(&w.fleet, "1", "").await;
+    let id = id_of(&w.submit(&ann, "small", "1", "rv").await.unwrap());
+    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let uuid = r["vms"][0]["uuid"].as_str().unwrap().to_string();
+    let snap = |op: &'static str| {
+        let (ann, uuid) = (ann.clone(), uuid.clone());
+        async move {
+            ann.call(
+                "snapshot_action",
+                &[("uuid", &uuid), ("op", op), ("name", "at-small")],
+            )
+            .await
+        }
+    };
+    snap("create").await.unwrap();
+    ann.call(
+        "vm_action",
+        &[
+            ("host_id", &w.host),
+            ("uuid", &uuid),
+            ("action", "force_off"),
+        ],
+    )
+    .await
+    .unwrap();
+    ann.call(
+        "resize_vm",
+        &[("uuid", &uuid), ("vcpus", "2"), ("memory_gib", "2")],
+    )
+    .await
+    .unwrap();
+    let vm = ann
+        .call("get_managed_vm", &[("uuid", &uuid)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (vm["vcpus"].as_i64(), vm["memory_mib"].as_i64()),
+        (Some(2), Some(2048))
+    );
+    snap("revert").await.unwrap();
+    let vm = ann
+        .call("get_managed_vm", &[("uuid", &uuid)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (vm["vcpus"].as_i64(), vm["memory_mib"].as_i64()),
+        (Some(1), Some(1024)),
+        "the portal follows the revert: {vm}"
+    );
+    // The ledger and the hypervisor agree with the record (the revert re-reads the domain).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let recount = w.recount().await;
+        if recount["consistent"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recount:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ann.call("extend_lease", &[("uuid", &uuid), ("days", "1")])
+        .await
+        .unwrap();
+    let page = ann
+        .call("get_vm", &[("host_id", &w.host), ("uuid", &uuid)])
+        .await
+        .unwrap();
+    let ops: Vec<&str> = page["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["operation"].as_str().unwrap())
+        .collect();
+    for op in [
+        "snapshot create: at-small",
+        "force_off",
+        "resize",
+        "snapshot revert: at-small",
+        "lease extended by 1 day",
+    ] {
+        assert!(ops.contains(&op), "{op} in the operation log: {ops:?}");
+    }
+    // The recount compares with what the hypervisor runs: a record changed behind its back
+    // shows up.
+    sqlx::query("UPDATE vms SET vcpus = 3 WHERE uuid = $1::uuid")
+        .bind(&uuid)
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    let recount = w.recount().await;
+    assert_eq!(recount["consistent"], false);
+    assert!(
+        recount["mismatched"][0]
+            .as_str()
+            .unwrap()
+            .contains("the hypervisor runs 1 vCPUs"),
+        "{recount:#}"
+    );
+    w.app.state.hypervisors.stop_all();
+}

@@ -580,3 +580,26 @@ async fn a_live_stream_ends_with_its_session() {
     .await;
     assert!(ended.is_ok(), "the stream outlived the session");
 }
+
+/// A request or VM that does not exist (or not for this viewer) is the not-found page with
+/// HTTP 404, not a bare line with 200.
+#[tokio::test]
+async fn missing_requests_and_vms_answer_404() {
+    let app = spawn_app().await;
+    let t = app.tenant("Acme").await;
+    let (_, ann) = app
+        .signed_in("ann@example.com", Some((t, "requester")))
+        .await;
+    let nobody = uuid::Uuid::new_v4();
+    for path in [
+        format!("/requests/{nobody}"),
+        format!("/vms/{nobody}/{nobody}"),
+    ] {
+        let res = ann.get(&path).await;
+        assert_eq!(res.status().as_u16(), 404, "{path}");
+        assert!(
+            res.text().await.unwrap().contains("Page not found"),
+            "{path}"
+        );
+    }
+}

@@ -49,13 +49,18 @@ fn Nav(actor: Actor) -> impl IntoView {
                 crate::account::TenantRole::Manager | crate::account::TenantRole::TenantAdmin
             )
         });
+    let path = leptos_router::hooks::use_location().pathname;
+    let under =
+        move |prefix: &str| path.with(|p| p == prefix || p.starts_with(&format!("{prefix}/")));
     view! {
         <nav class="nav" aria-label="Main">
             <A href="/">"Home"</A>
             {requester.then(|| view! {
-                <A href="/catalog">"Catalog"</A>
+                // The request form (/requests/new) is where the catalog leads: it belongs to
+                // Catalog, not to the list of requests.
+                <a href="/catalog" aria-current=move || (under("/catalog") || under("/requests/new")).then_some("page")>"Catalog"</a>
                 <A href="/vms">"My VMs"</A>
-                <A href="/requests">"Requests"</A>
+                <a href="/requests" aria-current=move || (under("/requests") && !under("/requests/new")).then_some("page")>"Requests"</a>
             })}
             {approver.then(|| view! { <A href="/approvals">"Approvals"</A> })}
             {reports.then(|| view! { <A href="/reports">"Reports"</A> })}

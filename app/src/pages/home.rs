@@ -82,29 +82,37 @@ fn TenantDashboard() -> impl IntoView {
     let data = Resource::new(
         move || pushed.get(),
         move |_| async move {
-            let member = actor
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|a| !a.memberships.is_empty());
+            let actor = actor.await.ok().flatten();
+            let member = actor.as_ref().is_some_and(|a| !a.memberships.is_empty());
+            // Managers only read reports: no links to requesting they cannot follow.
+            let requests = actor
+                .as_ref()
+                .is_some_and(|a| a.memberships.iter().any(|m| a.may_request(m.tenant_id)));
             // Requests in flight are filtered on the server, so none hides behind older ones.
             match read_home_panels().await {
-                Ok(p) => (member, Some(p.vms), Some(p.requests), p.waiting, p.quota),
-                Err(_) => (member, None, None, None, None),
+                Ok(p) => (
+                    member,
+                    requests,
+                    Some(p.vms),
+                    Some(p.requests),
+                    p.waiting,
+                    p.quota,
+                ),
+                Err(_) => (member, requests, None, None, None, None),
             }
         },
     );
     view! {
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
-                let (member, vms, requests, waiting, quota) = data.await;
+                let (member, may_request, vms, requests, waiting, quota) = data.await;
                 if !member {
                     return None;
                 }
                 let in_flight = requests.map(|p| p.items).unwrap_or_default();
                 Some(view! {
                     <section class="card">
-                        <div class="card-head"><h2>"Your VMs"</h2><a href="/vms">"All"</a></div>
+                        <div class="card-head"><h2>"Your VMs"</h2>{may_request.then(|| view! { <a href="/vms">"All"</a> })}</div>
                         {match vms {
                             Some(p) if !p.items.is_empty() => view! {
                                 <ul class="plain vm-list">
@@ -123,11 +131,12 @@ fn TenantDashboard() -> impl IntoView {
                                     }).collect_view()}
                                 </ul>
                             }.into_any(),
-                            _ => view! { <p class="muted">"None yet. "<a href="/catalog">"Request one from the catalog."</a></p> }.into_any(),
+                            _ if may_request => view! { <p class="muted">"None yet. "<a href="/catalog">"Request one from the catalog."</a></p> }.into_any(),
+                            _ => view! { <p class="muted">"None."</p> }.into_any(),
                         }}
                     </section>
                     <section class="card">
-                        <div class="card-head"><h2>"Requests"</h2><a href="/requests">"All"</a></div>
+                        <div class="card-head"><h2>"Requests"</h2>{may_request.then(|| view! { <a href="/requests">"All"</a> })}</div>
                         {waiting.filter(|n| *n > 0).map(|n| view! { <p class="notice warn"><a href="/approvals">{format!("{n} request(s) wait for your approval.")}</a></p> })}
                         {if in_flight.is_empty() {
                             view! { <p class="muted">"Nothing in flight."</p> }.into_any()

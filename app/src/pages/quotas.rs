@@ -155,6 +155,10 @@ fn QuotasView(
                                 <thead><tr><th>"Resource"</th><th>"Counter"</th><th>"Ledger"</th><th>"Existing"</th></tr></thead>
                                 <tbody>{r.lines.into_iter().map(|(n, a, b, c)| view! { <tr><td>{n}</td><td>{a}</td><td>{b}</td><td>{c}</td></tr> }).collect_view()}</tbody>
                             </table>
+                            {(!r.mismatched.is_empty()).then(|| view! {
+                                <p>"Not what their hypervisor runs:"</p>
+                                <ul>{r.mismatched.into_iter().map(|m| view! { <li>{m}</li> }).collect_view()}</ul>
+                            })}
                         </div>
                     }.into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),

@@ -197,7 +197,7 @@ fn RequestContent() -> impl IntoView {
             {move || Suspend::new(async move {
                 match detail.await {
                     Ok(d) => view! { <RequestView d cancel decide/> }.into_any(),
-                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    Err(error) => view! { <crate::pages::not_found::LoadFailed error/> }.into_any(),
                 }
             })}
         </Transition>
@@ -374,20 +374,27 @@ pub fn InboxPage() -> impl IntoView {
 fn InboxContent() -> impl IntoView {
     let decide = ServerAction::<DecideRequest>::new();
     let error = action_error(decide);
-    let tick = ticker(5000);
+    // The cards share one action: its error belongs to the card last submitted (known once
+    // the page runs in the browser; before that, the page shows it above the cards).
+    let last = RwSignal::new(None::<String>);
+    let unplaced = Signal::derive(move || last.get().is_none().then(|| error.get()).flatten());
+    // New requests, and decisions taken elsewhere, arrive as live events (no polling).
+    let pushed = crate::live::use_live(|e| e.kind == "request" || e.kind == "lagged");
     let items = Resource::new(
-        move || (decide.version().get(), tick.get()),
+        move || (decide.version().get(), pushed.get()),
         |_| approval_inbox(),
     );
     view! {
         <div class="page-head"><h1>"Approvals"</h1><a class="button" href="/requests?all=1">"All requests"</a></div>
+        <FormMessage error=unplaced/>
+        <FieldMessage error=unplaced field="reason"/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match items.await {
                     Ok(list) if list.is_empty() => view! { <p class="muted">"Nothing is waiting for you."</p> }.into_any(),
                     Ok(list) => view! {
                         <div class="inbox">
-                            {list.into_iter().map(|item| view! { <InboxCard item decide error/> }).collect_view()}
+                            {list.into_iter().map(|item| view! { <InboxCard item decide error last/> }).collect_view()}
                         </div>
                     }.into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
@@ -402,11 +409,20 @@ fn InboxCard(
     item: InboxItem,
     decide: ServerAction<DecideRequest>,
     error: Signal<Option<crate::error::AppError>>,
+    last: RwSignal<Option<String>>,
 ) -> impl IntoView {
     let r = item.request.clone();
     let href = format!("/requests/{}", r.id);
+    let id = r.id.to_string();
+    let mine = id.clone();
+    let error = Signal::derive(move || {
+        (last.get().as_deref() == Some(mine.as_str()))
+            .then(|| error.get())
+            .flatten()
+    });
     view! {
-        <article class="card inbox-item" data-request=r.id.to_string()>
+        <article class="card inbox-item" data-request=r.id.to_string()
+            on:submit=move |_| last.set(Some(id.clone()))>
             <div class="card-head">
                 <h2><a href=href>{format!("{} · {}", r.template_name, r.name_prefix)}</a></h2>
                 <span class="badge">{format!("level {}", item.level)}</span>

@@ -153,7 +153,7 @@ fn VmContent() -> impl IntoView {
             {move || Suspend::new(async move {
                 match vm.await {
                     Ok((d, managed, tenants)) => view! { <VmView d managed tenants panel act act_error adopt adopt_error/> }.into_any(),
-                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    Err(error) => view! { <crate::pages::not_found::LoadFailed error/> }.into_any(),
                 }
             })}
         </Transition>
@@ -201,11 +201,26 @@ fn VmView(
         })
         .collect_view();
     let (host2, uuid2, host3, uuid3) = (host.clone(), uuid.clone(), host.clone(), uuid.clone());
-    let name = dom.name.clone();
+    // One name everywhere: the one its owner gave it (as in the lists); libvirt's own name,
+    // which carries a suffix to stay unique on the host, is a detail.
+    let name = managed
+        .as_ref()
+        .map(|(m, _)| m.name.clone())
+        .unwrap_or_else(|| dom.name.clone());
+    let libvirt_name = (name != dom.name).then(|| dom.name.clone());
+    // Host pages are for fleet admins: others see where it runs, without a link they cannot use.
+    let fleet_admin = crate::shell::use_actor()
+        .get_untracked()
+        .and_then(|a| a.ok().flatten())
+        .is_some_and(|a| a.fleet_admin);
     view! {
         <div class="page-head">
-            <h1>{dom.name.clone()} " " <span class=format!("badge {}", match dom.state.as_str() { "running" => "ok", "paused" | "pmsuspended" | "shutdown" => "warn", "crashed" => "danger", _ => "muted" })>{dom.state.clone()}</span></h1>
-            <a href=format!("/hosts/{}", dom.host_id)>{format!("on {}", dom.host_name)}</a>
+            <h1>{name.clone()} " " <span class=format!("badge {}", match dom.state.as_str() { "running" => "ok", "paused" | "pmsuspended" | "shutdown" => "warn", "crashed" => "danger", _ => "muted" })>{dom.state.clone()}</span></h1>
+            {if fleet_admin {
+                view! { <a href=format!("/hosts/{}", dom.host_id)>{format!("on {}", dom.host_name)}</a> }.into_any()
+            } else {
+                view! { <span class="muted">{format!("on {}", dom.host_name)}</span> }.into_any()
+            }}
         </div>
         {dom.missing.then(|| view! { <p class="notice warn">"This VM is no longer on its host; its record is kept."</p> })}
         <section class="card">
@@ -215,6 +230,7 @@ fn VmView(
                 <div><span class="muted">"Tenant"</span><strong>{dom.tenant_name.clone().unwrap_or_else(|| "unmanaged".into())}</strong></div>
                 <div><span class="muted">"Owner"</span><strong>{dom.owner_email.clone().unwrap_or_else(|| "—".into())}</strong></div>
                 <div><span class="muted">"State since"</span><strong><Timestamp at=dom.state_since/></strong></div>
+                {libvirt_name.map(|n| view! { <div><span class="muted">"Name on the host"</span><strong>{n}</strong></div> })}
             </div>
         </section>
         {(!dom.missing).then(|| view! {
