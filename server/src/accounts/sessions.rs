@@ -238,7 +238,7 @@ impl ActorRow {
     }
 }
 
-/// Ends every session of a user at once (disabled, removed from a tenant, new privileges).
+/// Ends every session of a user at once (disabled, password reset, new privileges).
 pub async fn end_all_for(tx: &mut db::Tx, user_id: Uuid) -> Result<u64, AppError> {
     Ok(sqlx::query("DELETE FROM user_sessions WHERE user_id = $1")
         .bind(user_id)
