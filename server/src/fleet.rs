@@ -274,6 +274,7 @@ struct VmRow {
     managed: bool,
     tenant_id: Option<Uuid>,
     tenant_name: Option<String>,
+    owner_id: Option<Uuid>,
     owner_email: Option<String>,
     missing: bool,
     state_since: time::OffsetDateTime,
@@ -283,7 +284,7 @@ struct VmRow {
 
 const VM_QUERY: &str = "
     SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
-           d.tenant_id, t.name AS tenant_name, u.email AS owner_email,
+           d.tenant_id, t.name AS tenant_name, d.owner_id, u.email AS owner_email,
            d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics
     FROM domains d JOIN hosts h ON h.id = d.host_id
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id
@@ -517,26 +518,8 @@ impl FleetBackend {
         uuid: Uuid,
     ) -> Result<(VmRow, Scope), AppError> {
         let actor = req.actor()?;
+        // One fleet-scoped read; the rule below is the authorisation.
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let owner: Option<(bool, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
-            "SELECT managed, tenant_id, owner_id FROM domains WHERE host_id = $1 AND uuid = $2",
-        )
-        .bind(host_id)
-        .bind(uuid)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        db::done(tx);
-        let scope = match owner {
-            _ if actor.fleet_admin => Scope::fleet(),
-            Some((true, Some(tenant), owner)) if actor.acts_on_vm(tenant, owner) => Scope {
-                user: Some(actor.user_id),
-                tenant: Some(tenant),
-                fleet: false,
-            },
-            _ => return Err(AppError::NotFound("VM".into())),
-        };
-        let mut tx = db::begin(&self.pool, scope).await?;
         let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
             .bind(host_id)
             .bind(uuid)
@@ -544,8 +527,18 @@ impl FleetBackend {
             .await
             .map_err(db::internal)?;
         db::done(tx);
-        row.map(|r| (r, scope))
-            .ok_or_else(|| AppError::NotFound("VM".into()))
+        let not_found = || AppError::NotFound("VM".into());
+        let row = row.ok_or_else(not_found)?;
+        let scope = match (row.managed, row.tenant_id) {
+            _ if actor.fleet_admin => Scope::fleet(),
+            (true, Some(tenant)) if actor.acts_on_vm(tenant, row.owner_id) => Scope {
+                user: Some(actor.user_id),
+                tenant: Some(tenant),
+                fleet: false,
+            },
+            _ => return Err(not_found()),
+        };
+        Ok((row, scope))
     }
 
     async fn host_summary(&self, tx: &mut db::Tx, id: Uuid) -> Result<HostSummary, AppError> {
