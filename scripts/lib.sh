@@ -110,7 +110,9 @@ build_site() {
   local target="${CARGO_TARGET_DIR:-$ROOT/target}"
   local wasm_args=(-p app --lib --target wasm32-unknown-unknown --no-default-features --features hydrate --target-dir "$target/front")
   if [ "$bundle" = release ]; then wasm_args+=(--profile wasm-release); fi
-  (cd "$ROOT" && cargo build "${wasm_args[@]}")
+  # erase_components: Leptos returns every component as AnyView instead of its own nested
+  # type, which keeps the bundle's code from multiplying with each page (docs/benchmarks.md).
+  (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} --cfg erase_components" cargo build "${wasm_args[@]}")
   local input="$target/front/wasm32-unknown-unknown/$wasm_profile/app.wasm"
   local pkg="$ROOT/target/site/pkg" name
   name="concierge-$(cat "$input" "$ROOT/style/main.css" | sha256sum | cut -c1-16)"
@@ -133,6 +135,17 @@ build_site() {
   fi
   echo "$name" >"$pkg/concierge.name"
   cp -r "$ROOT/public/." "$ROOT/target/site/"
+  # The consoles' browser libraries (app/js/package.json, locked): xterm.js and noVNC.
+  local js="$ROOT/app/js" vendor="$ROOT/target/site/vendor"
+  if [ ! -d "$js/node_modules/@xterm/xterm" ] || [ ! -d "$js/node_modules/@novnc/novnc" ]; then
+    command -v npm >/dev/null || ensure_apt npm
+    say "installing the consoles' browser libraries (xterm.js, noVNC)"
+    (cd "$js" && npm ci --no-audit --no-fund --silent)
+  fi
+  rm -rf "$vendor" && mkdir -p "$vendor/xterm" "$vendor/novnc"
+  cp "$js/node_modules/@xterm/xterm/lib/xterm.js" "$js/node_modules/@xterm/xterm/css/xterm.css" "$vendor/xterm/"
+  cp -r "$js/node_modules/@novnc/novnc/core" "$js/node_modules/@novnc/novnc/vendor" "$vendor/novnc/"
   say "building the server ($profile)"
-  (cd "$ROOT" && cargo build -p server "${cargo_profile[@]}")
+  # The same cfg as the bundle: server-rendered markup must be what the bundle hydrates.
+  (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} --cfg erase_components" cargo build -p server "${cargo_profile[@]}")
 }

@@ -169,7 +169,11 @@ pub async fn current_actor() -> Result<Option<Actor>, AppError> {
 }
 
 #[server(prefix = "/api", endpoint = "login")]
-pub async fn login(email: String, password: String) -> Result<(), AppError> {
+pub async fn login(
+    email: String,
+    password: String,
+    #[server(default)] next: String,
+) -> Result<(), AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(
         crate::seam::backend()?
@@ -177,8 +181,23 @@ pub async fn login(email: String, password: String) -> Result<(), AppError> {
             .login(&req, &email, &password)
             .await,
     )?;
-    leptos_axum::redirect("/");
+    leptos_axum::redirect(&safe_next(&next));
     Ok(())
+}
+
+/// Where sign-in may send the browser next: a path on this site, never another origin
+/// (`//evil.example`, `/\evil.example`, `https://…`).
+pub fn safe_next(next: &str) -> String {
+    let on_site = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/\\")
+        && !next.chars().any(|c| c.is_control() || c == '\\')
+        && !next.starts_with("/login");
+    if on_site {
+        next.to_string()
+    } else {
+        "/".to_string()
+    }
 }
 
 #[server(prefix = "/api", endpoint = "logout")]
@@ -221,4 +240,57 @@ pub async fn end_session(session_id: Uuid) -> Result<(), AppError> {
             .end_session(&req, session_id)
             .await,
     )
+}
+
+/// One of a user's SSH public keys, as their account page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshKey {
+    pub id: Uuid,
+    pub algorithm: String,
+    pub comment: String,
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[server(prefix = "/api", endpoint = "my_ssh_keys")]
+pub async fn my_ssh_keys() -> Result<Vec<SshKey>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.ssh_keys.list(&req).await)
+}
+
+/// Adds a key in OpenSSH's one-line form (`ssh-ed25519 AAAA… comment`).
+#[server(prefix = "/api", endpoint = "add_ssh_key")]
+pub async fn add_ssh_key(key: String) -> Result<SshKey, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.ssh_keys.add(&req, &key).await)
+}
+
+#[server(prefix = "/api", endpoint = "remove_ssh_key")]
+pub async fn remove_ssh_key(id: Uuid) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.ssh_keys.remove(&req, id).await)
+}
+
+#[cfg(test)]
+mod next_tests {
+    use super::safe_next;
+
+    #[test]
+    fn sign_in_returns_only_to_this_site() {
+        assert_eq!(safe_next("/vms/a/b?range=7d"), "/vms/a/b?range=7d");
+        for bad in [
+            "",
+            "https://evil.example/",
+            "//evil.example",
+            "/\\evil.example",
+            "/ok\\..",
+            "/login?next=/x",
+            "/a\nb",
+            "vms",
+        ] {
+            assert_eq!(safe_next(bad), "/", "{bad:?}");
+        }
+    }
 }

@@ -117,6 +117,31 @@ impl FromServerFnError for AppError {
     fn from_server_fn_error(value: leptos::server_fn::error::ServerFnErrorErr) -> Self {
         AppError::Transport(value.to_string())
     }
+
+    /// Every server function's error passes here in the browser: a session that ended (idle or
+    /// absolute timeout, signed out elsewhere) sends the page to the sign-in form, which
+    /// returns here afterwards, instead of leaving "Please sign in." where the data was.
+    fn de(data: leptos::server_fn::Bytes) -> Self {
+        let error = serde_json::from_slice(&data)
+            .unwrap_or_else(|e| AppError::Transport(format!("unreadable answer: {e}")));
+        #[cfg(feature = "hydrate")]
+        if error == AppError::Unauthenticated {
+            session_ended();
+        }
+        error
+    }
+}
+
+#[cfg(feature = "hydrate")]
+fn session_ended() {
+    let location = leptos::prelude::window().location();
+    let path = location.pathname().unwrap_or_default();
+    if path.starts_with("/login") || path.starts_with("/join") {
+        return;
+    }
+    let here = format!("{path}{}", location.search().unwrap_or_default());
+    let next = crate::url::urlencode(&here);
+    let _ = location.assign(&format!("/login?expired=1&next={next}"));
 }
 
 impl From<ServerFnError> for AppError {

@@ -24,6 +24,9 @@ pub struct HostSummary {
     pub memory_kib: Option<i64>,
     pub free_memory_kib: Option<i64>,
     pub vcpus_allocated: i64,
+    /// vCPUs placement may allocate: CPUs × the configured overcommit.
+    #[serde(default)]
+    pub vcpu_capacity: i64,
     pub memory_allocated_kib: i64,
     pub domains: i64,
     pub running: i64,
@@ -31,11 +34,24 @@ pub struct HostSummary {
     pub storage_available: i64,
     pub lib_version: Option<String>,
     pub hv_type: Option<String>,
+    /// The fleet admin's choice for new VMs: kvm or qemu (TCG); None: detected.
+    #[serde(default)]
+    pub domain_type: Option<String>,
     pub hv_version: Option<String>,
     /// The libvirt library is older than the configured minimum.
     pub needs_update: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_sync_at: Option<OffsetDateTime>,
+}
+
+/// A volume in a pool: its size, and what depends on it (a volume in use is not deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub allocation_bytes: u64,
+    /// "template Demo Linux", "VM web-1", "linked clone cc-….qcow2".
+    pub used_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +97,11 @@ pub struct HostDetail {
     pub host: HostSummary,
     pub pools: Vec<PoolInfo>,
     pub networks: Vec<NetworkInfo>,
+    /// Domains on the host now (those that vanished are listed in `missing`).
     pub domains: Page<DomainSummary>,
+    /// Domains the host no longer has, most recently vanished first (at most 100).
+    #[serde(default)]
+    pub missing: Vec<DomainSummary>,
 }
 
 /// libvirt encodes versions as major * 1,000,000 + minor * 1,000 + release.
@@ -147,6 +167,18 @@ pub async fn register_host(
     )
 }
 
+/// kvm, qemu (TCG) or empty (detected) for the VMs defined on a host from now on.
+#[server(prefix = "/api", endpoint = "set_host_domain_type")]
+pub async fn set_host_domain_type(host_id: Uuid, domain_type: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .set_domain_type(&req, host_id, &domain_type)
+            .await,
+    )
+}
+
 #[server(prefix = "/api", endpoint = "get_host")]
 pub async fn get_host(
     host_id: Uuid,
@@ -166,6 +198,19 @@ pub async fn get_host(
 pub async fn reconcile_host(host_id: Uuid) -> Result<(), AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(crate::seam::backend()?.fleet.reconcile(&req, host_id).await)
+}
+
+/// Drops the record of a domain that vanished from its host (a portal VM's record is closed
+/// and its quota released).
+#[server(prefix = "/api", endpoint = "forget_domain")]
+pub async fn forget_domain(host_id: Uuid, uuid: Uuid) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .forget(&req, host_id, uuid)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "list_drift")]
@@ -197,6 +242,8 @@ pub struct OperationInfo {
     /// running, succeeded or failed.
     pub status: String,
     pub error: Option<String>,
+    /// What the outcome means ("forced off after 120 s"), or what is awaited while running.
+    pub detail: Option<String>,
     pub actor_email: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
@@ -272,7 +319,7 @@ pub async fn create_pool(host_id: Uuid, name: String, path: String) -> Result<()
 }
 
 #[server(prefix = "/api", endpoint = "list_volumes")]
-pub async fn list_volumes(host_id: Uuid, pool: String) -> Result<Vec<String>, AppError> {
+pub async fn list_volumes(host_id: Uuid, pool: String) -> Result<Vec<VolumeInfo>, AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(
         crate::seam::backend()?
@@ -302,12 +349,17 @@ pub async fn create_volume(
 }
 
 #[server(prefix = "/api", endpoint = "delete_volume")]
-pub async fn delete_volume(host_id: Uuid, pool: String, name: String) -> Result<(), AppError> {
+pub async fn delete_volume(
+    host_id: Uuid,
+    pool: String,
+    name: String,
+    #[server(default)] confirm: String,
+) -> Result<(), AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(
         crate::seam::backend()?
             .fleet
-            .delete_volume(&req, host_id, &pool, &name)
+            .delete_volume(&req, host_id, &pool, &name, &confirm)
             .await,
     )
 }
@@ -344,6 +396,19 @@ pub async fn network_action(host_id: Uuid, name: String, op: String) -> Result<(
 }
 
 /// The fleet at a glance (fleet admins).
+/// One of the fullest hosts on the fleet dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyHost {
+    pub id: Uuid,
+    pub name: String,
+    /// connecting, connected or lost.
+    pub state: String,
+    pub cpus: i64,
+    pub vcpus_allocated: i64,
+    pub memory_kib: i64,
+    pub memory_allocated_kib: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetDashboard {
     pub hosts: i64,
@@ -364,7 +429,7 @@ pub struct FleetDashboard {
     pub provisioning: i64,
     /// (id, name, state, CPUs, vCPUs allocated, memory KiB, memory allocated KiB) of the
     /// fullest hosts by memory.
-    pub busiest_hosts: Vec<(Uuid, String, String, i64, i64, i64, i64)>,
+    pub busiest_hosts: Vec<BusyHost>,
 }
 
 #[server(prefix = "/api", endpoint = "fleet_dashboard")]

@@ -5,8 +5,10 @@
 pub mod account;
 pub mod audit;
 pub mod components;
+pub mod console;
 pub mod error;
 pub mod fleet;
+pub mod images;
 pub mod live;
 pub mod pages;
 pub mod provisioning;
@@ -14,6 +16,7 @@ pub mod reports;
 #[cfg(feature = "ssr")]
 pub mod seam;
 pub mod tenant;
+pub mod url;
 pub mod user;
 
 mod shell;

@@ -42,6 +42,11 @@ pub struct TemplateImage {
     pub host_name: String,
     pub pool: String,
     pub volume: String,
+    /// Direct kernel boot: kernel and initramfs volumes in the same pool.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,8 +63,48 @@ pub struct Template {
     pub tenant_ids: Vec<Uuid>,
     pub tenant_names: Vec<String>,
     pub images: Vec<TemplateImage>,
+    /// Networks its VMs may join (`user`: user-mode networking); empty means `user` alone.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// The library image it boots.
+    #[serde(default)]
+    pub image_id: Option<Uuid>,
+    #[serde(default)]
+    pub image_name: Option<String>,
     /// Hidden by the viewer's tenant (catalog views for tenant admins).
     pub hidden: bool,
+    /// The user cloud-init creates with the owner's SSH keys; None: no guest initialisation.
+    #[serde(default)]
+    pub login_user: Option<String>,
+    /// The admin-approved cloud-config merged into every VM's user-data (fleet admins only).
+    #[serde(default)]
+    pub user_data: String,
+    /// Requesters may add their own cloud-config (shown to approvers).
+    #[serde(default)]
+    pub allow_user_data: bool,
+    /// In the catalog: what choosing it means for the viewer's tenant.
+    #[serde(default)]
+    pub offer: Option<Offer>,
+}
+
+/// What a template offers a requester in one tenant: which sizes go ahead without approval,
+/// and what each costs a month by the rate card in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// One per size, in the template's order.
+    pub sizes: Vec<SizeOffer>,
+    /// When a request needs approval whatever its size ("more than 2 VMs, or longer than 14
+    /// days"); empty when the size alone decides.
+    pub approval_note: String,
+    /// Why no cost is shown, when none is.
+    pub cost_note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeOffer {
+    pub needs_approval: bool,
+    /// "12.41 EUR a month", running all month.
+    pub monthly_cost: Option<String>,
 }
 
 /// One resource line of a quota: what is in use (reserved or allocated), what a request would
@@ -145,9 +190,18 @@ pub struct RequestSummary {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The libvirt network chosen; None: user-mode networking.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 impl RequestSummary {
+    pub fn network_text(&self) -> String {
+        self.network
+            .clone()
+            .unwrap_or_else(|| "user-mode networking".into())
+    }
+
     pub fn state_label(&self) -> &'static str {
         state_label(&self.state)
     }
@@ -210,6 +264,58 @@ pub struct ManagedVm {
     pub lease_days_left: i64,
     pub request_id: Option<Uuid>,
     pub max_lease_days: Option<i32>,
+    /// How to log in, once the template's image takes cloud-init: `ssh -p PORT USER@HOST`.
+    #[serde(default)]
+    pub ssh: Option<SshAccess>,
+    /// The guest's own addresses, as its agent reports them (or the network's DHCP leases).
+    #[serde(default)]
+    pub guest_addresses: Vec<String>,
+    /// The libvirt network it joined; None: user-mode networking.
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+/// Where a VM's SSH answers (user-mode networking forwards a host port to the guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshAccess {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// When the guest first answered; None while it boots.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ready_at: Option<OffsetDateTime>,
+}
+
+impl SshAccess {
+    /// The command to paste into a terminal.
+    pub fn command(&self) -> String {
+        if self.port == 22 {
+            format!("ssh {}@{}", self.user, self.host)
+        } else {
+            format!("ssh -p {} {}@{}", self.port, self.user, self.host)
+        }
+    }
+}
+
+impl ManagedVm {
+    /// "in 6 days", "tomorrow", "expired 2 days ago", with a warning class from 7 days on.
+    pub fn lease_text(&self) -> (String, &'static str) {
+        let d = self.lease_days_left;
+        let text = match d {
+            d if d < 0 => format!("expired {} days ago", -d),
+            0 => "ends today".to_string(),
+            1 => "ends tomorrow".to_string(),
+            d => format!("ends in {d} days"),
+        };
+        let class = if d <= 1 {
+            "badge danger"
+        } else if d <= 7 {
+            "badge warn"
+        } else {
+            "badge muted"
+        };
+        (text, class)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +328,9 @@ pub struct RequestDetail {
     pub level: Option<i32>,
     pub can_cancel: bool,
     pub can_decide: bool,
+    /// The requester's own cloud-config, if they gave one.
+    #[serde(default)]
+    pub user_data: String,
 }
 
 impl RequestDetail {
@@ -241,7 +350,12 @@ pub struct InboxItem {
     pub effect: QuotaEffect,
     pub requester_vms: i64,
     pub placement: String,
+    /// Whether a host has room now; if not, approving makes the VM wait for capacity.
+    pub fits: bool,
     pub level: i32,
+    /// The requester's own cloud-config, for the approver to read before deciding.
+    #[serde(default)]
+    pub user_data: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +383,9 @@ pub struct ApprovalPolicy {
     pub auto_template_names: Vec<String>,
     pub expire_days: i32,
     pub levels: Vec<ApprovalLevel>,
+    /// Members who may be named as approvers (approvers and tenant admins), by e-mail.
+    #[serde(default)]
+    pub eligible_approvers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,13 +436,21 @@ pub async fn save_template(
     default_lease_days: String,
     max_lease_days: String,
     #[server(default)] tenants: String,
+    #[server(default)] image_id: String,
     #[server(default)] image_host: String,
     #[server(default)] image_pool: String,
     #[server(default)] image_volume: String,
+    #[server(default)] image_kernel: String,
+    #[server(default)] image_initrd: String,
+    #[server(default)] login_user: String,
+    #[server(default)] user_data: String,
+    #[server(default)] allow_user_data: String,
+    #[server(default)] networks: String,
 ) -> Result<Uuid, AppError> {
     let req = crate::seam::request()?;
     // An empty choice ("keep the current images") is no host.
     let image_host = Uuid::parse_str(image_host.trim()).ok();
+    let image_id = Uuid::parse_str(image_id.trim()).ok();
     let form = crate::provisioning::TemplateForm {
         id,
         name,
@@ -335,9 +460,16 @@ pub async fn save_template(
         default_lease_days,
         max_lease_days,
         tenants,
+        image_id,
         image_host,
         image_pool,
         image_volume,
+        image_kernel,
+        image_initrd,
+        login_user,
+        user_data,
+        allow_user_data,
+        networks,
     };
     crate::seam::reply(crate::seam::backend()?.catalog.save(&req, form).await)
 }
@@ -355,9 +487,30 @@ pub struct TemplateForm {
     pub max_lease_days: String,
     /// `*` for every tenant, else comma-separated tenant names.
     pub tenants: String,
+    /// The library image the template boots (the page's choice).
+    #[serde(default)]
+    pub image_id: Option<Uuid>,
+    /// Shortcut for scripts: a volume named by host, pool and name, registered as an image
+    /// on the way (or added as a copy of the template's image on another host).
     pub image_host: Option<Uuid>,
     pub image_pool: String,
     pub image_volume: String,
+    /// Kernel and initramfs volumes for images without a boot loader (both or neither).
+    #[serde(default)]
+    pub image_kernel: String,
+    #[serde(default)]
+    pub image_initrd: String,
+    /// Empty: the image takes no cloud-init.
+    #[serde(default)]
+    pub login_user: String,
+    /// Networks, comma-separated (`user`: user-mode networking); empty: `user`.
+    #[serde(default)]
+    pub networks: String,
+    #[serde(default)]
+    pub user_data: String,
+    /// "on" (a checked box) lets requesters add their own cloud-config.
+    #[serde(default)]
+    pub allow_user_data: String,
 }
 
 #[server(prefix = "/api", endpoint = "publish_template")]
@@ -409,6 +562,12 @@ pub struct RequestForm {
     pub name_prefix: String,
     pub lease_days: String,
     pub purpose: String,
+    /// The requester's own cloud-config, where the template allows it.
+    #[serde(default)]
+    pub user_data: String,
+    /// The network chosen among the template's (empty: its first).
+    #[serde(default)]
+    pub network: String,
 }
 
 #[server(prefix = "/api", endpoint = "quota_preview")]
@@ -434,6 +593,7 @@ pub async fn quota_preview(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 #[server(prefix = "/api", endpoint = "submit_request")]
 pub async fn submit_request(
     #[server(default)] tenant_id: Option<Uuid>,
@@ -443,6 +603,8 @@ pub async fn submit_request(
     #[server(default)] name_prefix: String,
     #[server(default)] lease_days: String,
     #[server(default)] purpose: String,
+    #[server(default)] user_data: String,
+    #[server(default)] network: String,
 ) -> Result<Uuid, AppError> {
     let req = crate::seam::request()?;
     let form = RequestForm {
@@ -453,6 +615,8 @@ pub async fn submit_request(
         name_prefix,
         lease_days,
         purpose,
+        user_data,
+        network,
     };
     let id = crate::seam::reply(
         crate::seam::backend()?
@@ -637,6 +801,10 @@ pub async fn set_policy(
     /// Comma-separated template names that may be auto-approved; empty: any template.
     #[server(default)]
     auto_templates: String,
+    /// The page's level rows (`level[0][mode]`, `level[0][approvers][]`); when present they
+    /// replace `levels`.
+    #[server(default)]
+    level: Vec<LevelForm>,
 ) -> Result<(), AppError> {
     let req = crate::seam::request()?;
     let form = PolicyForm {
@@ -647,6 +815,7 @@ pub async fn set_policy(
         expire_days,
         levels,
         auto_templates,
+        level,
     };
     crate::seam::reply(
         crate::seam::backend()?
@@ -665,6 +834,19 @@ pub struct PolicyForm {
     pub expire_days: String,
     pub levels: String,
     pub auto_templates: String,
+    /// The form's levels, one row each (the page sends these; API clients may send `levels`
+    /// as text instead). A row with an empty mode is dropped.
+    pub level: Vec<LevelForm>,
+}
+
+/// One approval level as the policy form sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelForm {
+    /// `any`, `all`, or empty to drop the row.
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 #[server(prefix = "/api", endpoint = "recount_quota")]
@@ -722,7 +904,12 @@ pub async fn my_vms(
 #[server(prefix = "/api", endpoint = "get_managed_vm")]
 pub async fn get_managed_vm(uuid: Uuid) -> Result<Option<ManagedVm>, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.provisioning.vm(&req, uuid).await)
+    crate::seam::reply(
+        crate::seam::backend()?
+            .provisioning
+            .managed_vm(&req, uuid)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "extend_lease")]

@@ -62,6 +62,9 @@ pub struct RateCard {
     pub disk_gib_hour: f64,
     pub valid_from: String,
     pub valid_to: Option<String>,
+    /// Valid now.
+    #[serde(default)]
+    pub in_force: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +100,18 @@ pub async fn usage_report(
 pub async fn list_rate_cards() -> Result<Vec<RateCard>, AppError> {
     let req = crate::seam::request()?;
     crate::seam::reply(crate::seam::backend()?.reports.rate_cards(&req).await)
+}
+
+/// Ends a rate card on a date (the hours before keep their price).
+#[server(prefix = "/api", endpoint = "end_rate_card")]
+pub async fn end_rate_card(id: Uuid, #[server(default)] valid_to: String) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .reports
+            .end_rate_card(&req, id, &valid_to)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "add_rate_card")]

@@ -1,11 +1,12 @@
 //! The seam between pages and backend (ssr only). Server functions find the backend and the
 //! request's authenticated actor in Leptos context; the `server` crate implements the traits.
-use crate::account::{Actor, OneTimePassword, SessionInfo};
+use crate::account::{Actor, OneTimePassword, SessionInfo, SshKey};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
 use crate::fleet::{
     ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary, VmDetail,
 };
+use crate::images::{Image, RegisterImageForm, UploadForm, UploadTarget};
 use crate::provisioning::{
     HomePanels, InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
     RequestFilter, RequestForm, RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
@@ -109,6 +110,70 @@ pub trait Accounts: Send + Sync + 'static {
     ) -> Result<OneTimePassword, AppError>;
 }
 
+/// Browser consoles: tickets for the WebSocket proxy (authorised like lifecycle actions).
+#[async_trait]
+pub trait Consoles: Send + Sync + 'static {
+    async fn ticket(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        kind: &str,
+    ) -> Result<crate::console::ConsoleTicket, AppError>;
+}
+
+/// A user's own SSH public keys (cloud-init writes them into the VMs the user owns).
+#[async_trait]
+pub trait SshKeys: Send + Sync + 'static {
+    async fn list(&self, req: &RequestCtx) -> Result<Vec<SshKey>, AppError>;
+    async fn add(&self, req: &RequestCtx, key: &str) -> Result<SshKey, AppError>;
+    async fn remove(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;
+}
+
+/// The image library (fleet admins).
+#[async_trait]
+pub trait Images: Send + Sync + 'static {
+    async fn images(&self, req: &RequestCtx) -> Result<Vec<Image>, AppError>;
+    /// Registers a volume a host's pool already holds; returns the image's id.
+    async fn register(&self, req: &RequestCtx, form: RegisterImageForm) -> Result<Uuid, AppError>;
+    async fn start_upload(
+        &self,
+        req: &RequestCtx,
+        form: UploadForm,
+    ) -> Result<UploadTarget, AppError>;
+    async fn resume_upload(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+    ) -> Result<UploadTarget, AppError>;
+    /// Writes one chunk at `offset` (which must be where the upload stands); returns the
+    /// bytes now stored.
+    async fn upload_chunk(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+        offset: i64,
+        bytes: Vec<u8>,
+    ) -> Result<i64, AppError>;
+    async fn finish_upload(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+    ) -> Result<(), AppError>;
+    async fn discard(&self, req: &RequestCtx, image: Uuid, host: Uuid) -> Result<(), AppError>;
+    async fn copy(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+        pool: String,
+    ) -> Result<(), AppError>;
+    async fn delete(&self, req: &RequestCtx, image: Uuid) -> Result<(), AppError>;
+}
+
 #[async_trait]
 pub trait Tenants: Send + Sync + 'static {
     async fn list(&self, req: &RequestCtx) -> Result<Vec<TenantSummary>, AppError>;
@@ -203,6 +268,15 @@ pub trait Fleet: Send + Sync + 'static {
         page: u32,
     ) -> Result<HostDetail, AppError>;
     async fn reconcile(&self, req: &RequestCtx, host_id: Uuid) -> Result<(), AppError>;
+    /// kvm, qemu or "" (detected) for VMs defined on the host from now on (fleet admins).
+    async fn set_domain_type(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        domain_type: &str,
+    ) -> Result<(), AppError>;
+    /// Forgets a domain that is missing from its host (fleet admins).
+    async fn forget(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<(), AppError>;
     async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError>;
     /// A VM for its owner, their tenant admins, or fleet admins; NotFound for anyone else.
     async fn vm(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError>;
@@ -226,7 +300,7 @@ pub trait Fleet: Send + Sync + 'static {
         req: &RequestCtx,
         host_id: Uuid,
         pool: &str,
-    ) -> Result<Vec<String>, AppError>;
+    ) -> Result<Vec<crate::fleet::VolumeInfo>, AppError>;
     #[allow(clippy::too_many_arguments)]
     async fn create_volume(
         &self,
@@ -238,12 +312,14 @@ pub trait Fleet: Send + Sync + 'static {
         capacity_gib: &str,
         source: &str,
     ) -> Result<(), AppError>;
+    /// Deletes a volume nothing depends on; `confirm` must repeat its name.
     async fn delete_volume(
         &self,
         req: &RequestCtx,
         host_id: Uuid,
         pool: &str,
         name: &str,
+        confirm: &str,
     ) -> Result<(), AppError>;
     #[allow(clippy::too_many_arguments)]
     async fn define_network(
@@ -348,7 +424,8 @@ pub trait Provisioning: Send + Sync + 'static {
     /// The tenant's and the actor's own quota use, for any member.
     async fn my_quota(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<QuotaEffect, AppError>;
     async fn vms(&self, req: &RequestCtx, filter: VmFilter) -> Result<Page<ManagedVm>, AppError>;
-    async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError>;
+    async fn managed_vm(&self, req: &RequestCtx, uuid: Uuid)
+        -> Result<Option<ManagedVm>, AppError>;
     /// A portal VM's CPU over the last 6 hours as a small SVG, for lists (served as an image so
     /// list pages stay small; authorized like the VM itself).
     async fn cpu_sparkline(&self, req: &RequestCtx, uuid: Uuid) -> Result<String, AppError>;
@@ -377,17 +454,27 @@ pub trait Reports: Send + Sync + 'static {
     async fn report(&self, req: &RequestCtx, query: ReportQuery) -> Result<Report, AppError>;
     async fn rate_cards(&self, req: &RequestCtx) -> Result<Vec<RateCard>, AppError>;
     async fn add_rate_card(&self, req: &RequestCtx, form: RateCardForm) -> Result<Uuid, AppError>;
+    /// Sets the card's last day (exclusive end, at midnight UTC); `valid_to` is `YYYY-MM-DD`.
+    async fn end_rate_card(
+        &self,
+        req: &RequestCtx,
+        id: Uuid,
+        valid_to: &str,
+    ) -> Result<(), AppError>;
 }
 
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
     pub accounts: Arc<dyn Accounts>,
+    pub ssh_keys: Arc<dyn SshKeys>,
+    pub consoles: Arc<dyn Consoles>,
     pub tenants: Arc<dyn Tenants>,
     pub invitations: Arc<dyn Invitations>,
     pub audit: Arc<dyn AuditTrail>,
     pub fleet: Arc<dyn Fleet>,
     pub catalog: Arc<dyn Catalog>,
+    pub images: Arc<dyn Images>,
     pub provisioning: Arc<dyn Provisioning>,
     pub reports: Arc<dyn Reports>,
 }

@@ -75,6 +75,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/hosts/:id") view=pages::hosts::HostPage ssr=SsrMode::Async/>
                         <Route path=path!("/drift") view=pages::hosts::DriftPage ssr=SsrMode::Async/>
                         <Route path=path!("/vms/:host/:uuid") view=pages::vm::VmPage ssr=SsrMode::Async/>
+                        <Route path=path!("/vms/:host/:uuid/console/:kind") view=pages::console::ConsolePage ssr=SsrMode::Async/>
                         <Route path=path!("/vms") view=pages::my_vms::MyVmsPage ssr=SsrMode::Async/>
                         <Route path=path!("/catalog") view=pages::catalog::CatalogPage ssr=SsrMode::Async/>
                         <Route path=path!("/requests/new") view=pages::catalog::NewRequestPage ssr=SsrMode::Async/>
@@ -85,6 +86,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/reports") view=pages::reports::ReportsPage ssr=SsrMode::Async/>
                         <Route path=path!("/rate-cards") view=pages::reports::RateCardsPage ssr=SsrMode::Async/>
                         <Route path=path!("/templates") view=pages::templates::TemplatesPage ssr=SsrMode::Async/>
+                        <Route path=path!("/images") view=pages::images::ImagesPage ssr=SsrMode::Async/>
                         <Route path=path!("/tenants/:id/quotas") view=pages::quotas::QuotasPage ssr=SsrMode::Async/>
                     </Routes>
                 </Layout>

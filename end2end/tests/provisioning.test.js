@@ -3,28 +3,9 @@
 // requester's open page turns "running" without a reload.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { randomUUID } from 'node:crypto';
-import path from 'node:path';
-import { launch, newPage, goto, shot, hydrated, adminPage, invite, joinWithCode } from './helpers.js';
+import { launch, newPage, goto, shot, hydrated, adminPage, invite, joinWithCode, simulatedHost } from './helpers.js';
 
 const run = Date.now().toString(36);
-
-/// A simulated host for libvirt's test driver: 16 CPUs, 64 GiB, one 1 TiB dir pool.
-function simulatedHost() {
-  // Inside the directory the server accepts simulated hosts from (scripts/test sets it).
-  const dir = mkdtempSync(path.join(process.env.CONCIERGE_SIMULATED_FLEETS_DIR || tmpdir(), 'concierge-e2e-'));
-  const file = path.join(dir, 'node.xml');
-  writeFileSync(file, `<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>2</threads><active>16</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>67108864</memory>
-  <pool type='dir'><name>images</name><uuid>${randomUUID()}</uuid><capacity>1099511627776</capacity>
-    <allocation>0</allocation><available>1099511627776</available><target><path>/var/lib/libvirt/images</path></target></pool>
-</node>
-`);
-  return `test://${file}`;
-}
 
 test('a request needing approval is approved in another browser and runs without a reload', async () => {
   const browser = await launch();
@@ -45,7 +26,20 @@ test('a request needing approval is approved in another browser and runs without
     await admin.getByRole('button', { name: 'Create volume' }).click();
     await admin.getByText('debian-12.qcow2', { exact: true }).waitFor();
 
-    // A template on it, offered to every tenant, published.
+    // The volume joins the image library; a template on it, offered to every tenant, published.
+    await goto(admin, '/images');
+    const image = `Debian 12 image ${run}`;
+    await admin.fill('#reg-name', image);
+    await admin.selectOption('#reg-host', { label: hostName });
+    await admin.fill('#reg-pool', 'images');
+    await admin.fill('#reg-volume', 'debian-12.qcow2');
+    await admin.getByRole('button', { name: 'Register' }).click();
+    const imageCard = admin.locator(`article[data-image="${image}"]`);
+    await imageCard.waitFor();
+    // A simulated host's volume is not a file: no SHA-256 to read, and the page says so.
+    await imageCard.getByText('no cloud-init').waitFor();
+    await imageCard.getByText('not read (a simulated host', { exact: false }).waitFor();
+    await shot(admin, 'images');
     await goto(admin, '/templates');
     const template = `Debian 12 ${run}`;
     await admin.fill('#tpl-new-name', template);
@@ -53,9 +47,8 @@ test('a request needing approval is approved in another browser and runs without
     await admin.fill('#tpl-new-description', 'Stable server image with cloud-init.');
     await admin.fill('#tpl-new-sizes', 'tiny 1 0.5 10\nsmall 1 2 20\nlarge 4 8 80');
     await admin.fill('#tpl-new-tenants', '*');
-    await admin.selectOption('#tpl-new-host', { label: hostName });
-    await admin.fill('#tpl-new-pool', 'images');
-    await admin.fill('#tpl-new-volume', 'debian-12.qcow2');
+    const option = admin.locator('#tpl-new-image option', { hasText: image });
+    await admin.selectOption('#tpl-new-image', await option.getAttribute('value'));
     await admin.getByRole('button', { name: 'Create template' }).click();
     const card = admin.locator(`article[data-template="${template}"]`);
     await card.waitFor();
@@ -103,7 +96,7 @@ test('a request needing approval is approved in another browser and runs without
     await ray.locator('#name_prefix-error').waitFor();
     await ray.fill('#req-prefix', `build-${run}`);
     await ray.getByRole('button', { name: 'Submit request' }).click();
-    await ray.waitForURL('**/requests/*-*');
+    await ray.waitForURL((u) => /^\/requests\/[0-9a-f-]{36}$/.test(u.pathname));
     await hydrated(ray);
     await ray.locator('h1 [data-state=pending_approval]').waitFor();
     await ray.getByText('Waiting for approval at level 1').waitFor();

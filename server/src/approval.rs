@@ -45,6 +45,21 @@ impl Policies {
         }
         Ok(&self.0[&tenant])
     }
+
+    /// The level (of a request in `tenant` at `level`) that `actor` decides, if they do.
+    pub async fn decides(
+        &mut self,
+        tx: &mut Tx,
+        actor: &Actor,
+        tenant: Uuid,
+        level: Option<i32>,
+    ) -> Result<Option<i32>, AppError> {
+        let policy = self.get(tx, tenant).await?;
+        Ok(level
+            .and_then(|l| policy.level(l))
+            .filter(|l| l.eligible(actor, tenant))
+            .map(|l| l.level))
+    }
 }
 
 impl Policy {
@@ -191,7 +206,49 @@ pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppEr
         auto_template_ids: p.auto_template_ids,
         expire_days: p.expire_days,
         levels,
+        eligible_approvers: sqlx::query_scalar(
+            "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.tenant_id = $1 AND m.role IN ('approver', 'tenant_admin') AND u.disabled_at IS NULL
+             ORDER BY lower(u.email)",
+        )
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db::internal)?,
     })
+}
+
+/// Levels as the policy form's rows send them: mode `any` or `all` (empty: the row is
+/// dropped) and the approvers ticked.
+pub fn level_rows(
+    rows: &[app::provisioning::LevelForm],
+) -> Result<Vec<(bool, Vec<String>)>, AppError> {
+    let mut out = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let all = match row.mode.trim() {
+            "" => continue,
+            "any" => false,
+            "all" => true,
+            _ => {
+                return Err(AppError::field(
+                    "levels",
+                    format!("Level {}: choose \"any\" or \"all\".", i + 1),
+                ))
+            }
+        };
+        let mut emails: Vec<String> = row
+            .approvers
+            .iter()
+            .map(|e| e.trim().to_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect();
+        emails.dedup();
+        out.push((all, emails));
+    }
+    if out.len() > 10 {
+        return Err(AppError::field("levels", "At most 10 levels."));
+    }
+    Ok(out)
 }
 
 /// Levels as typed: one per line, `any: a@x, b@y` or `all: …`; an empty list of e-mails

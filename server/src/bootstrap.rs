@@ -126,11 +126,12 @@ pub async fn local_host(state: &AppState) -> anyhow::Result<()> {
             Ok(_) => {
                 let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
                 let id: uuid::Uuid = sqlx::query_scalar(
-                    "INSERT INTO hosts (name, uri, simulated, labels) VALUES ($1, $2, $3, ARRAY['local']) RETURNING id",
+                    "INSERT INTO hosts (name, uri, simulated, labels, domain_type) VALUES ($1, $2, $3, ARRAY['local'], $4) RETURNING id",
                 )
                 .bind(name)
                 .bind(uri)
                 .bind(simulated)
+                .bind(state.config.local_host_domain_type.as_deref().filter(|_| !simulated))
                 .fetch_one(&mut *tx)
                 .await?;
                 crate::audit::record(
@@ -152,15 +153,21 @@ pub async fn local_host(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With `--demo`: a base image on the local host and a published template for tenant "Demo",
-/// so a first run can request, approve and start a VM at once. Idempotent; skipped (with a
-/// log line) when the host does not connect.
+/// With `--demo`: the Debian 12 guest image `scripts/guest-image` built (`--guest-image-dir`)
+/// uploaded to the local host, and a published "Debian 12" template for tenant "Demo", so a
+/// first run can request a VM and log into it. Idempotent; skipped (with a log line) when
+/// there is no image or the host is simulated or does not connect.
 pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
     use crate::hypervisor::storage;
+    const FILES: [(&str, storage::Format); 3] = [
+        ("debian-12.qcow2", storage::Format::Qcow2),
+        ("debian-12.vmlinuz", storage::Format::Raw),
+        ("debian-12.initrd", storage::Format::Raw),
+    ];
     let host: Option<(uuid::Uuid, String)> = {
         let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
         let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM templates WHERE lower(name) = 'demo linux')",
+            "SELECT EXISTS (SELECT 1 FROM templates WHERE lower(name) = 'debian 12')",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -176,21 +183,25 @@ pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
     let Some((host, uri)) = host else {
         return Ok(());
     };
+    let Some(dir) = state.config.guest_image_dir.clone() else {
+        tracing::warn!("demo template skipped: no guest image (run scripts/guest-image and pass --guest-image-dir)");
+        return Ok(());
+    };
+    if uri.starts_with("test:") || FILES.iter().any(|(f, _)| !dir.join(f).is_file()) {
+        tracing::warn!(dir = %dir.display(), uri, "demo template skipped: it needs the guest image and a real hypervisor");
+        return Ok(());
+    }
     // The host actor connects in the background; give it a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let pool_name = if uri.starts_with("test:") {
-        "default-pool".to_string()
-    } else {
-        "concierge".to_string()
-    };
+    let pool_name = "concierge".to_string();
     let pool_dir = if uri.ends_with("/session") {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
         format!("{home}/.local/share/libvirt/images/concierge")
     } else {
         "/var/lib/libvirt/images/concierge".to_string()
     };
-    loop {
-        let (p, d) = (pool_name.clone(), pool_dir.clone());
+    let read = loop {
+        let (p, d, dir) = (pool_name.clone(), pool_dir.clone(), dir.clone());
         let made = state
             .hypervisors
             .call(host, move |conn| {
@@ -199,27 +210,37 @@ pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
                 }
                 let pool = conn.lookup_storage_pool_by_name(&p)?;
                 let _ = pool.refresh(0);
-                if pool.lookup_storage_vol_by_name("demo-base.qcow2").is_err() {
-                    storage::create_volume(
-                        conn,
-                        &p,
-                        "demo-base.qcow2",
-                        1 << 30,
-                        storage::Format::Qcow2,
-                    )?;
+                for (file, format) in FILES {
+                    if pool.lookup_storage_vol_by_name(file).is_err() {
+                        let path = dir.join(file);
+                        let f = std::fs::File::open(&path)
+                            .map_err(|_| virt::error::Error::last_error())?;
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        storage::upload_volume(conn, &p, file, format, f, len)?;
+                    }
                 }
-                Ok(())
+                // What the library records of it: read back from the host.
+                Ok(crate::hypervisor::image::read_volume(
+                    conn,
+                    &p,
+                    FILES[0].0,
+                    |_| {},
+                ))
             })
             .await;
         match made {
-            Ok(()) => break,
+            Ok(Ok(read)) => break read,
+            Ok(Err(why)) => {
+                tracing::warn!(why, "demo catalog skipped: the guest image cannot be used");
+                return Ok(());
+            }
             Err(e) if std::time::Instant::now() > deadline => {
                 tracing::warn!(error = %e, "demo catalog skipped: the local host did not answer");
                 return Ok(());
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
         }
-    }
+    };
     let _ = state.hypervisors.reconcile(host).await;
     let mut tx = db::begin(&state.pool, Scope::fleet()).await?;
     let tenant: Option<uuid::Uuid> =
@@ -229,22 +250,43 @@ pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
     let sizes = serde_json::json!([
         { "name": "tiny", "vcpus": 1, "memory_mib": 512, "disk_gib": 5 },
         { "name": "small", "vcpus": 1, "memory_mib": 1024, "disk_gib": 10 },
-        { "name": "large", "vcpus": 4, "memory_mib": 8192, "disk_gib": 40 },
+        { "name": "large", "vcpus": 2, "memory_mib": 4096, "disk_gib": 40 },
     ]);
     let id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, published)
-         VALUES ('Demo Linux', 'A blank disk to try the portal with: the VM starts, but there is no OS on it.', 'none (blank disk)',
-                 $1, 7, 30, $2::uuid IS NULL, CASE WHEN $2::uuid IS NULL THEN '{}'::uuid[] ELSE ARRAY[$2::uuid] END, true)
+        "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, published, login_user)
+         VALUES ('Debian 12', 'A minimal Debian 12 (bookworm) server with cloud-init, SSH and the QEMU guest agent. Log in as debian with your SSH key; sudo needs no password.', 'Debian 12',
+                 $1, 7, 30, $2::uuid IS NULL, CASE WHEN $2::uuid IS NULL THEN '{}'::uuid[] ELSE ARRAY[$2::uuid] END, true, 'debian')
          RETURNING id",
     )
     .bind(&sizes)
     .bind(tenant)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO template_images (template_id, host_id, pool, volume) VALUES ($1, $2, $3, 'demo-base.qcow2')")
+    let image: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO images (name, format, size_bytes, virtual_size_bytes, sha256, login_user)
+         VALUES ('Debian 12 (cloud-init)', $1, $2, $3, $4, 'debian')
+         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+    )
+    .bind(read.facts.format.as_str())
+    .bind(read.length as i64)
+    .bind(read.facts.virtual_size as i64)
+    .bind(&read.sha256)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO image_copies (image_id, host_id, pool, volume, kernel, initrd, bytes_done, bytes_total)
+         VALUES ($1, $2, $3, 'debian-12.qcow2', 'debian-12.vmlinuz', 'debian-12.initrd', $4, $4)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(image)
+    .bind(host)
+    .bind(&pool_name)
+    .bind(read.length as i64)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE templates SET image_id = $2 WHERE id = $1")
         .bind(id)
-        .bind(host)
-        .bind(&pool_name)
+        .bind(image)
         .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE hosts SET schedulable = true WHERE id = $1")
@@ -255,7 +297,7 @@ pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
         &mut tx,
         &Origin::default(),
         crate::audit::Event::new("template.create", "template", id)
-            .after(serde_json::json!({ "name": "Demo Linux", "demo": true })),
+            .after(serde_json::json!({ "name": "Debian 12", "demo": true })),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,9 +1,10 @@
 //! Templates and the catalog: the backend of the `Catalog` seam.
 use crate::audit::{self, Event, Origin};
 use crate::db::{self, Scope};
-use crate::hypervisor::{storage, Hypervisors};
+use crate::hypervisor::storage;
 use app::error::AppError;
-use app::provisioning::{Size, Template, TemplateForm};
+use app::images::RegisterImageForm;
+use app::provisioning::{Offer, Size, SizeOffer, Template, TemplateForm};
 use app::seam::{Catalog, RequestCtx};
 use async_trait::async_trait;
 use serde_json::json;
@@ -13,7 +14,132 @@ use uuid::Uuid;
 
 pub struct CatalogBackend {
     pub pool: PgPool,
-    pub hypervisors: Arc<Hypervisors>,
+    pub images: Arc<crate::images::ImagesBackend>,
+}
+
+/// The image a template is saved with.
+struct ChosenImage {
+    id: Uuid,
+    login_user: Option<String>,
+}
+
+/// The template form's shortcut fields carry the `image_` prefix.
+fn shortcut_fields(e: AppError) -> AppError {
+    match e {
+        AppError::Invalid(fields) => AppError::Invalid(
+            fields
+                .into_iter()
+                .map(|mut f| {
+                    f.field = match f.field.as_str() {
+                        "host" => "image_host",
+                        "pool" => "image_pool",
+                        "kernel" => "image_kernel",
+                        "initrd" => "image_initrd",
+                        "login_user" => "login_user",
+                        _ => "image_volume",
+                    }
+                    .to_string();
+                    f
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+impl CatalogBackend {
+    /// The image the form chooses: by id from the library, or (the shortcut scripts use) a
+    /// volume named by host, pool and name, registered on the way. None keeps the current one.
+    async fn template_image(
+        &self,
+        req: &RequestCtx,
+        form: &TemplateForm,
+    ) -> Result<Option<ChosenImage>, AppError> {
+        let shortcut = form.image_host.is_some()
+            || !form.image_pool.trim().is_empty()
+            || !form.image_volume.trim().is_empty();
+        let id = match (form.image_id, shortcut) {
+            (Some(id), _) => Some(id),
+            (None, true) => {
+                let Some(host) = form.image_host else {
+                    return Err(AppError::field(
+                        "image_host",
+                        "Choose the host that holds the base image.",
+                    ));
+                };
+                let current: Option<Uuid> = match form.id {
+                    Some(t) => {
+                        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+                        sqlx::query_scalar("SELECT image_id FROM templates WHERE id = $1")
+                            .bind(t)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db::internal)?
+                            .flatten()
+                    }
+                    None => None,
+                };
+                let mut reg = RegisterImageForm {
+                    name: form.image_volume.trim().to_string(),
+                    host: Some(host),
+                    pool: form.image_pool.clone(),
+                    volume: form.image_volume.clone(),
+                    kernel: form.image_kernel.clone(),
+                    initrd: form.image_initrd.clone(),
+                    login_user: form.login_user.clone(),
+                };
+                let first = self.images.register_volume(req, &reg, current).await;
+                let id = match first {
+                    Err(e) if e.field_message("name").is_some() => {
+                        // Another volume of that name is an image already: name this one apart.
+                        reg.name = format!(
+                            "{} ({})",
+                            reg.name,
+                            &Uuid::new_v4().simple().to_string()[..8]
+                        );
+                        self.images.register_volume(req, &reg, current).await
+                    }
+                    other => other,
+                }
+                .map_err(shortcut_fields)?;
+                Some(id)
+            }
+            (None, false) => None,
+        };
+        let Some(id) = id else {
+            return match form.id {
+                None => Err(AppError::field(
+                    "image_id",
+                    "Choose the template's base image from the image library.",
+                )),
+                Some(_) => Ok(None),
+            };
+        };
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let found: Option<(String, Option<String>, bool)> = sqlx::query_as(
+            "SELECT format, login_user, EXISTS (SELECT 1 FROM image_copies c WHERE c.image_id = i.id AND c.state = 'ready')
+             FROM images i WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        match found {
+            None => Err(AppError::field(
+                "image_id",
+                "Choose an image of the library.",
+            )),
+            Some((_, _, false)) => Err(AppError::field(
+                "image_id",
+                "This image has no finished copy on any host yet.",
+            )),
+            Some((format, ..)) if format != "qcow2" => Err(AppError::field(
+                "image_id",
+                "This image is raw: templates need qcow2 (VMs are linked clones of it).",
+            )),
+            Some((_, login_user, true)) => Ok(Some(ChosenImage { id, login_user })),
+        }
+    }
 }
 
 pub const MAX_VCPUS: i32 = 128;
@@ -110,7 +236,7 @@ pub fn parse_days(raw: &str, field: &str) -> Result<i32, AppError> {
         .ok_or_else(|| AppError::field(field, "Enter a whole number of days from 1 to 3650."))
 }
 
-fn parse_text(raw: &str, field: &str, max: usize, required: bool) -> Result<String, AppError> {
+pub fn parse_text(raw: &str, field: &str, max: usize, required: bool) -> Result<String, AppError> {
     let s = raw.trim();
     if required && s.is_empty() {
         return Err(AppError::field(field, "This field is required."));
@@ -138,7 +264,13 @@ struct TemplateRow {
     tenant_ids: Vec<Uuid>,
     tenant_names: Vec<String>,
     images: serde_json::Value,
+    image_id: Option<Uuid>,
+    image_name: Option<String>,
+    networks: Vec<String>,
     hidden: bool,
+    login_user: Option<String>,
+    user_data: String,
+    allow_user_data: bool,
 }
 
 impl From<TemplateRow> for Template {
@@ -156,7 +288,14 @@ impl From<TemplateRow> for Template {
             tenant_ids: r.tenant_ids,
             tenant_names: r.tenant_names,
             images: serde_json::from_value(r.images).unwrap_or_default(),
+            image_id: r.image_id,
+            image_name: r.image_name,
+            networks: r.networks,
             hidden: r.hidden,
+            offer: None,
+            login_user: r.login_user,
+            user_data: r.user_data,
+            allow_user_data: r.allow_user_data,
         }
     }
 }
@@ -164,9 +303,10 @@ impl From<TemplateRow> for Template {
 /// `$1` is the viewing tenant (for `hidden`), or NULL.
 const TEMPLATE_SELECT: &str = "
     SELECT t.id, t.name, t.description, t.os, t.sizes, t.default_lease_days, t.max_lease_days,
-           t.published, t.all_tenants, t.tenant_ids,
+           t.published, t.all_tenants, t.tenant_ids, t.login_user, t.user_data, t.allow_user_data,
+           t.image_id, (SELECT im.name FROM images im WHERE im.id = t.image_id) AS image_name, t.networks,
            coalesce((SELECT array_agg(tn.name ORDER BY tn.name) FROM tenants tn WHERE tn.id = ANY(t.tenant_ids)), '{}') AS tenant_names,
-           coalesce((SELECT jsonb_agg(jsonb_build_object('host_id', i.host_id, 'host_name', h.name, 'pool', i.pool, 'volume', i.volume) ORDER BY h.name)
+           coalesce((SELECT jsonb_agg(jsonb_build_object('host_id', i.host_id, 'host_name', h.name, 'pool', i.pool, 'volume', i.volume, 'kernel', i.kernel, 'initrd', i.initrd) ORDER BY h.name)
                      FROM template_images i JOIN hosts h ON h.id = i.host_id WHERE i.template_id = t.id), '[]') AS images,
            EXISTS (SELECT 1 FROM template_hidden x WHERE x.template_id = t.id AND x.tenant_id = $1) AS hidden
     FROM templates t";
@@ -224,70 +364,50 @@ impl Catalog for CatalogBackend {
             )),
             _ => None,
         };
-        let image = match (
-            form.image_host,
-            form.image_pool.trim(),
-            form.image_volume.trim(),
-        ) {
-            (None, "", "") => Ok(None),
-            (Some(host), pool, volume) => {
-                match (
-                    storage::parse_name(pool, "image_pool"),
-                    storage::parse_name(volume, "image_volume"),
-                ) {
-                    (Ok(p), Ok(v)) => Ok(Some((host, p, v))),
-                    (p, v) => Err(AppError::merge([p.err(), v.err()])),
+        let guest = parse_guest(&form);
+        let networks = parse_networks(&form.networks);
+        let (name, description, os, sizes, default_lease, max_lease) =
+            match (name, description, os, sizes, default_lease, max_lease) {
+                (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f))
+                    if lease_order.is_none() && guest.is_ok() && networks.is_ok() =>
+                {
+                    (a, b, c, d, e, f)
                 }
-            }
-            (None, ..) => Err(AppError::field(
-                "image_host",
-                "Choose the host that holds the base image.",
-            )),
+                (a, b, c, d, e, f) => {
+                    return Err(AppError::merge([
+                        a.err(),
+                        b.err(),
+                        c.err(),
+                        d.err(),
+                        e.err(),
+                        f.err(),
+                        lease_order,
+                        guest.err(),
+                        networks.err(),
+                    ]))
+                }
+            };
+        let networks = networks?;
+        let (login_user, user_data) = guest?;
+        let image = self.template_image(req, &form).await?;
+        // The image says who logs in; the template may name another user of it.
+        let login_user = match (login_user, &image) {
+            (Some(u), _) => Some(u),
+            (None, Some(i)) => i.login_user.clone(),
+            (None, None) => None,
         };
-        let (name, description, os, sizes, default_lease, max_lease, image) = match (
-            name,
-            description,
-            os,
-            sizes,
-            default_lease,
-            max_lease,
-            image,
-        ) {
-            (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f), Ok(g)) if lease_order.is_none() => {
-                (a, b, c, d, e, f, g)
-            }
-            (a, b, c, d, e, f, g) => {
-                return Err(AppError::merge([
-                    a.err(),
-                    b.err(),
-                    c.err(),
-                    d.err(),
-                    e.err(),
-                    f.err(),
-                    g.err(),
-                    lease_order,
-                ]))
-            }
-        };
-        if form.id.is_none() && image.is_none() {
+        let allow_user_data = matches!(form.allow_user_data.trim(), "on" | "true");
+        if allow_user_data && login_user.is_none() {
             return Err(AppError::field(
-                "image_host",
-                "A new template needs a base image: choose its host, pool and volume.",
+                "allow_user_data",
+                "Requesters' cloud-config needs a login user (an image that takes cloud-init).",
             ));
         }
-        // The base image must exist where the form says (libvirt's answer, off the executor).
-        if let Some((host, pool, volume)) = &image {
-            let (pool, volume) = (pool.clone(), volume.clone());
-            self.hypervisors
-                .call(*host, move |conn| {
-                    let p = conn.lookup_storage_pool_by_name(&pool)?;
-                    let _ = p.refresh(0);
-                    p.lookup_storage_vol_by_name(&volume).map(|_| ())
-                })
-                .await
-                .map_err(|e| {
-                    AppError::field("image_volume", format!("The host does not have it: {e}"))
-                })?;
+        if login_user.is_none() && !user_data.is_empty() {
+            return Err(AppError::field(
+                "user_data",
+                "A cloud-config snippet needs a login user (an image that takes cloud-init).",
+            ));
         }
 
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
@@ -320,8 +440,8 @@ impl Catalog for CatalogBackend {
         let sizes_json = serde_json::to_value(&sizes).map_err(db::internal)?;
         let id = match form.id {
             None => sqlx::query_scalar(
-                "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             )
             .bind(&name)
             .bind(&description)
@@ -331,12 +451,16 @@ impl Catalog for CatalogBackend {
             .bind(max_lease)
             .bind(all_tenants)
             .bind(&tenant_ids)
+            .bind(&login_user)
+            .bind(&user_data)
+            .bind(allow_user_data)
             .fetch_one(&mut *tx)
             .await
             .map_err(map_err)?,
             Some(id) => sqlx::query_scalar(
                 "UPDATE templates SET name = $2, description = $3, os = $4, sizes = $5, default_lease_days = $6,
-                        max_lease_days = $7, all_tenants = $8, tenant_ids = $9, updated_at = now()
+                        max_lease_days = $7, all_tenants = $8, tenant_ids = $9, login_user = $10,
+                        user_data = $11, allow_user_data = $12, updated_at = now()
                  WHERE id = $1 RETURNING id",
             )
             .bind(id)
@@ -348,28 +472,27 @@ impl Catalog for CatalogBackend {
             .bind(max_lease)
             .bind(all_tenants)
             .bind(&tenant_ids)
+            .bind(&login_user)
+            .bind(&user_data)
+            .bind(allow_user_data)
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?
             .ok_or_else(|| AppError::NotFound("Template".into()))?,
         };
-        if let Some((host, pool, volume)) = &image {
-            sqlx::query(
-                "INSERT INTO template_images (template_id, host_id, pool, volume) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (template_id, host_id) DO UPDATE SET pool = excluded.pool, volume = excluded.volume",
-            )
+        sqlx::query("UPDATE templates SET networks = $2 WHERE id = $1")
             .bind(id)
-            .bind(host)
-            .bind(pool)
-            .bind(volume)
+            .bind(&networks)
             .execute(&mut *tx)
             .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                    AppError::field("image_host", "Choose a registered host.")
-                }
-                _ => db::internal(e),
-            })?;
+            .map_err(db::internal)?;
+        if let Some(image) = &image {
+            sqlx::query("UPDATE templates SET image_id = $2 WHERE id = $1")
+                .bind(id)
+                .bind(image.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db::internal)?;
         }
         audit::record(
             &mut tx,
@@ -386,7 +509,9 @@ impl Catalog for CatalogBackend {
             .after(json!({
                 "name": name, "os": os, "sizes": sizes_json, "default_lease_days": default_lease,
                 "max_lease_days": max_lease, "all_tenants": all_tenants, "tenant_ids": tenant_ids,
-                "image": image.as_ref().map(|(h, p, v)| json!({"host": h, "pool": p, "volume": v})),
+                "image": image.as_ref().map(|i| i.id),
+                "login_user": login_user, "user_data": user_data, "allow_user_data": allow_user_data,
+                "networks": networks,
             })),
         )
         .await?;
@@ -515,11 +640,93 @@ impl Catalog for CatalogBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        Ok(rows
+        let mut list: Vec<Template> = rows
             .into_iter()
             .map(|r| for_choosing(Template::from(r)))
-            .collect())
+            .collect();
+        offers(&mut tx, tenant_id, &mut list).await?;
+        db::done(tx);
+        Ok(list)
     }
+}
+
+/// Hours in an average month (8,766 h a year / 12): what "a month" of running costs.
+const HOURS_A_MONTH: f64 = 730.5;
+
+/// Fills in each template's offer for `tenant`: the approval policy's thresholds per size, and
+/// the monthly cost by the rate card in force now (the template's own, else the general one).
+async fn offers(tx: &mut db::Tx, tenant: Uuid, list: &mut [Template]) -> Result<(), AppError> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    let policy = crate::approval::Policy::load(tx, tenant).await?;
+    let ids: Vec<Uuid> = list.iter().map(|t| t.id).collect();
+    /// A template's card in force: currency, then per vCPU-, memory GiB- and disk GiB-hour.
+    type Card = (Uuid, Option<String>, Option<f64>, Option<f64>, Option<f64>);
+    let cards: Vec<Card> = sqlx::query_as(
+        "SELECT t.id, rc.currency, rc.vcpu_hour::float8, rc.memory_gib_hour::float8, rc.disk_gib_hour::float8
+         FROM unnest($1::uuid[]) t(id)
+         LEFT JOIN LATERAL (
+             SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
+             WHERE (r.template_id = t.id OR r.template_id IS NULL)
+               AND r.valid_from <= now() AND (r.valid_to IS NULL OR now() < r.valid_to)
+             ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let mut others = Vec::new();
+    if policy.auto_max_count > 0 {
+        others.push(format!(
+            "more than {} VM{} at once",
+            policy.auto_max_count,
+            if policy.auto_max_count == 1 { "" } else { "s" }
+        ));
+    }
+    if policy.auto_max_lease_days > 0 {
+        others.push(format!(
+            "a lease longer than {} days",
+            policy.auto_max_lease_days
+        ));
+    }
+    for t in list.iter_mut() {
+        let card = cards.iter().find(|c| c.0 == t.id);
+        let template_auto =
+            policy.auto_template_ids.is_empty() || policy.auto_template_ids.contains(&t.id);
+        let sizes = t
+            .sizes
+            .iter()
+            .map(|s| SizeOffer {
+                needs_approval: !(template_auto
+                    && policy.auto_max_count > 0
+                    && policy.auto_max_lease_days > 0
+                    && s.vcpus <= policy.auto_max_vcpus
+                    && s.memory_mib <= policy.auto_max_memory_mib),
+                monthly_cost: card.and_then(|(_, currency, v, m, d)| {
+                    let (currency, v, m, d) = (currency.as_ref()?, (*v)?, (*m)?, (*d)?);
+                    let hourly = f64::from(s.vcpus) * v
+                        + s.memory_mib as f64 / 1024.0 * m
+                        + s.disk_gib as f64 * d;
+                    Some(format!("{:.2} {currency} a month", hourly * HOURS_A_MONTH))
+                }),
+            })
+            .collect();
+        let approval_note = if others.is_empty() || !template_auto {
+            String::new()
+        } else {
+            format!("Any size needs approval for {}.", others.join(" or "))
+        };
+        let cost_note = card.and_then(|c| c.1.as_ref()).is_none().then(|| {
+            "No rate card is in force for this template, so no cost is shown.".to_string()
+        });
+        t.offer = Some(Offer {
+            sizes,
+            approval_note,
+            cost_note,
+        });
+    }
+    Ok(())
 }
 
 /// A catalog entry holds what a requester needs to choose: not which other tenants are
@@ -530,8 +737,79 @@ fn for_choosing(mut t: Template) -> Template {
     t.tenant_ids.clear();
     t.tenant_names.clear();
     t.images.clear();
+    t.user_data.clear();
     t
 }
+
+/// The login user cloud-init creates: a plain Linux user name, not root. Empty: no cloud-init.
+pub fn parse_login_user(raw: &str, field: &str) -> Result<Option<String>, AppError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let ok = s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok || s == "root" {
+        return Err(AppError::field(
+            field,
+            "Use a Linux user name (lowercase letters, digits, '_' or '-', at most 32), not root, e.g. debian.",
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Guest initialisation from the form: the login user and the cloud-config snippet.
+fn parse_guest(form: &TemplateForm) -> Result<(Option<String>, String), AppError> {
+    let user = parse_login_user(&form.login_user, "login_user");
+    let snippet = crate::cloud_init::parse_snippet(&form.user_data, "user_data");
+    let (user, _) = match (user, snippet) {
+        (Ok(u), Ok(s)) => (u, s),
+        (u, s) => return Err(AppError::merge([u.err(), s.err()])),
+    };
+    Ok((user, form.user_data.trim().to_string()))
+}
+
+/// The networks a template's VMs may join: libvirt network names, or `user` for user-mode
+/// networking; at most 8, each once. Empty stands for `user`.
+pub fn parse_networks(raw: &str) -> Result<Vec<String>, AppError> {
+    let mut out: Vec<String> = Vec::new();
+    for part in raw
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let name = storage::parse_name(part, "networks").map_err(|_| {
+            AppError::field(
+                "networks",
+                format!("\u{201c}{part}\u{201d} is not a network name: use letters, digits, '.', '_' or '-', or user for user-mode networking."),
+            )
+        })?;
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    if out.len() > 8 {
+        return Err(AppError::field("networks", "At most 8 networks."));
+    }
+    if out == ["user"] {
+        out.clear();
+    }
+    Ok(out)
+}
+
+/// The network choices a template offers, in its order (`user` where it lists none).
+pub fn network_choices(t: &Template) -> Vec<String> {
+    if t.networks.is_empty() {
+        vec![USER_NETWORK.to_string()]
+    } else {
+        t.networks.clone()
+    }
+}
+
+/// User-mode networking, as templates and requests name it.
+pub const USER_NETWORK: &str = "user";
 
 fn map_err(e: sqlx::Error) -> AppError {
     if let sqlx::Error::Database(d) = &e {

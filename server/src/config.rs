@@ -118,6 +118,38 @@ pub struct Config {
     )]
     pub shutdown_timeout_seconds: u64,
 
+    /// Address on each host where user-mode networking forwards a port to a guest's SSH. The
+    /// VM page's SSH command uses it, so it must be reachable by users (loopback suits a
+    /// one-machine install).
+    #[arg(
+        long,
+        env = "CONCIERGE_SSH_FORWARD_ADDRESS",
+        default_value = "127.0.0.1"
+    )]
+    pub ssh_forward_address: String,
+
+    /// Lowest and highest host port given to guests' SSH forwards (one per live VM and host).
+    #[arg(long, env = "CONCIERGE_SSH_PORT_MIN", default_value_t = 22000, value_parser = clap::value_parser!(u16).range(1024..))]
+    pub ssh_port_min: u16,
+    #[arg(long, env = "CONCIERGE_SSH_PORT_MAX", default_value_t = 22999, value_parser = clap::value_parser!(u16).range(1024..))]
+    pub ssh_port_max: u16,
+
+    /// kvm or qemu (TCG) for the local host registered at first start; unset: detected. On
+    /// machines that offer KVM but cannot run a real guest kernel under it (nested PVM), say
+    /// qemu (scripts/run does when the machine is itself a VM).
+    #[arg(long, env = "CONCIERGE_LOCAL_HOST_DOMAIN_TYPE", value_parser = ["kvm", "qemu"])]
+    pub local_host_domain_type: Option<String>,
+
+    /// Folder of the guest image `scripts/guest-image` builds; with `--demo` it is published
+    /// as the "Debian 12" template.
+    #[arg(long, env = "CONCIERGE_GUEST_IMAGE_DIR")]
+    pub guest_image_dir: Option<std::path::PathBuf>,
+
+    /// Test hook: the provisioning step after which the process exits as if it crashed
+    /// (the crash-recovery tests start the real binary with it).
+    #[arg(long, env = "CONCIERGE_CRASH_AFTER", hide = true)]
+    pub crash_after: Option<String>,
+
     /// When no host is registered, register the local hypervisor (qemu:///system when
     /// libvirtd answers, else qemu:///session), or a simulated one on libvirt's test driver.
     #[arg(long, env = "CONCIERGE_LOCAL_HOST", default_value_t = true, action = clap::ArgAction::Set)]
@@ -206,6 +238,12 @@ impl Config {
             sample_seconds: 15,
             raw_metrics_hours: 48,
             shutdown_timeout_seconds: 5,
+            crash_after: None,
+            ssh_forward_address: "127.0.0.1".into(),
+            ssh_port_min: 22000,
+            ssh_port_max: 22999,
+            local_host_domain_type: None,
+            guest_image_dir: None,
             local_host: false,
             job_workers: 4,
             job_lease_seconds: 30,

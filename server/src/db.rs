@@ -204,6 +204,13 @@ pub fn map_err(err: sqlx::Error) -> AppError {
             Some("tenants_name_key") => Some(("name", "A tenant with that name already exists.")),
             Some("tenants_name_length") => Some(("name", "Enter a name of 1 to 100 characters.")),
             Some("memberships_pkey") => Some(("email", "That person is already a member.")),
+            Some("images_name_key") => Some(("name", "An image with that name already exists.")),
+            Some("image_copies_volume_key") => {
+                Some(("volume", "That volume is already an image of the library."))
+            }
+            Some("image_copies_pkey") => {
+                Some(("host", "The image already has a copy on that host."))
+            }
             _ => None,
         };
         if let Some((field, message)) = message {

@@ -9,8 +9,8 @@ use crate::hypervisor::{network, storage};
 use crate::metrics::Range;
 use app::error::AppError;
 use app::fleet::{
-    version_string, ChartUnit, ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter,
-    HostSummary, NetworkInfo, OperationInfo, PoolInfo, VmDetail,
+    version_string, BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard, HostDetail,
+    HostFilter, HostSummary, NetworkInfo, OperationInfo, PoolInfo, VmDetail, VolumeInfo,
 };
 use app::seam::{Fleet, RequestCtx};
 use app::Page;
@@ -44,6 +44,8 @@ pub struct FleetBackend {
     pub dashboard: Arc<Kept<FleetDashboard>>,
     /// Rendered fleet charts per range, for one sample period.
     pub charts: std::collections::HashMap<Range, Arc<Kept<Vec<ChartView>>>>,
+    /// What "now" is for the charts' ranges (tests move it).
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// The fleet dashboard's figures, read from the inventory and the requests.
@@ -96,7 +98,8 @@ async fn dashboard_figures(pool: PgPool, vcpu_overcommit: f64) -> Result<FleetDa
         .await
         .map_err(db::internal)?;
     // The fullest hosts by memory (what placement runs out of first), with their vCPUs.
-    let busiest_hosts: Vec<(Uuid, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+    type Busy = (Uuid, String, String, i64, i64, i64, i64);
+    let busiest: Vec<Busy> = sqlx::query_as(
             "SELECT h.id, h.name, h.state, coalesce(h.cpus, 0)::int8, coalesce(a.vcpus, 0)::int8,
                     coalesce(h.memory_kib, 0)::int8, coalesce(a.memory_kib, 0)::int8
              FROM hosts h LEFT JOIN (
@@ -110,7 +113,18 @@ async fn dashboard_figures(pool: PgPool, vcpu_overcommit: f64) -> Result<FleetDa
         .await
         .map_err(db::internal)?;
     Ok(FleetDashboard {
-        busiest_hosts,
+        busiest_hosts: busiest
+            .into_iter()
+            .map(|(id, name, state, cpus, vcpus, mem, mem_used)| BusyHost {
+                id,
+                name,
+                state,
+                cpus,
+                vcpus_allocated: vcpus,
+                memory_kib: mem,
+                memory_allocated_kib: mem_used,
+            })
+            .collect(),
         hosts: t.hosts,
         connected: t.connected,
         lost: t.lost,
@@ -128,8 +142,11 @@ async fn dashboard_figures(pool: PgPool, vcpu_overcommit: f64) -> Result<FleetDa
     })
 }
 
-async fn fleet_charts(pool: PgPool, range: Range) -> Result<Vec<ChartView>, AppError> {
-    let now = time::OffsetDateTime::now_utc();
+async fn fleet_charts(
+    pool: PgPool,
+    range: Range,
+    now: time::OffsetDateTime,
+) -> Result<Vec<ChartView>, AppError> {
     let series = crate::metrics::fleet_series(&pool, range, now)
         .await
         .map_err(db::internal)?;
@@ -417,12 +434,13 @@ struct HostRow {
     running: i64,
     storage_capacity: i64,
     storage_available: i64,
+    domain_type: Option<String>,
 }
 
 const HOST_QUERY: &str = "
     SELECT h.id, h.name, h.uri, h.labels, h.schedulable, h.maintenance, h.simulated, h.state, h.state_reason,
            h.state_since, h.cpus, h.memory_kib, h.free_memory_kib, h.lib_version, h.hv_type, h.hv_version,
-           h.last_sync_at,
+           h.last_sync_at, h.domain_type,
            coalesce(d.vcpus, 0) AS vcpus_allocated, coalesce(d.memory, 0) AS memory_allocated_kib,
            coalesce(d.n, 0) AS domains, coalesce(d.running, 0) AS running,
            coalesce(p.capacity, 0) AS storage_capacity, coalesce(p.available, 0) AS storage_available
@@ -450,6 +468,7 @@ impl From<HostRow> for HostSummary {
             memory_kib: r.memory_kib,
             free_memory_kib: r.free_memory_kib,
             vcpus_allocated: r.vcpus_allocated,
+            vcpu_capacity: 0,
             memory_allocated_kib: r.memory_allocated_kib,
             domains: r.domains,
             running: r.running,
@@ -458,6 +477,7 @@ impl From<HostRow> for HostSummary {
             needs_update: r.lib_version.is_some_and(|v| v < MIN_LIBVIRT_VERSION),
             lib_version: r.lib_version.map(version_string),
             hv_type: r.hv_type,
+            domain_type: r.domain_type,
             hv_version: r.hv_version.map(version_string),
             last_sync_at: r.last_sync_at,
         }
@@ -547,8 +567,92 @@ impl FleetBackend {
             .fetch_optional(&mut **tx)
             .await
             .map_err(db::internal)?;
-        row.map(Into::into)
+        row.map(|r| self.summary(r))
             .ok_or_else(|| AppError::NotFound("Host".into()))
+    }
+
+    /// What depends on each volume of a pool: templates whose base image it is, portal VMs
+    /// and other domains whose disk it is, and linked clones backed by it.
+    async fn volume_users(
+        &self,
+        host_id: Uuid,
+        pool: &str,
+        facts: &[storage::VolumeFacts],
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, AppError> {
+        let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let templates: Vec<(String, String)> = sqlx::query_as(
+            "SELECT ti.volume, t.name FROM template_images ti JOIN templates t ON t.id = ti.template_id
+             WHERE ti.host_id = $1 AND ti.pool = $2 ORDER BY t.name",
+        )
+        .bind(host_id)
+        .bind(pool)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        for (volume, template) in templates {
+            users
+                .entry(volume)
+                .or_default()
+                .push(format!("base image of template {template}"));
+        }
+        let vms: Vec<(String, String)> = sqlx::query_as(
+            "SELECT volume, name FROM vms WHERE host_id = $1 AND pool = $2 AND volume IS NOT NULL AND deleted_at IS NULL ORDER BY name",
+        )
+        .bind(host_id)
+        .bind(pool)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        for (volume, vm) in vms {
+            users
+                .entry(volume)
+                .or_default()
+                .push(format!("disk of VM {vm}"));
+        }
+        // Other domains (unmanaged, or not from the portal) by their disks' files.
+        let domains: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT d.name, d.disks FROM domains d
+             WHERE d.host_id = $1 AND d.missing_since IS NULL
+               AND NOT EXISTS (SELECT 1 FROM vms v WHERE v.uuid = d.uuid AND v.deleted_at IS NULL)",
+        )
+        .bind(host_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        db::done(tx);
+        for (domain, disks) in domains {
+            for disk in crate::hypervisor::inventory::parse_disks(&disks) {
+                if let Some(f) = facts
+                    .iter()
+                    .find(|f| disk.source.as_deref() == Some(f.path.as_str()))
+                {
+                    users
+                        .entry(f.name.clone())
+                        .or_default()
+                        .push(format!("disk of domain {domain}"));
+                }
+            }
+        }
+        for f in facts {
+            if let Some(base) = facts
+                .iter()
+                .find(|b| f.backing.as_deref() == Some(b.path.as_str()))
+            {
+                users
+                    .entry(base.name.clone())
+                    .or_default()
+                    .push(format!("backing file of {}", f.name));
+            }
+        }
+        Ok(users)
+    }
+
+    /// The host as pages show it, with its vCPU capacity under this server's overcommit.
+    fn summary(&self, row: HostRow) -> HostSummary {
+        let mut h = HostSummary::from(row);
+        h.vcpu_capacity = (f64::from(h.cpus.unwrap_or(0)) * self.vcpu_overcommit).floor() as i64;
+        h
     }
 
     async fn domains_page(
@@ -591,7 +695,7 @@ impl Fleet for FleetBackend {
             .await
             .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows.into_iter().map(|r| self.summary(r)).collect())
     }
 
     async fn host_page(
@@ -640,7 +744,7 @@ impl Fleet for FleetBackend {
                 .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
         Ok(Page {
-            items: rows.into_iter().map(Into::into).collect(),
+            items: rows.into_iter().map(|r| self.summary(r)).collect(),
             page,
             per_page: HOSTS_PER_PAGE,
             total,
@@ -652,9 +756,9 @@ impl Fleet for FleetBackend {
         req.fleet_admin()?;
         let range = parse_range(range)?;
         // Every fleet admin sees the same charts; they change once per sample period.
-        let pool = self.pool.clone();
+        let (pool, clock) = (self.pool.clone(), self.clock.clone());
         self.charts[&range]
-            .get(0, move || fleet_charts(pool.clone(), range))
+            .get(0, move || fleet_charts(pool.clone(), range, clock.now()))
             .await
     }
 
@@ -667,7 +771,7 @@ impl Fleet for FleetBackend {
     ) -> Result<Vec<ChartView>, AppError> {
         let range = parse_range(range)?;
         let (_, scope) = self.authorized_vm(req, host_id, uuid).await?;
-        let now = time::OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let s = crate::metrics::subject_series(&self.pool, scope, uuid, range, now)
             .await
             .map_err(db::internal)?;
@@ -831,12 +935,20 @@ impl Fleet for FleetBackend {
         let domains = self
             .domains_page(
                 &mut tx,
-                "d.host_id = $1",
+                "d.host_id = $1 AND d.missing_since IS NULL",
                 Some(host_id),
                 search.trim(),
                 page,
             )
             .await?;
+        let missing: Vec<DomainRow> = sqlx::query_as(&format!(
+            "{DOMAIN_QUERY} WHERE d.host_id = $1 AND d.missing_since IS NOT NULL
+             ORDER BY d.missing_since DESC LIMIT 100"
+        ))
+        .bind(host_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
         tx.commit().await.map_err(db::internal)?;
         Ok(HostDetail {
             host,
@@ -864,7 +976,108 @@ impl Fleet for FleetBackend {
                 })
                 .collect(),
             domains,
+            missing: missing.into_iter().map(Into::into).collect(),
         })
+    }
+
+    async fn forget(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let row: Option<(String, bool, Option<Uuid>)> = sqlx::query_as(
+            "SELECT name, missing_since IS NOT NULL, tenant_id FROM domains WHERE host_id = $1 AND uuid = $2 FOR UPDATE",
+        )
+        .bind(host_id)
+        .bind(uuid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let (name, missing, tenant) = row.ok_or_else(|| AppError::NotFound("Domain".into()))?;
+        if !missing {
+            return Err(AppError::Conflict(format!(
+                "{name} is still on its host: only a domain that vanished can be forgotten."
+            )));
+        }
+        // A portal VM whose domain vanished: its record is closed and its quota released by
+        // the same (idempotent) job that deletes VMs.
+        let portal = sqlx::query(
+            "UPDATE vms SET phase = 'deleting', updated_at = now() WHERE uuid = $1 AND host_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(uuid)
+        .bind(host_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?
+        .rows_affected()
+            > 0;
+        if portal {
+            crate::jobs::enqueue(
+                &mut tx,
+                crate::jobs::JobKind::Delete,
+                uuid,
+                json!({ "reason": "its domain vanished from the host and was forgotten" }),
+                10,
+            )
+            .await
+            .map_err(db::internal)?;
+        }
+        sqlx::query("DELETE FROM domains WHERE host_id = $1 AND uuid = $2")
+            .bind(host_id)
+            .bind(uuid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        let mut event = Event::new("domain.forget", "domain", uuid)
+            .after(json!({ "name": name, "host_id": host_id, "portal_vm": portal }));
+        event.tenant_id = tenant;
+        audit::record(&mut tx, &Origin::of(req), event).await?;
+        tx.commit().await.map_err(db::internal)?;
+        if portal {
+            self.queue.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn set_domain_type(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        domain_type: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let value = match domain_type.trim() {
+            "" => None,
+            "kvm" => Some("kvm"),
+            "qemu" => Some("qemu"),
+            _ => {
+                return Err(AppError::field(
+                    "domain_type",
+                    "Choose detected, kvm or qemu.",
+                ))
+            }
+        };
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let before: Option<Option<String>> =
+            sqlx::query_scalar("SELECT domain_type FROM hosts WHERE id = $1 FOR UPDATE")
+                .bind(host_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+        let before = before.ok_or_else(|| AppError::NotFound("Host".into()))?;
+        sqlx::query("UPDATE hosts SET domain_type = $2 WHERE id = $1")
+            .bind(host_id)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("host.domain_type", "host", host_id)
+                .before(json!({ "domain_type": before }))
+                .after(json!({ "domain_type": value })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)
     }
 
     async fn reconcile(&self, req: &RequestCtx, host_id: Uuid) -> Result<(), AppError> {
@@ -893,13 +1106,14 @@ impl Fleet for FleetBackend {
             operation: String,
             status: String,
             error: Option<String>,
+            detail: Option<String>,
             actor_email: Option<String>,
             started_at: time::OffsetDateTime,
             duration_ms: Option<i32>,
         }
         let mut tx = db::begin(&self.pool, scope).await?;
         let ops: Vec<Op> = sqlx::query_as(
-            "SELECT o.id, o.operation, o.status, o.error, u.email AS actor_email, o.started_at, o.duration_ms
+            "SELECT o.id, o.operation, o.status, o.error, o.detail, u.email AS actor_email, o.started_at, o.duration_ms
              FROM domain_operations o LEFT JOIN users u ON u.id = o.actor_id
              WHERE o.host_id = $1 AND o.domain_uuid = $2 ORDER BY o.id DESC LIMIT 20",
         )
@@ -919,6 +1133,7 @@ impl Fleet for FleetBackend {
                     operation: o.operation,
                     status: o.status,
                     error: o.error,
+                    detail: o.detail,
                     actor_email: o.actor_email,
                     started_at: o.started_at,
                     duration_ms: o.duration_ms,
@@ -981,41 +1196,26 @@ impl Fleet for FleetBackend {
                 ),
             ));
         }
-        self.run_operation(req, &row, scope, action).await?;
         if action == Action::Shutdown {
-            // Graceful first; if the guest ignores ACPI, force it off after the timeout.
-            let (pool, hv, timeout) = (
-                self.pool.clone(),
-                self.hypervisors.clone(),
-                self.shutdown_timeout,
-            );
-            tokio::spawn(async move {
-                let deadline = std::time::Instant::now() + timeout;
-                while std::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    let Ok(mut tx) = db::begin(&pool, Scope::fleet()).await else {
-                        return;
-                    };
-                    let state: Option<String> = sqlx::query_scalar(
-                        "SELECT state FROM domains WHERE host_id = $1 AND uuid = $2",
-                    )
-                    .bind(host_id)
-                    .bind(uuid)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .ok()
-                    .flatten();
-                    let _ = tx.commit().await;
-                    if state.as_deref() != Some("running") && state.as_deref() != Some("shutdown") {
-                        return;
-                    }
-                }
-                tracing::info!(%host_id, %uuid, "graceful shutdown timed out; forcing off");
-                if let Err(e) = hv.lifecycle(host_id, uuid, Action::ForceOff).await {
-                    tracing::warn!(error = %e, "force off after shutdown timeout failed");
-                }
-            });
+            // One wait per VM: a second click would only stack up operations.
+            let mut tx = db::begin(&self.pool, scope).await?;
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM jobs
+                 WHERE kind = $1 AND key = $2 AND state IN ('queued', 'running'))",
+            )
+            .bind(crate::jobs::JobKind::Shutdown.as_str())
+            .bind(uuid)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+            tx.commit().await.map_err(db::internal)?;
+            if waiting {
+                return Err(AppError::Conflict(
+                    "This VM is already shutting down; it is forced off if the guest does not respond in time.".into(),
+                ));
+            }
         }
+        self.run_operation(req, &row, scope, action).await?;
         Ok(())
     }
 
@@ -1117,17 +1317,26 @@ impl Fleet for FleetBackend {
         req: &RequestCtx,
         host_id: Uuid,
         pool: &str,
-    ) -> Result<Vec<String>, AppError> {
+    ) -> Result<Vec<VolumeInfo>, AppError> {
         req.fleet_admin()?;
         let pool = storage::parse_name(pool, "pool")?;
         self.known_host(host_id).await?;
-        let mut names = self
+        let p = pool.clone();
+        let facts = self
             .hypervisors
-            .call(host_id, move |conn| storage::volumes(conn, &pool))
+            .call(host_id, move |conn| storage::volume_facts(conn, &p))
             .await
             .map_err(|e| AppError::field("pool", format!("libvirt refused: {e}")))?;
-        names.sort();
-        Ok(names)
+        let users = self.volume_users(host_id, &pool, &facts).await?;
+        Ok(facts
+            .into_iter()
+            .map(|f| VolumeInfo {
+                used_by: users.get(&f.name).cloned().unwrap_or_default(),
+                name: f.name,
+                capacity_bytes: f.capacity,
+                allocation_bytes: f.allocation,
+            })
+            .collect())
     }
 
     #[tracing::instrument(skip_all)]
@@ -1201,11 +1410,36 @@ impl Fleet for FleetBackend {
         host_id: Uuid,
         pool: &str,
         name: &str,
+        confirm: &str,
     ) -> Result<(), AppError> {
         req.fleet_admin()?;
         let pool = storage::parse_name(pool, "pool")?;
         let name = storage::parse_name(name, "name")?;
+        if confirm.trim() != name {
+            return Err(AppError::field(
+                "confirm",
+                format!("Type the volume's name, {name}, to confirm."),
+            ));
+        }
         self.known_host(host_id).await?;
+        // Never delete what something depends on: a template's base image (its linked clones
+        // would lose their backing file), a VM's disk.
+        let p = pool.clone();
+        let facts = self
+            .hypervisors
+            .call(host_id, move |conn| storage::volume_facts(conn, &p))
+            .await
+            .map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))?;
+        if !facts.iter().any(|f| f.name == name) {
+            return Err(AppError::NotFound("Volume".into()));
+        }
+        let users = self.volume_users(host_id, &pool, &facts).await?;
+        if let Some(used) = users.get(&name).filter(|u| !u.is_empty()) {
+            return Err(AppError::Conflict(format!(
+                "{name} is in use ({}): it was not deleted.",
+                used.join(", ")
+            )));
+        }
         let (p, n) = (pool.clone(), name.clone());
         self.hypervisors
             .call(host_id, move |conn| storage::delete_volume(conn, &p, &n))
@@ -1360,16 +1594,33 @@ impl FleetBackend {
         let ms = started.elapsed().as_millis() as i32;
 
         let mut tx = db::begin(&self.pool, scope).await?;
-        sqlx::query(
-            "UPDATE domain_operations SET status = $2, error = $3, finished_at = now(), duration_ms = $4 WHERE id = $1",
-        )
-        .bind(op_id)
-        .bind(if result.is_ok() { "succeeded" } else { "failed" })
-        .bind(result.as_ref().err())
-        .bind(ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        if action == Action::Shutdown && result.is_ok() {
+            // The guest was only asked: the operation runs until it is off, or forced off at
+            // the deadline (see `shutdown`).
+            sqlx::query("UPDATE domain_operations SET detail = $2 WHERE id = $1")
+                .bind(op_id)
+                .bind(format!(
+                    "Waiting for the guest to shut down; forced off after {} s if it does not.",
+                    self.shutdown_timeout.as_secs()
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+            crate::shutdown::watch(&mut tx, row.host_id, row.uuid, op_id, self.shutdown_timeout)
+                .await
+                .map_err(db::internal)?;
+        } else {
+            sqlx::query(
+                "UPDATE domain_operations SET status = $2, error = $3, finished_at = now(), duration_ms = $4 WHERE id = $1",
+            )
+            .bind(op_id)
+            .bind(if result.is_ok() { "succeeded" } else { "failed" })
+            .bind(result.as_ref().err())
+            .bind(ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        }
         let mut event = Event::new("vm.action", "domain", row.uuid).after(json!({
             "action": action.as_str(), "host": row.host_name, "name": row.name,
             "result": if result.is_ok() { "succeeded" } else { "failed" },
@@ -1391,7 +1642,7 @@ impl FleetBackend {
             if marked > 0 {
                 crate::jobs::enqueue(
                     &mut tx,
-                    "delete",
+                    crate::jobs::JobKind::Delete,
                     row.uuid,
                     json!({ "reason": "deleted by its owner or an admin" }),
                     10,
@@ -1404,7 +1655,7 @@ impl FleetBackend {
             false
         };
         tx.commit().await.map_err(db::internal)?;
-        if portal_vm {
+        if portal_vm || (action == Action::Shutdown && result.is_ok()) {
             self.queue.wake.notify_waiters();
         }
         result.map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))

@@ -10,6 +10,45 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// What a job does; stored as its `as_str` in `jobs.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Build and start a portal VM (key: the VM).
+    Provision,
+    /// Remove a portal VM's domain and disk and release its quota (key: the VM).
+    Delete,
+    /// Wait for a guest asked to shut down; force it off at the deadline (key: the domain).
+    Shutdown,
+    /// Wait for a new guest to answer on SSH; record its addresses (key: the VM).
+    GuestReady,
+    /// Copy an image to another host (key: `images::copy_key`).
+    ImageCopy,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Provision => "provision",
+            JobKind::Delete => "delete",
+            JobKind::Shutdown => "shutdown",
+            JobKind::GuestReady => "guest_ready",
+            JobKind::ImageCopy => "image_copy",
+        }
+    }
+
+    pub const ALL: [JobKind; 5] = [
+        JobKind::Provision,
+        JobKind::Delete,
+        JobKind::Shutdown,
+        JobKind::GuestReady,
+        JobKind::ImageCopy,
+    ];
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
     pub id: i64,
@@ -41,7 +80,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Adds a job unless a live one with the same kind and key exists (then nothing happens).
 pub async fn enqueue(
     tx: &mut Tx,
-    kind: &str,
+    kind: JobKind,
     key: Uuid,
     payload: serde_json::Value,
     max_attempts: i32,
@@ -50,7 +89,7 @@ pub async fn enqueue(
         "INSERT INTO jobs (kind, key, payload, max_attempts) VALUES ($1, $2, $3, $4)
          ON CONFLICT (kind, key) WHERE state IN ('queued', 'running') DO NOTHING",
     )
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(key)
     .bind(payload)
     .bind(max_attempts)
@@ -201,6 +240,14 @@ async fn run_one(pool: &PgPool, handler: &dyn Handler, job: Job, lease: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_kinds_read_back_what_they_write() {
+        for k in JobKind::ALL {
+            assert_eq!(JobKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(JobKind::parse("explode"), None);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -128,7 +128,7 @@ impl Leases {
                 .await?;
             jobs::enqueue(
                 &mut tx,
-                "delete",
+                jobs::JobKind::Delete,
                 *uuid,
                 json!({ "reason": "lease expired" }),
                 10,
@@ -148,15 +148,31 @@ impl Leases {
 
         // Power off after the commit: a failure here is retried by the next reconcile-driven
         // state and the next tick (the VM stays marked expired).
-        for (uuid, _, host, _) in stopping {
+        for (uuid, tenant, host, _) in stopping {
             if let Some(host) = host {
-                if let Err(e) = self
+                let started = std::time::Instant::now();
+                let result = self
                     .hypervisors
                     .lifecycle(host, uuid, Action::ForceOff)
-                    .await
-                {
+                    .await;
+                if let Err(e) = &result {
                     tracing::info!(%uuid, error = %e, "stopping an expired VM (it may be off already)");
                 }
+                // In the VM's operation log like any other power change.
+                let mut log = db::begin_raw(&self.pool, Scope::fleet()).await?;
+                sqlx::query(
+                    "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, operation, status, error, detail, finished_at, duration_ms)
+                     VALUES ($1, $2, $3, 'force_off', $4, $5, 'The lease ended: stopped until it is extended or deleted.', now(), $6)",
+                )
+                .bind(host)
+                .bind(uuid)
+                .bind(tenant)
+                .bind(if result.is_ok() { "succeeded" } else { "failed" })
+                .bind(result.err())
+                .bind(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX))
+                .execute(&mut *log)
+                .await?;
+                log.commit().await?;
             }
         }
         if out.deleting > 0 {

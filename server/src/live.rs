@@ -149,6 +149,27 @@ pub fn stream(
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// Announces a change to a portal VM that is not a state change (its guest answered, its
+/// addresses are known) to the pages showing it, at commit, like the database triggers do.
+pub async fn notify_vm(
+    tx: &mut crate::db::Tx,
+    uuid: uuid::Uuid,
+    host_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_notify($1, json_build_object('kind', 'domain', 'host_id', $3::uuid, 'uuid', v.uuid,
+                'state', d.state, 'tenant_id', v.tenant_id, 'owner_id', v.owner_id)::text)
+         FROM vms v LEFT JOIN domains d ON d.host_id = $3 AND d.uuid = v.uuid
+         WHERE v.uuid = $2",
+    )
+    .bind(CHANNEL)
+    .bind(uuid)
+    .bind(host_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

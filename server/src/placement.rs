@@ -50,8 +50,13 @@ const GIB: i64 = 1024 * 1024 * 1024;
 /// Memory kept for the host's own processes.
 pub const HOST_RESERVE_MIB: i64 = 512;
 
-/// The hosts that hold `template`'s image, with what placement weighs.
-pub async fn candidates(tx: &mut Tx, template: Uuid) -> Result<Vec<Candidate>, sqlx::Error> {
+/// The hosts that hold `template`'s image (and, for a libvirt `network`, have it active),
+/// with what placement weighs.
+pub async fn candidates(
+    tx: &mut Tx,
+    template: Uuid,
+    network: Option<&str>,
+) -> Result<Vec<Candidate>, sqlx::Error> {
     sqlx::query_as(
         "SELECT h.id AS host_id, h.name AS host_name, h.state, h.schedulable, h.maintenance, h.cpus,
                 h.memory_kib, (SELECT coalesce(sum(d.memory_kib), 0) FROM domains d
@@ -67,9 +72,13 @@ pub async fn candidates(tx: &mut Tx, template: Uuid) -> Result<Vec<Candidate>, s
                   WHERE v.host_id = h.id AND v.phase IN ('placing', 'cloning'))::int8 AS pending_disk_gib
          FROM template_images i JOIN hosts h ON h.id = i.host_id
          LEFT JOIN storage_pools p ON p.host_id = i.host_id AND p.name = i.pool
-         WHERE i.template_id = $1 ORDER BY h.name",
+         WHERE i.template_id = $1
+           AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM networks n WHERE n.host_id = h.id AND n.name = $2
+                                            AND n.active AND n.missing_since IS NULL))
+         ORDER BY h.name",
     )
     .bind(template)
+    .bind(network)
     .fetch_all(&mut **tx)
     .await
 }
@@ -77,7 +86,9 @@ pub async fn candidates(tx: &mut Tx, template: Uuid) -> Result<Vec<Candidate>, s
 /// Picks a host, or says why none fits (host by host).
 pub fn choose(candidates: &[Candidate], need: &Need, overcommit: f64) -> Result<Choice, String> {
     if candidates.is_empty() {
-        return Err("No host holds this template's base image.".into());
+        return Err(
+            "No host holds this template's base image (and the chosen network, if any).".into(),
+        );
     }
     let mut fits = Vec::new();
     let mut skipped = Vec::new();

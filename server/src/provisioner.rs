@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::db::{self, Scope};
 use crate::hypervisor::domain_xml::{self, DiskSpec, DomainXml};
 use crate::hypervisor::{cpu_weight, inventory, storage, Hypervisors};
-use crate::jobs::{Handler, Job, Outcome};
+use crate::jobs::{Handler, Job, JobKind, Outcome};
 use crate::placement;
 use crate::quota::{self, Release};
 use crate::requests::log;
@@ -30,6 +30,35 @@ pub struct Provisioner {
     pub placement_retry: Duration,
     /// Test hook: a step after which the process pretends to die (see the crash tests).
     pub crash_after: Option<String>,
+    /// Where user-mode networking's SSH forwards listen, and the ports they may take.
+    pub ssh: SshForwards,
+}
+
+/// Host ports forwarded to guests' SSH: the address they listen on (on the host) and the
+/// range they are allocated from, one per live VM and host.
+#[derive(Debug, Clone)]
+pub struct SshForwards {
+    pub address: String,
+    pub ports: std::ops::RangeInclusive<u16>,
+}
+
+/// Where a VM goes and how its template's image boots there.
+struct Placed {
+    host: Uuid,
+    pool: String,
+    base: String,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    ssh_port: Option<u16>,
+}
+
+/// What the template says about first boot.
+#[derive(sqlx::FromRow)]
+struct GuestSettings {
+    login_user: Option<String>,
+    user_data: String,
+    /// The requester's own cloud-config.
+    request_user_data: String,
 }
 
 /// The volume a VM's disk lives in: derived from its UUID, so a retry finds it.
@@ -44,6 +73,7 @@ struct VmJob {
     tenant_id: Uuid,
     tenant_name: String,
     owner_email: Option<String>,
+    owner_id: Option<Uuid>,
     template_id: Option<Uuid>,
     name: String,
     vcpus: i32,
@@ -54,6 +84,8 @@ struct VmJob {
     volume: Option<String>,
     phase: String,
     deleted_at: Option<time::OffsetDateTime>,
+    /// The libvirt network it joins; None: user-mode networking.
+    network: Option<String>,
 }
 
 fn retry(e: impl std::fmt::Display) -> Outcome {
@@ -66,8 +98,9 @@ impl Provisioner {
             .await
             .map_err(retry)?;
         sqlx::query_as(
-            "SELECT v.uuid, v.request_id, v.tenant_id, t.name AS tenant_name, u.email AS owner_email, v.template_id,
-                    v.name, v.vcpus, v.memory_mib, v.disk_gib, v.host_id, v.pool, v.volume, v.phase, v.deleted_at
+            "SELECT v.uuid, v.request_id, v.tenant_id, t.name AS tenant_name, u.email AS owner_email, v.owner_id, v.template_id,
+                    v.name, v.vcpus, v.memory_mib, v.disk_gib, v.host_id, v.pool, v.volume, v.phase, v.deleted_at,
+                    v.network
              FROM vms v JOIN tenants t ON t.id = v.tenant_id LEFT JOIN users u ON u.id = v.owner_id
              WHERE v.uuid = $1",
         )
@@ -126,7 +159,7 @@ impl Provisioner {
 
     /// Chooses a host under a global lock (so two jobs cannot both take the last room) and
     /// writes it down before any libvirt work.
-    async fn place(&self, vm: &VmJob) -> Result<(Uuid, String, String), Outcome> {
+    async fn place(&self, vm: &VmJob, guest: &GuestSettings) -> Result<Placed, Outcome> {
         let template = vm
             .template_id
             .ok_or_else(|| Outcome::Fail("The template was deleted.".into()))?;
@@ -138,17 +171,33 @@ impl Provisioner {
             .execute(&mut *tx)
             .await
             .map_err(retry)?;
-        let placed: Option<(Option<Uuid>, Option<String>)> =
-            sqlx::query_as("SELECT host_id, pool FROM vms WHERE uuid = $1")
+        let placed: Option<(Option<Uuid>, Option<String>, Option<i32>)> =
+            sqlx::query_as("SELECT host_id, pool, ssh_port FROM vms WHERE uuid = $1")
                 .bind(vm.uuid)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(retry)?;
-        if let Some((Some(host), Some(pool))) = placed {
-            let base = base_volume(&mut tx, template, host).await?;
-            return Ok((host, pool, base));
+        if let Some((Some(host), Some(pool), port)) = placed {
+            let image = base_image(&mut tx, template, host).await?;
+            let ssh_port = match port {
+                Some(p) => u16::try_from(p).ok(),
+                None if guest.login_user.is_some() && vm.network.is_none() => {
+                    let p = self.ssh_port(&mut tx, vm.uuid, host).await?;
+                    tx.commit().await.map_err(retry)?;
+                    Some(p)
+                }
+                None => None,
+            };
+            return Ok(Placed {
+                host,
+                pool,
+                base: image.0,
+                kernel: image.1,
+                initrd: image.2,
+                ssh_port,
+            });
         }
-        let candidates = placement::candidates(&mut tx, template)
+        let candidates = placement::candidates(&mut tx, template, vm.network.as_deref())
             .await
             .map_err(retry)?;
         let need = placement::Need {
@@ -182,8 +231,21 @@ impl Provisioner {
                     .await
                     .map_err(retry)?;
                 }
+                // A forwarded port only for user-mode networking.
+                let ssh_port = match (&guest.login_user, &vm.network) {
+                    (Some(_), None) => Some(self.ssh_port(&mut tx, vm.uuid, choice.host_id).await?),
+                    _ => None,
+                };
+                let image = base_image(&mut tx, template, choice.host_id).await?;
                 tx.commit().await.map_err(retry)?;
-                Ok((choice.host_id, choice.pool, choice.base_volume))
+                Ok(Placed {
+                    host: choice.host_id,
+                    pool: choice.pool,
+                    base: choice.base_volume,
+                    kernel: image.1,
+                    initrd: image.2,
+                    ssh_port,
+                })
             }
             Err(why) => {
                 // Wait for capacity: say so once (not on every retry) and keep the quota.
@@ -215,6 +277,131 @@ impl Provisioner {
         }
     }
 
+    /// Takes the lowest free forward port of `host` for the VM (under the placement lock, so
+    /// two VMs cannot take one port; the unique index says so too). On the portal's own
+    /// machine a port some other program holds is skipped.
+    async fn ssh_port(&self, tx: &mut db::Tx, vm: Uuid, host: Uuid) -> Result<u16, Outcome> {
+        let (lo, hi) = (*self.ssh.ports.start() as i32, *self.ssh.ports.end() as i32);
+        let free: Vec<i32> = sqlx::query_scalar(
+            "SELECT p FROM generate_series($2::int, $3::int) p
+             WHERE NOT EXISTS (SELECT 1 FROM vms WHERE host_id = $1 AND ssh_port = p AND deleted_at IS NULL)
+             ORDER BY p LIMIT 50",
+        )
+        .bind(host)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(retry)?;
+        let uri: String = sqlx::query_scalar("SELECT uri FROM hosts WHERE id = $1")
+            .bind(host)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(retry)?;
+        let local =
+            !uri.contains("://") || uri.split("://").nth(1).is_some_and(|r| r.starts_with('/'));
+        let port = free
+            .into_iter()
+            .filter_map(|p| u16::try_from(p).ok())
+            .find(|p| {
+                !local || std::net::TcpListener::bind((self.ssh.address.as_str(), *p)).is_ok()
+            })
+            .ok_or_else(|| {
+                Outcome::Retry(format!(
+                    "no free SSH forward port on this host between {lo} and {hi}"
+                ))
+            })?;
+        sqlx::query("UPDATE vms SET ssh_port = $2 WHERE uuid = $1")
+            .bind(vm)
+            .bind(i32::from(port))
+            .execute(&mut **tx)
+            .await
+            .map_err(retry)?;
+        Ok(port)
+    }
+
+    async fn guest_settings(&self, vm: &VmJob) -> Result<GuestSettings, Outcome> {
+        let Some(template) = vm.template_id else {
+            return Ok(GuestSettings {
+                login_user: None,
+                user_data: String::new(),
+                request_user_data: String::new(),
+            });
+        };
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
+            .await
+            .map_err(retry)?;
+        sqlx::query_as(
+            "SELECT t.login_user, t.user_data, coalesce(r.user_data, '') AS request_user_data
+             FROM templates t LEFT JOIN vms v ON v.uuid = $2 LEFT JOIN requests r ON r.id = v.request_id
+             WHERE t.id = $1",
+        )
+        .bind(template)
+        .bind(vm.uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(retry)?
+            .ok_or_else(|| Outcome::Fail("The template was deleted.".into()))
+    }
+
+    /// Writes the VM's NoCloud seed next to its disk; returns its path on the host.
+    async fn seed(
+        &self,
+        vm: &VmJob,
+        placed: &Placed,
+        login_user: &str,
+        guest: &GuestSettings,
+    ) -> Result<String, Outcome> {
+        let keys = match vm.owner_id {
+            Some(owner) => {
+                let mut tx = db::begin_raw(&self.pool, Scope::fleet())
+                    .await
+                    .map_err(retry)?;
+                crate::accounts::ssh_keys::lines_of(&mut tx, owner)
+                    .await
+                    .map_err(retry)?
+            }
+            None => Vec::new(),
+        };
+        let message = if keys.is_empty() {
+            format!("{}: writing the cloud-init seed. The owner has no SSH key yet, so nobody can log in over SSH: add one on the account page and request again, or use the console.", vm.name)
+        } else {
+            format!(
+                "{}: writing the cloud-init seed (login user {login_user}, {} SSH key{}).",
+                vm.name,
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" }
+            )
+        };
+        self.phase(vm, "seeding", &message).await?;
+        let iso = crate::cloud_init::Seed {
+            uuid: vm.uuid,
+            hostname: &vm.name,
+            login_user,
+            keys: &keys,
+            snippet: &guest.user_data,
+            extra: &guest.request_user_data,
+        }
+        .iso()
+        .await
+        .map_err(Outcome::Retry)?;
+        let (pool, name) = (placed.pool.clone(), crate::cloud_init::seed_volume(vm.uuid));
+        self.hypervisors
+            .call(placed.host, move |conn| {
+                let len = iso.len() as u64;
+                storage::upload_volume(
+                    conn,
+                    &pool,
+                    &name,
+                    storage::Format::Raw,
+                    std::io::Cursor::new(iso),
+                    len,
+                )
+            })
+            .await
+            .map_err(retry)
+    }
+
     async fn provision(&self, uuid: Uuid) -> Result<(), Outcome> {
         let Some(vm) = self.load(uuid).await? else {
             return Ok(()); // The VM row is gone (tenant removed): nothing to do.
@@ -224,7 +411,9 @@ impl Provisioner {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let (host, pool, base) = self.place(&vm).await?;
+        let guest = self.guest_settings(&vm).await?;
+        let placed = self.place(&vm, &guest).await?;
+        let (host, pool, base) = (placed.host, placed.pool.clone(), placed.base.clone());
         self.crash_point("placed");
 
         self.phase(
@@ -245,6 +434,10 @@ impl Provisioner {
             .map_err(retry)?;
         self.crash_point("cloned");
 
+        let seed = match &guest.login_user {
+            Some(user) => Some(self.seed(&vm, &placed, user, &guest).await?),
+            None => None,
+        };
         self.phase(
             &vm,
             "defining",
@@ -257,11 +450,40 @@ impl Provisioner {
             vm.owner_email.clone().unwrap_or_default(),
         );
         let (vcpus, memory_mib) = (vm.vcpus as u32, vm.memory_mib as u64);
-        let (domain_type, nested) = self
+        let chosen = self.chosen_domain_type(host).await?;
+        let (detected, nested) = self
             .hypervisors
             .call(host, |conn| Ok(domain_xml::guest_kind(conn)))
             .await
             .map_err(retry)?;
+        // The fleet admin's choice wins, except on libvirt's test driver.
+        let domain_type = match chosen {
+            Some(t) if detected != "test" => t,
+            _ => detected,
+        };
+        let boot = match (&placed.kernel, &placed.initrd) {
+            (Some(k), Some(i)) => {
+                let (p, k, i) = (pool.clone(), k.clone(), i.clone());
+                let (kernel, initrd) = self
+                    .hypervisors
+                    .call(host, move |conn| {
+                        let pool = conn.lookup_storage_pool_by_name(&p)?;
+                        Ok((
+                            pool.lookup_storage_vol_by_name(&k)?.path()?,
+                            pool.lookup_storage_vol_by_name(&i)?.path()?,
+                        ))
+                    })
+                    .await
+                    .map_err(retry)?;
+                Some(domain_xml::DirectBoot {
+                    kernel,
+                    initrd,
+                    cmdline: "root=/dev/vda rw console=tty0 console=ttyS0,115200".into(),
+                })
+            }
+            _ => None,
+        };
+        let real = domain_type != "test";
         let libvirt_name = domain_xml::libvirt_name(&name, uuid);
         let xml = DomainXml {
             domain_type,
@@ -279,7 +501,18 @@ impl Provisioner {
                 format: "qcow2",
                 target: "vda".into(),
             }],
-            user_network: true,
+            user_network: vm.network.is_none(),
+            network: vm.network.as_deref(),
+            ssh_forward: placed
+                .ssh_port
+                .filter(|_| real)
+                .map(|port| domain_xml::SshForward {
+                    address: self.ssh.address.clone(),
+                    port,
+                }),
+            boot,
+            seed,
+            consoles: real,
         }
         .render()
         .map_err(|e| Outcome::Fail(format!("rendering the domain XML: {e}")))?;
@@ -315,11 +548,41 @@ impl Provisioner {
             .await
             .map_err(retry)?;
         self.crash_point("started");
-        self.finish(&vm, started.elapsed()).await
+        // What to watch for the guest's SSH: the forwarded port, or port 22 at the address
+        // the guest gets on its network.
+        let forward = match (&vm.network, &guest.login_user) {
+            (None, _) => placed.ssh_port.filter(|_| real).map(|p| (host, p)),
+            (Some(_), Some(_)) if real => Some((host, 22)),
+            _ => None,
+        };
+        self.finish(&vm, started.elapsed(), forward).await
+    }
+
+    /// The fleet admin's choice of kvm or qemu for this host, if any.
+    async fn chosen_domain_type(&self, host: Uuid) -> Result<Option<&'static str>, Outcome> {
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
+            .await
+            .map_err(retry)?;
+        let t: Option<String> = sqlx::query_scalar("SELECT domain_type FROM hosts WHERE id = $1")
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(retry)?
+            .flatten();
+        Ok(match t.as_deref() {
+            Some("kvm") => Some("kvm"),
+            Some("qemu") => Some("qemu"),
+            _ => None,
+        })
     }
 
     /// The VM runs: allocate its quota, and fulfil the request once all its VMs run.
-    async fn finish(&self, vm: &VmJob, took: Duration) -> Result<(), Outcome> {
+    async fn finish(
+        &self,
+        vm: &VmJob,
+        took: Duration,
+        forward: Option<(Uuid, u16)>,
+    ) -> Result<(), Outcome> {
         let now = self.clock.now();
         let mut tx = db::begin_raw(&self.pool, Scope::fleet())
             .await
@@ -344,6 +607,12 @@ impl Provisioner {
         quota::allocate(&mut tx, vm.uuid, now)
             .await
             .map_err(retry)?;
+        if let Some((host, port)) = forward {
+            // Running is not usable yet: a job watches for the guest's SSH (see `guest`).
+            crate::guest::watch(&mut tx, host, vm.uuid, port, vm.network.as_deref(), now)
+                .await
+                .map_err(retry)?;
+        }
         if let (Some(r), 1) = (vm.request_id, changed) {
             log(
                 &mut tx,
@@ -459,6 +728,11 @@ impl Provisioner {
                         undefine(&dom)?;
                     }
                     if let Some(pool) = pool {
+                        let _ = storage::delete_volume(
+                            conn,
+                            &pool,
+                            &crate::cloud_init::seed_volume(uuid),
+                        );
                         match storage::delete_volume(conn, &pool, &volume) {
                             Ok(()) => {}
                             Err(e)
@@ -515,24 +789,29 @@ async fn tally(tx: &mut db::Tx, request: Uuid) -> Result<(i64, i64, i64), Outcom
     .map_err(retry)
 }
 
-async fn base_volume(tx: &mut db::Tx, template: Uuid, host: Uuid) -> Result<String, Outcome> {
-    sqlx::query_scalar("SELECT volume FROM template_images WHERE template_id = $1 AND host_id = $2")
-        .bind(template)
-        .bind(host)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(retry)?
-        .ok_or_else(|| {
-            Outcome::Fail("The template's image is no longer on the chosen host.".into())
-        })
+/// The template's image on `host`: disk volume, and kernel and initramfs for direct boot.
+async fn base_image(
+    tx: &mut db::Tx,
+    template: Uuid,
+    host: Uuid,
+) -> Result<(String, Option<String>, Option<String>), Outcome> {
+    sqlx::query_as(
+        "SELECT volume, kernel, initrd FROM template_images WHERE template_id = $1 AND host_id = $2",
+    )
+    .bind(template)
+    .bind(host)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(retry)?
+    .ok_or_else(|| Outcome::Fail("The template's image is no longer on the chosen host.".into()))
 }
 
 #[async_trait]
 impl Handler for Provisioner {
     async fn run(&self, job: &Job) -> Result<(), Outcome> {
-        match job.kind.as_str() {
-            "provision" => self.provision(job.key).await,
-            "delete" => {
+        match JobKind::parse(&job.kind) {
+            Some(JobKind::Provision) => self.provision(job.key).await,
+            Some(JobKind::Delete) => {
                 let reason = job
                     .payload
                     .get("reason")
@@ -540,13 +819,31 @@ impl Handler for Provisioner {
                     .unwrap_or("deleted");
                 self.delete(job.key, reason).await
             }
-            other => Err(Outcome::Fail(format!("unknown job kind {other}"))),
+            Some(JobKind::Shutdown) => {
+                crate::shutdown::check(&self.pool, &self.hypervisors, job).await
+            }
+            Some(JobKind::GuestReady) => {
+                crate::guest::check(&self.pool, &self.hypervisors, &self.ssh.address, job).await
+            }
+            Some(JobKind::ImageCopy) => {
+                crate::images::run_copy(&self.pool, &self.hypervisors, job).await
+            }
+            None => Err(Outcome::Fail(format!("unknown job kind {}", job.kind))),
         }
     }
 
     async fn failed(&self, job: &Job, error: &str) {
-        if job.kind != "provision" {
-            return;
+        match JobKind::parse(&job.kind) {
+            Some(JobKind::Shutdown) => {
+                crate::shutdown::abandoned(&self.pool, job, error).await;
+                return;
+            }
+            Some(JobKind::ImageCopy) => {
+                crate::images::copy_failed(&self.pool, job, error).await;
+                return;
+            }
+            Some(JobKind::Provision) => {}
+            _ => return,
         }
         // Give up: remove what was made, mark the VM failed, release its quota, and close the
         // request once none of its VMs is still on its way.
@@ -568,8 +865,9 @@ impl Handler for Provisioner {
                     .await
                     .map_err(retry)?;
             }
+            // A failed VM keeps its record but gives its SSH forward port back.
             sqlx::query(
-                "UPDATE vms SET phase = 'failed', error = $2, updated_at = $3 WHERE uuid = $1",
+                "UPDATE vms SET phase = 'failed', error = $2, ssh_port = NULL, updated_at = $3 WHERE uuid = $1",
             )
             .bind(vm.uuid)
             .bind(error)
@@ -622,6 +920,7 @@ impl Provisioner {
                     crate::hypervisor::connection::undefine(&dom)?;
                 }
                 let _ = storage::delete_volume(conn, &pool, &volume);
+                let _ = storage::delete_volume(conn, &pool, &crate::cloud_init::seed_volume(uuid));
                 Ok(())
             })
             .await

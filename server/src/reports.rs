@@ -453,10 +453,21 @@ impl Reports for ReportsBackend {
             .map(|m| m.tenant_id)
             .collect();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<(Uuid, Option<String>, String, f64, f64, f64, OffsetDateTime, Option<OffsetDateTime>)> =
+        type Row = (
+            Uuid,
+            Option<String>,
+            String,
+            f64,
+            f64,
+            f64,
+            OffsetDateTime,
+            Option<OffsetDateTime>,
+            bool,
+        );
+        let rows: Vec<Row> =
             sqlx::query_as(
                 "SELECT r.id, t.name, r.currency, r.vcpu_hour::float8, r.memory_gib_hour::float8, r.disk_gib_hour::float8,
-                        r.valid_from, r.valid_to
+                        r.valid_from, r.valid_to, r.valid_from <= now() AND (r.valid_to IS NULL OR now() < r.valid_to)
                  FROM rate_cards r LEFT JOIN templates t ON t.id = r.template_id
                  WHERE $1 OR r.template_id IS NULL OR t.all_tenants OR t.tenant_ids && $2
                  ORDER BY r.valid_from DESC, t.name NULLS FIRST",
@@ -469,7 +480,7 @@ impl Reports for ReportsBackend {
         Ok(rows
             .into_iter()
             .map(
-                |(id, template_name, currency, v, m, d, from, to)| RateCard {
+                |(id, template_name, currency, v, m, d, from, to, in_force)| RateCard {
                     id,
                     template_name,
                     currency,
@@ -478,9 +489,61 @@ impl Reports for ReportsBackend {
                     disk_gib_hour: d,
                     valid_from: iso(from.date()),
                     valid_to: to.map(|t| iso(t.date())),
+                    in_force,
                 },
             )
             .collect())
+    }
+
+    async fn end_rate_card(
+        &self,
+        req: &RequestCtx,
+        id: Uuid,
+        valid_to: &str,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let to = parse_date(valid_to, "valid_to")?.midnight().assume_utc();
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let card: Option<(OffsetDateTime, Option<OffsetDateTime>)> =
+            sqlx::query_as("SELECT valid_from, valid_to FROM rate_cards WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+        let (from, before) = card.ok_or_else(|| AppError::NotFound("Rate card".into()))?;
+        if to <= from {
+            return Err(AppError::field(
+                "valid_to",
+                format!("The end must be after the start, {}.", iso(from.date())),
+            ));
+        }
+        // Ending a card in the past would reprice hours already reported.
+        let today = self.clock.now().date().midnight().assume_utc();
+        if to < today {
+            return Err(AppError::field(
+                "valid_to",
+                format!(
+                    "End the card today ({}) or later: past hours keep the prices they had.",
+                    iso(today.date())
+                ),
+            ));
+        }
+        sqlx::query("UPDATE rate_cards SET valid_to = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("rate_card.end", "rate_card", id)
+                .before(json!({ "valid_to": before.map(|b| iso(b.date())) }))
+                .after(json!({ "valid_to": iso(to.date()) })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(())
     }
 
     async fn add_rate_card(&self, req: &RequestCtx, form: RateCardForm) -> Result<Uuid, AppError> {

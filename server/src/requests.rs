@@ -38,6 +38,8 @@ pub struct ProvisioningBackend {
     pub queue: Arc<Queue>,
     pub vcpu_overcommit: f64,
     pub max_attempts: i32,
+    /// The address SSH commands name (`--ssh-forward-address`).
+    pub ssh_host: String,
     /// Rendered CPU sparklines by VM for a minute: a list page shows the same ones to everyone
     /// who may see them (each list is authorized before its sparklines are looked up).
     pub sparklines: moka::future::Cache<Uuid, String>,
@@ -108,6 +110,49 @@ struct Valid {
     prefix: String,
     lease_days: i32,
     purpose: String,
+    user_data: String,
+    /// The libvirt network chosen; None: user-mode networking.
+    network: Option<String>,
+}
+
+/// The network among the template's choices (empty: the first); None for user-mode.
+fn parse_network(
+    template: &app::provisioning::Template,
+    raw: &str,
+) -> Result<Option<String>, AppError> {
+    let choices = crate::catalog::network_choices(template);
+    let chosen = match raw.trim() {
+        "" => choices[0].as_str(),
+        n => n,
+    };
+    if !choices.iter().any(|c| c == chosen) {
+        return Err(AppError::field(
+            "network",
+            format!(
+                "Choose one of the networks {} offers: {}.",
+                template.name,
+                choices.join(", ")
+            ),
+        ));
+    }
+    Ok((chosen != crate::catalog::USER_NETWORK).then(|| chosen.to_string()))
+}
+
+/// The requester's own cloud-config: only where the template allows it, a YAML mapping of
+/// at most 16 KiB that does not touch what the portal sets (users, keys, host name).
+fn parse_user_data(template: &app::provisioning::Template, raw: &str) -> Result<String, AppError> {
+    let text = raw.trim();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    if !template.allow_user_data {
+        return Err(AppError::field(
+            "user_data",
+            format!("{} does not take your own cloud-config.", template.name),
+        ));
+    }
+    crate::cloud_init::parse_snippet(text, "user_data")?;
+    Ok(text.to_string())
 }
 
 /// The names a request's VMs get: the prefix alone for one VM, else prefix-1, prefix-2, …
@@ -208,6 +253,8 @@ struct RequestRow {
     reason: Option<String>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    user_data: String,
+    network: Option<String>,
 }
 
 impl RequestRow {
@@ -230,6 +277,7 @@ impl RequestRow {
             reason: self.reason.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            network: self.network.clone(),
         }
     }
 
@@ -249,7 +297,8 @@ const AWAITING: &str = "r.state = 'pending_approval' AND ($1 OR r.tenant_id = AN
 const REQUEST_SELECT: &str = "
     SELECT r.id, r.tenant_id, t.name AS tenant_name, r.requester_id, u.email AS requester_email,
            r.template_id, tp.name AS template_name, r.size_name, r.vcpus, r.memory_mib, r.disk_gib,
-           r.count, r.name_prefix, r.lease_days, r.purpose, r.state, r.level, r.reason, r.created_at, r.updated_at
+           r.count, r.name_prefix, r.lease_days, r.purpose, r.state, r.level, r.reason, r.created_at, r.updated_at,
+           r.user_data, r.network
     FROM requests r JOIN tenants t ON t.id = r.tenant_id JOIN users u ON u.id = r.requester_id
     JOIN templates tp ON tp.id = r.template_id";
 
@@ -271,6 +320,11 @@ struct VmRow {
     lease_ends_at: OffsetDateTime,
     request_id: Option<Uuid>,
     max_lease_days: Option<i32>,
+    login_user: Option<String>,
+    ssh_port: Option<i32>,
+    ssh_ready_at: Option<OffsetDateTime>,
+    guest_addresses: Vec<String>,
+    network: Option<String>,
 }
 
 /// What the state filter accepts: hypervisor states and provisioning phases.
@@ -292,13 +346,39 @@ const VM_STATES: [&str; 12] = [
 const VM_SELECT: &str = "
     SELECT v.uuid, v.name, t.name AS tenant_name, u.email AS owner_email, tp.name AS template_name,
            v.host_id, h.name AS host_name, v.vcpus, v.memory_mib, v.disk_gib, v.phase, d.state, v.error,
-           v.lease_ends_at, v.request_id, tp.max_lease_days
+           v.lease_ends_at, v.request_id, tp.max_lease_days, tp.login_user, v.ssh_port, v.ssh_ready_at,
+           v.guest_addresses, v.network
     FROM vms v JOIN tenants t ON t.id = v.tenant_id LEFT JOIN users u ON u.id = v.owner_id
     LEFT JOIN templates tp ON tp.id = v.template_id LEFT JOIN hosts h ON h.id = v.host_id
     LEFT JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid AND d.missing_since IS NULL";
 
-fn managed_vm(r: VmRow, now: OffsetDateTime) -> ManagedVm {
+fn managed_vm(r: VmRow, now: OffsetDateTime, ssh_host: &str) -> ManagedVm {
+    // User-mode networking: a forwarded port on the host; a libvirt network: the guest's
+    // own address (once its agent or the network's DHCP lease says it).
+    let own_address = crate::guest::first_ipv4(&r.guest_addresses);
+    let ssh = match (
+        r.login_user,
+        r.ssh_port.and_then(|p| u16::try_from(p).ok()),
+        &r.network,
+    ) {
+        (Some(user), Some(port), None) => Some(app::provisioning::SshAccess {
+            user,
+            host: ssh_host.to_string(),
+            port,
+            ready_at: r.ssh_ready_at,
+        }),
+        (Some(user), _, Some(_)) => own_address.map(|host| app::provisioning::SshAccess {
+            user,
+            host,
+            port: 22,
+            ready_at: r.ssh_ready_at,
+        }),
+        _ => None,
+    };
     ManagedVm {
+        ssh,
+        guest_addresses: r.guest_addresses,
+        network: r.network,
         uuid: r.uuid,
         name: r.name,
         tenant_name: r.tenant_name,
@@ -458,6 +538,8 @@ impl ProvisioningBackend {
                 prefix: String::new(),
                 lease_days: 0,
                 purpose: String::new(),
+                user_data: String::new(),
+                network: None,
             });
         }
         let prefix = VmName::parse(&form.name_prefix, "name_prefix").and_then(|p| {
@@ -488,8 +570,18 @@ impl ProvisioningBackend {
             })
         };
         let purpose = parse_purpose(&form.purpose);
-        match (size, count, prefix, lease_days, purpose) {
-            (Ok(size), Ok(count), Ok(prefix), Ok(lease_days), Ok(purpose)) => {
+        let user_data = parse_user_data(&template, &form.user_data);
+        let network = parse_network(&template, &form.network);
+        match (size, count, prefix, lease_days, purpose, user_data, network) {
+            (
+                Ok(size),
+                Ok(count),
+                Ok(prefix),
+                Ok(lease_days),
+                Ok(purpose),
+                Ok(user_data),
+                Ok(network),
+            ) => {
                 let names = vm_names(&prefix, count);
                 let taken: Option<String> = sqlx::query_scalar(
                     "SELECT name FROM vms WHERE tenant_id = $1 AND deleted_at IS NULL AND name = ANY($2) LIMIT 1",
@@ -515,14 +607,18 @@ impl ProvisioningBackend {
                     prefix,
                     lease_days,
                     purpose,
+                    user_data,
+                    network,
                 })
             }
-            (a, b, c, d, e) => Err(AppError::merge([
+            (a, b, c, d, e, f, g) => Err(AppError::merge([
                 a.err(),
                 b.err(),
                 c.err(),
                 d.err(),
                 e.err(),
+                f.err(),
+                g.err(),
             ])),
         }
     }
@@ -583,8 +679,8 @@ impl ProvisioningBackend {
             };
             sqlx::query(
                 "INSERT INTO vms (uuid, request_id, tenant_id, owner_id, template_id, name, vcpus, memory_mib, disk_gib,
-                                  phase, lease_ends_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $11)",
+                                  phase, lease_ends_at, created_at, updated_at, network)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $11, $12)",
             )
             .bind(uuid)
             .bind(r.id)
@@ -597,14 +693,16 @@ impl ProvisioningBackend {
             .bind(r.disk_gib)
             .bind(lease_end)
             .bind(now)
+            .bind(&r.network)
             .execute(&mut **tx)
             .await
             .map_err(db::internal)?;
             jobs::enqueue(
                 tx,
-                "provision",
+                jobs::JobKind::Provision,
                 *uuid,
-                json!({ "request": r.id }),
+                // The VM's row says everything the job needs.
+                json!({}),
                 self.max_attempts,
             )
             .await
@@ -629,7 +727,10 @@ impl ProvisioningBackend {
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(db::internal)?;
-        Ok(rows.into_iter().map(|r| managed_vm(r, now)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| managed_vm(r, now, &self.ssh_host))
+            .collect())
     }
 
     /// The VM for someone who may act on it: its owner, or an admin of its tenant.
@@ -750,7 +851,10 @@ impl ProvisioningBackend {
                 total
             }
         };
-        let items: Vec<ManagedVm> = rows.into_iter().map(|r| managed_vm(r, now)).collect();
+        let items: Vec<ManagedVm> = rows
+            .into_iter()
+            .map(|r| managed_vm(r, now, &self.ssh_host))
+            .collect();
         Ok(Page {
             items,
             page,
@@ -786,8 +890,8 @@ impl Provisioning for ProvisioningBackend {
         let id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO requests (id, tenant_id, requester_id, template_id, size_name, vcpus, memory_mib, disk_gib,
-                                   count, name_prefix, lease_days, purpose, state, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', $13, $13)",
+                                   count, name_prefix, lease_days, purpose, state, created_at, updated_at, user_data, network)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', $13, $13, $14, $15)",
         )
         .bind(id)
         .bind(v.tenant)
@@ -802,6 +906,8 @@ impl Provisioning for ProvisioningBackend {
         .bind(v.lease_days)
         .bind(&v.purpose)
         .bind(now)
+        .bind(&v.user_data)
+        .bind(&v.network)
         .execute(&mut *tx)
         .await
         .map_err(db::internal)?;
@@ -1001,6 +1107,7 @@ impl Provisioning for ProvisioningBackend {
             can_cancel: requester == actor.user_id
                 && matches!(r.state.as_str(), "submitted" | "pending_approval"),
             can_decide,
+            user_data: r.user_data.clone(),
         })
     }
 
@@ -1243,27 +1350,9 @@ impl Provisioning for ProvisioningBackend {
 
     async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError> {
         let actor = req.actor()?;
-        let (any_tenant, tenants) = deciding(actor)?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<RequestRow> = sqlx::query_as(&format!(
-            "{REQUEST_SELECT} WHERE {AWAITING} ORDER BY r.created_at LIMIT 200"
-        ))
-        .bind(any_tenant)
-        .bind(&tenants)
-        .bind(actor.user_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
         let mut out = Vec::new();
-        let mut policies = Policies::default();
-        for r in rows {
-            let policy = policies.get(&mut tx, r.tenant_id).await?;
-            let Some(level) = r.level.and_then(|l| policy.level(l)) else {
-                continue;
-            };
-            if !level.eligible(actor, r.tenant_id) {
-                continue;
-            }
+        for (r, level) in awaiting(&mut tx, actor).await? {
             // The request's own reservation is already in the counters: show it as the addition.
             let mut effect =
                 quota::effect(&mut tx, r.tenant_id, r.requester_id, Amount::default()).await?;
@@ -1288,7 +1377,7 @@ impl Provisioning for ProvisioningBackend {
             .fetch_one(&mut *tx)
             .await
             .map_err(db::internal)?;
-            let candidates = placement::candidates(&mut tx, r.template_id)
+            let candidates = placement::candidates(&mut tx, r.template_id, r.network.as_deref())
                 .await
                 .map_err(db::internal)?;
             let need = placement::Need {
@@ -1297,16 +1386,22 @@ impl Provisioning for ProvisioningBackend {
                 disk_gib: r.disk_gib,
             };
             // A preview: the choice may differ once approved (other VMs may land first).
-            let placement = match placement::choose(&candidates, &need, self.vcpu_overcommit) {
-                Ok(c) => c.reason.replacen("Placed on", "Would be placed on", 1),
-                Err(e) => e,
-            };
+            let (placement, fits) =
+                match placement::choose(&candidates, &need, self.vcpu_overcommit) {
+                    Ok(c) => (
+                        c.reason.replacen("Placed on", "Would be placed on", 1),
+                        true,
+                    ),
+                    Err(e) => (e, false),
+                };
             out.push(InboxItem {
-                level: level.level,
+                level,
+                user_data: r.user_data.clone(),
                 request: r.summary(),
                 effect,
                 requester_vms,
                 placement,
+                fits,
             });
         }
         Ok(out)
@@ -1540,7 +1635,11 @@ impl Provisioning for ProvisioningBackend {
                     Ok(d)
                 }
             }),
-            approval::parse_levels(&form.levels),
+            if form.level.is_empty() {
+                approval::parse_levels(&form.levels)
+            } else {
+                approval::level_rows(&form.level)
+            },
         );
         let (v, m, c, l, e, levels) = match parsed {
             (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
@@ -1674,13 +1773,17 @@ impl Provisioning for ProvisioningBackend {
 
     async fn cpu_sparkline(&self, req: &RequestCtx, uuid: Uuid) -> Result<String, AppError> {
         let vm = self
-            .vm(req, uuid)
+            .managed_vm(req, uuid)
             .await?
             .ok_or_else(|| AppError::NotFound("VM".into()))?;
         self.sparkline(uuid, &vm.name, self.now()).await
     }
 
-    async fn vm(&self, req: &RequestCtx, uuid: Uuid) -> Result<Option<ManagedVm>, AppError> {
+    async fn managed_vm(
+        &self,
+        req: &RequestCtx,
+        uuid: Uuid,
+    ) -> Result<Option<ManagedVm>, AppError> {
         let actor = req.actor()?;
         let Some((tenant, owner)) = self.vm_tenant(uuid).await? else {
             return Ok(None);
@@ -1890,13 +1993,33 @@ async fn waiting_in(
     let mut policies = Policies::default();
     let mut waiting = 0;
     for (tenant, level) in rows {
-        let policy = policies.get(tx, tenant).await?;
-        let eligible = level
-            .and_then(|l| policy.level(l))
-            .is_some_and(|l| l.eligible(actor, tenant));
-        waiting += u32::from(eligible);
+        let eligible = policies.decides(tx, actor, tenant, level).await?;
+        waiting += u32::from(eligible.is_some());
     }
     Ok(waiting)
+}
+
+/// The requests waiting for `actor`'s decision, oldest first, with the level each is at: the
+/// tenants they decide for, at a level whose approvers include them.
+async fn awaiting(tx: &mut db::Tx, actor: &Actor) -> Result<Vec<(RequestRow, i32)>, AppError> {
+    let (any_tenant, tenants) = deciding(actor)?;
+    let rows: Vec<RequestRow> = sqlx::query_as(&format!(
+        "{REQUEST_SELECT} WHERE {AWAITING} ORDER BY r.created_at LIMIT 200"
+    ))
+    .bind(any_tenant)
+    .bind(&tenants)
+    .bind(actor.user_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db::internal)?;
+    let mut policies = Policies::default();
+    let mut out = Vec::new();
+    for r in rows {
+        if let Some(level) = policies.decides(tx, actor, r.tenant_id, r.level).await? {
+            out.push((r, level));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -55,7 +55,11 @@ impl AppState {
             clock: clock.clone(),
             vcpu_overcommit: config.vcpu_overcommit,
             placement_retry: std::time::Duration::from_secs(config.placement_retry_seconds.max(1)),
-            crash_after: std::env::var("CONCIERGE_CRASH_AFTER").ok(),
+            crash_after: config.crash_after.clone(),
+            ssh: crate::provisioner::SshForwards {
+                address: config.ssh_forward_address.clone(),
+                ports: config.ssh_port_min..=config.ssh_port_max.max(config.ssh_port_min),
+            },
         });
         let leases = Arc::new(crate::leases::Leases {
             pool: pool.clone(),
@@ -65,8 +69,18 @@ impl AppState {
             grace: time::Duration::days(config.lease_grace_days.max(0)),
         });
         let live = crate::live::Live::default();
+        let images = Arc::new(crate::images::ImagesBackend {
+            pool: pool.clone(),
+            hypervisors: hypervisors.clone(),
+            queue: queue.clone(),
+        });
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
+            ssh_keys: Arc::new(crate::accounts::ssh_keys::SshKeysBackend { pool: pool.clone() }),
+            consoles: Arc::new(crate::consoles::ConsolesBackend {
+                pool: pool.clone(),
+                clock: clock.clone(),
+            }),
             tenants: Arc::new(TenantsBackend {
                 pool: pool.clone(),
                 accounts: accounts.clone(),
@@ -94,11 +108,13 @@ impl AppState {
                         (r, crate::fleet::Kept::new(ttl))
                     })
                     .collect(),
+                clock: clock.clone(),
             }),
             catalog: Arc::new(crate::catalog::CatalogBackend {
                 pool: pool.clone(),
-                hypervisors: hypervisors.clone(),
+                images: images.clone(),
             }),
+            images: images.clone(),
             provisioning: Arc::new(crate::requests::ProvisioningBackend {
                 pool: pool.clone(),
                 clock: clock.clone(),
@@ -106,6 +122,7 @@ impl AppState {
                 queue: queue.clone(),
                 vcpu_overcommit: config.vcpu_overcommit,
                 max_attempts: config.job_max_attempts.max(1),
+                ssh_host: config.ssh_forward_address.clone(),
                 sparklines: moka::future::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(std::time::Duration::from_secs(60))

@@ -50,7 +50,39 @@ pub fn router(state: AppState) -> Router {
     let reports = state.backend.reports.clone();
     let provisioning = state.backend.provisioning.clone();
     let live_state = state.clone();
+    let console_state = state.clone();
     let app_routes = Router::new()
+        .route(
+            "/console/ws",
+            axum::routing::get(
+                move |ws: axum::extract::ws::WebSocketUpgrade,
+                      headers: axum::http::HeaderMap,
+                      axum::extract::Query(q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >,
+                      axum::Extension(ctx): axum::Extension<RequestCtx>| {
+                    let state = console_state.clone();
+                    async move {
+                        let actor = ctx.actor().ok().cloned();
+                        let proxy = crate::consoles::Proxy {
+                            pool: state.pool.clone(),
+                            public_origin: state.public_origin.clone(),
+                            clock: state.clock.clone(),
+                            session: recheck_session(
+                                state.clone(),
+                                actor.as_ref().map(|a| a.session_id).unwrap_or_default(),
+                            ),
+                        };
+                        let origin = headers
+                            .get(header::ORIGIN)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        crate::consoles::upgrade(proxy, ws, origin, actor, q.get("ticket").cloned())
+                            .await
+                    }
+                },
+            ),
+        )
         .route(
             "/live",
             axum::routing::get(move |req: Request| {
@@ -95,6 +127,15 @@ pub fn router(state: AppState) -> Router {
                     }
                 },
             ),
+        )
+        .route(
+            "/images/{image}/{host}/upload",
+            axum::routing::put(upload_chunk)
+                // A chunk and a little more; the backend refuses larger ones by name.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    app::images::UPLOAD_CHUNK_BYTES as usize + 4096,
+                ))
+                .with_state(state.backend.images.clone()),
         )
         .route(
             "/reports/usage.csv",
@@ -163,6 +204,29 @@ async fn cache_bundle(req: Request, next: Next) -> Response {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
     }
     res
+}
+
+/// `PUT /images/{image}/{host}/upload?offset=N`: one chunk of a browser upload (same-origin
+/// like every mutating request; fleet admins only). Answers the bytes stored so far, or the
+/// error as JSON with its status (a 409 says where the upload stands).
+async fn upload_chunk(
+    State(images): State<std::sync::Arc<dyn app::seam::Images>>,
+    axum::extract::Path((image, host)): axum::extract::Path<(uuid::Uuid, uuid::Uuid)>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    axum::Extension(ctx): axum::Extension<RequestCtx>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(offset) = q.get("offset").and_then(|o| o.parse::<i64>().ok()) else {
+        let e = app::error::AppError::field("offset", "Say where the chunk starts (offset=N).");
+        return (e.status(), axum::Json(e)).into_response();
+    };
+    match images
+        .upload_chunk(&ctx, image, host, offset, body.to_vec())
+        .await
+    {
+        Ok(done) => axum::Json(serde_json::json!({ "bytes_done": done })).into_response(),
+        Err(e) => (e.status(), axum::Json(e)).into_response(),
+    }
 }
 
 /// The usage report as a CSV download (same query and authorization as the report page).

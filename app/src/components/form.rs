@@ -16,7 +16,8 @@ where
     })
 }
 
-/// The message for one field, placed right under its control.
+/// The message for one field, placed right under its control (which names it in its
+/// `aria-describedby`). Not an alert of its own: the form's summary announces once.
 #[component]
 pub fn FieldMessage(error: Signal<Option<AppError>>, field: &'static str) -> impl IntoView {
     let id = format!("{field}-error");
@@ -24,20 +25,74 @@ pub fn FieldMessage(error: Signal<Option<AppError>>, field: &'static str) -> imp
         error
             .with(|e| e.as_ref().and_then(|e| e.field_message(field)))
             .map(|message| {
-                view! { <p class="field-error" id=id.clone() role="alert">{message}</p> }
+                view! { <p class="field-error" id=id.clone()>{message}</p> }
             })
     }
 }
 
-/// The message for errors that belong to no single field.
+/// Above a form: the error that belongs to no field, or a summary of the fields to correct.
+/// It is the one announcement (`role=alert`); in the browser it also marks the fields in
+/// error (`aria-invalid`) and moves focus to the first of them.
 #[component]
 pub fn FormMessage(error: Signal<Option<AppError>>) -> impl IntoView {
+    let node = NodeRef::<leptos::html::Div>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let fields: Vec<String> = error.with(|e| match e {
+            Some(AppError::Invalid(list)) => list.iter().map(|f| f.field.clone()).collect(),
+            _ => Vec::new(),
+        });
+        if let Some(summary) = node.get() {
+            mark_fields(&summary, &fields);
+        }
+    });
     move || {
-        error
-            .with(|e| e.as_ref().and_then(|e| e.form_message()))
-            .map(|message| {
-                view! { <p class="form-error" role="alert">{message}</p> }
+        error.with(|e| {
+            e.as_ref().map(|e| {
+                let message = match e {
+                    AppError::Invalid(list) if list.len() == 1 => {
+                        "Please correct the marked field below.".to_string()
+                    }
+                    AppError::Invalid(list) => {
+                        format!("Please correct the {} marked fields below.", list.len())
+                    }
+                    other => other.to_string(),
+                };
+                view! { <div class="form-error" role="alert" node_ref=node>{message}</div> }
             })
+        })
+    }
+}
+
+/// Marks the controls described by `{field}-error` near `summary` as invalid (clearing the
+/// others) and focuses the first.
+#[cfg(feature = "hydrate")]
+fn mark_fields(summary: &web_sys::HtmlDivElement, fields: &[String]) {
+    use wasm_bindgen::JsCast;
+    // The form's own section: pages with several forms repeat field names.
+    let Ok(Some(scope)) = summary.closest("form, article, section, main") else {
+        return;
+    };
+    if let Ok(marked) = scope.query_selector_all("[aria-invalid=true]") {
+        for i in 0..marked.length() {
+            if let Some(el) = marked
+                .item(i)
+                .and_then(|n| n.dyn_into::<web_sys::Element>().ok())
+            {
+                let _ = el.remove_attribute("aria-invalid");
+            }
+        }
+    }
+    let mut first = None;
+    for field in fields {
+        let selector = format!("[aria-describedby~=\"{field}-error\"]");
+        if let Ok(Some(el)) = scope.query_selector(&selector) {
+            let _ = el.set_attribute("aria-invalid", "true");
+            first.get_or_insert(el);
+        }
+    }
+    if let Some(el) = first.and_then(|el| el.dyn_into::<web_sys::HtmlElement>().ok()) {
+        let _ = el.focus();
     }
 }
 

@@ -13,6 +13,23 @@ pub fn Guard(
 ) -> impl IntoView {
     let actor = use_actor();
     let children = StoredValue::new(children);
+    // Where to come back to after signing in (a deep link opened while signed out).
+    let location = leptos_router::hooks::use_location();
+    let back = move || {
+        let path = location.pathname.get_untracked();
+        let search = location.search.get_untracked();
+        let query = search.trim_start_matches('?');
+        let here = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        };
+        if here == "/" {
+            "/login".to_string()
+        } else {
+            format!("/login?next={}", crate::url::urlencode(&here))
+        }
+    };
     view! {
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -25,7 +42,7 @@ pub fn Guard(
                     }
                     Ok(Some(a)) if allow(&a) => children.with_value(|c| c()).into_any(),
                     Ok(Some(_)) => view! { <Forbidden/> }.into_any(),
-                    Ok(None) => view! { <Redirect path="/login"/> }.into_any(),
+                    Ok(None) => view! { <Redirect path=back()/> }.into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                 }
             })}

@@ -52,8 +52,21 @@ fn Nav(actor: Actor) -> impl IntoView {
     let path = leptos_router::hooks::use_location().pathname;
     let under =
         move |prefix: &str| path.with(|p| p == prefix || p.starts_with(&format!("{prefix}/")));
+    // On a phone the menu folds behind one control (a checkbox, so it works without
+    // JavaScript too); it folds again after each navigation.
+    let toggle = NodeRef::<leptos::html::Input>::new();
+    Effect::new(move |_| {
+        path.track();
+        if let Some(t) = toggle.get_untracked() {
+            t.set_checked(false);
+        }
+    });
     view! {
-        <nav class="nav" aria-label="Main">
+        <input type="checkbox" id="nav-toggle" class="nav-toggle" node_ref=toggle aria-controls="main-nav" aria-label="Menu"/>
+        <label for="nav-toggle" class="nav-toggle-label">
+            <span aria-hidden="true">"☰ "</span>"Menu"
+        </label>
+        <nav class="nav" id="main-nav" aria-label="Main">
             <A href="/">"Home"</A>
             {requester.then(|| view! {
                 // The request form (/requests/new) is where the catalog leads: it belongs to
@@ -62,12 +75,13 @@ fn Nav(actor: Actor) -> impl IntoView {
                 <A href="/vms">"My VMs"</A>
                 <a href="/requests" aria-current=move || (under("/requests") && !under("/requests/new")).then_some("page")>"Requests"</a>
             })}
-            {approver.then(|| view! { <A href="/approvals">"Approvals"</A> })}
+            {approver.then(|| view! { <A href="/approvals">"Approvals" <WaitingBadge/></A> })}
             {reports.then(|| view! { <A href="/reports">"Reports"</A> })}
             {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
                 <A href="/dashboard">"Dashboard"</A>
                 <A href="/templates">"Templates"</A>
+                <A href="/images">"Images"</A>
                 <A href="/hosts">"Hosts"</A>
                 <A href="/tenants">"Tenants"</A>
                 <A href="/users">"Users"</A>
@@ -92,4 +106,30 @@ fn initials(name: &str) -> String {
         .take(2)
         .collect::<String>()
         .to_uppercase()
+}
+
+/// How many requests wait for the approver, kept current by live events. Fetched in the
+/// browser only, after the page is up: no resource, so the server-rendered navigation never
+/// waits for it (and the page stays one query lighter).
+#[component]
+fn WaitingBadge() -> impl IntoView {
+    let pushed = crate::live::use_live(|e| e.kind == "request" || e.kind == "lagged");
+    let count = RwSignal::new(None::<u32>);
+    // Effects run in the browser only.
+    Effect::new(move |_| {
+        pushed.track();
+        leptos::task::spawn_local(async move {
+            if let Ok(n) = crate::provisioning::approvals_waiting().await {
+                count.try_set(Some(n));
+            }
+        });
+    });
+    move || {
+        count.get().filter(|n| *n > 0).map(|n| {
+            view! {
+                " "
+                <span class="count-badge" aria-label=format!("{n} waiting")>{n.to_string()}</span>
+            }
+        })
+    }
 }

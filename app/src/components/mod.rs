@@ -1,3 +1,4 @@
+pub mod capacity;
 pub mod chart;
 pub mod filters;
 pub mod form;

@@ -6,7 +6,7 @@ pub fn page_href(base: &str, n: u32, filters: &[(&str, String)]) -> String {
     let mut q = vec![format!("page={n}")];
     for (k, v) in filters {
         if !v.is_empty() {
-            q.push(format!("{k}={}", crate::pages::users::urlencode(v)));
+            q.push(format!("{k}={}", crate::url::urlencode(v)));
         }
     }
     format!("{base}?{}", q.join("&"))

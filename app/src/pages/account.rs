@@ -1,5 +1,5 @@
-use crate::account::{my_sessions, EndSession};
-use crate::components::form::{action_error, FormMessage};
+use crate::account::{my_sessions, my_ssh_keys, AddSshKey, EndSession, RemoveSshKey};
+use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::timestamp::Timestamp;
 use crate::tenant::{my_invitations, AcceptInvitation, DeclineInvitation};
@@ -70,6 +70,7 @@ fn AccountContent() -> impl IntoView {
                 }
             })}
         </Suspense>
+        <SshKeysSection/>
         <section class="card">
             <div class="card-head">
                 <h2>"Password"</h2>
@@ -114,6 +115,69 @@ fn AccountContent() -> impl IntoView {
                     }
                 })}
             </Suspense>
+        </section>
+    }
+}
+
+/// The user's SSH public keys: every VM they own gets them at first boot (cloud-init).
+#[component]
+fn SshKeysSection() -> impl IntoView {
+    let add = ServerAction::<AddSshKey>::new();
+    let remove = ServerAction::<RemoveSshKey>::new();
+    let error = action_error(add);
+    let remove_error = action_error(remove);
+    let form = reset_on_success(add);
+    let keys = Resource::new(
+        move || (add.version().get(), remove.version().get()),
+        |_| my_ssh_keys(),
+    );
+    view! {
+        <section class="card" id="ssh-keys" aria-labelledby="ssh-keys-title">
+            <h2 id="ssh-keys-title">"SSH keys"</h2>
+            <p class="muted">"VMs you request from a template with cloud-init get these keys for its login user when they first start. Keys added later reach new VMs only."</p>
+            <FormMessage error=remove_error/>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match keys.await {
+                        Ok(list) if list.is_empty() => view! {
+                            <p class="empty" id="ssh-keys-empty">"No keys yet: without one you cannot log into your VMs over SSH."</p>
+                        }.into_any(),
+                        Ok(list) => view! {
+                            <table class="table" id="ssh-key-list">
+                                <thead><tr><th>"Key"</th><th>"Fingerprint"</th><th>"Added"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                                <tbody>
+                                    {list.into_iter().map(|k| {
+                                        let label = if k.comment.is_empty() { k.algorithm.clone() } else { format!("{} ({})", k.comment, k.algorithm) };
+                                        view! {
+                                            <tr>
+                                                <td data-label="Key">{label.clone()}</td>
+                                                <td data-label="Fingerprint"><code class="fingerprint">{k.fingerprint.clone()}</code></td>
+                                                <td data-label="Added"><Timestamp at=k.created_at/></td>
+                                                <td>
+                                                    <ActionForm action=remove attr:class="inline">
+                                                        <input type="hidden" name="id" value=k.id.to_string()/>
+                                                        <button type="submit" class="small danger" aria-label=format!("Remove key {label}")>"Remove"</button>
+                                                    </ActionForm>
+                                                </td>
+                                            </tr>
+                                        }
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Suspense>
+            <ActionForm action=add node_ref=form attr:class="form" attr:id="add-ssh-key">
+                <FormMessage error/>
+                <label for="key">"Public key"</label>
+                <textarea id="key" name="key" rows="3" required aria-describedby="key-help key-error"
+                    placeholder="ssh-ed25519 AAAAC3Nza… you@laptop" spellcheck="false" autocomplete="off"></textarea>
+                <p class="muted small" id="key-help">"One line from a .pub file, e.g. the output of "<code>"cat ~/.ssh/id_ed25519.pub"</code>". Ed25519, ECDSA or RSA (2048 bits or more)."</p>
+                <FieldMessage error field="key"/>
+                <button type="submit" class="primary">"Add key"</button>
+            </ActionForm>
         </section>
     }
 }

@@ -122,9 +122,17 @@ fn TemplateCard(
             <p class="muted small">{t.os.clone()}</p>
             <p>{t.description.clone()}</p>
             <ul class="plain sizes">
-                {t.sizes.iter().map(|s| view! { <li>{s.label()}</li> }).collect_view()}
+                {t.sizes.iter().enumerate().map(|(i, s)| view! { <li>{s.label()} <SizeNotes offer=t.offer.clone() i/></li> }).collect_view()}
             </ul>
+            <OfferNotes offer=t.offer.clone()/>
             <p class="small muted">{format!("Lease {} days by default, up to {}.", t.default_lease_days, t.max_lease_days)}</p>
+            {(!t.networks.is_empty()).then(|| view! {
+                <p class="small">{format!("Networks: {}.", t.networks.join(", "))}</p>
+            })}
+            <p class="small">{match &t.login_user {
+                Some(user) => format!("Log in over SSH as {user} with the keys on your account page."),
+                None => "No guest initialisation: bring your own way in (console).".to_string(),
+            }}</p>
             <div class="actions-row">
                 {(!hidden).then(|| view! { <a class="button primary" href=href>"Request"</a> })}
                 {admin.then(|| view! {
@@ -236,11 +244,12 @@ fn RequestForm(tenant: Uuid, t: Template) -> impl IntoView {
                             view! {
                                 <label class="check">
                                     <input type="radio" name="size" value=name.clone() checked=i == 0 on:change=move |_| size.set(n2.clone())/>
-                                    " " {s.label()}
+                                    " " {s.label()} <SizeNotes offer=t.offer.clone() i/>
                                 </label>
                             }
                         }).collect_view()}
                         <FieldMessage error field="size"/>
+                        <OfferNotes offer=t.offer.clone()/>
                     </fieldset>
                     <div class="field">
                         <label for="req-count">"How many"</label>
@@ -265,6 +274,28 @@ fn RequestForm(tenant: Uuid, t: Template) -> impl IntoView {
                         <textarea id="req-purpose" name="purpose" required maxlength="1000" rows="3" placeholder="What are these machines for?" aria-describedby="purpose-error"></textarea>
                         <FieldMessage error field="purpose"/>
                     </div>
+                    {(t.networks.len() > 1).then(|| view! {
+                        <div class="field">
+                            <label for="req-network">"Network"</label>
+                            <select id="req-network" name="network" aria-describedby="network-help network-error">
+                                {t.networks.iter().map(|n| {
+                                    let label = if n == "user" { "user-mode networking (SSH through a forwarded port)".to_string() } else { n.clone() };
+                                    view! { <option value=n.clone()>{label}</option> }
+                                }).collect_view()}
+                            </select>
+                            <p class="muted small" id="network-help">"The VMs join this network; they are placed on hosts that have it."</p>
+                            <FieldMessage error field="network"/>
+                        </div>
+                    })}
+                    {t.allow_user_data.then(|| view! {
+                        <div class="field">
+                            <label for="req-user-data">"Your own cloud-config (optional, YAML)"</label>
+                            <textarea id="req-user-data" name="user_data" rows="4" maxlength="16384" spellcheck="false"
+                                placeholder="packages: [git, tmux]" aria-describedby="user-data-help user_data-error"></textarea>
+                            <p class="muted small" id="user-data-help">"Runs on first boot with the template's own; approvers see it. Users, keys and host name are set for you."</p>
+                            <FieldMessage error field="user_data"/>
+                        </div>
+                    })}
                     <button type="submit" class="primary" disabled=move || submit.pending().get()>
                         {move || if submit.pending().get() { "Submitting…" } else { "Submit request" }}
                     </button>
@@ -283,4 +314,31 @@ fn RequestForm(tenant: Uuid, t: Template) -> impl IntoView {
             </section>
         </div>
     }
+}
+
+/// Beside a size: whether it goes ahead without approval, and its monthly cost.
+#[component]
+fn SizeNotes(offer: Option<crate::provisioning::Offer>, i: usize) -> impl IntoView {
+    offer.and_then(|o| o.sizes.get(i).cloned()).map(|s| {
+        view! {
+            " "
+            {if s.needs_approval {
+                view! { <span class="badge warn">"needs approval"</span> }.into_any()
+            } else {
+                view! { <span class="badge ok">"no approval needed"</span> }.into_any()
+            }}
+            {s.monthly_cost.map(|c| view! { " " <span class="small muted cost">{format!("≈ {c}")}</span> })}
+        }
+    })
+}
+
+/// Under the sizes: when any size needs approval, and why no cost is shown.
+#[component]
+fn OfferNotes(offer: Option<crate::provisioning::Offer>) -> impl IntoView {
+    offer.map(|o| {
+        view! {
+            {(!o.approval_note.is_empty()).then(|| view! { <p class="small muted">{o.approval_note}</p> })}
+            {o.cost_note.map(|n| view! { <p class="small muted">{n}</p> })}
+        }
+    })
 }

@@ -1,9 +1,10 @@
 //! The fleet dashboard (fleet admins): hosts, capacity, VMs by state, top consumers, pending
 //! requests and drift, kept current by live updates.
+use crate::components::capacity::{gib, CpuCapacity, MemoryCapacity};
 use crate::components::chart::{ChartGrid, RangePicker};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::fleet::{fleet_charts, get_fleet_dashboard, FleetDashboard};
-use crate::pages::requests::ticker;
+use crate::live::ticker;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
@@ -65,10 +66,6 @@ fn FleetCharts() -> impl IntoView {
     }
 }
 
-fn gib(kib: i64) -> String {
-    format!("{:.0} GiB", kib as f64 / 1_048_576.0)
-}
-
 #[component]
 fn Stat(
     label: &'static str,
@@ -86,7 +83,7 @@ fn Stat(
 
 #[component]
 fn DashboardView(d: FleetDashboard) -> impl IntoView {
-    let vcpu_cap = (d.cpus as f64 * d.vcpu_overcommit).round() as i64;
+    let vcpu_cap = (d.cpus as f64 * d.vcpu_overcommit).floor() as i64;
     let total_vms: i64 = d.vms_by_state.iter().map(|(_, n)| n).sum();
     let max_state = d
         .vms_by_state
@@ -116,21 +113,13 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
         <div class="grid">
             <section class="card">
                 <h2>"Capacity"</h2>
-                <div class="capacity">
-                    <span class="capacity-label">"vCPUs"</span>
-                    <meter min="0" max=vcpu_cap.max(1) as f64 value=d.vcpus_allocated as f64 high=vcpu_cap as f64 * 0.85 optimum=0></meter>
-                    <span class="capacity-text">{format!("{} of {} ({} CPUs × {})", d.vcpus_allocated, vcpu_cap, d.cpus, d.vcpu_overcommit)}</span>
-                </div>
-                <div class="capacity">
-                    <span class="capacity-label">"Memory"</span>
-                    <meter min="0" max=d.memory_kib.max(1) as f64 value=d.memory_allocated_kib as f64 high=d.memory_kib as f64 * 0.85 optimum=0></meter>
-                    <span class="capacity-text">{format!("{} of {}", gib(d.memory_allocated_kib), gib(d.memory_kib))}</span>
-                </div>
+                <CpuCapacity allocated=d.vcpus_allocated cpus=d.cpus capacity=vcpu_cap/>
+                <MemoryCapacity allocated_kib=d.memory_allocated_kib total_kib=d.memory_kib/>
                 <p class="small muted">"Allocated to running domains on connected hosts."</p>
             </section>
             <section class="card">
                 <h2 id="states-title">"VMs by state"</h2>
-                <figure class="bars" role="img" aria-labelledby="states-title" aria-describedby="states-alt">
+                <figure class="bars" aria-labelledby="states-title" aria-describedby="states-alt">
                     {d.vms_by_state.iter().map(|(s, n)| {
                         let pct = (*n as f64 / max_state as f64 * 100.0).max(1.0);
                         view! {
@@ -150,23 +139,14 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
             <table class="table host-load">
                 <thead><tr><th>"Host"</th><th>"vCPUs allocated"</th><th>"Memory allocated"</th></tr></thead>
                 <tbody>
-                    {d.busiest_hosts.into_iter().map(|(id, name, state, cpus, vcpus, mem, mem_used)| {
-                        let vcap = (cpus as f64 * d.vcpu_overcommit).round().max(1.0);
+                    {d.busiest_hosts.into_iter().map(|h| {
+                        let crate::fleet::BusyHost { id, name, state, cpus, vcpus_allocated: vcpus, memory_kib: mem, memory_allocated_kib: mem_used } = h;
+                        let vcap = (cpus as f64 * d.vcpu_overcommit).floor() as i64;
                         view! {
                             <tr>
                                 <td><a href=format!("/hosts/{id}")>{name}</a>" "{(state != "connected").then(|| view! { <span class="badge danger">{state.clone()}</span> })}</td>
-                                <td>
-                                    <span class="cell-meter">
-                                        <meter min="0" max=vcap value=vcpus as f64 high=vcap * 0.85 optimum=0></meter>
-                                        <span class="capacity-text">{format!("{vcpus} of {vcap:.0}")}</span>
-                                    </span>
-                                </td>
-                                <td>
-                                    <span class="cell-meter">
-                                        <meter min="0" max=mem.max(1) as f64 value=mem_used as f64 high=mem as f64 * 0.85 optimum=0></meter>
-                                        <span class="capacity-text">{format!("{} of {}", gib(mem_used), gib(mem))}</span>
-                                    </span>
-                                </td>
+                                <td><CpuCapacity allocated=vcpus cpus capacity=vcap compact=true/></td>
+                                <td><MemoryCapacity allocated_kib=mem_used total_kib=mem compact=true/></td>
                             </tr>
                         }
                     }).collect_view()}

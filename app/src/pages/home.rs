@@ -73,7 +73,6 @@ fn HomeContent() -> impl IntoView {
 /// approvers, what waits for them. Kept current by live updates.
 #[component]
 fn TenantDashboard() -> impl IntoView {
-    use crate::pages::my_vms::lease_text;
     use crate::provisioning::{read_home_panels, state_badge};
     let actor = use_actor();
     let pushed =
@@ -117,7 +116,7 @@ fn TenantDashboard() -> impl IntoView {
                             Some(p) if !p.items.is_empty() => view! {
                                 <ul class="plain vm-list">
                                     {p.items.into_iter().take(6).map(|v| {
-                                        let (lease, class) = lease_text(&v);
+                                        let (lease, class) = v.lease_text();
                                         let state = v.state.clone().unwrap_or_else(|| v.phase.clone());
                                         let href = v.host_id.map(|h| format!("/vms/{h}/{}", v.uuid)).unwrap_or_else(|| "/vms".into());
                                         view! {

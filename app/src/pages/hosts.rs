@@ -1,24 +1,21 @@
+use crate::components::capacity::{gib, CpuCapacity, MemoryCapacity};
 use crate::components::filters::QueryChoice;
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::components::pager::{page_href, Pager};
 use crate::components::timestamp::Timestamp;
 use crate::fleet::{
-    get_host, host_page, list_drift, DomainSummary, HostSummary, ReconcileHost, RegisterHost,
-    HOST_SORTS,
+    get_host, host_page, list_drift, DomainSummary, ForgetDomain, HostSummary, ReconcileHost,
+    RegisterHost, SetHostDomainType, HOST_SORTS,
 };
 use crate::fleet::{
     list_volumes, CreatePool, CreateVolume, DefineNetwork, DeleteVolume, NetworkAction,
 };
-use crate::pages::users::urlencode;
+use crate::url::urlencode;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use uuid::Uuid;
-
-fn gib(kib: i64) -> String {
-    format!("{:.1} GiB", kib as f64 / 1_048_576.0)
-}
 
 fn bytes(b: i64) -> String {
     format!("{:.0} GiB", b as f64 / 1_073_741_824.0)
@@ -49,14 +46,6 @@ fn Capacity(label: &'static str, used: f64, total: f64, text: String) -> impl In
 
 #[component]
 fn HostCapacity(h: HostSummary) -> impl IntoView {
-    let cpus = h.cpus.unwrap_or(0) as f64;
-    let mem = h.memory_kib.unwrap_or(0) as f64;
-    let vcpu_text = format!("{} of {} vCPUs", h.vcpus_allocated, h.cpus.unwrap_or(0));
-    let mem_text = format!(
-        "{} of {}",
-        gib(h.memory_allocated_kib),
-        gib(h.memory_kib.unwrap_or(0))
-    );
     let used_storage = (h.storage_capacity - h.storage_available) as f64;
     let storage_text = format!(
         "{} of {} used",
@@ -64,8 +53,8 @@ fn HostCapacity(h: HostSummary) -> impl IntoView {
         bytes(h.storage_capacity)
     );
     view! {
-        <Capacity label="CPU" used=h.vcpus_allocated as f64 total=cpus text=vcpu_text/>
-        <Capacity label="Memory" used=h.memory_allocated_kib as f64 total=mem text=mem_text/>
+        <CpuCapacity allocated=h.vcpus_allocated cpus=i64::from(h.cpus.unwrap_or(0)) capacity=h.vcpu_capacity/>
+        <MemoryCapacity allocated_kib=h.memory_allocated_kib total_kib=h.memory_kib.unwrap_or(0)/>
         <Capacity label="Storage" used=used_storage total=h.storage_capacity as f64 text=storage_text/>
     }
 }
@@ -221,13 +210,21 @@ fn HostContent() -> impl IntoView {
     // Network changes come back through the host's detail, so it refetches after each.
     let net_op = ServerAction::<NetworkAction>::new();
     let net_define = ServerAction::<DefineNetwork>::new();
+    let forget = ServerAction::<ForgetDomain>::new();
+    let forget_error = action_error(forget);
+    let virt = ServerAction::<SetHostDomainType>::new();
+    let virt_error = action_error(virt);
     let detail = Resource::new(
         move || {
             (
                 id(),
                 search(),
                 page(),
-                reconcile.version().get() + net_op.version().get() + net_define.version().get(),
+                reconcile.version().get()
+                    + net_op.version().get()
+                    + net_define.version().get()
+                    + forget.version().get()
+                    + virt.version().get(),
             )
         },
         |(id, s, p, _)| async move {
@@ -268,6 +265,27 @@ fn HostContent() -> impl IntoView {
                                     "last reconcile: "
                                     {h.last_sync_at.map(|t| view! { <Timestamp at=t/> }.into_any()).unwrap_or_else(|| view! { "never" }.into_any())}
                                 </p>
+                                {(!h.simulated).then(|| {
+                                    let chosen = h.domain_type.clone().unwrap_or_default();
+                                    let hid = h.id.to_string();
+                                    view! {
+                                        <FormMessage error=virt_error/>
+                                        <ActionForm action=virt attr:class="form row" attr:id="domain-type-form">
+                                            <input type="hidden" name="host_id" value=hid/>
+                                            <div class="field">
+                                                <label for="domain-type">"Virtualization for new VMs"</label>
+                                                <select id="domain-type" name="domain_type" aria-describedby="domain-type-help domain_type-error">
+                                                    {[("", "Detected (KVM when offered)"), ("kvm", "KVM"), ("qemu", "QEMU emulation (TCG)")].into_iter().map(|(v, l)| view! {
+                                                        <option value=v selected=chosen == v>{l}</option>
+                                                    }).collect_view()}
+                                                </select>
+                                                <p class="muted small" id="domain-type-help">"Choose TCG where KVM is offered but guest kernels fail under it (some nested hosts)."</p>
+                                                <FieldMessage error=virt_error field="domain_type"/>
+                                            </div>
+                                            <button type="submit">"Save"</button>
+                                        </ActionForm>
+                                    }
+                                })}
                             </section>
                             <div class="grid">
                                 <section class="card">
@@ -302,6 +320,7 @@ fn HostContent() -> impl IntoView {
                                 <Pager page=d.domains.page pages=d.domains.pages() total=d.domains.total
                                     href=move |p| format!("{base2}?q={}&page={p}", urlencode(&s))/>
                             </section>
+                            {(!d.missing.is_empty()).then(|| view! { <MissingDomains list=d.missing.clone() forget error=forget_error/> })}
                         }.into_any()
                     }
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
@@ -417,6 +436,7 @@ fn StorageCard(host: Uuid, pools: Vec<String>) -> impl IntoView {
                 </div>
             </div>
             <FormMessage error=delete_error/>
+            <FieldMessage error=delete_error field="confirm"/>
             <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || {
                     let hid = hid3.clone();
@@ -424,22 +444,42 @@ fn StorageCard(host: Uuid, pools: Vec<String>) -> impl IntoView {
                         match volumes.await {
                             Ok(list) if list.is_empty() => view! { <p class="muted">"No volumes in this pool."</p> }.into_any(),
                             Ok(list) => view! {
-                                <ul class="plain">
-                                    {list.into_iter().map(|v| {
+                                <table class="table volumes">
+                                    <thead><tr><th>"Volume"</th><th class="num">"Size"</th><th class="num">"On disk"</th><th>"Used by"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                                    <tbody>{list.into_iter().map(|v| {
                                         let (hid, pool) = (hid.clone(), selected.get_untracked());
+                                        let confirm_id = format!("confirm-volume-{}", v.name);
+                                        let in_use = !v.used_by.is_empty();
+                                        let (name2, name3) = (v.name.clone(), v.name.clone());
                                         view! {
-                                            <li class="volume">
-                                                <span class="mono">{v.clone()}</span>
-                                                <ActionForm action=delete_volume attr:class="inline">
-                                                    <input type="hidden" name="host_id" value=hid/>
-                                                    <input type="hidden" name="pool" value=pool/>
-                                                    <input type="hidden" name="name" value=v/>
-                                                    <button type="submit" class="small danger">"Delete"</button>
-                                                </ActionForm>
-                                            </li>
+                                            <tr class="volume" data-volume=v.name.clone()>
+                                                <td class="mono">{v.name.clone()}</td>
+                                                <td class="num">{size_label(v.capacity_bytes)}</td>
+                                                <td class="num">{size_label(v.allocation_bytes)}</td>
+                                                <td class="small">{if in_use { v.used_by.join("; ") } else { "nothing".to_string() }}</td>
+                                                <td>
+                                                    {if in_use {
+                                                        view! { <span class="small muted">"in use"</span> }.into_any()
+                                                    } else {
+                                                        view! {
+                                                            <details class="danger-zone compact">
+                                                                <summary>"Delete…"</summary>
+                                                                <ActionForm action=delete_volume attr:class="inline">
+                                                                    <input type="hidden" name="host_id" value=hid/>
+                                                                    <input type="hidden" name="pool" value=pool/>
+                                                                    <input type="hidden" name="name" value=name2.clone()/>
+                                                                    <label class="sr-only" for=confirm_id.clone()>{format!("Type {name2} to confirm")}</label>
+                                                                    <input id=confirm_id name="confirm" class="compact" autocomplete="off" placeholder=name3/>
+                                                                    <button type="submit" class="small danger">"Delete volume"</button>
+                                                                </ActionForm>
+                                                            </details>
+                                                        }.into_any()
+                                                    }}
+                                                </td>
+                                            </tr>
                                         }
-                                    }).collect_view()}
-                                </ul>
+                                    }).collect_view()}</tbody>
+                                </table>
                             }.into_any(),
                             Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                         }
@@ -584,5 +624,49 @@ fn NetworksCard(
                 <button type="submit">"Define network"</button>
             </ActionForm>
         </section>
+    }
+}
+
+/// Domains the host no longer has: kept apart from the live ones, until a fleet admin forgets
+/// them (a portal VM's record is then closed and its quota released).
+#[component]
+fn MissingDomains(
+    list: Vec<DomainSummary>,
+    forget: ServerAction<ForgetDomain>,
+    error: Signal<Option<crate::error::AppError>>,
+) -> impl IntoView {
+    view! {
+        <section class="card" data-testid="missing-domains">
+            <h2>{format!("Missing from the host ({})", list.len())}</h2>
+            <p class="small muted">"These domains were on this host and are gone. Their records stay until you forget them; forgetting a portal VM also closes its record and releases its quota."</p>
+            <FormMessage error/>
+            <table class="table">
+                <thead><tr><th>"Name"</th><th>"Last state"</th><th>"Tenant / owner"</th><th>"Last change"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                <tbody>{list.into_iter().map(|d| view! {
+                    <tr>
+                        <td><a href=format!("/vms/{}/{}", d.host_id, d.uuid)>{d.name.clone()}</a></td>
+                        <td>{d.state.clone()}</td>
+                        <td>{d.owner_email.clone().or(d.tenant_name.clone()).unwrap_or_else(|| "unmanaged".into())}</td>
+                        <td><Timestamp at=d.state_since/></td>
+                        <td>
+                            <ActionForm action=forget attr:class="inline">
+                                <input type="hidden" name="host_id" value=d.host_id.to_string()/>
+                                <input type="hidden" name="uuid" value=d.uuid.to_string()/>
+                                <button type="submit" class="small" aria-label=format!("Forget {}", d.name)>"Forget"</button>
+                            </ActionForm>
+                        </td>
+                    </tr>
+                }).collect_view()}</tbody>
+            </table>
+        </section>
+    }
+}
+
+/// Bytes as GiB (MiB below one GiB).
+fn size_label(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20))
     }
 }

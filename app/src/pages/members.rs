@@ -1,4 +1,4 @@
-use crate::account::{OneTimePassword, TenantRole};
+use crate::account::TenantRole;
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{any_admin, Guard};
 use crate::components::timestamp::Timestamp;
@@ -21,27 +21,13 @@ pub fn MembersPage() -> impl IntoView {
     }
 }
 
-/// Shows a newly issued one-time password once, for the admin to hand over.
-#[component]
-pub fn OneTimePasswordNotice(otp: OneTimePassword) -> impl IntoView {
-    view! {
-        <div class="notice ok otp" role="status">
-            <p>
-                "Account created for " <strong>{otp.email.clone()}</strong>
-                ". Give them this one-time password; it is shown only now and must be changed at first sign-in:"
-            </p>
-            <code class="otp-value" data-testid="otp">{otp.password.clone()}</code>
-        </div>
-    }
-}
-
 /// Shows a new invitation's code once, for the admin to hand over with the join link.
 #[component]
 fn InvitationNotice(inv: NewInvitation) -> impl IntoView {
     let link = format!(
         "/join?email={}&code={}",
-        crate::pages::users::urlencode(&inv.email),
-        crate::pages::users::urlencode(&inv.code)
+        crate::url::urlencode(&inv.email),
+        crate::url::urlencode(&inv.code)
     );
     view! {
         <div class="notice ok otp" role="status">
@@ -108,7 +94,10 @@ fn MembersContent() -> impl IntoView {
                     Ok(t) => {
                         let id = t.id.to_string();
                         view! {
-                            <h1>{t.name.clone()} <span class="muted">" · members"</span></h1>
+                            <div class="page-head">
+                                <h1>{t.name.clone()} <span class="muted">" · members"</span></h1>
+                                <a class="button" href=format!("/tenants/{id}/quotas")>"Quotas and approvals"</a>
+                            </div>
                             {t.suspended.then(|| view! { <p class="notice warn">"This tenant is suspended: its members cannot use it until a fleet admin reactivates it."</p> })}
                             <section class="card">
                                 <h2>"Invite a member"</h2>

@@ -1,9 +1,11 @@
 pub mod account;
 pub mod audit;
 pub mod catalog;
+pub mod console;
 pub mod dashboard;
 pub mod home;
 pub mod hosts;
+pub mod images;
 pub mod join;
 pub mod login;
 pub mod members;

@@ -5,8 +5,8 @@ use crate::components::filters::QueryChoice;
 use crate::components::guard::{anyone, Guard};
 use crate::components::pager::{page_href, Pager};
 use crate::components::timestamp::Timestamp;
-use crate::pages::requests::ticker;
-use crate::provisioning::{mib_label, my_vms, state_badge, ManagedVm, VM_SORTS};
+use crate::live::ticker;
+use crate::provisioning::{mib_label, my_vms, state_badge, VM_SORTS};
 use crate::shell::use_actor;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -20,25 +20,6 @@ pub fn MyVmsPage() -> impl IntoView {
             <MyVmsContent/>
         </Guard>
     }
-}
-
-/// "in 6 days", "tomorrow", "expired 2 days ago", with a warning class from 7 days on.
-pub fn lease_text(v: &ManagedVm) -> (String, &'static str) {
-    let d = v.lease_days_left;
-    let text = match d {
-        d if d < 0 => format!("expired {} days ago", -d),
-        0 => "ends today".to_string(),
-        1 => "ends tomorrow".to_string(),
-        d => format!("ends in {d} days"),
-    };
-    let class = if d <= 1 {
-        "badge danger"
-    } else if d <= 7 {
-        "badge warn"
-    } else {
-        "badge muted"
-    };
-    (text, class)
 }
 
 #[component]
@@ -118,18 +99,18 @@ fn MyVmsContent() -> impl IntoView {
                                             (None, Some(r)) => format!("/requests/{r}"),
                                             _ => "#".into(),
                                         };
-                                        let (lease, class) = lease_text(&v);
+                                        let (lease, class) = v.lease_text();
                                         let state = v.state.clone().unwrap_or_else(|| v.phase.clone());
                                         view! {
                                             <tr data-vm=v.name.clone()>
-                                                <td><a href=href>{v.name.clone()}</a></td>
-                                                <td><span class=state_badge(&state) data-state=state.clone()>{state.clone()}</span></td>
-                                                <td><img class="sparkline" src=format!("/sparklines/cpu/{}", v.uuid) alt=format!("CPU of {} over the last 6 hours", v.name) width="120" height="28" loading="lazy"/></td>
-                                                <td>{format!("{} vCPU · {} · {} GiB", v.vcpus, mib_label(v.memory_mib), v.disk_gib)}</td>
-                                                <td>{v.tenant_name.clone()}</td>
-                                                {all.then(|| view! { <td>{v.owner_email.clone().unwrap_or_default()}</td> })}
-                                                <td>{v.template_name.clone().unwrap_or_default()}</td>
-                                                <td><span class=class>{lease}</span>" "<span class="small muted"><Timestamp at=v.lease_ends_at/></span></td>
+                                                <td data-label="Name"><a href=href>{v.name.clone()}</a></td>
+                                                <td data-label="State"><span class=state_badge(&state) data-state=state.clone()>{state.clone()}</span></td>
+                                                <td data-label="CPU, 6 h"><img class="sparkline" src=format!("/sparklines/cpu/{}", v.uuid) alt=format!("CPU of {} over the last 6 hours", v.name) width="120" height="28" loading="lazy"/></td>
+                                                <td data-label="Size">{format!("{} vCPU · {} · {} GiB", v.vcpus, mib_label(v.memory_mib), v.disk_gib)}</td>
+                                                <td data-label="Organisation">{v.tenant_name.clone()}</td>
+                                                {all.then(|| view! { <td data-label="Owner">{v.owner_email.clone().unwrap_or_default()}</td> })}
+                                                <td data-label="Template">{v.template_name.clone().unwrap_or_default()}</td>
+                                                <td data-label="Lease"><span class=class>{lease}</span>" "<span class="small muted"><Timestamp at=v.lease_ends_at/></span></td>
                                             </tr>
                                         }
                                     }).collect_view()}

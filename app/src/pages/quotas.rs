@@ -1,5 +1,5 @@
 //! A tenant's quotas (tenant and per member), its approval policy and the ledger recount.
-use crate::components::form::{action_error, textarea_text, FieldMessage, FormMessage};
+use crate::components::form::{action_error, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::quota::QuotaLines;
 use crate::provisioning::{
@@ -105,12 +105,16 @@ fn QuotasView(
     let policy_error = action_error(set_policy);
     let tenant = q.tenant_id.to_string();
     let p = q.policy.clone();
-    let levels_text = p
+    // The levels as rows, and one empty row to add a level.
+    let mut rows: Vec<(String, Vec<String>)> = p
         .levels
         .iter()
-        .map(|l| format!("{}: {}", l.mode, l.approvers.join(", ")))
-        .collect::<Vec<_>>()
-        .join("\n");
+        .map(|l| (l.mode.clone(), l.approvers.clone()))
+        .collect();
+    if rows.len() < 10 {
+        rows.push((String::new(), Vec::new()));
+    }
+    let eligible = p.eligible_approvers.clone();
     let (t1, t2, t3, t4) = (
         tenant.clone(),
         tenant.clone(),
@@ -233,11 +237,42 @@ fn QuotasView(
                     <input id="pol-templates" name="auto_templates" value=p.auto_template_names.join(", ") aria-describedby="auto_templates-error"/>
                     <FieldMessage error=policy_error field="auto_templates"/>
                 </div>
-                <div class="field">
-                    <label for="pol-levels">"Approval levels, in order: one per line, \"any:\" or \"all:\" followed by approvers' e-mails (none: any approver of the organisation)"</label>
-                    <textarea id="pol-levels" name="levels" rows="3" placeholder="any:\nall: lead@example.com, finance@example.com" aria-describedby="levels-error">{textarea_text(levels_text)}</textarea>
+                <fieldset class="field levels" aria-describedby="levels-help levels-error">
+                    <legend>"Approval levels, in order"</legend>
+                    <p id="levels-help" class="small muted">"Each level must approve before the next is asked. \"Any\": one of the ticked approvers is enough; \"all\": every ticked approver must approve. Tick nobody to let any approver or admin of the organisation decide. Choose \"no level\" to remove a row."</p>
+                    {rows.into_iter().enumerate().map(|(i, (mode, ticked))| {
+                        let mode_id = format!("level-{i}-mode");
+                        view! {
+                            <div class="level-row" data-level=i + 1>
+                                <div class="field">
+                                    <label for=mode_id.clone()>{format!("Level {}", i + 1)}</label>
+                                    <select id=mode_id name=format!("level[{i}][mode]")>
+                                        <option value="" selected=mode.is_empty()>"no level"</option>
+                                        <option value="any" selected=mode == "any">"any ticked approver"</option>
+                                        <option value="all" selected=mode == "all">"all ticked approvers"</option>
+                                    </select>
+                                </div>
+                                <div class="approver-picks" role="group" aria-label=format!("Approvers of level {}", i + 1)>
+                                    {if eligible.is_empty() {
+                                        view! { <span class="small muted">"No member is an approver or admin yet."</span> }.into_any()
+                                    } else {
+                                        eligible.iter().enumerate().map(|(j, email)| {
+                                            let id = format!("level-{i}-approver-{j}");
+                                            let for_id = id.clone();
+                                            view! {
+                                                <label class="check" for=for_id>
+                                                    <input id=id type="checkbox" name=format!("level[{i}][approvers][]") value=email.clone() checked=ticked.contains(email)/>
+                                                    " " {email.clone()}
+                                                </label>
+                                            }
+                                        }).collect_view().into_any()
+                                    }}
+                                </div>
+                            </div>
+                        }
+                    }).collect_view()}
                     <FieldMessage error=policy_error field="levels"/>
-                </div>
+                </fieldset>
                 <button type="submit" class="primary">"Save policy"</button>
             </ActionForm>
         </section>

@@ -4,8 +4,9 @@ use crate::components::form::{action_error, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::error::AppError;
 use crate::provisioning::list_templates;
-use crate::reports::{list_rate_cards, usage_report, AddRateCard, Report, ReportRow};
+use crate::reports::{list_rate_cards, usage_report, AddRateCard, EndRateCard, Report, ReportRow};
 use crate::shell::use_actor;
+use crate::url::urlencode;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
@@ -22,10 +23,6 @@ fn print_page() {
     {
         let _ = window().print();
     }
-}
-
-fn urlencode(s: &str) -> String {
-    crate::pages::users::urlencode(s)
 }
 
 #[component]
@@ -198,9 +195,11 @@ pub fn RateCardsPage() -> impl IntoView {
 #[component]
 fn RateCardsContent() -> impl IntoView {
     let add = ServerAction::<AddRateCard>::new();
+    let end = ServerAction::<EndRateCard>::new();
     let error = action_error(add);
+    let end_error = action_error(end);
     let data = Resource::new(
-        move || add.version().get(),
+        move || (add.version().get(), end.version().get()),
         |_| async move {
             (
                 list_rate_cards().await,
@@ -217,25 +216,47 @@ fn RateCardsContent() -> impl IntoView {
                 view! {
                     {match cards {
                         Ok(list) if list.is_empty() => view! { <p class="muted">"No rate card yet: reports show usage without cost."</p> }.into_any(),
-                        Ok(list) => view! {
+                        Ok(list) => {
+                            let general = list.iter().any(|c| c.in_force && c.template_name.is_none());
+                            view! {
+                            {(!general).then(|| view! {
+                                <p class="notice warn" data-testid="no-general-card">"No general rate card is in force today: VMs of templates without a card of their own cost 0.00 in reports. Add one below."</p>
+                            })}
+                            <FormMessage error=end_error/>
+                            <FieldMessage error=end_error field="valid_to"/>
+                            <div class="card table-card">
                             <table class="table">
-                                <thead><tr><th>"Applies to"</th><th class="num">"vCPU-hour"</th><th class="num">"Memory GiB-hour"</th><th class="num">"Disk GiB-hour"</th><th>"Valid from"</th><th>"Valid to"</th></tr></thead>
-                                <tbody>{list.into_iter().map(|c| view! {
-                                    <tr>
-                                        <td>{c.template_name.unwrap_or_else(|| "every template".into())}</td>
+                                <thead><tr><th>"Applies to"</th><th class="num">"vCPU-hour"</th><th class="num">"Memory GiB-hour"</th><th class="num">"Disk GiB-hour"</th><th>"Valid from"</th><th>"Valid to"</th><th>"End"</th></tr></thead>
+                                <tbody>{list.into_iter().map(|c| {
+                                    let label = c.template_name.clone().unwrap_or_else(|| "every template".into());
+                                    let end_id = format!("rc-end-{}", c.id);
+                                    let end_label = format!("End date of the card for {label}");
+                                    view! {
+                                    <tr data-rate-card=label.clone()>
+                                        <td>{label.clone()} {c.in_force.then(|| view! { " " <span class="badge ok">"in force"</span> })}</td>
                                         <td class="num">{format!("{:.4} {}", c.vcpu_hour, c.currency)}</td>
                                         <td class="num">{format!("{:.4} {}", c.memory_gib_hour, c.currency)}</td>
                                         <td class="num">{format!("{:.4} {}", c.disk_gib_hour, c.currency)}</td>
                                         <td>{c.valid_from}</td>
-                                        <td>{c.valid_to.unwrap_or_else(|| "—".into())}</td>
+                                        <td>{c.valid_to.clone().unwrap_or_else(|| "—".into())}</td>
+                                        <td>
+                                            <ActionForm action=end attr:class="inline">
+                                                <input type="hidden" name="id" value=c.id.to_string()/>
+                                                <label class="sr-only" for=end_id.clone()>{end_label}</label>
+                                                <input id=end_id type="date" name="valid_to" class="compact" required value=c.valid_to.unwrap_or_default()/>
+                                                <button type="submit" class="small">"Set end"</button>
+                                            </ActionForm>
+                                        </td>
                                     </tr>
-                                }).collect_view()}</tbody>
+                                }}).collect_view()}</tbody>
                             </table>
-                        }.into_any(),
+                            </div>
+                        }.into_any()},
                         Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                     }}
                     <section class="card">
                         <h2>"Add a rate card"</h2>
+                        <p class="small muted">"To change prices, add a card for the same template from the day the new prices apply: from then on it wins over the older card, and past hours keep the prices they had."</p>
                         <FormMessage error/>
                         <ActionForm action=add attr:class="form row">
                             <div class="field">

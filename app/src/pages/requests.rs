@@ -5,6 +5,7 @@ use crate::components::guard::{anyone, Guard};
 use crate::components::pager::{page_href, Pager};
 use crate::components::quota::QuotaBars;
 use crate::components::timestamp::Timestamp;
+use crate::live::ticker;
 use crate::provisioning::{
     approval_inbox, get_request, list_requests, mib_label, state_badge, state_label, CancelRequest,
     DecideRequest, InboxItem, ManagedVm, RequestDetail, RequestSummary, REQUEST_SORTS,
@@ -17,21 +18,6 @@ use uuid::Uuid;
 
 fn approver(a: &crate::account::Actor) -> bool {
     a.fleet_admin || !a.approver_tenants().is_empty()
-}
-
-/// A signal that ticks every `ms` in the browser (never on the server), for pages that keep
-/// themselves current.
-pub fn ticker(ms: u64) -> ReadSignal<u32> {
-    let (tick, set_tick) = signal(0u32);
-    Effect::new(move |_| {
-        if let Ok(handle) = set_interval_with_handle(
-            move || set_tick.update(|t| *t = t.wrapping_add(1)),
-            std::time::Duration::from_millis(ms),
-        ) {
-            on_cleanup(move || handle.clear());
-        }
-    });
-    tick
 }
 
 fn size_text(r: &RequestSummary) -> String {
@@ -116,12 +102,12 @@ fn RequestsContent() -> impl IntoView {
                                         let href = format!("/requests/{}", r.id);
                                         view! {
                                             <tr>
-                                                <td><Timestamp at=r.created_at/></td>
-                                                <td><a href=href>{r.template_name.clone()}</a></td>
-                                                <td>{size_text(&r)}</td>
-                                                <td class="mono small">{r.name_prefix.clone()}</td>
-                                                {all.then(|| view! { <td>{r.requester_email.clone()}</td> })}
-                                                <td><span class=state_badge(&r.state)>{r.state_label()}</span></td>
+                                                <td data-label="Submitted"><Timestamp at=r.created_at/></td>
+                                                <td data-label="Template"><a href=href>{r.template_name.clone()}</a></td>
+                                                <td data-label="Size">{size_text(&r)}</td>
+                                                <td data-label="Name" class="mono small">{r.name_prefix.clone()}</td>
+                                                {all.then(|| view! { <td data-label="Requester">{r.requester_email.clone()}</td> })}
+                                                <td data-label="State"><span class=state_badge(&r.state)>{r.state_label()}</span></td>
                                             </tr>
                                         }
                                     }).collect_view()}
@@ -186,13 +172,38 @@ fn RequestContent() -> impl IntoView {
             }
         },
     );
-    Effect::new(move |_| {
-        if let Some(Ok(d)) = detail.get() {
+    // Changes of the request's state or its VMs', announced to screen readers (the page itself
+    // re-renders quietly).
+    let announce = RwSignal::new(String::new());
+    Effect::new(move |prev: Option<Option<(String, Vec<String>)>>| {
+        let now = detail.get().and_then(|r| r.ok()).map(|d| {
             live.set(d.in_flight());
             vm_ids.set(d.vms.iter().map(|v| v.uuid).collect());
+            (
+                d.request.state_label().to_string(),
+                d.vms
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{} {}",
+                            v.name,
+                            v.state.clone().unwrap_or_else(|| v.phase.clone())
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if let (Some(Some(before)), Some(after)) = (&prev, &now) {
+            if before.0 != after.0 {
+                announce.set(format!("Request {}.", after.0));
+            } else if before.1 != after.1 {
+                announce.set(format!("VMs: {}.", after.1.join(", ")));
+            }
         }
+        now.or(prev.flatten())
     });
     view! {
+        <p class="sr-only" role="status" aria-live="polite">{move || announce.get()}</p>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match detail.await {
@@ -278,9 +289,16 @@ fn RequestView(
                 <div><span class="muted">"Requested by"</span><strong>{r.requester_email.clone()}</strong></div>
                 <div><span class="muted">"Size"</span><strong>{size_text(&r)}</strong></div>
                 <div><span class="muted">"Lease"</span><strong>{format!("{} days", r.lease_days)}</strong></div>
+                <div><span class="muted">"Network"</span><strong>{r.network_text()}</strong></div>
                 <div><span class="muted">"Submitted"</span><strong><Timestamp at=r.created_at/></strong></div>
             </div>
             <p><span class="muted">"Purpose: "</span>{r.purpose.clone()}</p>
+            {(!d.user_data.is_empty()).then(|| view! {
+                <details class="user-data">
+                    <summary>"Cloud-config from the requester"</summary>
+                    <pre class="mono small">{d.user_data.clone()}</pre>
+                </details>
+            })}
             {d.can_cancel.then(|| view! {
                 <FormMessage error=cancel_error/>
                 <ActionForm action=cancel attr:class="inline">
@@ -325,10 +343,10 @@ fn VmTable(vms: Vec<ManagedVm>) -> impl IntoView {
                         let name = v.name.clone();
                         view! {
                             <tr data-vm=v.name.clone()>
-                                <td>{match link { Some(l) => view! { <a href=l>{name}</a> }.into_any(), None => view! { <span>{name}</span> }.into_any() }}</td>
-                                <td><span class=state_badge(&v.phase)>{v.phase.clone()}</span>{v.error.clone().map(|e| view! { " " <span class="small muted">{e}</span> })}</td>
-                                <td class="vm-state">{v.state.clone().unwrap_or_else(|| "—".into())}</td>
-                                <td>{v.host_name.clone().unwrap_or_else(|| "—".into())}</td>
+                                <td data-label="Name">{match link { Some(l) => view! { <a href=l>{name}</a> }.into_any(), None => view! { <span>{name}</span> }.into_any() }}</td>
+                                <td data-label="Progress"><span class=state_badge(&v.phase)>{v.phase.clone()}</span>{v.error.clone().map(|e| view! { " " <span class="small muted">{e}</span> })}</td>
+                                <td data-label="State" class="vm-state">{v.state.clone().unwrap_or_else(|| "—".into())}</td>
+                                <td data-label="Host">{v.host_name.clone().unwrap_or_else(|| "—".into())}</td>
                             </tr>
                         }
                     }).collect_view()}
@@ -343,6 +361,7 @@ fn DecisionForm(
     id: String,
     decide: ServerAction<DecideRequest>,
     error: Signal<Option<crate::error::AppError>>,
+    #[prop(default = true)] fits: bool,
 ) -> impl IntoView {
     let field_id = format!("reason-{id}");
     view! {
@@ -354,7 +373,9 @@ fn DecisionForm(
                 <input id=field_id name="reason" maxlength="1000" aria-describedby="reason-error"/>
                 <FieldMessage error field="reason"/>
             </div>
-            <button type="submit" name="decision" value="approve" class="primary">"Approve"</button>
+            <button type="submit" name="decision" value="approve" class="primary">
+                {if fits { "Approve" } else { "Approve and wait for capacity" }}
+            </button>
             <button type="submit" name="decision" value="reject" class="danger">"Reject"</button>
         </ActionForm>
     }
@@ -429,9 +450,15 @@ fn InboxCard(
             </div>
             <p>
                 <strong>{r.requester_email.clone()}</strong>
-                {format!(" ({} VMs now) asks for {} for {} days in {}.", item.requester_vms, size_text(&r), r.lease_days, r.tenant_name)}
+                {format!(" ({} VMs now) asks for {} for {} days in {}, on {}.", item.requester_vms, size_text(&r), r.lease_days, r.tenant_name, r.network_text())}
             </p>
             <p><span class="muted">"Purpose: "</span>{r.purpose.clone()}</p>
+            {(!item.user_data.is_empty()).then(|| view! {
+                <div class="user-data" data-testid="requester-user-data">
+                    <p class="notice warn small">"The requester adds their own cloud-config: it runs as root on first boot. Read it before approving."</p>
+                    <pre class="mono small">{item.user_data.clone()}</pre>
+                </div>
+            })}
             <div class="grid">
                 <div>
                     <h3>"Quota if approved"</h3>
@@ -440,9 +467,14 @@ fn InboxCard(
                 <div>
                     <h3>"Placement preview"</h3>
                     <p class="small">{item.placement.clone()}</p>
+                    {(!item.fits).then(|| view! {
+                        <p class="notice warn small" data-testid="waits-for-capacity">
+                            "Approving reserves the quota now; the VM then waits until a host has room, and starts on its own when one does."
+                        </p>
+                    })}
                 </div>
             </div>
-            <DecisionForm id=r.id.to_string() decide error/>
+            <DecisionForm id=r.id.to_string() decide error fits=item.fits/>
         </article>
     }
 }

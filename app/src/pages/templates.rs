@@ -1,7 +1,7 @@
 //! Fleet template management.
 use crate::components::form::{action_error, textarea_text, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
-use crate::fleet::{list_hosts, HostSummary};
+use crate::images::{list_images, Image};
 use crate::provisioning::{list_templates, PublishTemplate, SaveTemplate, Template};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -42,7 +42,7 @@ fn TemplatesContent() -> impl IntoView {
         |_| async move {
             (
                 list_templates().await,
-                list_hosts().await.unwrap_or_default(),
+                list_images().await.unwrap_or_default(),
             )
         },
     );
@@ -51,16 +51,16 @@ fn TemplatesContent() -> impl IntoView {
         <FormMessage error=publish_error/>
         <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
-                let (templates, hosts) = data.await;
+                let (templates, images) = data.await;
                 match templates {
                     Ok(list) => view! {
                         {list.is_empty().then(|| view! { <p class="muted">"No templates yet: create the first one below."</p> })}
                         <div class="template-list">
-                            {list.into_iter().map(|t| view! { <TemplateRow t hosts=hosts.clone() save publish/> }).collect_view()}
+                            {list.into_iter().map(|t| view! { <TemplateRow t images=images.clone() save publish/> }).collect_view()}
                         </div>
                         <section class="card">
                             <h2>"New template"</h2>
-                            <TemplateForm t=None hosts save/>
+                            <TemplateForm t=None images save/>
                         </section>
                     }.into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
@@ -73,7 +73,7 @@ fn TemplatesContent() -> impl IntoView {
 #[component]
 fn TemplateRow(
     t: Template,
-    hosts: Vec<HostSummary>,
+    images: Vec<Image>,
     save: ServerAction<SaveTemplate>,
     publish: ServerAction<PublishTemplate>,
 ) -> impl IntoView {
@@ -85,10 +85,13 @@ fn TemplateRow(
     } else {
         t.tenant_names.join(", ")
     };
-    let images = t
+    let ready_on = t
         .images
         .iter()
-        .map(|i| format!("{}: {}/{}", i.host_name, i.pool, i.volume))
+        .map(|i| match &i.kernel {
+            Some(k) => format!("{}: {}/{} (boots {k})", i.host_name, i.pool, i.volume),
+            None => format!("{}: {}/{}", i.host_name, i.pool, i.volume),
+        })
         .collect::<Vec<_>>()
         .join("; ");
     let published = t.published;
@@ -109,11 +112,17 @@ fn TemplateRow(
                 <div><span class="muted">"Sizes"</span><strong>{t.sizes.iter().map(|s| s.label()).collect::<Vec<_>>().join(" | ")}</strong></div>
                 <div><span class="muted">"Lease"</span><strong>{format!("{} days, at most {}", t.default_lease_days, t.max_lease_days)}</strong></div>
                 <div><span class="muted">"Offered to"</span><strong>{offered}</strong></div>
-                <div><span class="muted">"Base images"</span><strong>{if images.is_empty() { "none".to_string() } else { images }}</strong></div>
+                <div><span class="muted">"Image"</span><strong>{t.image_name.clone().unwrap_or_else(|| "none".into())}</strong></div>
+                <div><span class="muted">"Networks"</span><strong>{if t.networks.is_empty() { "user-mode".to_string() } else { t.networks.join(", ") }}</strong></div>
+                <div><span class="muted">"Ready on"</span><strong>{if ready_on.is_empty() { "no host yet".to_string() } else { ready_on }}</strong></div>
+                <div><span class="muted">"First boot"</span><strong>{match &t.login_user {
+                    Some(u) => format!("cloud-init: log in as {u} with the owner's keys{}", if t.user_data.trim().is_empty() { "" } else { ", plus the snippet" }),
+                    None => "no cloud-init".to_string(),
+                }}</strong></div>
             </div>
             <details>
-                <summary>"Edit, or add a base image on another host"</summary>
-                <TemplateForm t=Some(t2) hosts save/>
+                <summary>"Edit"</summary>
+                <TemplateForm t=Some(t2) images save/>
             </details>
         </article>
     }
@@ -122,9 +131,10 @@ fn TemplateRow(
 #[component]
 fn TemplateForm(
     t: Option<Template>,
-    hosts: Vec<HostSummary>,
+    images: Vec<Image>,
     save: ServerAction<SaveTemplate>,
 ) -> impl IntoView {
+    let current = t.as_ref().and_then(|t| t.image_id);
     let error = action_error(save);
     let key = t
         .as_ref()
@@ -184,26 +194,48 @@ fn TemplateForm(
                 <input id=f("tenants") name="tenants" value=tenants aria-describedby="tenants-error"/>
                 <FieldMessage error field="tenants"/>
             </div>
-            <fieldset class="row">
-                <legend>"Base image (a qcow2 volume in a storage pool of the host)"</legend>
+            <div class="field">
+                <label for=f("image")>"Base image"</label>
+                <select id=f("image") name="image_id" required aria-describedby="image_id-error image-help">
+                    {t.is_none().then(|| view! { <option value="">"Choose an image…"</option> })}
+                    {images.into_iter().filter(|i| i.format == "qcow2" && i.ready_hosts() > 0).map(|i| {
+                        let selected = current == Some(i.id);
+                        let label = format!(
+                            "{} · on {} host{} · {}",
+                            i.name,
+                            i.ready_hosts(),
+                            if i.ready_hosts() == 1 { "" } else { "s" },
+                            match &i.login_user { Some(u) => format!("cloud-init, log in as {u}"), None => "no cloud-init".into() },
+                        );
+                        view! { <option value=i.id.to_string() selected=selected>{label}</option> }
+                    }).collect_view()}
+                </select>
+                <p class="small muted" id="image-help">"Images are registered, uploaded and copied between hosts on the " <a href="/images">"Images"</a> " page; VMs of this template are placed on the hosts that hold it."</p>
+                <FieldMessage error field="image_id"/>
+            </div>
+            <div class="field">
+                <label for=f("networks")>"Networks (comma-separated libvirt network names; user: user-mode networking with an SSH port forward)"</label>
+                <input id=f("networks") name="networks" placeholder="user" value=t.as_ref().map(|t| if t.networks.is_empty() { "user".to_string() } else { t.networks.join(", ") }).unwrap_or_else(|| "user".into()) aria-describedby="networks-error"/>
+                <FieldMessage error field="networks"/>
+            </div>
+            <fieldset>
+                <legend>"First boot (cloud-init)"</legend>
                 <div class="field">
-                    <label for=f("host")>"Host"</label>
-                    <select id=f("host") name="image_host" aria-describedby="image_host-error">
-                        {t.is_some().then(|| view! { <option value="">"(keep the current images)"</option> })}
-                        {hosts.into_iter().map(|h| view! { <option value=h.id.to_string()>{h.name}</option> }).collect_view()}
-                    </select>
-                    <FieldMessage error field="image_host"/>
+                    <label for=f("login_user")>"Login user (empty: the image's own)"</label>
+                    <input id=f("login_user") name="login_user" maxlength="32" placeholder="debian" value=t.as_ref().and_then(|t| t.login_user.clone()) aria-describedby="login_user-error"/>
+                    <FieldMessage error field="login_user"/>
                 </div>
                 <div class="field">
-                    <label for=f("pool")>"Pool"</label>
-                    <input id=f("pool") name="image_pool" placeholder="default" aria-describedby="image_pool-error"/>
-                    <FieldMessage error field="image_pool"/>
+                    <label for=f("user_data")>"Extra cloud-config for every VM (YAML; the portal sets users, keys and host name)"</label>
+                    <textarea id=f("user_data") name="user_data" rows="3" placeholder="packages: [htop]" spellcheck="false" aria-describedby="user_data-error">{t.as_ref().map(|t| textarea_text(t.user_data.clone()))}</textarea>
+                    <FieldMessage error field="user_data"/>
                 </div>
-                <div class="field">
-                    <label for=f("volume")>"Volume"</label>
-                    <input id=f("volume") name="image_volume" placeholder="debian-12.qcow2" aria-describedby="image_volume-error"/>
-                    <FieldMessage error field="image_volume"/>
-                </div>
+                <label class="check">
+                    <input type="checkbox" name="allow_user_data" value="on"
+                        checked=t.as_ref().is_some_and(|t| t.allow_user_data) aria-describedby="allow_user_data-error"/>
+                    " Requesters may add their own cloud-config (approvers see it)"
+                </label>
+                <FieldMessage error field="allow_user_data"/>
             </fieldset>
             <button type="submit" class="primary">{if t.is_some() { "Save template" } else { "Create template" }}</button>
         </ActionForm>

@@ -1,7 +1,8 @@
+use crate::account::OneTimePassword;
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::components::pager::Pager;
-use crate::pages::members::OneTimePasswordNotice;
+use crate::url::urlencode;
 use crate::user::{list_users, CreateUser, ResetPassword, SetFleetAdmin, SetUserDisabled};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -139,14 +140,16 @@ fn UsersContent() -> impl IntoView {
     }
 }
 
-/// Minimal query-string escaping for a search term in a link.
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Shows a newly issued one-time password once, for the admin to hand over.
+#[component]
+fn OneTimePasswordNotice(otp: OneTimePassword) -> impl IntoView {
+    view! {
+        <div class="notice ok otp" role="status">
+            <p>
+                "Account created for " <strong>{otp.email.clone()}</strong>
+                ". Give them this one-time password; it is shown only now and must be changed at first sign-in:"
+            </p>
+            <code class="otp-value" data-testid="otp">{otp.password.clone()}</code>
+        </div>
+    }
 }

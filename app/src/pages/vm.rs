@@ -36,7 +36,7 @@ fn VmCharts() -> impl IntoView {
             host.zip(uuid)
         })
     };
-    let tick = crate::pages::requests::ticker(60_000);
+    let tick = crate::live::ticker(60_000);
     let charts = Resource::new(
         move || (ids(), range(), tick.get()),
         |(ids, range, _)| async move {
@@ -69,6 +69,15 @@ fn VmCharts() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+/// A duration as people read it: "9 ms", "4.2 s", "2 min 5 s".
+fn took(ms: i32) -> String {
+    match ms {
+        ..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", f64::from(ms) / 1000.0),
+        _ => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
     }
 }
 
@@ -148,7 +157,22 @@ fn VmContent() -> impl IntoView {
             Ok::<_, crate::error::AppError>((d, managed, tenants))
         },
     );
+    // State changes (pushed from the hypervisor) announced to screen readers.
+    let announce = RwSignal::new(String::new());
+    Effect::new(move |prev: Option<Option<String>>| {
+        let now = vm
+            .get()
+            .and_then(|r| r.ok())
+            .map(|(d, ..)| d.domain.state.clone());
+        if let (Some(Some(before)), Some(after)) = (&prev, &now) {
+            if before != after {
+                announce.set(format!("The VM is now {after}."));
+            }
+        }
+        now.or(prev.flatten())
+    });
     view! {
+        <p class="sr-only" role="status" aria-live="polite">{move || announce.get()}</p>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match vm.await {
@@ -184,9 +208,15 @@ fn VmView(
     let host = dom.host_id.to_string();
     let uuid = dom.uuid.to_string();
     let state = dom.state.clone();
+    // A graceful shutdown in progress: the guest was asked, the deadline has not passed.
+    let shutting_down = d
+        .operations
+        .iter()
+        .find(|o| o.operation == "shutdown" && o.status == "running")
+        .map(|o| o.detail.clone().unwrap_or_default());
     let buttons = VM_ACTIONS
         .iter()
-        .filter(|(a, _)| offered(&state, a))
+        .filter(|(a, _)| offered(&state, a) && !(shutting_down.is_some() && *a == "shutdown"))
         .map(|(a, label)| {
             let (host, uuid) = (host.clone(), uuid.clone());
             let danger = *a == "force_off";
@@ -215,7 +245,9 @@ fn VmView(
         .is_some_and(|a| a.fleet_admin);
     view! {
         <div class="page-head">
-            <h1>{name.clone()} " " <span class=format!("badge {}", match dom.state.as_str() { "running" => "ok", "paused" | "pmsuspended" | "shutdown" => "warn", "crashed" => "danger", _ => "muted" })>{dom.state.clone()}</span></h1>
+            <h1>{name.clone()} " " <span class=format!("badge {}", match dom.state.as_str() { "running" => "ok", "paused" | "pmsuspended" | "shutdown" => "warn", "crashed" => "danger", _ => "muted" })>{dom.state.clone()}</span>
+                {shutting_down.is_some().then(|| view! { " " <span class="badge warn" data-testid="shutting-down">"shutting down…"</span> })}
+            </h1>
             {if fleet_admin {
                 view! { <a href=format!("/hosts/{}", dom.host_id)>{format!("on {}", dom.host_name)}</a> }.into_any()
             } else {
@@ -223,6 +255,7 @@ fn VmView(
             }}
         </div>
         {dom.missing.then(|| view! { <p class="notice warn">"This VM is no longer on its host; its record is kept."</p> })}
+        {shutting_down.filter(|d| !d.is_empty()).map(|d| view! { <p class="notice" role="status">{d}</p> })}
         <section class="card">
             <div class="grid facts">
                 <div><span class="muted">"vCPUs"</span><strong>{dom.vcpus}</strong></div>
@@ -238,6 +271,16 @@ fn VmView(
                 <h2>"Actions"</h2>
                 <FormMessage error=act_error/>
                 <div class="actions-row">{buttons}</div>
+                {(state == "running").then(|| {
+                    let base = format!("/vms/{}/{}/console", host, uuid);
+                    view! {
+                        <p class="actions-row consoles">
+                            // Full page loads: the console page runs its own script.
+                            <a class="button" rel="external" href=format!("{base}/serial")>"Serial console"</a>
+                            <a class="button" rel="external" href=format!("{base}/graphical")>"Graphical console"</a>
+                        </p>
+                    }
+                })}
                 <details class="danger-zone">
                     <summary>"Delete this VM"</summary>
                     <ActionForm action=act attr:class="form row">
@@ -262,7 +305,7 @@ fn VmView(
                 <table class="table">
                     <thead><tr><th>"Target"</th><th>"Device"</th><th>"Format"</th><th>"Source"</th></tr></thead>
                     <tbody>{d.disks.into_iter().map(|k| view! {
-                        <tr><td>{k.target}</td><td>{k.device}</td><td>{k.format.unwrap_or_default()}</td><td class="mono small">{k.source.unwrap_or_default()}</td></tr>
+                        <tr><td data-label="Target">{k.target}</td><td data-label="Device">{k.device}</td><td data-label="Format">{k.format.unwrap_or_default()}</td><td data-label="Source" class="mono small wrap">{k.source.unwrap_or_default()}</td></tr>
                     }).collect_view()}</tbody>
                 </table>
             </section>
@@ -271,7 +314,7 @@ fn VmView(
                 <table class="table">
                     <thead><tr><th>"Type"</th><th>"MAC"</th><th>"Source"</th><th>"Model"</th></tr></thead>
                     <tbody>{d.nics.into_iter().map(|n| view! {
-                        <tr><td>{n.kind}</td><td class="mono small">{n.mac.unwrap_or_default()}</td><td>{n.source.unwrap_or_default()}</td><td>{n.model.unwrap_or_default()}</td></tr>
+                        <tr><td data-label="Type">{n.kind}</td><td data-label="MAC" class="mono small">{n.mac.unwrap_or_default()}</td><td data-label="Source">{n.source.unwrap_or_default()}</td><td data-label="Model">{n.model.unwrap_or_default()}</td></tr>
                     }).collect_view()}</tbody>
                 </table>
             </section>
@@ -282,14 +325,15 @@ fn VmView(
                 <thead><tr><th>"When"</th><th>"Action"</th><th>"By"</th><th>"Result"</th><th>"Took"</th></tr></thead>
                 <tbody>{d.operations.into_iter().map(|o| view! {
                     <tr>
-                        <td><Timestamp at=o.started_at/></td>
-                        <td>{o.operation}</td>
-                        <td>{o.actor_email.unwrap_or_else(|| "—".into())}</td>
-                        <td>
+                        <td data-label="When"><Timestamp at=o.started_at/></td>
+                        <td data-label="Action">{o.operation}</td>
+                        <td data-label="By">{o.actor_email.unwrap_or_else(|| "—".into())}</td>
+                        <td data-label="Result">
                             <span class=match o.status.as_str() { "succeeded" => "badge ok", "failed" => "badge danger", _ => "badge warn" }>{o.status.clone()}</span>
                             {o.error.map(|e| view! { " " <span class="small muted">{e}</span> })}
+                            {o.detail.filter(|_| o.status != "running").map(|e| view! { " " <span class="small muted">{e}</span> })}
                         </td>
-                        <td>{o.duration_ms.map(|ms| format!("{ms} ms")).unwrap_or_default()}</td>
+                        <td data-label="Took">{o.duration_ms.map(took).unwrap_or_default()}</td>
                     </tr>
                 }).collect_view()}</tbody>
             </table>
@@ -343,7 +387,6 @@ fn ManagedPanel(
     panel: PanelActions,
     state: String,
 ) -> impl IntoView {
-    use crate::pages::my_vms::lease_text;
     let (extend, resize, snap) = (panel.extend, panel.resize, panel.snap);
     let (extend_error, resize_error, snap_error) = (
         action_error(extend),
@@ -352,10 +395,42 @@ fn ManagedPanel(
     );
     let uuid = vm.uuid;
     let shutoff = state == "shutoff";
-    let (lease, class) = lease_text(&vm);
+    let (lease, class) = vm.lease_text();
     let id = uuid.to_string();
     let (id2, id3, id4) = (id.clone(), id.clone(), id.clone());
+    let network = vm.network.clone();
+    let login = vm.ssh.clone().map(|ssh| {
+        let addresses = vm.guest_addresses.join(", ");
+        let how = match network {
+            Some(n) => format!("On the libvirt network {n}: SSH goes to the guest's own address."),
+            None => "User-mode networking: SSH arrives through a port forwarded on the host.".to_string(),
+        };
+        view! {
+            <section class="card" id="login" aria-labelledby="login-title">
+                <h2 id="login-title">"Log in"</h2>
+                {match ssh.ready_at {
+                    Some(at) => view! {
+                        <p><span class="badge ok" id="ssh-ready">"ready"</span>" SSH answered "<Timestamp at/>"."</p>
+                    }.into_any(),
+                    None => view! {
+                        <p><span class="badge warn" id="ssh-waiting">"booting"</span>" The guest is starting and cloud-init is writing your SSH keys; this takes about a minute. This page updates by itself."</p>
+                    }.into_any(),
+                }}
+                <p class="ssh-command"><code id="ssh-command" style="user-select: all">{ssh.command()}</code></p>
+                <p class="small muted">
+                    {format!("Log in as {} with a key from ", ssh.user)}
+                    <a href="/account#ssh-keys">"your account page"</a>
+                    " (the keys it had when this VM was created). Passwords are off."
+                </p>
+                {(!addresses.is_empty()).then(|| view! {
+                    <p class="small" id="guest-addresses">"Guest addresses (its agent's word, or the network's DHCP lease): " <span class="mono">{addresses}</span></p>
+                })}
+                <p class="small muted" id="guest-network">{how}</p>
+            </section>
+        }
+    });
     view! {
+                    {login}
                     <div class="grid">
                         <section class="card">
                             <h2>"Lease"</h2>
@@ -405,21 +480,25 @@ fn ManagedPanel(
                         } else {
                             view! {
                                 <table class="table">
-                                    <thead><tr><th>"Name"</th><th>"Description"</th><th>"Taken"</th><th>"By"</th><th></th></tr></thead>
+                                    <thead><tr><th>"Name"</th><th>"Description"</th><th>"Taken"</th><th>"By"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
                                     <tbody>{snaps.into_iter().map(|s| {
                                         let (a, b) = (id3.clone(), id3.clone());
                                         let (n1, n2) = (s.name.clone(), s.name.clone());
                                         view! {
                                             <tr>
-                                                <td class="mono">{s.name}</td>
-                                                <td>{s.description}</td>
-                                                <td><Timestamp at=s.created_at/></td>
-                                                <td>{s.created_by.unwrap_or_default()}</td>
+                                                <td data-label="Name" class="mono">{s.name}</td>
+                                                <td data-label="Description">{s.description}</td>
+                                                <td data-label="Taken"><Timestamp at=s.created_at/></td>
+                                                <td data-label="By">{s.created_by.unwrap_or_default()}</td>
                                                 <td class="actions-row">
-                                                    <ActionForm action=snap attr:class="inline">
-                                                        <input type="hidden" name="uuid" value=a/><input type="hidden" name="op" value="revert"/><input type="hidden" name="name" value=n1/>
-                                                        <button type="submit">"Revert"</button>
-                                                    </ActionForm>
+                                                    <details class="confirm">
+                                                        <summary>"Revert…"</summary>
+                                                        <p class="small">"The VM returns to this snapshot: its disk, and its vCPUs and memory as they were then (the quota follows). What changed since is lost."</p>
+                                                        <ActionForm action=snap attr:class="inline">
+                                                            <input type="hidden" name="uuid" value=a/><input type="hidden" name="op" value="revert"/><input type="hidden" name="name" value=n1.clone()/>
+                                                            <button type="submit" class="danger">{format!("Revert to {n1}")}</button>
+                                                        </ActionForm>
+                                                    </details>
                                                     <ActionForm action=snap attr:class="inline">
                                                         <input type="hidden" name="uuid" value=b/><input type="hidden" name="op" value="delete"/><input type="hidden" name="name" value=n2/>
                                                         <button type="submit" class="danger">"Delete"</button>

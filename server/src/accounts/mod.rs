@@ -2,6 +2,7 @@
 pub mod email;
 pub mod password;
 pub mod sessions;
+pub mod ssh_keys;
 pub mod throttle;
 
 use crate::audit::{self, Event, Origin};

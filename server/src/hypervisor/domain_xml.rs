@@ -60,6 +60,19 @@ impl VmName {
     }
 }
 
+/// Direct kernel boot, for images without a boot loader.
+pub struct DirectBoot {
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+}
+
+/// User-mode networking's forward of a host port to the guest's SSH port.
+pub struct SshForward {
+    pub address: String,
+    pub port: u16,
+}
+
 pub struct DiskSpec {
     pub path: String,
     /// Always stated, never probed: a crafted image cannot point libvirt at host files.
@@ -83,6 +96,15 @@ pub struct DomainXml<'a> {
     pub cpu_weight: u64,
     pub disks: &'a [DiskSpec],
     pub user_network: bool,
+    /// A libvirt network to join (virtio NIC), instead of user-mode networking.
+    pub network: Option<&'a str>,
+    /// With user networking: SSH reaches the guest through this host port.
+    pub ssh_forward: Option<SshForward>,
+    pub boot: Option<DirectBoot>,
+    /// The NoCloud seed volume's path (a read-only virtio disk).
+    pub seed: Option<String>,
+    /// Serial console, guest agent channel and a VNC display on a UNIX socket (never TCP).
+    pub consoles: bool,
     /// The host is itself a VM: nested KVM cannot pass the `arch-capabilities` MSR through
     /// (QEMU aborts with "failed to set MSR 0x10a"), so the guest does without it.
     pub nested: bool,
@@ -142,7 +164,12 @@ mod tests {
                 target: "vda".into(),
             }],
             user_network: true,
+            network: None,
             nested: false,
+            ssh_forward: None,
+            boot: None,
+            seed: None,
+            consoles: false,
         }
         .render()
         .unwrap()
@@ -162,10 +189,22 @@ mod tests {
             cpu_weight: crate::hypervisor::cpu_weight::RUNNING,
             disks: &[],
             user_network: false,
+            network: None,
             nested: true,
+            ssh_forward: None,
+            boot: None,
+            seed: None,
+            consoles: false,
         };
         let nested = xml.render().unwrap();
         assert!(nested.contains("<feature policy='disable' name='arch-capabilities'/>"));
+        // A libvirt network instead of user-mode networking: a virtio NIC on it, nothing else.
+        xml.network = Some("lab<net>");
+        let on_network = xml.render().unwrap();
+        assert!(on_network.contains("<interface type='network'>"));
+        assert!(on_network.contains("<source network='lab&lt;net&gt;'/>"));
+        assert!(!on_network.contains("type='user'"));
+        xml.network = None;
         xml.nested = false;
         let bare = xml.render().unwrap();
         assert!(bare.contains("<cpu mode='host-passthrough'/>"));
@@ -200,6 +239,58 @@ mod tests {
             "TCG cannot pass the host CPU through"
         );
         assert!(render("t", "kvm").contains("host-passthrough"));
+    }
+
+    #[test]
+    fn guests_get_a_seed_consoles_and_an_ssh_forward() {
+        let xml = DomainXml {
+            domain_type: "qemu",
+            name: "web-1",
+            uuid: Uuid::nil(),
+            title: "web-1",
+            tenant: "t",
+            owner: "o",
+            memory_mib: 512,
+            vcpus: 1,
+            cpu_weight: crate::hypervisor::cpu_weight::RUNNING,
+            disks: &[],
+            user_network: true,
+            network: None,
+            nested: false,
+            ssh_forward: Some(SshForward {
+                address: "127.0.0.1".into(),
+                port: 22001,
+            }),
+            boot: Some(DirectBoot {
+                kernel: "/p/k".into(),
+                initrd: "/p/i".into(),
+                cmdline: "root=/dev/vda rw".into(),
+            }),
+            seed: Some("/p/seed.iso".into()),
+            consoles: true,
+        }
+        .render()
+        .unwrap();
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed");
+        let text = |tag: &str| {
+            doc.descendants()
+                .find(|n| n.has_tag_name(tag))
+                .and_then(|n| n.text())
+                .map(str::to_string)
+        };
+        assert_eq!(text("kernel").as_deref(), Some("/p/k"));
+        assert_eq!(text("cmdline").as_deref(), Some("root=/dev/vda rw"));
+        assert!(xml.contains("hostfwd=tcp:127.0.0.1:22001-:22"));
+        assert!(
+            xml.contains("<listen type='socket'/>"),
+            "VNC on a socket only"
+        );
+        assert!(
+            !xml.contains("<interface type='user'>"),
+            "the forward replaces it"
+        );
+        assert!(xml.contains("<tb-cache unit='MiB'>128</tb-cache>"));
+        assert!(xml.contains("org.qemu.guest_agent.0"));
     }
 
     #[test]
@@ -244,7 +335,12 @@ mod tests {
             cpu_weight: crate::hypervisor::cpu_weight::RUNNING,
             disks: &[],
             user_network: false,
+            network: None,
             nested: false,
+            ssh_forward: None,
+            boot: None,
+            seed: None,
+            consoles: false,
         }
         .render()
         .unwrap();

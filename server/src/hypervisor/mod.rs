@@ -4,6 +4,7 @@ pub mod connection;
 pub mod cpu_weight;
 pub mod domain_xml;
 pub mod events;
+pub mod image;
 pub mod inventory;
 pub mod network;
 pub mod simulation;

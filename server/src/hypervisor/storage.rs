@@ -195,11 +195,104 @@ pub fn delete_volume(conn: &Connect, pool: &str, name: &str) -> Result<(), virt:
     pool.lookup_storage_vol_by_name(name)?.delete(0)
 }
 
+/// Streams `length` bytes from `data` into a new volume `name` with libvirt's volume upload
+/// (so it works on remote hosts too), replacing a volume of that name an interrupted earlier
+/// try left. A failed upload aborts the stream and deletes the volume: nothing half-written
+/// stays behind. Returns the volume's path on the host.
+pub fn upload_volume(
+    conn: &Connect,
+    pool: &str,
+    name: &str,
+    format: Format,
+    mut data: impl std::io::Read,
+    length: u64,
+) -> Result<String, virt::error::Error> {
+    let p = conn.lookup_storage_pool_by_name(pool)?;
+    if let Ok(old) = p.lookup_storage_vol_by_name(name) {
+        old.delete(0)?;
+    }
+    let vol = StorageVol::create_xml(&p, &volume_xml(name, length.max(1), format, None), 0)?;
+    let written = (|| {
+        let stream = virt::stream::Stream::new(conn, 0)?;
+        vol.upload(&stream, 0, length, 0)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = length;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match data.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => {
+                    let _ = stream.abort();
+                    return Err(virt::error::Error::last_error());
+                }
+                Ok(n) => n,
+            };
+            let mut sent = 0;
+            while sent < n {
+                let k = stream.send(&buf[sent..n])?;
+                if k <= 0 {
+                    let _ = stream.abort();
+                    return Err(virt::error::Error::last_error());
+                }
+                sent += k as usize;
+            }
+            left -= n as u64;
+        }
+        stream.finish()
+    })();
+    if let Err(e) = written {
+        let _ = vol.delete(0);
+        return Err(e);
+    }
+    vol.path()
+}
+
 /// Volume names of a pool, after a refresh.
 pub fn volumes(conn: &Connect, pool: &str) -> Result<Vec<String>, virt::error::Error> {
     let pool = conn.lookup_storage_pool_by_name(pool)?;
     pool.refresh(0)?;
     pool.list_volumes()
+}
+
+/// A volume as the host page shows it.
+#[derive(Debug, Clone)]
+pub struct VolumeFacts {
+    pub name: String,
+    pub path: String,
+    pub capacity: u64,
+    pub allocation: u64,
+    /// The file this volume is a linked clone of, if any.
+    pub backing: Option<String>,
+}
+
+/// Every volume of a pool with its size and backing file, after a refresh.
+pub fn volume_facts(conn: &Connect, pool: &str) -> Result<Vec<VolumeFacts>, virt::error::Error> {
+    let pool = conn.lookup_storage_pool_by_name(pool)?;
+    pool.refresh(0)?;
+    let mut out = Vec::new();
+    for vol in pool.list_all_volumes(0)? {
+        let info = vol.info()?;
+        let xml = vol.xml_desc(0).unwrap_or_default();
+        out.push(VolumeFacts {
+            name: vol.name()?,
+            path: vol.path().unwrap_or_default(),
+            capacity: info.capacity,
+            allocation: info.allocation,
+            backing: backing_path(&xml),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `<volume><backingStore><path>` of a volume's XML.
+fn backing_path(xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let store = doc
+        .root_element()
+        .children()
+        .find(|n| n.has_tag_name("backingStore"))?;
+    let path = store.children().find(|n| n.has_tag_name("path"))?.text()?;
+    Some(path.trim().to_string()).filter(|p| !p.is_empty())
 }
 
 #[cfg(test)]

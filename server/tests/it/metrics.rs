@@ -1,8 +1,7 @@
 //! Metrics rollups against PostgreSQL: known samples give known 5-minute, hourly and daily
 //! min/avg/max; rollups are incremental; gaps stay gaps; retention expires each level.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::db::Scope;
 use concierge::metrics::{self, Range, Retention};
 use time::{Duration, OffsetDateTime};

@@ -1,7 +1,6 @@
 //! Row-level security as the second wall between tenants.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::db::{self, Scope};
 
 #[tokio::test]

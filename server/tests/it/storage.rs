@@ -1,7 +1,6 @@
 //! Storage pools and volumes through the portal, on libvirt's test driver.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::hypervisor::simulation;
 
 #[tokio::test]
@@ -108,17 +107,48 @@ async fn pools_volumes_clones_and_copies() {
         .call("list_volumes", &[("host_id", &h), ("pool", "images")])
         .await
         .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base.qcow2", "vm-1.qcow2", "vm-2.qcow2"]);
+    assert_eq!(list[0]["capacity_bytes"], 10u64 << 30);
+    // The linked clone's base is in use; a copy is not.
     assert_eq!(
-        list,
-        serde_json::json!(["base.qcow2", "vm-1.qcow2", "vm-2.qcow2"])
+        list[0]["used_by"],
+        serde_json::json!(["backing file of vm-1.qcow2"]),
+        "{list}"
     );
-    fleet
-        .call(
-            "delete_volume",
-            &[("host_id", &h), ("pool", "images"), ("name", "vm-2.qcow2")],
-        )
-        .await
-        .unwrap();
+    assert_eq!(list[2]["used_by"], serde_json::json!([]));
+    let delete = |name: &'static str, confirm: &'static str| {
+        let (fleet, h) = (&fleet, h.clone());
+        async move {
+            fleet
+                .call(
+                    "delete_volume",
+                    &[
+                        ("host_id", &h),
+                        ("pool", "images"),
+                        ("name", name),
+                        ("confirm", confirm),
+                    ],
+                )
+                .await
+        }
+    };
+    // Deleting asks for the name, and refuses what something depends on.
+    assert_eq!(
+        assert_field_error(&delete("vm-2.qcow2", "").await, "confirm"),
+        "Type the volume's name, vm-2.qcow2, to confirm."
+    );
+    let refused = delete("base.qcow2", "base.qcow2").await;
+    assert!(
+        matches!(&refused, Err((409, app::error::AppError::Conflict(m))) if m.contains("backing file of vm-1.qcow2")),
+        "{refused:?}"
+    );
+    delete("vm-2.qcow2", "vm-2.qcow2").await.unwrap();
     let list = fleet
         .call("list_volumes", &[("host_id", &h), ("pool", "images")])
         .await

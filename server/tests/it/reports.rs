@@ -1,7 +1,6 @@
 //! Usage rollup, showback reports with rate cards, CSV export and their authorization.
-mod common;
 
-use common::*;
+use crate::common::*;
 use time::macros::datetime;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -529,4 +528,65 @@ async fn extreme_dates_are_field_errors_and_rate_cards_stay_within_the_tenant() 
             "Shared image"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_rate_card_can_be_ended_and_the_page_knows_which_cards_are_in_force() {
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let a = app.tenant("Alpha").await;
+    let (_, mona) = app
+        .signed_in("mona@example.com", Some((a, "manager")))
+        .await;
+    let id = fleet
+        .call(
+            "add_rate_card",
+            &[
+                ("currency", "EUR"),
+                ("vcpu_hour", "0.01"),
+                ("memory_gib_hour", "0.001"),
+                ("disk_gib_hour", "0.0001"),
+                ("valid_from", "2026-01-01"),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = id.as_str().unwrap().to_string();
+    let cards = fleet.call("list_rate_cards", &[]).await.unwrap();
+    assert_eq!(cards[0]["in_force"], true, "{cards}");
+    // Field errors change nothing; managers cannot end cards.
+    let before = app.snapshot().await;
+    for (to, why) in [
+        ("2025-12-31", "before the start"),
+        ("2026-02-01", "in the past: hours already priced"),
+        ("someday", "not a date"),
+    ] {
+        let r = fleet
+            .call("end_rate_card", &[("id", &id), ("valid_to", to)])
+            .await;
+        assert_field_error(&r, "valid_to");
+        assert_eq!(before, app.snapshot().await, "{why}");
+    }
+    assert_refused(
+        &mona
+            .call("end_rate_card", &[("id", &id), ("valid_to", "2026-02-01")])
+            .await,
+        "a manager ends a card",
+    );
+    // From the day after tomorrow on, the card no longer applies; until then it does.
+    let end = (app.state.clock.now() + time::Duration::days(2))
+        .date()
+        .to_string();
+    fleet
+        .call("end_rate_card", &[("id", &id), ("valid_to", &end)])
+        .await
+        .unwrap();
+    let cards = fleet.call("list_rate_cards", &[]).await.unwrap();
+    assert_eq!(cards[0]["valid_to"], end.as_str());
+    assert_eq!(cards[0]["in_force"], true);
+    assert!(app
+        .audit_actions()
+        .await
+        .iter()
+        .any(|x| x == "rate_card.end"));
 }

@@ -1,8 +1,7 @@
 //! Bad input gets a clear error on the right field and changes nothing; good input is
 //! audited with before and after.
-mod common;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn tenant_names_are_validated() {

@@ -1,7 +1,6 @@
 //! Hosts and inventory against libvirt's test driver.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::hypervisor::simulation;
 use std::time::{Duration, Instant};
 

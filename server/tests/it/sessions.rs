@@ -1,7 +1,6 @@
 //! Sign-in, session lifetime, throttling and cross-site protection.
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::time::Instant;
 use time::Duration;
 

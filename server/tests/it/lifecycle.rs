@@ -1,8 +1,7 @@
 //! VM lifecycle operations on libvirt's test driver: every action, who may run it, and what
 //! is recorded.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::hypervisor::simulation;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -498,4 +497,103 @@ async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
         .await;
     assert_eq!(vms, running);
     let _ = f.tenant_a;
+}
+
+#[tokio::test]
+async fn a_shutdown_is_recorded_when_the_guest_is_off_not_when_it_was_asked() {
+    let f = setup().await;
+    let (vm0, _, _) = domain(&f.app, "lc-vm-0").await;
+    act(&f.owner, &f.host, &vm0, "shutdown").await.unwrap();
+    wait_state(&f.app, "lc-vm-0", "shutoff").await;
+    // The test driver's guest obeys at once: the watch records that it shut down itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, detail): (String, Option<String>) = loop {
+        let row: (String, Option<String>) = sqlx::query_as(
+            "SELECT status, detail FROM domain_operations WHERE domain_uuid = $1::uuid AND operation = 'shutdown'",
+        )
+        .bind(&vm0)
+        .fetch_one(&f.app.db)
+        .await
+        .unwrap();
+        if row.0 != "running" || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, "succeeded");
+    assert_eq!(detail.as_deref(), Some("The guest shut down."));
+    // The page shows the outcome.
+    let vm = f
+        .owner
+        .call("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
+        .await
+        .unwrap();
+    assert_eq!(vm["operations"][0]["detail"], "The guest shut down.");
+}
+
+#[tokio::test]
+async fn a_domain_that_vanished_is_listed_apart_and_a_fleet_admin_can_forget_it() {
+    let f = setup().await;
+    let (vm1, _, _) = domain(&f.app, "lc-vm-1").await;
+    let host_id: Uuid = f.host.parse().unwrap();
+    // Still on its host: cannot be forgotten.
+    let r = f
+        .fleet
+        .call("forget_domain", &[("host_id", &f.host), ("uuid", &vm1)])
+        .await;
+    assert!(matches!(&r, Err((409, _))), "{r:?}");
+    // Removed behind the portal's back.
+    f.app
+        .state
+        .hypervisors
+        .call(host_id, |conn| {
+            let d = conn.lookup_domain_by_name("lc-vm-1")?;
+            let _ = d.destroy();
+            d.undefine()
+        })
+        .await
+        .unwrap();
+    f.fleet
+        .call("reconcile_host", &[("host_id", &f.host)])
+        .await
+        .unwrap();
+    assert!(domain(&f.app, "lc-vm-1").await.2, "marked missing");
+    let detail = f
+        .fleet
+        .call("get_host", &[("host_id", &f.host)])
+        .await
+        .unwrap();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(!names(&detail["domains"]["items"]).contains(&"lc-vm-1".to_string()));
+    assert_eq!(names(&detail["missing"]), ["lc-vm-1"]);
+    // Only fleet admins forget.
+    for c in [&f.owner, &f.admin_a] {
+        assert_refused(
+            &c.call("forget_domain", &[("host_id", &f.host), ("uuid", &vm1)])
+                .await,
+            "tenant user",
+        );
+    }
+    f.fleet
+        .call("forget_domain", &[("host_id", &f.host), ("uuid", &vm1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        f.app
+            .scalar_i64("SELECT count(*) FROM domains WHERE name = 'lc-vm-1'")
+            .await,
+        0
+    );
+    assert!(f
+        .app
+        .audit_actions()
+        .await
+        .iter()
+        .any(|a| a == "domain.forget"));
 }

@@ -7,9 +7,8 @@
 //! once `scripts/libvirtd` has libvirtd answering). The tests share one daemon and one of them
 //! kills it, so they run one at a time. What they create is named with a random tag in the
 //! `concierge-test` pool and removed at the end, also when a test fails.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::hypervisor::domain_xml;
 use concierge::hypervisor::{connection, events, storage};
 use serde_json::Value;
@@ -22,16 +21,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-const URI: &str = "qemu:///system";
-const POOL: &str = "concierge-test";
+pub(crate) const URI: &str = "qemu:///system";
+pub(crate) const POOL: &str = "concierge-test";
 const POOL_DIR: &str = "/var/lib/libvirt/concierge-test";
 /// Host loss must show within this (the issue's target).
 const LOST_WITHIN: Duration = Duration::from_secs(10);
 
 /// One test at a time: they share the daemon, and one of them kills it.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn enabled(test: &str) -> bool {
+pub(crate) fn enabled(test: &str) -> bool {
     let on = std::env::var("CONCIERGE_LIBVIRTD_TESTS").as_deref() == Ok("1");
     if !on {
         eprintln!("{test}: skipped: set CONCIERGE_LIBVIRTD_TESTS=1 (scripts/test does)");
@@ -40,11 +39,11 @@ fn enabled(test: &str) -> bool {
 }
 
 /// A short random tag for names on the shared daemon.
-fn tag() -> String {
+pub(crate) fn tag() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
-fn measure(what: &str, d: Duration) {
+pub(crate) fn measure(what: &str, d: Duration) {
     eprintln!("measure: {what}: {} ms", d.as_millis());
 }
 
@@ -67,6 +66,7 @@ macro_rules! wait_until {
         }
     }};
 }
+pub(crate) use wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // libvirt, straight from the test (a second client of the daemon, like `virsh`)
@@ -78,7 +78,9 @@ fn open() -> Result<Connect, String> {
 }
 
 /// Runs `f` on a fresh connection to the daemon, off the executor.
-async fn on_libvirt<T: Send + 'static>(f: impl FnOnce(&Connect) -> T + Send + 'static) -> T {
+pub(crate) async fn on_libvirt<T: Send + 'static>(
+    f: impl FnOnce(&Connect) -> T + Send + 'static,
+) -> T {
     tokio::task::spawn_blocking(move || {
         let conn = open().unwrap_or_else(|e| panic!("open {URI}: {e}"));
         let out = f(&conn);
@@ -90,7 +92,7 @@ async fn on_libvirt<T: Send + 'static>(f: impl FnOnce(&Connect) -> T + Send + 's
 }
 
 /// The dir pool the tests use: defined, built and started once, left in place afterwards.
-fn ensure_pool(conn: &Connect) {
+pub(crate) fn ensure_pool(conn: &Connect) {
     match conn.lookup_storage_pool_by_name(POOL) {
         Ok(p) => {
             if !p.is_active().unwrap_or(false) {
@@ -176,9 +178,9 @@ fn plain_domain_xml(
 /// Domains and volumes a test made, removed when it ends however it ends (volumes in reverse
 /// order: clones before their base).
 #[derive(Default)]
-struct Leftovers {
-    domains: Vec<Uuid>,
-    volumes: Vec<String>,
+pub(crate) struct Leftovers {
+    pub(crate) domains: Vec<Uuid>,
+    pub(crate) volumes: Vec<String>,
 }
 
 impl Drop for Leftovers {
@@ -285,7 +287,7 @@ impl Drop for LibvirtdBack {
 // The portal's side
 // ---------------------------------------------------------------------------------------------
 
-async fn register_local_host(admin: &Client) -> String {
+pub(crate) async fn register_local_host(admin: &Client) -> String {
     let h = admin
         .call(
             "register_host",
@@ -307,7 +309,7 @@ async fn host_state(admin: &Client, host: &str) -> (String, Option<String>) {
     )
 }
 
-async fn wait_host(admin: &Client, host: &str, state: &str, secs: u64) -> Duration {
+pub(crate) async fn wait_host(admin: &Client, host: &str, state: &str, secs: u64) -> Duration {
     let started = Instant::now();
     wait_until!(secs, format!("host {state}"), {
         (host_state(admin, host).await.0 == state).then_some(())
@@ -352,7 +354,7 @@ async fn list_volumes(admin: &Client, host: &str) -> Vec<String> {
         .as_array()
         .expect("a list")
         .iter()
-        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .map(|v| v["name"].as_str().unwrap_or_default().to_string())
         .collect()
 }
 
@@ -435,7 +437,7 @@ fn request_form<'a>(
     ]
 }
 
-async fn wait_request(c: &Client, id: &str, state: &str, secs: u64) -> Value {
+pub(crate) async fn wait_request(c: &Client, id: &str, state: &str, secs: u64) -> Value {
     wait_until!(secs, format!("request {id} to be {state}"), {
         let r = c
             .call("get_request", &[("id", id)])
@@ -454,7 +456,7 @@ async fn wait_request(c: &Client, id: &str, state: &str, secs: u64) -> Value {
 }
 
 /// The request's log, one line per event: "at kind: message".
-fn timeline(r: &Value) -> String {
+pub(crate) fn timeline(r: &Value) -> String {
     r["events"]
         .as_array()
         .map(|e| {
@@ -589,14 +591,17 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         matches!(row.1.as_deref(), Some("started" | "resumed")),
         "written by an event: {row:?}"
     );
-    let latencies = app
-        .state
-        .hypervisors
-        .event_latencies
-        .lock()
-        .unwrap()
-        .clone();
-    assert!(!latencies.is_empty(), "the event writer saw the start");
+    // The writer records its latency just after its commit: the row can be seen first.
+    let latencies = wait_until!(5, "the event writer's latency of the start", {
+        let l = app
+            .state
+            .hypervisors
+            .event_latencies
+            .lock()
+            .unwrap()
+            .clone();
+        (!l.is_empty()).then_some(l)
+    });
     for l in &latencies {
         measure("event -> row (event writer)", *l);
     }
@@ -656,6 +661,31 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         )
         .await
         .expect("shutdown");
+    // The guest was only asked: the operation waits (the page says "shutting down…"), and a
+    // second request is refused rather than stacked.
+    let op = || async {
+        sqlx::query_as::<_, (String, Option<String>, Option<i32>)>(
+            "SELECT status, detail, duration_ms FROM domain_operations
+             WHERE domain_uuid = $1 AND operation = 'shutdown' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(uuid)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let (status, detail, _) = op().await;
+    assert_eq!(status, "running");
+    assert!(detail.unwrap_or_default().contains("forced off after 3 s"));
+    let again = admin
+        .call(
+            "vm_action",
+            &[("host_id", &host), ("uuid", &u), ("action", "shutdown")],
+        )
+        .await;
+    assert!(
+        format!("{again:?}").contains("already shutting down"),
+        "{again:?}"
+    );
     wait_until!(20, "shut off", {
         domain_row(db, &host, uuid)
             .await
@@ -665,6 +695,17 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         "shutdown (ACPI ignored, forced off after 3 s) -> row shutoff",
         t0.elapsed(),
     );
+    // The outcome is recorded: forced off at the deadline, not "succeeded in 9 ms".
+    wait_until!(10, "the shutdown's outcome recorded", {
+        let (status, detail, ms) = op().await;
+        (status == "succeeded").then_some((detail, ms))
+    });
+    let (_, detail, ms) = op().await;
+    assert!(
+        detail.as_deref().unwrap_or_default().contains("forced off"),
+        "{detail:?}"
+    );
+    assert!(ms.unwrap_or_default() >= 3000, "{ms:?}");
     assert!(
         !on_libvirt(move |c| c
             .lookup_domain_by_uuid(uuid)
@@ -740,7 +781,12 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         admin
             .call(
                 "delete_volume",
-                &[("host_id", &host), ("pool", POOL), ("name", v)],
+                &[
+                    ("host_id", &host),
+                    ("pool", POOL),
+                    ("name", v),
+                    ("confirm", v),
+                ],
             )
             .await
             .unwrap_or_else(|e| panic!("delete volume {v}: {e:?}"));
@@ -1050,13 +1096,23 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
         .await
         .expect("recount");
     assert_eq!(rc["consistent"], true, "{rc}");
-    admin
+    // The template's base image is in use: refused, with who uses it (the Leftovers guard
+    // removes it after the test).
+    let refused = admin
         .call(
             "delete_volume",
-            &[("host_id", &host), ("pool", POOL), ("name", &base)],
+            &[
+                ("host_id", &host),
+                ("pool", POOL),
+                ("name", &base),
+                ("confirm", &base),
+            ],
         )
-        .await
-        .expect("delete the base");
+        .await;
+    assert!(
+        format!("{refused:?}").contains("base image of template"),
+        "{refused:?}"
+    );
     app.state.hypervisors.stop_all();
 }
 

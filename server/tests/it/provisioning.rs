@@ -1,8 +1,7 @@
 //! Self-service provisioning on libvirt's test driver: templates, requests, approvals,
 //! quotas, placement, provisioning jobs, leases and day-2 operations.
-mod common;
 
-use common::*;
+use crate::common::*;
 use concierge::hypervisor::simulation;
 use serde_json::Value;
 use std::time::Duration;
@@ -167,7 +166,7 @@ impl World {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|x| x.as_str().unwrap().to_string())
+            .map(|x| x["name"].as_str().unwrap().to_string())
             .collect()
     }
 }
@@ -1510,16 +1509,31 @@ async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota()
         .signed_in("ann@example.com", Some((w.tenant, "requester")))
         .await;
     w.set_policy(&w.fleet, "2", "").await;
-    // The base image disappears from the host after the template was saved.
-    w.fleet
+    // The portal refuses to delete a template's base image...
+    let refused = w
+        .fleet
         .call(
             "delete_volume",
             &[
                 ("host_id", &w.host),
                 ("pool", &w.pool),
                 ("name", "debian-12.qcow2"),
+                ("confirm", "debian-12.qcow2"),
             ],
         )
+        .await;
+    assert!(
+        matches!(&refused, Err((409, app::error::AppError::Conflict(m))) if m.contains("base image of template")),
+        "{refused:?}"
+    );
+    // ...so it disappears from the host behind the portal's back.
+    let pool = w.pool.clone();
+    w.app
+        .state
+        .hypervisors
+        .call(w.host.parse().unwrap(), move |conn| {
+            concierge::hypervisor::storage::delete_volume(conn, &pool, "debian-12.qcow2")
+        })
         .await
         .unwrap();
     let id = id_of(&w.submit(&ann, "small", "2", "doomed").await.unwrap());
@@ -1913,4 +1927,349 @@ async fn a_revert_across_a_resize_carries_the_real_size_and_every_change_is_logg
         "{recount:#}"
     );
     w.app.state.hypervisors.stop_all();
+}
+
+#[tokio::test]
+async fn the_catalog_says_which_sizes_need_approval_and_what_each_costs_a_month() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    // No rate card: the page says why no cost is shown.
+    let cat = ann.call("catalog", &[("tenant_id", &t)]).await.unwrap();
+    let offer = &cat[0]["offer"];
+    assert!(offer["sizes"][0]["monthly_cost"].is_null(), "{offer}");
+    assert!(offer["cost_note"]
+        .as_str()
+        .unwrap()
+        .contains("No rate card"));
+    // Auto-approval up to 2 vCPUs / 4 GiB, 1 VM, 30 days; a general card in force.
+    w.set_policy(&w.fleet, "1", "").await;
+    w.fleet
+        .call(
+            "add_rate_card",
+            &[
+                ("currency", "EUR"),
+                ("vcpu_hour", "0.01"),
+                ("memory_gib_hour", "0.005"),
+                ("disk_gib_hour", "0.0001"),
+                ("valid_from", "2020-01-01"),
+            ],
+        )
+        .await
+        .unwrap();
+    let cat = ann.call("catalog", &[("tenant_id", &t)]).await.unwrap();
+    let offer = &cat[0]["offer"];
+    let sizes: Vec<(&str, bool)> = cat[0]["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(offer["sizes"].as_array().unwrap())
+        .map(|(s, o)| {
+            (
+                s["name"].as_str().unwrap(),
+                o["needs_approval"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, [("small", false), ("large", true)]);
+    // small: (1 × 0.01 + 1 × 0.005 + 10 × 0.0001) × 730.5 h = 11.688 → 11.69.
+    assert_eq!(offer["sizes"][0]["monthly_cost"], "11.69 EUR a month");
+    assert!(offer["cost_note"].is_null());
+    assert_eq!(
+        offer["approval_note"],
+        "Any size needs approval for more than 1 VM at once or a lease longer than 30 days."
+    );
+}
+
+#[tokio::test]
+async fn approval_levels_come_from_the_forms_rows_with_approvers_picked_from_members() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    w.app
+        .signed_in("lead@example.com", Some((w.tenant, "approver")))
+        .await;
+    w.app
+        .signed_in("cfo@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    w.app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let base = [
+        ("tenant_id", t.as_str()),
+        ("auto_max_vcpus", "0"),
+        ("auto_max_memory_gib", "0"),
+        ("auto_max_count", "0"),
+        ("auto_max_lease_days", "0"),
+        ("expire_days", "7"),
+    ];
+    let mut form = base.to_vec();
+    form.extend([
+        ("level[0][mode]", "any"),
+        ("level[1][mode]", "all"),
+        ("level[1][approvers][]", "lead@example.com"),
+        ("level[1][approvers][]", "cfo@example.com"),
+        // The empty row the page offers for a new level.
+        ("level[2][mode]", ""),
+    ]);
+    w.fleet.call("set_policy", &form).await.unwrap();
+    let q = w
+        .fleet
+        .call("tenant_quotas", &[("tenant_id", &t)])
+        .await
+        .unwrap();
+    let p = &q["policy"];
+    assert_eq!(
+        p["levels"],
+        serde_json::json!([
+            { "level": 1, "mode": "any", "approvers": [] },
+            { "level": 2, "mode": "all", "approvers": ["cfo@example.com", "lead@example.com"] }
+        ]),
+        "{p}"
+    );
+    // The page picks approvers from the members who may approve, not from everyone.
+    assert_eq!(
+        p["eligible_approvers"],
+        serde_json::json!(["cfo@example.com", "lead@example.com"])
+    );
+    // A requester cannot be made an approver; nothing changes.
+    let before = w.app.snapshot().await;
+    let mut bad = base.to_vec();
+    bad.extend([
+        ("level[0][mode]", "any"),
+        ("level[0][approvers][]", "ann@example.com"),
+    ]);
+    let r = w.fleet.call("set_policy", &bad).await;
+    assert!(
+        assert_field_error(&r, "levels").contains("ann@example.com"),
+        "{r:?}"
+    );
+    assert_eq!(before, w.app.snapshot().await);
+}
+
+#[tokio::test]
+async fn the_database_allows_the_same_vm_count_per_request_as_the_form() {
+    let app = spawn_app().await;
+    let def: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'requests_count_check'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    // PostgreSQL writes BETWEEN out as two comparisons.
+    assert!(def.contains("(count >= 1)"), "{def}");
+    assert!(
+        def.contains(&format!("(count <= {})", concierge::requests::MAX_COUNT)),
+        "{def}"
+    );
+}
+
+#[tokio::test]
+async fn requester_cloud_config_only_where_the_template_allows_it_and_approvers_read_it() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, appr) = w
+        .app
+        .signed_in("appr@example.com", Some((w.tenant, "approver")))
+        .await;
+    let mut form = w.form(&t, "small", "1", "cfg");
+    let yaml = "packages: [git]\nruncmd:\n  - [touch, /var/tmp/mine]";
+    form.push(("user_data", yaml));
+    let counts = "SELECT (SELECT count(*) FROM requests) + (SELECT count(*) FROM vms)";
+    let before = w.app.scalar_i64(counts).await;
+
+    // The template does not allow it yet: refused at the field, nothing stored.
+    let r = ann.call("submit_request", &form).await;
+    let message = assert_field_error(&r, "user_data");
+    assert!(message.contains("does not take"), "{message}");
+
+    // A template without a login user cannot allow it.
+    let base = [
+        ("id", w.template.as_str()),
+        ("name", "Debian 12"),
+        ("os", "Debian GNU/Linux 12"),
+        ("sizes", "small 1 1 10\nlarge 4 8 50"),
+        ("default_lease_days", "30"),
+        ("max_lease_days", "90"),
+        ("tenants", "acme"),
+    ];
+    let mut no_user = base.to_vec();
+    no_user.push(("allow_user_data", "on"));
+    assert_field_error(
+        &w.fleet.call("save_template", &no_user).await,
+        "allow_user_data",
+    );
+    let mut allowed = base.to_vec();
+    allowed.extend([("login_user", "debian"), ("allow_user_data", "on")]);
+    w.fleet.call("save_template", &allowed).await.unwrap();
+
+    // Bad cloud-config is named and changes nothing.
+    let huge = format!(
+        "write_files:\n{}",
+        "  - {path: /x, content: aaaaaaaaaaaaaaaa}\n".repeat(600)
+    );
+    for bad in [
+        "users: [{name: root}]",
+        "ssh_authorized_keys: [ssh-ed25519 AAAA evil]",
+        "- just\n- a list",
+        "runcmd: [unclosed",
+        huge.as_str(),
+    ] {
+        let mut f = w.form(&t, "small", "1", "bad");
+        f.push(("user_data", bad));
+        assert_field_error(&ann.call("submit_request", &f).await, "user_data");
+    }
+    assert_eq!(w.app.scalar_i64(counts).await, before, "nothing was stored");
+
+    // Accepted, and the approver reads it in the inbox and on the request before deciding.
+    w.set_policy(&w.fleet, "0", "any:").await;
+    let id = id_of(&ann.call("submit_request", &form).await.unwrap());
+    let inbox = appr.call("approval_inbox", &[]).await.unwrap();
+    let item = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["request"]["id"] == id.as_str())
+        .expect("the request is in the inbox");
+    assert_eq!(item["user_data"], yaml);
+    let detail = appr.call("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(detail["user_data"], yaml);
+    let page = appr.get("/approvals").await.text().await.unwrap();
+    assert!(
+        page.contains("runs as root on first boot"),
+        "the inbox warns"
+    );
+    assert!(
+        page.contains("/var/tmp/mine"),
+        "the inbox shows the cloud-config"
+    );
+}
+
+#[tokio::test]
+async fn requests_choose_a_template_network_and_placement_follows_it() {
+    let w = world().await;
+    let t = w.tenant.to_string();
+    w.set_policy(&w.fleet, "5", "").await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    // A second host with its own network (hv2-net) and the same base volume.
+    let dir = std::env::temp_dir().join(format!("concierge-net-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = simulation::write_node(&dir, "hv2", 0).unwrap();
+    let hv2 = w
+        .fleet
+        .call(
+            "register_host",
+            &[("name", "hv2"), ("uri", &uri), ("schedulable", "true")],
+        )
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let networks_of = |host: String| {
+        let app = &w.app;
+        async move {
+            app.scalar_i64(&format!(
+                "SELECT count(*) FROM networks WHERE host_id = '{host}' AND name = 'hv2-net' AND active"
+            ))
+            .await
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while networks_of(hv2.clone()).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hv2's network in inventory"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.fleet
+        .call(
+            "create_volume",
+            &[
+                ("host_id", &hv2),
+                ("pool", "hv2-pool"),
+                ("name", "debian-12.qcow2"),
+                ("kind", "blank"),
+                ("capacity_gib", "2"),
+                ("source", ""),
+            ],
+        )
+        .await
+        .unwrap();
+    // The template's image gains a copy on hv2 (the same volume there), and two networks.
+    let base = [
+        ("id", w.template.as_str()),
+        ("name", "Debian 12"),
+        ("os", "Debian GNU/Linux 12"),
+        ("sizes", "small 1 1 10\nlarge 4 8 50"),
+        ("default_lease_days", "30"),
+        ("max_lease_days", "90"),
+        ("tenants", "acme"),
+    ];
+    let mut bad = base.to_vec();
+    bad.push(("networks", "user, lab net/1"));
+    assert_field_error(&w.fleet.call("save_template", &bad).await, "networks");
+    let mut with = base.to_vec();
+    with.extend([
+        ("networks", "user, hv2-net"),
+        ("image_host", hv2.as_str()),
+        ("image_pool", "hv2-pool"),
+        ("image_volume", "debian-12.qcow2"),
+    ]);
+    w.fleet.call("save_template", &with).await.unwrap();
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM template_images")
+            .await,
+        2,
+        "the template's image is ready on both hosts"
+    );
+    assert_eq!(w.app.scalar_i64("SELECT count(*) FROM images").await, 1);
+
+    // A network the template does not offer is refused by name; nothing is stored.
+    let counts = "SELECT (SELECT count(*) FROM requests) + (SELECT count(*) FROM vms)";
+    let before = w.app.scalar_i64(counts).await;
+    let mut form = w.form(&t, "small", "1", "labbox");
+    form.push(("network", "hv1-net"));
+    let message = assert_field_error(&ann.call("submit_request", &form).await, "network");
+    assert!(message.contains("user, hv2-net"), "{message}");
+    assert_eq!(w.app.scalar_i64(counts).await, before);
+
+    // On hv2-net: only hv2 has it, so the VMs land there (three of them, all on hv2).
+    let mut form = w.form(&t, "small", "3", "labbox");
+    form.push(("network", "hv2-net"));
+    let id = ann.call("submit_request", &form).await.unwrap();
+    let done = w.wait_for(&ann, id.as_str().unwrap(), "fulfilled").await;
+    assert_eq!(
+        done["request"]["network"], "hv2-net",
+        "the request says its network"
+    );
+    assert_eq!(
+        w.app
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM vms WHERE network = 'hv2-net' AND host_id = '{hv2}'"
+            ))
+            .await,
+        3
+    );
+    // The default is the template's first choice: user-mode networking, no network recorded.
+    let id = w.submit(&ann, "small", "1", "plain").await.unwrap();
+    w.wait_for(&ann, id.as_str().unwrap(), "fulfilled").await;
+    assert_eq!(
+        w.app
+            .scalar_i64("SELECT count(*) FROM vms WHERE name = 'plain' AND network IS NULL")
+            .await,
+        1
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

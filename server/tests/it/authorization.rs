@@ -1,9 +1,8 @@
 //! The authorization matrix: {anonymous, requester of A, tenant admin of A, requester of B,
 //! fleet admin} × every operation. Refusals must change nothing; the least-privileged allowed
 //! actor must succeed.
-mod common;
 
-use common::*;
+use crate::common::*;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -367,7 +366,11 @@ async fn fleet_pages_are_refused_to_tenant_users() {
         );
         let anon = w.client(Anonymous).get(path).await;
         assert_eq!(anon.status(), 302, "{path} as anonymous");
-        assert_eq!(anon.headers()["location"], "/login");
+        // Signed in, they come back where they were going.
+        assert_eq!(
+            anon.headers()["location"],
+            format!("/login?next=%2F{}", &path[1..])
+        );
     }
     let members = format!("/tenants/{}", w.tenant_a);
     assert_eq!(w.client(TenantAdminA).get(&members).await.status(), 200);
@@ -405,4 +408,98 @@ async fn fleet_operations_are_for_fleet_admins_only() {
         .await;
     assert!(matches!(r, Err((404, _))), "{r:?}");
     assert_eq!(w.app.scalar_i64("SELECT count(*) FROM hosts").await, 0);
+}
+
+#[tokio::test]
+async fn the_server_rendered_navigation_is_complete_for_every_role() {
+    // Without JavaScript the navigation is all there is: it must not wait on anything the
+    // browser fetches later (the approvals badge once kept an approver's nav from rendering).
+    let w = World::new().await;
+    for (who, must) in [
+        (
+            RequesterA,
+            vec!["Catalog", "My VMs", "Requests", "Sign out"],
+        ),
+        (TenantAdminA, vec!["Approvals", "Sign out"]),
+        (
+            FleetAdmin,
+            vec!["Approvals", "Dashboard", "Hosts", "Sign out"],
+        ),
+    ] {
+        let html = w.client(who).get("/").await.text().await.unwrap();
+        assert!(
+            html.contains(r#"aria-label="Main""#),
+            "{who:?}: no navigation"
+        );
+        for link in must {
+            assert!(
+                html.contains(link),
+                "{who:?}: {link} missing from the navigation"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_images() {
+    check("list_images", &[FleetAdmin], |_| args("list_images", &[])).await;
+}
+
+/// Every image-library operation is the fleet admins' alone: anyone else is refused before
+/// the image, host or volume is even looked at, and nothing changes. (The fleet admin's
+/// successful runs of each are in `images.rs`, against a real libvirtd.)
+#[tokio::test]
+async fn image_library_changes_are_fleet_admins_only() {
+    let world = World::new().await;
+    let (image, host) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let ops: [(&str, Vec<(&str, &str)>); 7] = [
+        (
+            "register_image",
+            vec![
+                ("name", "x"),
+                ("host", &host),
+                ("pool", "default"),
+                ("volume", "x.qcow2"),
+            ],
+        ),
+        (
+            "start_image_upload",
+            vec![
+                ("name", "x"),
+                ("host", &host),
+                ("pool", "default"),
+                ("file_name", "x.qcow2"),
+                ("size", "4096"),
+            ],
+        ),
+        (
+            "resume_image_upload",
+            vec![("image", &image), ("host", &host)],
+        ),
+        (
+            "finish_image_upload",
+            vec![("image", &image), ("host", &host)],
+        ),
+        (
+            "discard_image_copy",
+            vec![("image", &image), ("host", &host)],
+        ),
+        (
+            "copy_image",
+            vec![("image", &image), ("host", &host), ("pool", "default")],
+        ),
+        ("delete_image", vec![("image", &image)]),
+    ];
+    for who in [Anonymous, RequesterA, RequesterB, TenantAdminA] {
+        for (endpoint, form) in &ops {
+            let before = world.app.snapshot().await;
+            let result = world.client(who).call(endpoint, form).await;
+            assert_refused(&result, &format!("{endpoint} as {who:?}"));
+            assert_eq!(
+                before,
+                world.app.snapshot().await,
+                "{endpoint} as {who:?} changed the database"
+            );
+        }
+    }
 }

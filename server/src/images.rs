@@ -1,0 +1,1167 @@
+//! The image library: the backend of the `Images` seam, and the background copy of an image
+//! from one host to another. An image's format is detected from its bytes once, at import,
+//! and pinned; its length and SHA-256 are what the host holds (read back through libvirt,
+//! never taken from the browser's word).
+use crate::audit::{self, Event, Origin};
+use crate::catalog::{parse_login_user, parse_text};
+use crate::db::{self, Scope};
+use crate::hypervisor::{image, storage, Hypervisors};
+use crate::jobs::{self, Job, JobKind, Outcome, Queue};
+use app::error::AppError;
+use app::images::{
+    Image, ImageCopy, RegisterImageForm, UploadForm, UploadTarget, UPLOAD_CHUNK_BYTES,
+};
+use app::seam::{Images, RequestCtx};
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The largest file the browser may upload.
+pub const MAX_UPLOAD_BYTES: u64 = 256 << 30;
+
+pub struct ImagesBackend {
+    pub pool: PgPool,
+    pub hypervisors: Arc<Hypervisors>,
+    pub queue: Arc<Queue>,
+}
+
+/// What the library records of an image's bytes (None where the host cannot tell: the test
+/// driver's volumes are not files).
+#[derive(Debug, Clone)]
+struct Facts {
+    format: storage::Format,
+    size: Option<i64>,
+    virtual_size: Option<i64>,
+    sha256: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ImageRow {
+    id: Uuid,
+    name: String,
+    format: String,
+    size_bytes: Option<i64>,
+    virtual_size_bytes: Option<i64>,
+    sha256: Option<String>,
+    login_user: Option<String>,
+    created_at: OffsetDateTime,
+    copies: serde_json::Value,
+    templates: Vec<String>,
+}
+
+const COPY_SELECT: &str = "SELECT pool, volume, kernel, initrd, state, bytes_done, bytes_total
+     FROM image_copies WHERE image_id = $1 AND host_id = $2";
+
+#[derive(sqlx::FromRow)]
+struct CopyRow {
+    pool: String,
+    volume: String,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    state: String,
+    bytes_done: i64,
+    bytes_total: Option<i64>,
+}
+
+fn is_test_driver(conn: &virt::connect::Connect) -> bool {
+    conn.uri().unwrap_or_default().starts_with("test:")
+}
+
+/// A pool of the host, freshly listed, or the form's error for the `pool` field.
+fn pool_named(
+    conn: &virt::connect::Connect,
+    name: &str,
+) -> Result<virt::storage_pool::StoragePool, AppError> {
+    let pool = conn
+        .lookup_storage_pool_by_name(name)
+        .map_err(|_| AppError::field("pool", "The host has no storage pool of that name."))?;
+    // Volumes made behind libvirt's back (copied files) show after a refresh.
+    let _ = pool.refresh(0);
+    Ok(pool)
+}
+
+/// Reads and checks an image volume on its host (and that kernel and initramfs exist).
+/// Errors name the form field they belong to.
+async fn read_image(
+    hypervisors: &Hypervisors,
+    host: Uuid,
+    pool: String,
+    volume: String,
+    boot: Option<(String, String)>,
+    field: &'static str,
+) -> Result<Facts, AppError> {
+    hypervisors
+        .call(host, move |conn| {
+            let p = match pool_named(conn, &pool) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let vol = match p.lookup_storage_vol_by_name(&volume) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Ok(Err(AppError::field(
+                        field,
+                        "The pool has no volume of that name.",
+                    )))
+                }
+            };
+            if let Some((k, i)) = &boot {
+                for (name, field) in [(k, "kernel"), (i, "initrd")] {
+                    if p.lookup_storage_vol_by_name(name).is_err() {
+                        return Ok(Err(AppError::field(
+                            field,
+                            "The pool has no volume of that name.",
+                        )));
+                    }
+                }
+            }
+            if is_test_driver(conn) {
+                let info = vol.info()?;
+                return Ok(Ok(Facts {
+                    format: storage::Format::Qcow2,
+                    size: i64::try_from(info.allocation).ok(),
+                    virtual_size: i64::try_from(info.capacity).ok(),
+                    sha256: None,
+                }));
+            }
+            Ok(match image::read_volume(conn, &pool, &volume, |_| {}) {
+                Ok(read) => Ok(Facts {
+                    format: read.facts.format,
+                    size: i64::try_from(read.length).ok(),
+                    virtual_size: i64::try_from(read.facts.virtual_size).ok(),
+                    sha256: Some(read.sha256),
+                }),
+                Err(why) => Err(AppError::field(
+                    field,
+                    format!("This image cannot be used: {why}."),
+                )),
+            })
+        })
+        .await
+        .map_err(|e| AppError::field("host", format!("The host cannot be read: {e}")))?
+}
+
+/// Templates boot linked clones of an image, which needs qcow2.
+fn templates_take(format: storage::Format, field: &str) -> Result<(), AppError> {
+    match format {
+        storage::Format::Qcow2 => Ok(()),
+        _ => Err(AppError::field(
+            field,
+            "This image is raw: convert it to qcow2 (qemu-img convert -O qcow2) so VMs can be linked clones of it.",
+        )),
+    }
+}
+
+/// An image templates use cannot go; the field constraints are in `db::map_err`'s table.
+fn map_err(e: sqlx::Error) -> AppError {
+    if let sqlx::Error::Database(d) = &e {
+        if d.constraint() == Some("templates_image_fkey") {
+            return AppError::Conflict(
+                "Templates use this image: point them at another image first.".into(),
+            );
+        }
+    }
+    db::map_err(e)
+}
+
+fn parse_boot(kernel: &str, initrd: &str) -> Result<Option<(String, String)>, AppError> {
+    match (kernel.trim(), initrd.trim()) {
+        ("", "") => Ok(None),
+        (k, i) => match (
+            storage::parse_name(k, "kernel"),
+            storage::parse_name(i, "initrd"),
+        ) {
+            (Ok(k), Ok(i)) => Ok(Some((k, i))),
+            (k, i) => Err(AppError::merge([k.err(), i.err()])),
+        },
+    }
+}
+
+/// The registration form, checked field by field.
+struct Registration {
+    name: String,
+    host: Uuid,
+    pool: String,
+    volume: String,
+    boot: Option<(String, String)>,
+    login_user: Option<String>,
+}
+
+impl TryFrom<&RegisterImageForm> for Registration {
+    type Error = AppError;
+
+    fn try_from(form: &RegisterImageForm) -> Result<Self, AppError> {
+        let name = parse_text(&form.name, "name", 80, true);
+        let host = form
+            .host
+            .ok_or_else(|| AppError::field("host", "Choose the host that holds the volume."));
+        let pool = storage::parse_name(&form.pool, "pool");
+        let volume = storage::parse_name(&form.volume, "volume");
+        let boot = parse_boot(&form.kernel, &form.initrd);
+        let login_user = parse_login_user(&form.login_user, "login_user");
+        match (name, host, pool, volume, boot, login_user) {
+            (Ok(name), Ok(host), Ok(pool), Ok(volume), Ok(boot), Ok(login_user)) => Ok(Self {
+                name,
+                host,
+                pool,
+                volume,
+                boot,
+                login_user,
+            }),
+            (a, b, c, d, e, f) => Err(AppError::merge([
+                a.err(),
+                b.err(),
+                c.err(),
+                d.err(),
+                e.err(),
+                f.err(),
+            ])),
+        }
+    }
+}
+
+impl ImagesBackend {
+    /// Registers a volume as an image (also the template form's shortcut for a hand-named
+    /// volume); an image already registered for that volume is returned as it is.
+    /// With `of`, a volume on a host where that image has no copy yet becomes its copy there
+    /// (when the bytes are the same).
+    pub async fn register_volume(
+        &self,
+        req: &RequestCtx,
+        form: &RegisterImageForm,
+        of: Option<Uuid>,
+    ) -> Result<Uuid, AppError> {
+        req.fleet_admin()?;
+        let r = Registration::try_from(form)?;
+        if let Some((id, _)) = self.known_volume(&r).await? {
+            return Ok(id);
+        }
+        self.register_new(req, &r, of).await
+    }
+
+    /// The image a volume already is, with its name.
+    async fn known_volume(&self, r: &Registration) -> Result<Option<(Uuid, String)>, AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query_as(
+            "SELECT i.id, i.name FROM image_copies c JOIN images i ON i.id = c.image_id
+             WHERE c.host_id = $1 AND c.pool = $2 AND c.volume = $3",
+        )
+        .bind(r.host)
+        .bind(&r.pool)
+        .bind(&r.volume)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)
+    }
+
+    /// Reads a volume no image holds yet and records it: a new image, or a copy of `of`.
+    async fn register_new(
+        &self,
+        req: &RequestCtx,
+        r: &Registration,
+        of: Option<Uuid>,
+    ) -> Result<Uuid, AppError> {
+        let facts = read_image(
+            &self.hypervisors,
+            r.host,
+            r.pool.clone(),
+            r.volume.clone(),
+            r.boot.clone(),
+            "volume",
+        )
+        .await?;
+        templates_take(facts.format, "volume")?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let existing: Option<(Option<String>, bool)> = match of {
+            Some(of) => sqlx::query_as(
+                "SELECT sha256, EXISTS (SELECT 1 FROM image_copies c WHERE c.image_id = i.id AND c.host_id = $2)
+                 FROM images i WHERE id = $1",
+            )
+            .bind(of)
+            .bind(r.host)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?,
+            None => None,
+        };
+        let (id, new_image) = match (of, existing) {
+            (Some(of), Some((sha, false))) => {
+                if matches!((&sha, &facts.sha256), (Some(a), Some(b)) if a != b) {
+                    return Err(AppError::field(
+                        "volume",
+                        "This volume is not the template's image (its SHA-256 differs).",
+                    ));
+                }
+                (of, false)
+            }
+            _ => (self.insert_image(&mut tx, r, &facts).await?, true),
+        };
+        let (kernel, initrd) = r.boot.clone().unzip();
+        sqlx::query(
+            "INSERT INTO image_copies (image_id, host_id, pool, volume, kernel, initrd, state, bytes_done, bytes_total)
+             VALUES ($1, $2, $3, $4, $5, $6, 'ready', coalesce($7, 0), $7)",
+        )
+        .bind(id)
+        .bind(r.host)
+        .bind(&r.pool)
+        .bind(&r.volume)
+        .bind(kernel)
+        .bind(initrd)
+        .bind(facts.size)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new(
+                if new_image {
+                    "image.register"
+                } else {
+                    "image.copy.register"
+                },
+                "image",
+                id,
+            )
+            .after(json!({
+                "name": r.name, "host": r.host, "pool": r.pool, "volume": r.volume,
+                "format": facts.format.as_str(), "size_bytes": facts.size,
+                "virtual_size_bytes": facts.virtual_size, "sha256": facts.sha256,
+                "login_user": r.login_user,
+            })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(id)
+    }
+
+    async fn insert_image(
+        &self,
+        tx: &mut db::Tx,
+        r: &Registration,
+        facts: &Facts,
+    ) -> Result<Uuid, AppError> {
+        sqlx::query_scalar(
+            "INSERT INTO images (name, format, size_bytes, virtual_size_bytes, sha256, login_user)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&r.name)
+        .bind(facts.format.as_str())
+        .bind(facts.size)
+        .bind(facts.virtual_size)
+        .bind(&facts.sha256)
+        .bind(&r.login_user)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn copy_row(&self, image: Uuid, host: Uuid) -> Result<CopyRow, AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query_as(COPY_SELECT)
+            .bind(image)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?
+            .ok_or_else(|| AppError::NotFound("Image copy".into()))
+    }
+
+    /// Removes a copy's row and the volumes the portal made for it; the image goes too when
+    /// nothing else holds or uses it.
+    async fn drop_copy(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+        action: &str,
+        why: Option<&str>,
+    ) -> Result<(), AppError> {
+        let copy = self.copy_row(image, host).await?;
+        let names: Vec<String> = [Some(copy.volume.clone()), copy.kernel, copy.initrd]
+            .into_iter()
+            .flatten()
+            .collect();
+        let pool = copy.pool.clone();
+        self.hypervisors
+            .call(host, move |conn| {
+                for name in &names {
+                    match storage::delete_volume(conn, &pool, name) {
+                        Ok(()) => {}
+                        // Already gone is what we want.
+                        Err(e)
+                            if e.code()
+                                == virt::enumutil::Enum::Known(
+                                    virt::error::ErrorNumber::NoStorageVolume,
+                                ) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| {
+                AppError::Conflict(format!("The host could not remove the volume: {e}"))
+            })?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query("DELETE FROM image_copies WHERE image_id = $1 AND host_id = $2")
+            .bind(image)
+            .bind(host)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        let image_gone = sqlx::query(
+            "DELETE FROM images i WHERE i.id = $1
+               AND NOT EXISTS (SELECT 1 FROM image_copies c WHERE c.image_id = i.id)
+               AND NOT EXISTS (SELECT 1 FROM templates t WHERE t.image_id = i.id)",
+        )
+        .bind(image)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?
+        .rows_affected()
+            > 0;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new(action, "image", image).before(json!({
+                "host": host, "pool": copy.pool, "volume": copy.volume, "state": copy.state,
+                "bytes_done": copy.bytes_done, "why": why, "image_removed": image_gone,
+            })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Images for ImagesBackend {
+    async fn images(&self, req: &RequestCtx) -> Result<Vec<Image>, AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<ImageRow> = sqlx::query_as(
+            "SELECT i.id, i.name, i.format, i.size_bytes, i.virtual_size_bytes, i.sha256, i.login_user, i.created_at,
+                    coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'host_id', c.host_id, 'host_name', h.name, 'pool', c.pool, 'volume', c.volume,
+                                'kernel', c.kernel, 'initrd', c.initrd, 'state', c.state,
+                                'bytes_done', c.bytes_done, 'bytes_total', c.bytes_total, 'error', c.error) ORDER BY h.name)
+                              FROM image_copies c JOIN hosts h ON h.id = c.host_id WHERE c.image_id = i.id), '[]') AS copies,
+                    coalesce((SELECT array_agg(t.name ORDER BY t.name) FROM templates t WHERE t.image_id = i.id), '{}') AS templates
+             FROM images i ORDER BY lower(i.name)",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Image {
+                id: r.id,
+                name: r.name,
+                format: r.format,
+                size_bytes: r.size_bytes,
+                virtual_size_bytes: r.virtual_size_bytes,
+                sha256: r.sha256,
+                login_user: r.login_user,
+                created_at: r.created_at,
+                copies: serde_json::from_value::<Vec<ImageCopy>>(r.copies).unwrap_or_default(),
+                templates: r.templates,
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn register(&self, req: &RequestCtx, form: RegisterImageForm) -> Result<Uuid, AppError> {
+        req.fleet_admin()?;
+        let r = Registration::try_from(&form)?;
+        if let Some((_, name)) = self.known_volume(&r).await? {
+            return Err(AppError::field(
+                "volume",
+                format!("That volume is already the image \u{201c}{name}\u{201d}."),
+            ));
+        }
+        self.register_new(req, &r, None).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn start_upload(
+        &self,
+        req: &RequestCtx,
+        form: UploadForm,
+    ) -> Result<UploadTarget, AppError> {
+        req.fleet_admin()?;
+        let name = parse_text(&form.name, "name", 80, true);
+        let host = form
+            .host
+            .ok_or_else(|| AppError::field("host", "Choose the host to upload to."));
+        let pool = storage::parse_name(&form.pool, "pool");
+        // The volume is named after the file, made safe ("My disk (1).qcow2" → "My-disk--1-.qcow2").
+        let safe: String = form
+            .file_name
+            .trim()
+            .trim_start_matches('.')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let safe = match safe.char_indices().nth(64) {
+            // Keep the end, where the extension is.
+            Some(_) => safe[safe.len() - 64..].to_string(),
+            None => safe,
+        };
+        let volume = storage::parse_name(&safe, "file");
+        let size = form
+            .size
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (512..=MAX_UPLOAD_BYTES).contains(s))
+            .ok_or_else(|| {
+                AppError::field("file", "Choose an image file from 512 bytes to 256 GiB.")
+            });
+        let login_user = parse_login_user(&form.login_user, "login_user");
+        let (name, host, pool, volume, size, login_user) =
+            match (name, host, pool, volume, size, login_user) {
+                (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
+                (a, b, c, d, e, f) => {
+                    return Err(AppError::merge([
+                        a.err(),
+                        b.err(),
+                        c.err(),
+                        d.err(),
+                        e.err(),
+                        f.err(),
+                    ]))
+                }
+            };
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        // Format and facts are placeholders until the bytes are read back at the finish;
+        // placement never sees an image without a ready copy.
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO images (name, format, login_user) VALUES ($1, 'raw', $2) RETURNING id",
+        )
+        .bind(&name)
+        .bind(&login_user)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO image_copies (image_id, host_id, pool, volume, state, bytes_done, bytes_total)
+             VALUES ($1, $2, $3, $4, 'uploading', 0, $5)",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(&pool)
+        .bind(&volume)
+        .bind(size as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        // The empty volume, sized for the whole file, before the row commits: a failure here
+        // leaves nothing behind.
+        let (p, v) = (pool.clone(), volume.clone());
+        self.hypervisors
+            .call(host, move |conn| {
+                let sp = match pool_named(conn, &p) {
+                    Ok(sp) => sp,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if sp.lookup_storage_vol_by_name(&v).is_ok() {
+                    return Ok(Err(AppError::field(
+                        "file",
+                        "The pool already holds a volume of that name: rename the file, or register that volume instead.",
+                    )));
+                }
+                if sp.info()?.available < size {
+                    return Ok(Err(AppError::field(
+                        "file",
+                        "The pool does not have that much free space.",
+                    )));
+                }
+                storage::create_volume(conn, &p, &v, size, storage::Format::Raw)?;
+                Ok(Ok(()))
+            })
+            .await
+            .map_err(|e| AppError::field("host", format!("The host cannot take it: {e}")))??;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("image.upload.start", "image", id).after(json!({
+                "name": name, "host": host, "pool": pool, "volume": volume, "bytes": size,
+            })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(UploadTarget {
+            image_id: id,
+            host_id: host,
+            offset: 0,
+            total: size as i64,
+        })
+    }
+
+    async fn resume_upload(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+    ) -> Result<UploadTarget, AppError> {
+        req.fleet_admin()?;
+        let copy = self.copy_row(image, host).await?;
+        if copy.state != "uploading" {
+            return Err(AppError::Conflict(
+                "This copy is not being uploaded.".into(),
+            ));
+        }
+        Ok(UploadTarget {
+            image_id: image,
+            host_id: host,
+            offset: copy.bytes_done,
+            total: copy.bytes_total.unwrap_or_default(),
+        })
+    }
+
+    async fn upload_chunk(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+        offset: i64,
+        bytes: Vec<u8>,
+    ) -> Result<i64, AppError> {
+        req.fleet_admin()?;
+        if bytes.is_empty() || bytes.len() as u64 > UPLOAD_CHUNK_BYTES {
+            return Err(AppError::field(
+                "file",
+                format!("Send the file in chunks of 1 byte to {UPLOAD_CHUNK_BYTES} bytes."),
+            ));
+        }
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        // The row lock orders chunks: one writes at a time, each where the last ended.
+        let copy: CopyRow = sqlx::query_as(&format!("{COPY_SELECT} FOR UPDATE"))
+            .bind(image)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?
+            .ok_or_else(|| AppError::NotFound("Image upload".into()))?;
+        if copy.state != "uploading" {
+            return Err(AppError::Conflict(
+                "This copy is not being uploaded.".into(),
+            ));
+        }
+        if offset != copy.bytes_done {
+            return Err(AppError::Conflict(format!(
+                "The upload stands at byte {}: resume from there.",
+                copy.bytes_done
+            )));
+        }
+        let end = offset + bytes.len() as i64;
+        if end > copy.bytes_total.unwrap_or_default() {
+            return Err(AppError::field(
+                "file",
+                "That is more than the file's announced size.",
+            ));
+        }
+        let (pool, volume) = (copy.pool.clone(), copy.volume.clone());
+        self.hypervisors
+            .call(host, move |conn| {
+                let vol = conn
+                    .lookup_storage_pool_by_name(&pool)?
+                    .lookup_storage_vol_by_name(&volume)?;
+                let stream = virt::stream::Stream::new(conn, 0)?;
+                vol.upload(&stream, offset as u64, bytes.len() as u64, 0)?;
+                let mut sent = 0;
+                while sent < bytes.len() {
+                    match stream.send(&bytes[sent..]) {
+                        Ok(k) if k > 0 => sent += k as usize,
+                        Ok(_) => {
+                            let _ = stream.abort();
+                            return Err(virt::error::Error::last_error());
+                        }
+                        Err(e) => {
+                            let _ = stream.abort();
+                            return Err(e);
+                        }
+                    }
+                }
+                stream.finish()
+            })
+            .await
+            .map_err(|e| AppError::Conflict(format!("The host did not take the bytes: {e}")))?;
+        sqlx::query(
+            "UPDATE image_copies SET bytes_done = $3, updated_at = now() WHERE image_id = $1 AND host_id = $2",
+        )
+        .bind(image)
+        .bind(host)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(end)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn finish_upload(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let copy = self.copy_row(image, host).await?;
+        if copy.state != "uploading" {
+            return Err(AppError::Conflict(
+                "This copy is not being uploaded.".into(),
+            ));
+        }
+        if Some(copy.bytes_done) != copy.bytes_total {
+            return Err(AppError::field(
+                "file",
+                format!(
+                    "Only {} of {} bytes have arrived: resume the upload.",
+                    copy.bytes_done,
+                    copy.bytes_total.unwrap_or_default()
+                ),
+            ));
+        }
+        let facts = read_image(
+            &self.hypervisors,
+            host,
+            copy.pool.clone(),
+            copy.volume.clone(),
+            None,
+            "file",
+        )
+        .await;
+        let checked = facts.and_then(|f| {
+            templates_take(f.format, "file")?;
+            if f.size != copy.bytes_total && f.sha256.is_some() {
+                return Err(AppError::field(
+                    "file",
+                    "The host holds a different number of bytes than were sent.",
+                ));
+            }
+            Ok(f)
+        });
+        let facts = match checked {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing half-registered: the volume and its rows go.
+                let why = e.to_string();
+                self.drop_copy(req, image, host, "image.upload.refuse", Some(&why))
+                    .await?;
+                return Err(e);
+            }
+        };
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query(
+            "UPDATE images SET format = $2, size_bytes = $3, virtual_size_bytes = $4, sha256 = $5 WHERE id = $1",
+        )
+        .bind(image)
+        .bind(facts.format.as_str())
+        .bind(facts.size)
+        .bind(facts.virtual_size)
+        .bind(&facts.sha256)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        sqlx::query(
+            "UPDATE image_copies SET state = 'ready', updated_at = now() WHERE image_id = $1 AND host_id = $2",
+        )
+        .bind(image)
+        .bind(host)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("image.upload.finish", "image", image).after(json!({
+                "host": host, "format": facts.format.as_str(), "size_bytes": facts.size,
+                "virtual_size_bytes": facts.virtual_size, "sha256": facts.sha256,
+            })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(())
+    }
+
+    async fn discard(&self, req: &RequestCtx, image: Uuid, host: Uuid) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let copy = self.copy_row(image, host).await?;
+        if !matches!(copy.state.as_str(), "uploading" | "failed") {
+            return Err(AppError::Conflict(
+                "Only an unfinished upload or a failed copy can be discarded.".into(),
+            ));
+        }
+        self.drop_copy(req, image, host, "image.copy.discard", None)
+            .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn copy(
+        &self,
+        req: &RequestCtx,
+        image: Uuid,
+        host: Uuid,
+        pool: String,
+    ) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let pool = storage::parse_name(&pool, "pool")?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let source: Option<(Uuid, String, Option<String>, Option<String>, Option<i64>)> =
+            sqlx::query_as(
+                "SELECT c.host_id, c.volume, c.kernel, c.initrd, i.size_bytes
+                 FROM image_copies c JOIN images i ON i.id = c.image_id
+                 WHERE c.image_id = $1 AND c.state = 'ready' ORDER BY c.updated_at LIMIT 1",
+            )
+            .bind(image)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        let Some((_, volume, kernel, initrd, size)) = source else {
+            return Err(AppError::Conflict(
+                "The image has no finished copy to copy from.".into(),
+            ));
+        };
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)")
+            .bind(host)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        if !exists {
+            return Err(AppError::field("host", "Choose a host of the fleet."));
+        }
+        sqlx::query(
+            "INSERT INTO image_copies (image_id, host_id, pool, volume, kernel, initrd, state, bytes_done, bytes_total)
+             VALUES ($1, $2, $3, $4, $5, $6, 'copying', 0, $7)",
+        )
+        .bind(image)
+        .bind(host)
+        .bind(&pool)
+        .bind(&volume)
+        .bind(&kernel)
+        .bind(&initrd)
+        .bind(size)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        jobs::enqueue(
+            &mut tx,
+            JobKind::ImageCopy,
+            copy_key(image, host),
+            json!({ "image": image, "host": host }),
+            3,
+        )
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("image.copy.start", "image", image)
+                .after(json!({ "host": host, "pool": pool, "volume": volume })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        self.queue.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn delete(&self, req: &RequestCtx, image: Uuid) -> Result<(), AppError> {
+        req.fleet_admin()?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let name: Option<String> =
+            sqlx::query_scalar("DELETE FROM images WHERE id = $1 RETURNING name")
+                .bind(image)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let Some(name) = name else {
+            return Err(AppError::NotFound("Image".into()));
+        };
+        audit::record(
+            &mut tx,
+            &Origin::of(req),
+            Event::new("image.delete", "image", image).before(json!({ "name": name })),
+        )
+        .await?;
+        tx.commit().await.map_err(db::internal)?;
+        Ok(())
+    }
+}
+
+/// The copy job's key: one live copy per image and host.
+pub fn copy_key(image: Uuid, host: Uuid) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(image.as_bytes())
+        .chain_update(host.as_bytes())
+        .finalize();
+    Uuid::from_slice(&digest[..16]).expect("16 bytes")
+}
+
+#[derive(sqlx::FromRow)]
+struct CopyJob {
+    source_host: Uuid,
+    source_pool: String,
+    pool: String,
+    volume: String,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    sha256: Option<String>,
+    state: String,
+}
+
+async fn load_copy(pool: &PgPool, image: Uuid, host: Uuid) -> Result<Option<CopyJob>, sqlx::Error> {
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    sqlx::query_as(
+        "SELECT s.host_id AS source_host, s.pool AS source_pool, c.pool, c.volume, c.kernel, c.initrd,
+                i.sha256, c.state
+         FROM image_copies c JOIN images i ON i.id = c.image_id
+         JOIN LATERAL (SELECT host_id, pool FROM image_copies s
+                       WHERE s.image_id = c.image_id AND s.state = 'ready' ORDER BY s.updated_at LIMIT 1) s ON true
+         WHERE c.image_id = $1 AND c.host_id = $2",
+    )
+    .bind(image)
+    .bind(host)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+fn job_target(job: &Job) -> Result<(Uuid, Uuid), Outcome> {
+    let field = |k: &str| {
+        job.payload
+            .get(k)
+            .and_then(|v| v.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| Outcome::Fail(format!("the job has no {k}")))
+    };
+    Ok((field("image")?, field("host")?))
+}
+
+/// Streams one volume from one host to another: libvirt download on the source, upload on the
+/// target, each on its own blocking thread, joined by a small bounded channel. Returns the
+/// SHA-256 of what passed.
+async fn transfer(
+    hypervisors: &Hypervisors,
+    from: (Uuid, String),
+    to: (Uuid, String),
+    name: String,
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (length_tx, length_rx) = std::sync::mpsc::sync_channel::<u64>(1);
+    let (src_pool, src_name) = (from.1.clone(), name.clone());
+    let download = hypervisors.call(from.0, move |conn| {
+        let vol = conn
+            .lookup_storage_pool_by_name(&src_pool)?
+            .lookup_storage_vol_by_name(&src_name)?;
+        // The file's own length (for qcow2 the capacity is the guest's disk size).
+        let length = vol.info_flags(1)?.allocation;
+        let _ = length_tx.send(length);
+        let stream = virt::stream::Stream::new(conn, 0)?;
+        vol.download(&stream, 0, 0, 0)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = stream.recv(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n as usize]);
+            if tx.send(buf[..n as usize].to_vec()).is_err() {
+                let _ = stream.abort();
+                return Err(virt::error::Error::last_error());
+            }
+        }
+        stream.finish()?;
+        Ok(format!("{:x}", hasher.finalize()))
+    });
+    let (dst_pool, dst_name) = (to.1.clone(), name.clone());
+    let upload = hypervisors.call(to.0, move |conn| {
+        let Ok(length) = length_rx.recv() else {
+            return Err(virt::error::Error::last_error());
+        };
+        let reader = ChannelReader {
+            rx,
+            pending: Vec::new(),
+            at: 0,
+            progress,
+        };
+        storage::upload_volume(
+            conn,
+            &dst_pool,
+            &dst_name,
+            storage::Format::Raw,
+            reader,
+            length,
+        )
+    });
+    let (sha, uploaded) = tokio::join!(download, upload);
+    uploaded?;
+    sha
+}
+
+/// `Read` over the chunks another thread downloads.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    at: usize,
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.pending.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.pending = chunk;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        if let Some(p) = &self.progress {
+            p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+/// The `image_copy` job: copies disk, kernel and initramfs, checks the disk's SHA-256 against
+/// the image's, and makes the copy ready. Idempotent: a rerun uploads the volumes afresh.
+pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Result<(), Outcome> {
+    let retry = |e: sqlx::Error| Outcome::Retry(e.to_string());
+    let (image, host) = job_target(job)?;
+    let Some(copy) = load_copy(pool, image, host).await.map_err(retry)? else {
+        // Discarded meanwhile, or no ready copy is left to copy from.
+        return Ok(());
+    };
+    if copy.state == "ready" {
+        return Ok(());
+    }
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Progress for the page, every second, while the disk streams.
+    let reporter = {
+        let (pool, done) = (pool.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let bytes = done.load(std::sync::atomic::Ordering::Relaxed) as i64;
+                let _ = sqlx::query(
+                    "UPDATE image_copies SET bytes_done = $3, updated_at = now()
+                     WHERE image_id = $1 AND host_id = $2 AND state = 'copying'",
+                )
+                .bind(image)
+                .bind(host)
+                .bind(bytes)
+                .execute(&pool)
+                .await;
+            }
+        })
+    };
+    let from = |name: &str| {
+        (
+            (copy.source_host, copy.source_pool.clone()),
+            name.to_string(),
+        )
+    };
+    let mut result = Ok(());
+    let (src, name) = from(&copy.volume);
+    match transfer(
+        hypervisors,
+        src,
+        (host, copy.pool.clone()),
+        name,
+        Some(done.clone()),
+    )
+    .await
+    {
+        Ok(sha) if copy.sha256.as_ref().is_none_or(|want| *want == sha) => {}
+        Ok(sha) => {
+            result = Err(format!(
+                "the copy's SHA-256 {sha} differs from the image's; the source volume has changed"
+            ))
+        }
+        Err(e) => result = Err(e),
+    }
+    for name in [&copy.kernel, &copy.initrd].into_iter().flatten() {
+        if result.is_ok() {
+            let (src, name) = from(name);
+            if let Err(e) = transfer(hypervisors, src, (host, copy.pool.clone()), name, None).await
+            {
+                result = Err(e);
+            }
+        }
+    }
+    reporter.abort();
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await.map_err(retry)?;
+    match &result {
+        Ok(()) => {
+            sqlx::query(
+                "UPDATE image_copies SET state = 'ready', bytes_done = coalesce(bytes_total, $3), error = NULL, updated_at = now()
+                 WHERE image_id = $1 AND host_id = $2",
+            )
+            .bind(image)
+            .bind(host)
+            .bind(done.load(std::sync::atomic::Ordering::Relaxed) as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(retry)?;
+            audit::record_raw(
+                &mut tx,
+                &Origin::default(),
+                Event::new("image.copy.finish", "image", image).after(json!({ "host": host })),
+            )
+            .await
+            .map_err(retry)?;
+        }
+        Err(e) => {
+            sqlx::query(
+                "UPDATE image_copies SET error = $3, updated_at = now() WHERE image_id = $1 AND host_id = $2",
+            )
+            .bind(image)
+            .bind(host)
+            .bind(e)
+            .execute(&mut *tx)
+            .await
+            .map_err(retry)?;
+        }
+    }
+    tx.commit().await.map_err(retry)?;
+    result.map_err(Outcome::Retry)
+}
+
+/// The copy failed for good: say so on the copy (the admin discards it, which removes what
+/// was written).
+pub async fn copy_failed(pool: &PgPool, job: &Job, error: &str) {
+    let Ok((image, host)) = job_target(job) else {
+        return;
+    };
+    let result = sqlx::query(
+        "UPDATE image_copies SET state = 'failed', error = $3, updated_at = now()
+         WHERE image_id = $1 AND host_id = $2 AND state = 'copying'",
+    )
+    .bind(image)
+    .bind(host)
+    .bind(error)
+    .execute(pool)
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = ?e, "marking an image copy failed");
+    }
+}

@@ -1,0 +1,450 @@
+//! The image library against a real libvirtd: a browser-style upload in chunks that is cut
+//! off and resumed, the bytes read back (format, sizes, SHA-256), a raw file claiming to be
+//! qcow2 and a discarded upload leaving nothing behind, and a copy to a second host that
+//! placement then uses. Opt-in like `libvirtd` (same switch, same daemon, one at a time).
+use crate::common::*;
+use crate::libvirtd::{
+    ensure_pool, on_libvirt, register_local_host, tag, wait_host, wait_until, Leftovers,
+    ONE_AT_A_TIME, POOL,
+};
+use concierge::hypervisor::storage;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The second "host": the same daemon through an explicit socket, with a pool of its own.
+const SECOND_URI: &str = "qemu:///system?socket=/run/libvirt/libvirt-sock";
+const SECOND_POOL: &str = "concierge-test-b";
+const SECOND_POOL_DIR: &str = "/var/lib/libvirt/concierge-test-b";
+const CHUNK: usize = app::images::UPLOAD_CHUNK_BYTES as usize;
+
+/// PUTs one chunk the way `public/images.js` does; (status, body).
+async fn put_chunk(c: &Client, target: &Value, offset: usize, bytes: &[u8]) -> (u16, Value) {
+    let res = c
+        .http
+        .put(format!(
+            "{}/images/{}/{}/upload?offset={offset}",
+            c.base,
+            target["image_id"].as_str().unwrap(),
+            target["host_id"].as_str().unwrap()
+        ))
+        .header("Origin", ORIGIN)
+        .header("Sec-Fetch-Site", "same-origin")
+        .header("Accept", "application/json")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("upload request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn images(c: &Client) -> Vec<Value> {
+    c.call("list_images", &[])
+        .await
+        .expect("list_images")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn image_named(c: &Client, name: &str) -> Option<Value> {
+    images(c).await.into_iter().find(|i| i["name"] == name)
+}
+
+fn volume_exists(conn: &virt::connect::Connect, pool: &str, name: &str) -> bool {
+    conn.lookup_storage_pool_by_name(pool)
+        .and_then(|p| {
+            let _ = p.refresh(0);
+            p.lookup_storage_vol_by_name(name)
+        })
+        .is_ok()
+}
+
+async fn start(admin: &Client, name: &str, host: &str, file: &str, size: usize) -> Value {
+    admin
+        .call(
+            "start_image_upload",
+            &[
+                ("name", name),
+                ("host", host),
+                ("pool", POOL),
+                ("file_name", file),
+                ("size", &size.to_string()),
+                ("login_user", "debian"),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("start_image_upload {file}: {e:?}"))
+}
+
+#[tokio::test]
+async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
+    if !crate::libvirtd::enabled(
+        "images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts",
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut leftovers = Leftovers::default();
+    let t = tag();
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let tenant = app.tenant("Acme").await;
+    let (_, ann) = app
+        .signed_in("ann@example.com", Some((tenant, "requester")))
+        .await;
+    on_libvirt(|c| {
+        ensure_pool(c);
+        if c.lookup_storage_pool_by_name(SECOND_POOL).is_err() {
+            storage::create_dir_pool(c, SECOND_POOL, SECOND_POOL_DIR).expect("second pool");
+        }
+    })
+    .await;
+    let host = register_local_host(&admin).await;
+    let second = admin
+        .call(
+            "register_host",
+            &[
+                ("name", "second"),
+                ("uri", SECOND_URI),
+                ("schedulable", "true"),
+            ],
+        )
+        .await
+        .expect("register the second host")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_host(&admin, &host, "connected", 20).await;
+    wait_host(&admin, &second, "connected", 20).await;
+
+    // A real qcow2 of about 20 MiB (three chunks): random data converted by qemu-img.
+    let dir = std::env::temp_dir().join(format!("concierge-images-{t}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut raw = vec![0u8; 20 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+    std::fs::write(dir.join("data.raw"), &raw).unwrap();
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(dir.join("data.raw"))
+        .arg(dir.join("disk.qcow2"))
+        .status()
+        .expect("qemu-img runs")
+        .success();
+    assert!(ok, "qemu-img convert");
+    let file = std::fs::read(dir.join("disk.qcow2")).unwrap();
+    assert!(file.len() > 2 * CHUNK, "three chunks at least");
+    let sha = format!("{:x}", Sha256::digest(&file));
+    let volume = format!("cci{t}.qcow2");
+    leftovers.volumes.push(volume.clone());
+
+    // Only fleet admins upload.
+    let r = ann
+        .call(
+            "start_image_upload",
+            &[
+                ("name", "Mine"),
+                ("host", &host),
+                ("pool", POOL),
+                ("file_name", "x.qcow2"),
+                ("size", "1024"),
+            ],
+        )
+        .await;
+    assert_refused(&r, "a requester starting an upload");
+
+    let name = format!("Disk {t}");
+    let target = start(&admin, &name, &host, &volume, file.len()).await;
+    assert_eq!(target["offset"], 0);
+    let (status, body) = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
+    assert_eq!(
+        (status, body["bytes_done"].as_u64()),
+        (200, Some(CHUNK as u64))
+    );
+    // A requester cannot write into it; a chunk at the wrong offset is told where to go on.
+    let (status, _) = put_chunk(&ann, &target, CHUNK, &file[CHUNK..2 * CHUNK]).await;
+    assert_eq!(status, 403, "a requester's chunk");
+    let (status, body) = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
+    assert_eq!(status, 409, "a repeated chunk: {body}");
+    assert!(body["Conflict"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("byte {CHUNK}")));
+    // The connection "drops" here: the upload waits, not usable, and cannot be finished yet.
+    let r = admin
+        .call(
+            "finish_image_upload",
+            &[
+                ("image", target["image_id"].as_str().unwrap()),
+                ("host", &host),
+            ],
+        )
+        .await;
+    assert!(
+        assert_field_error(&r, "file").contains("resume"),
+        "finishing half an upload"
+    );
+    let listed = image_named(&admin, &name)
+        .await
+        .expect("listed while uploading");
+    assert_eq!(listed["copies"][0]["state"], "uploading");
+    assert_eq!(listed["copies"][0]["bytes_done"], CHUNK as u64);
+    // Resumed from where the server says it stands.
+    let resumed = admin
+        .call(
+            "resume_image_upload",
+            &[
+                ("image", target["image_id"].as_str().unwrap()),
+                ("host", &host),
+            ],
+        )
+        .await
+        .expect("resume");
+    let mut at = resumed["offset"].as_u64().unwrap() as usize;
+    assert_eq!(at, CHUNK);
+    while at < file.len() {
+        let end = (at + CHUNK).min(file.len());
+        let (status, body) = put_chunk(&admin, &target, at, &file[at..end]).await;
+        assert_eq!(status, 200, "{body}");
+        at = body["bytes_done"].as_u64().unwrap() as usize;
+    }
+    admin
+        .call(
+            "finish_image_upload",
+            &[
+                ("image", target["image_id"].as_str().unwrap()),
+                ("host", &host),
+            ],
+        )
+        .await
+        .expect("finish");
+    let image = image_named(&admin, &name).await.expect("the image");
+    assert_eq!(image["format"], "qcow2");
+    assert_eq!(image["size_bytes"], file.len() as u64);
+    assert_eq!(image["virtual_size_bytes"], (20u64 << 20));
+    assert_eq!(
+        image["sha256"],
+        sha.as_str(),
+        "what the host holds is what was sent"
+    );
+    assert_eq!(image["login_user"], "debian");
+    assert_eq!(image["copies"][0]["state"], "ready");
+    let image_id = image["id"].as_str().unwrap().to_string();
+
+    // A raw file that starts like qcow2: refused at the finish, and nothing stays.
+    let mut fake = vec![0u8; 1 << 20];
+    fake[..4].copy_from_slice(b"QFI\xfb");
+    fake[4..8].copy_from_slice(&3u32.to_be_bytes());
+    let fake_volume = format!("cci{t}-fake.qcow2");
+    leftovers.volumes.push(fake_volume.clone());
+    let target = start(
+        &admin,
+        &format!("Fake {t}"),
+        &host,
+        &fake_volume,
+        fake.len(),
+    )
+    .await;
+    let (status, _) = put_chunk(&admin, &target, 0, &fake).await;
+    assert_eq!(status, 200);
+    let r = admin
+        .call(
+            "finish_image_upload",
+            &[
+                ("image", target["image_id"].as_str().unwrap()),
+                ("host", &host),
+            ],
+        )
+        .await;
+    let message = assert_field_error(&r, "file");
+    assert!(message.contains("claiming to be qcow2"), "{message}");
+    assert!(image_named(&admin, &format!("Fake {t}")).await.is_none());
+    let v = fake_volume.clone();
+    assert!(
+        !on_libvirt(move |c| volume_exists(c, POOL, &v)).await,
+        "the fake's volume is gone"
+    );
+
+    // An upload given up halfway: discarded whole.
+    let cut_volume = format!("cci{t}-cut.qcow2");
+    leftovers.volumes.push(cut_volume.clone());
+    let target = start(&admin, &format!("Cut {t}"), &host, &cut_volume, file.len()).await;
+    put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
+    admin
+        .call(
+            "discard_image_copy",
+            &[
+                ("image", target["image_id"].as_str().unwrap()),
+                ("host", &host),
+            ],
+        )
+        .await
+        .expect("discard");
+    assert!(image_named(&admin, &format!("Cut {t}")).await.is_none());
+    let v = cut_volume.clone();
+    assert!(
+        !on_libvirt(move |c| volume_exists(c, POOL, &v)).await,
+        "the cut upload's volume is gone"
+    );
+    // Bad input names its field and changes nothing.
+    let before = app.snapshot().await;
+    for (fields, field) in [
+        (
+            vec![
+                ("name", ""),
+                ("host", host.as_str()),
+                ("pool", POOL),
+                ("file_name", "a.qcow2"),
+                ("size", "4096"),
+            ],
+            "name",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host", host.as_str()),
+                ("pool", POOL),
+                ("file_name", ""),
+                ("size", "4096"),
+            ],
+            "file",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host", host.as_str()),
+                ("pool", POOL),
+                ("file_name", "a.qcow2"),
+                ("size", "-1"),
+            ],
+            "file",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host", host.as_str()),
+                ("pool", "no such pool"),
+                ("file_name", "a.qcow2"),
+                ("size", "4096"),
+            ],
+            "pool",
+        ),
+        (
+            vec![
+                ("name", "x"),
+                ("host", host.as_str()),
+                ("pool", POOL),
+                ("file_name", "a.qcow2"),
+                ("size", "4096"),
+                ("login_user", "root"),
+            ],
+            "login_user",
+        ),
+        (
+            vec![
+                ("name", name.as_str()),
+                ("host", host.as_str()),
+                ("pool", POOL),
+                ("file_name", "b.qcow2"),
+                ("size", "4096"),
+            ],
+            "name",
+        ),
+    ] {
+        let r = admin.call("start_image_upload", &fields).await;
+        assert_field_error(&r, field);
+    }
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "refused uploads change nothing"
+    );
+
+    // Copied to the second host, checked against the image's SHA-256, then usable there.
+    admin
+        .call(
+            "copy_image",
+            &[
+                ("image", &image_id),
+                ("host", &second),
+                ("pool", SECOND_POOL),
+            ],
+        )
+        .await
+        .expect("copy_image");
+    let started = Instant::now();
+    let copied = wait_until!(120, "the copy on the second host", {
+        let i = image_named(&admin, &name).await.unwrap();
+        let copy = i["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["host_id"] == second.as_str())
+            .cloned()
+            .unwrap();
+        assert_ne!(copy["state"], "failed", "{copy}");
+        (copy["state"] == "ready").then_some(copy)
+    });
+    eprintln!(
+        "measure: copy of {} bytes: {} ms",
+        file.len(),
+        started.elapsed().as_millis()
+    );
+    assert_eq!(copied["bytes_done"], file.len() as u64);
+    let on_second = std::fs::read(std::path::Path::new(SECOND_POOL_DIR).join(&volume)).unwrap();
+    assert_eq!(format!("{:x}", Sha256::digest(&on_second)), sha);
+
+    // A template points at the image; it is ready on both hosts; the image cannot be forgotten.
+    let template = admin
+        .call(
+            "save_template",
+            &[
+                ("name", &format!("From library {t}")),
+                ("os", "test"),
+                ("sizes", "tiny 1 0.25 1"),
+                ("default_lease_days", "1"),
+                ("max_lease_days", "1"),
+                ("tenants", "*"),
+                ("image_id", &image_id),
+            ],
+        )
+        .await
+        .expect("a template from the library");
+    let listed = admin.call("list_templates", &[]).await.unwrap();
+    let tpl = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == template)
+        .unwrap();
+    assert_eq!(tpl["image_id"], image_id.as_str());
+    assert_eq!(tpl["login_user"], "debian", "the image's login user");
+    assert_eq!(
+        tpl["images"].as_array().unwrap().len(),
+        2,
+        "ready on both hosts"
+    );
+    let r = admin.call("delete_image", &[("image", &image_id)]).await;
+    assert!(matches!(r, Err((409, _))), "an image in use stays: {r:?}");
+
+    let actions = app.audit_actions().await;
+    for a in [
+        "image.upload.start",
+        "image.upload.finish",
+        "image.upload.refuse",
+        "image.copy.discard",
+        "image.copy.start",
+        "image.copy.finish",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "audit {a}: {actions:?}");
+    }
+    let v = volume.clone();
+    on_libvirt(move |c| {
+        let _ = storage::delete_volume(c, SECOND_POOL, &v);
+    })
+    .await;
+    drop(leftovers);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,17 @@
+//! The integration tests, one binary: each module was its own test binary, and each linked
+//! the whole server (11 links per change). Run one area with `cargo test --test it -- NAME::`.
+mod common;
+
+mod authorization;
+mod guests;
+mod hypervisor;
+mod images;
+mod isolation;
+mod libvirtd;
+mod lifecycle;
+mod metrics;
+mod provisioning;
+mod reports;
+mod sessions;
+mod storage;
+mod validation;
