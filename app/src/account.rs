@@ -120,21 +120,6 @@ impl Actor {
             .collect()
     }
 
-    /// May see and act on a VM of `tenant` owned by `owner`: its owner while still a member
-    /// of that tenant (ownership does not outlive membership), the tenant's admins, fleet
-    /// admins.
-    pub fn acts_on_vm(&self, tenant: Uuid, owner: Option<Uuid>) -> bool {
-        (owner == Some(self.user_id) && self.role_in(tenant).is_some()) || self.administers(tenant)
-    }
-
-    /// May read a request of `tenant` made by `requester`: the requester while still a member,
-    /// the tenant's approvers and managers, fleet admins.
-    pub fn sees_request(&self, tenant: Uuid, requester: Uuid) -> bool {
-        (requester == self.user_id && self.role_in(tenant).is_some())
-            || self.approves(tenant)
-            || self.role_in(tenant) == Some(TenantRole::Manager)
-    }
-
     /// Tenants this actor administers (what the navigation offers).
     pub fn administered_tenants(&self) -> impl Iterator<Item = &Membership> {
         self.memberships

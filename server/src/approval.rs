@@ -1,7 +1,7 @@
 //! Approval policy: auto-approval thresholds and ordered approval levels, each satisfied by
 //! ANY or ALL of its approvers.
 use crate::db::{self, Tx};
-use app::account::{Actor, TenantRole};
+use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ApprovalLevel, ApprovalPolicy};
 use uuid::Uuid;
@@ -154,13 +154,9 @@ impl Level {
     /// May `actor` decide at this level of a request in `tenant`?
     pub fn eligible(&self, actor: &Actor, tenant: Uuid) -> bool {
         if self.approvers.is_empty() {
-            actor.fleet_admin
-                || matches!(
-                    actor.role_in(tenant),
-                    Some(TenantRole::Approver | TenantRole::TenantAdmin)
-                )
+            crate::authz::decides_in(actor, tenant)
         } else {
-            self.approvers.contains(&actor.user_id) && actor.role_in(tenant).is_some()
+            self.approvers.contains(&actor.user_id) && crate::authz::member_of(actor, tenant)
         }
     }
 

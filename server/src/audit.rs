@@ -122,7 +122,7 @@ impl AuditTrail for AuditBackend {
         let actor = req.actor()?;
         // Fleet admins read everything; tenant admins only the tenants they administer.
         let tenants: Vec<Uuid> = match filter.tenant_id {
-            Some(t) if actor.administers(t) => vec![t],
+            Some(t) if crate::authz::administers(actor, t) => vec![t],
             Some(_) => return Err(AppError::Forbidden),
             None if actor.fleet_admin => vec![],
             None => actor.administered_tenants().map(|m| m.tenant_id).collect(),

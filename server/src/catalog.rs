@@ -571,7 +571,7 @@ impl Catalog for CatalogBackend {
         hidden: bool,
     ) -> Result<(), AppError> {
         let actor = req.actor()?;
-        if !actor.administers(tenant_id) {
+        if !crate::authz::administers(actor, tenant_id) {
             return Err(AppError::Forbidden);
         }
         let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
@@ -622,10 +622,10 @@ impl Catalog for CatalogBackend {
         include_hidden: bool,
     ) -> Result<Vec<Template>, AppError> {
         let actor = req.actor()?;
-        if actor.role_in(tenant_id).is_none() && !actor.fleet_admin {
+        if !crate::authz::member_of(actor, tenant_id) && !actor.fleet_admin {
             return Err(AppError::NotFound("Tenant".into()));
         }
-        let include_hidden = include_hidden && actor.administers(tenant_id);
+        let include_hidden = include_hidden && crate::authz::administers(actor, tenant_id);
         let pattern = format!("%{}%", db::escape_like(&search.trim().to_lowercase()));
         let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
         let rows: Vec<TemplateRow> = sqlx::query_as(&format!(

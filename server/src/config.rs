@@ -110,6 +110,10 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_RAW_METRICS_HOURS", default_value_t = 48, value_parser = clap::value_parser!(i64).range(1..=87_600))]
     pub raw_metrics_hours: i64,
 
+    /// Hours an image upload may go without progress before it is discarded with its volume.
+    #[arg(long, env = "CONCIERGE_UPLOAD_ABANDON_HOURS", default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=8_760))]
+    pub upload_abandon_hours: i64,
+
     /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
     #[arg(
         long,
@@ -237,6 +241,7 @@ impl Config {
             reconcile_seconds: 60,
             sample_seconds: 15,
             raw_metrics_hours: 48,
+            upload_abandon_hours: 24,
             shutdown_timeout_seconds: 5,
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),

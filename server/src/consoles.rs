@@ -14,6 +14,7 @@
 //! descriptor and therefore works only where libvirtd runs on the portal's own machine (local
 //! URIs); a remote host would need a tunnel to its socket, which is not built yet.
 use crate::audit::{self, Event, Origin};
+use crate::authz;
 use crate::clock::Clock;
 use crate::db::{self, Scope};
 use app::account::Actor;
@@ -59,8 +60,7 @@ struct VmAccess {
     uri: String,
 }
 
-/// The VM if `actor` may act on it (the lifecycle rule: fleet admins; owners and their tenant's
-/// admins for portal VMs), else "not found", as for every object one may not see.
+/// The VM if `actor` may act on it (the lifecycle rule, `authz::acts_on_vm`).
 async fn vm_access(
     pool: &PgPool,
     actor: &Actor,
@@ -80,12 +80,15 @@ async fn vm_access(
     .map_err(db::internal)?;
     db::done(tx);
     let vm = vm.ok_or_else(|| AppError::NotFound("VM".into()))?;
-    let allowed = actor.fleet_admin
-        || matches!((vm.managed, vm.tenant_id), (true, Some(t)) if actor.acts_on_vm(t, vm.owner_id));
-    if allowed {
+    let facts = authz::VmFacts {
+        managed: vm.managed,
+        tenant: vm.tenant_id,
+        owner: vm.owner_id,
+    };
+    if authz::acts_on_vm(actor, &facts) {
         Ok(vm)
     } else {
-        Err(AppError::NotFound("VM".into()))
+        Err(authz::refuse(authz::Access::Act, "VM"))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Hosts and inventory: the backend of the `Fleet` seam (fleet admins only).
 use crate::accounts::AccountsBackend;
 use crate::audit::{self, Event, Origin};
+use crate::authz::{self, Access, VmFacts};
 use crate::charts;
 use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
@@ -528,14 +529,16 @@ const DOMAIN_QUERY: &str = "
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id";
 
 impl FleetBackend {
-    /// Loads a VM the actor may manage (`Actor::acts_on_vm`; unmanaged domains: fleet admins
+    /// Loads a VM the actor may manage (`authz::acts_on_vm`; unmanaged domains: fleet admins
     /// only) with the transaction scope of the VM's own tenant, so its operation rows land in
-    /// that tenant whichever of the actor's tenants came first. Everyone else gets NotFound.
+    /// that tenant whichever of the actor's tenants came first. Everyone else is refused as
+    /// `access` says (`authz::refuse`).
     async fn authorized_vm(
         &self,
         req: &RequestCtx,
         host_id: Uuid,
         uuid: Uuid,
+        access: Access,
     ) -> Result<(VmRow, Scope), AppError> {
         let actor = req.actor()?;
         // One fleet-scoped read; the rule below is the authorisation.
@@ -547,16 +550,22 @@ impl FleetBackend {
             .await
             .map_err(db::internal)?;
         db::done(tx);
-        let not_found = || AppError::NotFound("VM".into());
-        let row = row.ok_or_else(not_found)?;
-        let scope = match (row.managed, row.tenant_id) {
-            _ if actor.fleet_admin => Scope::fleet(),
-            (true, Some(tenant)) if actor.acts_on_vm(tenant, row.owner_id) => Scope {
+        let row = row.ok_or_else(|| AppError::NotFound("VM".into()))?;
+        let facts = VmFacts {
+            managed: row.managed,
+            tenant: row.tenant_id,
+            owner: row.owner_id,
+        };
+        if !authz::acts_on_vm(actor, &facts) {
+            return Err(authz::refuse(access, "VM"));
+        }
+        let scope = match row.tenant_id {
+            Some(tenant) if !actor.fleet_admin => Scope {
                 user: Some(actor.user_id),
                 tenant: Some(tenant),
                 fleet: false,
             },
-            _ => return Err(not_found()),
+            _ => Scope::fleet(),
         };
         Ok((row, scope))
     }
@@ -770,7 +779,7 @@ impl Fleet for FleetBackend {
         range: &str,
     ) -> Result<Vec<ChartView>, AppError> {
         let range = parse_range(range)?;
-        let (_, scope) = self.authorized_vm(req, host_id, uuid).await?;
+        let (_, scope) = self.authorized_vm(req, host_id, uuid, Access::See).await?;
         let now = self.clock.now();
         let s = crate::metrics::subject_series(&self.pool, scope, uuid, range, now)
             .await
@@ -1099,7 +1108,7 @@ impl Fleet for FleetBackend {
     }
 
     async fn vm(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError> {
-        let (row, scope) = self.authorized_vm(req, host_id, uuid).await?;
+        let (row, scope) = self.authorized_vm(req, host_id, uuid, Access::See).await?;
         #[derive(sqlx::FromRow)]
         struct Op {
             id: i64,
@@ -1167,7 +1176,7 @@ impl Fleet for FleetBackend {
     ) -> Result<(), AppError> {
         let action =
             Action::parse(action).ok_or_else(|| AppError::field("action", "Unknown action."))?;
-        let (row, scope) = self.authorized_vm(req, host_id, uuid).await?;
+        let (row, scope) = self.authorized_vm(req, host_id, uuid, Access::Act).await?;
         if row.missing {
             return Err(AppError::Conflict(
                 "This VM is no longer on its host.".into(),

@@ -359,6 +359,44 @@ impl ImagesBackend {
         .map_err(map_err)
     }
 
+    /// Removes uploads that made no progress for `idle` (the browser was closed and nobody
+    /// resumed or discarded them): their volumes go from the host and their rows from the
+    /// library, audited. A host that cannot be reached keeps its upload until the next round.
+    pub async fn reap_abandoned_uploads(
+        &self,
+        now: OffsetDateTime,
+        idle: time::Duration,
+    ) -> Result<usize, AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let stale: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT image_id, host_id FROM image_copies
+             WHERE state = 'uploading' AND updated_at < $1 ORDER BY updated_at",
+        )
+        .bind(now - idle)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        db::done(tx);
+        let why = format!("no upload progress for {} hours", idle.whole_hours());
+        let mut reaped = 0;
+        for (image, host) in stale {
+            match self
+                .drop_copy(
+                    &Origin::default(),
+                    image,
+                    host,
+                    "image.copy.abandon",
+                    Some(&why),
+                )
+                .await
+            {
+                Ok(()) => reaped += 1,
+                Err(e) => tracing::warn!(%image, %host, error = %e, "abandoned upload kept"),
+            }
+        }
+        Ok(reaped)
+    }
+
     async fn copy_row(&self, image: Uuid, host: Uuid) -> Result<CopyRow, AppError> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query_as(COPY_SELECT)
@@ -374,7 +412,7 @@ impl ImagesBackend {
     /// nothing else holds or uses it.
     async fn drop_copy(
         &self,
-        req: &RequestCtx,
+        origin: &Origin,
         image: Uuid,
         host: Uuid,
         action: &str,
@@ -426,7 +464,7 @@ impl ImagesBackend {
             > 0;
         audit::record(
             &mut tx,
-            &Origin::of(req),
+            origin,
             Event::new(action, "image", image).before(json!({
                 "host": host, "pool": copy.pool, "volume": copy.volume, "state": copy.state,
                 "bytes_done": copy.bytes_done, "why": why, "image_removed": image_gone,
@@ -758,8 +796,14 @@ impl Images for ImagesBackend {
             Err(e) => {
                 // Nothing half-registered: the volume and its rows go.
                 let why = e.to_string();
-                self.drop_copy(req, image, host, "image.upload.refuse", Some(&why))
-                    .await?;
+                self.drop_copy(
+                    &Origin::of(req),
+                    image,
+                    host,
+                    "image.upload.refuse",
+                    Some(&why),
+                )
+                .await?;
                 return Err(e);
             }
         };
@@ -804,7 +848,7 @@ impl Images for ImagesBackend {
                 "Only an unfinished upload or a failed copy can be discarded.".into(),
             ));
         }
-        self.drop_copy(req, image, host, "image.copy.discard", None)
+        self.drop_copy(&Origin::of(req), image, host, "image.copy.discard", None)
             .await
     }
 

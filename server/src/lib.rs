@@ -2,6 +2,7 @@
 pub mod accounts;
 pub mod approval;
 pub mod audit;
+pub mod authz;
 pub mod bootstrap;
 pub mod catalog;
 pub mod charts;
@@ -78,7 +79,14 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         let pool = self.state.pool.clone();
         let clock = self.state.clock.clone();
-        // Housekeeping: age out old sign-in failures.
+        let state = &self.state;
+        // Housekeeping: age out old sign-in failures and abandoned image uploads.
+        let images = images::ImagesBackend {
+            pool: pool.clone(),
+            hypervisors: state.hypervisors.clone(),
+            queue: state.queue.clone(),
+        };
+        let abandon = time::Duration::hours(state.config.upload_abandon_hours.max(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
@@ -86,9 +94,13 @@ impl Server {
                 if let Err(e) = accounts::throttle::prune(&pool, clock.now()).await {
                     tracing::warn!(error = %e, "pruning sign-in failures");
                 }
+                match images.reap_abandoned_uploads(clock.now(), abandon).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(uploads = n, "abandoned image uploads removed"),
+                    Err(e) => tracing::warn!(error = %e, "removing abandoned image uploads"),
+                }
             }
         });
-        let state = &self.state;
         state.live.spawn_listener(state.pool.clone());
         jobs::spawn_workers(
             state.pool.clone(),

@@ -1,7 +1,7 @@
 //! Live updates: one LISTEN connection per server forwards `concierge_live` notifications
 //! (domain state changes, request log lines; see the migration) to a broadcast channel, and
 //! `/live` streams to each open page the events its viewer may see, as server-sent events.
-use app::account::{Actor, TenantRole};
+use app::account::Actor;
 use app::live::LiveEvent;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::Stream;
@@ -75,19 +75,7 @@ impl Live {
 /// Whether `actor` may see `ev`: fleet admins everything; the VM's owner or the request's
 /// requester; the approvers, admins and managers of its tenant.
 pub fn visible(actor: &Actor, ev: &LiveEvent) -> bool {
-    if actor.fleet_admin {
-        return true;
-    }
-    if ev.owner_id == Some(actor.user_id) || ev.requester_id == Some(actor.user_id) {
-        return actor.role_in(ev.tenant_id.unwrap_or_default()).is_some();
-    }
-    match ev.tenant_id {
-        Some(t) => matches!(
-            actor.role_in(t),
-            Some(TenantRole::Approver | TenantRole::TenantAdmin | TenantRole::Manager)
-        ),
-        None => false,
-    }
+    crate::authz::sees_event(actor, ev.tenant_id, ev.owner_id, ev.requester_id)
 }
 
 /// Re-reads the viewer of a stream: their current actor, or `None` once their session ended
@@ -173,7 +161,7 @@ pub async fn notify_vm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use app::account::Membership;
+    use app::account::{Membership, TenantRole};
     use uuid::Uuid;
 
     fn actor(role: Option<(Uuid, TenantRole)>) -> Actor {

@@ -3,7 +3,6 @@
 use crate::audit::{self, Event, Origin};
 use crate::clock::Clock;
 use crate::db::{self, Scope};
-use app::account::{Actor, TenantRole};
 use app::error::AppError;
 use app::reports::{RateCard, RateCardForm, Report, ReportQuery, ReportRow};
 use app::seam::{Reports, RequestCtx};
@@ -42,15 +41,6 @@ pub fn parse_date(raw: &str, field: &str) -> Result<Date, AppError> {
 fn iso(d: Date) -> String {
     d.format(format_description!("[year]-[month]-[day]"))
         .unwrap_or_default()
-}
-
-/// Who may read reports of a tenant: its managers and admins, and fleet admins.
-fn reads_reports(actor: &Actor, tenant: Uuid) -> bool {
-    actor.fleet_admin
-        || matches!(
-            actor.role_in(tenant),
-            Some(TenantRole::Manager | TenantRole::TenantAdmin)
-        )
 }
 
 #[derive(Debug)]
@@ -257,7 +247,7 @@ impl Reports for ReportsBackend {
         let readable: Vec<Uuid> = actor
             .memberships
             .iter()
-            .filter(|m| reads_reports(actor, m.tenant_id))
+            .filter(|m| crate::authz::reads_reports(actor, m.tenant_id))
             .map(|m| m.tenant_id)
             .collect();
         if readable.is_empty() && !actor.fleet_admin {
@@ -440,7 +430,7 @@ impl Reports for ReportsBackend {
             || actor
                 .memberships
                 .iter()
-                .any(|m| reads_reports(actor, m.tenant_id));
+                .any(|m| crate::authz::reads_reports(actor, m.tenant_id));
         if !may {
             return Err(AppError::Forbidden);
         }
@@ -449,7 +439,7 @@ impl Reports for ReportsBackend {
         let readable: Vec<Uuid> = actor
             .memberships
             .iter()
-            .filter(|m| reads_reports(actor, m.tenant_id))
+            .filter(|m| crate::authz::reads_reports(actor, m.tenant_id))
             .map(|m| m.tenant_id)
             .collect();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;

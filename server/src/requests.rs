@@ -3,6 +3,7 @@
 //! the transaction that makes it.
 use crate::approval::{self, Ask, Policies, Policy};
 use crate::audit::{self, Event, Origin};
+use crate::authz::{self, member_tenants, Access, VmFacts};
 use crate::catalog::{self, parse_days};
 use crate::clock::Clock;
 use crate::db::{self, Scope, Tx};
@@ -96,11 +97,6 @@ impl VmOwners {
     }
 }
 
-/// The tenants `actor` belongs to: what their own VMs and requests are limited to.
-fn member_tenants(actor: &Actor) -> Vec<Uuid> {
-    actor.memberships.iter().map(|m| m.tenant_id).collect()
-}
-
 /// A validated request form.
 struct Valid {
     tenant: Uuid,
@@ -176,15 +172,6 @@ fn deciding(actor: &Actor) -> Result<(bool, Vec<Uuid>), AppError> {
         return Err(AppError::Forbidden);
     }
     Ok((false, tenants))
-}
-
-/// Members of the tenant learn they may not; everyone else that it does not exist.
-fn refusal(actor: &Actor, tenant: Uuid) -> AppError {
-    if actor.role_in(tenant).is_some() {
-        AppError::Forbidden
-    } else {
-        AppError::NotFound("Tenant".into())
-    }
 }
 
 fn parse_count(raw: &str) -> Result<i32, AppError> {
@@ -740,8 +727,8 @@ impl ProvisioningBackend {
             .vm_tenant(uuid)
             .await?
             .ok_or_else(|| AppError::NotFound("VM".into()))?;
-        if !actor.acts_on_vm(tenant, owner) {
-            return Err(AppError::NotFound("VM".into()));
+        if !authz::acts_on_vm(actor, &VmFacts::portal(tenant, owner)) {
+            return Err(authz::refuse(Access::Act, "VM"));
         }
         let tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
         Ok((tenant, tx))
@@ -1038,8 +1025,8 @@ impl Provisioning for ProvisioningBackend {
             .request_tenant(id)
             .await?
             .ok_or_else(|| AppError::NotFound("Request".into()))?;
-        if !actor.sees_request(tenant, requester) {
-            return Err(AppError::NotFound("Request".into()));
+        if !authz::sees_request(actor, tenant, requester) {
+            return Err(authz::refuse(Access::See, "Request"));
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
         let r = self.load_request(&mut tx, id, false).await?;
@@ -1118,7 +1105,7 @@ impl Provisioning for ProvisioningBackend {
             .await?
             .ok_or_else(|| AppError::NotFound("Request".into()))?;
         if requester != actor.user_id {
-            return Err(if actor.approves(tenant) {
+            return Err(if authz::decides_in(actor, tenant) {
                 AppError::Forbidden
             } else {
                 AppError::NotFound("Request".into())
@@ -1184,7 +1171,7 @@ impl Provisioning for ProvisioningBackend {
             .request_tenant(id)
             .await?
             .ok_or_else(|| AppError::NotFound("Request".into()))?;
-        if !actor.approves(tenant) {
+        if !authz::decides_in(actor, tenant) {
             return Err(if requester == actor.user_id {
                 AppError::Forbidden
             } else {
@@ -1459,8 +1446,8 @@ impl Provisioning for ProvisioningBackend {
 
     async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError> {
         let actor = req.actor()?;
-        if !actor.administers(tenant_id) {
-            return Err(refusal(actor, tenant_id));
+        if !authz::administers(actor, tenant_id) {
+            return Err(authz::refuse_tenant(actor, tenant_id));
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
         let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
@@ -1499,12 +1486,12 @@ impl Provisioning for ProvisioningBackend {
         let actor = req.actor()?;
         let for_user = !user_email.trim().is_empty();
         let allowed = if for_user {
-            actor.administers(tenant_id)
+            authz::administers(actor, tenant_id)
         } else {
             actor.fleet_admin
         };
         if !allowed {
-            return Err(refusal(actor, tenant_id));
+            return Err(authz::refuse_tenant(actor, tenant_id));
         }
         let parsed = (
             parse_limit(&limits.vcpus, "vcpus", 100_000),
@@ -1617,8 +1604,8 @@ impl Provisioning for ProvisioningBackend {
         form: PolicyForm,
     ) -> Result<(), AppError> {
         let actor = req.actor()?;
-        if !actor.administers(tenant_id) {
-            return Err(refusal(actor, tenant_id));
+        if !authz::administers(actor, tenant_id) {
+            return Err(authz::refuse_tenant(actor, tenant_id));
         }
         let parsed = (
             parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
@@ -1746,7 +1733,7 @@ impl Provisioning for ProvisioningBackend {
 
     async fn recount(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Recount, AppError> {
         let actor = req.actor()?;
-        if !actor.administers(tenant_id) {
+        if !authz::administers(actor, tenant_id) {
             return Err(AppError::NotFound("Tenant".into()));
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
@@ -1755,7 +1742,7 @@ impl Provisioning for ProvisioningBackend {
 
     async fn my_quota(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<QuotaEffect, AppError> {
         let actor = req.actor()?;
-        if actor.role_in(tenant_id).is_none() {
+        if !authz::member_of(actor, tenant_id) {
             return Err(AppError::NotFound("Tenant".into()));
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant_id)).await?;
@@ -1788,7 +1775,7 @@ impl Provisioning for ProvisioningBackend {
         let Some((tenant, owner)) = self.vm_tenant(uuid).await? else {
             return Ok(None);
         };
-        if !actor.acts_on_vm(tenant, owner) {
+        if !authz::acts_on_vm(actor, &VmFacts::portal(tenant, owner)) {
             return Ok(None);
         }
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
@@ -1818,7 +1805,7 @@ impl Provisioning for ProvisioningBackend {
         let max_days = max_days.unwrap_or(30);
         let limit = now + time::Duration::days(max_days.into());
         // Beyond the template's maximum needs an approver of the tenant.
-        if new_end > limit && !actor.approves(tenant) {
+        if new_end > limit && !authz::decides_in(actor, tenant) {
             return Err(AppError::field(
                 "days",
                 format!(

@@ -68,7 +68,7 @@ pub(crate) fn require_admin_of(
     tenant: Uuid,
 ) -> Result<&app::account::Actor, AppError> {
     let actor = req.actor()?;
-    if actor.administers(tenant) {
+    if crate::authz::administers(actor, tenant) {
         Ok(actor)
     } else if actor.memberships.iter().any(|m| m.tenant_id == tenant) {
         Err(AppError::Forbidden)

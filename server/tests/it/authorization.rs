@@ -503,3 +503,200 @@ async fn image_library_changes_are_fleet_admins_only() {
         }
     }
 }
+
+/// Roles × tenant states × VMs, every VM call site against one table: the VM page, its charts,
+/// its CPU sparkline, a lifecycle action, a console ticket, a lease extension and the own and
+/// tenant-wide VM lists must all agree with `authz::acts_on_vm`. Tenant S is suspended after its
+/// VMs are adopted; a call site that forgot suspension, ownership or the tenant admin's reach
+/// fails here.
+#[tokio::test]
+async fn every_vm_call_site_agrees_with_one_rule() {
+    use concierge::hypervisor::simulation;
+    use std::time::{Duration, Instant};
+
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let a = app.tenant("Active").await;
+    let s = app.tenant("Suspended").await;
+    let b = app.tenant("Elsewhere").await;
+    let roles = ["requester", "approver", "manager", "tenant_admin"];
+    let mut actors: Vec<(String, Client)> = vec![("fleet admin".into(), fleet.clone())];
+    for role in roles {
+        let email = format!("{role}@example.com");
+        let id = app.user(&email, Some((a, role))).await;
+        app.add_membership(s, id, role).await;
+        let c = app.client();
+        c.login(&email, PASSWORD).await.expect("signs in");
+        actors.push((role.to_string(), c));
+    }
+    let (_, outsider) = app
+        .signed_in("outsider@example.com", Some((b, "tenant_admin")))
+        .await;
+    actors.push(("outsider".into(), outsider));
+
+    let dir = std::env::temp_dir().join(format!("concierge-authz-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uri = simulation::write_node(&dir, "az", 5).unwrap();
+    let host = fleet
+        .call("register_host", &[("name", "az"), ("uri", &uri)])
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.scalar_i64("SELECT count(*) FROM domains").await < 5 {
+        assert!(Instant::now() < deadline, "inventory never arrived");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // (domain, tenant, owner role); az-vm-4 stays drift.
+    let vms = [
+        ("az-vm-0", Some((a, "requester"))),
+        ("az-vm-1", Some((a, "manager"))),
+        ("az-vm-2", Some((s, "requester"))),
+        ("az-vm-3", Some((s, "manager"))),
+        ("az-vm-4", None),
+    ];
+    let mut uuids = Vec::new();
+    for (name, placed) in vms {
+        let uuid: String = sqlx::query_scalar("SELECT uuid::text FROM domains WHERE name = $1")
+            .bind(name)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if let Some((tenant, owner)) = placed {
+            fleet
+                .call(
+                    "adopt_vm",
+                    &[
+                        ("host_id", &host),
+                        ("uuid", &uuid),
+                        ("tenant_id", &tenant.to_string()),
+                        ("owner_email", &format!("{owner}@example.com")),
+                    ],
+                )
+                .await
+                .expect("adopt");
+            // Its portal record, as provisioning leaves one (lists, lease and sparkline read it).
+            sqlx::query(
+                "INSERT INTO vms (uuid, tenant_id, owner_id, name, vcpus, memory_mib, disk_gib,
+                                  host_id, phase, lease_ends_at, created_at, updated_at)
+                 SELECT $1::uuid, $2, u.id, $3, 1, 512, 1, $4::uuid, 'running',
+                        now() + interval '7 days', now(), now()
+                 FROM users u WHERE u.email = $5",
+            )
+            .bind(&uuid)
+            .bind(tenant)
+            .bind(name)
+            .bind(&host)
+            .bind(format!("{owner}@example.com"))
+            .execute(&app.db)
+            .await
+            .unwrap();
+        }
+        uuids.push(uuid);
+    }
+    fleet
+        .call(
+            "set_tenant_suspended",
+            &[("tenant_id", &s.to_string()), ("suspended", "true")],
+        )
+        .await
+        .expect("suspend S");
+
+    // The rule, written out: fleet admins act on everything; on portal VMs of a tenant that is
+    // not suspended, the owner and the tenant's admins; nobody else.
+    let expected = |who: &str, vm: usize| -> bool {
+        match (who, vms[vm].1) {
+            ("fleet admin", _) => true,
+            (_, None) => false,
+            (who, Some((tenant, owner))) => {
+                tenant == a && roles.contains(&who) && (who == owner || who == "tenant_admin")
+            }
+        }
+    };
+    let mut disagreements = Vec::new();
+    for (who, c) in &actors {
+        let own: Vec<String> = listed(c, false).await;
+        let all: Option<Vec<String>> = match c.call("my_vms", &[("all", "true")]).await {
+            Ok(v) => Some(uuids_of(&v)),
+            Err(_) => None,
+        };
+        for (i, uuid) in uuids.iter().enumerate() {
+            let want = expected(who, i);
+            let vm = vms[i].0;
+            let mut results: Vec<(&str, bool)> = Vec::new();
+            let target = [("host_id", host.as_str()), ("uuid", uuid.as_str())];
+            results.push(("get_vm", c.call("get_vm", &target).await.is_ok()));
+            results.push(("vm_charts", c.call("vm_charts", &target).await.is_ok()));
+            // A lifecycle action and a console ticket: 409 (a stopped domain) comes after the
+            // authorisation passed; a refusal is 403 or 404, never anything else.
+            for (endpoint, arg) in [
+                ("vm_action", ("action", "reboot")),
+                ("open_console", ("kind", "serial")),
+            ] {
+                let r = c
+                    .call(endpoint, &[("host_id", &host), ("uuid", uuid), arg])
+                    .await;
+                match &r {
+                    Err((status, _)) if ![403, 404, 409].contains(status) => disagreements
+                        .push(format!("{who} on {vm}: {endpoint} refused with {status}")),
+                    _ => {}
+                }
+                results.push((endpoint, r.is_ok() || matches!(r, Err((409, _)))));
+            }
+            if vms[i].1.is_some() {
+                let sparkline = c.get(&format!("/sparklines/cpu/{uuid}")).await.status();
+                results.push(("sparkline", sparkline.is_success()));
+                let lease = c
+                    .call("extend_lease", &[("uuid", uuid), ("days", "1")])
+                    .await;
+                results.push(("extend_lease", lease.is_ok()));
+                // The own list shows the actor's own VMs they may act on; the tenant-wide list
+                // the ones they administer.
+                let mine = vms[i].1.is_some_and(|(_, owner)| owner == who.as_str());
+                let in_own = own.contains(uuid);
+                if in_own != (mine && want) {
+                    disagreements.push(format!("{who} on {vm}: own list {in_own}"));
+                }
+                let in_all = all.as_ref().is_some_and(|l| l.contains(uuid));
+                let admin = who == "fleet admin" || who == "tenant_admin";
+                if in_all != (admin && want) {
+                    disagreements.push(format!("{who} on {vm}: tenant-wide list {in_all}"));
+                }
+            }
+            for (site, got) in results {
+                if got != want {
+                    disagreements.push(format!(
+                        "{who} on {vm}: {site} says {got}, rule says {want}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "call sites disagree with the rule:\n{}",
+        disagreements.join("\n")
+    );
+}
+
+async fn listed(c: &Client, all: bool) -> Vec<String> {
+    let v = c
+        .call("my_vms", &[("all", if all { "true" } else { "false" })])
+        .await
+        .unwrap_or_default();
+    uuids_of(&v)
+}
+
+fn uuids_of(page: &serde_json::Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["uuid"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}

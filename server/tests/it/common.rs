@@ -186,15 +186,22 @@ impl TestApp {
         .await
         .unwrap();
         if let Some((tenant, role)) = membership {
-            sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)")
-                .bind(tenant)
-                .bind(id)
-                .bind(role)
-                .execute(&self.db)
-                .await
-                .unwrap();
+            self.add_membership(tenant, id, role).await;
         }
         id
+    }
+
+    /// Makes `user` a member of `tenant` directly (before they sign in: actors are cached).
+    pub async fn add_membership(&self, tenant: Uuid, user: Uuid, role: &str) {
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(role)
+        .execute(&self.db)
+        .await
+        .unwrap();
     }
 
     /// A signed-in client for a new user.

@@ -1,7 +1,8 @@
 //! The image library against a real libvirtd: a browser-style upload in chunks that is cut
 //! off and resumed, the bytes read back (format, sizes, SHA-256), a raw file claiming to be
-//! qcow2 and a discarded upload leaving nothing behind, and a copy to a second host that
-//! placement then uses. Opt-in like `libvirtd` (same switch, same daemon, one at a time).
+//! qcow2, a discarded upload and one abandoned for a day leaving nothing behind, and a copy to
+//! a second host that placement then uses. Opt-in like `libvirtd` (same switch, same daemon,
+//! one at a time).
 use crate::common::*;
 use crate::libvirtd::{
     ensure_pool, on_libvirt, register_local_host, tag, wait_host, wait_until, Leftovers,
@@ -12,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// The second "host": the same daemon through an explicit socket, with a pool of its own.
 const SECOND_URI: &str = "qemu:///system?socket=/run/libvirt/libvirt-sock";
@@ -288,6 +290,68 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
         !on_libvirt(move |c| volume_exists(c, POOL, &v)).await,
         "the cut upload's volume is gone"
     );
+    // An upload nobody comes back to: after the idle time the housekeeping removes it, volume
+    // and row, and says so in the audit log; a fresh one is left alone.
+    let gone_volume = format!("cci{t}-gone.qcow2");
+    leftovers.volumes.push(gone_volume.clone());
+    let gone = start(
+        &admin,
+        &format!("Gone {t}"),
+        &host,
+        &gone_volume,
+        file.len(),
+    )
+    .await;
+    put_chunk(&admin, &gone, 0, &file[..CHUNK]).await;
+    let fresh_volume = format!("cci{t}-fresh.qcow2");
+    leftovers.volumes.push(fresh_volume.clone());
+    let fresh = start(
+        &admin,
+        &format!("Fresh {t}"),
+        &host,
+        &fresh_volume,
+        file.len(),
+    )
+    .await;
+    sqlx::query(
+        "UPDATE image_copies SET updated_at = now() - interval '25 hours' WHERE image_id = $1",
+    )
+    .bind(Uuid::parse_str(gone["image_id"].as_str().unwrap()).unwrap())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let housekeeping = concierge::images::ImagesBackend {
+        pool: app.state.pool.clone(),
+        hypervisors: app.state.hypervisors.clone(),
+        queue: app.state.queue.clone(),
+    };
+    let reaped = housekeeping
+        .reap_abandoned_uploads(time::OffsetDateTime::now_utc(), time::Duration::hours(24))
+        .await
+        .expect("reap");
+    assert_eq!(reaped, 1);
+    assert!(image_named(&admin, &format!("Gone {t}")).await.is_none());
+    assert!(image_named(&admin, &format!("Fresh {t}")).await.is_some());
+    let v = gone_volume.clone();
+    assert!(
+        !on_libvirt(move |c| volume_exists(c, POOL, &v)).await,
+        "the abandoned upload's volume is gone"
+    );
+    assert!(app
+        .audit_actions()
+        .await
+        .contains(&"image.copy.abandon".to_string()));
+    admin
+        .call(
+            "discard_image_copy",
+            &[
+                ("image", fresh["image_id"].as_str().unwrap()),
+                ("host", &host),
+            ],
+        )
+        .await
+        .expect("discard the fresh one");
+
     // Bad input names its field and changes nothing.
     let before = app.snapshot().await;
     for (fields, field) in [

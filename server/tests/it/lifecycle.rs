@@ -252,6 +252,52 @@ async fn every_action_works_and_delete_needs_the_typed_name() {
     assert!(matches!(r, Err((409, _))), "{r:?}");
 }
 
+/// Console tickets follow the lifecycle rule: owner, tenant admin and fleet admin get one;
+/// anyone else who names an existing VM is told 403, and nothing is stored for them.
+#[tokio::test]
+async fn console_tickets_go_to_those_who_may_act_on_the_vm() {
+    let f = setup().await;
+    let (vm0, _, _) = domain(&f.app, "lc-vm-0").await;
+    let ticket = |c: &Client, kind: &'static str| {
+        let (host, vm0) = (f.host.clone(), vm0.clone());
+        let c = c.clone();
+        async move {
+            c.call(
+                "open_console",
+                &[("host_id", &host), ("uuid", &vm0), ("kind", kind)],
+            )
+            .await
+        }
+    };
+    let anonymous = f.app.client();
+    assert!(matches!(ticket(&anonymous, "serial").await, Err((401, _))));
+    for (who, c) in [
+        ("other requester of A", &f.other),
+        ("requester of B", &f.req_b),
+    ] {
+        let r = ticket(c, "serial").await;
+        assert!(matches!(r, Err((403, _))), "{who}: {r:?}");
+    }
+    assert_eq!(
+        f.app
+            .scalar_i64("SELECT count(*) FROM console_sessions")
+            .await,
+        0
+    );
+    let r = ticket(&f.owner, "bogus").await;
+    assert_field_error(&r, "kind");
+    for c in [&f.owner, &f.admin_a, &f.fleet] {
+        let t = ticket(c, "serial").await.unwrap();
+        assert!(t["url"].as_str().unwrap().contains("/console/ws"), "{t}");
+    }
+    assert_eq!(
+        f.app
+            .scalar_i64("SELECT count(*) FROM console_sessions")
+            .await,
+        3
+    );
+}
+
 #[tokio::test]
 async fn adoption_needs_a_member_owner_and_only_fleet_admins() {
     let f = setup().await;
