@@ -15,6 +15,7 @@ pub mod provisioning;
 pub mod reports;
 #[cfg(feature = "ssr")]
 pub mod seam;
+pub mod states;
 pub mod tenant;
 pub mod url;
 pub mod user;

@@ -1,6 +1,7 @@
 //! Self-service provisioning: templates and the catalog, requests, approvals, quotas, and the
 //! VMs that requests create.
 use crate::error::AppError;
+pub use crate::states::RequestState;
 use crate::Page;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -184,7 +185,7 @@ pub struct RequestSummary {
     pub name_prefix: String,
     pub lease_days: i32,
     pub purpose: String,
-    pub state: String,
+    pub state: RequestState,
     pub reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -203,30 +204,16 @@ impl RequestSummary {
     }
 
     pub fn state_label(&self) -> &'static str {
-        state_label(&self.state)
+        self.state.label()
     }
 }
 
-pub fn state_label(state: &str) -> &'static str {
-    match state {
-        "submitted" => "Submitted",
-        "pending_approval" => "Pending approval",
-        "approved" => "Approved",
-        "rejected" => "Rejected",
-        "provisioning" => "Provisioning",
-        "fulfilled" => "Fulfilled",
-        "failed" => "Failed",
-        "cancelled" => "Cancelled",
-        "expired" => "Expired",
-        _ => "Unknown",
-    }
-}
-
+/// The badge of a VM's state or phase (a request's: `RequestState::badge`).
 pub fn state_badge(state: &str) -> &'static str {
     match state {
-        "fulfilled" | "running" => "badge ok",
-        "rejected" | "failed" | "expired" => "badge danger",
-        "cancelled" | "deleted" => "badge muted",
+        "running" => "badge ok",
+        "failed" | "expired" | "crashed" => "badge danger",
+        "deleted" => "badge muted",
         _ => "badge warn",
     }
 }
@@ -336,10 +323,7 @@ pub struct RequestDetail {
 impl RequestDetail {
     /// Still changing: the page keeps refreshing itself.
     pub fn in_flight(&self) -> bool {
-        matches!(
-            self.request.state.as_str(),
-            "submitted" | "pending_approval" | "approved" | "provisioning"
-        )
+        self.request.state.in_flight()
     }
 }
 
@@ -636,26 +620,20 @@ pub struct RequestFilter {
     pub all: bool,
     /// Part of the name prefix, template, requester's e-mail or purpose.
     pub search: String,
-    /// One of [`REQUEST_STATES`], or `open` for every state still in flight; empty for any.
+    /// One of [`request_state_filters`]: a state, or `open` for every state still in flight;
+    /// empty for any.
     pub state: String,
     /// newest (default), oldest, state or template.
     pub sort: String,
 }
 
 /// The states a request list can be narrowed to, with their labels; `open` groups the
-/// states that still need something to happen.
-pub const REQUEST_STATES: [(&str, &str); 10] = [
-    ("open", "Still open"),
-    ("submitted", "Submitted"),
-    ("pending_approval", "Pending approval"),
-    ("approved", "Approved"),
-    ("provisioning", "Provisioning"),
-    ("fulfilled", "Fulfilled"),
-    ("failed", "Failed"),
-    ("rejected", "Rejected"),
-    ("cancelled", "Cancelled"),
-    ("expired", "Expired"),
-];
+/// states still in flight.
+pub fn request_state_filters() -> Vec<(&'static str, &'static str)> {
+    std::iter::once(("open", "Still open"))
+        .chain(RequestState::ALL.map(|s| (s.as_str(), s.label())))
+        .collect()
+}
 
 pub const REQUEST_SORTS: [(&str, &str); 4] = [
     ("newest", "Newest"),

@@ -16,8 +16,8 @@ use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{
     HomePanels, InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
-    RequestEvent, RequestFilter, RequestForm, RequestSummary, Snapshot, TenantQuotas, UserQuota,
-    VmFilter, REQUEST_STATES,
+    RequestEvent, RequestFilter, RequestForm, RequestState, RequestSummary, Snapshot, TenantQuotas,
+    UserQuota, VmFilter,
 };
 use app::seam::{Provisioning, RequestCtx};
 use app::Page;
@@ -235,7 +235,8 @@ struct RequestRow {
     name_prefix: String,
     lease_days: i32,
     purpose: String,
-    state: String,
+    #[sqlx(try_from = "String")]
+    state: RequestState,
     level: Option<i32>,
     reason: Option<String>,
     created_at: OffsetDateTime,
@@ -260,7 +261,7 @@ impl RequestRow {
             name_prefix: self.name_prefix.clone(),
             lease_days: self.lease_days,
             purpose: self.purpose.clone(),
-            state: self.state.clone(),
+            state: self.state,
             reason: self.reason.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -413,13 +414,13 @@ pub async fn log(
 async fn set_state(
     tx: &mut Tx,
     id: Uuid,
-    state: &str,
+    state: RequestState,
     reason: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE requests SET state = $2, reason = coalesce($3, reason), updated_at = $4, level = CASE WHEN $2 = 'pending_approval' THEN level ELSE NULL END WHERE id = $1")
         .bind(id)
-        .bind(state)
+        .bind(state.as_str())
         .bind(reason)
         .bind(now)
         .execute(&mut **tx)
@@ -695,7 +696,7 @@ impl ProvisioningBackend {
             .await
             .map_err(db::internal)?;
         }
-        set_state(tx, r.id, "approved", None, now)
+        set_state(tx, r.id, RequestState::Approved, None, now)
             .await
             .map_err(db::internal)?;
         Ok(())
@@ -1041,7 +1042,7 @@ impl Provisioning for ProvisioningBackend {
         let vms = self.vm_rows(&mut tx, "v.request_id = $1", id).await?;
         let mut waiting_for = Vec::new();
         let mut can_decide = false;
-        if r.state == "pending_approval" {
+        if r.state == RequestState::PendingApproval {
             let policy = Policy::load(&mut tx, tenant).await?;
             if let Some(level) = r.level.and_then(|l| policy.level(l)) {
                 let decided: Vec<Uuid> = sqlx::query_scalar(
@@ -1091,8 +1092,7 @@ impl Provisioning for ProvisioningBackend {
             vms,
             waiting_for,
             level: r.level,
-            can_cancel: requester == actor.user_id
-                && matches!(r.state.as_str(), "submitted" | "pending_approval"),
+            can_cancel: requester == actor.user_id && r.state.undecided(),
             can_decide,
             user_data: r.user_data.clone(),
         })
@@ -1114,13 +1114,13 @@ impl Provisioning for ProvisioningBackend {
         let now = self.now();
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
         let r = self.load_request(&mut tx, id, true).await?;
-        if !matches!(r.state.as_str(), "submitted" | "pending_approval") {
+        if !r.state.undecided() {
             return Err(AppError::Conflict(format!(
                 "Only pending requests can be cancelled; this one is {}.",
-                app::provisioning::state_label(&r.state).to_lowercase()
+                r.state.label().to_lowercase()
             )));
         }
-        set_state(&mut tx, id, "cancelled", None, now)
+        set_state(&mut tx, id, RequestState::Cancelled, None, now)
             .await
             .map_err(db::internal)?;
         quota::release(&mut tx, Release::Request(id), "cancelled", now)
@@ -1186,10 +1186,10 @@ impl Provisioning for ProvisioningBackend {
         let now = self.now();
         let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
         let r = self.load_request(&mut tx, id, true).await?;
-        if r.state != "pending_approval" {
+        if r.state != RequestState::PendingApproval {
             return Err(AppError::Conflict(format!(
                 "This request is no longer waiting for approval (it is {}).",
-                app::provisioning::state_label(&r.state).to_lowercase()
+                r.state.label().to_lowercase()
             )));
         }
         let policy = Policy::load(&mut tx, tenant).await?;
@@ -1223,7 +1223,7 @@ impl Provisioning for ProvisioningBackend {
         }
         let origin = Origin::of(req);
         if !approve {
-            set_state(&mut tx, id, "rejected", Some(reason), now)
+            set_state(&mut tx, id, RequestState::Rejected, Some(reason), now)
                 .await
                 .map_err(db::internal)?;
             quota::release(&mut tx, Release::Request(id), "rejected", now)
@@ -1914,7 +1914,10 @@ async fn requests_in(
             ("template", "tp.name, r.created_at DESC, r.id"),
         ],
     )?;
-    let state = db::state_filter(&filter.state, REQUEST_STATES.map(|(s, _)| s))?;
+    let state = db::state_filter(
+        &filter.state,
+        std::iter::once("open").chain(RequestState::ALL.map(RequestState::as_str)),
+    )?;
     let (search, pattern) = db::search_pattern(&filter.search)?;
     // (any tenant, these tenants, only this requester): one filter for the list and its count.
     let (any_tenant, tenants, requester) = if filter.all {

@@ -143,7 +143,7 @@ fn TenantDashboard() -> impl IntoView {
                             view! {
                                 <ul class="plain">
                                     {in_flight.into_iter().map(|r| view! {
-                                        <li><a href=format!("/requests/{}", r.id)>{format!("{} · {}", r.template_name, r.name_prefix)}</a>" "<span class=state_badge(&r.state)>{r.state_label()}</span></li>
+                                        <li><a href=format!("/requests/{}", r.id)>{format!("{} · {}", r.template_name, r.name_prefix)}</a>" "<span class=r.state.badge()>{r.state_label()}</span></li>
                                     }).collect_view()}
                                 </ul>
                             }.into_any()

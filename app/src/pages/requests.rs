@@ -7,9 +7,9 @@ use crate::components::quota::QuotaBars;
 use crate::components::timestamp::Timestamp;
 use crate::live::ticker;
 use crate::provisioning::{
-    approval_inbox, get_request, list_requests, mib_label, state_badge, state_label, CancelRequest,
-    DecideRequest, InboxItem, ManagedVm, RequestDetail, RequestSummary, REQUEST_SORTS,
-    REQUEST_STATES,
+    approval_inbox, get_request, list_requests, mib_label, request_state_filters, state_badge,
+    CancelRequest, DecideRequest, InboxItem, ManagedVm, RequestDetail, RequestState,
+    RequestSummary, REQUEST_SORTS,
 };
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -69,7 +69,7 @@ fn RequestsContent() -> impl IntoView {
             {move || all().then(|| view! { <input type="hidden" name="all" value="1"/> })}
             <label>"Search" <input type="search" name="search" prop:value=move || get("search") placeholder="name, template, requester, purpose"/></label>
             <label>"State"
-                <QueryChoice name="state" options=std::iter::once(("", "any")).chain(REQUEST_STATES).collect()/>
+                <QueryChoice name="state" options=std::iter::once(("", "any")).chain(request_state_filters()).collect()/>
             </label>
             <label>"Sort"
                 <QueryChoice name="sort" options=REQUEST_SORTS.to_vec()/>
@@ -107,7 +107,7 @@ fn RequestsContent() -> impl IntoView {
                                                 <td data-label="Size">{size_text(&r)}</td>
                                                 <td data-label="Name" class="mono small">{r.name_prefix.clone()}</td>
                                                 {all.then(|| view! { <td data-label="Requester">{r.requester_email.clone()}</td> })}
-                                                <td data-label="State"><span class=state_badge(&r.state)>{r.state_label()}</span></td>
+                                                <td data-label="State"><span class=r.state.badge()>{r.state_label()}</span></td>
                                             </tr>
                                         }
                                     }).collect_view()}
@@ -216,15 +216,8 @@ fn RequestContent() -> impl IntoView {
 }
 
 /// Where a request is on its way: the state machine as steps.
-fn steps(state: &str) -> Vec<(&'static str, &'static str)> {
-    let order = [
-        "submitted",
-        "pending_approval",
-        "approved",
-        "provisioning",
-        "fulfilled",
-    ];
-    let reached = order.iter().position(|s| *s == state);
+fn steps(state: RequestState) -> Vec<(&'static str, &'static str)> {
+    let reached = RequestState::PATH.iter().position(|s| *s == state);
     let labels = [
         "Submitted",
         "Approval",
@@ -232,22 +225,15 @@ fn steps(state: &str) -> Vec<(&'static str, &'static str)> {
         "Provisioning",
         "Running",
     ];
-    order
-        .iter()
-        .zip(labels)
+    labels
+        .into_iter()
         .enumerate()
-        .map(|(i, (_, label))| {
+        .map(|(i, label)| {
             let class = match reached {
                 Some(r) if i < r => "done",
-                Some(r) if i == r => {
-                    if state == "fulfilled" {
-                        "done"
-                    } else {
-                        "current"
-                    }
-                }
-                Some(_) => "todo",
-                None => "todo",
+                Some(r) if i == r && state == RequestState::Fulfilled => "done",
+                Some(r) if i == r => "current",
+                _ => "todo",
             };
             (label, class)
         })
@@ -265,21 +251,18 @@ fn RequestView(
     let decide_error = action_error(decide);
     let id = r.id.to_string();
     let id2 = id.clone();
-    let terminal = matches!(
-        r.state.as_str(),
-        "rejected" | "failed" | "cancelled" | "expired"
-    );
+    let terminal = !r.state.in_flight() && r.state != RequestState::Fulfilled;
     view! {
         <div class="page-head">
-            <h1>{format!("{} · {}", r.template_name, r.name_prefix)} " " <span class=state_badge(&r.state) data-state=r.state.clone()>{r.state_label()}</span></h1>
+            <h1>{format!("{} · {}", r.template_name, r.name_prefix)} " " <span class=r.state.badge() data-state=r.state.as_str()>{r.state_label()}</span></h1>
             <a href="/requests">"← Requests"</a>
         </div>
         {(!terminal).then(|| view! {
             <ol class="steps" aria-label="Progress">
-                {steps(&r.state).into_iter().map(|(label, class)| view! { <li class=class>{label}</li> }).collect_view()}
+                {steps(r.state).into_iter().map(|(label, class)| view! { <li class=class>{label}</li> }).collect_view()}
             </ol>
         })}
-        {r.reason.clone().map(|why| view! { <p class="notice warn">{format!("{}: {why}", state_label(&r.state))}</p> })}
+        {r.reason.clone().map(|why| view! { <p class="notice warn">{format!("{}: {why}", r.state.label())}</p> })}
         {(!d.waiting_for.is_empty()).then(|| view! {
             <p class="notice">{format!("Waiting for approval at level {}: {}.", d.level.unwrap_or(1), d.waiting_for.join(", "))}</p>
         })}

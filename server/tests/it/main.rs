@@ -15,3 +15,4 @@ mod reports;
 mod sessions;
 mod storage;
 mod validation;
+mod vocabulary;

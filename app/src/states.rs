@@ -1,0 +1,135 @@
+//! The typed vocabulary of a request's life, shared by the DTOs, the backend's SQL binds and
+//! the pages. The database's CHECK on `requests.state` holds the same set (a test compares them).
+use serde::{Deserialize, Serialize};
+
+/// Where a request is: submitted → (pending approval →) approved → provisioning → fulfilled,
+/// or it ends failed, rejected, cancelled or expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Submitted,
+    PendingApproval,
+    Approved,
+    Provisioning,
+    Fulfilled,
+    Failed,
+    Rejected,
+    Cancelled,
+    Expired,
+}
+
+impl RequestState {
+    pub const ALL: [RequestState; 9] = [
+        RequestState::Submitted,
+        RequestState::PendingApproval,
+        RequestState::Approved,
+        RequestState::Provisioning,
+        RequestState::Fulfilled,
+        RequestState::Failed,
+        RequestState::Rejected,
+        RequestState::Cancelled,
+        RequestState::Expired,
+    ];
+
+    /// The happy path, in order: the steps a request page draws.
+    pub const PATH: [RequestState; 5] = [
+        RequestState::Submitted,
+        RequestState::PendingApproval,
+        RequestState::Approved,
+        RequestState::Provisioning,
+        RequestState::Fulfilled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Submitted => "submitted",
+            RequestState::PendingApproval => "pending_approval",
+            RequestState::Approved => "approved",
+            RequestState::Provisioning => "provisioning",
+            RequestState::Fulfilled => "fulfilled",
+            RequestState::Failed => "failed",
+            RequestState::Rejected => "rejected",
+            RequestState::Cancelled => "cancelled",
+            RequestState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestState> {
+        RequestState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestState::Submitted => "Submitted",
+            RequestState::PendingApproval => "Pending approval",
+            RequestState::Approved => "Approved",
+            RequestState::Provisioning => "Provisioning",
+            RequestState::Fulfilled => "Fulfilled",
+            RequestState::Failed => "Failed",
+            RequestState::Rejected => "Rejected",
+            RequestState::Cancelled => "Cancelled",
+            RequestState::Expired => "Expired",
+        }
+    }
+
+    /// Still changing: its page keeps refreshing itself, and lists count it as open.
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            RequestState::Submitted
+                | RequestState::PendingApproval
+                | RequestState::Approved
+                | RequestState::Provisioning
+        )
+    }
+
+    /// Not decided yet: its requester may still cancel it.
+    pub fn undecided(self) -> bool {
+        matches!(
+            self,
+            RequestState::Submitted | RequestState::PendingApproval
+        )
+    }
+
+    /// The badge's CSS classes.
+    pub fn badge(self) -> &'static str {
+        match self {
+            RequestState::Fulfilled => "badge ok",
+            RequestState::Rejected | RequestState::Failed | RequestState::Expired => "badge danger",
+            RequestState::Cancelled => "badge muted",
+            _ => "badge warn",
+        }
+    }
+}
+
+impl std::fmt::Display for RequestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// For reading the column (`#[sqlx(try_from = "String")]` in the backend).
+impl TryFrom<String> for RequestState {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        RequestState::parse(&s).ok_or_else(|| format!("unknown request state {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_match_serde() {
+        for s in RequestState::ALL {
+            assert_eq!(RequestState::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        assert_eq!(RequestState::parse("open"), None);
+    }
+}
