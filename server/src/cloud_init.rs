@@ -112,8 +112,7 @@ impl Seed<'_> {
         if let Value::Object(ours) = ours {
             doc.extend(ours);
         }
-        let yaml = serde_yaml_ng::to_string(&Value::Object(doc))
-            .map_err(|e| AppError::Internal(format!("writing user-data: {e}")))?;
+        let yaml = serde_yaml_ng::to_string(&Value::Object(doc)).map_err(crate::db::internal)?;
         Ok(format!("#cloud-config\n{yaml}"))
     }
 

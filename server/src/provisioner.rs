@@ -773,6 +773,13 @@ impl Provisioner {
         )
         .await
         .map_err(retry)?;
+        // The pages listing it learn it is gone (the domain's own events may have come first,
+        // while the VM was still "deleting").
+        if let Some(host) = vm.host_id {
+            crate::live::notify_vm(&mut tx, uuid, host)
+                .await
+                .map_err(retry)?;
+        }
         tx.commit().await.map_err(retry)
     }
 }

@@ -155,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(leptos_axum::file_and_error_handler(app::shell))
         .with_state(options)
+        .layer(middleware::from_fn(run_to_completion))
         // Pages and server-function answers (event streams are left alone by its predicate).
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -172,6 +173,23 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Changes (anything but GET and HEAD) run to the end in their own task. A browser that
+/// navigates away closes the connection and hyper drops the request's future: a VM action cut
+/// between libvirt and the database would leave its operation "running" and a deleted VM's disk
+/// and quota behind.
+async fn run_to_completion(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// The browser bundle: brotli or gzip files made at build time when the browser takes them,
@@ -472,4 +490,45 @@ async fn security_headers(mut req: Request, next: Next) -> Response {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tower::ServiceExt as _;
+
+    /// A change whose caller goes away half-way still finishes; a read is simply dropped.
+    #[tokio::test]
+    async fn changes_finish_when_the_caller_goes_away() {
+        for (method, finishes) in [(Method::POST, true), (Method::GET, false)] {
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = done.clone();
+            let app = Router::new()
+                .route(
+                    "/work",
+                    axum::routing::any(move || {
+                        let flag = flag.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                    }),
+                )
+                .layer(middleware::from_fn(run_to_completion));
+            let req = Request::builder()
+                .method(method.clone())
+                .uri("/work")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            // The caller gives up after 20 ms: its future is dropped, as hyper drops it when the
+            // browser closes the connection.
+            let gave_up = tokio::time::timeout(Duration::from_millis(20), app.oneshot(req)).await;
+            assert!(gave_up.is_err());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(done.load(Ordering::SeqCst), finishes, "{method}");
+        }
+    }
 }
