@@ -9,9 +9,9 @@
 //!   `oha` (open loop, latency corrected for coordinated omission): p50, p99;
 //! - a year's usage report for the largest tenant (4,000 VMs), grouped by tenant and by VM;
 //! - a lifecycle change → the event on an open page's `/live` stream, and the page's refetch.
-use concierge::clock::SystemClock;
 use concierge::config::Config;
 use concierge::hypervisor::simulation;
+use concierge::platform::clock::SystemClock;
 use concierge::Server;
 use futures::StreamExt;
 use sqlx::postgres::PgPoolOptions;

@@ -10,9 +10,9 @@
 //!
 //! CONCIERGE_BENCH_DOMAIN_TYPE: kvm or qemu (default qemu: these machines cannot run a guest
 //! kernel under KVM). GUEST_BENCH_ROUNDS: the VM counts, default "1,5".
-use concierge::clock::SystemClock;
 use concierge::config::Config;
 use concierge::hypervisor::storage;
+use concierge::platform::clock::SystemClock;
 use concierge::Server;
 use sqlx::postgres::PgPoolOptions;
 use std::path::PathBuf;

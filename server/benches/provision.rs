@@ -9,8 +9,8 @@
 //!
 //! CONCIERGE_BENCH_URI picks another hypervisor (default qemu:///system), PROVISION_BENCH_WORKERS
 //! the number of job workers (default 8, the server's default); ROUNDS rounds.
-use concierge::clock::SystemClock;
 use concierge::config::Config;
+use concierge::platform::clock::SystemClock;
 use concierge::Server;
 use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;

@@ -13,8 +13,8 @@
 //! The pool has the server's default size on 2 cores (`--db-connections`, 8); `QUOTA_BENCH_POOL=60`
 //! gives every other submission a connection of its own, so all of them run in PostgreSQL at
 //! once and compete for the two cores.
-use concierge::db::{self, Scope};
-use concierge::quota::{self, Amount};
+use concierge::platform::db::{self, Scope};
+use concierge::provisioning::quota::{self, Amount};
 use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,8 +6,8 @@
 //! Prints, over several rounds: the wall time of a full reconcile of every host (re-read
 //! everything, write all 10,000 rows) and of a steady-state reconcile (nothing changed),
 //! and the process's resident memory with the inventory loaded.
-use concierge::db;
 use concierge::hypervisor::{simulation, Hypervisors};
+use concierge::platform::db;
 use sqlx::postgres::PgPoolOptions;
 use std::time::{Duration, Instant};
 

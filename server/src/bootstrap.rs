@@ -1,7 +1,7 @@
 //! First start: the initial fleet admin, and (on request) a demo tenant.
 use crate::accounts::email::{DisplayName, Email};
-use crate::audit::Origin;
-use crate::db::{self, Scope};
+use crate::platform::audit::Origin;
+use crate::platform::db::{self, Scope};
 use crate::state::AppState;
 use app::account::TenantRole;
 
@@ -134,10 +134,10 @@ pub async fn local_host(state: &AppState) -> anyhow::Result<()> {
                 .bind(state.config.local_host_domain_type.as_deref().filter(|_| !simulated))
                 .fetch_one(&mut *tx)
                 .await?;
-                crate::audit::record(
+                crate::platform::audit::record(
                     &mut tx,
                     &Origin::default(),
-                    crate::audit::Event::new("host.register", "host", id).after(
+                    crate::platform::audit::Event::new("host.register", "host", id).after(
                         serde_json::json!({ "name": name, "uri": uri, "simulated": simulated }),
                     ),
                 )
@@ -293,10 +293,10 @@ pub async fn demo_catalog(state: &AppState) -> anyhow::Result<()> {
         .bind(host)
         .execute(&mut *tx)
         .await?;
-    crate::audit::record(
+    crate::platform::audit::record(
         &mut tx,
         &Origin::default(),
-        crate::audit::Event::new("template.create", "template", id)
+        crate::platform::audit::Event::new("template.create", "template", id)
             .after(serde_json::json!({ "name": "Debian 12", "demo": true })),
     )
     .await

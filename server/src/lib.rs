@@ -1,35 +1,14 @@
 //! Concierge's backend: implements the `app` crate's seam and wires the HTTP server.
 pub mod accounts;
-pub mod approval;
-pub mod audit;
-pub mod authz;
 pub mod bootstrap;
 pub mod catalog;
-pub mod charts;
-pub mod clock;
-pub mod cloud_init;
 pub mod config;
-pub mod consoles;
-pub mod day2;
-pub mod db;
 pub mod fleet;
-pub mod guest;
 pub mod hypervisor;
-pub mod images;
-pub mod invitations;
-pub mod jobs;
-pub mod leases;
-pub mod live;
-pub mod metrics;
-pub mod placement;
-pub mod provisioner;
-pub mod quota;
-pub mod reports;
-pub mod requests;
-pub mod shutdown;
+pub mod metering;
+pub mod platform;
+pub mod provisioning;
 pub mod state;
-pub mod tenants;
-pub mod usage;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -46,9 +25,9 @@ impl Server {
     /// Migrates the database, creates the first admin if needed and binds the listener.
     pub async fn build(
         config: config::Config,
-        clock: Arc<dyn clock::Clock>,
+        clock: Arc<dyn platform::clock::Clock>,
     ) -> anyhow::Result<Self> {
-        let pool = db::prepare(&config.database_url, config.db_connections).await?;
+        let pool = platform::db::prepare(&config.database_url, config.db_connections).await?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let state = state::AppState::new(config, pool, clock);
@@ -81,7 +60,7 @@ impl Server {
         let clock = self.state.clock.clone();
         let state = &self.state;
         // Housekeeping: age out old sign-in failures and abandoned image uploads.
-        let images = images::ImagesBackend {
+        let images = catalog::images::ImagesBackend {
             pool: pool.clone(),
             hypervisors: state.hypervisors.clone(),
             queue: state.queue.clone(),
@@ -102,7 +81,7 @@ impl Server {
             }
         });
         state.live.spawn_listener(state.pool.clone());
-        jobs::spawn_workers(
+        platform::jobs::spawn_workers(
             state.pool.clone(),
             state.queue.clone(),
             state.provisioner.clone(),
@@ -119,7 +98,7 @@ impl Server {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
                 loop {
                     tick.tick().await;
-                    match usage::rollup(&pool, clock.now(), 24 * 31).await {
+                    match metering::usage::rollup(&pool, clock.now(), 24 * 31).await {
                         Ok(0) => {}
                         Ok(h) => tracing::info!(hours = h, "usage rolled up"),
                         Err(e) => tracing::warn!(error = %e, "usage rollup"),
@@ -130,7 +109,7 @@ impl Server {
         {
             // Metrics rollup and retention: every minute (a few seconds of work at most).
             let (pool, clock) = (state.pool.clone(), state.clock.clone());
-            let retention = metrics::Retention {
+            let retention = metering::metrics::Retention {
                 raw: time::Duration::hours(state.config.raw_metrics_hours.max(1)),
                 ..Default::default()
             };
@@ -138,7 +117,7 @@ impl Server {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
                 loop {
                     tick.tick().await;
-                    if let Err(e) = metrics::rollup(&pool, clock.now(), retention).await {
+                    if let Err(e) = metering::metrics::rollup(&pool, clock.now(), retention).await {
                         tracing::warn!(error = %e, "metrics rollup");
                     }
                 }

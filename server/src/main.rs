@@ -1,5 +1,5 @@
 use clap::Parser;
-use concierge::{clock::SystemClock, config::Config, Server};
+use concierge::{config::Config, platform::clock::SystemClock, Server};
 use std::sync::Arc;
 
 // Server rendering allocates many small strings per request; mimalloc keeps the tail short.

@@ -1,11 +1,11 @@
 //! Everything the HTTP layer and the workers share.
 use crate::accounts::password::Hasher;
+use crate::accounts::tenants::TenantsBackend;
 use crate::accounts::{throttle, AccountsBackend};
-use crate::audit::AuditBackend;
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::hypervisor::Hypervisors;
-use crate::tenants::TenantsBackend;
+use crate::platform::audit::AuditBackend;
+use crate::platform::clock::Clock;
 use app::seam::Backend;
 use leptos::config::LeptosOptions;
 use sqlx::PgPool;
@@ -21,10 +21,10 @@ pub struct AppState {
     pub leptos: LeptosOptions,
     pub public_origin: String,
     pub hypervisors: Arc<Hypervisors>,
-    pub queue: Arc<crate::jobs::Queue>,
-    pub provisioner: Arc<crate::provisioner::Provisioner>,
-    pub leases: Arc<crate::leases::Leases>,
-    pub live: crate::live::Live,
+    pub queue: Arc<crate::platform::jobs::Queue>,
+    pub provisioner: Arc<crate::provisioning::provisioner::Provisioner>,
+    pub leases: Arc<crate::provisioning::leases::Leases>,
+    pub live: crate::platform::live::Live,
 }
 
 impl AppState {
@@ -48,28 +48,28 @@ impl AppState {
             (config.sample_seconds > 0)
                 .then(|| std::time::Duration::from_secs(config.sample_seconds)),
         );
-        let queue = Arc::new(crate::jobs::Queue::default());
-        let provisioner = Arc::new(crate::provisioner::Provisioner {
+        let queue = Arc::new(crate::platform::jobs::Queue::default());
+        let provisioner = Arc::new(crate::provisioning::provisioner::Provisioner {
             pool: pool.clone(),
             hypervisors: hypervisors.clone(),
             clock: clock.clone(),
             vcpu_overcommit: config.vcpu_overcommit,
             placement_retry: std::time::Duration::from_secs(config.placement_retry_seconds.max(1)),
             crash_after: config.crash_after.clone(),
-            ssh: crate::provisioner::SshForwards {
+            ssh: crate::provisioning::provisioner::SshForwards {
                 address: config.ssh_forward_address.clone(),
                 ports: config.ssh_port_min..=config.ssh_port_max.max(config.ssh_port_min),
             },
         });
-        let leases = Arc::new(crate::leases::Leases {
+        let leases = Arc::new(crate::provisioning::leases::Leases {
             pool: pool.clone(),
             clock: clock.clone(),
             hypervisors: hypervisors.clone(),
             queue: queue.clone(),
             grace: time::Duration::days(config.lease_grace_days.max(0)),
         });
-        let live = crate::live::Live::default();
-        let images = Arc::new(crate::images::ImagesBackend {
+        let live = crate::platform::live::Live::default();
+        let images = Arc::new(crate::catalog::images::ImagesBackend {
             pool: pool.clone(),
             hypervisors: hypervisors.clone(),
             queue: queue.clone(),
@@ -77,7 +77,7 @@ impl AppState {
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
             ssh_keys: Arc::new(crate::accounts::ssh_keys::SshKeysBackend { pool: pool.clone() }),
-            consoles: Arc::new(crate::consoles::ConsolesBackend {
+            consoles: Arc::new(crate::fleet::consoles::ConsolesBackend {
                 pool: pool.clone(),
                 clock: clock.clone(),
             }),
@@ -85,7 +85,7 @@ impl AppState {
                 pool: pool.clone(),
                 accounts: accounts.clone(),
             }),
-            invitations: Arc::new(crate::invitations::InvitationsBackend {
+            invitations: Arc::new(crate::accounts::invitations::InvitationsBackend {
                 pool: pool.clone(),
                 accounts: accounts.clone(),
             }),
@@ -100,7 +100,7 @@ impl AppState {
                 simulated_fleets: config.simulated_fleets_dir.clone(),
                 live_generation: live.generation.clone(),
                 dashboard: crate::fleet::Kept::new(std::time::Duration::from_secs(3)),
-                charts: crate::metrics::Range::ALL
+                charts: crate::metering::metrics::Range::ALL
                     .into_iter()
                     .map(|r| {
                         let ttl =
@@ -115,7 +115,7 @@ impl AppState {
                 images: images.clone(),
             }),
             images: images.clone(),
-            provisioning: Arc::new(crate::requests::ProvisioningBackend {
+            provisioning: Arc::new(crate::provisioning::requests::ProvisioningBackend {
                 pool: pool.clone(),
                 clock: clock.clone(),
                 hypervisors: hypervisors.clone(),
@@ -133,7 +133,7 @@ impl AppState {
                     .build(),
                 live_generation: live.generation.clone(),
             }),
-            reports: Arc::new(crate::reports::ReportsBackend {
+            reports: Arc::new(crate::metering::reports::ReportsBackend {
                 pool: pool.clone(),
                 clock: clock.clone(),
             }),

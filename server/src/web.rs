@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
                     let state = console_state.clone();
                     async move {
                         let actor = ctx.actor().ok().cloned();
-                        let proxy = crate::consoles::Proxy {
+                        let proxy = crate::fleet::consoles::Proxy {
                             pool: state.pool.clone(),
                             public_origin: state.public_origin.clone(),
                             clock: state.clock.clone(),
@@ -77,8 +77,14 @@ pub fn router(state: AppState) -> Router {
                             .get(header::ORIGIN)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned);
-                        crate::consoles::upgrade(proxy, ws, origin, actor, q.get("ticket").cloned())
-                            .await
+                        crate::fleet::consoles::upgrade(
+                            proxy,
+                            ws,
+                            origin,
+                            actor,
+                            q.get("ticket").cloned(),
+                        )
+                        .await
                     }
                 },
             ),
@@ -95,7 +101,8 @@ pub fn router(state: AppState) -> Router {
                     {
                         Some(Ok(actor)) => {
                             let recheck = recheck_session(state.clone(), actor.session_id);
-                            crate::live::stream(&state.live, actor, recheck).into_response()
+                            crate::platform::live::stream(&state.live, actor, recheck)
+                                .into_response()
                         }
                         Some(Err(e)) => e.status().into_response(),
                         None => StatusCode::UNAUTHORIZED.into_response(),
@@ -267,7 +274,7 @@ async fn export_csv(
                         format!("attachment; filename=\"{name}\""),
                     ),
                 ],
-                crate::reports::to_csv(&r),
+                crate::metering::reports::to_csv(&r),
             )
                 .into_response()
         }
@@ -284,7 +291,7 @@ fn timeouts(state: &AppState) -> Timeouts {
 
 /// How a live stream re-reads its viewer's session (see `live::stream`). A database error
 /// ends the stream too: the page reconnects and is authenticated afresh.
-fn recheck_session(state: AppState, session_id: uuid::Uuid) -> crate::live::Recheck {
+fn recheck_session(state: AppState, session_id: uuid::Uuid) -> crate::platform::live::Recheck {
     std::sync::Arc::new(move || {
         let state = state.clone();
         Box::pin(async move {

@@ -1,13 +1,15 @@
 //! Users, sign-in, passwords and sessions: the backend of the `Accounts` seam.
 pub mod email;
+pub mod invitations;
 pub mod password;
 pub mod sessions;
 pub mod ssh_keys;
+pub mod tenants;
 pub mod throttle;
 
-use crate::audit::{self, Event, Origin};
-use crate::clock::Clock;
-use crate::db::{self, Scope};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::clock::Clock;
+use crate::platform::db::{self, Scope};
 use app::account::{OneTimePassword, SessionInfo, TenantRole};
 use app::error::AppError;
 use app::seam::{Accounts, RequestCtx};

@@ -89,21 +89,29 @@ impl Hasher {
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, AppError> {
-        let _permit = self.permits.acquire().await.map_err(crate::db::internal)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(crate::platform::db::internal)?;
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
             argon2()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
-                .map_err(crate::db::internal)
+                .map_err(crate::platform::db::internal)
         })
         .await
-        .map_err(crate::db::internal)?
+        .map_err(crate::platform::db::internal)?
     }
 
     /// Verifies `password` against `hash`, or against a dummy hash when there is none.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, AppError> {
-        let _permit = self.permits.acquire().await.map_err(crate::db::internal)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(crate::platform::db::internal)?;
         let known = hash.is_some();
         let hash = hash
             .map(str::to_owned)
@@ -119,7 +127,7 @@ impl Hasher {
                 .unwrap_or(false)
         })
         .await
-        .map_err(crate::db::internal)?;
+        .map_err(crate::platform::db::internal)?;
         Ok(ok && known)
     }
 }

@@ -1,7 +1,7 @@
 //! Browser sessions: the tower-sessions cookie points at a `user_sessions` row, which this
 //! module creates at sign-in, resolves to an actor on every request, and ends.
-use crate::clock::Clock;
-use crate::db;
+use crate::platform::clock::Clock;
+use crate::platform::db;
 use app::account::{Actor, Membership};
 use app::error::AppError;
 use sqlx::PgPool;

@@ -1,8 +1,8 @@
 //! A user's SSH public keys: the backend of the `SshKeys` seam. Keys are parsed with the
 //! `ssh-key` crate, re-encoded (so what reaches a guest is exactly what was checked) and
 //! fingerprinted as `ssh-keygen -l` does.
-use crate::audit::{self, Event, Origin};
-use crate::db::{self, Scope};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
 use app::account::SshKey;
 use app::error::AppError;
 use app::seam::{RequestCtx, SshKeys};

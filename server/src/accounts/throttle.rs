@@ -1,8 +1,8 @@
 //! Failed sign-in counting over a sliding hour. Refusals are per (account, client address)
 //! and per address, so nobody can lock the real user out of their account from elsewhere; on
 //! the account alone, sign-ins are slowed down, never refused. Old failures age out.
-use crate::audit::{self, Event, Origin};
-use crate::db::{self, Scope};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
 use app::error::AppError;
 use serde_json::json;
 use sqlx::types::ipnetwork::IpNetwork;

@@ -4,7 +4,7 @@
 use super::events::{self, DomainEvent};
 use super::inventory::{self, DomainFacts};
 use super::stats;
-use crate::metrics::{self, Sampler};
+use crate::metering::metrics::{self, Sampler};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};

@@ -1,5 +1,5 @@
 //! What a host runs, read from libvirt in one pass and written to PostgreSQL in batches.
-use crate::db::{self, Scope};
+use crate::platform::db::{self, Scope};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use uuid::Uuid;

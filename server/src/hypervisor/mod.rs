@@ -11,7 +11,7 @@ pub mod simulation;
 pub mod stats;
 pub mod storage;
 
-use crate::db::{self, Scope};
+use crate::platform::db::{self, Scope};
 use connection::{Command, HostSpec, ReconcileReport};
 use events::DomainEvent;
 use inventory::DomainFacts;

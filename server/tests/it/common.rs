@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use app::error::AppError;
-use concierge::clock::ManualClock;
 use concierge::config::Config;
+use concierge::platform::clock::ManualClock;
 use concierge::state::AppState;
 use concierge::Server;
 use serde_json::Value;

@@ -271,10 +271,10 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
         leftovers.domains.push(*u);
         leftovers
             .volumes
-            .push(concierge::provisioner::volume_name(*u));
+            .push(concierge::provisioning::provisioner::volume_name(*u));
         leftovers
             .volumes
-            .push(concierge::cloud_init::seed_volume(*u));
+            .push(concierge::catalog::cloud_init::seed_volume(*u));
     }
     let r = wait_request(&ann, &id, "fulfilled", 180).await;
     measure("submit -> fulfilled (two Debian VMs)", submitted.elapsed());
@@ -369,7 +369,7 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
     )
     .await
     .expect("delete");
-    let seed = concierge::cloud_init::seed_volume(gone.uuid);
+    let seed = concierge::catalog::cloud_init::seed_volume(gone.uuid);
     wait_until!(60, "the seed volume removed", {
         let s = seed.clone();
         let left = on_libvirt(move |c| storage::volumes(c, POOL).expect("volumes")).await;

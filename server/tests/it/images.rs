@@ -320,7 +320,7 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     .execute(&app.db)
     .await
     .unwrap();
-    let housekeeping = concierge::images::ImagesBackend {
+    let housekeeping = concierge::catalog::images::ImagesBackend {
         pool: app.state.pool.clone(),
         hypervisors: app.state.hypervisors.clone(),
         queue: app.state.queue.clone(),

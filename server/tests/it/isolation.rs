@@ -1,7 +1,7 @@
 //! Row-level security as the second wall between tenants.
 
 use crate::common::*;
-use concierge::db::{self, Scope};
+use concierge::platform::db::{self, Scope};
 
 #[tokio::test]
 async fn the_runtime_role_is_neither_owner_nor_superuser() {

@@ -126,7 +126,7 @@ fn on_host(conn: &Connect, uuid: Uuid, name: &str) -> OnHost {
             (d.uuid().ok() == Some(uuid) || n == name).then(|| (n, d.is_active().unwrap_or(false)))
         })
         .collect();
-    let wanted = concierge::provisioner::volume_name(uuid);
+    let wanted = concierge::provisioning::provisioner::volume_name(uuid);
     let volumes = storage::volumes(conn, POOL)
         .expect("list volumes")
         .into_iter()
@@ -949,7 +949,7 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
     leftovers.domains.push(uuid);
     leftovers
         .volumes
-        .push(concierge::provisioner::volume_name(uuid));
+        .push(concierge::provisioning::provisioner::volume_name(uuid));
     let r = wait_request(&ann, &id, "fulfilled", 60).await;
     measure("submit -> fulfilled (one VM)", submitted_at.elapsed());
     eprint!("{}", timeline(&r));
@@ -976,7 +976,7 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
     }
 
     // On the host: one running domain named after the VM, on a linked clone of the base.
-    let vol = concierge::provisioner::volume_name(uuid);
+    let vol = concierge::provisioning::provisioner::volume_name(uuid);
     let (n, v, b) = (name.clone(), vol.clone(), base.clone());
     let (seen, dom_xml, vol_xml, base_path, vol_path) = on_libvirt(move |c| {
         let dom_xml = c
@@ -1372,7 +1372,7 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
         leftovers.domains.push(uuid);
         leftovers
             .volumes
-            .push(concierge::provisioner::volume_name(uuid));
+            .push(concierge::provisioning::provisioner::volume_name(uuid));
         let status = tokio::time::timeout(Duration::from_secs(30), doomed.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{point}: the server never reached its crash point"))

@@ -2,8 +2,8 @@
 //! min/avg/max; rollups are incremental; gaps stay gaps; retention expires each level.
 
 use crate::common::*;
-use concierge::db::Scope;
-use concierge::metrics::{self, Range, Retention};
+use concierge::metering::metrics::{self, Range, Retention};
+use concierge::platform::db::Scope;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 

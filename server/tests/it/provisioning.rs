@@ -2061,7 +2061,10 @@ async fn the_database_allows_the_same_vm_count_per_request_as_the_form() {
     // PostgreSQL writes BETWEEN out as two comparisons.
     assert!(def.contains("(count >= 1)"), "{def}");
     assert!(
-        def.contains(&format!("(count <= {})", concierge::requests::MAX_COUNT)),
+        def.contains(&format!(
+            "(count <= {})",
+            concierge::provisioning::requests::MAX_COUNT
+        )),
         "{def}"
     );
 }

@@ -182,14 +182,22 @@ async fn usage_from_history_priced_by_the_rate_card_of_each_hour() {
     );
 
     // Roll up to 5 Oct; a second run adds nothing (incremental).
-    let hours = concierge::usage::rollup(&app.state.pool, datetime!(2026-10-05 00:30 UTC), 24 * 31)
-        .await
-        .unwrap();
+    let hours = concierge::metering::usage::rollup(
+        &app.state.pool,
+        datetime!(2026-10-05 00:30 UTC),
+        24 * 31,
+    )
+    .await
+    .unwrap();
     assert_eq!(hours, 96);
     assert_eq!(
-        concierge::usage::rollup(&app.state.pool, datetime!(2026-10-05 00:30 UTC), 24 * 31)
-            .await
-            .unwrap(),
+        concierge::metering::usage::rollup(
+            &app.state.pool,
+            datetime!(2026-10-05 00:30 UTC),
+            24 * 31
+        )
+        .await
+        .unwrap(),
         0
     );
 
@@ -368,7 +376,7 @@ async fn whole_months_are_read_from_monthly_totals_with_the_same_result() {
     .execute(&app.db)
     .await
     .unwrap();
-    concierge::usage::rollup(&app.state.pool, datetime!(2026-10-15 00:30 UTC), 24 * 60)
+    concierge::metering::usage::rollup(&app.state.pool, datetime!(2026-10-15 00:30 UTC), 24 * 60)
         .await
         .unwrap();
     // The monthly row holds exactly the sum of September's hours.

@@ -1,13 +1,14 @@
 //! Hosts and inventory: the backend of the `Fleet` seam (fleet admins only).
+pub mod charts;
+pub mod consoles;
 use crate::accounts::AccountsBackend;
-use crate::audit::{self, Event, Origin};
-use crate::authz::{self, Access, VmFacts};
-use crate::charts;
-use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
 use crate::hypervisor::{network, storage};
-use crate::metrics::Range;
+use crate::metering::metrics::Range;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::authz::{self, Access, VmFacts};
+use crate::platform::db::{self, Scope};
 use app::error::AppError;
 use app::fleet::{
     version_string, BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard, HostDetail,
@@ -33,7 +34,7 @@ pub struct FleetBackend {
     pub accounts: AccountsBackend,
     /// How long a graceful shutdown may take before the VM is forced off.
     pub shutdown_timeout: std::time::Duration,
-    pub queue: Arc<crate::jobs::Queue>,
+    pub queue: Arc<crate::platform::jobs::Queue>,
     pub vcpu_overcommit: f64,
     /// Where `test:///…` node files may be registered from (`--simulated-fleets-dir`); with
     /// none, only `test:///default`.
@@ -46,7 +47,7 @@ pub struct FleetBackend {
     /// Rendered fleet charts per range, for one sample period.
     pub charts: std::collections::HashMap<Range, Arc<Kept<Vec<ChartView>>>>,
     /// What "now" is for the charts' ranges (tests move it).
-    pub clock: Arc<dyn crate::clock::Clock>,
+    pub clock: Arc<dyn crate::platform::clock::Clock>,
 }
 
 /// The fleet dashboard's figures, read from the inventory and the requests.
@@ -148,7 +149,7 @@ async fn fleet_charts(
     range: Range,
     now: time::OffsetDateTime,
 ) -> Result<Vec<ChartView>, AppError> {
-    let series = crate::metrics::fleet_series(&pool, range, now)
+    let series = crate::metering::metrics::fleet_series(&pool, range, now)
         .await
         .map_err(db::internal)?;
     Ok([
@@ -239,7 +240,7 @@ fn chart_view(
     unit: ChartUnit,
     range: Range,
     now: time::OffsetDateTime,
-    lines: Vec<(&str, Option<&Vec<crate::metrics::Point>>)>,
+    lines: Vec<(&str, Option<&Vec<crate::metering::metrics::Point>>)>,
 ) -> ChartView {
     let chart = charts::Chart {
         title,
@@ -781,7 +782,7 @@ impl Fleet for FleetBackend {
         let range = parse_range(range)?;
         let (_, scope) = self.authorized_vm(req, host_id, uuid, Access::See).await?;
         let now = self.clock.now();
-        let s = crate::metrics::subject_series(&self.pool, scope, uuid, range, now)
+        let s = crate::metering::metrics::subject_series(&self.pool, scope, uuid, range, now)
             .await
             .map_err(db::internal)?;
         Ok(vec![
@@ -1019,9 +1020,9 @@ impl Fleet for FleetBackend {
         .rows_affected()
             > 0;
         if portal {
-            crate::jobs::enqueue(
+            crate::platform::jobs::enqueue(
                 &mut tx,
-                crate::jobs::JobKind::Delete,
+                crate::platform::jobs::JobKind::Delete,
                 uuid,
                 json!({ "reason": "its domain vanished from the host and was forgotten" }),
                 10,
@@ -1212,7 +1213,7 @@ impl Fleet for FleetBackend {
                 "SELECT EXISTS (SELECT 1 FROM jobs
                  WHERE kind = $1 AND key = $2 AND state IN ('queued', 'running'))",
             )
-            .bind(crate::jobs::JobKind::Shutdown.as_str())
+            .bind(crate::platform::jobs::JobKind::Shutdown.as_str())
             .bind(uuid)
             .fetch_one(&mut *tx)
             .await
@@ -1615,9 +1616,15 @@ impl FleetBackend {
                 .execute(&mut *tx)
                 .await
                 .map_err(db::internal)?;
-            crate::shutdown::watch(&mut tx, row.host_id, row.uuid, op_id, self.shutdown_timeout)
-                .await
-                .map_err(db::internal)?;
+            crate::provisioning::shutdown::watch(
+                &mut tx,
+                row.host_id,
+                row.uuid,
+                op_id,
+                self.shutdown_timeout,
+            )
+            .await
+            .map_err(db::internal)?;
         } else {
             sqlx::query(
                 "UPDATE domain_operations SET status = $2, error = $3, finished_at = now(), duration_ms = $4 WHERE id = $1",
@@ -1649,9 +1656,9 @@ impl FleetBackend {
             .map_err(db::internal)?
             .rows_affected();
             if marked > 0 {
-                crate::jobs::enqueue(
+                crate::platform::jobs::enqueue(
                     &mut tx,
-                    crate::jobs::JobKind::Delete,
+                    crate::platform::jobs::JobKind::Delete,
                     row.uuid,
                     json!({ "reason": "deleted by its owner or an admin" }),
                     10,

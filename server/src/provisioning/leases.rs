@@ -2,14 +2,14 @@
 //! 7 days and 1 day before a lease ends, a stop at expiry, deletion after the grace period,
 //! and expiry of requests nobody decided in time. Each step is one conditional UPDATE, so
 //! running the check twice (or on two servers) does each thing once.
-use crate::audit::{self, Event, Origin};
-use crate::clock::Clock;
-use crate::db::{self, Scope};
 use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
-use crate::jobs::{self, Queue};
-use crate::quota::{self, Release};
-use crate::requests::log;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::clock::Clock;
+use crate::platform::db::{self, Scope};
+use crate::platform::jobs::{self, Queue};
+use crate::provisioning::quota::{self, Release};
+use crate::provisioning::requests::log;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;

@@ -112,7 +112,8 @@ impl Seed<'_> {
         if let Value::Object(ours) = ours {
             doc.extend(ours);
         }
-        let yaml = serde_yaml_ng::to_string(&Value::Object(doc)).map_err(crate::db::internal)?;
+        let yaml =
+            serde_yaml_ng::to_string(&Value::Object(doc)).map_err(crate::platform::db::internal)?;
         Ok(format!("#cloud-config\n{yaml}"))
     }
 

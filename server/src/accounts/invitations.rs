@@ -4,10 +4,10 @@
 //! consent: accepted while signed in, or, for a new address, by creating the account with the
 //! invitation's code.
 use crate::accounts::email::{DisplayName, Email};
+use crate::accounts::tenants::{require_admin_of, scope_for};
 use crate::accounts::{password, sessions, throttle, AccountsBackend};
-use crate::audit::{self, Event, Origin};
-use crate::db::{self, Scope};
-use crate::tenants::{require_admin_of, scope_for};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
 use app::account::TenantRole;
 use app::error::AppError;
 use app::seam::{Invitations, RequestCtx};

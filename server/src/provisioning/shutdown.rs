@@ -2,9 +2,9 @@
 //! the operation stays "running" (the VM page shows "shutting down…") until the hypervisor
 //! reports the domain off, or the deadline passes and it is forced off. The wait is a job in
 //! the queue, so a restart of the server does not lose the promised force-off.
-use crate::db::{self, Scope};
 use crate::hypervisor::{connection::Action, inventory::state_name, Hypervisors};
-use crate::jobs::{Job, JobKind, Outcome};
+use crate::platform::db::{self, Scope};
+use crate::platform::jobs::{Job, JobKind, Outcome};
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub async fn watch(
     timeout: Duration,
 ) -> Result<(), sqlx::Error> {
     let deadline = OffsetDateTime::now_utc() + timeout;
-    crate::jobs::enqueue(
+    crate::platform::jobs::enqueue(
         tx,
         JobKind::Shutdown,
         uuid,

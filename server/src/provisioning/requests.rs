@@ -1,17 +1,17 @@
 //! Requests and approvals, quotas and policy, and the VMs requests create: the backend of the
 //! `Provisioning` seam. Every state change writes its audit row and its request log line in
 //! the transaction that makes it.
-use crate::approval::{self, Ask, Policies, Policy};
-use crate::audit::{self, Event, Origin};
-use crate::authz::{self, member_tenants, Access, VmFacts};
 use crate::catalog::{self, parse_days};
-use crate::clock::Clock;
-use crate::db::{self, Scope, Tx};
 use crate::hypervisor::domain_xml::VmName;
 use crate::hypervisor::Hypervisors;
-use crate::jobs::{self, Queue};
-use crate::placement;
-use crate::quota::{self, Amount, Release};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::authz::{self, member_tenants, Access, VmFacts};
+use crate::platform::clock::Clock;
+use crate::platform::db::{self, Scope, Tx};
+use crate::platform::jobs::{self, Queue};
+use crate::provisioning::approval::{self, Ask, Policies, Policy};
+use crate::provisioning::placement;
+use crate::provisioning::quota::{self, Amount, Release};
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{
@@ -147,7 +147,7 @@ fn parse_user_data(template: &app::provisioning::Template, raw: &str) -> Result<
             format!("{} does not take your own cloud-config.", template.name),
         ));
     }
-    crate::cloud_init::parse_snippet(text, "user_data")?;
+    crate::catalog::cloud_init::parse_snippet(text, "user_data")?;
     Ok(text.to_string())
 }
 
@@ -343,7 +343,7 @@ const VM_SELECT: &str = "
 fn managed_vm(r: VmRow, now: OffsetDateTime, ssh_host: &str) -> ManagedVm {
     // User-mode networking: a forwarded port on the host; a libvirt network: the guest's
     // own address (once its agent or the network's DHCP lease says it).
-    let own_address = crate::guest::first_ipv4(&r.guest_addresses);
+    let own_address = crate::provisioning::guest::first_ipv4(&r.guest_addresses);
     let ssh = match (
         r.login_user,
         r.ssh_port.and_then(|p| u16::try_from(p).ok()),
@@ -440,11 +440,12 @@ impl ProvisioningBackend {
         if let Some(svg) = self.sparklines.get(&uuid).await {
             return Ok(svg);
         }
-        let lines = crate::metrics::cpu_sparklines(&self.pool, Scope::fleet(), vec![uuid], now)
-            .await
-            .map_err(db::internal)?;
+        let lines =
+            crate::metering::metrics::cpu_sparklines(&self.pool, Scope::fleet(), vec![uuid], now)
+                .await
+                .map_err(db::internal)?;
         let points = lines.get(&uuid).map(Vec::as_slice).unwrap_or(&[]);
-        let svg = crate::charts::sparkline(
+        let svg = crate::fleet::charts::sparkline(
             points,
             now - time::Duration::hours(6),
             now,
@@ -1837,8 +1838,15 @@ impl Provisioning for ProvisioningBackend {
             "lease extended by {days} day{}",
             if days == 1 { "" } else { "s" }
         );
-        crate::day2::log_operation(&mut tx, uuid, tenant, Some(actor.user_id), &logged, started)
-            .await?;
+        crate::provisioning::day2::log_operation(
+            &mut tx,
+            uuid,
+            tenant,
+            Some(actor.user_id),
+            &logged,
+            started,
+        )
+        .await?;
         tx.commit().await.map_err(db::internal)
     }
 
@@ -1849,7 +1857,7 @@ impl Provisioning for ProvisioningBackend {
         vcpus: &str,
         memory_gib: &str,
     ) -> Result<(), AppError> {
-        crate::day2::resize(self, req, uuid, vcpus, memory_gib).await
+        crate::provisioning::day2::resize(self, req, uuid, vcpus, memory_gib).await
     }
 
     async fn snapshots(&self, req: &RequestCtx, uuid: Uuid) -> Result<Vec<Snapshot>, AppError> {
@@ -1881,7 +1889,7 @@ impl Provisioning for ProvisioningBackend {
         name: &str,
         description: &str,
     ) -> Result<(), AppError> {
-        crate::day2::snapshot(self, req, uuid, op, name, description).await
+        crate::provisioning::day2::snapshot(self, req, uuid, op, name, description).await
     }
 }
 

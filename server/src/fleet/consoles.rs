@@ -13,10 +13,10 @@
 //! consoles take the VNC display's socket from `virDomainOpenGraphicsFD`, which passes a file
 //! descriptor and therefore works only where libvirtd runs on the portal's own machine (local
 //! URIs); a remote host would need a tunnel to its socket, which is not built yet.
-use crate::audit::{self, Event, Origin};
-use crate::authz;
-use crate::clock::Clock;
-use crate::db::{self, Scope};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::authz;
+use crate::platform::clock::Clock;
+use crate::platform::db::{self, Scope};
 use app::account::Actor;
 use app::console::{ConsoleKind, ConsoleTicket};
 use app::error::AppError;
@@ -170,7 +170,7 @@ pub struct Proxy {
     pub public_origin: String,
     pub clock: Arc<dyn Clock>,
     /// Re-reads the viewer's portal session (None once it ended).
-    pub session: crate::live::Recheck,
+    pub session: crate::platform::live::Recheck,
 }
 
 #[derive(sqlx::FromRow)]

@@ -3,7 +3,7 @@
 //! gets its text alternative (average, peak and latest), which the page shows as the caption.
 //! The lists' CPU sparklines stay small SVG images drawn with plotters: served from their own
 //! URL, lazily loaded and cached, 25 on a page cost the page nothing.
-use crate::metrics::Point;
+use crate::metering::metrics::Point;
 use plotters::prelude::*;
 use time::OffsetDateTime;
 

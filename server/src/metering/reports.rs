@@ -1,8 +1,8 @@
 //! Usage and showback reports over `usage_hourly`, priced by the rate card valid in each hour
 //! (a template's own card before the general one), and their CSV export.
-use crate::audit::{self, Event, Origin};
-use crate::clock::Clock;
-use crate::db::{self, Scope};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::clock::Clock;
+use crate::platform::db::{self, Scope};
 use app::error::AppError;
 use app::reports::{RateCard, RateCardForm, Report, ReportQuery, ReportRow};
 use app::seam::{Reports, RequestCtx};
@@ -247,7 +247,7 @@ impl Reports for ReportsBackend {
         let readable: Vec<Uuid> = actor
             .memberships
             .iter()
-            .filter(|m| crate::authz::reads_reports(actor, m.tenant_id))
+            .filter(|m| crate::platform::authz::reads_reports(actor, m.tenant_id))
             .map(|m| m.tenant_id)
             .collect();
         if readable.is_empty() && !actor.fleet_admin {
@@ -430,7 +430,7 @@ impl Reports for ReportsBackend {
             || actor
                 .memberships
                 .iter()
-                .any(|m| crate::authz::reads_reports(actor, m.tenant_id));
+                .any(|m| crate::platform::authz::reads_reports(actor, m.tenant_id));
         if !may {
             return Err(AppError::Forbidden);
         }
@@ -439,7 +439,7 @@ impl Reports for ReportsBackend {
         let readable: Vec<Uuid> = actor
             .memberships
             .iter()
-            .filter(|m| crate::authz::reads_reports(actor, m.tenant_id))
+            .filter(|m| crate::platform::authz::reads_reports(actor, m.tenant_id))
             .map(|m| m.tenant_id)
             .collect();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;

@@ -2,11 +2,11 @@
 //! from one host to another. An image's format is detected from its bytes once, at import,
 //! and pinned; its length and SHA-256 are what the host holds (read back through libvirt,
 //! never taken from the browser's word).
-use crate::audit::{self, Event, Origin};
 use crate::catalog::{parse_login_user, parse_text};
-use crate::db::{self, Scope};
 use crate::hypervisor::{image, storage, Hypervisors};
-use crate::jobs::{self, Job, JobKind, Outcome, Queue};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
+use crate::platform::jobs::{self, Job, JobKind, Outcome, Queue};
 use app::error::AppError;
 use app::images::{
     Image, ImageCopy, RegisterImageForm, UploadForm, UploadTarget, UPLOAD_CHUNK_BYTES,

@@ -4,7 +4,7 @@
 //! not yet running; libvirt's own "free memory" counts the page cache as used, so it is not
 //! trusted), the vCPUs (within the overcommit ratio) and the pool space. The one with most
 //! free memory wins.
-use crate::db::Tx;
+use crate::platform::db::Tx;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]

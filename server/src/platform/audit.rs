@@ -1,5 +1,5 @@
 //! The audit trail: one row per state change, written in the changing transaction.
-use crate::db::{self, Scope, Tx};
+use crate::platform::db::{self, Scope, Tx};
 use app::audit::{AuditEntry, AuditFilter};
 use app::error::AppError;
 use app::seam::{AuditTrail, RequestCtx};
@@ -122,7 +122,7 @@ impl AuditTrail for AuditBackend {
         let actor = req.actor()?;
         // Fleet admins read everything; tenant admins only the tenants they administer.
         let tenants: Vec<Uuid> = match filter.tenant_id {
-            Some(t) if crate::authz::administers(actor, t) => vec![t],
+            Some(t) if crate::platform::authz::administers(actor, t) => vec![t],
             Some(_) => return Err(AppError::Forbidden),
             None if actor.fleet_admin => vec![],
             None => actor.administered_tenants().map(|m| m.tenant_id).collect(),

@@ -75,7 +75,7 @@ impl Live {
 /// Whether `actor` may see `ev`: fleet admins everything; the VM's owner or the request's
 /// requester; the approvers, admins and managers of its tenant.
 pub fn visible(actor: &Actor, ev: &LiveEvent) -> bool {
-    crate::authz::sees_event(actor, ev.tenant_id, ev.owner_id, ev.requester_id)
+    crate::platform::authz::sees_event(actor, ev.tenant_id, ev.owner_id, ev.requester_id)
 }
 
 /// Re-reads the viewer of a stream: their current actor, or `None` once their session ended
@@ -140,7 +140,7 @@ pub fn stream(
 /// Announces a change to a portal VM that is not a state change (its guest answered, its
 /// addresses are known) to the pages showing it, at commit, like the database triggers do.
 pub async fn notify_vm(
-    tx: &mut crate::db::Tx,
+    tx: &mut crate::platform::db::Tx,
     uuid: uuid::Uuid,
     host_id: uuid::Uuid,
 ) -> Result<(), sqlx::Error> {

@@ -2,7 +2,7 @@
 //! counters in the same transaction; the check and the reservation are one conditional
 //! UPDATE of the tenant's quota row (in `quota_reserve`, a database function), whose row lock
 //! also serialises the per-user check, so racing requests can never push usage past a limit.
-use crate::db::{self, Tx};
+use crate::platform::db::{self, Tx};
 use app::error::AppError;
 use app::provisioning::{QuotaEffect, QuotaLine, Recount};
 use time::OffsetDateTime;

@@ -1,10 +1,10 @@
 //! Day-2 operations on portal VMs: resize while shut off (re-checking quota) and snapshots.
-use crate::audit::{self, Event, Origin};
-use crate::db;
 use crate::hypervisor::domain_xml::LibvirtXml;
 use crate::hypervisor::inventory;
-use crate::quota::{self, Amount};
-use crate::requests::ProvisioningBackend;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db;
+use crate::provisioning::quota::{self, Amount};
+use crate::provisioning::requests::ProvisioningBackend;
 use app::error::AppError;
 use app::seam::RequestCtx;
 use serde_json::json;

@@ -3,15 +3,15 @@
 //! before it is cloned, the domain is looked up by UUID before it is defined, and a running
 //! domain is not started again. A process killed anywhere and restarted therefore finishes
 //! with exactly one disk and one domain per VM.
-use crate::audit::{self, Event, Origin};
-use crate::clock::Clock;
-use crate::db::{self, Scope};
 use crate::hypervisor::domain_xml::{self, DiskSpec, DomainXml};
 use crate::hypervisor::{cpu_weight, inventory, storage, Hypervisors};
-use crate::jobs::{Handler, Job, JobKind, Outcome};
-use crate::placement;
-use crate::quota::{self, Release};
-use crate::requests::log;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::clock::Clock;
+use crate::platform::db::{self, Scope};
+use crate::platform::jobs::{Handler, Job, JobKind, Outcome};
+use crate::provisioning::placement;
+use crate::provisioning::quota::{self, Release};
+use crate::provisioning::requests::log;
 use askama::Template;
 use async_trait::async_trait;
 use serde_json::json;
@@ -374,7 +374,7 @@ impl Provisioner {
             )
         };
         self.phase(vm, "seeding", &message).await?;
-        let iso = crate::cloud_init::Seed {
+        let iso = crate::catalog::cloud_init::Seed {
             uuid: vm.uuid,
             hostname: &vm.name,
             login_user,
@@ -385,7 +385,10 @@ impl Provisioner {
         .iso()
         .await
         .map_err(Outcome::Retry)?;
-        let (pool, name) = (placed.pool.clone(), crate::cloud_init::seed_volume(vm.uuid));
+        let (pool, name) = (
+            placed.pool.clone(),
+            crate::catalog::cloud_init::seed_volume(vm.uuid),
+        );
         self.hypervisors
             .call(placed.host, move |conn| {
                 let len = iso.len() as u64;
@@ -609,9 +612,16 @@ impl Provisioner {
             .map_err(retry)?;
         if let Some((host, port)) = forward {
             // Running is not usable yet: a job watches for the guest's SSH (see `guest`).
-            crate::guest::watch(&mut tx, host, vm.uuid, port, vm.network.as_deref(), now)
-                .await
-                .map_err(retry)?;
+            crate::provisioning::guest::watch(
+                &mut tx,
+                host,
+                vm.uuid,
+                port,
+                vm.network.as_deref(),
+                now,
+            )
+            .await
+            .map_err(retry)?;
         }
         if let (Some(r), 1) = (vm.request_id, changed) {
             log(
@@ -731,7 +741,7 @@ impl Provisioner {
                         let _ = storage::delete_volume(
                             conn,
                             &pool,
-                            &crate::cloud_init::seed_volume(uuid),
+                            &crate::catalog::cloud_init::seed_volume(uuid),
                         );
                         match storage::delete_volume(conn, &pool, &volume) {
                             Ok(()) => {}
@@ -776,7 +786,7 @@ impl Provisioner {
         // The pages listing it learn it is gone (the domain's own events may have come first,
         // while the VM was still "deleting").
         if let Some(host) = vm.host_id {
-            crate::live::notify_vm(&mut tx, uuid, host)
+            crate::platform::live::notify_vm(&mut tx, uuid, host)
                 .await
                 .map_err(retry)?;
         }
@@ -827,13 +837,19 @@ impl Handler for Provisioner {
                 self.delete(job.key, reason).await
             }
             Some(JobKind::Shutdown) => {
-                crate::shutdown::check(&self.pool, &self.hypervisors, job).await
+                crate::provisioning::shutdown::check(&self.pool, &self.hypervisors, job).await
             }
             Some(JobKind::GuestReady) => {
-                crate::guest::check(&self.pool, &self.hypervisors, &self.ssh.address, job).await
+                crate::provisioning::guest::check(
+                    &self.pool,
+                    &self.hypervisors,
+                    &self.ssh.address,
+                    job,
+                )
+                .await
             }
             Some(JobKind::ImageCopy) => {
-                crate::images::run_copy(&self.pool, &self.hypervisors, job).await
+                crate::catalog::images::run_copy(&self.pool, &self.hypervisors, job).await
             }
             None => Err(Outcome::Fail(format!("unknown job kind {}", job.kind))),
         }
@@ -842,11 +858,11 @@ impl Handler for Provisioner {
     async fn failed(&self, job: &Job, error: &str) {
         match JobKind::parse(&job.kind) {
             Some(JobKind::Shutdown) => {
-                crate::shutdown::abandoned(&self.pool, job, error).await;
+                crate::provisioning::shutdown::abandoned(&self.pool, job, error).await;
                 return;
             }
             Some(JobKind::ImageCopy) => {
-                crate::images::copy_failed(&self.pool, job, error).await;
+                crate::catalog::images::copy_failed(&self.pool, job, error).await;
                 return;
             }
             Some(JobKind::Provision) => {}
@@ -927,7 +943,11 @@ impl Provisioner {
                     crate::hypervisor::connection::undefine(&dom)?;
                 }
                 let _ = storage::delete_volume(conn, &pool, &volume);
-                let _ = storage::delete_volume(conn, &pool, &crate::cloud_init::seed_volume(uuid));
+                let _ = storage::delete_volume(
+                    conn,
+                    &pool,
+                    &crate::catalog::cloud_init::seed_volume(uuid),
+                );
                 Ok(())
             })
             .await

@@ -2,10 +2,10 @@
 //! the guest has booted, cloud-init has written their key and sshd answers. A queued job
 //! looks every 2 s (a job, so a restart does not lose the watch) until the forwarded port
 //! sends an SSH banner, then records when, and the addresses the guest agent reports.
-use crate::db::{self, Scope};
 use crate::hypervisor::Hypervisors;
-use crate::jobs::{Job, JobKind, Outcome};
-use crate::requests::log;
+use crate::platform::db::{self, Scope};
+use crate::platform::jobs::{Job, JobKind, Outcome};
+use crate::provisioning::requests::log;
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub async fn watch(
     network: Option<&str>,
     started: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
-    crate::jobs::enqueue(
+    crate::platform::jobs::enqueue(
         tx,
         JobKind::GuestReady,
         uuid,
@@ -206,7 +206,7 @@ pub async fn check(
         }
     }
     if answered || !addresses.is_empty() {
-        crate::live::notify_vm(&mut tx, uuid, host_id)
+        crate::platform::live::notify_vm(&mut tx, uuid, host_id)
             .await
             .map_err(retry)?;
     }

@@ -1,7 +1,9 @@
 //! Templates and the catalog: the backend of the `Catalog` seam.
-use crate::audit::{self, Event, Origin};
-use crate::db::{self, Scope};
+pub mod cloud_init;
+pub mod images;
 use crate::hypervisor::storage;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
 use app::error::AppError;
 use app::images::RegisterImageForm;
 use app::provisioning::{Offer, Size, SizeOffer, Template, TemplateForm};
@@ -14,7 +16,7 @@ use uuid::Uuid;
 
 pub struct CatalogBackend {
     pub pool: PgPool,
-    pub images: Arc<crate::images::ImagesBackend>,
+    pub images: Arc<crate::catalog::images::ImagesBackend>,
 }
 
 /// The image a template is saved with.
@@ -571,7 +573,7 @@ impl Catalog for CatalogBackend {
         hidden: bool,
     ) -> Result<(), AppError> {
         let actor = req.actor()?;
-        if !crate::authz::administers(actor, tenant_id) {
+        if !crate::platform::authz::administers(actor, tenant_id) {
             return Err(AppError::Forbidden);
         }
         let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
@@ -622,10 +624,11 @@ impl Catalog for CatalogBackend {
         include_hidden: bool,
     ) -> Result<Vec<Template>, AppError> {
         let actor = req.actor()?;
-        if !crate::authz::member_of(actor, tenant_id) && !actor.fleet_admin {
+        if !crate::platform::authz::member_of(actor, tenant_id) && !actor.fleet_admin {
             return Err(AppError::NotFound("Tenant".into()));
         }
-        let include_hidden = include_hidden && crate::authz::administers(actor, tenant_id);
+        let include_hidden =
+            include_hidden && crate::platform::authz::administers(actor, tenant_id);
         let pattern = format!("%{}%", db::escape_like(&search.trim().to_lowercase()));
         let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
         let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
@@ -659,7 +662,7 @@ async fn offers(tx: &mut db::Tx, tenant: Uuid, list: &mut [Template]) -> Result<
     if list.is_empty() {
         return Ok(());
     }
-    let policy = crate::approval::Policy::load(tx, tenant).await?;
+    let policy = crate::provisioning::approval::Policy::load(tx, tenant).await?;
     let ids: Vec<Uuid> = list.iter().map(|t| t.id).collect();
     /// A template's card in force: currency, then per vCPU-, memory GiB- and disk GiB-hour.
     type Card = (Uuid, Option<String>, Option<f64>, Option<f64>, Option<f64>);
@@ -763,7 +766,7 @@ pub fn parse_login_user(raw: &str, field: &str) -> Result<Option<String>, AppErr
 /// Guest initialisation from the form: the login user and the cloud-config snippet.
 fn parse_guest(form: &TemplateForm) -> Result<(Option<String>, String), AppError> {
     let user = parse_login_user(&form.login_user, "login_user");
-    let snippet = crate::cloud_init::parse_snippet(&form.user_data, "user_data");
+    let snippet = crate::catalog::cloud_init::parse_snippet(&form.user_data, "user_data");
     let (user, _) = match (user, snippet) {
         (Ok(u), Ok(s)) => (u, s),
         (u, s) => return Err(AppError::merge([u.err(), s.err()])),

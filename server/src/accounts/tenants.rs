@@ -1,7 +1,7 @@
 //! Tenants and memberships: the backend of the `Tenants` seam.
 use crate::accounts::AccountsBackend;
-use crate::audit::{self, Event, Origin};
-use crate::db::{self, Scope};
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
 use app::account::TenantRole;
 use app::error::AppError;
 use app::seam::{RequestCtx, Tenants};
@@ -68,7 +68,7 @@ pub(crate) fn require_admin_of(
     tenant: Uuid,
 ) -> Result<&app::account::Actor, AppError> {
     let actor = req.actor()?;
-    if crate::authz::administers(actor, tenant) {
+    if crate::platform::authz::administers(actor, tenant) {
         Ok(actor)
     } else if actor.memberships.iter().any(|m| m.tenant_id == tenant) {
         Err(AppError::Forbidden)

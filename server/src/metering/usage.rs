@@ -5,7 +5,7 @@
 //! (vCPU-, memory- and disk-hours); it is powered on while its domain is running or paused.
 //! The rollup fills `usage_hourly` hour by hour behind a watermark: each run handles the
 //! complete hours since the last one (never a rescan), and re-running an hour overwrites it.
-use crate::db::{self, Scope};
+use crate::platform::db::{self, Scope};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use time::{Duration, OffsetDateTime};

@@ -1,6 +1,6 @@
 //! Approval policy: auto-approval thresholds and ordered approval levels, each satisfied by
 //! ANY or ALL of its approvers.
-use crate::db::{self, Tx};
+use crate::platform::db::{self, Tx};
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ApprovalLevel, ApprovalPolicy};
@@ -154,9 +154,10 @@ impl Level {
     /// May `actor` decide at this level of a request in `tenant`?
     pub fn eligible(&self, actor: &Actor, tenant: Uuid) -> bool {
         if self.approvers.is_empty() {
-            crate::authz::decides_in(actor, tenant)
+            crate::platform::authz::decides_in(actor, tenant)
         } else {
-            self.approvers.contains(&actor.user_id) && crate::authz::member_of(actor, tenant)
+            self.approvers.contains(&actor.user_id)
+                && crate::platform::authz::member_of(actor, tenant)
         }
     }
 

@@ -2,7 +2,7 @@
 //! with `FOR UPDATE SKIP LOCKED` under a lease the runner keeps extending (heartbeat), and
 //! retried with backoff up to an attempt cap. A runner that dies stops beating; its lease
 //! lapses and another worker takes the job over, so every handler must be idempotent.
-use crate::db::Tx;
+use crate::platform::db::Tx;
 use async_trait::async_trait;
 use sqlx::PgPool;
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! Metrics: turning each host's counters into samples (rates from deltas between two
 //! readings), storing them, rolling them up into 5-minute, hourly and daily buckets behind
 //! watermarks (incremental, never a rescan), expiring old rows, and reading series for charts.
-use crate::db::{self, Scope};
 use crate::hypervisor::stats::{DomainCounters, HostCounters};
+use crate::platform::db::{self, Scope};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use time::{Duration, OffsetDateTime};

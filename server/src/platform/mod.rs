@@ -1,0 +1,8 @@
+//! What every domain area stands on: transactions with row-level security (`db`), who may do
+//! what (`authz`), the audit trail, the job queue, live events and the clock.
+pub mod audit;
+pub mod authz;
+pub mod clock;
+pub mod db;
+pub mod jobs;
+pub mod live;
