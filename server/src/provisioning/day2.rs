@@ -19,15 +19,6 @@ fn parse_vcpus(raw: &str) -> Result<i32, AppError> {
         .ok_or_else(|| AppError::field("vcpus", "Enter a whole number of vCPUs from 1 to 128."))
 }
 
-fn parse_memory(raw: &str) -> Result<i64, AppError> {
-    raw.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|m| m.is_finite() && *m >= 0.25 && *m <= 1024.0)
-        .map(|m| (m * 1024.0).round() as i64)
-        .ok_or_else(|| AppError::field("memory_gib", "Enter memory from 0.25 to 1024 GiB."))
-}
-
 /// A snapshot name: letters, digits, '-', '_' and '.', at most 64, not starting with '.'.
 pub fn parse_snapshot_name(raw: &str) -> Result<String, AppError> {
     crate::hypervisor::storage::parse_name(raw, "name")
@@ -111,7 +102,10 @@ pub async fn resize(
     vcpus: &str,
     memory_gib: &str,
 ) -> Result<(), AppError> {
-    let (vcpus, memory_mib) = match (parse_vcpus(vcpus), parse_memory(memory_gib)) {
+    let (vcpus, memory_mib) = match (
+        parse_vcpus(vcpus),
+        super::requests::parse_gib_as_mib(memory_gib, "memory_gib", 0.25, 1024.0),
+    ) {
         (Ok(v), Ok(m)) => (v, m),
         (v, m) => return Err(AppError::merge([v.err(), m.err()])),
     };

@@ -207,14 +207,23 @@ fn parse_limit(raw: &str, field: &str, max: i64) -> Result<i64, AppError> {
         .ok_or_else(|| AppError::field(field, format!("Enter a whole number from 0 to {max}.")))
 }
 
-fn parse_gib_as_mib(raw: &str, field: &str, max_gib: f64) -> Result<i64, AppError> {
+/// A size in GiB (fractions allowed) as MiB, within `min_gib..=max_gib`.
+pub(crate) fn parse_gib_as_mib(
+    raw: &str,
+    field: &str,
+    min_gib: f64,
+    max_gib: f64,
+) -> Result<i64, AppError> {
     raw.trim()
         .parse::<f64>()
         .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0 && *v <= max_gib)
+        .filter(|v| v.is_finite() && *v >= min_gib && *v <= max_gib)
         .map(|v| (v * 1024.0).round() as i64)
         .ok_or_else(|| {
-            AppError::field(field, format!("Enter a number of GiB from 0 to {max_gib}."))
+            AppError::field(
+                field,
+                format!("Enter a number of GiB from {min_gib} to {max_gib}."),
+            )
         })
 }
 
@@ -1496,7 +1505,7 @@ impl Provisioning for ProvisioningBackend {
         }
         let parsed = (
             parse_limit(&limits.vcpus, "vcpus", 100_000),
-            parse_gib_as_mib(&limits.memory_gib, "memory_gib", 1_000_000.0),
+            parse_gib_as_mib(&limits.memory_gib, "memory_gib", 0.0, 1_000_000.0),
             parse_limit(&limits.disk_gib, "disk_gib", 10_000_000),
             parse_limit(&limits.vms, "vms", 100_000),
         );
@@ -1610,7 +1619,12 @@ impl Provisioning for ProvisioningBackend {
         }
         let parsed = (
             parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
-            parse_gib_as_mib(&form.auto_max_memory_gib, "auto_max_memory_gib", 1024.0),
+            parse_gib_as_mib(
+                &form.auto_max_memory_gib,
+                "auto_max_memory_gib",
+                0.0,
+                1024.0,
+            ),
             parse_limit(&form.auto_max_count, "auto_max_count", i64::from(MAX_COUNT)),
             parse_limit(&form.auto_max_lease_days, "auto_max_lease_days", 3650),
             parse_limit(&form.expire_days, "expire_days", 365).and_then(|d| {
@@ -2034,7 +2048,7 @@ mod tests {
         assert!(parse_count("-3").is_err());
         assert_eq!(parse_count(" 4 ").unwrap(), 4);
         assert!(parse_purpose("  ").is_err());
-        assert!(parse_gib_as_mib("1.5", "m", 10.0).unwrap() == 1536);
-        assert!(parse_gib_as_mib("NaN", "m", 10.0).is_err());
+        assert!(parse_gib_as_mib("1.5", "m", 0.0, 10.0).unwrap() == 1536);
+        assert!(parse_gib_as_mib("NaN", "m", 0.0, 10.0).is_err());
     }
 }
