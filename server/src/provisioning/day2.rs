@@ -104,7 +104,7 @@ pub async fn resize(
 ) -> Result<(), AppError> {
     let (vcpus, memory_mib) = match (
         parse_vcpus(vcpus),
-        super::requests::parse_gib_as_mib(memory_gib, "memory_gib", 0.25, 1024.0),
+        super::validate::parse_gib_as_mib(memory_gib, "memory_gib", 0.25, 1024.0),
     ) {
         (Ok(v), Ok(m)) => (v, m),
         (v, m) => return Err(AppError::merge([v.err(), m.err()])),

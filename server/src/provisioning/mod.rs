@@ -2,11 +2,15 @@
 //! placement, the provisioning jobs, the guest becoming reachable, leases, shutdowns and the
 //! day-2 operations on the VMs requests made.
 pub mod approval;
+mod approvals;
 pub mod day2;
 pub mod guest;
 pub mod leases;
+mod limits;
 pub mod placement;
 pub mod provisioner;
 pub mod quota;
 pub mod requests;
 pub mod shutdown;
+mod validate;
+mod vms;

@@ -1,0 +1,343 @@
+//! A tenant's quotas and approval policy: reading, setting, recounting.
+use super::requests::*;
+use super::validate::parse_gib_as_mib;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::authz::{self};
+use crate::platform::db::{self};
+use crate::provisioning::approval::{self};
+use crate::provisioning::quota::{self, Amount};
+use app::error::AppError;
+use app::provisioning::{LimitsForm, PolicyForm, QuotaEffect, Recount, TenantQuotas, UserQuota};
+use app::seam::RequestCtx;
+use serde_json::json;
+use uuid::Uuid;
+
+pub(super) async fn quotas(
+    b: &ProvisioningBackend,
+    req: &RequestCtx,
+    tenant_id: Uuid,
+) -> Result<TenantQuotas, AppError> {
+    let actor = req.actor()?;
+    if !authz::administers(actor, tenant_id) {
+        return Err(authz::refuse_tenant(actor, tenant_id));
+    }
+    let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
+    let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?
+        .ok_or_else(|| AppError::NotFound("Tenant".into()))?;
+    let lines = quota::usage_lines(&mut tx, tenant_id).await?;
+    let users = quota::user_lines(&mut tx, tenant_id)
+        .await?
+        .into_iter()
+        .map(|(user_id, email, lines)| UserQuota {
+            user_id,
+            email,
+            lines,
+        })
+        .collect();
+    let policy = approval::describe(&mut tx, tenant_id).await?;
+    Ok(TenantQuotas {
+        tenant_id,
+        tenant_name: name,
+        lines,
+        users,
+        policy,
+    })
+}
+
+pub(super) async fn set_quota(
+    b: &ProvisioningBackend,
+    req: &RequestCtx,
+    tenant_id: Uuid,
+    user_email: &str,
+    limits: LimitsForm,
+) -> Result<(), AppError> {
+    let actor = req.actor()?;
+    let for_user = !user_email.trim().is_empty();
+    let allowed = if for_user {
+        authz::administers(actor, tenant_id)
+    } else {
+        actor.fleet_admin
+    };
+    if !allowed {
+        return Err(authz::refuse_tenant(actor, tenant_id));
+    }
+    let parsed = (
+        parse_limit(&limits.vcpus, "vcpus", 100_000),
+        parse_gib_as_mib(&limits.memory_gib, "memory_gib", 0.0, 1_000_000.0),
+        parse_limit(&limits.disk_gib, "disk_gib", 10_000_000),
+        parse_limit(&limits.vms, "vms", 100_000),
+    );
+    let (vcpus, memory, disk, vms) = match parsed {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (a, b, c, d) => return Err(AppError::merge([a.err(), b.err(), c.err(), d.err()])),
+    };
+    let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
+    let origin = Origin::of(req);
+    let after = json!({ "vcpus": vcpus, "memory_mib": memory, "disk_gib": disk, "vms": vms });
+    if for_user {
+        let email = crate::accounts::email::Email::parse(user_email, "user_email")?;
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1 WHERE lower(u.email) = $2",
+        )
+        .bind(tenant_id)
+        .bind(email.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        let user = user.ok_or_else(|| {
+            AppError::field("user_email", "That person is not a member of this tenant.")
+        })?;
+        let tenant_limits: Option<(i32, i64, i64, i32)> = sqlx::query_as(
+            "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms FROM tenant_quotas WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        if let Some((tv, tm, td, tn)) = tenant_limits {
+            let over = [
+                (vcpus > i64::from(tv), "vcpus"),
+                (memory > tm, "memory_gib"),
+                (disk > td, "disk_gib"),
+                (vms > i64::from(tn), "vms"),
+            ];
+            let errors = over.iter().filter(|(o, _)| *o).map(|(_, f)| {
+                Some(AppError::field(
+                    f,
+                    "A member's quota must fit inside the tenant's.",
+                ))
+            });
+            let merged = AppError::merge(errors);
+            if merged != AppError::Invalid(Vec::new()) {
+                return Err(merged);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO user_quotas (tenant_id, user_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET max_vcpus = excluded.max_vcpus,
+                 max_memory_mib = excluded.max_memory_mib, max_disk_gib = excluded.max_disk_gib, max_vms = excluded.max_vms",
+        )
+        .bind(tenant_id)
+        .bind(user)
+        .bind(vcpus as i32)
+        .bind(memory)
+        .bind(disk)
+        .bind(vms as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        audit::record(
+            &mut tx,
+            &origin,
+            Event::new("quota.user.set", "user", user)
+                .tenant(tenant_id)
+                .after(after),
+        )
+        .await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO tenant_quotas (tenant_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id) DO UPDATE SET max_vcpus = excluded.max_vcpus,
+                 max_memory_mib = excluded.max_memory_mib, max_disk_gib = excluded.max_disk_gib, max_vms = excluded.max_vms",
+        )
+        .bind(tenant_id)
+        .bind(vcpus as i32)
+        .bind(memory)
+        .bind(disk)
+        .bind(vms as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => AppError::NotFound("Tenant".into()),
+            _ => db::internal(e),
+        })?;
+        audit::record(
+            &mut tx,
+            &origin,
+            Event::new("quota.tenant.set", "tenant", tenant_id)
+                .tenant(tenant_id)
+                .after(after),
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(db::internal)
+}
+
+pub(super) async fn set_policy(
+    b: &ProvisioningBackend,
+    req: &RequestCtx,
+    tenant_id: Uuid,
+    form: PolicyForm,
+) -> Result<(), AppError> {
+    let actor = req.actor()?;
+    if !authz::administers(actor, tenant_id) {
+        return Err(authz::refuse_tenant(actor, tenant_id));
+    }
+    let parsed = (
+        parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
+        parse_gib_as_mib(
+            &form.auto_max_memory_gib,
+            "auto_max_memory_gib",
+            0.0,
+            1024.0,
+        ),
+        parse_limit(&form.auto_max_count, "auto_max_count", i64::from(MAX_COUNT)),
+        parse_limit(&form.auto_max_lease_days, "auto_max_lease_days", 3650),
+        parse_limit(&form.expire_days, "expire_days", 365).and_then(|d| {
+            if d == 0 {
+                Err(AppError::field(
+                    "expire_days",
+                    "Enter a whole number from 1 to 365.",
+                ))
+            } else {
+                Ok(d)
+            }
+        }),
+        if form.level.is_empty() {
+            approval::parse_levels(&form.levels)
+        } else {
+            approval::level_rows(&form.level)
+        },
+    );
+    let (v, m, c, l, e, levels) = match parsed {
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
+        (a, b, c, d, e, f) => {
+            return Err(AppError::merge([
+                a.err(),
+                b.err(),
+                c.err(),
+                d.err(),
+                e.err(),
+                f.err(),
+            ]))
+        }
+    };
+    let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
+    let mut resolved = Vec::new();
+    for (all, emails) in &levels {
+        let ids: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT u.id, lower(u.email) FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1
+             WHERE lower(u.email) = ANY($2) AND m.role IN ('approver', 'tenant_admin')",
+        )
+        .bind(tenant_id)
+        .bind(emails)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        if let Some(missing) = emails.iter().find(|e| !ids.iter().any(|(_, x)| x == *e)) {
+            return Err(AppError::field(
+                "levels",
+                format!("{missing} is not an approver or tenant admin of this tenant."),
+            ));
+        }
+        resolved.push((*all, ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>()));
+    }
+    // Templates that may be auto-approved, by name among those offered to the tenant.
+    let names: Vec<String> = form
+        .auto_templates
+        .split(',')
+        .map(|n| n.trim().to_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let found: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, lower(name) FROM templates WHERE lower(name) = ANY($1) AND (all_tenants OR $2 = ANY(tenant_ids))",
+    )
+    .bind(&names)
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
+        return Err(AppError::field(
+            "auto_templates",
+            format!("No template named \u{201c}{missing}\u{201d} is offered to this tenant."),
+        ));
+    }
+    let auto_templates: Vec<Uuid> = found.into_iter().map(|(id, _)| id).collect();
+    sqlx::query(
+        "INSERT INTO approval_policies (tenant_id, auto_max_vcpus, auto_max_memory_mib, auto_max_count, auto_max_lease_days, expire_days, auto_template_ids)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant_id) DO UPDATE SET auto_max_vcpus = excluded.auto_max_vcpus,
+             auto_max_memory_mib = excluded.auto_max_memory_mib, auto_max_count = excluded.auto_max_count,
+             auto_max_lease_days = excluded.auto_max_lease_days, expire_days = excluded.expire_days,
+             auto_template_ids = excluded.auto_template_ids",
+    )
+    .bind(tenant_id)
+    .bind(v as i32)
+    .bind(m)
+    .bind(c as i32)
+    .bind(l as i32)
+    .bind(e as i32)
+    .bind(&auto_templates)
+    .execute(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    sqlx::query("DELETE FROM approval_levels WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+    for (i, (all, ids)) in resolved.iter().enumerate() {
+        sqlx::query("INSERT INTO approval_levels (tenant_id, level, mode, approvers) VALUES ($1, $2, $3, $4)")
+            .bind(tenant_id)
+            .bind(i as i32 + 1)
+            .bind(if *all { "all" } else { "any" })
+            .bind(ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+    }
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new("policy.set", "tenant", tenant_id)
+            .tenant(tenant_id)
+            .after(json!({
+                "auto_max_vcpus": v, "auto_max_memory_mib": m, "auto_max_count": c,
+                "auto_max_lease_days": l, "expire_days": e, "levels": form.levels,
+            "auto_templates": auto_templates,
+            })),
+    )
+    .await?;
+    tx.commit().await.map_err(db::internal)
+}
+
+pub(super) async fn recount(
+    b: &ProvisioningBackend,
+    req: &RequestCtx,
+    tenant_id: Uuid,
+) -> Result<Recount, AppError> {
+    let actor = req.actor()?;
+    if !authz::administers(actor, tenant_id) {
+        return Err(AppError::NotFound("Tenant".into()));
+    }
+    let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
+    quota::recount(&mut tx, tenant_id).await
+}
+
+pub(super) async fn my_quota(
+    b: &ProvisioningBackend,
+    req: &RequestCtx,
+    tenant_id: Uuid,
+) -> Result<QuotaEffect, AppError> {
+    let actor = req.actor()?;
+    if !authz::member_of(actor, tenant_id) {
+        return Err(AppError::NotFound("Tenant".into()));
+    }
+    let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
+    quota::effect(&mut tx, tenant_id, actor.user_id, Amount::default()).await
+}
+
+pub(super) fn parse_limit(raw: &str, field: &str, max: i64) -> Result<i64, AppError> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| (0..=max).contains(v))
+        .ok_or_else(|| AppError::field(field, format!("Enter a whole number from 0 to {max}.")))
+}
