@@ -591,34 +591,24 @@ impl FleetBackend {
     ) -> Result<std::collections::HashMap<String, Vec<String>>, AppError> {
         let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let templates: Vec<(String, String)> = sqlx::query_as(
-            "SELECT ti.volume, t.name FROM template_images ti JOIN templates t ON t.id = ti.template_id
-             WHERE ti.host_id = $1 AND ti.pool = $2 ORDER BY t.name",
+        // Templates' base images first, then portal VMs' disks, each by name.
+        let portal: Vec<(String, String)> = sqlx::query_as(
+            "SELECT volume, what FROM (
+                 SELECT ti.volume, 'base image of template ' || t.name AS what, 0 AS kind, t.name
+                 FROM template_images ti JOIN templates t ON t.id = ti.template_id
+                 WHERE ti.host_id = $1 AND ti.pool = $2
+                 UNION ALL
+                 SELECT volume, 'disk of VM ' || name, 1, name FROM vms
+                 WHERE host_id = $1 AND pool = $2 AND volume IS NOT NULL AND deleted_at IS NULL
+             ) u ORDER BY kind, name",
         )
         .bind(host_id)
         .bind(pool)
         .fetch_all(&mut *tx)
         .await
         .map_err(db::internal)?;
-        for (volume, template) in templates {
-            users
-                .entry(volume)
-                .or_default()
-                .push(format!("base image of template {template}"));
-        }
-        let vms: Vec<(String, String)> = sqlx::query_as(
-            "SELECT volume, name FROM vms WHERE host_id = $1 AND pool = $2 AND volume IS NOT NULL AND deleted_at IS NULL ORDER BY name",
-        )
-        .bind(host_id)
-        .bind(pool)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        for (volume, vm) in vms {
-            users
-                .entry(volume)
-                .or_default()
-                .push(format!("disk of VM {vm}"));
+        for (volume, what) in portal {
+            users.entry(volume).or_default().push(what);
         }
         // Other domains (unmanaged, or not from the portal) by their disks' files.
         let domains: Vec<(String, serde_json::Value)> = sqlx::query_as(
