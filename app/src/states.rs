@@ -1,5 +1,7 @@
-//! The typed vocabulary of a request's life, shared by the DTOs, the backend's SQL binds and
-//! the pages. The database's CHECK on `requests.state` holds the same set (a test compares them).
+//! The typed vocabulary of a request's and a portal VM's life, shared by the DTOs, the
+//! backend's SQL binds and the pages. The database's CHECKs on `requests.state` and
+//! `vms.phase` hold the same sets, and `vm_phase_building()` the same rule as
+//! `VmPhase::building` (tests compare them).
 use serde::{Deserialize, Serialize};
 
 /// Where a request is: submitted → (pending approval →) approved → provisioning → fulfilled,
@@ -117,6 +119,80 @@ impl TryFrom<String> for RequestState {
     }
 }
 
+/// Where the portal is with a VM it makes: pending → placing → cloning → seeding → defining →
+/// starting → running; expired (stopped at its lease's end), deleting → deleted, or failed.
+/// What the hypervisor says of the domain (running, shutoff, …) is its state, not its phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmPhase {
+    Pending,
+    Placing,
+    Cloning,
+    Seeding,
+    Defining,
+    Starting,
+    Running,
+    Failed,
+    Expired,
+    Deleting,
+    Deleted,
+}
+
+impl VmPhase {
+    pub const ALL: [VmPhase; 11] = [
+        VmPhase::Pending,
+        VmPhase::Placing,
+        VmPhase::Cloning,
+        VmPhase::Seeding,
+        VmPhase::Defining,
+        VmPhase::Starting,
+        VmPhase::Running,
+        VmPhase::Failed,
+        VmPhase::Expired,
+        VmPhase::Deleting,
+        VmPhase::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPhase::Pending => "pending",
+            VmPhase::Placing => "placing",
+            VmPhase::Cloning => "cloning",
+            VmPhase::Seeding => "seeding",
+            VmPhase::Defining => "defining",
+            VmPhase::Starting => "starting",
+            VmPhase::Running => "running",
+            VmPhase::Failed => "failed",
+            VmPhase::Expired => "expired",
+            VmPhase::Deleting => "deleting",
+            VmPhase::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VmPhase> {
+        VmPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Placed on a host and being built there: its size counts against the host although
+    /// no running domain shows it yet (the SQL function `vm_phase_building` says the same).
+    pub fn building(self) -> bool {
+        matches!(
+            self,
+            VmPhase::Placing
+                | VmPhase::Cloning
+                | VmPhase::Seeding
+                | VmPhase::Defining
+                | VmPhase::Starting
+        )
+    }
+}
+
+impl std::fmt::Display for VmPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +207,9 @@ mod tests {
             );
         }
         assert_eq!(RequestState::parse("open"), None);
+        for p in VmPhase::ALL {
+            assert_eq!(VmPhase::parse(p.as_str()), Some(p));
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
     }
 }

@@ -80,7 +80,7 @@ async fn dashboard_figures(pool: PgPool, vcpu_overcommit: f64) -> Result<FleetDa
                       WHERE h.state = 'connected' AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed')) AS memory_allocated_kib,
                     (SELECT count(*) FROM requests WHERE state = 'pending_approval') AS pending_requests,
                     (SELECT count(*) FROM domains WHERE NOT managed AND missing_since IS NULL) AS drift,
-                    (SELECT count(*) FROM vms WHERE phase IN ('pending', 'placing', 'cloning', 'defining', 'starting')) AS provisioning",
+                    (SELECT count(*) FROM vms WHERE phase = 'pending' OR vm_phase_building(phase)) AS provisioning",
         )
         .fetch_one(&mut *tx)
         .await

@@ -65,9 +65,9 @@ pub async fn candidates(
                 (SELECT coalesce(sum(d.vcpus), 0) FROM domains d
                   WHERE d.host_id = h.id AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed'))
                 + (SELECT coalesce(sum(v.vcpus), 0) FROM vms v
-                  WHERE v.host_id = h.id AND v.phase IN ('placing', 'cloning', 'defining', 'starting'))::int8 AS vcpus_allocated,
+                  WHERE v.host_id = h.id AND vm_phase_building(v.phase))::int8 AS vcpus_allocated,
                 (SELECT coalesce(sum(v.memory_mib), 0) FROM vms v
-                  WHERE v.host_id = h.id AND v.phase IN ('placing', 'cloning', 'defining', 'starting'))::int8 AS pending_memory_mib,
+                  WHERE v.host_id = h.id AND vm_phase_building(v.phase))::int8 AS pending_memory_mib,
                 (SELECT coalesce(sum(v.disk_gib), 0) FROM vms v
                   WHERE v.host_id = h.id AND v.phase IN ('placing', 'cloning'))::int8 AS pending_disk_gib
          FROM template_images i JOIN hosts h ON h.id = i.host_id

@@ -12,6 +12,7 @@ use crate::platform::jobs::{Handler, Job, JobKind, Outcome};
 use crate::provisioning::placement;
 use crate::provisioning::quota::{self, Release};
 use crate::provisioning::requests::log;
+use app::states::VmPhase;
 use askama::Template;
 use async_trait::async_trait;
 use serde_json::json;
@@ -111,7 +112,7 @@ impl Provisioner {
     }
 
     /// Records a phase and a line in the request's log.
-    async fn phase(&self, vm: &VmJob, phase: &str, message: &str) -> Result<(), Outcome> {
+    async fn phase(&self, vm: &VmJob, phase: VmPhase, message: &str) -> Result<(), Outcome> {
         let now = self.clock.now();
         let mut tx = db::begin_raw(&self.pool, Scope::fleet())
             .await
@@ -120,7 +121,7 @@ impl Provisioner {
             "UPDATE vms SET phase = $2, updated_at = $3 WHERE uuid = $1 AND phase <> 'running'",
         )
         .bind(vm.uuid)
-        .bind(phase)
+        .bind(phase.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await
@@ -142,7 +143,7 @@ impl Provisioner {
                 .await
                 .map_err(retry)?;
             }
-            log(&mut tx, r, vm.tenant_id, None, phase, message, now)
+            log(&mut tx, r, vm.tenant_id, None, phase.as_str(), message, now)
                 .await
                 .map_err(retry)?;
         }
@@ -373,7 +374,7 @@ impl Provisioner {
                 if keys.len() == 1 { "" } else { "s" }
             )
         };
-        self.phase(vm, "seeding", &message).await?;
+        self.phase(vm, VmPhase::Seeding, &message).await?;
         let iso = crate::catalog::cloud_init::Seed {
             uuid: vm.uuid,
             hostname: &vm.name,
@@ -421,7 +422,7 @@ impl Provisioner {
 
         self.phase(
             &vm,
-            "cloning",
+            VmPhase::Cloning,
             &format!("{}: cloning the disk from {base}.", vm.name),
         )
         .await?;
@@ -443,7 +444,7 @@ impl Provisioner {
         };
         self.phase(
             &vm,
-            "defining",
+            VmPhase::Defining,
             &format!("{}: defining the domain.", vm.name),
         )
         .await?;
@@ -534,7 +535,7 @@ impl Provisioner {
             .map_err(retry)?;
         self.crash_point("defined");
 
-        self.phase(&vm, "starting", &format!("{}: starting.", vm.name))
+        self.phase(&vm, VmPhase::Starting, &format!("{}: starting.", vm.name))
             .await?;
         let facts = self
             .hypervisors

@@ -8,6 +8,7 @@ use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ManagedVm, VmFilter};
 use app::seam::{Provisioning, RequestCtx};
+use app::states::VmPhase;
 use app::Page;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -197,21 +198,17 @@ pub(super) struct VmRow {
     pub(super) network: Option<String>,
 }
 
-/// What the state filter accepts: hypervisor states and provisioning phases.
-pub(super) const VM_STATES: [&str; 12] = [
-    "running",
-    "shutoff",
-    "paused",
-    "crashed",
-    "pmsuspended",
-    "pending",
-    "placing",
-    "cloning",
-    "defining",
-    "starting",
-    "failed",
-    "deleting",
-];
+/// What the state filter accepts: hypervisor states and the portal's phases.
+pub(super) fn vm_states() -> impl Iterator<Item = &'static str> {
+    ["running", "shutoff", "paused", "crashed", "pmsuspended"]
+        .into_iter()
+        .chain(
+            VmPhase::ALL
+                .into_iter()
+                .filter(|p| !matches!(p, VmPhase::Running | VmPhase::Deleted))
+                .map(VmPhase::as_str),
+        )
+}
 
 pub(super) const VM_SELECT: &str = "
     SELECT v.uuid, v.name, t.name AS tenant_name, u.email AS owner_email, tp.name AS template_name,
@@ -364,7 +361,7 @@ impl ProvisioningBackend {
                 ("state", "coalesce(d.state, v.phase), v.name, v.uuid"),
             ],
         )?;
-        let state = db::state_filter(&filter.state, VM_STATES)?;
+        let state = db::state_filter(&filter.state, vm_states())?;
         let (search, pattern) = db::search_pattern(&filter.search)?;
         let owners = if !filter.all {
             VmOwners::Own(actor.user_id, member_tenants(actor))

@@ -1,4 +1,4 @@
-//! The typed vocabulary in `app` and the database's CHECK constraints name the same sets: a
+//! The typed vocabulary in `app` and the database's CHECK constraints and functions agree: a
 //! state added on one side only fails here, not in production.
 use crate::common::*;
 use app::states::RequestState;
@@ -33,4 +33,23 @@ async fn request_states_are_the_databases() {
         .map(|s| s.as_str().to_string())
         .collect();
     assert_eq!(ours, checked_values(&app, "requests", "state").await);
+}
+
+#[tokio::test]
+async fn vm_phases_and_which_hold_resources_are_the_databases() {
+    use app::states::VmPhase;
+    let app = spawn_app().await;
+    let ours: BTreeSet<String> = VmPhase::ALL
+        .iter()
+        .map(|p| p.as_str().to_string())
+        .collect();
+    assert_eq!(ours, checked_values(&app, "vms", "phase").await);
+    for p in VmPhase::ALL {
+        let building: bool = sqlx::query_scalar("SELECT vm_phase_building($1)")
+            .bind(p.as_str())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(building, p.building(), "{p}");
+    }
 }
