@@ -1,0 +1,528 @@
+//! Hosts: registration, the host list and page, the domain type, manual reconciles.
+use super::dashboard::*;
+use super::*;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::db::{self, Scope};
+use app::error::AppError;
+use app::fleet::{version_string, HostDetail, HostFilter, HostSummary, NetworkInfo, PoolInfo};
+use app::seam::RequestCtx;
+use app::Page;
+use serde_json::json;
+use uuid::Uuid;
+
+pub(super) async fn hosts(
+    b: &FleetBackend,
+    req: &RequestCtx,
+) -> Result<Vec<HostSummary>, AppError> {
+    req.fleet_admin()?;
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let rows: Vec<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} ORDER BY h.name"))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+    tx.commit().await.map_err(db::internal)?;
+    Ok(rows.into_iter().map(|r| b.summary(r)).collect())
+}
+
+pub(super) async fn host_page(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    filter: HostFilter,
+) -> Result<Page<HostSummary>, AppError> {
+    req.fleet_admin()?;
+    let page = filter.page.max(1);
+    let order = db::order_by(
+        &filter.sort,
+        &[
+            ("name", "h.name"),
+            (
+                "memory",
+                "coalesce(d.memory, 0)::float8 / greatest(h.memory_kib, 1) DESC, h.name",
+            ),
+            ("domains", "coalesce(d.n, 0) DESC, h.name"),
+            ("state", "h.state, h.name"),
+        ],
+    )?;
+    let state = db::state_filter(
+        &filter.state,
+        ["connected", "lost", "connecting", "maintenance"],
+    )?;
+    let (search, pattern) = db::search_pattern(&filter.search)?;
+    let cond =
+        "($1 = '' OR h.name ILIKE $2 OR EXISTS (SELECT 1 FROM unnest(h.labels) l WHERE l ILIKE $2))
+         AND ($3 = '' OR ($3 = 'maintenance' AND h.maintenance) OR h.state = $3)";
+    let mut args = sqlx::postgres::PgArguments::default();
+    db::arg(&mut args, search)?;
+    db::arg(&mut args, &pattern)?;
+    db::arg(&mut args, state)?;
+    let (limit, page_args) = db::page_args(&args, HOSTS_PER_PAGE, page)?;
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let rows: Vec<HostRow> = sqlx::query_as_with(
+        &format!("{HOST_QUERY} WHERE {cond} ORDER BY {order} {limit}"),
+        page_args,
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    let total: i64 =
+        sqlx::query_scalar_with(&format!("SELECT count(*) FROM hosts h WHERE {cond}"), args)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+    tx.commit().await.map_err(db::internal)?;
+    Ok(Page {
+        items: rows.into_iter().map(|r| b.summary(r)).collect(),
+        page,
+        per_page: HOSTS_PER_PAGE,
+        total,
+    })
+}
+
+pub(super) async fn register(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    name: &str,
+    uri: &str,
+    labels: &str,
+    schedulable: bool,
+    maintenance: bool,
+) -> Result<HostSummary, AppError> {
+    req.fleet_admin()?;
+    let (name, uri, labels) = match (parse_host_name(name), parse_uri(uri), parse_labels(labels)) {
+        (Ok(n), Ok(u), Ok(l)) => (n, u, l),
+        (n, u, l) => return Err(AppError::merge([n.err(), u.err(), l.err()])),
+    };
+    let simulated_file = simulated_file(&uri, b.simulated_fleets.as_deref())?;
+    // Saving tests the connection; libvirt's own words go next to the URI, except for a
+    // simulated host's file, whose parse errors would quote the file's content.
+    let facts = crate::hypervisor::probe(&uri).await.map_err(|e| {
+        let message = if simulated_file {
+            "Could not connect: that file is not a libvirt test-driver node file.".to_string()
+        } else {
+            format!("Could not connect: {e}")
+        };
+        AppError::field("uri", message)
+    })?;
+    let simulated = uri.starts_with("test:");
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO hosts (name, uri, labels, schedulable, maintenance, simulated, cpus, memory_kib, lib_version, hv_type, hv_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(&name)
+    .bind(&uri)
+    .bind(&labels)
+    .bind(schedulable)
+    .bind(maintenance)
+    .bind(simulated)
+    .bind(facts.cpus)
+    .bind(facts.memory_kib)
+    .bind(facts.lib_version)
+    .bind(&facts.hv_type)
+    .bind(facts.hv_version)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(host_constraint)?;
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new("host.register", "host", id).after(json!({
+            "name": name, "uri": uri, "labels": labels, "schedulable": schedulable, "maintenance": maintenance
+        })),
+    )
+    .await?;
+    let summary = b.host_summary(&mut tx, id).await?;
+    tx.commit().await.map_err(host_constraint)?;
+    b.hypervisors.start(id, uri);
+    Ok(summary)
+}
+
+pub(super) async fn host(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    search: &str,
+    page: u32,
+) -> Result<HostDetail, AppError> {
+    req.fleet_admin()?;
+    if search.chars().count() > 100 {
+        return Err(AppError::field(
+            "search",
+            "Search for at most 100 characters.",
+        ));
+    }
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let host = b.host_summary(&mut tx, host_id).await?;
+    #[derive(sqlx::FromRow)]
+    struct P {
+        name: String,
+        pool_type: Option<String>,
+        path: Option<String>,
+        active: bool,
+        capacity: i64,
+        allocation: i64,
+        available: i64,
+        missing: bool,
+    }
+    let pools: Vec<P> = sqlx::query_as(
+        "SELECT name, pool_type, path, active, capacity, allocation, available, missing_since IS NOT NULL AS missing
+         FROM storage_pools WHERE host_id = $1 ORDER BY name",
+    )
+    .bind(host_id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    #[derive(sqlx::FromRow)]
+    struct N {
+        name: String,
+        active: bool,
+        forward_mode: Option<String>,
+        bridge: Option<String>,
+        missing: bool,
+    }
+    let networks: Vec<N> = sqlx::query_as(
+        "SELECT name, active, forward_mode, bridge, missing_since IS NOT NULL AS missing FROM networks WHERE host_id = $1 ORDER BY name",
+    )
+    .bind(host_id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    let domains = b
+        .domains_page(
+            &mut tx,
+            "d.host_id = $1 AND d.missing_since IS NULL",
+            Some(host_id),
+            search.trim(),
+            page,
+        )
+        .await?;
+    let missing: Vec<DomainRow> = sqlx::query_as(&format!(
+        "{DOMAIN_QUERY} WHERE d.host_id = $1 AND d.missing_since IS NOT NULL
+         ORDER BY d.missing_since DESC LIMIT 100"
+    ))
+    .bind(host_id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    tx.commit().await.map_err(db::internal)?;
+    Ok(HostDetail {
+        host,
+        pools: pools
+            .into_iter()
+            .map(|p| PoolInfo {
+                name: p.name,
+                pool_type: p.pool_type,
+                path: p.path,
+                active: p.active,
+                capacity: p.capacity,
+                allocation: p.allocation,
+                available: p.available,
+                missing: p.missing,
+            })
+            .collect(),
+        networks: networks
+            .into_iter()
+            .map(|n| NetworkInfo {
+                name: n.name,
+                active: n.active,
+                forward_mode: n.forward_mode,
+                bridge: n.bridge,
+                missing: n.missing,
+            })
+            .collect(),
+        domains,
+        missing: missing.into_iter().map(Into::into).collect(),
+    })
+}
+
+pub(super) async fn set_domain_type(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    domain_type: &str,
+) -> Result<(), AppError> {
+    req.fleet_admin()?;
+    let value = match domain_type.trim() {
+        "" => None,
+        "kvm" => Some("kvm"),
+        "qemu" => Some("qemu"),
+        _ => {
+            return Err(AppError::field(
+                "domain_type",
+                "Choose detected, kvm or qemu.",
+            ))
+        }
+    };
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let before: Option<Option<String>> =
+        sqlx::query_scalar("SELECT domain_type FROM hosts WHERE id = $1 FOR UPDATE")
+            .bind(host_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+    let before = before.ok_or_else(|| AppError::NotFound("Host".into()))?;
+    sqlx::query("UPDATE hosts SET domain_type = $2 WHERE id = $1")
+        .bind(host_id)
+        .bind(value)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new("host.domain_type", "host", host_id)
+            .before(json!({ "domain_type": before }))
+            .after(json!({ "domain_type": value })),
+    )
+    .await?;
+    tx.commit().await.map_err(db::internal)
+}
+
+pub(super) async fn reconcile(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+) -> Result<(), AppError> {
+    req.fleet_admin()?;
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    b.host_summary(&mut tx, host_id).await?;
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new("host.reconcile", "host", host_id),
+    )
+    .await?;
+    tx.commit().await.map_err(db::internal)?;
+    b.hypervisors
+        .reconcile(host_id)
+        .await
+        .map(|_| ())
+        .map_err(AppError::Conflict)
+}
+
+/// A host name: lowercase letters, digits and hyphens, at most 63, starting alphanumeric.
+pub fn parse_host_name(raw: &str) -> Result<String, AppError> {
+    let s = raw.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(AppError::field(
+            "name",
+            "Use 1 to 63 lowercase letters, digits and hyphens, not starting with a hyphen.",
+        ))
+    }
+}
+
+/// A libvirt URI of a kind Concierge manages.
+pub fn parse_uri(raw: &str) -> Result<String, AppError> {
+    let s = raw.trim();
+    const SCHEMES: [&str; 5] = [
+        "qemu:///",
+        "qemu+ssh://",
+        "qemu+tls://",
+        "qemu+tcp://",
+        "test:///",
+    ];
+    if s.is_empty() {
+        return Err(AppError::field(
+            "uri",
+            "Enter a libvirt URI, e.g. qemu:///system.",
+        ));
+    }
+    if s.len() > 500 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(AppError::field(
+            "uri",
+            "A URI has no spaces or control characters and at most 500 characters.",
+        ));
+    }
+    if !SCHEMES.iter().any(|p| s.starts_with(p)) {
+        return Err(AppError::field(
+            "uri",
+            "Use qemu:///system, qemu:///session, qemu+ssh://…, qemu+tls://… or test:///…",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Whether `uri` names a simulated host's node file, which is allowed only inside the
+/// configured directory of simulated fleets (a fleet admin must not be able to make the
+/// server open any file it can read). `test:///default` is always allowed.
+pub(super) fn simulated_file(
+    uri: &str,
+    allowed: Option<&std::path::Path>,
+) -> Result<bool, AppError> {
+    let Some(path) = uri.strip_prefix("test://") else {
+        return Ok(false);
+    };
+    if path == "/default" {
+        return Ok(false);
+    }
+    let refused = || {
+        AppError::field(
+            "uri",
+            "Simulated hosts are test:///default, or node files inside the server's --simulated-fleets-dir.",
+        )
+    };
+    let dir = allowed.ok_or_else(refused)?;
+    // Canonical forms, so `..` and symbolic links cannot step outside the directory.
+    let (Ok(dir), Ok(file)) = (
+        std::fs::canonicalize(dir),
+        std::fs::canonicalize(std::path::Path::new(path)),
+    ) else {
+        return Err(refused());
+    };
+    if file.starts_with(&dir) && file.is_file() {
+        Ok(true)
+    } else {
+        Err(refused())
+    }
+}
+
+pub fn parse_labels(raw: &str) -> Result<Vec<String>, AppError> {
+    let labels: Vec<String> = raw
+        .split(',')
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if labels.len() > 16
+        || labels.iter().any(|l| {
+            l.len() > 32
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+    {
+        return Err(AppError::field(
+            "labels",
+            "Up to 16 comma-separated labels of letters, digits, '-', '_' or '.'.",
+        ));
+    }
+    Ok(labels)
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct HostRow {
+    pub(super) id: Uuid,
+    pub(super) name: String,
+    pub(super) uri: String,
+    pub(super) labels: Vec<String>,
+    pub(super) schedulable: bool,
+    pub(super) maintenance: bool,
+    pub(super) simulated: bool,
+    pub(super) state: String,
+    pub(super) state_reason: Option<String>,
+    pub(super) state_since: time::OffsetDateTime,
+    pub(super) cpus: Option<i32>,
+    pub(super) memory_kib: Option<i64>,
+    pub(super) free_memory_kib: Option<i64>,
+    pub(super) lib_version: Option<i64>,
+    pub(super) hv_type: Option<String>,
+    pub(super) hv_version: Option<i64>,
+    pub(super) last_sync_at: Option<time::OffsetDateTime>,
+    pub(super) vcpus_allocated: i64,
+    pub(super) memory_allocated_kib: i64,
+    pub(super) domains: i64,
+    pub(super) running: i64,
+    pub(super) storage_capacity: i64,
+    pub(super) storage_available: i64,
+    pub(super) domain_type: Option<String>,
+}
+
+pub(super) const HOST_QUERY: &str = "
+    SELECT h.id, h.name, h.uri, h.labels, h.schedulable, h.maintenance, h.simulated, h.state, h.state_reason,
+           h.state_since, h.cpus, h.memory_kib, h.free_memory_kib, h.lib_version, h.hv_type, h.hv_version,
+           h.last_sync_at, h.domain_type,
+           coalesce(d.vcpus, 0) AS vcpus_allocated, coalesce(d.memory, 0) AS memory_allocated_kib,
+           coalesce(d.n, 0) AS domains, coalesce(d.running, 0) AS running,
+           coalesce(p.capacity, 0) AS storage_capacity, coalesce(p.available, 0) AS storage_available
+    FROM hosts h
+    LEFT JOIN (SELECT host_id, sum(vcpus)::int8 AS vcpus, sum(memory_kib)::int8 AS memory, count(*) AS n,
+                      count(*) FILTER (WHERE state = 'running') AS running
+               FROM domains WHERE missing_since IS NULL GROUP BY host_id) d ON d.host_id = h.id
+    LEFT JOIN (SELECT host_id, sum(capacity)::int8 AS capacity, sum(available)::int8 AS available
+               FROM storage_pools WHERE missing_since IS NULL GROUP BY host_id) p ON p.host_id = h.id";
+
+impl From<HostRow> for HostSummary {
+    fn from(r: HostRow) -> Self {
+        HostSummary {
+            id: r.id,
+            name: r.name,
+            uri: r.uri,
+            labels: r.labels,
+            schedulable: r.schedulable,
+            maintenance: r.maintenance,
+            simulated: r.simulated,
+            state: r.state,
+            state_reason: r.state_reason,
+            state_since: r.state_since,
+            cpus: r.cpus,
+            memory_kib: r.memory_kib,
+            free_memory_kib: r.free_memory_kib,
+            vcpus_allocated: r.vcpus_allocated,
+            vcpu_capacity: 0,
+            memory_allocated_kib: r.memory_allocated_kib,
+            domains: r.domains,
+            running: r.running,
+            storage_capacity: r.storage_capacity,
+            storage_available: r.storage_available,
+            needs_update: r.lib_version.is_some_and(|v| v < MIN_LIBVIRT_VERSION),
+            lib_version: r.lib_version.map(version_string),
+            hv_type: r.hv_type,
+            domain_type: r.domain_type,
+            hv_version: r.hv_version.map(version_string),
+            last_sync_at: r.last_sync_at,
+        }
+    }
+}
+
+impl FleetBackend {
+    pub(super) async fn host_summary(
+        &self,
+        tx: &mut db::Tx,
+        id: Uuid,
+    ) -> Result<HostSummary, AppError> {
+        let row: Option<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} WHERE h.id = $1"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db::internal)?;
+        row.map(|r| self.summary(r))
+            .ok_or_else(|| AppError::NotFound("Host".into()))
+    }
+}
+
+impl FleetBackend {
+    /// NotFound unless the host is registered.
+    pub(super) async fn known_host(&self, host_id: Uuid) -> Result<(), AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
+            .bind(host_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        found
+            .map(|_| ())
+            .ok_or_else(|| AppError::NotFound("Host".into()))
+    }
+}
+
+pub(super) fn host_constraint(e: sqlx::Error) -> AppError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.constraint() {
+            Some("hosts_name_key") => {
+                return AppError::field("name", "A host with that name is already registered.")
+            }
+            Some("hosts_uri_key") => {
+                return AppError::field("uri", "That URI is already registered.")
+            }
+            _ => {}
+        }
+    }
+    db::map_err(e)
+}

@@ -1,0 +1,493 @@
+//! A domain's page, charts and lifecycle actions, adoption into a tenant, forgetting a vanished one.
+use super::dashboard::*;
+use super::*;
+use crate::hypervisor::connection::Action;
+use crate::platform::audit::{self, Event, Origin};
+use crate::platform::authz::{self, Access, VmFacts};
+use crate::platform::db::{self, Scope};
+use app::error::AppError;
+use app::fleet::{ChartUnit, ChartView, DomainSummary, OperationInfo, VmDetail};
+use app::seam::RequestCtx;
+use serde_json::json;
+use uuid::Uuid;
+
+pub(super) async fn vm_charts(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    uuid: Uuid,
+    range: &str,
+) -> Result<Vec<ChartView>, AppError> {
+    let range = parse_range(range)?;
+    let (_, scope) = b.authorized_vm(req, host_id, uuid, Access::See).await?;
+    let now = b.clock.now();
+    let s = crate::metering::metrics::subject_series(&b.pool, scope, uuid, range, now)
+        .await
+        .map_err(db::internal)?;
+    Ok(vec![
+        chart_view(
+            "CPU",
+            ChartUnit::Percent,
+            range,
+            now,
+            vec![("CPU", s.get("cpu"))],
+        ),
+        chart_view(
+            "Memory",
+            ChartUnit::Bytes,
+            range,
+            now,
+            vec![("Memory", s.get("mem"))],
+        ),
+        chart_view(
+            "Disk",
+            ChartUnit::BytesPerSecond,
+            range,
+            now,
+            vec![("Read", s.get("rd")), ("Write", s.get("wr"))],
+        ),
+        chart_view(
+            "Network",
+            ChartUnit::BytesPerSecond,
+            range,
+            now,
+            vec![("Received", s.get("rx")), ("Sent", s.get("tx"))],
+        ),
+    ])
+}
+
+pub(super) async fn forget(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    uuid: Uuid,
+) -> Result<(), AppError> {
+    req.fleet_admin()?;
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let row: Option<(String, bool, Option<Uuid>)> = sqlx::query_as(
+        "SELECT name, missing_since IS NOT NULL, tenant_id FROM domains WHERE host_id = $1 AND uuid = $2 FOR UPDATE",
+    )
+    .bind(host_id)
+    .bind(uuid)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    let (name, missing, tenant) = row.ok_or_else(|| AppError::NotFound("Domain".into()))?;
+    if !missing {
+        return Err(AppError::Conflict(format!(
+            "{name} is still on its host: only a domain that vanished can be forgotten."
+        )));
+    }
+    // A portal VM whose domain vanished: its record is closed and its quota released by
+    // the same (idempotent) job that deletes VMs.
+    let portal = sqlx::query(
+        "UPDATE vms SET phase = 'deleting', updated_at = now() WHERE uuid = $1 AND host_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(uuid)
+    .bind(host_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(db::internal)?
+    .rows_affected()
+        > 0;
+    if portal {
+        crate::platform::jobs::enqueue(
+            &mut tx,
+            crate::platform::jobs::JobKind::Delete,
+            uuid,
+            json!({ "reason": "its domain vanished from the host and was forgotten" }),
+            10,
+        )
+        .await
+        .map_err(db::internal)?;
+    }
+    sqlx::query("DELETE FROM domains WHERE host_id = $1 AND uuid = $2")
+        .bind(host_id)
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+    let mut event = Event::new("domain.forget", "domain", uuid)
+        .after(json!({ "name": name, "host_id": host_id, "portal_vm": portal }));
+    event.tenant_id = tenant;
+    audit::record(&mut tx, &Origin::of(req), event).await?;
+    tx.commit().await.map_err(db::internal)?;
+    if portal {
+        b.queue.wake.notify_waiters();
+    }
+    Ok(())
+}
+
+pub(super) async fn vm(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    uuid: Uuid,
+) -> Result<VmDetail, AppError> {
+    let (row, scope) = b.authorized_vm(req, host_id, uuid, Access::See).await?;
+    #[derive(sqlx::FromRow)]
+    struct Op {
+        id: i64,
+        operation: String,
+        status: String,
+        error: Option<String>,
+        detail: Option<String>,
+        actor_email: Option<String>,
+        started_at: time::OffsetDateTime,
+        duration_ms: Option<i32>,
+    }
+    let mut tx = db::begin(&b.pool, scope).await?;
+    let ops: Vec<Op> = sqlx::query_as(
+        "SELECT o.id, o.operation, o.status, o.error, o.detail, u.email AS actor_email, o.started_at, o.duration_ms
+         FROM domain_operations o LEFT JOIN users u ON u.id = o.actor_id
+         WHERE o.host_id = $1 AND o.domain_uuid = $2 ORDER BY o.id DESC LIMIT 20",
+    )
+    .bind(host_id)
+    .bind(uuid)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    tx.commit().await.map_err(db::internal)?;
+    Ok(VmDetail {
+        disks: crate::hypervisor::inventory::parse_disks(&row.disks),
+        nics: crate::hypervisor::inventory::parse_nics(&row.nics),
+        operations: ops
+            .into_iter()
+            .map(|o| OperationInfo {
+                id: o.id,
+                operation: o.operation,
+                status: o.status,
+                error: o.error,
+                detail: o.detail,
+                actor_email: o.actor_email,
+                started_at: o.started_at,
+                duration_ms: o.duration_ms,
+            })
+            .collect(),
+        domain: DomainSummary {
+            host_id: row.host_id,
+            host_name: row.host_name,
+            uuid: row.uuid,
+            name: row.name,
+            state: row.state,
+            vcpus: row.vcpus,
+            memory_kib: row.memory_kib,
+            managed: row.managed,
+            tenant_name: row.tenant_name,
+            owner_email: row.owner_email,
+            missing: row.missing,
+            state_since: row.state_since,
+        },
+    })
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn vm_action(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    uuid: Uuid,
+    action: &str,
+    confirm: &str,
+) -> Result<(), AppError> {
+    let action =
+        Action::parse(action).ok_or_else(|| AppError::field("action", "Unknown action."))?;
+    let (row, scope) = b.authorized_vm(req, host_id, uuid, Access::Act).await?;
+    if row.missing {
+        return Err(AppError::Conflict(
+            "This VM is no longer on its host.".into(),
+        ));
+    }
+    // A portal VM may also be confirmed by the name its owner gave it.
+    let portal_name: Option<String> = if action == Action::Delete {
+        let mut tx = db::begin(&b.pool, scope).await?;
+        sqlx::query_scalar("SELECT name FROM vms WHERE uuid = $1 AND deleted_at IS NULL")
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?
+    } else {
+        None
+    };
+    if action == Action::Delete
+        && confirm.trim() != row.name
+        && portal_name.as_deref() != Some(confirm.trim())
+    {
+        return Err(AppError::field(
+            "confirm",
+            format!(
+                "Type the VM's name, {}, to confirm.",
+                portal_name.as_deref().unwrap_or(&row.name)
+            ),
+        ));
+    }
+    if action == Action::Shutdown {
+        // One wait per VM: a second click would only stack up operations.
+        let mut tx = db::begin(&b.pool, scope).await?;
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs
+             WHERE kind = $1 AND key = $2 AND state IN ('queued', 'running'))",
+        )
+        .bind(crate::platform::jobs::JobKind::Shutdown.as_str())
+        .bind(uuid)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+        if waiting {
+            return Err(AppError::Conflict(
+                "This VM is already shutting down; it is forced off if the guest does not respond in time.".into(),
+            ));
+        }
+    }
+    b.run_operation(req, &row, scope, action).await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn adopt(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    uuid: Uuid,
+    tenant_id: Uuid,
+    owner_email: &str,
+) -> Result<(), AppError> {
+    req.fleet_admin()?;
+    let email = crate::accounts::email::Email::parse(owner_email, "owner_email")?;
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    let managed: Option<bool> = sqlx::query_scalar(
+        "SELECT managed FROM domains WHERE host_id = $1 AND uuid = $2 FOR UPDATE",
+    )
+    .bind(host_id)
+    .bind(uuid)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    match managed {
+        None => return Err(AppError::NotFound("VM".into())),
+        Some(true) => return Err(AppError::Conflict("This VM is already managed.".into())),
+        Some(false) => {}
+    }
+    let owner: Option<Uuid> = sqlx::query_scalar(
+        "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1
+         WHERE lower(u.email) = $2 AND u.disabled_at IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(email.as_str())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db::internal)?;
+    let owner = owner.ok_or_else(|| {
+        AppError::field(
+            "owner_email",
+            "The owner must be an active member of that tenant.",
+        )
+    })?;
+    sqlx::query("UPDATE domains SET managed = true, tenant_id = $3, owner_id = $4 WHERE host_id = $1 AND uuid = $2")
+        .bind(host_id)
+        .bind(uuid)
+        .bind(tenant_id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+    audit::record(
+        &mut tx,
+        &Origin::of(req),
+        Event::new("vm.adopt", "domain", uuid)
+            .tenant(tenant_id)
+            .after(json!({ "host": host_id, "owner": email.as_str() })),
+    )
+    .await?;
+    tx.commit().await.map_err(db::internal)
+}
+
+/// A domain row as the VM page and the lifecycle actions need it.
+#[derive(sqlx::FromRow, Clone)]
+pub(super) struct VmRow {
+    pub(super) host_id: Uuid,
+    pub(super) host_name: String,
+    pub(super) uuid: Uuid,
+    pub(super) name: String,
+    pub(super) state: String,
+    pub(super) vcpus: i32,
+    pub(super) memory_kib: i64,
+    pub(super) managed: bool,
+    pub(super) tenant_id: Option<Uuid>,
+    pub(super) tenant_name: Option<String>,
+    pub(super) owner_id: Option<Uuid>,
+    pub(super) owner_email: Option<String>,
+    pub(super) missing: bool,
+    pub(super) state_since: time::OffsetDateTime,
+    pub(super) disks: serde_json::Value,
+    pub(super) nics: serde_json::Value,
+}
+
+pub(super) const VM_QUERY: &str = "
+    SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
+           d.tenant_id, t.name AS tenant_name, d.owner_id, u.email AS owner_email,
+           d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics
+    FROM domains d JOIN hosts h ON h.id = d.host_id
+    LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id
+    WHERE d.host_id = $1 AND d.uuid = $2";
+
+impl FleetBackend {
+    /// Loads a VM the actor may manage (`authz::acts_on_vm`; unmanaged domains: fleet admins
+    /// only) with the transaction scope of the VM's own tenant, so its operation rows land in
+    /// that tenant whichever of the actor's tenants came first. Everyone else is refused as
+    /// `access` says (`authz::refuse`).
+    pub(super) async fn authorized_vm(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        access: Access,
+    ) -> Result<(VmRow, Scope), AppError> {
+        let actor = req.actor()?;
+        // One fleet-scoped read; the rule below is the authorisation.
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
+            .bind(host_id)
+            .bind(uuid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        db::done(tx);
+        let row = row.ok_or_else(|| AppError::NotFound("VM".into()))?;
+        let facts = VmFacts {
+            managed: row.managed,
+            tenant: row.tenant_id,
+            owner: row.owner_id,
+        };
+        if !authz::acts_on_vm(actor, &facts) {
+            return Err(authz::refuse(access, "VM"));
+        }
+        let scope = match row.tenant_id {
+            Some(tenant) if !actor.fleet_admin => Scope {
+                user: Some(actor.user_id),
+                tenant: Some(tenant),
+                fleet: false,
+            },
+            _ => Scope::fleet(),
+        };
+        Ok((row, scope))
+    }
+}
+
+impl FleetBackend {
+    /// An audit row on its own (for changes made on a hypervisor rather than in the database).
+    pub(super) async fn record(&self, req: &RequestCtx, event: Event<'_>) -> Result<(), AppError> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        audit::record(&mut tx, &Origin::of(req), event).await?;
+        tx.commit().await.map_err(db::internal)
+    }
+}
+
+impl FleetBackend {
+    /// Records the operation, runs it on the host's actor, records the outcome (and an audit
+    /// row). Returns libvirt's error as a conflict the user can read.
+    pub(super) async fn run_operation(
+        &self,
+        req: &RequestCtx,
+        row: &VmRow,
+        scope: Scope,
+        action: Action,
+    ) -> Result<(), AppError> {
+        let origin = Origin::of(req);
+        let mut tx = db::begin(&self.pool, scope).await?;
+        let op_id: i64 = sqlx::query_scalar(
+            "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, actor_id, operation, status)
+             VALUES ($1, $2, $3, $4, $5, 'running') RETURNING id",
+        )
+        .bind(row.host_id)
+        .bind(row.uuid)
+        .bind(row.tenant_id)
+        .bind(origin.actor_id)
+        .bind(action.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::internal)?;
+        tx.commit().await.map_err(db::internal)?;
+
+        let started = std::time::Instant::now();
+        let result = self
+            .hypervisors
+            .lifecycle(row.host_id, row.uuid, action)
+            .await;
+        let ms = started.elapsed().as_millis() as i32;
+
+        let mut tx = db::begin(&self.pool, scope).await?;
+        if action == Action::Shutdown && result.is_ok() {
+            // The guest was only asked: the operation runs until it is off, or forced off at
+            // the deadline (see `shutdown`).
+            sqlx::query("UPDATE domain_operations SET detail = $2 WHERE id = $1")
+                .bind(op_id)
+                .bind(format!(
+                    "Waiting for the guest to shut down; forced off after {} s if it does not.",
+                    self.shutdown_timeout.as_secs()
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(db::internal)?;
+            crate::provisioning::shutdown::watch(
+                &mut tx,
+                row.host_id,
+                row.uuid,
+                op_id,
+                self.shutdown_timeout,
+            )
+            .await
+            .map_err(db::internal)?;
+        } else {
+            sqlx::query(
+                "UPDATE domain_operations SET status = $2, error = $3, finished_at = now(), duration_ms = $4 WHERE id = $1",
+            )
+            .bind(op_id)
+            .bind(if result.is_ok() { "succeeded" } else { "failed" })
+            .bind(result.as_ref().err())
+            .bind(ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?;
+        }
+        let mut event = Event::new("vm.action", "domain", row.uuid).after(json!({
+            "action": action.as_str(), "host": row.host_name, "name": row.name,
+            "result": if result.is_ok() { "succeeded" } else { "failed" },
+            "error": result.as_ref().err(), "duration_ms": ms
+        }));
+        event.tenant_id = row.tenant_id;
+        audit::record(&mut tx, &origin, event).await?;
+        let portal_vm = if action == Action::Delete && result.is_ok() {
+            // A portal VM also has a disk to remove and quota to release: the delete job does
+            // both (idempotently; the domain is already gone).
+            let marked = sqlx::query(
+                "UPDATE vms SET phase = 'deleting', updated_at = now() WHERE uuid = $1 AND deleted_at IS NULL",
+            )
+            .bind(row.uuid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::internal)?
+            .rows_affected();
+            if marked > 0 {
+                crate::platform::jobs::enqueue(
+                    &mut tx,
+                    crate::platform::jobs::JobKind::Delete,
+                    row.uuid,
+                    json!({ "reason": "deleted by its owner or an admin" }),
+                    10,
+                )
+                .await
+                .map_err(db::internal)?;
+            }
+            marked > 0
+        } else {
+            false
+        };
+        tx.commit().await.map_err(db::internal)?;
+        if portal_vm || (action == Action::Shutdown && result.is_ok()) {
+            self.queue.wake.notify_waiters();
+        }
+        result.map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))
+    }
+}
