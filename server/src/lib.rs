@@ -60,11 +60,7 @@ impl Server {
         let clock = self.state.clock.clone();
         let state = &self.state;
         // Housekeeping: age out old sign-in failures and abandoned image uploads.
-        let images = catalog::images::ImagesBackend {
-            pool: pool.clone(),
-            hypervisors: state.hypervisors.clone(),
-            queue: state.queue.clone(),
-        };
+        let images = state.images.clone();
         let abandon = time::Duration::hours(state.config.upload_abandon_hours.max(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));

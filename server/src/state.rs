@@ -24,6 +24,8 @@ pub struct AppState {
     pub queue: Arc<crate::platform::jobs::Queue>,
     pub provisioner: Arc<crate::provisioning::provisioner::Provisioner>,
     pub leases: Arc<crate::provisioning::leases::Leases>,
+    /// The image library's backend, also for housekeeping (abandoned uploads).
+    pub images: Arc<crate::catalog::images::ImagesBackend>,
     pub live: crate::platform::live::Live,
 }
 
@@ -156,6 +158,7 @@ impl AppState {
             queue,
             provisioner,
             leases,
+            images,
             live,
         }
     }

@@ -442,8 +442,8 @@ impl Catalog for CatalogBackend {
         let sizes_json = serde_json::to_value(&sizes).map_err(db::internal)?;
         let id = match form.id {
             None => sqlx::query_scalar(
-                "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+                "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
             )
             .bind(&name)
             .bind(&description)
@@ -456,13 +456,16 @@ impl Catalog for CatalogBackend {
             .bind(&login_user)
             .bind(&user_data)
             .bind(allow_user_data)
+            .bind(&networks)
+            .bind(image.as_ref().map(|i| i.id))
             .fetch_one(&mut *tx)
             .await
             .map_err(map_err)?,
             Some(id) => sqlx::query_scalar(
                 "UPDATE templates SET name = $2, description = $3, os = $4, sizes = $5, default_lease_days = $6,
                         max_lease_days = $7, all_tenants = $8, tenant_ids = $9, login_user = $10,
-                        user_data = $11, allow_user_data = $12, updated_at = now()
+                        user_data = $11, allow_user_data = $12, networks = $13,
+                        image_id = coalesce($14, image_id), updated_at = now()
                  WHERE id = $1 RETURNING id",
             )
             .bind(id)
@@ -477,25 +480,13 @@ impl Catalog for CatalogBackend {
             .bind(&login_user)
             .bind(&user_data)
             .bind(allow_user_data)
+            .bind(&networks)
+            .bind(image.as_ref().map(|i| i.id))
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?
             .ok_or_else(|| AppError::NotFound("Template".into()))?,
         };
-        sqlx::query("UPDATE templates SET networks = $2 WHERE id = $1")
-            .bind(id)
-            .bind(&networks)
-            .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
-        if let Some(image) = &image {
-            sqlx::query("UPDATE templates SET image_id = $2 WHERE id = $1")
-                .bind(id)
-                .bind(image.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db::internal)?;
-        }
         audit::record(
             &mut tx,
             &Origin::of(req),

@@ -320,12 +320,9 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     .execute(&app.db)
     .await
     .unwrap();
-    let housekeeping = concierge::catalog::images::ImagesBackend {
-        pool: app.state.pool.clone(),
-        hypervisors: app.state.hypervisors.clone(),
-        queue: app.state.queue.clone(),
-    };
-    let reaped = housekeeping
+    let reaped = app
+        .state
+        .images
         .reap_abandoned_uploads(time::OffsetDateTime::now_utc(), time::Duration::hours(24))
         .await
         .expect("reap");
