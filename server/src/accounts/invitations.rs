@@ -8,6 +8,7 @@ use crate::accounts::tenants::{require_admin_of, scope_for};
 use crate::accounts::{password, sessions, throttle, AccountsBackend};
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::account::TenantRole;
 use app::error::AppError;
 use app::seam::{Invitations, RequestCtx};
@@ -46,23 +47,17 @@ impl InvitationsBackend {
         self.accounts.clock.now()
     }
 
-    async fn close(
-        tx: &mut db::Tx,
-        id: Uuid,
-        outcome: &str,
-        now: OffsetDateTime,
-    ) -> Result<(), AppError> {
+    async fn close(tx: &mut db::Tx, id: Uuid, outcome: &str, now: OffsetDateTime) -> Result<()> {
         sqlx::query("UPDATE invitations SET closed_at = $2, outcome = $3 WHERE id = $1")
             .bind(id)
             .bind(now)
             .bind(outcome)
             .execute(&mut **tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
         Ok(())
     }
 
-    async fn add_membership(tx: &mut db::Tx, inv: &Open, user_id: Uuid) -> Result<(), AppError> {
+    async fn add_membership(tx: &mut db::Tx, inv: &Open, user_id: Uuid) -> Result<()> {
         // Already a member (added meanwhile by another invitation): nothing to add.
         sqlx::query(
             "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)
@@ -72,8 +67,7 @@ impl InvitationsBackend {
         .bind(user_id)
         .bind(&inv.role)
         .execute(&mut **tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         Ok(())
     }
 }
@@ -106,7 +100,7 @@ impl Invitations for InvitationsBackend {
             .bind(tenant_id)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         tenant.ok_or_else(|| AppError::NotFound("Tenant".into()))?;
         // Members of this tenant are on the admin's own list already: saying so reveals nothing.
         let member: Option<Uuid> = sqlx::query_scalar(
@@ -117,7 +111,7 @@ impl Invitations for InvitationsBackend {
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         if member.is_some() {
             return Err(AppError::field("email", "That person is already a member."));
         }
@@ -131,7 +125,7 @@ impl Invitations for InvitationsBackend {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         let code = password::one_time();
         let expires_at = now + VALID_FOR;
         let id: Uuid = sqlx::query_scalar(
@@ -147,8 +141,7 @@ impl Invitations for InvitationsBackend {
         .bind(now)
         .bind(expires_at)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -157,7 +150,7 @@ impl Invitations for InvitationsBackend {
                 .after(json!({ "email": email.as_str(), "role": role.as_str() })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(NewInvitation {
             email: email.as_str().to_string(),
             code,
@@ -182,7 +175,7 @@ impl Invitations for InvitationsBackend {
         .bind(self.now())
         .fetch_all(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         db::done(tx);
         rows.into_iter()
             .map(|(id, email, role, invited_by, expires_at)| {
@@ -207,8 +200,7 @@ impl Invitations for InvitationsBackend {
         .bind(id)
         .bind(tenant_id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let email = email.ok_or_else(|| AppError::NotFound("Invitation".into()))?;
         Self::close(&mut tx, id, "revoked", self.now()).await?;
         audit::record(
@@ -219,7 +211,7 @@ impl Invitations for InvitationsBackend {
                 .before(json!({ "email": email })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        tx.commit().await.map_err(internal)
     }
 
     async fn mine(&self, req: &RequestCtx) -> Result<Vec<MyInvitation>, AppError> {
@@ -238,8 +230,7 @@ impl Invitations for InvitationsBackend {
         .bind(self.now())
         .bind(actor.user_id)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         db::done(tx);
         rows.into_iter()
             .map(|(id, tenant_name, role, invited_by, expires_at)| {
@@ -267,8 +258,7 @@ impl Invitations for InvitationsBackend {
         .bind(&actor.email)
         .bind(now)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         // Someone else's invitation is as good as none.
         let inv = inv.ok_or_else(|| AppError::NotFound("Invitation".into()))?;
         if accept {
@@ -297,7 +287,7 @@ impl Invitations for InvitationsBackend {
             .after(json!({ "invitation": inv.id, "role": inv.role })),
         )
         .await?;
-        self.accounts.commit(tx).await
+        Ok(self.accounts.commit(tx).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -346,8 +336,7 @@ impl Invitations for InvitationsBackend {
         .bind(email.as_str())
         .bind(now)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let Some(inv) = inv else {
             db::done(tx);
             throttle::record_failure(&self.pool, email.as_str(), req.client_addr, now).await?;
@@ -361,7 +350,7 @@ impl Invitations for InvitationsBackend {
                 .bind(email.as_str())
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(db::internal)?;
+                .map_err(internal)?;
         if existing.is_some() {
             // Only the holder of a valid code for this address learns this, and they are
             // the person invited (or whoever they gave the code to).
@@ -379,8 +368,7 @@ impl Invitations for InvitationsBackend {
         .bind(name.as_str())
         .bind(hash)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::map_err)?;
+        .await.map_err(internal)?;
         Self::add_membership(&mut tx, &inv, user_id).await?;
         Self::close(&mut tx, inv.id, "accepted", now).await?;
         let origin = Origin {

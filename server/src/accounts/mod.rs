@@ -10,6 +10,7 @@ pub mod throttle;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::account::{OneTimePassword, SessionInfo, TenantRole};
 use app::error::AppError;
 use app::seam::{Accounts, RequestCtx};
@@ -36,8 +37,8 @@ pub struct AccountsBackend {
 
 impl AccountsBackend {
     /// Commits a change and retires every cached actor it may have altered.
-    pub async fn commit(&self, tx: db::Tx) -> Result<(), AppError> {
-        tx.commit().await.map_err(db::map_err)?;
+    pub async fn commit(&self, tx: db::Tx) -> Result<()> {
+        tx.commit().await?;
         self.cache.invalidate_all();
         Ok(())
     }
@@ -54,7 +55,7 @@ impl AccountsBackend {
         name: &DisplayName,
         fleet_admin: bool,
         password: Option<&str>,
-    ) -> Result<OneTimePassword, AppError> {
+    ) -> Result<OneTimePassword> {
         let password = password
             .map(str::to_owned)
             .unwrap_or_else(password::one_time);
@@ -68,8 +69,7 @@ impl AccountsBackend {
         .bind(hash)
         .bind(fleet_admin)
         .fetch_one(&mut **tx)
-        .await
-        .map_err(db::map_err)?;
+        .await?;
         let mut event = Event::new("user.create", "user", id).after(json!({
             "email": email.as_str(), "display_name": name.as_str(), "fleet_admin": fleet_admin
         }));
@@ -82,13 +82,12 @@ impl AccountsBackend {
         })
     }
 
-    async fn user_exists(&self, tx: &mut db::Tx, user_id: Uuid) -> Result<bool, AppError> {
+    async fn user_exists(&self, tx: &mut db::Tx, user_id: Uuid) -> Result<bool> {
         let found: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
                 .bind(user_id)
                 .fetch_optional(&mut **tx)
-                .await
-                .map_err(db::internal)?;
+                .await?;
         Ok(found.is_some())
     }
 }
@@ -148,8 +147,7 @@ impl Accounts for AccountsBackend {
         )
         .bind(&account)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let ok = self
             .hasher
             .verify(password, creds.as_ref().map(|c| c.password_hash.as_str()))
@@ -250,7 +248,7 @@ impl Accounts for AccountsBackend {
             .bind(actor.user_id)
             .fetch_one(&self.pool)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         if !self.hasher.verify(current, Some(&hash)).await? {
             throttle::record_failure(&self.pool, &actor.email, req.client_addr, now).await?;
             return Err(AppError::field(
@@ -271,15 +269,14 @@ impl Accounts for AccountsBackend {
             .bind(actor.user_id)
             .bind(new_hash)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await.map_err(internal)?;
         // A new password signs out every other device.
         sqlx::query("DELETE FROM user_sessions WHERE user_id = $1 AND id <> $2")
             .bind(actor.user_id)
             .bind(actor.session_id)
             .execute(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -287,7 +284,7 @@ impl Accounts for AccountsBackend {
         )
         .await?;
         self.commit(tx).await?;
-        sessions::rotate(&req.session).await
+        Ok(sessions::rotate(&req.session).await?)
     }
 
     async fn sessions(&self, req: &RequestCtx) -> Result<Vec<SessionInfo>, AppError> {
@@ -307,7 +304,7 @@ impl Accounts for AccountsBackend {
         .bind(actor.user_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         Ok(rows
             .into_iter()
             .map(|r| SessionInfo {
@@ -330,7 +327,7 @@ impl Accounts for AccountsBackend {
             .bind(actor.user_id)
             .execute(&mut *tx)
             .await
-            .map_err(db::internal)?
+            .map_err(internal)?
             .rows_affected();
         if ended == 0 {
             return Err(AppError::NotFound("Session".into()));
@@ -341,7 +338,7 @@ impl Accounts for AccountsBackend {
             Event::new("session.end", "session", session_id),
         )
         .await?;
-        self.commit(tx).await
+        Ok(self.commit(tx).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -373,9 +370,8 @@ impl Accounts for AccountsBackend {
         .bind(i64::from(USERS_PER_PAGE))
         .bind(i64::from(USERS_PER_PAGE) * i64::from(page - 1))
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        .await.map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         let total = rows.first().map(|r| r.total).unwrap_or(0);
         Ok(Page {
             items: rows
@@ -450,8 +446,7 @@ impl Accounts for AccountsBackend {
             .bind(user_id)
             .bind(fleet_admin)
             .fetch_one(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await.map_err(internal)?;
         // New privileges take a new sign-in (and so a new session id).
         sessions::end_all_for(&mut tx, user_id).await?;
         audit::record(
@@ -462,7 +457,7 @@ impl Accounts for AccountsBackend {
                 .after(json!({ "fleet_admin": fleet_admin })),
         )
         .await?;
-        self.commit(tx).await
+        Ok(self.commit(tx).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -487,13 +482,12 @@ impl Accounts for AccountsBackend {
                 .bind(user_id)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(db::internal)?;
+                .map_err(internal)?;
         sqlx::query("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END, updated_at = now() WHERE id = $1")
             .bind(user_id)
             .bind(disabled)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await.map_err(internal)?;
         if disabled {
             sessions::end_all_for(&mut tx, user_id).await?;
         }
@@ -513,7 +507,7 @@ impl Accounts for AccountsBackend {
             .after(json!({ "disabled": disabled })),
         )
         .await?;
-        self.commit(tx).await
+        Ok(self.commit(tx).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -539,7 +533,7 @@ impl Accounts for AccountsBackend {
         .bind(hash)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         let email = email.ok_or_else(|| AppError::NotFound("User".into()))?;
         sessions::end_all_for(&mut tx, user_id).await?;
         audit::record(

@@ -1,5 +1,6 @@
 //! Password policy and hashing (Argon2id m=19456 t=2 p=1, off the async executor, with a
 //! cap on concurrent hashes so a login flood cannot exhaust memory and cores).
+use crate::platform::error::{Error, Result};
 use app::error::AppError;
 use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -88,30 +89,21 @@ impl Hasher {
         }
     }
 
-    pub async fn hash(&self, password: &str) -> Result<String, AppError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(crate::platform::db::internal)?;
+    pub async fn hash(&self, password: &str) -> Result<String> {
+        let _permit = self.permits.acquire().await?;
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
             argon2()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
-                .map_err(crate::platform::db::internal)
+                .map_err(Error::from)
         })
-        .await
-        .map_err(crate::platform::db::internal)?
+        .await?
     }
 
     /// Verifies `password` against `hash`, or against a dummy hash when there is none.
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, AppError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(crate::platform::db::internal)?;
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool> {
+        let _permit = self.permits.acquire().await?;
         let known = hash.is_some();
         let hash = hash
             .map(str::to_owned)
@@ -126,8 +118,7 @@ impl Hasher {
                 })
                 .unwrap_or(false)
         })
-        .await
-        .map_err(crate::platform::db::internal)?;
+        .await?;
         Ok(ok && known)
     }
 }

@@ -2,6 +2,7 @@
 //! module creates at sign-in, resolves to an actor on every request, and ends.
 use crate::platform::clock::Clock;
 use crate::platform::db;
+use crate::platform::error::{Error, Result};
 use app::account::{Actor, Membership};
 use app::error::AppError;
 use sqlx::PgPool;
@@ -73,14 +74,13 @@ pub async fn start(
     client_addr: Option<IpAddr>,
     user_agent: Option<&str>,
     now: OffsetDateTime,
-) -> Result<Uuid, AppError> {
+) -> Result<Uuid> {
     // Signing in over an existing session (e.g. switching accounts) replaces it.
-    if let Some(old) = session.get::<Uuid>(KEY).await.map_err(db::internal)? {
+    if let Some(old) = session.get::<Uuid>(KEY).await? {
         sqlx::query("DELETE FROM user_sessions WHERE id = $1")
             .bind(old)
             .execute(pool)
-            .await
-            .map_err(db::internal)?;
+            .await?;
     }
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO user_sessions (user_id, created_at, last_seen_at, client_addr, user_agent)
@@ -91,29 +91,27 @@ pub async fn start(
     .bind(client_addr.map(sqlx::types::ipnetwork::IpNetwork::from))
     .bind(user_agent.map(|ua| ua.chars().take(300).collect::<String>()))
     .fetch_one(pool)
-    .await
-    .map_err(db::internal)?;
-    session.cycle_id().await.map_err(db::internal)?;
-    session.insert(KEY, id).await.map_err(db::internal)?;
+    .await?;
+    session.cycle_id().await?;
+    session.insert(KEY, id).await?;
     Ok(id)
 }
 
 /// Gives the current session a new id (after a privilege change such as a new password).
-pub async fn rotate(session: &Session) -> Result<(), AppError> {
-    session.cycle_id().await.map_err(db::internal)
+pub async fn rotate(session: &Session) -> Result<()> {
+    session.cycle_id().await.map_err(Error::from)
 }
 
 /// Ends the session in the database and clears the cookie's record.
-pub async fn end(pool: &PgPool, session: &Session) -> Result<Option<Uuid>, AppError> {
-    let id: Option<Uuid> = session.get(KEY).await.map_err(db::internal)?;
+pub async fn end(pool: &PgPool, session: &Session) -> Result<Option<Uuid>> {
+    let id: Option<Uuid> = session.get(KEY).await?;
     if let Some(id) = id {
         sqlx::query("DELETE FROM user_sessions WHERE id = $1")
             .bind(id)
             .execute(pool)
-            .await
-            .map_err(db::internal)?;
+            .await?;
     }
-    session.flush().await.map_err(db::internal)?;
+    session.flush().await?;
     Ok(id)
 }
 
@@ -138,13 +136,13 @@ pub async fn resolve(
     session: &Session,
     clock: &dyn Clock,
     timeouts: Timeouts,
-) -> Result<Option<Actor>, AppError> {
-    let Some(id) = session.get::<Uuid>(KEY).await.map_err(db::internal)? else {
+) -> Result<Option<Actor>> {
+    let Some(id) = session.get::<Uuid>(KEY).await? else {
         return Ok(None);
     };
     let Some(row) = load(pool, cache, id).await? else {
         // Ended elsewhere (sign-out on another device, user disabled, password reset).
-        session.flush().await.map_err(db::internal)?;
+        session.flush().await?;
         return Ok(None);
     };
     let now = clock.now();
@@ -158,14 +156,10 @@ pub async fn resolve(
             .bind(id)
             .bind(now)
             .execute(pool)
-            .await
-            .map_err(db::internal)?;
+            .await?;
         cache.forget(id);
         // Marks the record modified so the store extends its inactivity expiry too.
-        session
-            .insert("seen", now.unix_timestamp())
-            .await
-            .map_err(db::internal)?;
+        session.insert("seen", now.unix_timestamp()).await?;
     }
     Ok(Some(row.actor(id)))
 }
@@ -187,11 +181,7 @@ pub async fn current(
 }
 
 /// The session's row with its user and memberships, from the cache or the database.
-async fn load(
-    pool: &PgPool,
-    cache: &ActorCache,
-    id: Uuid,
-) -> Result<Option<Arc<ActorRow>>, AppError> {
+async fn load(pool: &PgPool, cache: &ActorCache, id: Uuid) -> Result<Option<Arc<ActorRow>>> {
     if let Some(row) = cache.get(id) {
         return Ok(Some(row));
     }
@@ -199,8 +189,7 @@ async fn load(
     let row: Option<ActorRow> = sqlx::query_as("SELECT * FROM session_actor($1)")
         .bind(id)
         .fetch_optional(pool)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -239,11 +228,10 @@ impl ActorRow {
 }
 
 /// Ends every session of a user at once (disabled, password reset, new privileges).
-pub async fn end_all_for(tx: &mut db::Tx, user_id: Uuid) -> Result<u64, AppError> {
+pub async fn end_all_for(tx: &mut db::Tx, user_id: Uuid) -> Result<u64> {
     Ok(sqlx::query("DELETE FROM user_sessions WHERE user_id = $1")
         .bind(user_id)
         .execute(&mut **tx)
-        .await
-        .map_err(db::internal)?
+        .await?
         .rows_affected())
 }

@@ -3,6 +3,7 @@
 //! fingerprinted as `ssh-keygen -l` does.
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::account::SshKey;
 use app::error::AppError;
 use app::seam::{RequestCtx, SshKeys};
@@ -160,7 +161,7 @@ impl SshKeys for SshKeysBackend {
         .bind(actor.user_id)
         .fetch_all(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         db::done(tx);
         Ok(rows.into_iter().map(SshKey::from).collect())
     }
@@ -174,12 +175,12 @@ impl SshKeys for SshKeysBackend {
             .bind(actor.user_id)
             .execute(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ssh_keys WHERE user_id = $1")
             .bind(actor.user_id)
             .fetch_one(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         if count >= MAX_KEYS {
             return Err(AppError::field(
                 "key",
@@ -202,7 +203,7 @@ impl SshKeys for SshKeysBackend {
             sqlx::Error::Database(d) if d.constraint() == Some("ssh_keys_fingerprint_key") => {
                 AppError::field("key", "That key is already on your account.")
             }
-            _ => db::internal(e),
+            _ => internal(e),
         })?;
         audit::record(
             &mut tx,
@@ -215,7 +216,7 @@ impl SshKeys for SshKeysBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(row.into())
     }
 
@@ -229,7 +230,7 @@ impl SshKeys for SshKeysBackend {
         .bind(actor.user_id)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         let (fingerprint, algorithm) = gone.ok_or_else(|| AppError::NotFound("SSH key".into()))?;
         audit::record(
             &mut tx,
@@ -241,7 +242,7 @@ impl SshKeys for SshKeysBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        tx.commit().await.map_err(internal)
     }
 }
 

@@ -2,6 +2,7 @@
 use crate::accounts::AccountsBackend;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::account::TenantRole;
 use app::error::AppError;
 use app::seam::{RequestCtx, Tenants};
@@ -87,16 +88,16 @@ pub(crate) fn scope_for(actor: &app::account::Actor, tenant: Uuid) -> Scope {
 }
 
 impl TenantsBackend {
-    async fn fetch(&self, tx: &mut db::Tx, id: Uuid) -> Result<TenantSummary, AppError> {
+    async fn fetch(&self, tx: &mut db::Tx, id: Uuid) -> Result<TenantSummary> {
         let row: Option<TenantRow> = sqlx::query_as(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = $1"
         ))
         .bind(id)
         .fetch_optional(&mut **tx)
-        .await
-        .map_err(db::internal)?;
-        row.map(Into::into)
-            .ok_or_else(|| AppError::NotFound("Tenant".into()))
+        .await?;
+        Ok(row
+            .map(Into::into)
+            .ok_or_else(|| AppError::NotFound("Tenant".into()))?)
     }
 
     async fn member_role(
@@ -104,17 +105,16 @@ impl TenantsBackend {
         tx: &mut db::Tx,
         tenant: Uuid,
         user: Uuid,
-    ) -> Result<Option<TenantRole>, AppError> {
-        sqlx::query_scalar::<_, String>(
+    ) -> Result<Option<TenantRole>> {
+        Ok(sqlx::query_scalar::<_, String>(
             "SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
         )
         .bind(tenant)
         .bind(user)
         .fetch_optional(&mut **tx)
-        .await
-        .map_err(db::internal)?
+        .await?
         .map(|r| TenantRole::parse(&r))
-        .transpose()
+        .transpose()?)
     }
 }
 
@@ -129,8 +129,8 @@ impl Tenants for TenantsBackend {
         ))
         .fetch_all(&mut *tx)
         .await
-        .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -138,7 +138,7 @@ impl Tenants for TenantsBackend {
         let actor = require_admin_of(req, tenant_id)?;
         let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
         let t = self.fetch(&mut tx, tenant_id).await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(t)
     }
 
@@ -151,7 +151,7 @@ impl Tenants for TenantsBackend {
             .bind(&name.0)
             .fetch_one(&mut *tx)
             .await
-            .map_err(db::map_err)?;
+            .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -176,7 +176,7 @@ impl Tenants for TenantsBackend {
             .bind(&name.0)
             .execute(&mut *tx)
             .await
-            .map_err(db::map_err)?;
+            .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -186,7 +186,7 @@ impl Tenants for TenantsBackend {
                 .after(json!({ "name": name.0 })),
         )
         .await?;
-        self.accounts.commit(tx).await
+        Ok(self.accounts.commit(tx).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -203,8 +203,7 @@ impl Tenants for TenantsBackend {
             .bind(tenant_id)
             .bind(suspended)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await.map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -222,7 +221,7 @@ impl Tenants for TenantsBackend {
             .after(json!({ "suspended": suspended })),
         )
         .await?;
-        self.accounts.commit(tx).await
+        Ok(self.accounts.commit(tx).await?)
     }
 
     async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError> {
@@ -244,9 +243,8 @@ impl Tenants for TenantsBackend {
         )
         .bind(tenant_id)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        .await.map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         rows.into_iter()
             .map(|r| {
                 Ok(Member {
@@ -288,7 +286,7 @@ impl Tenants for TenantsBackend {
         .bind(role.as_str())
         .execute(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -298,7 +296,7 @@ impl Tenants for TenantsBackend {
                 .after(json!({ "role": role.as_str() })),
         )
         .await?;
-        self.accounts.commit(tx).await
+        Ok(self.accounts.commit(tx).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -324,7 +322,7 @@ impl Tenants for TenantsBackend {
             .bind(user_id)
             .execute(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         // Their sessions stay: they may belong to other tenants. Access to this one ends with
         // the commit, which retires every cached actor; open live streams re-check theirs.
         audit::record(
@@ -335,6 +333,6 @@ impl Tenants for TenantsBackend {
                 .before(json!({ "role": before.as_str() })),
         )
         .await?;
-        self.accounts.commit(tx).await
+        Ok(self.accounts.commit(tx).await?)
     }
 }

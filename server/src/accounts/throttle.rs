@@ -3,6 +3,7 @@
 //! the account alone, sign-ins are slowed down, never refused. Old failures age out.
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{Error, Result};
 use app::error::AppError;
 use serde_json::json;
 use sqlx::types::ipnetwork::IpNetwork;
@@ -41,7 +42,7 @@ pub async fn check(
     account: &str,
     addr: Option<IpAddr>,
     now: OffsetDateTime,
-) -> Result<Verdict, AppError> {
+) -> Result<Verdict> {
     let (by_account, by_addr, by_pair): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM login_failures WHERE account = $1 AND at > $3),
                 (SELECT count(*) FROM login_failures WHERE $2::inet IS NOT NULL AND client_addr = $2 AND at > $3),
@@ -52,8 +53,7 @@ pub async fn check(
     .bind(addr.map(IpNetwork::from))
     .bind(now - WINDOW)
     .fetch_one(pool)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let refusal = if by_addr >= limits.per_address {
         Some("Too many failed sign-ins from your network. Try again in an hour.")
     } else if by_pair >= limits.per_account_address {
@@ -63,7 +63,7 @@ pub async fn check(
     };
     if let Some(message) = refusal {
         audited(pool, account, addr, "session.login_refused", by_account).await?;
-        return Err(AppError::TooManyRequests(message.into()));
+        return Err(AppError::TooManyRequests(message.into()).into());
     }
     Ok(verdict(limits, by_account))
 }
@@ -90,14 +90,13 @@ pub async fn record_failure(
     account: &str,
     addr: Option<IpAddr>,
     now: OffsetDateTime,
-) -> Result<(), AppError> {
+) -> Result<()> {
     sqlx::query("INSERT INTO login_failures (account, client_addr, at) VALUES ($1, $2, $3)")
         .bind(account)
         .bind(addr.map(IpNetwork::from))
         .bind(now)
         .execute(pool)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     audited(pool, account, addr, "session.login_failed", 0).await
 }
 
@@ -107,7 +106,7 @@ async fn audited(
     addr: Option<IpAddr>,
     action: &str,
     failures: i64,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let mut tx = db::begin(pool, Scope::default()).await?;
     let origin = Origin {
         actor_id: None,
@@ -119,16 +118,15 @@ async fn audited(
         event = event.after(json!({ "failures_in_last_hour": failures }));
     }
     audit::record(&mut tx, &origin, event).await?;
-    tx.commit().await.map_err(db::internal)
+    tx.commit().await.map_err(Error::from)
 }
 
 /// Drops failures older than the window (run periodically).
-pub async fn prune(pool: &PgPool, now: OffsetDateTime) -> Result<u64, AppError> {
+pub async fn prune(pool: &PgPool, now: OffsetDateTime) -> Result<u64> {
     Ok(sqlx::query("DELETE FROM login_failures WHERE at < $1")
         .bind(now - WINDOW)
         .execute(pool)
-        .await
-        .map_err(db::internal)?
+        .await?
         .rows_affected())
 }
 

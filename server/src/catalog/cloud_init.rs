@@ -2,6 +2,7 @@
 //! volume labelled `cidata` holding `meta-data` (instance id = the VM's UUID, host name = its
 //! name) and `user-data` (the template's login user with the owner's SSH keys, plus the
 //! template's admin-approved snippet). No secret goes into either: keys are public.
+use crate::platform::error::Result;
 use app::error::AppError;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -91,7 +92,7 @@ impl Seed<'_> {
         )
     }
 
-    pub fn user_data(&self) -> Result<String, AppError> {
+    pub fn user_data(&self) -> Result<String> {
         let mut doc = parse_snippet(self.snippet, "user_data")?;
         merge(&mut doc, parse_snippet(self.extra, "user_data")?);
         let ours = json!({
@@ -112,8 +113,7 @@ impl Seed<'_> {
         if let Value::Object(ours) = ours {
             doc.extend(ours);
         }
-        let yaml =
-            serde_yaml_ng::to_string(&Value::Object(doc)).map_err(crate::platform::db::internal)?;
+        let yaml = serde_yaml_ng::to_string(&Value::Object(doc))?;
         Ok(format!("#cloud-config\n{yaml}"))
     }
 

@@ -6,6 +6,7 @@ use crate::catalog::{parse_login_user, parse_text};
 use crate::hypervisor::{image, storage, Hypervisors};
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Error, Result};
 use crate::platform::jobs::{self, Job, JobKind, Outcome, Queue};
 use app::error::AppError;
 use app::images::{
@@ -156,17 +157,6 @@ fn templates_take(format: storage::Format, field: &str) -> Result<(), AppError> 
 }
 
 /// An image templates use cannot go; the field constraints are in `db::map_err`'s table.
-fn map_err(e: sqlx::Error) -> AppError {
-    if let sqlx::Error::Database(d) = &e {
-        if d.constraint() == Some("templates_image_fkey") {
-            return AppError::Conflict(
-                "Templates use this image: point them at another image first.".into(),
-            );
-        }
-    }
-    db::map_err(e)
-}
-
 fn parse_boot(kernel: &str, initrd: &str) -> Result<Option<(String, String)>, AppError> {
     match (kernel.trim(), initrd.trim()) {
         ("", "") => Ok(None),
@@ -239,11 +229,11 @@ impl ImagesBackend {
         if let Some((id, _)) = self.known_volume(&r).await? {
             return Ok(id);
         }
-        self.register_new(req, &r, of).await
+        Ok(self.register_new(req, &r, of).await?)
     }
 
     /// The image a volume already is, with its name.
-    async fn known_volume(&self, r: &Registration) -> Result<Option<(Uuid, String)>, AppError> {
+    async fn known_volume(&self, r: &Registration) -> Result<Option<(Uuid, String)>> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query_as(
             "SELECT i.id, i.name FROM image_copies c JOIN images i ON i.id = c.image_id
@@ -254,7 +244,7 @@ impl ImagesBackend {
         .bind(&r.volume)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db::internal)
+        .map_err(Error::from)
     }
 
     /// Reads a volume no image holds yet and records it: a new image, or a copy of `of`.
@@ -263,7 +253,7 @@ impl ImagesBackend {
         req: &RequestCtx,
         r: &Registration,
         of: Option<Uuid>,
-    ) -> Result<Uuid, AppError> {
+    ) -> Result<Uuid> {
         let facts = read_image(
             &self.hypervisors,
             r.host,
@@ -283,8 +273,7 @@ impl ImagesBackend {
             .bind(of)
             .bind(r.host)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?,
+            .await?,
             None => None,
         };
         let (id, new_image) = match (of, existing) {
@@ -293,7 +282,8 @@ impl ImagesBackend {
                     return Err(AppError::field(
                         "volume",
                         "This volume is not the template's image (its SHA-256 differs).",
-                    ));
+                    )
+                    .into());
                 }
                 (of, false)
             }
@@ -312,8 +302,7 @@ impl ImagesBackend {
         .bind(initrd)
         .bind(facts.size)
         .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        .await?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -334,16 +323,11 @@ impl ImagesBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await?;
         Ok(id)
     }
 
-    async fn insert_image(
-        &self,
-        tx: &mut db::Tx,
-        r: &Registration,
-        facts: &Facts,
-    ) -> Result<Uuid, AppError> {
+    async fn insert_image(&self, tx: &mut db::Tx, r: &Registration, facts: &Facts) -> Result<Uuid> {
         sqlx::query_scalar(
             "INSERT INTO images (name, format, size_bytes, virtual_size_bytes, sha256, login_user)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -356,7 +340,7 @@ impl ImagesBackend {
         .bind(&r.login_user)
         .fetch_one(&mut **tx)
         .await
-        .map_err(map_err)
+        .map_err(Error::from)
     }
 
     /// Removes uploads that made no progress for `idle` (the browser was closed and nobody
@@ -366,7 +350,7 @@ impl ImagesBackend {
         &self,
         now: OffsetDateTime,
         idle: time::Duration,
-    ) -> Result<usize, AppError> {
+    ) -> Result<usize> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let stale: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "SELECT image_id, host_id FROM image_copies
@@ -374,8 +358,7 @@ impl ImagesBackend {
         )
         .bind(now - idle)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         db::done(tx);
         let why = format!("no upload progress for {} hours", idle.whole_hours());
         let mut reaped = 0;
@@ -397,15 +380,14 @@ impl ImagesBackend {
         Ok(reaped)
     }
 
-    async fn copy_row(&self, image: Uuid, host: Uuid) -> Result<CopyRow, AppError> {
+    async fn copy_row(&self, image: Uuid, host: Uuid) -> Result<CopyRow> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        sqlx::query_as(COPY_SELECT)
+        Ok(sqlx::query_as(COPY_SELECT)
             .bind(image)
             .bind(host)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?
-            .ok_or_else(|| AppError::NotFound("Image copy".into()))
+            .await?
+            .ok_or_else(|| AppError::NotFound("Image copy".into()))?)
     }
 
     /// Removes a copy's row and the volumes the portal made for it; the image goes too when
@@ -417,7 +399,7 @@ impl ImagesBackend {
         host: Uuid,
         action: &str,
         why: Option<&str>,
-    ) -> Result<(), AppError> {
+    ) -> Result<()> {
         let copy = self.copy_row(image, host).await?;
         let names: Vec<String> = [Some(copy.volume.clone()), copy.kernel, copy.initrd]
             .into_iter()
@@ -449,8 +431,7 @@ impl ImagesBackend {
             .bind(image)
             .bind(host)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
         let image_gone = sqlx::query(
             "DELETE FROM images i WHERE i.id = $1
                AND NOT EXISTS (SELECT 1 FROM image_copies c WHERE c.image_id = i.id)
@@ -458,8 +439,7 @@ impl ImagesBackend {
         )
         .bind(image)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?
+        .await?
         .rows_affected()
             > 0;
         audit::record(
@@ -471,7 +451,7 @@ impl ImagesBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -492,8 +472,7 @@ impl Images for ImagesBackend {
              FROM images i ORDER BY lower(i.name)",
         )
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         Ok(rows
             .into_iter()
             .map(|r| Image {
@@ -521,7 +500,7 @@ impl Images for ImagesBackend {
                 format!("That volume is already the image \u{201c}{name}\u{201d}."),
             ));
         }
-        self.register_new(req, &r, None).await
+        Ok(self.register_new(req, &r, None).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -590,7 +569,7 @@ impl Images for ImagesBackend {
         .bind(&login_user)
         .fetch_one(&mut *tx)
         .await
-        .map_err(map_err)?;
+        .map_err(internal)?;
         sqlx::query(
             "INSERT INTO image_copies (image_id, host_id, pool, volume, state, bytes_done, bytes_total)
              VALUES ($1, $2, $3, $4, 'uploading', 0, $5)",
@@ -601,8 +580,7 @@ impl Images for ImagesBackend {
         .bind(&volume)
         .bind(size as i64)
         .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        .await.map_err(internal)?;
         // The empty volume, sized for the whole file, before the row commits: a failure here
         // leaves nothing behind.
         let (p, v) = (pool.clone(), volume.clone());
@@ -637,7 +615,7 @@ impl Images for ImagesBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(UploadTarget {
             image_id: id,
             host_id: host,
@@ -689,7 +667,7 @@ impl Images for ImagesBackend {
             .bind(host)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db::internal)?
+            .map_err(internal)?
             .ok_or_else(|| AppError::NotFound("Image upload".into()))?;
         if copy.state != "uploading" {
             return Err(AppError::Conflict(
@@ -742,9 +720,8 @@ impl Images for ImagesBackend {
         .bind(host)
         .bind(end)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        .await.map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(end)
     }
 
@@ -817,16 +794,14 @@ impl Images for ImagesBackend {
         .bind(facts.virtual_size)
         .bind(&facts.sha256)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         sqlx::query(
             "UPDATE image_copies SET state = 'ready', updated_at = now() WHERE image_id = $1 AND host_id = $2",
         )
         .bind(image)
         .bind(host)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -836,7 +811,7 @@ impl Images for ImagesBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(())
     }
 
@@ -848,8 +823,9 @@ impl Images for ImagesBackend {
                 "Only an unfinished upload or a failed copy can be discarded.".into(),
             ));
         }
-        self.drop_copy(&Origin::of(req), image, host, "image.copy.discard", None)
-            .await
+        Ok(self
+            .drop_copy(&Origin::of(req), image, host, "image.copy.discard", None)
+            .await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -872,7 +848,7 @@ impl Images for ImagesBackend {
             .bind(image)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         let Some((_, volume, kernel, initrd, size)) = source else {
             return Err(AppError::Conflict(
                 "The image has no finished copy to copy from.".into(),
@@ -882,7 +858,7 @@ impl Images for ImagesBackend {
             .bind(host)
             .fetch_one(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         if !exists {
             return Err(AppError::field("host", "Choose a host of the fleet."));
         }
@@ -898,8 +874,7 @@ impl Images for ImagesBackend {
         .bind(&initrd)
         .bind(size)
         .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        .await.map_err(internal)?;
         jobs::enqueue(
             &mut tx,
             JobKind::ImageCopy,
@@ -908,7 +883,7 @@ impl Images for ImagesBackend {
             3,
         )
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -916,7 +891,7 @@ impl Images for ImagesBackend {
                 .after(json!({ "host": host, "pool": pool, "volume": volume })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         self.queue.wake.notify_waiters();
         Ok(())
     }
@@ -929,7 +904,7 @@ impl Images for ImagesBackend {
                 .bind(image)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(map_err)?;
+                .map_err(internal)?;
         let Some(name) = name else {
             return Err(AppError::NotFound("Image".into()));
         };
@@ -939,7 +914,7 @@ impl Images for ImagesBackend {
             Event::new("image.delete", "image", image).before(json!({ "name": name })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(())
     }
 }
@@ -1089,9 +1064,8 @@ impl std::io::Read for ChannelReader {
 /// The `image_copy` job: copies disk, kernel and initramfs, checks the disk's SHA-256 against
 /// the image's, and makes the copy ready. Idempotent: a rerun uploads the volumes afresh.
 pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Result<(), Outcome> {
-    let retry = |e: sqlx::Error| Outcome::Retry(e.to_string());
     let (image, host) = job_target(job)?;
-    let Some(copy) = load_copy(pool, image, host).await.map_err(retry)? else {
+    let Some(copy) = load_copy(pool, image, host).await? else {
         // Discarded meanwhile, or no ready copy is left to copy from.
         return Ok(());
     };
@@ -1153,7 +1127,7 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
         }
     }
     reporter.abort();
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await.map_err(retry)?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     match &result {
         Ok(()) => {
             sqlx::query(
@@ -1164,15 +1138,13 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
             .bind(host)
             .bind(done.load(std::sync::atomic::Ordering::Relaxed) as i64)
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
+            .await?;
             audit::record_raw(
                 &mut tx,
                 &Origin::default(),
                 Event::new("image.copy.finish", "image", image).after(json!({ "host": host })),
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
         Err(e) => {
             sqlx::query(
@@ -1182,11 +1154,10 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
             .bind(host)
             .bind(e)
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
+            .await?;
         }
     }
-    tx.commit().await.map_err(retry)?;
+    tx.commit().await?;
     result.map_err(Outcome::Retry)
 }
 

@@ -4,6 +4,7 @@ pub mod images;
 use crate::hypervisor::storage;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::error::AppError;
 use app::images::RegisterImageForm;
 use app::provisioning::{Offer, Size, SizeOffer, Template, TemplateForm};
@@ -56,7 +57,7 @@ impl CatalogBackend {
         &self,
         req: &RequestCtx,
         form: &TemplateForm,
-    ) -> Result<Option<ChosenImage>, AppError> {
+    ) -> Result<Option<ChosenImage>> {
         let shortcut = form.image_host.is_some()
             || !form.image_pool.trim().is_empty()
             || !form.image_volume.trim().is_empty();
@@ -67,7 +68,8 @@ impl CatalogBackend {
                     return Err(AppError::field(
                         "image_host",
                         "Choose the host that holds the base image.",
-                    ));
+                    )
+                    .into());
                 };
                 let current: Option<Uuid> = match form.id {
                     Some(t) => {
@@ -75,8 +77,7 @@ impl CatalogBackend {
                         sqlx::query_scalar("SELECT image_id FROM templates WHERE id = $1")
                             .bind(t)
                             .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(db::internal)?
+                            .await?
                             .flatten()
                     }
                     None => None,
@@ -113,7 +114,8 @@ impl CatalogBackend {
                 None => Err(AppError::field(
                     "image_id",
                     "Choose the template's base image from the image library.",
-                )),
+                )
+                .into()),
                 Some(_) => Ok(None),
             };
         };
@@ -124,21 +126,19 @@ impl CatalogBackend {
         )
         .bind(id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         match found {
-            None => Err(AppError::field(
-                "image_id",
-                "Choose an image of the library.",
-            )),
+            None => Err(AppError::field("image_id", "Choose an image of the library.").into()),
             Some((_, _, false)) => Err(AppError::field(
                 "image_id",
                 "This image has no finished copy on any host yet.",
-            )),
+            )
+            .into()),
             Some((format, ..)) if format != "qcow2" => Err(AppError::field(
                 "image_id",
                 "This image is raw: templates need qcow2 (VMs are linked clones of it).",
-            )),
+            )
+            .into()),
             Some((_, login_user, true)) => Ok(Some(ChosenImage { id, login_user })),
         }
     }
@@ -314,25 +314,17 @@ const TEMPLATE_SELECT: &str = "
     FROM templates t";
 
 /// A template as one tenant may use it: published, offered to the tenant, not hidden there.
-pub async fn usable_template(
-    tx: &mut db::Tx,
-    tenant: Uuid,
-    template: Uuid,
-) -> Result<Template, AppError> {
+pub async fn usable_template(tx: &mut db::Tx, tenant: Uuid, template: Uuid) -> Result<Template> {
     let row: Option<TemplateRow> = sqlx::query_as(&format!(
         "{TEMPLATE_SELECT} WHERE t.id = $2 AND t.published AND (t.all_tenants OR $1 = ANY(t.tenant_ids))"
     ))
     .bind(tenant)
     .bind(template)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     match row {
         Some(r) if !r.hidden => Ok(r.into()),
-        _ => Err(AppError::field(
-            "template_id",
-            "Choose a template from your catalog.",
-        )),
+        _ => Err(AppError::field("template_id", "Choose a template from your catalog.").into()),
     }
 }
 
@@ -346,7 +338,7 @@ impl Catalog for CatalogBackend {
                 .bind(None::<Uuid>)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(db::internal)?;
+                .map_err(internal)?;
         Ok(rows.into_iter().map(Template::from).collect())
     }
 
@@ -429,7 +421,7 @@ impl Catalog for CatalogBackend {
                 .bind(&names)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(db::internal)?;
+                .map_err(internal)?;
                 if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
                     return Err(AppError::field(
                         "tenants",
@@ -439,7 +431,7 @@ impl Catalog for CatalogBackend {
                 (false, found.into_iter().map(|(id, _)| id).collect())
             }
         };
-        let sizes_json = serde_json::to_value(&sizes).map_err(db::internal)?;
+        let sizes_json = serde_json::to_value(&sizes).map_err(internal)?;
         let id = match form.id {
             None => sqlx::query_scalar(
                 "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
@@ -459,8 +451,7 @@ impl Catalog for CatalogBackend {
             .bind(&networks)
             .bind(image.as_ref().map(|i| i.id))
             .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?,
+            .await.map_err(internal)?,
             Some(id) => sqlx::query_scalar(
                 "UPDATE templates SET name = $2, description = $3, os = $4, sizes = $5, default_lease_days = $6,
                         max_lease_days = $7, all_tenants = $8, tenant_ids = $9, login_user = $10,
@@ -483,8 +474,7 @@ impl Catalog for CatalogBackend {
             .bind(&networks)
             .bind(image.as_ref().map(|i| i.id))
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?
+            .await.map_err(internal)?
             .ok_or_else(|| AppError::NotFound("Template".into()))?,
         };
         audit::record(
@@ -508,7 +498,7 @@ impl Catalog for CatalogBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(id)
     }
 
@@ -525,8 +515,7 @@ impl Catalog for CatalogBackend {
         )
         .bind(id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let images = images.ok_or_else(|| AppError::NotFound("Template".into()))?;
         if published && images == 0 {
             return Err(AppError::Conflict(
@@ -538,7 +527,7 @@ impl Catalog for CatalogBackend {
             .bind(published)
             .execute(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -553,7 +542,7 @@ impl Catalog for CatalogBackend {
             ),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        tx.commit().await.map_err(internal)
     }
 
     async fn set_hidden(
@@ -574,8 +563,7 @@ impl Catalog for CatalogBackend {
         .bind(id)
         .bind(tenant_id)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         if !offered {
             return Err(AppError::NotFound("Template".into()));
         }
@@ -587,8 +575,7 @@ impl Catalog for CatalogBackend {
         .bind(id)
         .bind(tenant_id)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -604,7 +591,7 @@ impl Catalog for CatalogBackend {
             .tenant(tenant_id),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        tx.commit().await.map_err(internal)
     }
 
     async fn catalog(
@@ -632,8 +619,7 @@ impl Catalog for CatalogBackend {
         .bind(pattern)
         .bind(include_hidden)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let mut list: Vec<Template> = rows
             .into_iter()
             .map(|r| for_choosing(Template::from(r)))
@@ -649,7 +635,7 @@ const HOURS_A_MONTH: f64 = 730.5;
 
 /// Fills in each template's offer for `tenant`: the approval policy's thresholds per size, and
 /// the monthly cost by the rate card in force now (the template's own, else the general one).
-async fn offers(tx: &mut db::Tx, tenant: Uuid, list: &mut [Template]) -> Result<(), AppError> {
+async fn offers(tx: &mut db::Tx, tenant: Uuid, list: &mut [Template]) -> Result<()> {
     if list.is_empty() {
         return Ok(());
     }
@@ -668,8 +654,7 @@ async fn offers(tx: &mut db::Tx, tenant: Uuid, list: &mut [Template]) -> Result<
     )
     .bind(&ids)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let mut others = Vec::new();
     if policy.auto_max_count > 0 {
         others.push(format!(
@@ -804,15 +789,6 @@ pub fn network_choices(t: &Template) -> Vec<String> {
 
 /// User-mode networking, as templates and requests name it.
 pub const USER_NETWORK: &str = "user";
-
-fn map_err(e: sqlx::Error) -> AppError {
-    if let sqlx::Error::Database(d) = &e {
-        if d.constraint() == Some("templates_name_key") {
-            return AppError::field("name", "A template with that name already exists.");
-        }
-    }
-    db::map_err(e)
-}
 
 #[cfg(test)]
 mod tests {

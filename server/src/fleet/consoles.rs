@@ -17,6 +17,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz;
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::account::Actor;
 use app::console::{ConsoleKind, ConsoleTicket};
 use app::error::AppError;
@@ -61,12 +62,7 @@ struct VmAccess {
 }
 
 /// The VM if `actor` may act on it (the lifecycle rule, `authz::acts_on_vm`).
-async fn vm_access(
-    pool: &PgPool,
-    actor: &Actor,
-    host_id: Uuid,
-    uuid: Uuid,
-) -> Result<VmAccess, AppError> {
+async fn vm_access(pool: &PgPool, actor: &Actor, host_id: Uuid, uuid: Uuid) -> Result<VmAccess> {
     let mut tx = db::begin(pool, Scope::fleet()).await?;
     let vm: Option<VmAccess> = sqlx::query_as(
         "SELECT d.managed, d.tenant_id, d.owner_id, d.state, h.uri
@@ -76,8 +72,7 @@ async fn vm_access(
     .bind(host_id)
     .bind(uuid)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     db::done(tx);
     let vm = vm.ok_or_else(|| AppError::NotFound("VM".into()))?;
     let facts = authz::VmFacts {
@@ -88,7 +83,7 @@ async fn vm_access(
     if authz::acts_on_vm(actor, &facts) {
         Ok(vm)
     } else {
-        Err(authz::refuse(authz::Access::Act, "VM"))
+        Err(authz::refuse(authz::Access::Act, "VM").into())
     }
 }
 
@@ -147,15 +142,14 @@ impl Consoles for ConsolesBackend {
         .bind(now)
         .bind(now + time::Duration::seconds(TICKET_SECONDS))
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let mut event = Event::new("console.ticket", "vm", uuid)
             .after(json!({ "console": id, "kind": kind.as_str(), "host": host_id }));
         if let Some(t) = vm.tenant_id {
             event = event.tenant(t);
         }
         audit::record(&mut tx, &Origin::of(req), event).await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(ConsoleTicket {
             url: format!("/console/ws?ticket={ticket}"),
             expires_in_seconds: TICKET_SECONDS as u32,
@@ -238,7 +232,7 @@ pub async fn upgrade(
         Ok(vm) => vm,
         Err(e) => {
             close(&proxy, &spent, &actor, "access ended").await;
-            return e.status().into_response();
+            return AppError::from(e).status().into_response();
         }
     };
     let _ = record(

@@ -2,6 +2,7 @@
 use super::*;
 use crate::metering::metrics::Range;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use app::error::AppError;
 use app::fleet::{BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard};
 use app::seam::RequestCtx;
@@ -20,9 +21,9 @@ pub(super) async fn charts(
     let range = parse_range(range)?;
     // Every fleet admin sees the same charts; they change once per sample period.
     let (pool, clock) = (b.pool.clone(), b.clock.clone());
-    b.charts[&range]
+    Ok(b.charts[&range]
         .get(0, move || fleet_charts(pool.clone(), range, clock.now()))
-        .await
+        .await?)
 }
 
 pub(super) async fn dashboard(
@@ -34,18 +35,18 @@ pub(super) async fn dashboard(
     // again before answering (the page refetches because of that event).
     let generation = b.live_generation.load(std::sync::atomic::Ordering::Relaxed);
     let (pool, overcommit) = (b.pool.clone(), b.vcpu_overcommit);
-    b.dashboard
+    Ok(b.dashboard
         .get(generation, move || {
             dashboard_figures(pool.clone(), overcommit)
         })
-        .await
+        .await?)
 }
 
 pub(super) async fn drift(
     b: &FleetBackend,
     req: &RequestCtx,
     page: u32,
-) -> Result<Page<DomainSummary>, AppError> {
+) -> Result<Page<DomainSummary>> {
     req.fleet_admin()?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let page = b
@@ -57,7 +58,7 @@ pub(super) async fn drift(
             page,
         )
         .await?;
-    tx.commit().await.map_err(db::internal)?;
+    tx.commit().await?;
     Ok(page)
 }
 
@@ -65,7 +66,7 @@ pub(super) async fn drift(
 pub(super) async fn dashboard_figures(
     pool: PgPool,
     vcpu_overcommit: f64,
-) -> Result<FleetDashboard, AppError> {
+) -> Result<FleetDashboard> {
     let mut tx = db::begin(&pool, Scope::fleet()).await?;
     #[derive(sqlx::FromRow)]
     struct Totals {
@@ -97,22 +98,19 @@ pub(super) async fn dashboard_figures(
                     (SELECT count(*) FROM vms WHERE phase = 'pending' OR vm_phase_building(phase)) AS provisioning",
         )
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     let vms_by_state: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, count(*) FROM domains WHERE missing_since IS NULL GROUP BY state ORDER BY count(*) DESC, state",
         )
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     let top_tenants: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT t.name, coalesce(sum(d.vcpus), 0)::int8, coalesce(sum(d.memory_kib), 0)::int8, count(*)
              FROM domains d JOIN tenants t ON t.id = d.tenant_id
              WHERE d.missing_since IS NULL GROUP BY t.name ORDER BY 2 DESC, 3 DESC LIMIT 5",
         )
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     // The fullest hosts by memory (what placement runs out of first), with their vCPUs.
     type Busy = (Uuid, String, String, i64, i64, i64, i64);
     let busiest: Vec<Busy> = sqlx::query_as(
@@ -126,8 +124,7 @@ pub(super) async fn dashboard_figures(
              LIMIT 8",
         )
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     Ok(FleetDashboard {
         busiest_hosts: busiest
             .into_iter()
@@ -162,10 +159,8 @@ pub(super) async fn fleet_charts(
     pool: PgPool,
     range: Range,
     now: time::OffsetDateTime,
-) -> Result<Vec<ChartView>, AppError> {
-    let series = crate::metering::metrics::fleet_series(&pool, range, now)
-        .await
-        .map_err(db::internal)?;
+) -> Result<Vec<ChartView>> {
+    let series = crate::metering::metrics::fleet_series(&pool, range, now).await?;
     Ok([
         ("Fleet CPU busy", "CPU", "cpu", ChartUnit::Percent),
         ("Fleet memory used", "Memory", "mem", ChartUnit::Bytes),
@@ -214,10 +209,10 @@ impl<T: Clone + Send + Sync + 'static> Kept<T> {
             Some((version, std::time::Instant::now(), value));
     }
 
-    pub async fn get<F, Fut>(self: &Arc<Self>, version: u64, compute: F) -> Result<T, AppError>
+    pub async fn get<F, Fut>(self: &Arc<Self>, version: u64, compute: F) -> Result<T>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
         use std::sync::atomic::Ordering;
         if let Some((stale, value)) = self.current(version) {
@@ -345,7 +340,7 @@ impl FleetBackend {
         bind_host: Option<Uuid>,
         search: &str,
         page: u32,
-    ) -> Result<Page<DomainSummary>, AppError> {
+    ) -> Result<Page<DomainSummary>> {
         let page = page.max(1);
         let rows: Vec<DomainRow> = sqlx::query_as(&format!(
             "{DOMAIN_QUERY} WHERE {filter} AND ($2 = '' OR d.name ILIKE '%' || $2 || '%')
@@ -356,8 +351,7 @@ impl FleetBackend {
         .bind(i64::from(DOMAINS_PER_PAGE))
         .bind(i64::from(DOMAINS_PER_PAGE) * i64::from(page - 1))
         .fetch_all(&mut **tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         let total = rows.first().map(|r| r.total).unwrap_or(0);
         Ok(Page {
             items: rows.into_iter().map(Into::into).collect(),

@@ -3,6 +3,7 @@ use super::dashboard::*;
 use super::*;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{Error, Result};
 use app::error::AppError;
 use app::fleet::{version_string, HostDetail, HostFilter, HostSummary, NetworkInfo, PoolInfo};
 use app::seam::RequestCtx;
@@ -10,17 +11,13 @@ use app::Page;
 use serde_json::json;
 use uuid::Uuid;
 
-pub(super) async fn hosts(
-    b: &FleetBackend,
-    req: &RequestCtx,
-) -> Result<Vec<HostSummary>, AppError> {
+pub(super) async fn hosts(b: &FleetBackend, req: &RequestCtx) -> Result<Vec<HostSummary>> {
     req.fleet_admin()?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let rows: Vec<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} ORDER BY h.name"))
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-    tx.commit().await.map_err(db::internal)?;
+        .await?;
+    tx.commit().await?;
     Ok(rows.into_iter().map(|r| b.summary(r)).collect())
 }
 
@@ -28,7 +25,7 @@ pub(super) async fn host_page(
     b: &FleetBackend,
     req: &RequestCtx,
     filter: HostFilter,
-) -> Result<Page<HostSummary>, AppError> {
+) -> Result<Page<HostSummary>> {
     req.fleet_admin()?;
     let page = filter.page.max(1);
     let order = db::order_by(
@@ -62,14 +59,12 @@ pub(super) async fn host_page(
         page_args,
     )
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let total: i64 =
         sqlx::query_scalar_with(&format!("SELECT count(*) FROM hosts h WHERE {cond}"), args)
             .fetch_one(&mut *tx)
-            .await
-            .map_err(db::internal)?;
-    tx.commit().await.map_err(db::internal)?;
+            .await?;
+    tx.commit().await?;
     Ok(Page {
         items: rows.into_iter().map(|r| b.summary(r)).collect(),
         page,
@@ -86,11 +81,11 @@ pub(super) async fn register(
     labels: &str,
     schedulable: bool,
     maintenance: bool,
-) -> Result<HostSummary, AppError> {
+) -> Result<HostSummary> {
     req.fleet_admin()?;
     let (name, uri, labels) = match (parse_host_name(name), parse_uri(uri), parse_labels(labels)) {
         (Ok(n), Ok(u), Ok(l)) => (n, u, l),
-        (n, u, l) => return Err(AppError::merge([n.err(), u.err(), l.err()])),
+        (n, u, l) => return Err(AppError::merge([n.err(), u.err(), l.err()]).into()),
     };
     let simulated_file = simulated_file(&uri, b.simulated_fleets.as_deref())?;
     // Saving tests the connection; libvirt's own words go next to the URI, except for a
@@ -121,8 +116,7 @@ pub(super) async fn register(
     .bind(&facts.hv_type)
     .bind(facts.hv_version)
     .fetch_one(&mut *tx)
-    .await
-    .map_err(host_constraint)?;
+    .await?;
     audit::record(
         &mut tx,
         &Origin::of(req),
@@ -132,7 +126,7 @@ pub(super) async fn register(
     )
     .await?;
     let summary = b.host_summary(&mut tx, id).await?;
-    tx.commit().await.map_err(host_constraint)?;
+    tx.commit().await?;
     b.hypervisors.start(id, uri);
     Ok(summary)
 }
@@ -143,13 +137,10 @@ pub(super) async fn host(
     host_id: Uuid,
     search: &str,
     page: u32,
-) -> Result<HostDetail, AppError> {
+) -> Result<HostDetail> {
     req.fleet_admin()?;
     if search.chars().count() > 100 {
-        return Err(AppError::field(
-            "search",
-            "Search for at most 100 characters.",
-        ));
+        return Err(AppError::field("search", "Search for at most 100 characters.").into());
     }
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let host = b.host_summary(&mut tx, host_id).await?;
@@ -170,8 +161,7 @@ pub(super) async fn host(
     )
     .bind(host_id)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     #[derive(sqlx::FromRow)]
     struct N {
         name: String,
@@ -185,8 +175,7 @@ pub(super) async fn host(
     )
     .bind(host_id)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let domains = b
         .domains_page(
             &mut tx,
@@ -202,9 +191,8 @@ pub(super) async fn host(
     ))
     .bind(host_id)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
-    tx.commit().await.map_err(db::internal)?;
+    .await?;
+    tx.commit().await?;
     Ok(HostDetail {
         host,
         pools: pools
@@ -240,33 +228,26 @@ pub(super) async fn set_domain_type(
     req: &RequestCtx,
     host_id: Uuid,
     domain_type: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     req.fleet_admin()?;
     let value = match domain_type.trim() {
         "" => None,
         "kvm" => Some("kvm"),
         "qemu" => Some("qemu"),
-        _ => {
-            return Err(AppError::field(
-                "domain_type",
-                "Choose detected, kvm or qemu.",
-            ))
-        }
+        _ => return Err(AppError::field("domain_type", "Choose detected, kvm or qemu.").into()),
     };
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let before: Option<Option<String>> =
         sqlx::query_scalar("SELECT domain_type FROM hosts WHERE id = $1 FOR UPDATE")
             .bind(host_id)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
     let before = before.ok_or_else(|| AppError::NotFound("Host".into()))?;
     sqlx::query("UPDATE hosts SET domain_type = $2 WHERE id = $1")
         .bind(host_id)
         .bind(value)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     audit::record(
         &mut tx,
         &Origin::of(req),
@@ -275,14 +256,10 @@ pub(super) async fn set_domain_type(
             .after(json!({ "domain_type": value })),
     )
     .await?;
-    tx.commit().await.map_err(db::internal)
+    tx.commit().await.map_err(Error::from)
 }
 
-pub(super) async fn reconcile(
-    b: &FleetBackend,
-    req: &RequestCtx,
-    host_id: Uuid,
-) -> Result<(), AppError> {
+pub(super) async fn reconcile(b: &FleetBackend, req: &RequestCtx, host_id: Uuid) -> Result<()> {
     req.fleet_admin()?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     b.host_summary(&mut tx, host_id).await?;
@@ -292,12 +269,12 @@ pub(super) async fn reconcile(
         Event::new("host.reconcile", "host", host_id),
     )
     .await?;
-    tx.commit().await.map_err(db::internal)?;
-    b.hypervisors
+    tx.commit().await?;
+    Ok(b.hypervisors
         .reconcile(host_id)
         .await
         .map(|_| ())
-        .map_err(AppError::Conflict)
+        .map_err(AppError::Conflict)?)
 }
 
 /// A host name: lowercase letters, digits and hyphens, at most 63, starting alphanumeric.
@@ -481,48 +458,28 @@ impl From<HostRow> for HostSummary {
 }
 
 impl FleetBackend {
-    pub(super) async fn host_summary(
-        &self,
-        tx: &mut db::Tx,
-        id: Uuid,
-    ) -> Result<HostSummary, AppError> {
+    pub(super) async fn host_summary(&self, tx: &mut db::Tx, id: Uuid) -> Result<HostSummary> {
         let row: Option<HostRow> = sqlx::query_as(&format!("{HOST_QUERY} WHERE h.id = $1"))
             .bind(id)
             .fetch_optional(&mut **tx)
-            .await
-            .map_err(db::internal)?;
-        row.map(|r| self.summary(r))
-            .ok_or_else(|| AppError::NotFound("Host".into()))
+            .await?;
+        Ok(row
+            .map(|r| self.summary(r))
+            .ok_or_else(|| AppError::NotFound("Host".into()))?)
     }
 }
 
 impl FleetBackend {
     /// NotFound unless the host is registered.
-    pub(super) async fn known_host(&self, host_id: Uuid) -> Result<(), AppError> {
+    pub(super) async fn known_host(&self, host_id: Uuid) -> Result<()> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
             .bind(host_id)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
-        found
+            .await?;
+        tx.commit().await?;
+        Ok(found
             .map(|_| ())
-            .ok_or_else(|| AppError::NotFound("Host".into()))
+            .ok_or_else(|| AppError::NotFound("Host".into()))?)
     }
-}
-
-pub(super) fn host_constraint(e: sqlx::Error) -> AppError {
-    if let sqlx::Error::Database(db) = &e {
-        match db.constraint() {
-            Some("hosts_name_key") => {
-                return AppError::field("name", "A host with that name is already registered.")
-            }
-            Some("hosts_uri_key") => {
-                return AppError::field("uri", "That URI is already registered.")
-            }
-            _ => {}
-        }
-    }
-    db::map_err(e)
 }

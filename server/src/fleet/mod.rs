@@ -66,7 +66,7 @@ impl FleetBackend {
 #[async_trait]
 impl Fleet for FleetBackend {
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError> {
-        hosts::hosts(self, req).await
+        Ok(hosts::hosts(self, req).await?)
     }
 
     async fn host_page(
@@ -74,7 +74,7 @@ impl Fleet for FleetBackend {
         req: &RequestCtx,
         filter: HostFilter,
     ) -> Result<Page<HostSummary>, AppError> {
-        hosts::host_page(self, req, filter).await
+        Ok(hosts::host_page(self, req, filter).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -89,7 +89,7 @@ impl Fleet for FleetBackend {
         uuid: Uuid,
         range: &str,
     ) -> Result<Vec<ChartView>, AppError> {
-        vms::vm_charts(self, req, host_id, uuid, range).await
+        Ok(vms::vm_charts(self, req, host_id, uuid, range).await?)
     }
 
     async fn dashboard(&self, req: &RequestCtx) -> Result<FleetDashboard, AppError> {
@@ -105,7 +105,7 @@ impl Fleet for FleetBackend {
         schedulable: bool,
         maintenance: bool,
     ) -> Result<HostSummary, AppError> {
-        hosts::register(self, req, name, uri, labels, schedulable, maintenance).await
+        Ok(hosts::register(self, req, name, uri, labels, schedulable, maintenance).await?)
     }
 
     async fn host(
@@ -115,11 +115,11 @@ impl Fleet for FleetBackend {
         search: &str,
         page: u32,
     ) -> Result<HostDetail, AppError> {
-        hosts::host(self, req, host_id, search, page).await
+        Ok(hosts::host(self, req, host_id, search, page).await?)
     }
 
     async fn forget(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<(), AppError> {
-        vms::forget(self, req, host_id, uuid).await
+        Ok(vms::forget(self, req, host_id, uuid).await?)
     }
 
     async fn set_domain_type(
@@ -128,15 +128,15 @@ impl Fleet for FleetBackend {
         host_id: Uuid,
         domain_type: &str,
     ) -> Result<(), AppError> {
-        hosts::set_domain_type(self, req, host_id, domain_type).await
+        Ok(hosts::set_domain_type(self, req, host_id, domain_type).await?)
     }
 
     async fn reconcile(&self, req: &RequestCtx, host_id: Uuid) -> Result<(), AppError> {
-        hosts::reconcile(self, req, host_id).await
+        Ok(hosts::reconcile(self, req, host_id).await?)
     }
 
     async fn vm(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError> {
-        vms::vm(self, req, host_id, uuid).await
+        Ok(vms::vm(self, req, host_id, uuid).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -148,7 +148,7 @@ impl Fleet for FleetBackend {
         action: &str,
         confirm: &str,
     ) -> Result<(), AppError> {
-        vms::vm_action(self, req, host_id, uuid, action, confirm).await
+        Ok(vms::vm_action(self, req, host_id, uuid, action, confirm).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -160,7 +160,7 @@ impl Fleet for FleetBackend {
         tenant_id: Uuid,
         owner_email: &str,
     ) -> Result<(), AppError> {
-        vms::adopt(self, req, host_id, uuid, tenant_id, owner_email).await
+        Ok(vms::adopt(self, req, host_id, uuid, tenant_id, owner_email).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -235,7 +235,7 @@ impl Fleet for FleetBackend {
     }
 
     async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError> {
-        dashboard::drift(self, req, page).await
+        Ok(dashboard::drift(self, req, page).await?)
     }
 }
 

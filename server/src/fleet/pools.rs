@@ -3,6 +3,7 @@ use super::*;
 use crate::hypervisor::{network, storage};
 use crate::platform::audit::Event;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use app::error::AppError;
 use app::fleet::VolumeInfo;
 use app::seam::RequestCtx;
@@ -267,7 +268,7 @@ impl FleetBackend {
         host_id: Uuid,
         pool: &str,
         facts: &[storage::VolumeFacts],
-    ) -> Result<std::collections::HashMap<String, Vec<String>>, AppError> {
+    ) -> Result<std::collections::HashMap<String, Vec<String>>> {
         let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         // Templates' base images first, then portal VMs' disks, each by name.
@@ -284,8 +285,7 @@ impl FleetBackend {
         .bind(host_id)
         .bind(pool)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         for (volume, what) in portal {
             users.entry(volume).or_default().push(what);
         }
@@ -297,8 +297,7 @@ impl FleetBackend {
         )
         .bind(host_id)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         db::done(tx);
         for (domain, disks) in domains {
             for disk in crate::hypervisor::inventory::parse_disks(&disks) {

@@ -5,6 +5,7 @@ use crate::hypervisor::connection::Action;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, Access, VmFacts};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{Error, Result};
 use app::error::AppError;
 use app::fleet::{ChartUnit, ChartView, DomainSummary, OperationInfo, VmDetail};
 use app::seam::RequestCtx;
@@ -17,13 +18,11 @@ pub(super) async fn vm_charts(
     host_id: Uuid,
     uuid: Uuid,
     range: &str,
-) -> Result<Vec<ChartView>, AppError> {
+) -> Result<Vec<ChartView>> {
     let range = parse_range(range)?;
     let (_, scope) = b.authorized_vm(req, host_id, uuid, Access::See).await?;
     let now = b.clock.now();
-    let s = crate::metering::metrics::subject_series(&b.pool, scope, uuid, range, now)
-        .await
-        .map_err(db::internal)?;
+    let s = crate::metering::metrics::subject_series(&b.pool, scope, uuid, range, now).await?;
     Ok(vec![
         chart_view(
             "CPU",
@@ -61,7 +60,7 @@ pub(super) async fn forget(
     req: &RequestCtx,
     host_id: Uuid,
     uuid: Uuid,
-) -> Result<(), AppError> {
+) -> Result<()> {
     req.fleet_admin()?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let row: Option<(String, bool, Option<Uuid>)> = sqlx::query_as(
@@ -70,13 +69,13 @@ pub(super) async fn forget(
     .bind(host_id)
     .bind(uuid)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let (name, missing, tenant) = row.ok_or_else(|| AppError::NotFound("Domain".into()))?;
     if !missing {
         return Err(AppError::Conflict(format!(
             "{name} is still on its host: only a domain that vanished can be forgotten."
-        )));
+        ))
+        .into());
     }
     // A portal VM whose domain vanished: its record is closed and its quota released by
     // the same (idempotent) job that deletes VMs.
@@ -86,8 +85,7 @@ pub(super) async fn forget(
     .bind(uuid)
     .bind(host_id)
     .execute(&mut *tx)
-    .await
-    .map_err(db::internal)?
+    .await?
     .rows_affected()
         > 0;
     if portal {
@@ -98,20 +96,18 @@ pub(super) async fn forget(
             json!({ "reason": "its domain vanished from the host and was forgotten" }),
             10,
         )
-        .await
-        .map_err(db::internal)?;
+        .await?;
     }
     sqlx::query("DELETE FROM domains WHERE host_id = $1 AND uuid = $2")
         .bind(host_id)
         .bind(uuid)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     let mut event = Event::new("domain.forget", "domain", uuid)
         .after(json!({ "name": name, "host_id": host_id, "portal_vm": portal }));
     event.tenant_id = tenant;
     audit::record(&mut tx, &Origin::of(req), event).await?;
-    tx.commit().await.map_err(db::internal)?;
+    tx.commit().await?;
     if portal {
         b.queue.wake.notify_waiters();
     }
@@ -123,7 +119,7 @@ pub(super) async fn vm(
     req: &RequestCtx,
     host_id: Uuid,
     uuid: Uuid,
-) -> Result<VmDetail, AppError> {
+) -> Result<VmDetail> {
     let (row, scope) = b.authorized_vm(req, host_id, uuid, Access::See).await?;
     #[derive(sqlx::FromRow)]
     struct Op {
@@ -145,9 +141,8 @@ pub(super) async fn vm(
     .bind(host_id)
     .bind(uuid)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
-    tx.commit().await.map_err(db::internal)?;
+    .await?;
+    tx.commit().await?;
     Ok(VmDetail {
         disks: crate::hypervisor::inventory::parse_disks(&row.disks),
         nics: crate::hypervisor::inventory::parse_nics(&row.nics),
@@ -189,14 +184,12 @@ pub(super) async fn vm_action(
     uuid: Uuid,
     action: &str,
     confirm: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let action =
         Action::parse(action).ok_or_else(|| AppError::field("action", "Unknown action."))?;
     let (row, scope) = b.authorized_vm(req, host_id, uuid, Access::Act).await?;
     if row.missing {
-        return Err(AppError::Conflict(
-            "This VM is no longer on its host.".into(),
-        ));
+        return Err(AppError::Conflict("This VM is no longer on its host.".into()).into());
     }
     // A portal VM may also be confirmed by the name its owner gave it.
     let portal_name: Option<String> = if action == Action::Delete {
@@ -204,8 +197,7 @@ pub(super) async fn vm_action(
         sqlx::query_scalar("SELECT name FROM vms WHERE uuid = $1 AND deleted_at IS NULL")
             .bind(uuid)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?
+            .await?
     } else {
         None
     };
@@ -219,7 +211,8 @@ pub(super) async fn vm_action(
                 "Type the VM's name, {}, to confirm.",
                 portal_name.as_deref().unwrap_or(&row.name)
             ),
-        ));
+        )
+        .into());
     }
     if action == Action::Shutdown {
         // One wait per VM: a second click would only stack up operations.
@@ -231,13 +224,12 @@ pub(super) async fn vm_action(
         .bind(crate::platform::jobs::JobKind::Shutdown.as_str())
         .bind(uuid)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        .await?;
+        tx.commit().await?;
         if waiting {
             return Err(AppError::Conflict(
                 "This VM is already shutting down; it is forced off if the guest does not respond in time.".into(),
-            ));
+            ).into());
         }
     }
     b.run_operation(req, &row, scope, action).await?;
@@ -252,7 +244,7 @@ pub(super) async fn adopt(
     uuid: Uuid,
     tenant_id: Uuid,
     owner_email: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     req.fleet_admin()?;
     let email = crate::accounts::email::Email::parse(owner_email, "owner_email")?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
@@ -262,11 +254,10 @@ pub(super) async fn adopt(
     .bind(host_id)
     .bind(uuid)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     match managed {
-        None => return Err(AppError::NotFound("VM".into())),
-        Some(true) => return Err(AppError::Conflict("This VM is already managed.".into())),
+        None => return Err(AppError::NotFound("VM".into()).into()),
+        Some(true) => return Err(AppError::Conflict("This VM is already managed.".into()).into()),
         Some(false) => {}
     }
     let owner: Option<Uuid> = sqlx::query_scalar(
@@ -276,8 +267,7 @@ pub(super) async fn adopt(
     .bind(tenant_id)
     .bind(email.as_str())
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let owner = owner.ok_or_else(|| {
         AppError::field(
             "owner_email",
@@ -290,8 +280,7 @@ pub(super) async fn adopt(
         .bind(tenant_id)
         .bind(owner)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     audit::record(
         &mut tx,
         &Origin::of(req),
@@ -300,7 +289,7 @@ pub(super) async fn adopt(
             .after(json!({ "host": host_id, "owner": email.as_str() })),
     )
     .await?;
-    tx.commit().await.map_err(db::internal)
+    tx.commit().await.map_err(Error::from)
 }
 
 /// A domain row as the VM page and the lifecycle actions need it.
@@ -343,7 +332,7 @@ impl FleetBackend {
         host_id: Uuid,
         uuid: Uuid,
         access: Access,
-    ) -> Result<(VmRow, Scope), AppError> {
+    ) -> Result<(VmRow, Scope)> {
         let actor = req.actor()?;
         // One fleet-scoped read; the rule below is the authorisation.
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
@@ -351,8 +340,7 @@ impl FleetBackend {
             .bind(host_id)
             .bind(uuid)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
         db::done(tx);
         let row = row.ok_or_else(|| AppError::NotFound("VM".into()))?;
         let facts = VmFacts {
@@ -361,7 +349,7 @@ impl FleetBackend {
             owner: row.owner_id,
         };
         if !authz::acts_on_vm(actor, &facts) {
-            return Err(authz::refuse(access, "VM"));
+            return Err(authz::refuse(access, "VM").into());
         }
         let scope = match row.tenant_id {
             Some(tenant) if !actor.fleet_admin => Scope {
@@ -377,10 +365,10 @@ impl FleetBackend {
 
 impl FleetBackend {
     /// An audit row on its own (for changes made on a hypervisor rather than in the database).
-    pub(super) async fn record(&self, req: &RequestCtx, event: Event<'_>) -> Result<(), AppError> {
+    pub(super) async fn record(&self, req: &RequestCtx, event: Event<'_>) -> Result<()> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         audit::record(&mut tx, &Origin::of(req), event).await?;
-        tx.commit().await.map_err(db::internal)
+        tx.commit().await.map_err(Error::from)
     }
 }
 
@@ -393,7 +381,7 @@ impl FleetBackend {
         row: &VmRow,
         scope: Scope,
         action: Action,
-    ) -> Result<(), AppError> {
+    ) -> Result<()> {
         let origin = Origin::of(req);
         let mut tx = db::begin(&self.pool, scope).await?;
         let op_id: i64 = sqlx::query_scalar(
@@ -406,9 +394,8 @@ impl FleetBackend {
         .bind(origin.actor_id)
         .bind(action.as_str())
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+        .await?;
+        tx.commit().await?;
 
         let started = std::time::Instant::now();
         let result = self
@@ -428,8 +415,7 @@ impl FleetBackend {
                     self.shutdown_timeout.as_secs()
                 ))
                 .execute(&mut *tx)
-                .await
-                .map_err(db::internal)?;
+                .await?;
             crate::provisioning::shutdown::watch(
                 &mut tx,
                 row.host_id,
@@ -437,8 +423,7 @@ impl FleetBackend {
                 op_id,
                 self.shutdown_timeout,
             )
-            .await
-            .map_err(db::internal)?;
+            .await?;
         } else {
             sqlx::query(
                 "UPDATE domain_operations SET status = $2, error = $3, finished_at = now(), duration_ms = $4 WHERE id = $1",
@@ -448,8 +433,7 @@ impl FleetBackend {
             .bind(result.as_ref().err())
             .bind(ms)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
         }
         let mut event = Event::new("vm.action", "domain", row.uuid).after(json!({
             "action": action.as_str(), "host": row.host_name, "name": row.name,
@@ -466,8 +450,7 @@ impl FleetBackend {
             )
             .bind(row.uuid)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?
+            .await?
             .rows_affected();
             if marked > 0 {
                 crate::platform::jobs::enqueue(
@@ -477,17 +460,16 @@ impl FleetBackend {
                     json!({ "reason": "deleted by its owner or an admin" }),
                     10,
                 )
-                .await
-                .map_err(db::internal)?;
+                .await?;
             }
             marked > 0
         } else {
             false
         };
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await?;
         if portal_vm || (action == Action::Shutdown && result.is_ok()) {
             self.queue.wake.notify_waiters();
         }
-        result.map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))
+        Ok(result.map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))?)
     }
 }

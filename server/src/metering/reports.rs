@@ -3,6 +3,7 @@
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{internal, Result};
 use app::error::AppError;
 use app::reports::{RateCard, RateCardForm, Report, ReportQuery, ReportRow};
 use app::seam::{Reports, RequestCtx};
@@ -284,7 +285,7 @@ impl Reports for ReportsBackend {
                     .bind(t)
                     .fetch_optional(&mut *tx)
                     .await
-                    .map_err(db::internal)?
+                    .map_err(internal)?
                     .ok_or_else(|| {
                         AppError::field("tenant_id", "Choose one of your organisations.")
                     })?,
@@ -297,8 +298,7 @@ impl Reports for ReportsBackend {
             "SELECT valid_from FROM rate_cards UNION SELECT valid_to FROM rate_cards WHERE valid_to IS NOT NULL",
         )
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         // The start of the current period is a boundary too: a month is current or previous.
         let boundaries: Vec<OffsetDateTime> = boundaries.into_iter().chain([start]).collect();
         let split = split_by_month(prev_start, end, &boundaries);
@@ -361,15 +361,14 @@ impl Reports for ReportsBackend {
             .bind(&split.months)
             .fetch_all(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         let currency: Option<String> = sqlx::query_scalar(
             "SELECT string_agg(DISTINCT currency, '/') FROM rate_cards WHERE valid_from < $2 AND (valid_to IS NULL OR valid_to > $1)",
         )
         .bind(start)
         .bind(end)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let rows: Vec<ReportRow> = rows
             .into_iter()
             .filter(|r| r.vcpu_hours > 0.0 || r.previous_cost > 0.0 || r.cost > 0.0)
@@ -465,8 +464,7 @@ impl Reports for ReportsBackend {
             .bind(actor.fleet_admin)
             .bind(&readable)
             .fetch_all(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await.map_err(internal)?;
         Ok(rows
             .into_iter()
             .map(
@@ -499,7 +497,7 @@ impl Reports for ReportsBackend {
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(db::internal)?;
+                .map_err(internal)?;
         let (from, before) = card.ok_or_else(|| AppError::NotFound("Rate card".into()))?;
         if to <= from {
             return Err(AppError::field(
@@ -523,7 +521,7 @@ impl Reports for ReportsBackend {
             .bind(to)
             .execute(&mut *tx)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
@@ -532,7 +530,7 @@ impl Reports for ReportsBackend {
                 .after(json!({ "valid_to": iso(to.date()) })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(())
     }
 
@@ -608,7 +606,7 @@ impl Reports for ReportsBackend {
             sqlx::Error::Database(x) if x.is_foreign_key_violation() => {
                 AppError::field("template_id", "Choose a template from the list.")
             }
-            _ => db::internal(e),
+            _ => internal(e),
         })?;
         audit::record(
             &mut tx,
@@ -619,7 +617,7 @@ impl Reports for ReportsBackend {
             })),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         Ok(id)
     }
 }

@@ -1,5 +1,6 @@
 //! The audit trail: one row per state change, written in the changing transaction.
 use crate::platform::db::{self, Scope, Tx};
+use crate::platform::error::{internal, Error, Result};
 use app::audit::{AuditEntry, AuditFilter};
 use app::error::AppError;
 use app::seam::{AuditTrail, RequestCtx};
@@ -68,8 +69,8 @@ impl Origin {
     }
 }
 
-pub async fn record(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<(), AppError> {
-    record_raw(tx, origin, event).await.map_err(db::internal)
+pub async fn record(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<()> {
+    record_raw(tx, origin, event).await.map_err(Error::from)
 }
 
 /// `record` for background work that handles database errors itself.
@@ -184,13 +185,13 @@ impl AuditTrail for AuditBackend {
         )
         .fetch_all(&mut *tx)
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         let total: i64 =
             sqlx::query_scalar_with(&format!("SELECT count(*) FROM audit_log a {WHERE}"), args)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(db::internal)?;
-        tx.commit().await.map_err(db::internal)?;
+                .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         let items = rows
             .into_iter()
             .map(|r| AuditEntry {

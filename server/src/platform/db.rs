@@ -1,5 +1,6 @@
 //! PostgreSQL: migrations as the owner, requests as `concierge_app` inside transactions that
 //! carry the actor's scope for row-level security.
+use crate::platform::error::{Error, Result};
 use app::error::AppError;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{Arguments as _, Executor, PgPool, Postgres, Transaction};
@@ -117,8 +118,8 @@ impl Scope {
 }
 
 /// Begins a transaction scoped for row-level security.
-pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
-    begin_raw(pool, scope).await.map_err(internal)
+pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx> {
+    begin_raw(pool, scope).await.map_err(Error::from)
 }
 
 /// `begin` for background work that handles database errors itself.
@@ -129,20 +130,17 @@ pub async fn begin_raw(pool: &PgPool, scope: Scope) -> Result<Tx, sqlx::Error> {
 /// `begin` for a list whose filters are parameters that fold away in a custom plan, so that
 /// PostgreSQL would re-plan its query on every call; the generic plan serves every filter
 /// with the same indexes.
-pub async fn begin_generic(pool: &PgPool, scope: Scope) -> Result<Tx, AppError> {
+pub async fn begin_generic(pool: &PgPool, scope: Scope) -> Result<Tx> {
     begin_then(pool, scope, Some(GENERIC_PLANS))
         .await
-        .map_err(internal)
+        .map_err(Error::from)
 }
 
 const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// `begin_generic`'s setting for the rest of a transaction begun otherwise.
-pub async fn generic_plans(tx: &mut Tx) -> Result<(), AppError> {
-    sqlx::query(GENERIC_PLANS)
-        .execute(&mut **tx)
-        .await
-        .map_err(internal)?;
+pub async fn generic_plans(tx: &mut Tx) -> Result<()> {
+    sqlx::query(GENERIC_PLANS).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -169,55 +167,6 @@ async fn begin_then(
          set_config('app.tenant_id', '{tenant}', true), set_config('app.fleet_admin', '{fleet}', true){then}"
     ))
     .await
-}
-
-/// Logs an unexpected database error and hands the user a reference to quote. A write that
-/// row-level security refused is the caller's lack of access, not our failure: 403.
-pub fn internal(err: impl std::fmt::Display + 'static) -> AppError {
-    if let Some(sqlx::Error::Database(db)) =
-        (&err as &dyn std::any::Any).downcast_ref::<sqlx::Error>()
-    {
-        if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) {
-            tracing::warn!(error = %db, "refused by row-level security");
-            return AppError::Forbidden;
-        }
-    }
-    let reference = Uuid::new_v4().simple().to_string()[..8].to_string();
-    tracing::error!(%reference, error = %err, "internal error");
-    AppError::Internal(reference)
-}
-
-/// SQLSTATE of "new row violates row-level security policy" (and of missing grants).
-const INSUFFICIENT_PRIVILEGE: &str = "42501";
-
-/// Maps constraint violations to the form field they concern; anything else is internal.
-pub fn map_err(err: sqlx::Error) -> AppError {
-    if let sqlx::Error::Database(db) = &err {
-        let message = match db.constraint() {
-            Some("users_email_key") => Some(("email", "That e-mail address is already in use.")),
-            Some("users_email_length") => {
-                Some(("email", "Enter an e-mail address of 3 to 254 characters."))
-            }
-            Some("users_display_name_length") => {
-                Some(("display_name", "Enter a name of 1 to 100 characters."))
-            }
-            Some("tenants_name_key") => Some(("name", "A tenant with that name already exists.")),
-            Some("tenants_name_length") => Some(("name", "Enter a name of 1 to 100 characters.")),
-            Some("memberships_pkey") => Some(("email", "That person is already a member.")),
-            Some("images_name_key") => Some(("name", "An image with that name already exists.")),
-            Some("image_copies_volume_key") => {
-                Some(("volume", "That volume is already an image of the library."))
-            }
-            Some("image_copies_pkey") => {
-                Some(("host", "The image already has a copy on that host."))
-            }
-            _ => None,
-        };
-        if let Some((field, message)) = message {
-            return AppError::field(field, message);
-        }
-    }
-    internal(err)
 }
 
 /// Makes user input literal inside a LIKE pattern (`\\`, `%` and `_` escaped).
@@ -273,11 +222,11 @@ pub fn state_filter<'s, 'k>(
 
 /// Appends `value` to a list's filter parameters, which its page query and its count query
 /// share (bound once, cloned for each).
-pub fn arg<'q, T>(args: &mut PgArguments, value: T) -> Result<(), AppError>
+pub fn arg<'q, T>(args: &mut PgArguments, value: T) -> Result<()>
 where
     T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
 {
-    args.add(value).map_err(internal)
+    args.add(value).map_err(Error::from)
 }
 
 /// The filter's parameters followed by the page's, and the clause that uses them:

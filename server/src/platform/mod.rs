@@ -4,5 +4,6 @@ pub mod audit;
 pub mod authz;
 pub mod clock;
 pub mod db;
+pub mod error;
 pub mod jobs;
 pub mod live;

@@ -1,6 +1,7 @@
 //! Approval policy: auto-approval thresholds and ordered approval levels, each satisfied by
 //! ANY or ALL of its approvers.
-use crate::platform::db::{self, Tx};
+use crate::platform::db::Tx;
+use crate::platform::error::Result;
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ApprovalLevel, ApprovalPolicy};
@@ -63,7 +64,7 @@ impl Policies {
 }
 
 impl Policy {
-    pub async fn load(tx: &mut Tx, tenant: Uuid) -> Result<Policy, AppError> {
+    pub async fn load(tx: &mut Tx, tenant: Uuid) -> Result<Policy> {
         // The policy and its levels in one round trip: a row per level, the policy's columns
         // repeated (NULL without a policy row, no level columns without levels).
         #[derive(sqlx::FromRow)]
@@ -88,8 +89,7 @@ impl Policy {
         )
         .bind(tenant)
         .fetch_all(&mut **tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         let first = rows.first();
         // A tenant without a policy row auto-approves nothing.
         let v = first.and_then(|r| r.auto_max_vcpus).unwrap_or(0);
@@ -172,7 +172,7 @@ impl Level {
 }
 
 /// The policy as the settings page shows it, with approvers as e-mails.
-pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppError> {
+pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy> {
     let p = Policy::load(tx, tenant).await?;
     let mut levels = Vec::new();
     for l in &p.levels {
@@ -180,8 +180,7 @@ pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppEr
             sqlx::query_scalar("SELECT email FROM users WHERE id = ANY($1) ORDER BY lower(email)")
                 .bind(&l.approvers)
                 .fetch_all(&mut **tx)
-                .await
-                .map_err(db::internal)?;
+                .await?;
         levels.push(ApprovalLevel {
             level: l.level,
             mode: if l.all { "all" } else { "any" }.into(),
@@ -198,8 +197,7 @@ pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppEr
         )
         .bind(&p.auto_template_ids)
         .fetch_all(&mut **tx)
-        .await
-        .map_err(db::internal)?,
+        .await?,
         auto_template_ids: p.auto_template_ids,
         expire_days: p.expire_days,
         levels,
@@ -210,8 +208,7 @@ pub async fn describe(tx: &mut Tx, tenant: Uuid) -> Result<ApprovalPolicy, AppEr
         )
         .bind(tenant)
         .fetch_all(&mut **tx)
-        .await
-        .map_err(db::internal)?,
+        .await?,
     })
 }
 

@@ -3,6 +3,7 @@ use super::requests::*;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{Error, Result};
 use crate::provisioning::approval::{Policies, Policy};
 use crate::provisioning::placement;
 use crate::provisioning::quota::{self, Amount, Release};
@@ -20,19 +21,19 @@ pub(super) async fn decide(
     id: Uuid,
     decision: &str,
     reason: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let actor = req.actor()?;
     let approve = match decision {
         "approve" => true,
         "reject" => false,
-        _ => return Err(AppError::field("decision", "Approve or reject.")),
+        _ => return Err(AppError::field("decision", "Approve or reject.").into()),
     };
     let reason = reason.trim();
     if !approve && reason.is_empty() {
-        return Err(AppError::field("reason", "Say why you reject the request."));
+        return Err(AppError::field("reason", "Say why you reject the request.").into());
     }
     if reason.chars().count() > 1000 {
-        return Err(AppError::field("reason", "Use at most 1000 characters."));
+        return Err(AppError::field("reason", "Use at most 1000 characters.").into());
     }
     let (tenant, requester) = b
         .request_tenant(id)
@@ -40,15 +41,16 @@ pub(super) async fn decide(
         .ok_or_else(|| AppError::NotFound("Request".into()))?;
     if !authz::decides_in(actor, tenant) {
         return Err(if requester == actor.user_id {
-            AppError::Forbidden
+            AppError::Forbidden.into()
         } else {
-            AppError::NotFound("Request".into())
+            AppError::NotFound("Request".into()).into()
         });
     }
     if requester == actor.user_id {
         return Err(AppError::Conflict(
             "You cannot decide your own request; another approver must.".into(),
-        ));
+        )
+        .into());
     }
     let now = b.now();
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant)).await?;
@@ -57,7 +59,8 @@ pub(super) async fn decide(
         return Err(AppError::Conflict(format!(
             "This request is no longer waiting for approval (it is {}).",
             r.state.label().to_lowercase()
-        )));
+        ))
+        .into());
     }
     let policy = Policy::load(&mut tx, tenant).await?;
     let level_no = r.level.unwrap_or(policy.first_level());
@@ -67,7 +70,7 @@ pub(super) async fn decide(
         .or_else(|| policy.next_level(level_no - 1).cloned())
         .ok_or_else(|| AppError::Conflict("The approval policy changed; reload.".into()))?;
     if !level.eligible(actor, tenant) {
-        return Err(AppError::Forbidden);
+        return Err(AppError::Forbidden.into());
     }
     let inserted = sqlx::query(
         "INSERT INTO request_approvals (request_id, level, approver_id, decision, reason, at)
@@ -80,22 +83,15 @@ pub(super) async fn decide(
     .bind((!reason.is_empty()).then_some(reason))
     .bind(now)
     .execute(&mut *tx)
-    .await
-    .map_err(db::internal)?
+    .await?
     .rows_affected();
     if inserted == 0 {
-        return Err(AppError::Conflict(
-            "You have already decided at this level.".into(),
-        ));
+        return Err(AppError::Conflict("You have already decided at this level.".into()).into());
     }
     let origin = Origin::of(req);
     if !approve {
-        set_state(&mut tx, id, RequestState::Rejected, Some(reason), now)
-            .await
-            .map_err(db::internal)?;
-        quota::release(&mut tx, Release::Request(id), "rejected", now)
-            .await
-            .map_err(db::internal)?;
+        set_state(&mut tx, id, RequestState::Rejected, Some(reason), now).await?;
+        quota::release(&mut tx, Release::Request(id), "rejected", now).await?;
         log(
             &mut tx,
             id,
@@ -108,8 +104,7 @@ pub(super) async fn decide(
             ),
             now,
         )
-        .await
-        .map_err(db::internal)?;
+        .await?;
         audit::record(
             &mut tx,
             &origin,
@@ -118,7 +113,7 @@ pub(super) async fn decide(
                 .after(json!({ "level": level.level, "reason": reason })),
         )
         .await?;
-        return tx.commit().await.map_err(db::internal);
+        return tx.commit().await.map_err(Error::from);
     }
     let approved_by: Vec<Uuid> = sqlx::query_scalar(
         "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2 AND decision = 'approved'",
@@ -126,8 +121,7 @@ pub(super) async fn decide(
     .bind(id)
     .bind(level.level)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let note = if reason.is_empty() {
         String::new()
     } else {
@@ -142,8 +136,7 @@ pub(super) async fn decide(
         &format!("Approved at level {}{note}.", level.level),
         now,
     )
-    .await
-    .map_err(db::internal)?;
+    .await?;
     audit::record(
         &mut tx,
         &origin,
@@ -161,8 +154,7 @@ pub(super) async fn decide(
                     .bind(next.level)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(db::internal)?;
+                    .await?;
                 log(
                     &mut tx,
                     id,
@@ -175,8 +167,7 @@ pub(super) async fn decide(
                     ),
                     now,
                 )
-                .await
-                .map_err(db::internal)?;
+                .await?;
             }
             None => {
                 log(
@@ -188,24 +179,20 @@ pub(super) async fn decide(
                     "Approved: every level agreed. Provisioning is queued.",
                     now,
                 )
-                .await
-                .map_err(db::internal)?;
+                .await?;
                 b.start_provisioning(&mut tx, &r, None, now).await?;
                 provisioning = true;
             }
         }
     }
-    tx.commit().await.map_err(db::internal)?;
+    tx.commit().await?;
     if provisioning {
         b.wake();
     }
     Ok(())
 }
 
-pub(super) async fn inbox(
-    b: &ProvisioningBackend,
-    req: &RequestCtx,
-) -> Result<Vec<InboxItem>, AppError> {
+pub(super) async fn inbox(b: &ProvisioningBackend, req: &RequestCtx) -> Result<Vec<InboxItem>> {
     let actor = req.actor()?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let mut out = Vec::new();
@@ -232,11 +219,9 @@ pub(super) async fn inbox(
         .bind(r.requester_id)
         .bind(r.tenant_id)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::internal)?;
-        let candidates = placement::candidates(&mut tx, r.template_id, r.network.as_deref())
-            .await
-            .map_err(db::internal)?;
+        .await?;
+        let candidates =
+            placement::candidates(&mut tx, r.template_id, r.network.as_deref()).await?;
         let need = placement::Need {
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
@@ -303,7 +288,7 @@ pub(super) async fn waiting_in(
     tx: &mut db::Tx,
     actor: &Actor,
     (any_tenant, tenants): (bool, Vec<Uuid>),
-) -> Result<u32, AppError> {
+) -> Result<u32> {
     let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(&format!(
         "SELECT r.tenant_id, r.level FROM requests r WHERE {AWAITING}"
     ))
@@ -311,8 +296,7 @@ pub(super) async fn waiting_in(
     .bind(&tenants)
     .bind(actor.user_id)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     // The same eligibility as the inbox.
     let mut policies = Policies::default();
     let mut waiting = 0;
@@ -325,10 +309,7 @@ pub(super) async fn waiting_in(
 
 /// The requests waiting for `actor`'s decision, oldest first, with the level each is at: the
 /// tenants they decide for, at a level whose approvers include them.
-pub(super) async fn awaiting(
-    tx: &mut db::Tx,
-    actor: &Actor,
-) -> Result<Vec<(RequestRow, i32)>, AppError> {
+pub(super) async fn awaiting(tx: &mut db::Tx, actor: &Actor) -> Result<Vec<(RequestRow, i32)>> {
     let (any_tenant, tenants) = deciding(actor)?;
     let rows: Vec<RequestRow> = sqlx::query_as(&format!(
         "{REQUEST_SELECT} WHERE {AWAITING} ORDER BY r.created_at LIMIT 200"
@@ -337,8 +318,7 @@ pub(super) async fn awaiting(
     .bind(&tenants)
     .bind(actor.user_id)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let mut policies = Policies::default();
     let mut out = Vec::new();
     for r in rows {

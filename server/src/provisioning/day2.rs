@@ -3,6 +3,7 @@ use crate::hypervisor::domain_xml::LibvirtXml;
 use crate::hypervisor::inventory;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db;
+use crate::platform::error::{Error, Result};
 use crate::provisioning::quota::{self, Amount};
 use crate::provisioning::requests::ProvisioningBackend;
 use app::error::AppError;
@@ -39,7 +40,7 @@ pub async fn log_operation(
     actor: Option<Uuid>,
     operation: &str,
     started: std::time::Instant,
-) -> Result<(), AppError> {
+) -> Result<()> {
     // A VM not placed yet has no domain to log against.
     sqlx::query(
         "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, actor_id, operation, status, finished_at, duration_ms)
@@ -52,8 +53,7 @@ pub async fn log_operation(
     .bind(operation)
     .bind(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX))
     .execute(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     Ok(())
 }
 
@@ -80,18 +80,17 @@ fn snapshot_size(xml: &str) -> Option<(i32, i64)> {
 }
 
 /// The VM's host, once it has one.
-async fn host_of(tx: &mut db::Tx, uuid: Uuid) -> Result<(Uuid, String, i64, i32, i64), AppError> {
+async fn host_of(tx: &mut db::Tx, uuid: Uuid) -> Result<(Uuid, String, i64, i32, i64)> {
     let row: Option<(Option<Uuid>, String, i64, i32, i64)> = sqlx::query_as(
         "SELECT host_id, name, disk_gib, vcpus, memory_mib FROM vms WHERE uuid = $1 AND deleted_at IS NULL FOR UPDATE",
     )
     .bind(uuid)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     match row {
         Some((Some(host), name, disk, vcpus, memory)) => Ok((host, name, disk, vcpus, memory)),
-        Some((None, ..)) => Err(AppError::Conflict("This VM is not on a host yet.".into())),
-        None => Err(AppError::NotFound("VM".into())),
+        Some((None, ..)) => Err(AppError::Conflict("This VM is not on a host yet.".into()).into()),
+        None => Err(AppError::NotFound("VM".into()).into()),
     }
 }
 
@@ -101,13 +100,13 @@ pub async fn resize(
     uuid: Uuid,
     vcpus: &str,
     memory_gib: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let (vcpus, memory_mib) = match (
         parse_vcpus(vcpus),
         super::validate::parse_gib_as_mib(memory_gib, "memory_gib", 0.25, 1024.0),
     ) {
         (Ok(v), Ok(m)) => (v, m),
-        (v, m) => return Err(AppError::merge([v.err(), m.err()])),
+        (v, m) => return Err(AppError::merge([v.err(), m.err()]).into()),
     };
     let started = std::time::Instant::now();
     let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
@@ -157,8 +156,7 @@ pub async fn resize(
         .bind(memory_mib)
         .bind(now)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     audit::record(
         &mut tx,
         &Origin::of(req),
@@ -170,10 +168,10 @@ pub async fn resize(
     .await?;
     let actor = req.actor.as_ref().map(|a| a.user_id);
     log_operation(&mut tx, uuid, tenant, actor, "resize", started).await?;
-    tx.commit().await.map_err(db::internal)?;
+    tx.commit().await?;
     crate::hypervisor::write_domain(&backend.pool, host, &facts)
         .await
-        .map_err(db::internal)
+        .map_err(Error::from)
 }
 
 pub async fn snapshot(
@@ -183,17 +181,14 @@ pub async fn snapshot(
     op: &str,
     name: &str,
     description: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     if !matches!(op, "create" | "revert" | "delete") {
-        return Err(AppError::field("op", "Create, revert or delete."));
+        return Err(AppError::field("op", "Create, revert or delete.").into());
     }
     let name = parse_snapshot_name(name)?;
     let description = description.trim().to_string();
     if description.chars().count() > 200 {
-        return Err(AppError::field(
-            "description",
-            "Use at most 200 characters.",
-        ));
+        return Err(AppError::field("description", "Use at most 200 characters.").into());
     }
     let actor = req.actor()?.user_id;
     let started = std::time::Instant::now();
@@ -206,16 +201,14 @@ pub async fn snapshot(
     .bind(uuid)
     .bind(&name)
     .fetch_one(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     match (op, exists) {
         ("create", true) => {
-            return Err(AppError::field(
-                "name",
-                "This VM already has a snapshot of that name.",
-            ))
+            return Err(
+                AppError::field("name", "This VM already has a snapshot of that name.").into(),
+            )
         }
-        ("revert" | "delete", false) => return Err(AppError::NotFound("Snapshot".into())),
+        ("revert" | "delete", false) => return Err(AppError::NotFound("Snapshot".into()).into()),
         _ => {}
     }
     // A revert brings back the size the VM had then (a resize since is undone): the ledger
@@ -242,8 +235,7 @@ pub async fn snapshot(
             .bind(m)
             .bind(now)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
     }
     let (op_owned, n2) = (op.to_string(), name.clone());
     let xml = format!(
@@ -274,14 +266,12 @@ pub async fn snapshot(
         .bind(actor)
         .bind(now)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?,
+        .await?,
         "delete" => sqlx::query("DELETE FROM vm_snapshots WHERE vm_uuid = $1 AND name = $2")
             .bind(uuid)
             .bind(&name)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?,
+            .await?,
         _ => Default::default(),
     };
     audit::record(
@@ -308,7 +298,7 @@ pub async fn snapshot(
     .await?;
     let logged = format!("snapshot {op}: {name}");
     log_operation(&mut tx, uuid, tenant, Some(actor), &logged, started).await?;
-    tx.commit().await.map_err(db::internal)?;
+    tx.commit().await?;
     if op == "revert" {
         // A revert changes the state; let the host re-read the domain.
         let _ = backend.hypervisors.reconcile(host).await;

@@ -4,6 +4,7 @@
 //! sends an SSH banner, then records when, and the addresses the guest agent reports.
 use crate::hypervisor::Hypervisors;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use crate::platform::jobs::{Job, JobKind, Outcome};
 use crate::provisioning::requests::log;
 use serde_json::json;
@@ -106,7 +107,6 @@ pub async fn check(
     address: &str,
     job: &Job,
 ) -> Result<(), Outcome> {
-    let retry = |e: sqlx::Error| Outcome::Retry(e.to_string());
     let host_id: Uuid = serde_json::from_value(job.payload["host_id"].clone())
         .map_err(|_| Outcome::Fail("guest watch without a host".into()))?;
     let port = job.payload["port"]
@@ -116,7 +116,7 @@ pub async fn check(
     let started = job.payload["started"].as_i64().unwrap_or(0);
     let uuid = job.key;
 
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await.map_err(retry)?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     let vm: Option<Vm> = sqlx::query_as(
         "SELECT v.name, v.tenant_id, v.request_id, t.login_user,
                 v.deleted_at IS NOT NULL AS deleted, v.ssh_ready_at AS ready_at,
@@ -125,8 +125,7 @@ pub async fn check(
     )
     .bind(uuid)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(retry)?;
+    .await?;
     drop(tx);
     let Some(vm) = vm.filter(|v| !(v.deleted || v.ready_at.is_some() && v.has_addresses)) else {
         return Ok(());
@@ -172,22 +171,20 @@ pub async fn check(
     let now = OffsetDateTime::now_utc();
     let after = now.unix_timestamp() - started;
 
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await.map_err(retry)?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     if !addresses.is_empty() {
         sqlx::query("UPDATE vms SET guest_addresses = $2 WHERE uuid = $1")
             .bind(uuid)
             .bind(&addresses)
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
+            .await?;
     }
     if answered && vm.ready_at.is_none() {
         sqlx::query("UPDATE vms SET ssh_ready_at = $2, updated_at = $2 WHERE uuid = $1 AND ssh_ready_at IS NULL")
             .bind(uuid)
             .bind(now)
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
+            .await?;
         if let Some(r) = vm.request_id {
             log(
                 &mut tx,
@@ -201,23 +198,20 @@ pub async fn check(
                 ),
                 now,
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
     }
     if answered || !addresses.is_empty() {
-        crate::platform::live::notify_vm(&mut tx, uuid, host_id)
-            .await
-            .map_err(retry)?;
+        crate::platform::live::notify_vm(&mut tx, uuid, host_id).await?;
     }
     if answered {
         // Done once the agent has reported too, or it had its chance.
         let ready_for = vm.ready_at.map_or(0, |at| (now - at).whole_seconds());
         if !addresses.is_empty() || ready_for > AGENT_GRACE.as_secs() as i64 {
-            tx.commit().await.map_err(retry)?;
+            tx.commit().await?;
             return Ok(());
         }
-        tx.commit().await.map_err(retry)?;
+        tx.commit().await?;
         return Err(Outcome::Wait("waiting for the guest agent".into(), POLL));
     }
     if after > GIVE_UP.as_secs() as i64 {
@@ -235,12 +229,11 @@ pub async fn check(
                 ),
                 now,
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
-        tx.commit().await.map_err(retry)?;
+        tx.commit().await?;
         return Ok(());
     }
-    tx.commit().await.map_err(retry)?;
+    tx.commit().await?;
     Err(Outcome::Wait("waiting for the guest's SSH".into(), POLL))
 }

@@ -4,6 +4,7 @@ use super::validate::parse_gib_as_mib;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self};
 use crate::platform::db::{self};
+use crate::platform::error::{internal, Error, Result};
 use crate::provisioning::approval::{self};
 use crate::provisioning::quota::{self, Amount};
 use app::error::AppError;
@@ -16,17 +17,16 @@ pub(super) async fn quotas(
     b: &ProvisioningBackend,
     req: &RequestCtx,
     tenant_id: Uuid,
-) -> Result<TenantQuotas, AppError> {
+) -> Result<TenantQuotas> {
     let actor = req.actor()?;
     if !authz::administers(actor, tenant_id) {
-        return Err(authz::refuse_tenant(actor, tenant_id));
+        return Err(authz::refuse_tenant(actor, tenant_id).into());
     }
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
         .bind(tenant_id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?
+        .await?
         .ok_or_else(|| AppError::NotFound("Tenant".into()))?;
     let lines = quota::usage_lines(&mut tx, tenant_id).await?;
     let users = quota::user_lines(&mut tx, tenant_id)
@@ -54,7 +54,7 @@ pub(super) async fn set_quota(
     tenant_id: Uuid,
     user_email: &str,
     limits: LimitsForm,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let actor = req.actor()?;
     let for_user = !user_email.trim().is_empty();
     let allowed = if for_user {
@@ -63,7 +63,7 @@ pub(super) async fn set_quota(
         actor.fleet_admin
     };
     if !allowed {
-        return Err(authz::refuse_tenant(actor, tenant_id));
+        return Err(authz::refuse_tenant(actor, tenant_id).into());
     }
     let parsed = (
         parse_limit(&limits.vcpus, "vcpus", 100_000),
@@ -73,7 +73,7 @@ pub(super) async fn set_quota(
     );
     let (vcpus, memory, disk, vms) = match parsed {
         (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        (a, b, c, d) => return Err(AppError::merge([a.err(), b.err(), c.err(), d.err()])),
+        (a, b, c, d) => return Err(AppError::merge([a.err(), b.err(), c.err(), d.err()]).into()),
     };
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let origin = Origin::of(req);
@@ -86,8 +86,7 @@ pub(super) async fn set_quota(
         .bind(tenant_id)
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         let user = user.ok_or_else(|| {
             AppError::field("user_email", "That person is not a member of this tenant.")
         })?;
@@ -96,8 +95,7 @@ pub(super) async fn set_quota(
         )
         .bind(tenant_id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         if let Some((tv, tm, td, tn)) = tenant_limits {
             let over = [
                 (vcpus > i64::from(tv), "vcpus"),
@@ -113,7 +111,7 @@ pub(super) async fn set_quota(
             });
             let merged = AppError::merge(errors);
             if merged != AppError::Invalid(Vec::new()) {
-                return Err(merged);
+                return Err(merged.into());
             }
         }
         sqlx::query(
@@ -129,8 +127,7 @@ pub(super) async fn set_quota(
         .bind(disk)
         .bind(vms as i32)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         audit::record(
             &mut tx,
             &origin,
@@ -155,7 +152,7 @@ pub(super) async fn set_quota(
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => AppError::NotFound("Tenant".into()),
-            _ => db::internal(e),
+            _ => internal(e),
         })?;
         audit::record(
             &mut tx,
@@ -166,7 +163,7 @@ pub(super) async fn set_quota(
         )
         .await?;
     }
-    tx.commit().await.map_err(db::internal)
+    tx.commit().await.map_err(Error::from)
 }
 
 pub(super) async fn set_policy(
@@ -174,10 +171,10 @@ pub(super) async fn set_policy(
     req: &RequestCtx,
     tenant_id: Uuid,
     form: PolicyForm,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let actor = req.actor()?;
     if !authz::administers(actor, tenant_id) {
-        return Err(authz::refuse_tenant(actor, tenant_id));
+        return Err(authz::refuse_tenant(actor, tenant_id).into());
     }
     let parsed = (
         parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
@@ -208,14 +205,9 @@ pub(super) async fn set_policy(
     let (v, m, c, l, e, levels) = match parsed {
         (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
         (a, b, c, d, e, f) => {
-            return Err(AppError::merge([
-                a.err(),
-                b.err(),
-                c.err(),
-                d.err(),
-                e.err(),
-                f.err(),
-            ]))
+            return Err(
+                AppError::merge([a.err(), b.err(), c.err(), d.err(), e.err(), f.err()]).into(),
+            )
         }
     };
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
@@ -228,13 +220,13 @@ pub(super) async fn set_policy(
         .bind(tenant_id)
         .bind(emails)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         if let Some(missing) = emails.iter().find(|e| !ids.iter().any(|(_, x)| x == *e)) {
             return Err(AppError::field(
                 "levels",
                 format!("{missing} is not an approver or tenant admin of this tenant."),
-            ));
+            )
+            .into());
         }
         resolved.push((*all, ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>()));
     }
@@ -251,13 +243,13 @@ pub(super) async fn set_policy(
     .bind(&names)
     .bind(tenant_id)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
         return Err(AppError::field(
             "auto_templates",
             format!("No template named \u{201c}{missing}\u{201d} is offered to this tenant."),
-        ));
+        )
+        .into());
     }
     let auto_templates: Vec<Uuid> = found.into_iter().map(|(id, _)| id).collect();
     sqlx::query(
@@ -276,13 +268,11 @@ pub(super) async fn set_policy(
     .bind(e as i32)
     .bind(&auto_templates)
     .execute(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     sqlx::query("DELETE FROM approval_levels WHERE tenant_id = $1")
         .bind(tenant_id)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     for (i, (all, ids)) in resolved.iter().enumerate() {
         sqlx::query("INSERT INTO approval_levels (tenant_id, level, mode, approvers) VALUES ($1, $2, $3, $4)")
             .bind(tenant_id)
@@ -290,8 +280,7 @@ pub(super) async fn set_policy(
             .bind(if *all { "all" } else { "any" })
             .bind(ids)
             .execute(&mut *tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
     }
     audit::record(
         &mut tx,
@@ -305,7 +294,7 @@ pub(super) async fn set_policy(
             })),
     )
     .await?;
-    tx.commit().await.map_err(db::internal)
+    tx.commit().await.map_err(Error::from)
 }
 
 pub(super) async fn recount(
@@ -318,7 +307,7 @@ pub(super) async fn recount(
         return Err(AppError::NotFound("Tenant".into()));
     }
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
-    quota::recount(&mut tx, tenant_id).await
+    Ok(quota::recount(&mut tx, tenant_id).await?)
 }
 
 pub(super) async fn my_quota(
@@ -331,7 +320,7 @@ pub(super) async fn my_quota(
         return Err(AppError::NotFound("Tenant".into()));
     }
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
-    quota::effect(&mut tx, tenant_id, actor.user_id, Amount::default()).await
+    Ok(quota::effect(&mut tx, tenant_id, actor.user_id, Amount::default()).await?)
 }
 
 pub(super) fn parse_limit(raw: &str, field: &str, max: i64) -> Result<i64, AppError> {

@@ -8,6 +8,7 @@ use crate::hypervisor::{cpu_weight, inventory, storage, Hypervisors};
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{Error, Result};
 use crate::platform::jobs::{Handler, Job, JobKind, Outcome};
 use crate::provisioning::placement;
 use crate::provisioning::quota::{self, Release};
@@ -89,16 +90,10 @@ struct VmJob {
     network: Option<String>,
 }
 
-fn retry(e: impl std::fmt::Display) -> Outcome {
-    Outcome::Retry(e.to_string())
-}
-
 impl Provisioner {
     async fn load(&self, uuid: Uuid) -> Result<Option<VmJob>, Outcome> {
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
-        sqlx::query_as(
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        Ok(sqlx::query_as(
             "SELECT v.uuid, v.request_id, v.tenant_id, t.name AS tenant_name, u.email AS owner_email, v.owner_id, v.template_id,
                     v.name, v.vcpus, v.memory_mib, v.disk_gib, v.host_id, v.pool, v.volume, v.phase, v.deleted_at,
                     v.network
@@ -107,16 +102,13 @@ impl Provisioner {
         )
         .bind(uuid)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(retry)
+        .await.map_err(Error::from)?)
     }
 
     /// Records a phase and a line in the request's log.
     async fn phase(&self, vm: &VmJob, phase: VmPhase, message: &str) -> Result<(), Outcome> {
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         sqlx::query(
             "UPDATE vms SET phase = $2, updated_at = $3 WHERE uuid = $1 AND phase <> 'running'",
         )
@@ -124,15 +116,13 @@ impl Provisioner {
         .bind(phase.as_str())
         .bind(now)
         .execute(&mut *tx)
-        .await
-        .map_err(retry)?;
+        .await?;
         if let Some(r) = vm.request_id {
             let moved = sqlx::query("UPDATE requests SET state = 'provisioning', updated_at = $2 WHERE id = $1 AND state = 'approved'")
                 .bind(r)
                 .bind(now)
                 .execute(&mut *tx)
-                .await
-                .map_err(retry)?
+                .await?
                 .rows_affected();
             if moved > 0 {
                 audit::record_raw(
@@ -140,14 +130,11 @@ impl Provisioner {
                     &Origin::default(),
                     Event::new("request.provision", "request", r).tenant(vm.tenant_id),
                 )
-                .await
-                .map_err(retry)?;
+                .await?;
             }
-            log(&mut tx, r, vm.tenant_id, None, phase.as_str(), message, now)
-                .await
-                .map_err(retry)?;
+            log(&mut tx, r, vm.tenant_id, None, phase.as_str(), message, now).await?;
         }
-        tx.commit().await.map_err(retry)
+        Ok(tx.commit().await.map_err(Error::from)?)
     }
 
     fn crash_point(&self, step: &str) {
@@ -165,26 +152,22 @@ impl Provisioner {
             .template_id
             .ok_or_else(|| Outcome::Fail("The template was deleted.".into()))?;
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('concierge.placement'))")
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
+            .await?;
         let placed: Option<(Option<Uuid>, Option<String>, Option<i32>)> =
             sqlx::query_as("SELECT host_id, pool, ssh_port FROM vms WHERE uuid = $1")
                 .bind(vm.uuid)
                 .fetch_optional(&mut *tx)
-                .await
-                .map_err(retry)?;
+                .await?;
         if let Some((Some(host), Some(pool), port)) = placed {
             let image = base_image(&mut tx, template, host).await?;
             let ssh_port = match port {
                 Some(p) => u16::try_from(p).ok(),
                 None if guest.login_user.is_some() && vm.network.is_none() => {
                     let p = self.ssh_port(&mut tx, vm.uuid, host).await?;
-                    tx.commit().await.map_err(retry)?;
+                    tx.commit().await?;
                     Some(p)
                 }
                 None => None,
@@ -198,9 +181,7 @@ impl Provisioner {
                 ssh_port,
             });
         }
-        let candidates = placement::candidates(&mut tx, template, vm.network.as_deref())
-            .await
-            .map_err(retry)?;
+        let candidates = placement::candidates(&mut tx, template, vm.network.as_deref()).await?;
         let need = placement::Need {
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
@@ -217,8 +198,7 @@ impl Provisioner {
                 .bind(volume_name(vm.uuid))
                 .bind(now)
                 .execute(&mut *tx)
-                .await
-                .map_err(retry)?;
+                .await?;
                 if let Some(r) = vm.request_id {
                     log(
                         &mut tx,
@@ -229,8 +209,7 @@ impl Provisioner {
                         &format!("{}: {}", vm.name, choice.reason),
                         now,
                     )
-                    .await
-                    .map_err(retry)?;
+                    .await?;
                 }
                 // A forwarded port only for user-mode networking.
                 let ssh_port = match (&guest.login_user, &vm.network) {
@@ -238,7 +217,7 @@ impl Provisioner {
                     _ => None,
                 };
                 let image = base_image(&mut tx, template, choice.host_id).await?;
-                tx.commit().await.map_err(retry)?;
+                tx.commit().await?;
                 Ok(Placed {
                     host: choice.host_id,
                     pool: choice.pool,
@@ -256,23 +235,19 @@ impl Provisioner {
                     .bind(&why)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(retry)?;
+                    .await?;
                 if let Some(r) = vm.request_id {
                     let last: Option<String> = sqlx::query_scalar(
                         "SELECT message FROM request_events WHERE request_id = $1 ORDER BY id DESC LIMIT 1",
                     )
                     .bind(r)
                     .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(retry)?;
+                    .await?;
                     if last.as_deref() != Some(message.as_str()) {
-                        log(&mut tx, r, vm.tenant_id, None, "waiting", &message, now)
-                            .await
-                            .map_err(retry)?;
+                        log(&mut tx, r, vm.tenant_id, None, "waiting", &message, now).await?;
                     }
                 }
-                tx.commit().await.map_err(retry)?;
+                tx.commit().await?;
                 Err(Outcome::Wait(why, self.placement_retry))
             }
         }
@@ -292,13 +267,11 @@ impl Provisioner {
         .bind(lo)
         .bind(hi)
         .fetch_all(&mut **tx)
-        .await
-        .map_err(retry)?;
+        .await?;
         let uri: String = sqlx::query_scalar("SELECT uri FROM hosts WHERE id = $1")
             .bind(host)
             .fetch_one(&mut **tx)
-            .await
-            .map_err(retry)?;
+            .await?;
         let local =
             !uri.contains("://") || uri.split("://").nth(1).is_some_and(|r| r.starts_with('/'));
         let port = free
@@ -316,8 +289,7 @@ impl Provisioner {
             .bind(vm)
             .bind(i32::from(port))
             .execute(&mut **tx)
-            .await
-            .map_err(retry)?;
+            .await?;
         Ok(port)
     }
 
@@ -329,9 +301,7 @@ impl Provisioner {
                 request_user_data: String::new(),
             });
         };
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         sqlx::query_as(
             "SELECT t.login_user, t.user_data, coalesce(r.user_data, '') AS request_user_data
              FROM templates t LEFT JOIN vms v ON v.uuid = $2 LEFT JOIN requests r ON r.id = v.request_id
@@ -340,8 +310,7 @@ impl Provisioner {
         .bind(template)
         .bind(vm.uuid)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(retry)?
+            .await?
             .ok_or_else(|| Outcome::Fail("The template was deleted.".into()))
     }
 
@@ -355,12 +324,8 @@ impl Provisioner {
     ) -> Result<String, Outcome> {
         let keys = match vm.owner_id {
             Some(owner) => {
-                let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-                    .await
-                    .map_err(retry)?;
-                crate::accounts::ssh_keys::lines_of(&mut tx, owner)
-                    .await
-                    .map_err(retry)?
+                let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+                crate::accounts::ssh_keys::lines_of(&mut tx, owner).await?
             }
             None => Vec::new(),
         };
@@ -390,7 +355,8 @@ impl Provisioner {
             placed.pool.clone(),
             crate::catalog::cloud_init::seed_volume(vm.uuid),
         );
-        self.hypervisors
+        Ok(self
+            .hypervisors
             .call(placed.host, move |conn| {
                 let len = iso.len() as u64;
                 storage::upload_volume(
@@ -403,7 +369,7 @@ impl Provisioner {
                 )
             })
             .await
-            .map_err(retry)
+            .map_err(Error::from)?)
     }
 
     async fn provision(&self, uuid: Uuid) -> Result<(), Outcome> {
@@ -434,8 +400,7 @@ impl Provisioner {
             .call(host, move |conn| {
                 storage::clone_once(conn, &p2, &v2, &b2, capacity)
             })
-            .await
-            .map_err(retry)?;
+            .await?;
         self.crash_point("cloned");
 
         let seed = match &guest.login_user {
@@ -458,8 +423,7 @@ impl Provisioner {
         let (detected, nested) = self
             .hypervisors
             .call(host, |conn| Ok(domain_xml::guest_kind(conn)))
-            .await
-            .map_err(retry)?;
+            .await?;
         // The fleet admin's choice wins, except on libvirt's test driver.
         let domain_type = match chosen {
             Some(t) if detected != "test" => t,
@@ -477,8 +441,7 @@ impl Provisioner {
                             pool.lookup_storage_vol_by_name(&i)?.path()?,
                         ))
                     })
-                    .await
-                    .map_err(retry)?;
+                    .await?;
                 Some(domain_xml::DirectBoot {
                     kernel,
                     initrd,
@@ -526,13 +489,10 @@ impl Provisioner {
                 let dom = domain_xml::define_once(conn, uuid, &xml)?;
                 inventory::domain_facts(&dom, &HashMap::new())
             })
-            .await
-            .map_err(retry)?;
+            .await?;
         // The row is written (managed, with tenant and owner from `vms`) before the start, so
         // the domain never shows up as drift.
-        crate::hypervisor::write_domain(&self.pool, host, &facts)
-            .await
-            .map_err(retry)?;
+        crate::hypervisor::write_domain(&self.pool, host, &facts).await?;
         self.crash_point("defined");
 
         self.phase(&vm, VmPhase::Starting, &format!("{}: starting.", vm.name))
@@ -546,11 +506,8 @@ impl Provisioner {
                 }
                 inventory::domain_facts(&dom, &HashMap::new())
             })
-            .await
-            .map_err(retry)?;
-        crate::hypervisor::write_domain(&self.pool, host, &facts)
-            .await
-            .map_err(retry)?;
+            .await?;
+        crate::hypervisor::write_domain(&self.pool, host, &facts).await?;
         self.crash_point("started");
         // What to watch for the guest's SSH: the forwarded port, or port 22 at the address
         // the guest gets on its network.
@@ -564,14 +521,11 @@ impl Provisioner {
 
     /// The fleet admin's choice of kvm or qemu for this host, if any.
     async fn chosen_domain_type(&self, host: Uuid) -> Result<Option<&'static str>, Outcome> {
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         let t: Option<String> = sqlx::query_scalar("SELECT domain_type FROM hosts WHERE id = $1")
             .bind(host)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(retry)?
+            .await?
             .flatten();
         Ok(match t.as_deref() {
             Some("kvm") => Some("kvm"),
@@ -588,16 +542,13 @@ impl Provisioner {
         forward: Option<(Uuid, u16)>,
     ) -> Result<(), Outcome> {
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         if let Some(r) = vm.request_id {
             // Serialises the VMs of one request deciding whether they were the last.
             sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
                 .bind(r)
                 .execute(&mut *tx)
-                .await
-                .map_err(retry)?;
+                .await?;
         }
         let changed = sqlx::query(
             "UPDATE vms SET phase = 'running', error = NULL, updated_at = $2 WHERE uuid = $1 AND phase <> 'running'",
@@ -605,12 +556,9 @@ impl Provisioner {
         .bind(vm.uuid)
         .bind(now)
         .execute(&mut *tx)
-        .await
-        .map_err(retry)?
+        .await?
         .rows_affected();
-        quota::allocate(&mut tx, vm.uuid, now)
-            .await
-            .map_err(retry)?;
+        quota::allocate(&mut tx, vm.uuid, now).await?;
         if let Some((host, port)) = forward {
             // Running is not usable yet: a job watches for the guest's SSH (see `guest`).
             crate::provisioning::guest::watch(
@@ -621,8 +569,7 @@ impl Provisioner {
                 vm.network.as_deref(),
                 now,
             )
-            .await
-            .map_err(retry)?;
+            .await?;
         }
         if let (Some(r), 1) = (vm.request_id, changed) {
             log(
@@ -634,16 +581,14 @@ impl Provisioner {
                 &format!("{} is running ({} ms).", vm.name, took.as_millis()),
                 now,
             )
-            .await
-            .map_err(retry)?;
+            .await?;
             let (total, running, failed) = tally(&mut tx, r).await?;
             if running == total {
                 sqlx::query("UPDATE requests SET state = 'fulfilled', updated_at = $2 WHERE id = $1 AND state IN ('approved', 'provisioning')")
                     .bind(r)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(retry)?;
+                    .await?;
                 log(
                     &mut tx,
                     r,
@@ -653,15 +598,13 @@ impl Provisioner {
                     "Fulfilled: every VM is running.",
                     now,
                 )
-                .await
-                .map_err(retry)?;
+                .await?;
                 audit::record_raw(
                     &mut tx,
                     &Origin::default(),
                     Event::new("request.fulfil", "request", r).tenant(vm.tenant_id),
                 )
-                .await
-                .map_err(retry)?;
+                .await?;
             } else if running + failed == total {
                 self.close_failed_request(&mut tx, r, vm.tenant_id, failed, total)
                     .await?;
@@ -676,9 +619,8 @@ impl Provisioner {
                     json!({ "name": vm.name, "host": vm.host_id, "ms": took.as_millis() as u64 }),
                 ),
         )
-        .await
-        .map_err(retry)?;
-        tx.commit().await.map_err(retry)
+        .await?;
+        Ok(tx.commit().await.map_err(Error::from)?)
     }
 
     async fn close_failed_request(
@@ -696,8 +638,7 @@ impl Provisioner {
             .bind(&reason)
             .bind(now)
             .execute(&mut **tx)
-            .await
-            .map_err(retry)?;
+            .await?;
         log(
             tx,
             request,
@@ -707,8 +648,7 @@ impl Provisioner {
             &format!("Failed: {reason}"),
             now,
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         audit::record_raw(
             tx,
             &Origin::default(),
@@ -716,8 +656,7 @@ impl Provisioner {
                 .tenant(tenant)
                 .after(json!({ "reason": reason })),
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         Ok(())
     }
 
@@ -758,23 +697,17 @@ impl Provisioner {
                     }
                     Ok(())
                 })
-                .await
-                .map_err(retry)?;
+                .await?;
             let _ = crate::hypervisor::mark_missing(&self.pool, host, uuid).await;
         }
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-            .await
-            .map_err(retry)?;
+        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
         sqlx::query("UPDATE vms SET phase = 'deleted', deleted_at = $2, updated_at = $2 WHERE uuid = $1 AND deleted_at IS NULL")
             .bind(uuid)
             .bind(now)
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
-        quota::release(&mut tx, Release::Vm(uuid), reason, now)
-            .await
-            .map_err(retry)?;
+            .await?;
+        quota::release(&mut tx, Release::Vm(uuid), reason, now).await?;
         audit::record_raw(
             &mut tx,
             &Origin::default(),
@@ -782,29 +715,25 @@ impl Provisioner {
                 .tenant(vm.tenant_id)
                 .after(json!({ "name": vm.name, "reason": reason })),
         )
-        .await
-        .map_err(retry)?;
+        .await?;
         // The pages listing it learn it is gone (the domain's own events may have come first,
         // while the VM was still "deleting").
         if let Some(host) = vm.host_id {
-            crate::platform::live::notify_vm(&mut tx, uuid, host)
-                .await
-                .map_err(retry)?;
+            crate::platform::live::notify_vm(&mut tx, uuid, host).await?;
         }
-        tx.commit().await.map_err(retry)
+        Ok(tx.commit().await.map_err(Error::from)?)
     }
 }
 
 /// A request's VMs: how many in all, running, and failed.
 async fn tally(tx: &mut db::Tx, request: Uuid) -> Result<(i64, i64, i64), Outcome> {
-    sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE phase = 'running'), count(*) FILTER (WHERE phase = 'failed')
          FROM vms WHERE request_id = $1",
     )
     .bind(request)
     .fetch_one(&mut **tx)
-    .await
-    .map_err(retry)
+    .await.map_err(Error::from)?)
 }
 
 /// The template's image on `host`: disk volume, and kernel and initramfs for direct boot.
@@ -819,8 +748,7 @@ async fn base_image(
     .bind(template)
     .bind(host)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(retry)?
+    .await?
     .ok_or_else(|| Outcome::Fail("The template's image is no longer on the chosen host.".into()))
 }
 
@@ -880,14 +808,12 @@ impl Handler for Provisioner {
             };
             let now = self.clock.now();
             let mut tx = db::begin_raw(&self.pool, Scope::fleet())
-                .await
-                .map_err(retry)?;
+                .await?;
             if let Some(r) = vm.request_id {
                 sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
                     .bind(r)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(retry)?;
+                    .await?;
             }
             // A failed VM keeps its record but gives its SSH forward port back.
             sqlx::query(
@@ -897,11 +823,9 @@ impl Handler for Provisioner {
             .bind(error)
             .bind(now)
             .execute(&mut *tx)
-            .await
-            .map_err(retry)?;
+            .await?;
             quota::release(&mut tx, Release::Vm(vm.uuid), "provisioning failed", now)
-                .await
-                .map_err(retry)?;
+                .await?;
             if let Some(r) = vm.request_id {
                 log(
                     &mut tx,
@@ -912,15 +836,14 @@ impl Handler for Provisioner {
                     &format!("{} failed: {error}. Its quota was released.", vm.name),
                     now,
                 )
-                .await
-                .map_err(retry)?;
+                .await?;
                 let (total, running, failed) = tally(&mut tx, r).await?;
                 if running + failed == total {
                     self.close_failed_request(&mut tx, r, vm.tenant_id, failed, total)
                         .await?;
                 }
             }
-            tx.commit().await.map_err(retry)
+            Ok(tx.commit().await?)
         }
         .await;
         if let Err(e) = result {
@@ -951,8 +874,7 @@ impl Provisioner {
                 );
                 Ok(())
             })
-            .await
-            .map_err(retry)?;
+            .await?;
         let _ = crate::hypervisor::mark_missing(&self.pool, host, uuid).await;
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! counters in the same transaction; the check and the reservation are one conditional
 //! UPDATE of the tenant's quota row (in `quota_reserve`, a database function), whose row lock
 //! also serialises the per-user check, so racing requests can never push usage past a limit.
-use crate::platform::db::{self, Tx};
+use crate::platform::db::Tx;
+use crate::platform::error::{internal, Error, Result};
 use app::error::AppError;
 use app::provisioning::{QuotaEffect, QuotaLine, Recount};
 use time::OffsetDateTime;
@@ -149,30 +150,28 @@ struct EffectRow {
     user_vms: Option<i64>,
 }
 
-async fn tenant_row(tx: &mut Tx, tenant: Uuid) -> Result<Option<(Limits, Usage)>, AppError> {
+async fn tenant_row(tx: &mut Tx, tenant: Uuid) -> Result<Option<(Limits, Usage)>> {
     let row: Option<TenantRow> = sqlx::query_as(
         "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms, used_vcpus, used_memory_mib, used_disk_gib, used_vms
          FROM tenant_quotas WHERE tenant_id = $1",
     )
     .bind(tenant)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     Ok(row.map(|r| (r.limits(), r.usage())))
 }
 
-async fn user_limits(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Option<Limits>, AppError> {
+async fn user_limits(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Option<Limits>> {
     sqlx::query_as(
         "SELECT max_vcpus, max_memory_mib, max_disk_gib, max_vms FROM user_quotas WHERE tenant_id = $1 AND user_id = $2",
     )
     .bind(tenant)
     .bind(user)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(db::internal)
+    .await.map_err(Error::from)
 }
 
-async fn user_usage(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Usage, AppError> {
+async fn user_usage(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Usage> {
     sqlx::query_as(
         "SELECT coalesce(sum(vcpus), 0)::int8 AS vcpus, coalesce(sum(memory_mib), 0)::int8 AS memory_mib,
                 coalesce(sum(disk_gib), 0)::int8 AS disk_gib, coalesce(sum(vms), 0)::int8 AS vms
@@ -181,17 +180,11 @@ async fn user_usage(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Usage, AppE
     .bind(tenant)
     .bind(user)
     .fetch_one(&mut **tx)
-    .await
-    .map_err(db::internal)
+    .await.map_err(Error::from)
 }
 
 /// What adding `adding` would do, without reserving anything.
-pub async fn effect(
-    tx: &mut Tx,
-    tenant: Uuid,
-    user: Uuid,
-    adding: Amount,
-) -> Result<QuotaEffect, AppError> {
+pub async fn effect(tx: &mut Tx, tenant: Uuid, user: Uuid, adding: Amount) -> Result<QuotaEffect> {
     // One round trip: the tenant's row, the user's limits if any, and then their use.
     let row: Option<EffectRow> = sqlx::query_as(
         "SELECT t.max_vcpus, t.max_memory_mib, t.max_disk_gib, t.max_vms, t.used_vcpus,
@@ -213,8 +206,7 @@ pub async fn effect(
     .bind(tenant)
     .bind(user)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let row = row.ok_or_else(no_quota)?;
     let tenant_lines = lines(row.tenant.limits(), row.tenant.usage(), adding);
     let user_lines = match (
@@ -281,7 +273,7 @@ pub async fn reserve(
         .join(",");
     let at = now
         .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| Reserve::Failed(db::internal(e)))?;
+        .map_err(|e| Reserve::Failed(internal(e)))?;
     let sql = format!(
         "SET LOCAL synchronous_commit = off;
          SELECT quota_reserve('{tenant}', '{user}', '{request}', {}, {}, {}, ARRAY[{vms}]::uuid[], '{at}');
@@ -299,7 +291,7 @@ pub async fn reserve(
         {
             Err(Reserve::Refused)
         }
-        Err(e) => Err(Reserve::Failed(db::internal(e))),
+        Err(e) => Err(Reserve::Failed(internal(e))),
     }
 }
 
@@ -316,7 +308,7 @@ pub enum Reserve {
 pub async fn refusal(tx: &mut Tx, tenant: Uuid, user: Uuid, total: Amount) -> AppError {
     match effect(tx, tenant, user, total).await {
         Ok(effect) => overflow_error(effect, "count"),
-        Err(e) => e,
+        Err(e) => e.into(),
     }
 }
 
@@ -391,20 +383,14 @@ pub async fn allocate(tx: &mut Tx, vm: Uuid, now: OffsetDateTime) -> Result<(), 
 
 /// Changes a VM's entry to `to` (a resize), checking the tenant's and the owner's limits for
 /// any growth exactly like a reservation.
-pub async fn adjust(
-    tx: &mut Tx,
-    vm: Uuid,
-    to: Amount,
-    now: OffsetDateTime,
-) -> Result<(), AppError> {
+pub async fn adjust(tx: &mut Tx, vm: Uuid, to: Amount, now: OffsetDateTime) -> Result<()> {
     let entry: Option<(i64, Uuid, Uuid, i32, i64, i64)> = sqlx::query_as(
         "SELECT id, tenant_id, user_id, vcpus, memory_mib, disk_gib FROM quota_ledger
          WHERE vm_uuid = $1 AND state <> 'released' FOR UPDATE",
     )
     .bind(vm)
     .fetch_optional(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let (id, tenant, user, vcpus, memory, disk) =
         entry.ok_or_else(|| AppError::Conflict("This VM has no quota entry.".into()))?;
     let delta = Amount {
@@ -424,8 +410,7 @@ pub async fn adjust(
     .bind(delta.memory_mib)
     .bind(delta.disk_gib)
     .execute(&mut **tx)
-    .await
-    .map_err(db::internal)?
+    .await?
     .rows_affected();
     let grow = Amount {
         vcpus: delta.vcpus.max(0),
@@ -435,12 +420,12 @@ pub async fn adjust(
     };
     if ok == 0 {
         let effect = effect(tx, tenant, user, grow).await?;
-        return Err(overflow_error(effect, "vcpus"));
+        return Err(overflow_error(effect, "vcpus").into());
     }
     if let Some(limits) = user_limits(tx, tenant, user).await? {
         let used = user_usage(tx, tenant, user).await?;
         if let Some(m) = overflow("your", &lines(limits, used, grow)) {
-            return Err(AppError::field("vcpus", m));
+            return Err(AppError::field("vcpus", m).into());
         }
     }
     sqlx::query(
@@ -452,13 +437,12 @@ pub async fn adjust(
     .bind(to.disk_gib)
     .bind(now)
     .execute(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     Ok(())
 }
 
 /// Counters against the ledger, and allocations against the VMs that exist.
-pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount, AppError> {
+pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount> {
     let (_, counters) = tenant_row(tx, tenant).await?.ok_or_else(no_quota)?;
     let ledger: Usage = sqlx::query_as(
         "SELECT coalesce(sum(vcpus), 0)::int8 AS vcpus, coalesce(sum(memory_mib), 0)::int8 AS memory_mib,
@@ -467,8 +451,7 @@ pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount, AppError> {
     )
     .bind(tenant)
     .fetch_one(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     // What exists or is on its way: VMs not deleted or failed, plus reservations of requests
     // whose VMs are not created yet.
     let existing: Usage = sqlx::query_as(
@@ -483,8 +466,7 @@ pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount, AppError> {
     )
     .bind(tenant)
     .fetch_one(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let rows = vec![
         (
             "vcpus".to_string(),
@@ -516,8 +498,7 @@ pub async fn recount(tx: &mut Tx, tenant: Uuid) -> Result<Recount, AppError> {
     )
     .bind(tenant)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let mismatched: Vec<String> = mismatched
         .into_iter()
         .map(|(name, v, m, dv, dm)| {
@@ -539,18 +520,14 @@ pub async fn usage_lines(tx: &mut Tx, tenant: Uuid) -> Result<Vec<QuotaLine>, Ap
 }
 
 /// Every member with a personal quota, with their usage.
-pub async fn user_lines(
-    tx: &mut Tx,
-    tenant: Uuid,
-) -> Result<Vec<(Uuid, String, Vec<QuotaLine>)>, AppError> {
+pub async fn user_lines(tx: &mut Tx, tenant: Uuid) -> Result<Vec<(Uuid, String, Vec<QuotaLine>)>> {
     let rows: Vec<(Uuid, String, i32, i64, i64, i32)> = sqlx::query_as(
         "SELECT q.user_id, u.email, q.max_vcpus, q.max_memory_mib, q.max_disk_gib, q.max_vms
          FROM user_quotas q JOIN users u ON u.id = q.user_id WHERE q.tenant_id = $1 ORDER BY lower(u.email)",
     )
     .bind(tenant)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for (user, email, v, m, d, n) in rows {
         let used = user_usage(tx, tenant, user).await?;

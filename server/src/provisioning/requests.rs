@@ -11,6 +11,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, member_tenants, Access};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope, Tx};
+use crate::platform::error::{internal, Error, Result};
 use crate::platform::jobs::{self, Queue};
 use crate::provisioning::approval::{Ask, Policy};
 use crate::provisioning::quota::{self, Amount, Release};
@@ -165,13 +166,13 @@ impl ProvisioningBackend {
 
     /// The tenant a request belongs to (looked up before the scoped transaction, which needs
     /// it); callers authorise against it right after.
-    pub(super) async fn request_tenant(&self, id: Uuid) -> Result<Option<(Uuid, Uuid)>, AppError> {
+    pub(super) async fn request_tenant(&self, id: Uuid) -> Result<Option<(Uuid, Uuid)>> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query_as("SELECT tenant_id, requester_id FROM requests WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db::internal)
+            .map_err(Error::from)
     }
 
     pub(super) fn scope(actor: &Actor, tenant: Uuid) -> Scope {
@@ -187,18 +188,17 @@ impl ProvisioningBackend {
         tx: &mut Tx,
         id: Uuid,
         lock: bool,
-    ) -> Result<RequestRow, AppError> {
+    ) -> Result<RequestRow> {
         let sql = if lock {
             format!("{REQUEST_SELECT} WHERE r.id = $1 FOR UPDATE OF r")
         } else {
             format!("{REQUEST_SELECT} WHERE r.id = $1")
         };
-        sqlx::query_as(&sql)
+        Ok(sqlx::query_as(&sql)
             .bind(id)
             .fetch_optional(&mut **tx)
-            .await
-            .map_err(db::internal)?
-            .ok_or_else(|| AppError::NotFound("Request".into()))
+            .await?
+            .ok_or_else(|| AppError::NotFound("Request".into()))?)
     }
 
     /// Creates the request's VMs (UUIDs from the reservation) and their provisioning jobs.
@@ -208,7 +208,7 @@ impl ProvisioningBackend {
         r: &RequestRow,
         reserved: Option<&[Uuid]>,
         now: OffsetDateTime,
-    ) -> Result<(), AppError> {
+    ) -> Result<()> {
         let uuids: Vec<Uuid> = match reserved {
             Some(u) => u.to_vec(),
             None => sqlx::query_scalar(
@@ -216,8 +216,7 @@ impl ProvisioningBackend {
         )
         .bind(r.id)
         .fetch_all(&mut **tx)
-        .await
-        .map_err(db::internal)?,
+        .await?,
         };
         let names = vm_names(&r.name_prefix, r.count);
         let lease_end = now + time::Duration::days(r.lease_days.into());
@@ -229,8 +228,7 @@ impl ProvisioningBackend {
             .bind(r.tenant_id)
             .bind(&name)
             .fetch_one(&mut **tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
             let name = if taken {
                 format!("{name}-{}", &uuid.simple().to_string()[..4])
             } else {
@@ -254,8 +252,7 @@ impl ProvisioningBackend {
             .bind(now)
             .bind(&r.network)
             .execute(&mut **tx)
-            .await
-            .map_err(db::internal)?;
+            .await?;
             jobs::enqueue(
                 tx,
                 jobs::JobKind::Provision,
@@ -264,12 +261,9 @@ impl ProvisioningBackend {
                 json!({}),
                 self.max_attempts,
             )
-            .await
-            .map_err(db::internal)?;
+            .await?;
         }
-        set_state(tx, r.id, RequestState::Approved, None, now)
-            .await
-            .map_err(db::internal)?;
+        set_state(tx, r.id, RequestState::Approved, None, now).await?;
         Ok(())
     }
 
@@ -302,7 +296,7 @@ impl Provisioning for ProvisioningBackend {
         let v = self.validate(&mut tx, actor, &form, false).await?;
         let adding =
             Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib).times(v.count.into());
-        quota::effect(&mut tx, v.tenant, actor.user_id, adding).await
+        Ok(quota::effect(&mut tx, v.tenant, actor.user_id, adding).await?)
     }
 
     #[tracing::instrument(skip_all)]
@@ -336,8 +330,7 @@ impl Provisioning for ProvisioningBackend {
         .bind(&v.user_data)
         .bind(&v.network)
         .execute(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let vm_uuids: Vec<Uuid> = (0..v.count).map(|_| Uuid::new_v4()).collect();
         let per_vm = Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib);
         let origin = Origin::of(req);
@@ -355,7 +348,7 @@ impl Provisioning for ProvisioningBackend {
             now,
         )
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         audit::record(
             &mut tx,
             &origin,
@@ -388,7 +381,7 @@ impl Provisioning for ProvisioningBackend {
                 now,
             )
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
             audit::record(
                 &mut tx,
                 &Origin::default(),
@@ -407,8 +400,7 @@ impl Provisioning for ProvisioningBackend {
                 .bind(level)
                 .bind(decide_by)
                 .execute(&mut *tx)
-                .await
-                .map_err(db::internal)?;
+                .await.map_err(internal)?;
             log(
                 &mut tx,
                 id,
@@ -423,7 +415,7 @@ impl Provisioning for ProvisioningBackend {
                 now,
             )
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         }
         // Last, and committed with the submission: the tenant's quota row is locked only from
         // here to that commit, so concurrent submissions queue for as short a time as possible.
@@ -433,14 +425,14 @@ impl Provisioning for ProvisioningBackend {
             Ok(()) => {}
             Err(quota::Reserve::Failed(e)) => return Err(e),
             Err(quota::Reserve::Refused) => {
-                tx.rollback().await.map_err(db::internal)?;
+                tx.rollback().await.map_err(internal)?;
                 let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
                 let total = per_vm.times(vm_uuids.len() as i64);
                 return Err(quota::refusal(&mut tx, v.tenant, actor.user_id, total).await);
             }
         }
         // Returns once the submission is on disk (see `quota::reserve`).
-        tx.commit().await.map_err(db::internal)?;
+        tx.commit().await.map_err(internal)?;
         if auto {
             self.wake();
         }
@@ -476,8 +468,7 @@ impl Provisioning for ProvisioningBackend {
         )
         .bind(id)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         let vms = self.vm_rows(&mut tx, "v.request_id = $1", id).await?;
         let mut waiting_for = Vec::new();
         let mut can_decide = false;
@@ -490,8 +481,7 @@ impl Provisioning for ProvisioningBackend {
                 .bind(id)
                 .bind(level.level)
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(db::internal)?;
+                .await.map_err(internal)?;
                 if level.approvers.is_empty() {
                     waiting_for.push(format!("any approver of {}", r.tenant_name));
                 } else {
@@ -507,7 +497,7 @@ impl Provisioning for ProvisioningBackend {
                     .bind(&pending)
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(db::internal)?;
+                    .map_err(internal)?;
                     if !level.all && !waiting_for.is_empty() {
                         waiting_for = vec![format!("one of {}", waiting_for.join(", "))];
                     }
@@ -561,10 +551,10 @@ impl Provisioning for ProvisioningBackend {
         }
         set_state(&mut tx, id, RequestState::Cancelled, None, now)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         quota::release(&mut tx, Release::Request(id), "cancelled", now)
             .await
-            .map_err(db::internal)?;
+            .map_err(internal)?;
         log(
             &mut tx,
             id,
@@ -575,14 +565,14 @@ impl Provisioning for ProvisioningBackend {
             now,
         )
         .await
-        .map_err(db::internal)?;
+        .map_err(internal)?;
         audit::record(
             &mut tx,
             &Origin::of(req),
             Event::new("request.cancel", "request", id).tenant(tenant),
         )
         .await?;
-        tx.commit().await.map_err(db::internal)
+        tx.commit().await.map_err(internal)
     }
 
     #[tracing::instrument(skip_all)]
@@ -593,11 +583,11 @@ impl Provisioning for ProvisioningBackend {
         decision: &str,
         reason: &str,
     ) -> Result<(), AppError> {
-        super::approvals::decide(self, req, id, decision, reason).await
+        Ok(super::approvals::decide(self, req, id, decision, reason).await?)
     }
 
     async fn inbox(&self, req: &RequestCtx) -> Result<Vec<InboxItem>, AppError> {
-        super::approvals::inbox(self, req).await
+        Ok(super::approvals::inbox(self, req).await?)
     }
 
     async fn home(&self, req: &RequestCtx) -> Result<HomePanels, AppError> {
@@ -646,7 +636,7 @@ impl Provisioning for ProvisioningBackend {
     }
 
     async fn quotas(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantQuotas, AppError> {
-        super::limits::quotas(self, req, tenant_id).await
+        Ok(super::limits::quotas(self, req, tenant_id).await?)
     }
 
     async fn set_quota(
@@ -656,7 +646,7 @@ impl Provisioning for ProvisioningBackend {
         user_email: &str,
         limits: LimitsForm,
     ) -> Result<(), AppError> {
-        super::limits::set_quota(self, req, tenant_id, user_email, limits).await
+        Ok(super::limits::set_quota(self, req, tenant_id, user_email, limits).await?)
     }
 
     async fn set_policy(
@@ -665,7 +655,7 @@ impl Provisioning for ProvisioningBackend {
         tenant_id: Uuid,
         form: PolicyForm,
     ) -> Result<(), AppError> {
-        super::limits::set_policy(self, req, tenant_id, form).await
+        Ok(super::limits::set_policy(self, req, tenant_id, form).await?)
     }
 
     async fn recount(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Recount, AppError> {
@@ -693,7 +683,7 @@ impl Provisioning for ProvisioningBackend {
     }
 
     async fn extend_lease(&self, req: &RequestCtx, uuid: Uuid, days: &str) -> Result<(), AppError> {
-        super::vms::extend_lease(self, req, uuid, days).await
+        Ok(super::vms::extend_lease(self, req, uuid, days).await?)
     }
 
     async fn resize(
@@ -703,7 +693,7 @@ impl Provisioning for ProvisioningBackend {
         vcpus: &str,
         memory_gib: &str,
     ) -> Result<(), AppError> {
-        crate::provisioning::day2::resize(self, req, uuid, vcpus, memory_gib).await
+        Ok(crate::provisioning::day2::resize(self, req, uuid, vcpus, memory_gib).await?)
     }
 
     async fn snapshots(&self, req: &RequestCtx, uuid: Uuid) -> Result<Vec<Snapshot>, AppError> {
@@ -714,8 +704,7 @@ impl Provisioning for ProvisioningBackend {
         )
         .bind(uuid)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db::internal)?;
+        .await.map_err(internal)?;
         Ok(rows
             .into_iter()
             .map(|(name, description, created_at, created_by)| Snapshot {
@@ -735,7 +724,7 @@ impl Provisioning for ProvisioningBackend {
         name: &str,
         description: &str,
     ) -> Result<(), AppError> {
-        crate::provisioning::day2::snapshot(self, req, uuid, op, name, description).await
+        Ok(crate::provisioning::day2::snapshot(self, req, uuid, op, name, description).await?)
     }
 }
 
@@ -751,7 +740,7 @@ pub(super) async fn requests_in(
     tx: &mut db::Tx,
     actor: &Actor,
     filter: RequestFilter,
-) -> Result<Page<RequestSummary>, AppError> {
+) -> Result<Page<RequestSummary>> {
     let page = filter.page.max(1);
     let order = db::order_by(
         &filter.sort,
@@ -797,12 +786,10 @@ pub(super) async fn requests_in(
         page_args,
     )
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let total: i64 = sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
         .fetch_one(&mut **tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
     Ok(Page {
         items: rows.iter().map(RequestRow::summary).collect(),
         page,

@@ -4,6 +4,7 @@
 //! the queue, so a restart of the server does not lose the promised force-off.
 use crate::hypervisor::{connection::Action, inventory::state_name, Hypervisors};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::{Error, Result};
 use crate::platform::jobs::{Job, JobKind, Outcome};
 use serde_json::json;
 use sqlx::PgPool;
@@ -146,8 +147,7 @@ async fn finish(
     error: Option<String>,
     detail: Option<String>,
 ) -> Result<(), Outcome> {
-    let retry = |e: sqlx::Error| Outcome::Retry(e.to_string());
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await.map_err(retry)?;
+    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
     sqlx::query(
         "UPDATE domain_operations SET status = $2, error = $3, detail = $4, finished_at = now(),
                 duration_ms = (extract(epoch FROM now() - started_at) * 1000)::int
@@ -158,8 +158,7 @@ async fn finish(
     .bind(error)
     .bind(detail)
     .execute(&mut *tx)
-    .await
-    .map_err(retry)?;
+    .await?;
     // The VM page follows operations through the live stream.
     sqlx::query(
         "SELECT pg_notify('concierge_live', json_build_object(
@@ -170,7 +169,6 @@ async fn finish(
     )
     .bind(op_id)
     .execute(&mut *tx)
-        .await
-        .map_err(retry)?;
-    tx.commit().await.map_err(retry)
+        .await?;
+    Ok(tx.commit().await.map_err(Error::from)?)
 }

@@ -2,7 +2,8 @@
 use super::requests::*;
 use crate::catalog::{self, parse_days};
 use crate::hypervisor::domain_xml::VmName;
-use crate::platform::db::{self, Tx};
+use crate::platform::db::Tx;
+use crate::platform::error::Result;
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::RequestForm;
@@ -126,15 +127,14 @@ impl ProvisioningBackend {
         actor: &Actor,
         form: &RequestForm,
         full: bool,
-    ) -> Result<Valid, AppError> {
+    ) -> Result<Valid> {
         let tenant = form
             .tenant_id
             .ok_or_else(|| AppError::field("tenant_id", "Choose a tenant."))?;
         if !actor.may_request(tenant) {
-            return Err(AppError::field(
-                "tenant_id",
-                "You cannot request VMs in that tenant.",
-            ));
+            return Err(
+                AppError::field("tenant_id", "You cannot request VMs in that tenant.").into(),
+            );
         }
         let template_id = form
             .template_id
@@ -150,7 +150,7 @@ impl ProvisioningBackend {
         if !full {
             let (size, count) = match (size, count) {
                 (Ok(s), Ok(c)) => (s, c),
-                (s, c) => return Err(AppError::merge([s.err(), c.err()])),
+                (s, c) => return Err(AppError::merge([s.err(), c.err()]).into()),
             };
             return Ok(Valid {
                 tenant,
@@ -211,15 +211,15 @@ impl ProvisioningBackend {
                 .bind(tenant)
                 .bind(&names)
                 .fetch_optional(&mut **tx)
-                .await
-                .map_err(db::internal)?;
+                .await?;
                 if let Some(t) = taken {
                     return Err(AppError::field(
                         "name_prefix",
                         format!(
                             "A VM named {t} already exists in this tenant; choose another prefix."
                         ),
-                    ));
+                    )
+                    .into());
                 }
                 Ok(Valid {
                     tenant,
@@ -241,7 +241,8 @@ impl ProvisioningBackend {
                 e.err(),
                 f.err(),
                 g.err(),
-            ])),
+            ])
+            .into()),
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::catalog::parse_days;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, member_tenants, Access, VmFacts};
 use crate::platform::db::{self, Scope, Tx};
+use crate::platform::error::{Error, Result};
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ManagedVm, VmFilter};
@@ -37,7 +38,7 @@ pub(super) async fn cpu_sparkline(
         .managed_vm(req, uuid)
         .await?
         .ok_or_else(|| AppError::NotFound("VM".into()))?;
-    b.sparkline(uuid, &vm.name, b.now()).await
+    Ok(b.sparkline(uuid, &vm.name, b.now()).await?)
 }
 
 pub(super) async fn managed_vm(
@@ -64,7 +65,7 @@ pub(super) async fn extend_lease(
     req: &RequestCtx,
     uuid: Uuid,
     days: &str,
-) -> Result<(), AppError> {
+) -> Result<()> {
     let actor = req.actor()?;
     let days = parse_days(days, "days")?;
     let started = std::time::Instant::now();
@@ -76,8 +77,7 @@ pub(super) async fn extend_lease(
     )
     .bind(uuid)
     .fetch_one(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     let (current, max_days, name, _stopped) = row;
     let new_end = current.max(now) + time::Duration::days(days.into());
     let max_days = max_days.unwrap_or(30);
@@ -89,7 +89,7 @@ pub(super) async fn extend_lease(
             format!(
                 "Leases of {name} can reach at most {max_days} days from today; an admin of its tenant can extend it further."
             ),
-        ));
+        ).into());
     }
     sqlx::query(
         "UPDATE vms SET lease_ends_at = $2, reminded_days = NULL, stopped_for_lease_at = NULL,
@@ -100,8 +100,7 @@ pub(super) async fn extend_lease(
     .bind(new_end)
     .bind(now)
     .execute(&mut *tx)
-    .await
-    .map_err(db::internal)?;
+    .await?;
     audit::record(
         &mut tx,
         &Origin::of(req),
@@ -124,7 +123,7 @@ pub(super) async fn extend_lease(
         started,
     )
     .await?;
-    tx.commit().await.map_err(db::internal)
+    tx.commit().await.map_err(Error::from)
 }
 
 /// Whose VMs a list counts, and which: the key of `ProvisioningBackend::vm_counts`.
@@ -161,14 +160,14 @@ impl VmOwners {
 
     pub(super) fn bind(&self, args: &mut sqlx::postgres::PgArguments) -> Result<(), AppError> {
         match self {
-            VmOwners::Own(user, tenants) => db::arg(
+            VmOwners::Own(user, tenants) => Ok(db::arg(
                 args,
                 std::iter::once(*user)
                     .chain(tenants.iter().copied())
                     .collect::<Vec<_>>(),
-            ),
-            VmOwners::Tenants(tenants) => db::arg(args, tenants.clone()),
-            VmOwners::Everything => db::arg(args, true),
+            )?),
+            VmOwners::Tenants(tenants) => Ok(db::arg(args, tenants.clone())?),
+            VmOwners::Everything => Ok(db::arg(args, true)?),
         }
     }
 }
@@ -274,14 +273,13 @@ impl ProvisioningBackend {
         uuid: Uuid,
         name: &str,
         now: OffsetDateTime,
-    ) -> Result<String, AppError> {
+    ) -> Result<String> {
         if let Some(svg) = self.sparklines.get(&uuid).await {
             return Ok(svg);
         }
         let lines =
             crate::metering::metrics::cpu_sparklines(&self.pool, Scope::fleet(), vec![uuid], now)
-                .await
-                .map_err(db::internal)?;
+                .await?;
         let points = lines.get(&uuid).map(Vec::as_slice).unwrap_or(&[]);
         let svg = crate::fleet::charts::sparkline(
             points,
@@ -293,16 +291,13 @@ impl ProvisioningBackend {
         Ok(svg)
     }
 
-    pub(super) async fn vm_tenant(
-        &self,
-        uuid: Uuid,
-    ) -> Result<Option<(Uuid, Option<Uuid>)>, AppError> {
+    pub(super) async fn vm_tenant(&self, uuid: Uuid) -> Result<Option<(Uuid, Option<Uuid>)>> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query_as("SELECT tenant_id, owner_id FROM vms WHERE uuid = $1 AND deleted_at IS NULL")
             .bind(uuid)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db::internal)
+            .map_err(Error::from)
     }
 
     pub(super) async fn vm_rows(
@@ -310,14 +305,13 @@ impl ProvisioningBackend {
         tx: &mut Tx,
         filter: &str,
         key: Uuid,
-    ) -> Result<Vec<ManagedVm>, AppError> {
+    ) -> Result<Vec<ManagedVm>> {
         let now = self.now();
         let rows: Vec<VmRow> =
             sqlx::query_as(&format!("{VM_SELECT} WHERE {filter} ORDER BY v.name"))
                 .bind(key)
                 .fetch_all(&mut **tx)
-                .await
-                .map_err(db::internal)?;
+                .await?;
         Ok(rows
             .into_iter()
             .map(|r| to_managed_vm(r, now, &self.ssh_host))
@@ -349,7 +343,7 @@ impl ProvisioningBackend {
         tx: &mut Tx,
         actor: &Actor,
         filter: VmFilter,
-    ) -> Result<Page<ManagedVm>, AppError> {
+    ) -> Result<Page<ManagedVm>> {
         let page = filter.page.max(1);
         let now = self.now();
         let order = db::order_by(
@@ -370,7 +364,7 @@ impl ProvisioningBackend {
         } else {
             let tenants: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
             if tenants.is_empty() {
-                return Err(AppError::Forbidden);
+                return Err(AppError::Forbidden.into());
             }
             VmOwners::Tenants(tenants)
         };
@@ -406,8 +400,7 @@ impl ProvisioningBackend {
             page_args,
         )
         .fetch_all(&mut **tx)
-        .await
-        .map_err(db::internal)?;
+        .await?;
         let key = VmCountKey {
             owners,
             search: search.to_string(),
@@ -423,8 +416,7 @@ impl ProvisioningBackend {
                 let total: i64 =
                     sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
                         .fetch_one(&mut **tx)
-                        .await
-                        .map_err(db::internal)?;
+                        .await?;
                 self.vm_counts.insert(key, (generation, total)).await;
                 total
             }
