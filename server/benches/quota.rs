@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
                     };
                     barrier.wait().await;
                     let started = Instant::now();
-                    let mut tx = db::begin_raw(&pool, scope).await?;
+                    let mut tx = db::begin(&pool, scope).await?;
                     let id = Uuid::new_v4();
                     let insert_start = Instant::now();
                     sqlx::query(
@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
                     } else {
                         tx.rollback().await?;
                     }
-                    Ok::<_, sqlx::Error>((ok, insert, reserve, started.elapsed()))
+                    Ok::<_, concierge::platform::error::Error>((ok, insert, reserve, started.elapsed()))
                 })
             })
             .collect();

@@ -10,7 +10,7 @@ pub mod throttle;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Result};
+use crate::platform::error::{seam, Result};
 use app::account::{OneTimePassword, SessionInfo, TenantRole};
 use app::error::AppError;
 use app::seam::{Accounts, RequestCtx};
@@ -116,82 +116,85 @@ struct UserRow {
 impl Accounts for AccountsBackend {
     #[tracing::instrument(skip_all)]
     async fn login(&self, req: &RequestCtx, email: &str, password: &str) -> Result<(), AppError> {
-        let account = email.trim().to_lowercase();
-        let mut missing = Vec::new();
-        if account.is_empty() {
-            missing.push(app::error::FieldError {
-                field: "email".into(),
-                message: "Enter your e-mail address.".into(),
-            });
-        }
-        if password.is_empty() {
-            missing.push(app::error::FieldError {
-                field: "password".into(),
-                message: "Enter your password.".into(),
-            });
-        }
-        if !missing.is_empty() {
-            return Err(AppError::Invalid(missing));
-        }
-        if account.len() > 254 || password.len() > 4 * password::MAX_LEN {
-            return Err(AppError::LoginFailed);
-        }
-        let now = self.clock.now();
-        let verdict =
-            throttle::check(&self.pool, self.limits, &account, req.client_addr, now).await?;
-        if let throttle::Verdict::Slow(wait) = verdict {
-            tokio::time::sleep(wait).await;
-        }
-        let creds: Option<Credentials> = sqlx::query_as(
-            "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled FROM users WHERE lower(email) = $1",
-        )
-        .bind(&account)
-        .fetch_optional(&self.pool)
-        .await.map_err(internal)?;
-        let ok = self
-            .hasher
-            .verify(password, creds.as_ref().map(|c| c.password_hash.as_str()))
-            .await?;
-        let user = match creds {
-            Some(c) if ok && !c.disabled => c,
-            _ => {
-                throttle::record_failure(&self.pool, &account, req.client_addr, now).await?;
-                return Err(match verdict {
-                    throttle::Verdict::Go => AppError::LoginFailed,
-                    throttle::Verdict::Slow(_) => AppError::LoginSlowed,
+        seam(async move {
+            let account = email.trim().to_lowercase();
+            let mut missing = Vec::new();
+            if account.is_empty() {
+                missing.push(app::error::FieldError {
+                    field: "email".into(),
+                    message: "Enter your e-mail address.".into(),
                 });
             }
-        };
-        let session_id = sessions::start(
-            &self.pool,
-            &req.session,
-            user.id,
-            req.client_addr,
-            req.user_agent.as_deref(),
-            now,
-        )
-        .await?;
-        let mut tx = db::begin(
-            &self.pool,
-            Scope {
-                user: Some(user.id),
-                ..Scope::default()
-            },
-        )
-        .await?;
-        let origin = Origin {
-            actor_id: Some(user.id),
-            actor_email: Some(account),
-            client_addr: req.client_addr,
-        };
-        audit::record(
-            &mut tx,
-            &origin,
-            Event::new("session.login", "session", session_id),
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
+            if password.is_empty() {
+                missing.push(app::error::FieldError {
+                    field: "password".into(),
+                    message: "Enter your password.".into(),
+                });
+            }
+            if !missing.is_empty() {
+                return Err(AppError::Invalid(missing).into());
+            }
+            if account.len() > 254 || password.len() > 4 * password::MAX_LEN {
+                return Err(AppError::LoginFailed.into());
+            }
+            let now = self.clock.now();
+            let verdict =
+                throttle::check(&self.pool, self.limits, &account, req.client_addr, now).await?;
+            if let throttle::Verdict::Slow(wait) = verdict {
+                tokio::time::sleep(wait).await;
+            }
+            let creds: Option<Credentials> = sqlx::query_as(
+                "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled FROM users WHERE lower(email) = $1",
+            )
+            .bind(&account)
+            .fetch_optional(&self.pool)
+            .await?;
+            let ok = self
+                .hasher
+                .verify(password, creds.as_ref().map(|c| c.password_hash.as_str()))
+                .await?;
+            let user = match creds {
+                Some(c) if ok && !c.disabled => c,
+                _ => {
+                    throttle::record_failure(&self.pool, &account, req.client_addr, now).await?;
+                    return Err(match verdict {
+                        throttle::Verdict::Go => AppError::LoginFailed,
+                        throttle::Verdict::Slow(_) => AppError::LoginSlowed,
+                    }
+                    .into());
+                }
+            };
+            let session_id = sessions::start(
+                &self.pool,
+                &req.session,
+                user.id,
+                req.client_addr,
+                req.user_agent.as_deref(),
+                now,
+            )
+            .await?;
+            let mut tx = db::begin(
+                &self.pool,
+                Scope {
+                    user: Some(user.id),
+                    ..Scope::default()
+                },
+            )
+            .await?;
+            let origin = Origin {
+                actor_id: Some(user.id),
+                actor_email: Some(account),
+                client_addr: req.client_addr,
+            };
+            audit::record(
+                &mut tx,
+                &origin,
+                Event::new("session.login", "session", session_id),
+            )
+            .await?;
+            self.commit(tx).await?;
+            Ok(())
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -218,127 +221,131 @@ impl Accounts for AccountsBackend {
         new: &str,
         confirm: &str,
     ) -> Result<(), AppError> {
-        let actor = req.any_actor()?;
-        if current.is_empty() {
-            return Err(AppError::field(
-                "current_password",
-                "Enter your current password.",
-            ));
-        }
-        password::check_policy(new, &actor.email, "new_password")?;
-        if new != confirm {
-            return Err(AppError::field(
-                "confirm_password",
-                "The two new passwords differ.",
-            ));
-        }
-        if new == current {
-            return Err(AppError::field(
-                "new_password",
-                "Choose a password different from the current one.",
-            ));
-        }
-        let now = self.clock.now();
-        if let throttle::Verdict::Slow(wait) =
-            throttle::check(&self.pool, self.limits, &actor.email, req.client_addr, now).await?
-        {
-            tokio::time::sleep(wait).await;
-        }
-        let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-            .bind(actor.user_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(internal)?;
-        if !self.hasher.verify(current, Some(&hash)).await? {
-            throttle::record_failure(&self.pool, &actor.email, req.client_addr, now).await?;
-            return Err(AppError::field(
-                "current_password",
-                "That is not your current password.",
-            ));
-        }
-        let new_hash = self.hasher.hash(new).await?;
-        let mut tx = db::begin(
-            &self.pool,
-            Scope {
-                user: Some(actor.user_id),
-                ..Scope::default()
-            },
-        )
-        .await?;
-        sqlx::query("UPDATE users SET password_hash = $2, must_change_password = false, updated_at = now() WHERE id = $1")
-            .bind(actor.user_id)
-            .bind(new_hash)
-            .execute(&mut *tx)
-            .await.map_err(internal)?;
-        // A new password signs out every other device.
-        sqlx::query("DELETE FROM user_sessions WHERE user_id = $1 AND id <> $2")
-            .bind(actor.user_id)
-            .bind(actor.session_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("user.password_change", "user", actor.user_id),
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(sessions::rotate(&req.session).await?)
+        seam(async move {
+            let actor = req.any_actor()?;
+            if current.is_empty() {
+                return Err(AppError::field(
+                    "current_password",
+                    "Enter your current password.",
+                ).into());
+            }
+            password::check_policy(new, &actor.email, "new_password")?;
+            if new != confirm {
+                return Err(AppError::field(
+                    "confirm_password",
+                    "The two new passwords differ.",
+                ).into());
+            }
+            if new == current {
+                return Err(AppError::field(
+                    "new_password",
+                    "Choose a password different from the current one.",
+                ).into());
+            }
+            let now = self.clock.now();
+            if let throttle::Verdict::Slow(wait) =
+                throttle::check(&self.pool, self.limits, &actor.email, req.client_addr, now).await?
+            {
+                tokio::time::sleep(wait).await;
+            }
+            let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+                .bind(actor.user_id)
+                .fetch_one(&self.pool)
+                .await?;
+            if !self.hasher.verify(current, Some(&hash)).await? {
+                throttle::record_failure(&self.pool, &actor.email, req.client_addr, now).await?;
+                return Err(AppError::field(
+                    "current_password",
+                    "That is not your current password.",
+                ).into());
+            }
+            let new_hash = self.hasher.hash(new).await?;
+            let mut tx = db::begin(
+                &self.pool,
+                Scope {
+                    user: Some(actor.user_id),
+                    ..Scope::default()
+                },
+            )
+            .await?;
+            sqlx::query("UPDATE users SET password_hash = $2, must_change_password = false, updated_at = now() WHERE id = $1")
+                .bind(actor.user_id)
+                .bind(new_hash)
+                .execute(&mut *tx)
+                .await?;
+            // A new password signs out every other device.
+            sqlx::query("DELETE FROM user_sessions WHERE user_id = $1 AND id <> $2")
+                .bind(actor.user_id)
+                .bind(actor.session_id)
+                .execute(&mut *tx)
+                .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("user.password_change", "user", actor.user_id),
+            )
+            .await?;
+            self.commit(tx).await?;
+            sessions::rotate(&req.session).await
+    }).await
     }
 
     async fn sessions(&self, req: &RequestCtx) -> Result<Vec<SessionInfo>, AppError> {
-        let actor = req.actor()?;
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            id: Uuid,
-            created_at: time::OffsetDateTime,
-            last_seen_at: time::OffsetDateTime,
-            client_addr: Option<sqlx::types::ipnetwork::IpNetwork>,
-            user_agent: Option<String>,
-        }
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, created_at, last_seen_at, client_addr, user_agent FROM user_sessions
+        seam(async move {
+            let actor = req.actor()?;
+            #[derive(sqlx::FromRow)]
+            struct Row {
+                id: Uuid,
+                created_at: time::OffsetDateTime,
+                last_seen_at: time::OffsetDateTime,
+                client_addr: Option<sqlx::types::ipnetwork::IpNetwork>,
+                user_agent: Option<String>,
+            }
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT id, created_at, last_seen_at, client_addr, user_agent FROM user_sessions
              WHERE user_id = $1 ORDER BY last_seen_at DESC",
-        )
-        .bind(actor.user_id)
-        .fetch_all(&self.pool)
+            )
+            .bind(actor.user_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| SessionInfo {
+                    current: r.id == actor.session_id,
+                    id: r.id,
+                    created_at: r.created_at,
+                    last_seen_at: r.last_seen_at,
+                    client_addr: r.client_addr.map(|a| a.ip().to_string()),
+                    user_agent: r.user_agent,
+                })
+                .collect())
+        })
         .await
-        .map_err(internal)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SessionInfo {
-                current: r.id == actor.session_id,
-                id: r.id,
-                created_at: r.created_at,
-                last_seen_at: r.last_seen_at,
-                client_addr: r.client_addr.map(|a| a.ip().to_string()),
-                user_agent: r.user_agent,
-            })
-            .collect())
     }
 
     #[tracing::instrument(skip_all)]
     async fn end_session(&self, req: &RequestCtx, session_id: Uuid) -> Result<(), AppError> {
-        let actor = req.actor()?;
-        let mut tx = db::begin(&self.pool, Scope::default()).await?;
-        let ended = sqlx::query("DELETE FROM user_sessions WHERE id = $1 AND user_id = $2")
-            .bind(session_id)
-            .bind(actor.user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?
-            .rows_affected();
-        if ended == 0 {
-            return Err(AppError::NotFound("Session".into()));
-        }
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("session.end", "session", session_id),
-        )
-        .await?;
-        Ok(self.commit(tx).await?)
+        seam(async move {
+            let actor = req.actor()?;
+            let mut tx = db::begin(&self.pool, Scope::default()).await?;
+            let ended = sqlx::query("DELETE FROM user_sessions WHERE id = $1 AND user_id = $2")
+                .bind(session_id)
+                .bind(actor.user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if ended == 0 {
+                return Err(AppError::NotFound("Session".into()).into());
+            }
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("session.end", "session", session_id),
+            )
+            .await?;
+            self.commit(tx).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -348,49 +355,51 @@ impl Accounts for AccountsBackend {
         search: &str,
         page: u32,
     ) -> Result<Page<UserSummary>, AppError> {
-        req.fleet_admin()?;
-        if search.chars().count() > 254 {
-            return Err(AppError::field("q", "Search for at most 254 characters."));
-        }
-        let page = page.max(1);
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<UserRow> = sqlx::query_as(
-            "SELECT u.id, u.email, u.display_name, u.fleet_admin, u.disabled_at IS NOT NULL AS disabled,
-                    u.must_change_password, u.created_at,
-                    coalesce((SELECT jsonb_agg(jsonb_build_array(t.name, m.role) ORDER BY t.name)
-                              FROM memberships m JOIN tenants t ON t.id = m.tenant_id
-                              WHERE m.user_id = u.id), '[]'::jsonb) AS tenants,
-                    count(*) OVER () AS total
-             FROM users u
-             WHERE $1 = '' OR u.email ILIKE '%' || $1 || '%' OR u.display_name ILIKE '%' || $1 || '%'
-             ORDER BY lower(u.email)
-             LIMIT $2 OFFSET $3",
-        )
-        .bind(db::escape_like(search.trim()))
-        .bind(i64::from(USERS_PER_PAGE))
-        .bind(i64::from(USERS_PER_PAGE) * i64::from(page - 1))
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        let total = rows.first().map(|r| r.total).unwrap_or(0);
-        Ok(Page {
-            items: rows
-                .into_iter()
-                .map(|r| UserSummary {
-                    id: r.id,
-                    email: r.email,
-                    display_name: r.display_name,
-                    fleet_admin: r.fleet_admin,
-                    disabled: r.disabled,
-                    must_change_password: r.must_change_password,
-                    tenants: r.tenants.0,
-                    created_at: r.created_at,
-                })
-                .collect(),
-            page,
-            per_page: USERS_PER_PAGE,
-            total,
-        })
+        seam(async move {
+            req.fleet_admin()?;
+            if search.chars().count() > 254 {
+                return Err(AppError::field("q", "Search for at most 254 characters.").into());
+            }
+            let page = page.max(1);
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let rows: Vec<UserRow> = sqlx::query_as(
+                "SELECT u.id, u.email, u.display_name, u.fleet_admin, u.disabled_at IS NOT NULL AS disabled,
+                        u.must_change_password, u.created_at,
+                        coalesce((SELECT jsonb_agg(jsonb_build_array(t.name, m.role) ORDER BY t.name)
+                                  FROM memberships m JOIN tenants t ON t.id = m.tenant_id
+                                  WHERE m.user_id = u.id), '[]'::jsonb) AS tenants,
+                        count(*) OVER () AS total
+                 FROM users u
+                 WHERE $1 = '' OR u.email ILIKE '%' || $1 || '%' OR u.display_name ILIKE '%' || $1 || '%'
+                 ORDER BY lower(u.email)
+                 LIMIT $2 OFFSET $3",
+            )
+            .bind(db::escape_like(search.trim()))
+            .bind(i64::from(USERS_PER_PAGE))
+            .bind(i64::from(USERS_PER_PAGE) * i64::from(page - 1))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let total = rows.first().map(|r| r.total).unwrap_or(0);
+            Ok(Page {
+                items: rows
+                    .into_iter()
+                    .map(|r| UserSummary {
+                        id: r.id,
+                        email: r.email,
+                        display_name: r.display_name,
+                        fleet_admin: r.fleet_admin,
+                        disabled: r.disabled,
+                        must_change_password: r.must_change_password,
+                        tenants: r.tenants.0,
+                        created_at: r.created_at,
+                    })
+                    .collect(),
+                page,
+                per_page: USERS_PER_PAGE,
+                total,
+            })
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -431,33 +440,35 @@ impl Accounts for AccountsBackend {
         user_id: Uuid,
         fleet_admin: bool,
     ) -> Result<(), AppError> {
-        let actor = req.fleet_admin()?;
-        if actor.user_id == user_id {
-            return Err(AppError::Conflict(
-                "You cannot change your own fleet-admin rights.".into(),
-            ));
-        }
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        if !self.user_exists(&mut tx, user_id).await? {
-            return Err(AppError::NotFound("User".into()));
-        }
-        let before: bool = sqlx::query_scalar("UPDATE users u SET fleet_admin = $2, updated_at = now() FROM users old
-                                               WHERE u.id = $1 AND old.id = u.id RETURNING old.fleet_admin")
-            .bind(user_id)
-            .bind(fleet_admin)
-            .fetch_one(&mut *tx)
-            .await.map_err(internal)?;
-        // New privileges take a new sign-in (and so a new session id).
-        sessions::end_all_for(&mut tx, user_id).await?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("user.fleet_admin", "user", user_id)
-                .before(json!({ "fleet_admin": before }))
-                .after(json!({ "fleet_admin": fleet_admin })),
-        )
-        .await?;
-        Ok(self.commit(tx).await?)
+        seam(async move {
+            let actor = req.fleet_admin()?;
+            if actor.user_id == user_id {
+                return Err(AppError::Conflict(
+                    "You cannot change your own fleet-admin rights.".into(),
+                ).into());
+            }
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            if !self.user_exists(&mut tx, user_id).await? {
+                return Err(AppError::NotFound("User".into()).into());
+            }
+            let before: bool = sqlx::query_scalar("UPDATE users u SET fleet_admin = $2, updated_at = now() FROM users old
+                                                   WHERE u.id = $1 AND old.id = u.id RETURNING old.fleet_admin")
+                .bind(user_id)
+                .bind(fleet_admin)
+                .fetch_one(&mut *tx)
+                .await?;
+            // New privileges take a new sign-in (and so a new session id).
+            sessions::end_all_for(&mut tx, user_id).await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("user.fleet_admin", "user", user_id)
+                    .before(json!({ "fleet_admin": before }))
+                    .after(json!({ "fleet_admin": fleet_admin })),
+            )
+            .await?;
+            self.commit(tx).await
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -467,47 +478,48 @@ impl Accounts for AccountsBackend {
         user_id: Uuid,
         disabled: bool,
     ) -> Result<(), AppError> {
-        let actor = req.fleet_admin()?;
-        if actor.user_id == user_id {
-            return Err(AppError::Conflict(
-                "You cannot disable your own account.".into(),
-            ));
-        }
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        if !self.user_exists(&mut tx, user_id).await? {
-            return Err(AppError::NotFound("User".into()));
-        }
-        let was: bool =
-            sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM users WHERE id = $1")
+        seam(async move {
+            let actor = req.fleet_admin()?;
+            if actor.user_id == user_id {
+                return Err(AppError::Conflict(
+                    "You cannot disable your own account.".into(),
+                ).into());
+            }
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            if !self.user_exists(&mut tx, user_id).await? {
+                return Err(AppError::NotFound("User".into()).into());
+            }
+            let was: bool =
+                sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM users WHERE id = $1")
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END, updated_at = now() WHERE id = $1")
                 .bind(user_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(internal)?;
-        sqlx::query("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END, updated_at = now() WHERE id = $1")
-            .bind(user_id)
-            .bind(disabled)
-            .execute(&mut *tx)
-            .await.map_err(internal)?;
-        if disabled {
-            sessions::end_all_for(&mut tx, user_id).await?;
-        }
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new(
-                if disabled {
-                    "user.disable"
-                } else {
-                    "user.enable"
-                },
-                "user",
-                user_id,
+                .bind(disabled)
+                .execute(&mut *tx)
+                .await?;
+            if disabled {
+                sessions::end_all_for(&mut tx, user_id).await?;
+            }
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new(
+                    if disabled {
+                        "user.disable"
+                    } else {
+                        "user.enable"
+                    },
+                    "user",
+                    user_id,
+                )
+                .before(json!({ "disabled": was }))
+                .after(json!({ "disabled": disabled })),
             )
-            .before(json!({ "disabled": was }))
-            .after(json!({ "disabled": disabled })),
-        )
-        .await?;
-        Ok(self.commit(tx).await?)
+            .await?;
+            self.commit(tx).await
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -516,37 +528,40 @@ impl Accounts for AccountsBackend {
         req: &RequestCtx,
         user_id: Uuid,
     ) -> Result<OneTimePassword, AppError> {
-        let actor = req.fleet_admin()?;
-        if actor.user_id == user_id {
-            return Err(AppError::Conflict(
-                "Change your own password on your account page.".into(),
-            ));
-        }
-        let password = password::one_time();
-        let hash = self.hasher.hash(&password).await?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let email: Option<String> = sqlx::query_scalar(
+        seam(async move {
+            let actor = req.fleet_admin()?;
+            if actor.user_id == user_id {
+                return Err(AppError::Conflict(
+                    "Change your own password on your account page.".into(),
+                )
+                .into());
+            }
+            let password = password::one_time();
+            let hash = self.hasher.hash(&password).await?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let email: Option<String> = sqlx::query_scalar(
             "UPDATE users SET password_hash = $2, must_change_password = true, updated_at = now()
              WHERE id = $1 RETURNING email",
         )
         .bind(user_id)
         .bind(hash)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(internal)?;
-        let email = email.ok_or_else(|| AppError::NotFound("User".into()))?;
-        sessions::end_all_for(&mut tx, user_id).await?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("user.password_reset", "user", user_id),
-        )
         .await?;
-        self.commit(tx).await?;
-        Ok(OneTimePassword {
-            user_id,
-            email,
-            password,
+            let email = email.ok_or_else(|| AppError::NotFound("User".into()))?;
+            sessions::end_all_for(&mut tx, user_id).await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("user.password_reset", "user", user_id),
+            )
+            .await?;
+            self.commit(tx).await?;
+            Ok(OneTimePassword {
+                user_id,
+                email,
+                password,
+            })
         })
+        .await
     }
 }

@@ -2,7 +2,7 @@
 //! module creates at sign-in, resolves to an actor on every request, and ends.
 use crate::platform::clock::Clock;
 use crate::platform::db;
-use crate::platform::error::{Error, Result};
+use crate::platform::error::Result;
 use app::account::{Actor, Membership};
 use app::error::AppError;
 use sqlx::PgPool;
@@ -99,7 +99,7 @@ pub async fn start(
 
 /// Gives the current session a new id (after a privilege change such as a new password).
 pub async fn rotate(session: &Session) -> Result<()> {
-    session.cycle_id().await.map_err(Error::from)
+    Ok(session.cycle_id().await?)
 }
 
 /// Ends the session in the database and clears the cookie's record.

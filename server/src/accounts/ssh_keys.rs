@@ -3,7 +3,7 @@
 //! fingerprinted as `ssh-keygen -l` does.
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Result};
+use crate::platform::error::{seam, Result};
 use app::account::SshKey;
 use app::error::AppError;
 use app::seam::{RequestCtx, SshKeys};
@@ -136,7 +136,7 @@ fn own(user: Uuid) -> Scope {
 }
 
 /// The authorized_keys lines of one user (for a VM's user-data), oldest first.
-pub async fn lines_of(tx: &mut db::Tx, user: Uuid) -> Result<Vec<String>, sqlx::Error> {
+pub async fn lines_of(tx: &mut db::Tx, user: Uuid) -> Result<Vec<String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT public_key, comment FROM ssh_keys WHERE user_id = $1 ORDER BY created_at, id",
     )
@@ -152,97 +152,98 @@ pub async fn lines_of(tx: &mut db::Tx, user: Uuid) -> Result<Vec<String>, sqlx::
 #[async_trait]
 impl SshKeys for SshKeysBackend {
     async fn list(&self, req: &RequestCtx) -> Result<Vec<SshKey>, AppError> {
-        let actor = req.actor()?;
-        let mut tx = db::begin(&self.pool, own(actor.user_id)).await?;
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, algorithm, comment, fingerprint, created_at FROM ssh_keys
+        seam(async move {
+            let actor = req.actor()?;
+            let mut tx = db::begin(&self.pool, own(actor.user_id)).await?;
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT id, algorithm, comment, fingerprint, created_at FROM ssh_keys
              WHERE user_id = $1 ORDER BY created_at, id",
-        )
-        .bind(actor.user_id)
-        .fetch_all(&mut *tx)
+            )
+            .bind(actor.user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            db::done(tx);
+            Ok(rows.into_iter().map(SshKey::from).collect())
+        })
         .await
-        .map_err(internal)?;
-        db::done(tx);
-        Ok(rows.into_iter().map(SshKey::from).collect())
     }
 
     async fn add(&self, req: &RequestCtx, key: &str) -> Result<SshKey, AppError> {
-        let actor = req.actor()?;
-        let key = AuthorizedKey::parse(key, "key")?;
-        let mut tx = db::begin(&self.pool, own(actor.user_id)).await?;
-        // Serialises two adds of one user, so the limit holds.
-        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-            .bind(actor.user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ssh_keys WHERE user_id = $1")
-            .bind(actor.user_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(internal)?;
-        if count >= MAX_KEYS {
-            return Err(AppError::field(
-                "key",
-                format!("An account keeps at most {MAX_KEYS} keys: remove one first."),
-            ));
-        }
-        let row: Row = sqlx::query_as(
-            "INSERT INTO ssh_keys (user_id, algorithm, public_key, comment, fingerprint)
+        seam(async move {
+            let actor = req.actor()?;
+            let key = AuthorizedKey::parse(key, "key")?;
+            let mut tx = db::begin(&self.pool, own(actor.user_id)).await?;
+            // Serialises two adds of one user, so the limit holds.
+            sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+                .bind(actor.user_id)
+                .execute(&mut *tx)
+                .await?;
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ssh_keys WHERE user_id = $1")
+                .bind(actor.user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if count >= MAX_KEYS {
+                return Err(AppError::field(
+                    "key",
+                    format!("An account keeps at most {MAX_KEYS} keys: remove one first."),
+                )
+                .into());
+            }
+            let row: Row = sqlx::query_as(
+                "INSERT INTO ssh_keys (user_id, algorithm, public_key, comment, fingerprint)
              VALUES ($1, $2, $3, $4, $5)
              RETURNING id, algorithm, comment, fingerprint, created_at",
-        )
-        .bind(actor.user_id)
-        .bind(&key.algorithm)
-        .bind(&key.public_key)
-        .bind(&key.comment)
-        .bind(&key.fingerprint)
-        .fetch_one(&mut *tx)
+            )
+            .bind(actor.user_id)
+            .bind(&key.algorithm)
+            .bind(&key.public_key)
+            .bind(&key.comment)
+            .bind(&key.fingerprint)
+            .fetch_one(&mut *tx)
+            .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("ssh_key.add", "ssh_key", row.id).after(json!({
+                    "user": actor.user_id,
+                    "algorithm": key.algorithm,
+                    "fingerprint": key.fingerprint,
+                    "comment": key.comment,
+                })),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(row.into())
+        })
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.constraint() == Some("ssh_keys_fingerprint_key") => {
-                AppError::field("key", "That key is already on your account.")
-            }
-            _ => internal(e),
-        })?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("ssh_key.add", "ssh_key", row.id).after(json!({
-                "user": actor.user_id,
-                "algorithm": key.algorithm,
-                "fingerprint": key.fingerprint,
-                "comment": key.comment,
-            })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(row.into())
     }
 
     async fn remove(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError> {
-        let actor = req.actor()?;
-        let mut tx = db::begin(&self.pool, own(actor.user_id)).await?;
-        let gone: Option<(String, String)> = sqlx::query_as(
+        seam(async move {
+            let actor = req.actor()?;
+            let mut tx = db::begin(&self.pool, own(actor.user_id)).await?;
+            let gone: Option<(String, String)> = sqlx::query_as(
             "DELETE FROM ssh_keys WHERE id = $1 AND user_id = $2 RETURNING fingerprint, algorithm",
         )
         .bind(id)
         .bind(actor.user_id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(internal)?;
-        let (fingerprint, algorithm) = gone.ok_or_else(|| AppError::NotFound("SSH key".into()))?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("ssh_key.remove", "ssh_key", id).before(json!({
-                "user": actor.user_id,
-                "algorithm": algorithm,
-                "fingerprint": fingerprint,
-            })),
-        )
         .await?;
-        tx.commit().await.map_err(internal)
+            let (fingerprint, algorithm) =
+                gone.ok_or_else(|| AppError::NotFound("SSH key".into()))?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("ssh_key.remove", "ssh_key", id).before(json!({
+                    "user": actor.user_id,
+                    "algorithm": algorithm,
+                    "fingerprint": fingerprint,
+                })),
+            )
+            .await?;
+            Ok(tx.commit().await?)
+        })
+        .await
     }
 }
 

@@ -2,7 +2,7 @@
 use crate::accounts::AccountsBackend;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Result};
+use crate::platform::error::{seam, Result};
 use app::account::TenantRole;
 use app::error::AppError;
 use app::seam::{RequestCtx, Tenants};
@@ -122,71 +122,81 @@ impl TenantsBackend {
 impl Tenants for TenantsBackend {
     #[tracing::instrument(skip_all)]
     async fn list(&self, req: &RequestCtx) -> Result<Vec<TenantSummary>, AppError> {
-        req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<TenantRow> = sqlx::query_as(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY lower(t.name)"
-        ))
-        .fetch_all(&mut *tx)
+        seam(async move {
+            req.fleet_admin()?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+                "SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY lower(t.name)"
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(rows.into_iter().map(Into::into).collect())
+        })
         .await
-        .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn get(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<TenantSummary, AppError> {
-        let actor = require_admin_of(req, tenant_id)?;
-        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
-        let t = self.fetch(&mut tx, tenant_id).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(t)
+        seam(async move {
+            let actor = require_admin_of(req, tenant_id)?;
+            let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+            let t = self.fetch(&mut tx, tenant_id).await?;
+            tx.commit().await?;
+            Ok(t)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn create(&self, req: &RequestCtx, name: &str) -> Result<TenantSummary, AppError> {
-        req.fleet_admin()?;
-        let name = TenantName::parse(name)?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let id: Uuid = sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
-            .bind(&name.0)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("tenant.create", "tenant", id)
-                .tenant(id)
-                .after(json!({ "name": name.0 })),
-        )
-        .await?;
-        let t = self.fetch(&mut tx, id).await?;
-        self.accounts.commit(tx).await?;
-        Ok(t)
+        seam(async move {
+            req.fleet_admin()?;
+            let name = TenantName::parse(name)?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let id: Uuid =
+                sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
+                    .bind(&name.0)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("tenant.create", "tenant", id)
+                    .tenant(id)
+                    .after(json!({ "name": name.0 })),
+            )
+            .await?;
+            let t = self.fetch(&mut tx, id).await?;
+            self.accounts.commit(tx).await?;
+            Ok(t)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn rename(&self, req: &RequestCtx, tenant_id: Uuid, name: &str) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let name = TenantName::parse(name)?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let before = self.fetch(&mut tx, tenant_id).await?;
-        sqlx::query("UPDATE tenants SET name = $2 WHERE id = $1")
-            .bind(tenant_id)
-            .bind(&name.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("tenant.rename", "tenant", tenant_id)
-                .tenant(tenant_id)
-                .before(json!({ "name": before.name }))
-                .after(json!({ "name": name.0 })),
-        )
-        .await?;
-        Ok(self.accounts.commit(tx).await?)
+        seam(async move {
+            req.fleet_admin()?;
+            let name = TenantName::parse(name)?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let before = self.fetch(&mut tx, tenant_id).await?;
+            sqlx::query("UPDATE tenants SET name = $2 WHERE id = $1")
+                .bind(tenant_id)
+                .bind(&name.0)
+                .execute(&mut *tx)
+                .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("tenant.rename", "tenant", tenant_id)
+                    .tenant(tenant_id)
+                    .before(json!({ "name": before.name }))
+                    .after(json!({ "name": name.0 })),
+            )
+            .await?;
+            self.accounts.commit(tx).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -196,66 +206,70 @@ impl Tenants for TenantsBackend {
         tenant_id: Uuid,
         suspended: bool,
     ) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let before = self.fetch(&mut tx, tenant_id).await?;
-        sqlx::query("UPDATE tenants SET suspended_at = CASE WHEN $2 THEN coalesce(suspended_at, now()) END WHERE id = $1")
-            .bind(tenant_id)
-            .bind(suspended)
-            .execute(&mut *tx)
-            .await.map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new(
-                if suspended {
-                    "tenant.suspend"
-                } else {
-                    "tenant.reactivate"
-                },
-                "tenant",
-                tenant_id,
+        seam(async move {
+            req.fleet_admin()?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let before = self.fetch(&mut tx, tenant_id).await?;
+            sqlx::query("UPDATE tenants SET suspended_at = CASE WHEN $2 THEN coalesce(suspended_at, now()) END WHERE id = $1")
+                .bind(tenant_id)
+                .bind(suspended)
+                .execute(&mut *tx)
+                .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new(
+                    if suspended {
+                        "tenant.suspend"
+                    } else {
+                        "tenant.reactivate"
+                    },
+                    "tenant",
+                    tenant_id,
+                )
+                .tenant(tenant_id)
+                .before(json!({ "suspended": before.suspended }))
+                .after(json!({ "suspended": suspended })),
             )
-            .tenant(tenant_id)
-            .before(json!({ "suspended": before.suspended }))
-            .after(json!({ "suspended": suspended })),
-        )
-        .await?;
-        Ok(self.accounts.commit(tx).await?)
+            .await?;
+            self.accounts.commit(tx).await
+    }).await
     }
 
     async fn members(&self, req: &RequestCtx, tenant_id: Uuid) -> Result<Vec<Member>, AppError> {
-        require_admin_of(req, tenant_id)?;
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            user_id: Uuid,
-            email: String,
-            display_name: String,
-            role: String,
-            disabled: bool,
-        }
-        // Tenant scope only (no fleet bypass): row-level security keeps this to one tenant.
-        let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT m.user_id, u.email, u.display_name, m.role::text AS role, u.disabled_at IS NOT NULL AS disabled
-             FROM memberships m JOIN users u ON u.id = m.user_id
-             WHERE m.tenant_id = $1 ORDER BY lower(u.display_name), lower(u.email)",
-        )
-        .bind(tenant_id)
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Member {
-                    user_id: r.user_id,
-                    email: r.email,
-                    display_name: r.display_name,
-                    role: TenantRole::parse(&r.role)?,
-                    disabled: r.disabled,
+        seam(async move {
+            require_admin_of(req, tenant_id)?;
+            #[derive(sqlx::FromRow)]
+            struct Row {
+                user_id: Uuid,
+                email: String,
+                display_name: String,
+                role: String,
+                disabled: bool,
+            }
+            // Tenant scope only (no fleet bypass): row-level security keeps this to one tenant.
+            let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT m.user_id, u.email, u.display_name, m.role::text AS role, u.disabled_at IS NOT NULL AS disabled
+                 FROM memberships m JOIN users u ON u.id = m.user_id
+                 WHERE m.tenant_id = $1 ORDER BY lower(u.display_name), lower(u.email)",
+            )
+            .bind(tenant_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(Member {
+                        user_id: r.user_id,
+                        email: r.email,
+                        display_name: r.display_name,
+                        role: TenantRole::parse(&r.role)?,
+                        disabled: r.disabled,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -266,37 +280,40 @@ impl Tenants for TenantsBackend {
         user_id: Uuid,
         role: &str,
     ) -> Result<(), AppError> {
-        let actor = require_admin_of(req, tenant_id)?;
-        let role = TenantRole::parse(role)?;
-        if actor.user_id == user_id && !actor.fleet_admin && role != TenantRole::TenantAdmin {
-            return Err(AppError::Conflict(
-                "You cannot remove your own admin role; ask another admin.".into(),
-            ));
-        }
-        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
-        let before = self
-            .member_role(&mut tx, tenant_id, user_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("Member".into()))?;
-        sqlx::query(
+        seam(async move {
+            let actor = require_admin_of(req, tenant_id)?;
+            let role = TenantRole::parse(role)?;
+            if actor.user_id == user_id && !actor.fleet_admin && role != TenantRole::TenantAdmin {
+                return Err(AppError::Conflict(
+                    "You cannot remove your own admin role; ask another admin.".into(),
+                )
+                .into());
+            }
+            let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+            let before = self
+                .member_role(&mut tx, tenant_id, user_id)
+                .await?
+                .ok_or_else(|| AppError::NotFound("Member".into()))?;
+            sqlx::query(
             "UPDATE memberships SET role = $3::tenant_role WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(tenant_id)
         .bind(user_id)
         .bind(role.as_str())
         .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("member.role", "user", user_id)
-                .tenant(tenant_id)
-                .before(json!({ "role": before.as_str() }))
-                .after(json!({ "role": role.as_str() })),
-        )
         .await?;
-        Ok(self.accounts.commit(tx).await?)
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("member.role", "user", user_id)
+                    .tenant(tenant_id)
+                    .before(json!({ "role": before.as_str() }))
+                    .after(json!({ "role": role.as_str() })),
+            )
+            .await?;
+            self.accounts.commit(tx).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -306,33 +323,36 @@ impl Tenants for TenantsBackend {
         tenant_id: Uuid,
         user_id: Uuid,
     ) -> Result<(), AppError> {
-        let actor = require_admin_of(req, tenant_id)?;
-        if actor.user_id == user_id && !actor.fleet_admin {
-            return Err(AppError::Conflict(
-                "You cannot remove yourself; ask another admin.".into(),
-            ));
-        }
-        let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
-        let before = self
-            .member_role(&mut tx, tenant_id, user_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("Member".into()))?;
-        sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
-            .bind(tenant_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        // Their sessions stay: they may belong to other tenants. Access to this one ends with
-        // the commit, which retires every cached actor; open live streams re-check theirs.
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("member.remove", "user", user_id)
-                .tenant(tenant_id)
-                .before(json!({ "role": before.as_str() })),
-        )
-        .await?;
-        Ok(self.accounts.commit(tx).await?)
+        seam(async move {
+            let actor = require_admin_of(req, tenant_id)?;
+            if actor.user_id == user_id && !actor.fleet_admin {
+                return Err(AppError::Conflict(
+                    "You cannot remove yourself; ask another admin.".into(),
+                )
+                .into());
+            }
+            let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
+            let before = self
+                .member_role(&mut tx, tenant_id, user_id)
+                .await?
+                .ok_or_else(|| AppError::NotFound("Member".into()))?;
+            sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant_id)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            // Their sessions stay: they may belong to other tenants. Access to this one ends with
+            // the commit, which retires every cached actor; open live streams re-check theirs.
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("member.remove", "user", user_id)
+                    .tenant(tenant_id)
+                    .before(json!({ "role": before.as_str() })),
+            )
+            .await?;
+            self.accounts.commit(tx).await
+        })
+        .await
     }
 }

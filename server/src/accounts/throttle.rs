@@ -3,7 +3,7 @@
 //! the account alone, sign-ins are slowed down, never refused. Old failures age out.
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{Error, Result};
+use crate::platform::error::Result;
 use app::error::AppError;
 use serde_json::json;
 use sqlx::types::ipnetwork::IpNetwork;
@@ -118,7 +118,7 @@ async fn audited(
         event = event.after(json!({ "failures_in_last_hour": failures }));
     }
     audit::record(&mut tx, &origin, event).await?;
-    tx.commit().await.map_err(Error::from)
+    Ok(tx.commit().await?)
 }
 
 /// Drops failures older than the window (run periodically).

@@ -6,7 +6,7 @@ use crate::catalog::{parse_login_user, parse_text};
 use crate::hypervisor::{image, storage, Hypervisors};
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Error, Result};
+use crate::platform::error::{seam, Error, Result};
 use crate::platform::jobs::{self, Job, JobKind, Outcome, Queue};
 use app::error::AppError;
 use app::images::{
@@ -459,35 +459,37 @@ impl ImagesBackend {
 #[async_trait]
 impl Images for ImagesBackend {
     async fn images(&self, req: &RequestCtx) -> Result<Vec<Image>, AppError> {
-        req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<ImageRow> = sqlx::query_as(
-            "SELECT i.id, i.name, i.format, i.size_bytes, i.virtual_size_bytes, i.sha256, i.login_user, i.created_at,
-                    coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                'host_id', c.host_id, 'host_name', h.name, 'pool', c.pool, 'volume', c.volume,
-                                'kernel', c.kernel, 'initrd', c.initrd, 'state', c.state,
-                                'bytes_done', c.bytes_done, 'bytes_total', c.bytes_total, 'error', c.error) ORDER BY h.name)
-                              FROM image_copies c JOIN hosts h ON h.id = c.host_id WHERE c.image_id = i.id), '[]') AS copies,
-                    coalesce((SELECT array_agg(t.name ORDER BY t.name) FROM templates t WHERE t.image_id = i.id), '{}') AS templates
-             FROM images i ORDER BY lower(i.name)",
-        )
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Image {
-                id: r.id,
-                name: r.name,
-                format: r.format,
-                size_bytes: r.size_bytes,
-                virtual_size_bytes: r.virtual_size_bytes,
-                sha256: r.sha256,
-                login_user: r.login_user,
-                created_at: r.created_at,
-                copies: serde_json::from_value::<Vec<ImageCopy>>(r.copies).unwrap_or_default(),
-                templates: r.templates,
-            })
-            .collect())
+        seam(async move {
+            req.fleet_admin()?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let rows: Vec<ImageRow> = sqlx::query_as(
+                "SELECT i.id, i.name, i.format, i.size_bytes, i.virtual_size_bytes, i.sha256, i.login_user, i.created_at,
+                        coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                    'host_id', c.host_id, 'host_name', h.name, 'pool', c.pool, 'volume', c.volume,
+                                    'kernel', c.kernel, 'initrd', c.initrd, 'state', c.state,
+                                    'bytes_done', c.bytes_done, 'bytes_total', c.bytes_total, 'error', c.error) ORDER BY h.name)
+                                  FROM image_copies c JOIN hosts h ON h.id = c.host_id WHERE c.image_id = i.id), '[]') AS copies,
+                        coalesce((SELECT array_agg(t.name ORDER BY t.name) FROM templates t WHERE t.image_id = i.id), '{}') AS templates
+                 FROM images i ORDER BY lower(i.name)",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| Image {
+                    id: r.id,
+                    name: r.name,
+                    format: r.format,
+                    size_bytes: r.size_bytes,
+                    virtual_size_bytes: r.virtual_size_bytes,
+                    sha256: r.sha256,
+                    login_user: r.login_user,
+                    created_at: r.created_at,
+                    copies: serde_json::from_value::<Vec<ImageCopy>>(r.copies).unwrap_or_default(),
+                    templates: r.templates,
+                })
+                .collect())
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -509,119 +511,120 @@ impl Images for ImagesBackend {
         req: &RequestCtx,
         form: UploadForm,
     ) -> Result<UploadTarget, AppError> {
-        req.fleet_admin()?;
-        let name = parse_text(&form.name, "name", 80, true);
-        let host = form
-            .host
-            .ok_or_else(|| AppError::field("host", "Choose the host to upload to."));
-        let pool = storage::parse_name(&form.pool, "pool");
-        // The volume is named after the file, made safe ("My disk (1).qcow2" → "My-disk--1-.qcow2").
-        let safe: String = form
-            .file_name
-            .trim()
-            .trim_start_matches('.')
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let safe = match safe.char_indices().nth(64) {
-            // Keep the end, where the extension is.
-            Some(_) => safe[safe.len() - 64..].to_string(),
-            None => safe,
-        };
-        let volume = storage::parse_name(&safe, "file");
-        let size = form
-            .size
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|s| (512..=MAX_UPLOAD_BYTES).contains(s))
-            .ok_or_else(|| {
-                AppError::field("file", "Choose an image file from 512 bytes to 256 GiB.")
-            });
-        let login_user = parse_login_user(&form.login_user, "login_user");
-        let (name, host, pool, volume, size, login_user) =
-            match (name, host, pool, volume, size, login_user) {
-                (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
-                (a, b, c, d, e, f) => {
-                    return Err(AppError::merge([
-                        a.err(),
-                        b.err(),
-                        c.err(),
-                        d.err(),
-                        e.err(),
-                        f.err(),
-                    ]))
-                }
+        seam(async move {
+            req.fleet_admin()?;
+            let name = parse_text(&form.name, "name", 80, true);
+            let host = form
+                .host
+                .ok_or_else(|| AppError::field("host", "Choose the host to upload to."));
+            let pool = storage::parse_name(&form.pool, "pool");
+            // The volume is named after the file, made safe ("My disk (1).qcow2" → "My-disk--1-.qcow2").
+            let safe: String = form
+                .file_name
+                .trim()
+                .trim_start_matches('.')
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            let safe = match safe.char_indices().nth(64) {
+                // Keep the end, where the extension is.
+                Some(_) => safe[safe.len() - 64..].to_string(),
+                None => safe,
             };
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        // Format and facts are placeholders until the bytes are read back at the finish;
-        // placement never sees an image without a ready copy.
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO images (name, format, login_user) VALUES ($1, 'raw', $2) RETURNING id",
-        )
-        .bind(&name)
-        .bind(&login_user)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(internal)?;
-        sqlx::query(
-            "INSERT INTO image_copies (image_id, host_id, pool, volume, state, bytes_done, bytes_total)
-             VALUES ($1, $2, $3, $4, 'uploading', 0, $5)",
-        )
-        .bind(id)
-        .bind(host)
-        .bind(&pool)
-        .bind(&volume)
-        .bind(size as i64)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        // The empty volume, sized for the whole file, before the row commits: a failure here
-        // leaves nothing behind.
-        let (p, v) = (pool.clone(), volume.clone());
-        self.hypervisors
-            .call(host, move |conn| {
-                let sp = match pool_named(conn, &p) {
-                    Ok(sp) => sp,
-                    Err(e) => return Ok(Err(e)),
+            let volume = storage::parse_name(&safe, "file");
+            let size = form
+                .size
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (512..=MAX_UPLOAD_BYTES).contains(s))
+                .ok_or_else(|| {
+                    AppError::field("file", "Choose an image file from 512 bytes to 256 GiB.")
+                });
+            let login_user = parse_login_user(&form.login_user, "login_user");
+            let (name, host, pool, volume, size, login_user) =
+                match (name, host, pool, volume, size, login_user) {
+                    (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
+                    (a, b, c, d, e, f) => {
+                        return Err(AppError::merge([
+                            a.err(),
+                            b.err(),
+                            c.err(),
+                            d.err(),
+                            e.err(),
+                            f.err(),
+                        ]).into())
+                    }
                 };
-                if sp.lookup_storage_vol_by_name(&v).is_ok() {
-                    return Ok(Err(AppError::field(
-                        "file",
-                        "The pool already holds a volume of that name: rename the file, or register that volume instead.",
-                    )));
-                }
-                if sp.info()?.available < size {
-                    return Ok(Err(AppError::field(
-                        "file",
-                        "The pool does not have that much free space.",
-                    )));
-                }
-                storage::create_volume(conn, &p, &v, size, storage::Format::Raw)?;
-                Ok(Ok(()))
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            // Format and facts are placeholders until the bytes are read back at the finish;
+            // placement never sees an image without a ready copy.
+            let id: Uuid = sqlx::query_scalar(
+                "INSERT INTO images (name, format, login_user) VALUES ($1, 'raw', $2) RETURNING id",
+            )
+            .bind(&name)
+            .bind(&login_user)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO image_copies (image_id, host_id, pool, volume, state, bytes_done, bytes_total)
+                 VALUES ($1, $2, $3, $4, 'uploading', 0, $5)",
+            )
+            .bind(id)
+            .bind(host)
+            .bind(&pool)
+            .bind(&volume)
+            .bind(size as i64)
+            .execute(&mut *tx)
+            .await?;
+            // The empty volume, sized for the whole file, before the row commits: a failure here
+            // leaves nothing behind.
+            let (p, v) = (pool.clone(), volume.clone());
+            self.hypervisors
+                .call(host, move |conn| {
+                    let sp = match pool_named(conn, &p) {
+                        Ok(sp) => sp,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if sp.lookup_storage_vol_by_name(&v).is_ok() {
+                        return Ok(Err(AppError::field(
+                            "file",
+                            "The pool already holds a volume of that name: rename the file, or register that volume instead.",
+                        )));
+                    }
+                    if sp.info()?.available < size {
+                        return Ok(Err(AppError::field(
+                            "file",
+                            "The pool does not have that much free space.",
+                        )));
+                    }
+                    storage::create_volume(conn, &p, &v, size, storage::Format::Raw)?;
+                    Ok(Ok(()))
+                })
+                .await
+                .map_err(|e| AppError::field("host", format!("The host cannot take it: {e}")))??;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("image.upload.start", "image", id).after(json!({
+                    "name": name, "host": host, "pool": pool, "volume": volume, "bytes": size,
+                })),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(UploadTarget {
+                image_id: id,
+                host_id: host,
+                offset: 0,
+                total: size as i64,
             })
-            .await
-            .map_err(|e| AppError::field("host", format!("The host cannot take it: {e}")))??;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("image.upload.start", "image", id).after(json!({
-                "name": name, "host": host, "pool": pool, "volume": volume, "bytes": size,
-            })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(UploadTarget {
-            image_id: id,
-            host_id: host,
-            offset: 0,
-            total: size as i64,
-        })
+    }).await
     }
 
     async fn resume_upload(
@@ -653,76 +656,77 @@ impl Images for ImagesBackend {
         offset: i64,
         bytes: Vec<u8>,
     ) -> Result<i64, AppError> {
-        req.fleet_admin()?;
-        if bytes.is_empty() || bytes.len() as u64 > UPLOAD_CHUNK_BYTES {
-            return Err(AppError::field(
-                "file",
-                format!("Send the file in chunks of 1 byte to {UPLOAD_CHUNK_BYTES} bytes."),
-            ));
-        }
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        // The row lock orders chunks: one writes at a time, each where the last ended.
-        let copy: CopyRow = sqlx::query_as(&format!("{COPY_SELECT} FOR UPDATE"))
-            .bind(image)
-            .bind(host)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| AppError::NotFound("Image upload".into()))?;
-        if copy.state != "uploading" {
-            return Err(AppError::Conflict(
-                "This copy is not being uploaded.".into(),
-            ));
-        }
-        if offset != copy.bytes_done {
-            return Err(AppError::Conflict(format!(
-                "The upload stands at byte {}: resume from there.",
-                copy.bytes_done
-            )));
-        }
-        let end = offset + bytes.len() as i64;
-        if end > copy.bytes_total.unwrap_or_default() {
-            return Err(AppError::field(
-                "file",
-                "That is more than the file's announced size.",
-            ));
-        }
-        let (pool, volume) = (copy.pool.clone(), copy.volume.clone());
-        self.hypervisors
-            .call(host, move |conn| {
-                let vol = conn
-                    .lookup_storage_pool_by_name(&pool)?
-                    .lookup_storage_vol_by_name(&volume)?;
-                let stream = virt::stream::Stream::new(conn, 0)?;
-                vol.upload(&stream, offset as u64, bytes.len() as u64, 0)?;
-                let mut sent = 0;
-                while sent < bytes.len() {
-                    match stream.send(&bytes[sent..]) {
-                        Ok(k) if k > 0 => sent += k as usize,
-                        Ok(_) => {
-                            let _ = stream.abort();
-                            return Err(virt::error::Error::last_error());
-                        }
-                        Err(e) => {
-                            let _ = stream.abort();
-                            return Err(e);
+        seam(async move {
+            req.fleet_admin()?;
+            if bytes.is_empty() || bytes.len() as u64 > UPLOAD_CHUNK_BYTES {
+                return Err(AppError::field(
+                    "file",
+                    format!("Send the file in chunks of 1 byte to {UPLOAD_CHUNK_BYTES} bytes."),
+                ).into());
+            }
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            // The row lock orders chunks: one writes at a time, each where the last ended.
+            let copy: CopyRow = sqlx::query_as(&format!("{COPY_SELECT} FOR UPDATE"))
+                .bind(image)
+                .bind(host)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| AppError::NotFound("Image upload".into()))?;
+            if copy.state != "uploading" {
+                return Err(AppError::Conflict(
+                    "This copy is not being uploaded.".into(),
+                ).into());
+            }
+            if offset != copy.bytes_done {
+                return Err(AppError::Conflict(format!(
+                    "The upload stands at byte {}: resume from there.",
+                    copy.bytes_done
+                )).into());
+            }
+            let end = offset + bytes.len() as i64;
+            if end > copy.bytes_total.unwrap_or_default() {
+                return Err(AppError::field(
+                    "file",
+                    "That is more than the file's announced size.",
+                ).into());
+            }
+            let (pool, volume) = (copy.pool.clone(), copy.volume.clone());
+            self.hypervisors
+                .call(host, move |conn| {
+                    let vol = conn
+                        .lookup_storage_pool_by_name(&pool)?
+                        .lookup_storage_vol_by_name(&volume)?;
+                    let stream = virt::stream::Stream::new(conn, 0)?;
+                    vol.upload(&stream, offset as u64, bytes.len() as u64, 0)?;
+                    let mut sent = 0;
+                    while sent < bytes.len() {
+                        match stream.send(&bytes[sent..]) {
+                            Ok(k) if k > 0 => sent += k as usize,
+                            Ok(_) => {
+                                let _ = stream.abort();
+                                return Err(virt::error::Error::last_error());
+                            }
+                            Err(e) => {
+                                let _ = stream.abort();
+                                return Err(e);
+                            }
                         }
                     }
-                }
-                stream.finish()
-            })
-            .await
-            .map_err(|e| AppError::Conflict(format!("The host did not take the bytes: {e}")))?;
-        sqlx::query(
-            "UPDATE image_copies SET bytes_done = $3, updated_at = now() WHERE image_id = $1 AND host_id = $2",
-        )
-        .bind(image)
-        .bind(host)
-        .bind(end)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        Ok(end)
+                    stream.finish()
+                })
+                .await
+                .map_err(|e| AppError::Conflict(format!("The host did not take the bytes: {e}")))?;
+            sqlx::query(
+                "UPDATE image_copies SET bytes_done = $3, updated_at = now() WHERE image_id = $1 AND host_id = $2",
+            )
+            .bind(image)
+            .bind(host)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(end)
+    }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -732,87 +736,89 @@ impl Images for ImagesBackend {
         image: Uuid,
         host: Uuid,
     ) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let copy = self.copy_row(image, host).await?;
-        if copy.state != "uploading" {
-            return Err(AppError::Conflict(
-                "This copy is not being uploaded.".into(),
-            ));
-        }
-        if Some(copy.bytes_done) != copy.bytes_total {
-            return Err(AppError::field(
-                "file",
-                format!(
-                    "Only {} of {} bytes have arrived: resume the upload.",
-                    copy.bytes_done,
-                    copy.bytes_total.unwrap_or_default()
-                ),
-            ));
-        }
-        let facts = read_image(
-            &self.hypervisors,
-            host,
-            copy.pool.clone(),
-            copy.volume.clone(),
-            None,
-            "file",
-        )
-        .await;
-        let checked = facts.and_then(|f| {
-            templates_take(f.format, "file")?;
-            if f.size != copy.bytes_total && f.sha256.is_some() {
+        seam(async move {
+            req.fleet_admin()?;
+            let copy = self.copy_row(image, host).await?;
+            if copy.state != "uploading" {
+                return Err(AppError::Conflict(
+                    "This copy is not being uploaded.".into(),
+                ).into());
+            }
+            if Some(copy.bytes_done) != copy.bytes_total {
                 return Err(AppError::field(
                     "file",
-                    "The host holds a different number of bytes than were sent.",
-                ));
+                    format!(
+                        "Only {} of {} bytes have arrived: resume the upload.",
+                        copy.bytes_done,
+                        copy.bytes_total.unwrap_or_default()
+                    ),
+                ).into());
             }
-            Ok(f)
-        });
-        let facts = match checked {
-            Ok(f) => f,
-            Err(e) => {
-                // Nothing half-registered: the volume and its rows go.
-                let why = e.to_string();
-                self.drop_copy(
-                    &Origin::of(req),
-                    image,
-                    host,
-                    "image.upload.refuse",
-                    Some(&why),
-                )
-                .await?;
-                return Err(e);
-            }
-        };
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        sqlx::query(
-            "UPDATE images SET format = $2, size_bytes = $3, virtual_size_bytes = $4, sha256 = $5 WHERE id = $1",
-        )
-        .bind(image)
-        .bind(facts.format.as_str())
-        .bind(facts.size)
-        .bind(facts.virtual_size)
-        .bind(&facts.sha256)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        sqlx::query(
-            "UPDATE image_copies SET state = 'ready', updated_at = now() WHERE image_id = $1 AND host_id = $2",
-        )
-        .bind(image)
-        .bind(host)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("image.upload.finish", "image", image).after(json!({
-                "host": host, "format": facts.format.as_str(), "size_bytes": facts.size,
-                "virtual_size_bytes": facts.virtual_size, "sha256": facts.sha256,
-            })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(())
+            let facts = read_image(
+                &self.hypervisors,
+                host,
+                copy.pool.clone(),
+                copy.volume.clone(),
+                None,
+                "file",
+            )
+            .await;
+            let checked = facts.and_then(|f| {
+                templates_take(f.format, "file")?;
+                if f.size != copy.bytes_total && f.sha256.is_some() {
+                    return Err(AppError::field(
+                        "file",
+                        "The host holds a different number of bytes than were sent.",
+                    ));
+                }
+                Ok(f)
+            });
+            let facts = match checked {
+                Ok(f) => f,
+                Err(e) => {
+                    // Nothing half-registered: the volume and its rows go.
+                    let why = e.to_string();
+                    self.drop_copy(
+                        &Origin::of(req),
+                        image,
+                        host,
+                        "image.upload.refuse",
+                        Some(&why),
+                    )
+                    .await?;
+                    return Err(e.into());
+                }
+            };
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            sqlx::query(
+                "UPDATE images SET format = $2, size_bytes = $3, virtual_size_bytes = $4, sha256 = $5 WHERE id = $1",
+            )
+            .bind(image)
+            .bind(facts.format.as_str())
+            .bind(facts.size)
+            .bind(facts.virtual_size)
+            .bind(&facts.sha256)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE image_copies SET state = 'ready', updated_at = now() WHERE image_id = $1 AND host_id = $2",
+            )
+            .bind(image)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("image.upload.finish", "image", image).after(json!({
+                    "host": host, "format": facts.format.as_str(), "size_bytes": facts.size,
+                    "virtual_size_bytes": facts.virtual_size, "sha256": facts.sha256,
+                })),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+    }).await
     }
 
     async fn discard(&self, req: &RequestCtx, image: Uuid, host: Uuid) -> Result<(), AppError> {
@@ -836,86 +842,87 @@ impl Images for ImagesBackend {
         host: Uuid,
         pool: String,
     ) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let pool = storage::parse_name(&pool, "pool")?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let source: Option<(Uuid, String, Option<String>, Option<String>, Option<i64>)> =
-            sqlx::query_as(
-                "SELECT c.host_id, c.volume, c.kernel, c.initrd, i.size_bytes
-                 FROM image_copies c JOIN images i ON i.id = c.image_id
-                 WHERE c.image_id = $1 AND c.state = 'ready' ORDER BY c.updated_at LIMIT 1",
+        seam(async move {
+            req.fleet_admin()?;
+            let pool = storage::parse_name(&pool, "pool")?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let source: Option<(Uuid, String, Option<String>, Option<String>, Option<i64>)> =
+                sqlx::query_as(
+                    "SELECT c.host_id, c.volume, c.kernel, c.initrd, i.size_bytes
+                     FROM image_copies c JOIN images i ON i.id = c.image_id
+                     WHERE c.image_id = $1 AND c.state = 'ready' ORDER BY c.updated_at LIMIT 1",
+                )
+                .bind(image)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((_, volume, kernel, initrd, size)) = source else {
+                return Err(AppError::Conflict(
+                    "The image has no finished copy to copy from.".into(),
+                ).into());
+            };
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)")
+                .bind(host)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !exists {
+                return Err(AppError::field("host", "Choose a host of the fleet.").into());
+            }
+            sqlx::query(
+                "INSERT INTO image_copies (image_id, host_id, pool, volume, kernel, initrd, state, bytes_done, bytes_total)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'copying', 0, $7)",
             )
             .bind(image)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(internal)?;
-        let Some((_, volume, kernel, initrd, size)) = source else {
-            return Err(AppError::Conflict(
-                "The image has no finished copy to copy from.".into(),
-            ));
-        };
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)")
             .bind(host)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(internal)?;
-        if !exists {
-            return Err(AppError::field("host", "Choose a host of the fleet."));
-        }
-        sqlx::query(
-            "INSERT INTO image_copies (image_id, host_id, pool, volume, kernel, initrd, state, bytes_done, bytes_total)
-             VALUES ($1, $2, $3, $4, $5, $6, 'copying', 0, $7)",
-        )
-        .bind(image)
-        .bind(host)
-        .bind(&pool)
-        .bind(&volume)
-        .bind(&kernel)
-        .bind(&initrd)
-        .bind(size)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        jobs::enqueue(
-            &mut tx,
-            JobKind::ImageCopy,
-            copy_key(image, host),
-            json!({ "image": image, "host": host }),
-            3,
-        )
-        .await
-        .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("image.copy.start", "image", image)
-                .after(json!({ "host": host, "pool": pool, "volume": volume })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        self.queue.wake.notify_waiters();
-        Ok(())
+            .bind(&pool)
+            .bind(&volume)
+            .bind(&kernel)
+            .bind(&initrd)
+            .bind(size)
+            .execute(&mut *tx)
+            .await?;
+            jobs::enqueue(
+                &mut tx,
+                JobKind::ImageCopy,
+                copy_key(image, host),
+                json!({ "image": image, "host": host }),
+                3,
+            )
+            .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("image.copy.start", "image", image)
+                    .after(json!({ "host": host, "pool": pool, "volume": volume })),
+            )
+            .await?;
+            tx.commit().await?;
+            self.queue.wake.notify_waiters();
+            Ok(())
+    }).await
     }
 
     async fn delete(&self, req: &RequestCtx, image: Uuid) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let name: Option<String> =
-            sqlx::query_scalar("DELETE FROM images WHERE id = $1 RETURNING name")
-                .bind(image)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(internal)?;
-        let Some(name) = name else {
-            return Err(AppError::NotFound("Image".into()));
-        };
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("image.delete", "image", image).before(json!({ "name": name })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(())
+        seam(async move {
+            req.fleet_admin()?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let name: Option<String> =
+                sqlx::query_scalar("DELETE FROM images WHERE id = $1 RETURNING name")
+                    .bind(image)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(name) = name else {
+                return Err(AppError::NotFound("Image".into()).into());
+            };
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("image.delete", "image", image).before(json!({ "name": name })),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -941,9 +948,9 @@ struct CopyJob {
     state: String,
 }
 
-async fn load_copy(pool: &PgPool, image: Uuid, host: Uuid) -> Result<Option<CopyJob>, sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
-    sqlx::query_as(
+async fn load_copy(pool: &PgPool, image: Uuid, host: Uuid) -> Result<Option<CopyJob>> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
+    Ok(sqlx::query_as(
         "SELECT s.host_id AS source_host, s.pool AS source_pool, c.pool, c.volume, c.kernel, c.initrd,
                 i.sha256, c.state
          FROM image_copies c JOIN images i ON i.id = c.image_id
@@ -954,7 +961,7 @@ async fn load_copy(pool: &PgPool, image: Uuid, host: Uuid) -> Result<Option<Copy
     .bind(image)
     .bind(host)
     .fetch_optional(&mut *tx)
-    .await
+    .await?)
 }
 
 fn job_target(job: &Job) -> Result<(Uuid, Uuid), Outcome> {
@@ -1127,7 +1134,7 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
         }
     }
     reporter.abort();
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     match &result {
         Ok(()) => {
             sqlx::query(
@@ -1139,7 +1146,7 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
             .bind(done.load(std::sync::atomic::Ordering::Relaxed) as i64)
             .execute(&mut *tx)
             .await?;
-            audit::record_raw(
+            audit::record(
                 &mut tx,
                 &Origin::default(),
                 Event::new("image.copy.finish", "image", image).after(json!({ "host": host })),

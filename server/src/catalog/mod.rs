@@ -4,7 +4,7 @@ pub mod images;
 use crate::hypervisor::storage;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Result};
+use crate::platform::error::{seam, Result};
 use app::error::AppError;
 use app::images::RegisterImageForm;
 use app::provisioning::{Offer, Size, SizeOffer, Template, TemplateForm};
@@ -331,175 +331,178 @@ pub async fn usable_template(tx: &mut db::Tx, tenant: Uuid, template: Uuid) -> R
 #[async_trait]
 impl Catalog for CatalogBackend {
     async fn templates(&self, req: &RequestCtx) -> Result<Vec<Template>, AppError> {
-        req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let rows: Vec<TemplateRow> =
-            sqlx::query_as(&format!("{TEMPLATE_SELECT} ORDER BY lower(t.name)"))
-                .bind(None::<Uuid>)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(internal)?;
-        Ok(rows.into_iter().map(Template::from).collect())
+        seam(async move {
+            req.fleet_admin()?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let rows: Vec<TemplateRow> =
+                sqlx::query_as(&format!("{TEMPLATE_SELECT} ORDER BY lower(t.name)"))
+                    .bind(None::<Uuid>)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            Ok(rows.into_iter().map(Template::from).collect())
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
     async fn save(&self, req: &RequestCtx, form: TemplateForm) -> Result<Uuid, AppError> {
-        req.fleet_admin()?;
-        let name = parse_text(&form.name, "name", 80, true);
-        let description = parse_text(&form.description, "description", 2000, false);
-        let os = parse_text(&form.os, "os", 80, true);
-        let sizes = parse_sizes(&form.sizes);
-        let default_lease = parse_days(&form.default_lease_days, "default_lease_days");
-        let max_lease = parse_days(&form.max_lease_days, "max_lease_days");
-        let lease_order = match (&default_lease, &max_lease) {
-            (Ok(d), Ok(m)) if d > m => Some(AppError::field(
-                "max_lease_days",
-                "The maximum lease must be at least the default lease.",
-            )),
-            _ => None,
-        };
-        let guest = parse_guest(&form);
-        let networks = parse_networks(&form.networks);
-        let (name, description, os, sizes, default_lease, max_lease) =
-            match (name, description, os, sizes, default_lease, max_lease) {
-                (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f))
-                    if lease_order.is_none() && guest.is_ok() && networks.is_ok() =>
-                {
-                    (a, b, c, d, e, f)
-                }
-                (a, b, c, d, e, f) => {
-                    return Err(AppError::merge([
-                        a.err(),
-                        b.err(),
-                        c.err(),
-                        d.err(),
-                        e.err(),
-                        f.err(),
-                        lease_order,
-                        guest.err(),
-                        networks.err(),
-                    ]))
+        seam(async move {
+            req.fleet_admin()?;
+            let name = parse_text(&form.name, "name", 80, true);
+            let description = parse_text(&form.description, "description", 2000, false);
+            let os = parse_text(&form.os, "os", 80, true);
+            let sizes = parse_sizes(&form.sizes);
+            let default_lease = parse_days(&form.default_lease_days, "default_lease_days");
+            let max_lease = parse_days(&form.max_lease_days, "max_lease_days");
+            let lease_order = match (&default_lease, &max_lease) {
+                (Ok(d), Ok(m)) if d > m => Some(AppError::field(
+                    "max_lease_days",
+                    "The maximum lease must be at least the default lease.",
+                )),
+                _ => None,
+            };
+            let guest = parse_guest(&form);
+            let networks = parse_networks(&form.networks);
+            let (name, description, os, sizes, default_lease, max_lease) =
+                match (name, description, os, sizes, default_lease, max_lease) {
+                    (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f))
+                        if lease_order.is_none() && guest.is_ok() && networks.is_ok() =>
+                    {
+                        (a, b, c, d, e, f)
+                    }
+                    (a, b, c, d, e, f) => {
+                        return Err(AppError::merge([
+                            a.err(),
+                            b.err(),
+                            c.err(),
+                            d.err(),
+                            e.err(),
+                            f.err(),
+                            lease_order,
+                            guest.err(),
+                            networks.err(),
+                        ]).into())
+                    }
+                };
+            let networks = networks?;
+            let (login_user, user_data) = guest?;
+            let image = self.template_image(req, &form).await?;
+            // The image says who logs in; the template may name another user of it.
+            let login_user = match (login_user, &image) {
+                (Some(u), _) => Some(u),
+                (None, Some(i)) => i.login_user.clone(),
+                (None, None) => None,
+            };
+            let allow_user_data = matches!(form.allow_user_data.trim(), "on" | "true");
+            if allow_user_data && login_user.is_none() {
+                return Err(AppError::field(
+                    "allow_user_data",
+                    "Requesters' cloud-config needs a login user (an image that takes cloud-init).",
+                ).into());
+            }
+            if login_user.is_none() && !user_data.is_empty() {
+                return Err(AppError::field(
+                    "user_data",
+                    "A cloud-config snippet needs a login user (an image that takes cloud-init).",
+                ).into());
+            }
+
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let (all_tenants, tenant_ids) = {
+                let raw = form.tenants.trim();
+                if raw == "*" {
+                    (true, Vec::new())
+                } else {
+                    let names: Vec<String> = raw
+                        .split(',')
+                        .map(|n| n.trim().to_lowercase())
+                        .filter(|n| !n.is_empty())
+                        .collect();
+                    let found: Vec<(Uuid, String)> = sqlx::query_as(
+                        "SELECT id, lower(name) FROM tenants WHERE lower(name) = ANY($1)",
+                    )
+                    .bind(&names)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
+                        return Err(AppError::field(
+                            "tenants",
+                            format!("There is no tenant named \u{201c}{missing}\u{201d}. Use * for every tenant."),
+                        ).into());
+                    }
+                    (false, found.into_iter().map(|(id, _)| id).collect())
                 }
             };
-        let networks = networks?;
-        let (login_user, user_data) = guest?;
-        let image = self.template_image(req, &form).await?;
-        // The image says who logs in; the template may name another user of it.
-        let login_user = match (login_user, &image) {
-            (Some(u), _) => Some(u),
-            (None, Some(i)) => i.login_user.clone(),
-            (None, None) => None,
-        };
-        let allow_user_data = matches!(form.allow_user_data.trim(), "on" | "true");
-        if allow_user_data && login_user.is_none() {
-            return Err(AppError::field(
-                "allow_user_data",
-                "Requesters' cloud-config needs a login user (an image that takes cloud-init).",
-            ));
-        }
-        if login_user.is_none() && !user_data.is_empty() {
-            return Err(AppError::field(
-                "user_data",
-                "A cloud-config snippet needs a login user (an image that takes cloud-init).",
-            ));
-        }
-
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let (all_tenants, tenant_ids) = {
-            let raw = form.tenants.trim();
-            if raw == "*" {
-                (true, Vec::new())
-            } else {
-                let names: Vec<String> = raw
-                    .split(',')
-                    .map(|n| n.trim().to_lowercase())
-                    .filter(|n| !n.is_empty())
-                    .collect();
-                let found: Vec<(Uuid, String)> = sqlx::query_as(
-                    "SELECT id, lower(name) FROM tenants WHERE lower(name) = ANY($1)",
+            let sizes_json = serde_json::to_value(&sizes)?;
+            let id = match form.id {
+                None => sqlx::query_scalar(
+                    "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
                 )
-                .bind(&names)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(internal)?;
-                if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
-                    return Err(AppError::field(
-                        "tenants",
-                        format!("There is no tenant named \u{201c}{missing}\u{201d}. Use * for every tenant."),
-                    ));
-                }
-                (false, found.into_iter().map(|(id, _)| id).collect())
-            }
-        };
-        let sizes_json = serde_json::to_value(&sizes).map_err(internal)?;
-        let id = match form.id {
-            None => sqlx::query_scalar(
-                "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                .bind(&name)
+                .bind(&description)
+                .bind(&os)
+                .bind(&sizes_json)
+                .bind(default_lease)
+                .bind(max_lease)
+                .bind(all_tenants)
+                .bind(&tenant_ids)
+                .bind(&login_user)
+                .bind(&user_data)
+                .bind(allow_user_data)
+                .bind(&networks)
+                .bind(image.as_ref().map(|i| i.id))
+                .fetch_one(&mut *tx)
+                .await?,
+                Some(id) => sqlx::query_scalar(
+                    "UPDATE templates SET name = $2, description = $3, os = $4, sizes = $5, default_lease_days = $6,
+                            max_lease_days = $7, all_tenants = $8, tenant_ids = $9, login_user = $10,
+                            user_data = $11, allow_user_data = $12, networks = $13,
+                            image_id = coalesce($14, image_id), updated_at = now()
+                     WHERE id = $1 RETURNING id",
+                )
+                .bind(id)
+                .bind(&name)
+                .bind(&description)
+                .bind(&os)
+                .bind(&sizes_json)
+                .bind(default_lease)
+                .bind(max_lease)
+                .bind(all_tenants)
+                .bind(&tenant_ids)
+                .bind(&login_user)
+                .bind(&user_data)
+                .bind(allow_user_data)
+                .bind(&networks)
+                .bind(image.as_ref().map(|i| i.id))
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| AppError::NotFound("Template".into()))?,
+            };
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new(
+                    if form.id.is_some() {
+                        "template.update"
+                    } else {
+                        "template.create"
+                    },
+                    "template",
+                    id,
+                )
+                .after(json!({
+                    "name": name, "os": os, "sizes": sizes_json, "default_lease_days": default_lease,
+                    "max_lease_days": max_lease, "all_tenants": all_tenants, "tenant_ids": tenant_ids,
+                    "image": image.as_ref().map(|i| i.id),
+                    "login_user": login_user, "user_data": user_data, "allow_user_data": allow_user_data,
+                    "networks": networks,
+                })),
             )
-            .bind(&name)
-            .bind(&description)
-            .bind(&os)
-            .bind(&sizes_json)
-            .bind(default_lease)
-            .bind(max_lease)
-            .bind(all_tenants)
-            .bind(&tenant_ids)
-            .bind(&login_user)
-            .bind(&user_data)
-            .bind(allow_user_data)
-            .bind(&networks)
-            .bind(image.as_ref().map(|i| i.id))
-            .fetch_one(&mut *tx)
-            .await.map_err(internal)?,
-            Some(id) => sqlx::query_scalar(
-                "UPDATE templates SET name = $2, description = $3, os = $4, sizes = $5, default_lease_days = $6,
-                        max_lease_days = $7, all_tenants = $8, tenant_ids = $9, login_user = $10,
-                        user_data = $11, allow_user_data = $12, networks = $13,
-                        image_id = coalesce($14, image_id), updated_at = now()
-                 WHERE id = $1 RETURNING id",
-            )
-            .bind(id)
-            .bind(&name)
-            .bind(&description)
-            .bind(&os)
-            .bind(&sizes_json)
-            .bind(default_lease)
-            .bind(max_lease)
-            .bind(all_tenants)
-            .bind(&tenant_ids)
-            .bind(&login_user)
-            .bind(&user_data)
-            .bind(allow_user_data)
-            .bind(&networks)
-            .bind(image.as_ref().map(|i| i.id))
-            .fetch_optional(&mut *tx)
-            .await.map_err(internal)?
-            .ok_or_else(|| AppError::NotFound("Template".into()))?,
-        };
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new(
-                if form.id.is_some() {
-                    "template.update"
-                } else {
-                    "template.create"
-                },
-                "template",
-                id,
-            )
-            .after(json!({
-                "name": name, "os": os, "sizes": sizes_json, "default_lease_days": default_lease,
-                "max_lease_days": max_lease, "all_tenants": all_tenants, "tenant_ids": tenant_ids,
-                "image": image.as_ref().map(|i| i.id),
-                "login_user": login_user, "user_data": user_data, "allow_user_data": allow_user_data,
-                "networks": networks,
-            })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(id)
+            .await?;
+            tx.commit().await?;
+            Ok(id)
+    }).await
     }
 
     async fn set_published(
@@ -508,41 +511,42 @@ impl Catalog for CatalogBackend {
         id: Uuid,
         published: bool,
     ) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let images: Option<i64> = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM template_images i WHERE i.template_id = t.id) FROM templates t WHERE t.id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await.map_err(internal)?;
-        let images = images.ok_or_else(|| AppError::NotFound("Template".into()))?;
-        if published && images == 0 {
-            return Err(AppError::Conflict(
-                "Add a base image on at least one host before publishing.".into(),
-            ));
-        }
-        sqlx::query("UPDATE templates SET published = $2, updated_at = now() WHERE id = $1")
+        seam(async move {
+            req.fleet_admin()?;
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let images: Option<i64> = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM template_images i WHERE i.template_id = t.id) FROM templates t WHERE t.id = $1 FOR UPDATE",
+            )
             .bind(id)
-            .bind(published)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new(
-                if published {
-                    "template.publish"
-                } else {
-                    "template.unpublish"
-                },
-                "template",
-                id,
-            ),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let images = images.ok_or_else(|| AppError::NotFound("Template".into()))?;
+            if published && images == 0 {
+                return Err(AppError::Conflict(
+                    "Add a base image on at least one host before publishing.".into(),
+                ).into());
+            }
+            sqlx::query("UPDATE templates SET published = $2, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(published)
+                .execute(&mut *tx)
+                .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new(
+                    if published {
+                        "template.publish"
+                    } else {
+                        "template.unpublish"
+                    },
+                    "template",
+                    id,
+                ),
+            )
+            .await?;
+            Ok(tx.commit().await?)
+    }).await
     }
 
     async fn set_hidden(
@@ -552,46 +556,48 @@ impl Catalog for CatalogBackend {
         id: Uuid,
         hidden: bool,
     ) -> Result<(), AppError> {
-        let actor = req.actor()?;
-        if !crate::platform::authz::administers(actor, tenant_id) {
-            return Err(AppError::Forbidden);
-        }
-        let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
-        let offered: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM templates WHERE id = $1 AND (all_tenants OR $2 = ANY(tenant_ids)))",
-        )
-        .bind(id)
-        .bind(tenant_id)
-        .fetch_one(&mut *tx)
-        .await.map_err(internal)?;
-        if !offered {
-            return Err(AppError::NotFound("Template".into()));
-        }
-        if hidden {
-            sqlx::query("INSERT INTO template_hidden (template_id, tenant_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        } else {
-            sqlx::query("DELETE FROM template_hidden WHERE template_id = $1 AND tenant_id = $2")
-        }
-        .bind(id)
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new(
-                if hidden {
-                    "template.hide"
-                } else {
-                    "template.show"
-                },
-                "template",
-                id,
+        seam(async move {
+            let actor = req.actor()?;
+            if !crate::platform::authz::administers(actor, tenant_id) {
+                return Err(AppError::Forbidden.into());
+            }
+            let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
+            let offered: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM templates WHERE id = $1 AND (all_tenants OR $2 = ANY(tenant_ids)))",
             )
-            .tenant(tenant_id),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !offered {
+                return Err(AppError::NotFound("Template".into()).into());
+            }
+            if hidden {
+                sqlx::query("INSERT INTO template_hidden (template_id, tenant_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            } else {
+                sqlx::query("DELETE FROM template_hidden WHERE template_id = $1 AND tenant_id = $2")
+            }
+            .bind(id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new(
+                    if hidden {
+                        "template.hide"
+                    } else {
+                        "template.show"
+                    },
+                    "template",
+                    id,
+                )
+                .tenant(tenant_id),
+            )
+            .await?;
+            Ok(tx.commit().await?)
+    }).await
     }
 
     async fn catalog(
@@ -601,32 +607,34 @@ impl Catalog for CatalogBackend {
         search: &str,
         include_hidden: bool,
     ) -> Result<Vec<Template>, AppError> {
-        let actor = req.actor()?;
-        if !crate::platform::authz::member_of(actor, tenant_id) && !actor.fleet_admin {
-            return Err(AppError::NotFound("Tenant".into()));
-        }
-        let include_hidden =
-            include_hidden && crate::platform::authz::administers(actor, tenant_id);
-        let pattern = format!("%{}%", db::escape_like(&search.trim().to_lowercase()));
-        let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
-        let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
-            "SELECT * FROM ({TEMPLATE_SELECT}
-               WHERE t.published AND (t.all_tenants OR $1 = ANY(t.tenant_ids))
-                 AND (lower(t.name) LIKE $2 OR lower(t.os) LIKE $2 OR lower(t.description) LIKE $2)) x
-             WHERE $3 OR NOT x.hidden ORDER BY lower(x.name)"
-        ))
-        .bind(tenant_id)
-        .bind(pattern)
-        .bind(include_hidden)
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        let mut list: Vec<Template> = rows
-            .into_iter()
-            .map(|r| for_choosing(Template::from(r)))
-            .collect();
-        offers(&mut tx, tenant_id, &mut list).await?;
-        db::done(tx);
-        Ok(list)
+        seam(async move {
+            let actor = req.actor()?;
+            if !crate::platform::authz::member_of(actor, tenant_id) && !actor.fleet_admin {
+                return Err(AppError::NotFound("Tenant".into()).into());
+            }
+            let include_hidden =
+                include_hidden && crate::platform::authz::administers(actor, tenant_id);
+            let pattern = format!("%{}%", db::escape_like(&search.trim().to_lowercase()));
+            let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
+            let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
+                "SELECT * FROM ({TEMPLATE_SELECT}
+                   WHERE t.published AND (t.all_tenants OR $1 = ANY(t.tenant_ids))
+                     AND (lower(t.name) LIKE $2 OR lower(t.os) LIKE $2 OR lower(t.description) LIKE $2)) x
+                 WHERE $3 OR NOT x.hidden ORDER BY lower(x.name)"
+            ))
+            .bind(tenant_id)
+            .bind(pattern)
+            .bind(include_hidden)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut list: Vec<Template> = rows
+                .into_iter()
+                .map(|r| for_choosing(Template::from(r)))
+                .collect();
+            offers(&mut tx, tenant_id, &mut list).await?;
+            db::done(tx);
+            Ok(list)
+    }).await
     }
 }
 

@@ -17,7 +17,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz;
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Result};
+use crate::platform::error::{seam, Result};
 use app::account::Actor;
 use app::console::{ConsoleKind, ConsoleTicket};
 use app::error::AppError;
@@ -102,58 +102,60 @@ impl Consoles for ConsolesBackend {
         uuid: Uuid,
         kind: &str,
     ) -> Result<ConsoleTicket, AppError> {
-        let actor = req.actor()?;
-        let kind = ConsoleKind::parse(kind)?;
-        let vm = vm_access(&self.pool, actor, host_id, uuid).await?;
-        if vm.state != "running" {
-            return Err(AppError::Conflict(
-                "The VM is not running: start it to open its console.".into(),
-            ));
-        }
-        if kind == ConsoleKind::Graphical && !local_uri(&vm.uri) {
-            return Err(AppError::Conflict(
-                "The graphical console works for hosts on the portal's own machine only; use the serial console.".into(),
-            ));
-        }
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let now = self.clock.now();
-        let scope = match vm.tenant_id {
-            Some(t) if !actor.fleet_admin => Scope {
-                user: Some(actor.user_id),
-                tenant: Some(t),
-                fleet: false,
-            },
-            _ => Scope::fleet(),
-        };
-        let mut tx = db::begin(&self.pool, scope).await?;
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO console_sessions (ticket_hash, user_id, session_id, tenant_id, host_id, vm_uuid, kind, issued_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-        )
-        .bind(hash(&ticket))
-        .bind(actor.user_id)
-        .bind(actor.session_id)
-        .bind(vm.tenant_id)
-        .bind(host_id)
-        .bind(uuid)
-        .bind(kind.as_str())
-        .bind(now)
-        .bind(now + time::Duration::seconds(TICKET_SECONDS))
-        .fetch_one(&mut *tx)
-        .await.map_err(internal)?;
-        let mut event = Event::new("console.ticket", "vm", uuid)
-            .after(json!({ "console": id, "kind": kind.as_str(), "host": host_id }));
-        if let Some(t) = vm.tenant_id {
-            event = event.tenant(t);
-        }
-        audit::record(&mut tx, &Origin::of(req), event).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(ConsoleTicket {
-            url: format!("/console/ws?ticket={ticket}"),
-            expires_in_seconds: TICKET_SECONDS as u32,
-        })
+        seam(async move {
+            let actor = req.actor()?;
+            let kind = ConsoleKind::parse(kind)?;
+            let vm = vm_access(&self.pool, actor, host_id, uuid).await?;
+            if vm.state != "running" {
+                return Err(AppError::Conflict(
+                    "The VM is not running: start it to open its console.".into(),
+                ).into());
+            }
+            if kind == ConsoleKind::Graphical && !local_uri(&vm.uri) {
+                return Err(AppError::Conflict(
+                    "The graphical console works for hosts on the portal's own machine only; use the serial console.".into(),
+                ).into());
+            }
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            let now = self.clock.now();
+            let scope = match vm.tenant_id {
+                Some(t) if !actor.fleet_admin => Scope {
+                    user: Some(actor.user_id),
+                    tenant: Some(t),
+                    fleet: false,
+                },
+                _ => Scope::fleet(),
+            };
+            let mut tx = db::begin(&self.pool, scope).await?;
+            let id: Uuid = sqlx::query_scalar(
+                "INSERT INTO console_sessions (ticket_hash, user_id, session_id, tenant_id, host_id, vm_uuid, kind, issued_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            )
+            .bind(hash(&ticket))
+            .bind(actor.user_id)
+            .bind(actor.session_id)
+            .bind(vm.tenant_id)
+            .bind(host_id)
+            .bind(uuid)
+            .bind(kind.as_str())
+            .bind(now)
+            .bind(now + time::Duration::seconds(TICKET_SECONDS))
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut event = Event::new("console.ticket", "vm", uuid)
+                .after(json!({ "console": id, "kind": kind.as_str(), "host": host_id }));
+            if let Some(t) = vm.tenant_id {
+                event = event.tenant(t);
+            }
+            audit::record(&mut tx, &Origin::of(req), event).await?;
+            tx.commit().await?;
+            Ok(ConsoleTicket {
+                url: format!("/console/ws?ticket={ticket}"),
+                expires_in_seconds: TICKET_SECONDS as u32,
+            })
+    }).await
     }
 }
 
@@ -197,8 +199,8 @@ pub async fn upgrade(
         return (StatusCode::FORBIDDEN, "A console ticket is needed.").into_response();
     };
     let now = proxy.clock.now();
-    let spent: Result<Option<Spent>, sqlx::Error> = async {
-        let mut tx = db::begin_raw(&proxy.pool, Scope::fleet()).await?;
+    let spent: Result<Option<Spent>> = async {
+        let mut tx = db::begin(&proxy.pool, Scope::fleet()).await?;
         let row = sqlx::query_as(
             "UPDATE console_sessions SET started_at = $3
              WHERE ticket_hash = $1 AND user_id = $2 AND started_at IS NULL AND expires_at > $3
@@ -255,22 +257,22 @@ async fn record(
     actor: &Actor,
     action: &str,
     after: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin_raw(&proxy.pool, Scope::fleet()).await?;
+) -> Result<()> {
+    let mut tx = db::begin(&proxy.pool, Scope::fleet()).await?;
     let mut event = Event::new(action, "vm", spent.vm_uuid).after(json!({
         "console": spent.id, "user": actor.user_id, "details": after,
     }));
     if let Some(t) = spent.tenant_id {
         event = event.tenant(t);
     }
-    audit::record_raw(&mut tx, &Origin::default(), event).await?;
-    tx.commit().await
+    audit::record(&mut tx, &Origin::default(), event).await?;
+    Ok(tx.commit().await?)
 }
 
 async fn close(proxy: &Proxy, spent: &Spent, actor: &Actor, reason: &str) {
     let now = proxy.clock.now();
-    let result: Result<(), sqlx::Error> = async {
-        let mut tx = db::begin_raw(&proxy.pool, Scope::fleet()).await?;
+    let result: Result<()> = async {
+        let mut tx = db::begin(&proxy.pool, Scope::fleet()).await?;
         sqlx::query(
             "UPDATE console_sessions SET ended_at = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL",
         )
@@ -279,7 +281,7 @@ async fn close(proxy: &Proxy, spent: &Spent, actor: &Actor, reason: &str) {
         .bind(reason)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
     .await;
     if let Err(e) = result {

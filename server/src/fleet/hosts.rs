@@ -3,7 +3,7 @@ use super::dashboard::*;
 use super::*;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{Error, Result};
+use crate::platform::error::Result;
 use app::error::AppError;
 use app::fleet::{version_string, HostDetail, HostFilter, HostSummary, NetworkInfo, PoolInfo};
 use app::seam::RequestCtx;
@@ -256,7 +256,7 @@ pub(super) async fn set_domain_type(
             .after(json!({ "domain_type": value })),
     )
     .await?;
-    tx.commit().await.map_err(Error::from)
+    Ok(tx.commit().await?)
 }
 
 pub(super) async fn reconcile(b: &FleetBackend, req: &RequestCtx, host_id: Uuid) -> Result<()> {

@@ -5,7 +5,7 @@ use crate::hypervisor::connection::Action;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, Access, VmFacts};
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{Error, Result};
+use crate::platform::error::Result;
 use app::error::AppError;
 use app::fleet::{ChartUnit, ChartView, DomainSummary, OperationInfo, VmDetail};
 use app::seam::RequestCtx;
@@ -289,7 +289,7 @@ pub(super) async fn adopt(
             .after(json!({ "host": host_id, "owner": email.as_str() })),
     )
     .await?;
-    tx.commit().await.map_err(Error::from)
+    Ok(tx.commit().await?)
 }
 
 /// A domain row as the VM page and the lifecycle actions need it.
@@ -368,7 +368,7 @@ impl FleetBackend {
     pub(super) async fn record(&self, req: &RequestCtx, event: Event<'_>) -> Result<()> {
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         audit::record(&mut tx, &Origin::of(req), event).await?;
-        tx.commit().await.map_err(Error::from)
+        Ok(tx.commit().await?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! What a host runs, read from libvirt in one pass and written to PostgreSQL in batches.
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -232,8 +233,8 @@ pub async fn write(
     upserts: &[&DomainFacts],
     present: &[Uuid],
     took_ms: i32,
-) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+) -> Result<()> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     let h = &snapshot.host;
     sqlx::query(
         "UPDATE hosts SET hostname = $2, cpus = $3, cpu_model = $4, memory_kib = $5, free_memory_kib = $6,
@@ -309,14 +310,11 @@ pub async fn write(
     .bind(present)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// The domains the database holds for a host (present ones), as facts to diff against.
-pub async fn load_known(
-    pool: &PgPool,
-    host_id: Uuid,
-) -> Result<HashMap<Uuid, DomainFacts>, sqlx::Error> {
+pub async fn load_known(pool: &PgPool, host_id: Uuid) -> Result<HashMap<Uuid, DomainFacts>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         uuid: Uuid,
@@ -327,7 +325,7 @@ pub async fn load_known(
         disks: serde_json::Value,
         nics: serde_json::Value,
     }
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT uuid, name, state, vcpus, memory_kib, disks, nics FROM domains WHERE host_id = $1 AND missing_since IS NULL",
     )
@@ -406,11 +404,11 @@ pub fn parse_nics(v: &serde_json::Value) -> Vec<Nic> {
 pub async fn apply_events(
     pool: &PgPool,
     rows: &[(Uuid, Uuid, &str, &str)],
-) -> Result<std::collections::HashSet<(Uuid, Uuid)>, sqlx::Error> {
+) -> Result<std::collections::HashSet<(Uuid, Uuid)>> {
     if rows.is_empty() {
         return Ok(Default::default());
     }
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     let done: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE domains d SET state = e.state, state_reason = e.reason,
                 state_since = CASE WHEN d.state <> e.state THEN now() ELSE d.state_since END
@@ -436,7 +434,7 @@ pub async fn upsert_domains(
     tx: &mut db::Tx,
     host_id: Uuid,
     upserts: &[&DomainFacts],
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     if upserts.is_empty() {
         return Ok(());
     }

@@ -12,6 +12,7 @@ pub mod stats;
 pub mod storage;
 
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use connection::{Command, HostSpec, ReconcileReport};
 use events::DomainEvent;
 use inventory::DomainFacts;
@@ -61,8 +62,8 @@ impl Hypervisors {
     }
 
     /// Starts an actor for every registered host.
-    pub async fn start_all(&self) -> Result<(), sqlx::Error> {
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+    pub async fn start_all(&self) -> Result<()> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let hosts: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, uri FROM hosts ORDER BY name")
             .fetch_all(&mut *tx)
             .await?;
@@ -273,8 +274,8 @@ pub async fn set_host_state(
     id: Uuid,
     state: &str,
     reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+) -> Result<()> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     sqlx::query(
         "UPDATE hosts SET state = $2, state_reason = $3,
                 state_since = CASE WHEN state <> $2 THEN now() ELSE state_since END
@@ -285,23 +286,23 @@ pub async fn set_host_state(
     .bind(reason)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
-pub async fn write_domain(pool: &PgPool, host: Uuid, d: &DomainFacts) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+pub async fn write_domain(pool: &PgPool, host: Uuid, d: &DomainFacts) -> Result<()> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     inventory::upsert_domains(&mut tx, host, &[d]).await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
-pub async fn mark_missing(pool: &PgPool, host: Uuid, uuid: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+pub async fn mark_missing(pool: &PgPool, host: Uuid, uuid: Uuid) -> Result<()> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     sqlx::query("UPDATE domains SET missing_since = now() WHERE host_id = $1 AND uuid = $2 AND missing_since IS NULL")
         .bind(host)
         .bind(uuid)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// Opens `uri` once (off the executor) and reads the node's facts: the check run before a host

@@ -3,6 +3,7 @@
 //! watermarks (incremental, never a rescan), expiring old rows, and reading series for charts.
 use crate::hypervisor::stats::{DomainCounters, HostCounters};
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use time::{Duration, OffsetDateTime};
@@ -112,10 +113,10 @@ pub async fn write(
     at: OffsetDateTime,
     host: &Sample,
     vms: &[Sample],
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     let all: Vec<&Sample> = std::iter::once(host).chain(vms.iter()).collect();
     let col = |f: fn(&Sample) -> Option<f32>| all.iter().map(|s| f(s)).collect::<Vec<_>>();
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     sqlx::query(
         "INSERT INTO metric_samples (subject, is_host, host_id, tenant_id, at, cpu_pct, mem_bytes,
                                      disk_rd_bps, disk_wr_bps, net_rx_bps, net_tx_bps, vms)
@@ -136,7 +137,7 @@ pub async fn write(
     .bind(all.iter().map(|s| s.vms).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// The metrics a bucket keeps min/sum/max of: (bucket prefix, sample column).
@@ -250,10 +251,10 @@ pub async fn rollup(
     pool: &PgPool,
     now: OffsetDateTime,
     retention: Retention,
-) -> Result<RollupReport, sqlx::Error> {
+) -> Result<RollupReport> {
     let lag = Duration::seconds(30);
     let mut report = RollupReport::default();
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('concierge.metrics'))")
             .fetch_one(&mut *tx)
@@ -462,7 +463,7 @@ async fn rows(
     subjects: &str,
     subject_bind: Vec<Uuid>,
     since: OffsetDateTime,
-) -> Result<Vec<Row>, sqlx::Error> {
+) -> Result<Vec<Row>> {
     use sqlx::Row as _;
     let marks: HashMap<i32, OffsetDateTime> = sqlx::query_as::<_, (i32, OffsetDateTime)>(
         "SELECT resolution, upto FROM metric_watermarks",
@@ -515,8 +516,8 @@ pub async fn subject_series(
     subject: Uuid,
     range: Range,
     now: OffsetDateTime,
-) -> Result<Series, sqlx::Error> {
-    let mut tx = db::begin_raw(pool, scope).await?;
+) -> Result<Series> {
+    let mut tx = db::begin(pool, scope).await?;
     let since = floor_to(now - range.span(), i64::from(range.resolution()));
     let rows = rows(
         &mut tx,
@@ -549,13 +550,13 @@ pub async fn cpu_sparklines(
     scope: Scope,
     subjects: Vec<Uuid>,
     now: OffsetDateTime,
-) -> Result<HashMap<Uuid, Vec<Point>>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Vec<Point>>> {
     let mut out: HashMap<Uuid, Vec<Point>> = HashMap::new();
     if subjects.is_empty() {
         return Ok(out);
     }
     // CPU only, from 5-minute buckets and the raw samples after them: a list shows dozens.
-    let mut tx = db::begin_raw(pool, scope).await?;
+    let mut tx = db::begin(pool, scope).await?;
     let since = floor_to(now - Duration::hours(6), 300);
     let upto: Option<OffsetDateTime> =
         sqlx::query_scalar("SELECT upto FROM metric_watermarks WHERE resolution = 300")
@@ -598,12 +599,8 @@ pub async fn cpu_sparklines(
 
 /// The fleet over `range`: CPU busy across all hosts (weighted by their CPUs), memory used and
 /// running VMs summed over hosts.
-pub async fn fleet_series(
-    pool: &PgPool,
-    range: Range,
-    now: OffsetDateTime,
-) -> Result<Series, sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+pub async fn fleet_series(pool: &PgPool, range: Range, now: OffsetDateTime) -> Result<Series> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     let since = floor_to(now - range.span(), i64::from(range.resolution()));
     let hosts: Vec<(Uuid, Option<i32>)> = sqlx::query_as("SELECT id, cpus FROM hosts")
         .fetch_all(&mut *tx)

@@ -3,7 +3,7 @@
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
-use crate::platform::error::{internal, Result};
+use crate::platform::error::{seam, Result};
 use app::error::AppError;
 use app::reports::{RateCard, RateCardForm, Report, ReportQuery, ReportRow};
 use app::seam::{Reports, RequestCtx};
@@ -244,243 +244,245 @@ fn parse_price(raw: &str, field: &str) -> Result<f64, AppError> {
 impl Reports for ReportsBackend {
     #[tracing::instrument(skip_all)]
     async fn report(&self, req: &RequestCtx, q: ReportQuery) -> Result<Report, AppError> {
-        let actor = req.actor()?;
-        let readable: Vec<Uuid> = actor
-            .memberships
-            .iter()
-            .filter(|m| crate::platform::authz::reads_reports(actor, m.tenant_id))
-            .map(|m| m.tenant_id)
-            .collect();
-        if readable.is_empty() && !actor.fleet_admin {
-            return Err(AppError::Forbidden);
-        }
-        let tenant = if q.tenant_id.trim().is_empty() {
-            None
-        } else {
-            let t = Uuid::parse_str(q.tenant_id.trim())
-                .ok()
-                .filter(|t| actor.fleet_admin || readable.contains(t))
-                .ok_or_else(|| AppError::field("tenant_id", "Choose one of your organisations."))?;
-            Some(t)
-        };
-        let period = parse_period(&q, self.clock.now().date());
-        let group = group_sql(q.group_by.trim());
-        let (period, (key, label, join)) = match (period, group) {
-            (Ok(p), Ok(g)) => (p, g),
-            (p, g) => return Err(AppError::merge([p.err(), g.err()])),
-        };
-        let start = period.from.midnight().assume_utc();
-        let end = (period.to + Duration::DAY).midnight().assume_utc();
-        let prev_start = start - (end - start);
-        // Every tenant for fleet admins without a choice; else the chosen or readable ones.
-        let (all, tenants) = match tenant {
-            Some(t) => (false, vec![t]),
-            None if actor.fleet_admin => (true, Vec::new()),
-            None => (false, readable),
-        };
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let tenant_name: Option<String> = match tenant {
-            Some(t) => Some(
-                sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
-                    .bind(t)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(internal)?
-                    .ok_or_else(|| {
-                        AppError::field("tenant_id", "Choose one of your organisations.")
-                    })?,
-            ),
-            None => None,
-        };
-        // Whole months with no rate-card boundary inside are read from `usage_monthly` (one
-        // row per VM and month, priced by the card of the month); the rest, hour by hour.
-        let boundaries: Vec<OffsetDateTime> = sqlx::query_scalar(
-            "SELECT valid_from FROM rate_cards UNION SELECT valid_to FROM rate_cards WHERE valid_to IS NOT NULL",
-        )
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        // The start of the current period is a boundary too: a month is current or previous.
-        let boundaries: Vec<OffsetDateTime> = boundaries.into_iter().chain([start]).collect();
-        let split = split_by_month(prev_start, end, &boundaries);
-        // One range predicate per hour range (at most three), so each can use the index on
-        // (tenant, hour); a join against an array of ranges made the planner scan every row.
-        let hour_ranges = if split.hours.is_empty() {
-            "$4::timestamptz[] IS NULL AND $5::timestamptz[] IS NULL".to_string()
-        } else {
-            (1..=split.hours.len())
-                .map(|i| format!("(u.hour >= ($4::timestamptz[])[{i}] AND u.hour < ($5::timestamptz[])[{i}])"))
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        };
-        let sql = format!(
-            "WITH usage AS (
-                 SELECT u.vm_uuid, u.hour, u.tenant_id, u.owner_id, u.template_id, u.vcpu_hours,
-                        u.memory_gib_hours, u.disk_gib_hours, u.powered_on_hours
-                 FROM usage_hourly u
-                 WHERE ($2 OR u.tenant_id = ANY($3)) AND ({hour_ranges})
-                 UNION ALL
-                 SELECT m.vm_uuid, m.month, m.tenant_id, m.owner_id, m.template_id, m.vcpu_hours,
-                        m.memory_gib_hours, m.disk_gib_hours, m.powered_on_hours
-                 FROM usage_monthly m
-                 WHERE m.month = ANY($6) AND ($2 OR m.tenant_id = ANY($3))
-             ),
-             -- The card of each (template, hour) present, looked up once per pair, not per row.
-             pairs AS (SELECT DISTINCT template_id, hour FROM usage),
-             cards AS (
-                 SELECT coalesce(p.template_id, '00000000-0000-0000-0000-000000000000') AS template_key, p.hour, rc.*
-                 FROM pairs p
-                 LEFT JOIN LATERAL (
-                     SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
-                     WHERE (r.template_id = p.template_id OR r.template_id IS NULL)
-                       AND r.valid_from <= p.hour AND (r.valid_to IS NULL OR p.hour < r.valid_to)
-                     ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true),
-             priced AS (
-                 SELECT u.*, rc.currency,
-                        coalesce(u.vcpu_hours * rc.vcpu_hour::float8 + u.memory_gib_hours * rc.memory_gib_hour::float8
-                                 + u.disk_gib_hours * rc.disk_gib_hour::float8, 0) AS cost,
-                        u.hour >= $1 AS current
-                 FROM usage u
-                 JOIN cards rc ON rc.template_key = coalesce(u.template_id, '00000000-0000-0000-0000-000000000000')
-                              AND rc.hour = u.hour)
-             SELECT {key} AS key, {label} AS label,
-                    coalesce(sum(u.vcpu_hours) FILTER (WHERE u.current), 0) AS vcpu_hours,
-                    coalesce(sum(u.memory_gib_hours) FILTER (WHERE u.current), 0) AS memory_gib_hours,
-                    coalesce(sum(u.disk_gib_hours) FILTER (WHERE u.current), 0) AS disk_gib_hours,
-                    coalesce(sum(u.powered_on_hours) FILTER (WHERE u.current), 0) AS powered_on_hours,
-                    coalesce(sum(u.cost) FILTER (WHERE u.current), 0) AS cost,
-                    coalesce(sum(u.cost) FILTER (WHERE NOT u.current), 0) AS previous_cost
-             FROM priced u {join}
-             GROUP BY 1, 2 ORDER BY cost DESC, vcpu_hours DESC, label"
-        );
-        let rows: Vec<Row> = sqlx::query_as(&sql)
-            .bind(start)
-            .bind(all)
-            .bind(&tenants)
-            .bind(split.hours.iter().map(|r| r.0).collect::<Vec<_>>())
-            .bind(split.hours.iter().map(|r| r.1).collect::<Vec<_>>())
-            .bind(&split.months)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(internal)?;
-        let currency: Option<String> = sqlx::query_scalar(
-            "SELECT string_agg(DISTINCT currency, '/') FROM rate_cards WHERE valid_from < $2 AND (valid_to IS NULL OR valid_to > $1)",
-        )
-        .bind(start)
-        .bind(end)
-        .fetch_one(&mut *tx)
-        .await.map_err(internal)?;
-        let rows: Vec<ReportRow> = rows
-            .into_iter()
-            .filter(|r| r.vcpu_hours > 0.0 || r.previous_cost > 0.0 || r.cost > 0.0)
-            .map(|r| ReportRow {
-                key: r.key,
-                label: r.label,
-                vcpu_hours: r.vcpu_hours,
-                memory_gib_hours: r.memory_gib_hours,
-                disk_gib_hours: r.disk_gib_hours,
-                powered_on_hours: r.powered_on_hours,
-                cost: r.cost,
-                previous_cost: r.previous_cost,
-            })
-            .collect();
-        let total = rows.iter().fold(
-            ReportRow {
-                key: String::new(),
-                label: "Total".into(),
-                vcpu_hours: 0.0,
-                memory_gib_hours: 0.0,
-                disk_gib_hours: 0.0,
-                powered_on_hours: 0.0,
-                cost: 0.0,
-                previous_cost: 0.0,
-            },
-            |mut t, r| {
-                t.vcpu_hours += r.vcpu_hours;
-                t.memory_gib_hours += r.memory_gib_hours;
-                t.disk_gib_hours += r.disk_gib_hours;
-                t.powered_on_hours += r.powered_on_hours;
-                t.cost += r.cost;
-                t.previous_cost += r.previous_cost;
-                t
-            },
-        );
-        let prev_to = period.from - Duration::DAY;
-        let prev_from = period.from - (period.to - period.from) - Duration::DAY;
-        Ok(Report {
-            from: iso(period.from),
-            to: iso(period.to),
-            previous_from: iso(prev_from),
-            previous_to: iso(prev_to),
-            group_by: if q.group_by.trim().is_empty() {
-                "tenant".into()
+        seam(async move {
+            let actor = req.actor()?;
+            let readable: Vec<Uuid> = actor
+                .memberships
+                .iter()
+                .filter(|m| crate::platform::authz::reads_reports(actor, m.tenant_id))
+                .map(|m| m.tenant_id)
+                .collect();
+            if readable.is_empty() && !actor.fleet_admin {
+                return Err(AppError::Forbidden.into());
+            }
+            let tenant = if q.tenant_id.trim().is_empty() {
+                None
             } else {
-                q.group_by.trim().to_string()
-            },
-            tenant_name,
-            currency: currency.unwrap_or_default(),
-            rows,
-            total,
-        })
+                let t = Uuid::parse_str(q.tenant_id.trim())
+                    .ok()
+                    .filter(|t| actor.fleet_admin || readable.contains(t))
+                    .ok_or_else(|| AppError::field("tenant_id", "Choose one of your organisations."))?;
+                Some(t)
+            };
+            let period = parse_period(&q, self.clock.now().date());
+            let group = group_sql(q.group_by.trim());
+            let (period, (key, label, join)) = match (period, group) {
+                (Ok(p), Ok(g)) => (p, g),
+                (p, g) => return Err(AppError::merge([p.err(), g.err()]).into()),
+            };
+            let start = period.from.midnight().assume_utc();
+            let end = (period.to + Duration::DAY).midnight().assume_utc();
+            let prev_start = start - (end - start);
+            // Every tenant for fleet admins without a choice; else the chosen or readable ones.
+            let (all, tenants) = match tenant {
+                Some(t) => (false, vec![t]),
+                None if actor.fleet_admin => (true, Vec::new()),
+                None => (false, readable),
+            };
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let tenant_name: Option<String> = match tenant {
+                Some(t) => Some(
+                    sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
+                        .bind(t)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or_else(|| {
+                            AppError::field("tenant_id", "Choose one of your organisations.")
+                        })?,
+                ),
+                None => None,
+            };
+            // Whole months with no rate-card boundary inside are read from `usage_monthly` (one
+            // row per VM and month, priced by the card of the month); the rest, hour by hour.
+            let boundaries: Vec<OffsetDateTime> = sqlx::query_scalar(
+                "SELECT valid_from FROM rate_cards UNION SELECT valid_to FROM rate_cards WHERE valid_to IS NOT NULL",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            // The start of the current period is a boundary too: a month is current or previous.
+            let boundaries: Vec<OffsetDateTime> = boundaries.into_iter().chain([start]).collect();
+            let split = split_by_month(prev_start, end, &boundaries);
+            // One range predicate per hour range (at most three), so each can use the index on
+            // (tenant, hour); a join against an array of ranges made the planner scan every row.
+            let hour_ranges = if split.hours.is_empty() {
+                "$4::timestamptz[] IS NULL AND $5::timestamptz[] IS NULL".to_string()
+            } else {
+                (1..=split.hours.len())
+                    .map(|i| format!("(u.hour >= ($4::timestamptz[])[{i}] AND u.hour < ($5::timestamptz[])[{i}])"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            };
+            let sql = format!(
+                "WITH usage AS (
+                     SELECT u.vm_uuid, u.hour, u.tenant_id, u.owner_id, u.template_id, u.vcpu_hours,
+                            u.memory_gib_hours, u.disk_gib_hours, u.powered_on_hours
+                     FROM usage_hourly u
+                     WHERE ($2 OR u.tenant_id = ANY($3)) AND ({hour_ranges})
+                     UNION ALL
+                     SELECT m.vm_uuid, m.month, m.tenant_id, m.owner_id, m.template_id, m.vcpu_hours,
+                            m.memory_gib_hours, m.disk_gib_hours, m.powered_on_hours
+                     FROM usage_monthly m
+                     WHERE m.month = ANY($6) AND ($2 OR m.tenant_id = ANY($3))
+                 ),
+                 -- The card of each (template, hour) present, looked up once per pair, not per row.
+                 pairs AS (SELECT DISTINCT template_id, hour FROM usage),
+                 cards AS (
+                     SELECT coalesce(p.template_id, '00000000-0000-0000-0000-000000000000') AS template_key, p.hour, rc.*
+                     FROM pairs p
+                     LEFT JOIN LATERAL (
+                         SELECT r.currency, r.vcpu_hour, r.memory_gib_hour, r.disk_gib_hour FROM rate_cards r
+                         WHERE (r.template_id = p.template_id OR r.template_id IS NULL)
+                           AND r.valid_from <= p.hour AND (r.valid_to IS NULL OR p.hour < r.valid_to)
+                         ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1) rc ON true),
+                 priced AS (
+                     SELECT u.*, rc.currency,
+                            coalesce(u.vcpu_hours * rc.vcpu_hour::float8 + u.memory_gib_hours * rc.memory_gib_hour::float8
+                                     + u.disk_gib_hours * rc.disk_gib_hour::float8, 0) AS cost,
+                            u.hour >= $1 AS current
+                     FROM usage u
+                     JOIN cards rc ON rc.template_key = coalesce(u.template_id, '00000000-0000-0000-0000-000000000000')
+                                  AND rc.hour = u.hour)
+                 SELECT {key} AS key, {label} AS label,
+                        coalesce(sum(u.vcpu_hours) FILTER (WHERE u.current), 0) AS vcpu_hours,
+                        coalesce(sum(u.memory_gib_hours) FILTER (WHERE u.current), 0) AS memory_gib_hours,
+                        coalesce(sum(u.disk_gib_hours) FILTER (WHERE u.current), 0) AS disk_gib_hours,
+                        coalesce(sum(u.powered_on_hours) FILTER (WHERE u.current), 0) AS powered_on_hours,
+                        coalesce(sum(u.cost) FILTER (WHERE u.current), 0) AS cost,
+                        coalesce(sum(u.cost) FILTER (WHERE NOT u.current), 0) AS previous_cost
+                 FROM priced u {join}
+                 GROUP BY 1, 2 ORDER BY cost DESC, vcpu_hours DESC, label"
+            );
+            let rows: Vec<Row> = sqlx::query_as(&sql)
+                .bind(start)
+                .bind(all)
+                .bind(&tenants)
+                .bind(split.hours.iter().map(|r| r.0).collect::<Vec<_>>())
+                .bind(split.hours.iter().map(|r| r.1).collect::<Vec<_>>())
+                .bind(&split.months)
+                .fetch_all(&mut *tx)
+                .await?;
+            let currency: Option<String> = sqlx::query_scalar(
+                "SELECT string_agg(DISTINCT currency, '/') FROM rate_cards WHERE valid_from < $2 AND (valid_to IS NULL OR valid_to > $1)",
+            )
+            .bind(start)
+            .bind(end)
+            .fetch_one(&mut *tx)
+            .await?;
+            let rows: Vec<ReportRow> = rows
+                .into_iter()
+                .filter(|r| r.vcpu_hours > 0.0 || r.previous_cost > 0.0 || r.cost > 0.0)
+                .map(|r| ReportRow {
+                    key: r.key,
+                    label: r.label,
+                    vcpu_hours: r.vcpu_hours,
+                    memory_gib_hours: r.memory_gib_hours,
+                    disk_gib_hours: r.disk_gib_hours,
+                    powered_on_hours: r.powered_on_hours,
+                    cost: r.cost,
+                    previous_cost: r.previous_cost,
+                })
+                .collect();
+            let total = rows.iter().fold(
+                ReportRow {
+                    key: String::new(),
+                    label: "Total".into(),
+                    vcpu_hours: 0.0,
+                    memory_gib_hours: 0.0,
+                    disk_gib_hours: 0.0,
+                    powered_on_hours: 0.0,
+                    cost: 0.0,
+                    previous_cost: 0.0,
+                },
+                |mut t, r| {
+                    t.vcpu_hours += r.vcpu_hours;
+                    t.memory_gib_hours += r.memory_gib_hours;
+                    t.disk_gib_hours += r.disk_gib_hours;
+                    t.powered_on_hours += r.powered_on_hours;
+                    t.cost += r.cost;
+                    t.previous_cost += r.previous_cost;
+                    t
+                },
+            );
+            let prev_to = period.from - Duration::DAY;
+            let prev_from = period.from - (period.to - period.from) - Duration::DAY;
+            Ok(Report {
+                from: iso(period.from),
+                to: iso(period.to),
+                previous_from: iso(prev_from),
+                previous_to: iso(prev_to),
+                group_by: if q.group_by.trim().is_empty() {
+                    "tenant".into()
+                } else {
+                    q.group_by.trim().to_string()
+                },
+                tenant_name,
+                currency: currency.unwrap_or_default(),
+                rows,
+                total,
+            })
+    }).await
     }
 
     async fn rate_cards(&self, req: &RequestCtx) -> Result<Vec<RateCard>, AppError> {
-        let actor = req.actor()?;
-        let may = actor.fleet_admin
-            || actor
+        seam(async move {
+            let actor = req.actor()?;
+            let may = actor.fleet_admin
+                || actor
+                    .memberships
+                    .iter()
+                    .any(|m| crate::platform::authz::reads_reports(actor, m.tenant_id));
+            if !may {
+                return Err(AppError::Forbidden.into());
+            }
+            // Others see the general cards and those of templates offered to a tenant whose
+            // reports they read, never names of templates offered only to other tenants.
+            let readable: Vec<Uuid> = actor
                 .memberships
                 .iter()
-                .any(|m| crate::platform::authz::reads_reports(actor, m.tenant_id));
-        if !may {
-            return Err(AppError::Forbidden);
-        }
-        // Others see the general cards and those of templates offered to a tenant whose
-        // reports they read, never names of templates offered only to other tenants.
-        let readable: Vec<Uuid> = actor
-            .memberships
-            .iter()
-            .filter(|m| crate::platform::authz::reads_reports(actor, m.tenant_id))
-            .map(|m| m.tenant_id)
-            .collect();
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        type Row = (
-            Uuid,
-            Option<String>,
-            String,
-            f64,
-            f64,
-            f64,
-            OffsetDateTime,
-            Option<OffsetDateTime>,
-            bool,
-        );
-        let rows: Vec<Row> =
-            sqlx::query_as(
-                "SELECT r.id, t.name, r.currency, r.vcpu_hour::float8, r.memory_gib_hour::float8, r.disk_gib_hour::float8,
-                        r.valid_from, r.valid_to, r.valid_from <= now() AND (r.valid_to IS NULL OR now() < r.valid_to)
-                 FROM rate_cards r LEFT JOIN templates t ON t.id = r.template_id
-                 WHERE $1 OR r.template_id IS NULL OR t.all_tenants OR t.tenant_ids && $2
-                 ORDER BY r.valid_from DESC, t.name NULLS FIRST",
-            )
-            .bind(actor.fleet_admin)
-            .bind(&readable)
-            .fetch_all(&mut *tx)
-            .await.map_err(internal)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, template_name, currency, v, m, d, from, to, in_force)| RateCard {
-                    id,
-                    template_name,
-                    currency,
-                    vcpu_hour: v,
-                    memory_gib_hour: m,
-                    disk_gib_hour: d,
-                    valid_from: iso(from.date()),
-                    valid_to: to.map(|t| iso(t.date())),
-                    in_force,
-                },
-            )
-            .collect())
+                .filter(|m| crate::platform::authz::reads_reports(actor, m.tenant_id))
+                .map(|m| m.tenant_id)
+                .collect();
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            type Row = (
+                Uuid,
+                Option<String>,
+                String,
+                f64,
+                f64,
+                f64,
+                OffsetDateTime,
+                Option<OffsetDateTime>,
+                bool,
+            );
+            let rows: Vec<Row> =
+                sqlx::query_as(
+                    "SELECT r.id, t.name, r.currency, r.vcpu_hour::float8, r.memory_gib_hour::float8, r.disk_gib_hour::float8,
+                            r.valid_from, r.valid_to, r.valid_from <= now() AND (r.valid_to IS NULL OR now() < r.valid_to)
+                     FROM rate_cards r LEFT JOIN templates t ON t.id = r.template_id
+                     WHERE $1 OR r.template_id IS NULL OR t.all_tenants OR t.tenant_ids && $2
+                     ORDER BY r.valid_from DESC, t.name NULLS FIRST",
+                )
+                .bind(actor.fleet_admin)
+                .bind(&readable)
+                .fetch_all(&mut *tx)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(id, template_name, currency, v, m, d, from, to, in_force)| RateCard {
+                        id,
+                        template_name,
+                        currency,
+                        vcpu_hour: v,
+                        memory_gib_hour: m,
+                        disk_gib_hour: d,
+                        valid_from: iso(from.date()),
+                        valid_to: to.map(|t| iso(t.date())),
+                        in_force,
+                    },
+                )
+                .collect())
+    }).await
     }
 
     async fn end_rate_card(
@@ -489,136 +491,136 @@ impl Reports for ReportsBackend {
         id: Uuid,
         valid_to: &str,
     ) -> Result<(), AppError> {
-        req.fleet_admin()?;
-        let to = parse_date(valid_to, "valid_to")?.midnight().assume_utc();
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let card: Option<(OffsetDateTime, Option<OffsetDateTime>)> =
-            sqlx::query_as("SELECT valid_from, valid_to FROM rate_cards WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(internal)?;
-        let (from, before) = card.ok_or_else(|| AppError::NotFound("Rate card".into()))?;
-        if to <= from {
-            return Err(AppError::field(
-                "valid_to",
-                format!("The end must be after the start, {}.", iso(from.date())),
-            ));
-        }
-        // Ending a card in the past would reprice hours already reported.
-        let today = self.clock.now().date().midnight().assume_utc();
-        if to < today {
-            return Err(AppError::field(
-                "valid_to",
-                format!(
-                    "End the card today ({}) or later: past hours keep the prices they had.",
-                    iso(today.date())
-                ),
-            ));
-        }
-        sqlx::query("UPDATE rate_cards SET valid_to = $2 WHERE id = $1")
+        seam(async move {
+            req.fleet_admin()?;
+            let to = parse_date(valid_to, "valid_to")?.midnight().assume_utc();
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let card: Option<(OffsetDateTime, Option<OffsetDateTime>)> = sqlx::query_as(
+                "SELECT valid_from, valid_to FROM rate_cards WHERE id = $1 FOR UPDATE",
+            )
             .bind(id)
-            .bind(to)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("rate_card.end", "rate_card", id)
-                .before(json!({ "valid_to": before.map(|b| iso(b.date())) }))
-                .after(json!({ "valid_to": iso(to.date()) })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (from, before) = card.ok_or_else(|| AppError::NotFound("Rate card".into()))?;
+            if to <= from {
+                return Err(AppError::field(
+                    "valid_to",
+                    format!("The end must be after the start, {}.", iso(from.date())),
+                )
+                .into());
+            }
+            // Ending a card in the past would reprice hours already reported.
+            let today = self.clock.now().date().midnight().assume_utc();
+            if to < today {
+                return Err(AppError::field(
+                    "valid_to",
+                    format!(
+                        "End the card today ({}) or later: past hours keep the prices they had.",
+                        iso(today.date())
+                    ),
+                )
+                .into());
+            }
+            sqlx::query("UPDATE rate_cards SET valid_to = $2 WHERE id = $1")
+                .bind(id)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("rate_card.end", "rate_card", id)
+                    .before(json!({ "valid_to": before.map(|b| iso(b.date())) }))
+                    .after(json!({ "valid_to": iso(to.date()) })),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn add_rate_card(&self, req: &RequestCtx, form: RateCardForm) -> Result<Uuid, AppError> {
-        req.fleet_admin()?;
-        let currency = form.currency.trim().to_uppercase();
-        let currency = if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
-            Ok(currency)
-        } else {
-            Err(AppError::field(
-                "currency",
-                "Use a three-letter currency code such as EUR.",
-            ))
-        };
-        let prices = (
-            parse_price(&form.vcpu_hour, "vcpu_hour"),
-            parse_price(&form.memory_gib_hour, "memory_gib_hour"),
-            parse_price(&form.disk_gib_hour, "disk_gib_hour"),
-        );
-        let from = parse_date(&form.valid_from, "valid_from");
-        let to = if form.valid_to.trim().is_empty() {
-            Ok(None)
-        } else {
-            parse_date(&form.valid_to, "valid_to").map(Some)
-        };
-        let order = match (&from, &to) {
-            (Ok(f), Ok(Some(t))) if t <= f => Some(AppError::field(
-                "valid_to",
-                "The end must be after the start.",
-            )),
-            _ => None,
-        };
-        let template = if form.template_id.trim().is_empty() {
-            Ok(None)
-        } else {
-            Uuid::parse_str(form.template_id.trim())
-                .map(Some)
-                .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
-        };
-        let (currency, (v, m, d), from, to, template) = match (currency, prices, from, to, template)
-        {
-            (Ok(c), (Ok(v), Ok(m), Ok(d)), Ok(f), Ok(t), Ok(tp)) if order.is_none() => {
-                (c, (v, m, d), f, t, tp)
-            }
-            (c, (v, m, d), f, t, tp) => {
-                return Err(AppError::merge([
-                    c.err(),
-                    v.err(),
-                    m.err(),
-                    d.err(),
-                    f.err(),
-                    t.err(),
-                    tp.err(),
-                    order,
-                ]))
-            }
-        };
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO rate_cards (template_id, currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from, valid_to)
-             VALUES ($1, $2, $3::float8::numeric, $4::float8::numeric, $5::float8::numeric, $6, $7) RETURNING id",
-        )
-        .bind(template)
-        .bind(&currency)
-        .bind(v)
-        .bind(m)
-        .bind(d)
-        .bind(from.midnight().assume_utc())
-        .bind(to.map(|t| t.midnight().assume_utc()))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(x) if x.is_foreign_key_violation() => {
-                AppError::field("template_id", "Choose a template from the list.")
-            }
-            _ => internal(e),
-        })?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("rate_card.create", "rate_card", id).after(json!({
-                "template": template, "currency": currency, "vcpu_hour": v, "memory_gib_hour": m,
-                "disk_gib_hour": d, "valid_from": iso(from), "valid_to": to.map(iso),
-            })),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(id)
+        seam(async move {
+            req.fleet_admin()?;
+            let currency = form.currency.trim().to_uppercase();
+            let currency = if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
+                Ok(currency)
+            } else {
+                Err(AppError::field(
+                    "currency",
+                    "Use a three-letter currency code such as EUR.",
+                ))
+            };
+            let prices = (
+                parse_price(&form.vcpu_hour, "vcpu_hour"),
+                parse_price(&form.memory_gib_hour, "memory_gib_hour"),
+                parse_price(&form.disk_gib_hour, "disk_gib_hour"),
+            );
+            let from = parse_date(&form.valid_from, "valid_from");
+            let to = if form.valid_to.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_date(&form.valid_to, "valid_to").map(Some)
+            };
+            let order = match (&from, &to) {
+                (Ok(f), Ok(Some(t))) if t <= f => Some(AppError::field(
+                    "valid_to",
+                    "The end must be after the start.",
+                )),
+                _ => None,
+            };
+            let template = if form.template_id.trim().is_empty() {
+                Ok(None)
+            } else {
+                Uuid::parse_str(form.template_id.trim())
+                    .map(Some)
+                    .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
+            };
+            let (currency, (v, m, d), from, to, template) = match (currency, prices, from, to, template)
+            {
+                (Ok(c), (Ok(v), Ok(m), Ok(d)), Ok(f), Ok(t), Ok(tp)) if order.is_none() => {
+                    (c, (v, m, d), f, t, tp)
+                }
+                (c, (v, m, d), f, t, tp) => {
+                    return Err(AppError::merge([
+                        c.err(),
+                        v.err(),
+                        m.err(),
+                        d.err(),
+                        f.err(),
+                        t.err(),
+                        tp.err(),
+                        order,
+                    ]).into())
+                }
+            };
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let id: Uuid = sqlx::query_scalar(
+                "INSERT INTO rate_cards (template_id, currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from, valid_to)
+                 VALUES ($1, $2, $3::float8::numeric, $4::float8::numeric, $5::float8::numeric, $6, $7) RETURNING id",
+            )
+            .bind(template)
+            .bind(&currency)
+            .bind(v)
+            .bind(m)
+            .bind(d)
+            .bind(from.midnight().assume_utc())
+            .bind(to.map(|t| t.midnight().assume_utc()))
+            .fetch_one(&mut *tx)
+            .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("rate_card.create", "rate_card", id).after(json!({
+                    "template": template, "currency": currency, "vcpu_hour": v, "memory_gib_hour": m,
+                    "disk_gib_hour": d, "valid_from": iso(from), "valid_to": to.map(iso),
+                })),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(id)
+    }).await
     }
 }
 

@@ -6,6 +6,7 @@
 //! The rollup fills `usage_hourly` hour by hour behind a watermark: each run handles the
 //! complete hours since the last one (never a rescan), and re-running an hour overwrites it.
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use time::{Duration, OffsetDateTime};
@@ -112,12 +113,8 @@ struct LiveVm {
 
 /// Rolls up the complete hours before `now` not yet rolled up, at most `max_hours` of them.
 /// Returns how many hours were written.
-pub async fn rollup(
-    pool: &PgPool,
-    now: OffsetDateTime,
-    max_hours: i64,
-) -> Result<i64, sqlx::Error> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+pub async fn rollup(pool: &PgPool, now: OffsetDateTime, max_hours: i64) -> Result<i64> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     // One roller at a time (several servers may run this).
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('concierge.usage'))")

@@ -1,6 +1,6 @@
 //! The audit trail: one row per state change, written in the changing transaction.
 use crate::platform::db::{self, Scope, Tx};
-use crate::platform::error::{internal, Error, Result};
+use crate::platform::error::{seam, Result};
 use app::audit::{AuditEntry, AuditFilter};
 use app::error::AppError;
 use app::seam::{AuditTrail, RequestCtx};
@@ -70,11 +70,6 @@ impl Origin {
 }
 
 pub async fn record(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<()> {
-    record_raw(tx, origin, event).await.map_err(Error::from)
-}
-
-/// `record` for background work that handles database errors itself.
-pub async fn record_raw(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_log (actor_id, actor_email, tenant_id, action, object_type, object_id, before, after, client_addr)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -120,99 +115,100 @@ impl AuditTrail for AuditBackend {
         req: &RequestCtx,
         filter: AuditFilter,
     ) -> Result<Page<AuditEntry>, AppError> {
-        let actor = req.actor()?;
-        // Fleet admins read everything; tenant admins only the tenants they administer.
-        let tenants: Vec<Uuid> = match filter.tenant_id {
-            Some(t) if crate::platform::authz::administers(actor, t) => vec![t],
-            Some(_) => return Err(AppError::Forbidden),
-            None if actor.fleet_admin => vec![],
-            None => actor.administered_tenants().map(|m| m.tenant_id).collect(),
-        };
-        if !actor.fleet_admin && tenants.is_empty() {
-            return Err(AppError::Forbidden);
-        }
-        if filter.action.chars().count() > 100 {
-            return Err(AppError::field(
-                "action",
-                "Filter actions by at most 100 characters.",
-            ));
-        }
-        if filter.actor.chars().count() > 254 {
-            return Err(AppError::field(
-                "actor",
-                "An e-mail address has at most 254 characters.",
-            ));
-        }
-        let order = db::order_by(
-            &filter.sort,
-            &[
-                ("newest", "a.at DESC, a.id DESC"),
-                ("oldest", "a.at, a.id"),
-                ("action", "a.action, a.at DESC, a.id DESC"),
-                ("actor", "a.actor_email NULLS FIRST, a.at DESC, a.id DESC"),
-            ],
-        )?;
-        let page = filter.page.max(1);
-        // One query in fleet scope for every case: for a tenant admin the tenant filter below
-        // is the authorisation (rows of no tenant never match it).
-        let any_tenant = actor.fleet_admin && filter.tenant_id.is_none();
-        let scope = match filter.tenant_id {
-            Some(t) => Scope {
-                tenant: Some(t),
-                fleet: true,
-                user: None,
-            },
-            None => Scope::fleet(),
-        };
-        const WHERE: &str = "WHERE ($1 OR a.tenant_id = ANY($2))
+        seam(async move {
+            let actor = req.actor()?;
+            // Fleet admins read everything; tenant admins only the tenants they administer.
+            let tenants: Vec<Uuid> = match filter.tenant_id {
+                Some(t) if crate::platform::authz::administers(actor, t) => vec![t],
+                Some(_) => return Err(AppError::Forbidden.into()),
+                None if actor.fleet_admin => vec![],
+                None => actor.administered_tenants().map(|m| m.tenant_id).collect(),
+            };
+            if !actor.fleet_admin && tenants.is_empty() {
+                return Err(AppError::Forbidden.into());
+            }
+            if filter.action.chars().count() > 100 {
+                return Err(
+                    AppError::field("action", "Filter actions by at most 100 characters.").into(),
+                );
+            }
+            if filter.actor.chars().count() > 254 {
+                return Err(AppError::field(
+                    "actor",
+                    "An e-mail address has at most 254 characters.",
+                )
+                .into());
+            }
+            let order = db::order_by(
+                &filter.sort,
+                &[
+                    ("newest", "a.at DESC, a.id DESC"),
+                    ("oldest", "a.at, a.id"),
+                    ("action", "a.action, a.at DESC, a.id DESC"),
+                    ("actor", "a.actor_email NULLS FIRST, a.at DESC, a.id DESC"),
+                ],
+            )?;
+            let page = filter.page.max(1);
+            // One query in fleet scope for every case: for a tenant admin the tenant filter below
+            // is the authorisation (rows of no tenant never match it).
+            let any_tenant = actor.fleet_admin && filter.tenant_id.is_none();
+            let scope = match filter.tenant_id {
+                Some(t) => Scope {
+                    tenant: Some(t),
+                    fleet: true,
+                    user: None,
+                },
+                None => Scope::fleet(),
+            };
+            const WHERE: &str = "WHERE ($1 OR a.tenant_id = ANY($2))
                AND a.action LIKE $3 || '%'
                AND coalesce(a.actor_email, '') ILIKE '%' || $4 || '%'";
-        let mut args = sqlx::postgres::PgArguments::default();
-        db::arg(&mut args, any_tenant)?;
-        db::arg(&mut args, &tenants)?;
-        db::arg(&mut args, db::escape_like(&filter.action))?;
-        db::arg(&mut args, db::escape_like(&filter.actor))?;
-        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
-        let mut tx = db::begin(&self.pool, scope).await?;
-        let rows: Vec<Row> = sqlx::query_as_with(
-            &format!(
+            let mut args = sqlx::postgres::PgArguments::default();
+            db::arg(&mut args, any_tenant)?;
+            db::arg(&mut args, &tenants)?;
+            db::arg(&mut args, db::escape_like(&filter.action))?;
+            db::arg(&mut args, db::escape_like(&filter.actor))?;
+            let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+            let mut tx = db::begin(&self.pool, scope).await?;
+            let rows: Vec<Row> = sqlx::query_as_with(
+                &format!(
                 "SELECT a.id, a.at, a.actor_email, a.tenant_id, t.name AS tenant_name, a.action,
                         a.object_type, a.object_id, a.before, a.after, a.client_addr
                  FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
                  {WHERE} ORDER BY {order} {limit}"
             ),
-            page_args,
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(internal)?;
-        let total: i64 =
-            sqlx::query_scalar_with(&format!("SELECT count(*) FROM audit_log a {WHERE}"), args)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        let items = rows
-            .into_iter()
-            .map(|r| AuditEntry {
-                id: r.id,
-                at: r.at,
-                actor_email: r.actor_email,
-                tenant_id: r.tenant_id,
-                tenant_name: r.tenant_name,
-                action: r.action,
-                object_type: r.object_type,
-                object_id: r.object_id,
-                before: r.before.map(|v| v.to_string()),
-                after: r.after.map(|v| v.to_string()),
-                client_addr: r.client_addr.map(|a| a.ip().to_string()),
+                page_args,
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let total: i64 =
+                sqlx::query_scalar_with(&format!("SELECT count(*) FROM audit_log a {WHERE}"), args)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            let items = rows
+                .into_iter()
+                .map(|r| AuditEntry {
+                    id: r.id,
+                    at: r.at,
+                    actor_email: r.actor_email,
+                    tenant_id: r.tenant_id,
+                    tenant_name: r.tenant_name,
+                    action: r.action,
+                    object_type: r.object_type,
+                    object_id: r.object_id,
+                    before: r.before.map(|v| v.to_string()),
+                    after: r.after.map(|v| v.to_string()),
+                    client_addr: r.client_addr.map(|a| a.ip().to_string()),
+                })
+                .collect();
+            Ok(Page {
+                items,
+                page,
+                per_page: PER_PAGE,
+                total,
             })
-            .collect();
-        Ok(Page {
-            items,
-            page,
-            per_page: PER_PAGE,
-            total,
         })
+        .await
     }
 }

@@ -119,12 +119,7 @@ impl Scope {
 
 /// Begins a transaction scoped for row-level security.
 pub async fn begin(pool: &PgPool, scope: Scope) -> Result<Tx> {
-    begin_raw(pool, scope).await.map_err(Error::from)
-}
-
-/// `begin` for background work that handles database errors itself.
-pub async fn begin_raw(pool: &PgPool, scope: Scope) -> Result<Tx, sqlx::Error> {
-    begin_then(pool, scope, None).await
+    Ok(begin_then(pool, scope, None).await?)
 }
 
 /// `begin` for a list whose filters are parameters that fold away in a custom plan, so that
@@ -226,16 +221,12 @@ pub fn arg<'q, T>(args: &mut PgArguments, value: T) -> Result<()>
 where
     T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
 {
-    args.add(value).map_err(Error::from)
+    Ok(args.add(value)?)
 }
 
 /// The filter's parameters followed by the page's, and the clause that uses them:
 /// `LIMIT $n+1 OFFSET $n+2` for 1-based `page`.
-pub fn page_args(
-    filter: &PgArguments,
-    per_page: u32,
-    page: u32,
-) -> Result<(String, PgArguments), AppError> {
+pub fn page_args(filter: &PgArguments, per_page: u32, page: u32) -> Result<(String, PgArguments)> {
     let mut args = filter.clone();
     let n = args.len();
     arg(&mut args, i64::from(per_page))?;

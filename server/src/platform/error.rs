@@ -111,6 +111,12 @@ impl From<String> for Outcome {
     }
 }
 
+/// Runs the body of a seam method, written in the backend's error type so that `?` works on
+/// every call, and answers with the wire's `AppError`.
+pub async fn seam<T>(body: impl std::future::Future<Output = Result<T>>) -> Result<T, AppError> {
+    body.await.map_err(AppError::from)
+}
+
 /// Logs `e` and hands the user a reference (or the field error its constraint names): for the
 /// few places that hold an error outside a `?`.
 pub fn internal(e: impl Into<Error>) -> AppError {
@@ -144,6 +150,9 @@ fn on_constraint(name: &str) -> Option<AppError> {
         )),
         "hosts_name_key" => field("name", "A host with that name is already registered."),
         "hosts_uri_key" => field("uri", "That URI is already registered."),
+        "ssh_keys_fingerprint_key" => field("key", "That key is already on your account."),
+        "rate_cards_template_id_fkey" => field("template_id", "Choose a template from the list."),
+        "tenant_quotas_tenant_id_fkey" => Some(AppError::NotFound("Tenant".into())),
         _ => None,
     }
 }

@@ -3,6 +3,7 @@
 //! retried with backoff up to an attempt cap. A runner that dies stops beating; its lease
 //! lapses and another worker takes the job over, so every handler must be idempotent.
 use crate::platform::db::Tx;
+use crate::platform::error::Result;
 use async_trait::async_trait;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -84,7 +85,7 @@ pub async fn enqueue(
     key: Uuid,
     payload: serde_json::Value,
     max_attempts: i32,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO jobs (kind, key, payload, max_attempts) VALUES ($1, $2, $3, $4)
          ON CONFLICT (kind, key) WHERE state IN ('queued', 'running') DO NOTHING",
@@ -99,8 +100,8 @@ pub async fn enqueue(
 }
 
 /// Claims the oldest ready job, or one whose runner's lease lapsed.
-pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>> {
+    Ok(sqlx::query_as(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1,
                 locked_until = now() + make_interval(secs => $1)
          WHERE id = (SELECT id FROM jobs
@@ -110,10 +111,10 @@ pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>, sqlx::
     )
     .bind(lease.as_secs_f64())
     .fetch_optional(pool)
-    .await
+    .await?)
 }
 
-pub async fn heartbeat(pool: &PgPool, id: i64, lease: Duration) -> Result<(), sqlx::Error> {
+pub async fn heartbeat(pool: &PgPool, id: i64, lease: Duration) -> Result<()> {
     sqlx::query("UPDATE jobs SET locked_until = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'running'")
         .bind(id)
         .bind(lease.as_secs_f64())
@@ -122,12 +123,7 @@ pub async fn heartbeat(pool: &PgPool, id: i64, lease: Duration) -> Result<(), sq
     Ok(())
 }
 
-async fn finish(
-    pool: &PgPool,
-    id: i64,
-    state: &str,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
+async fn finish(pool: &PgPool, id: i64, state: &str, error: Option<&str>) -> Result<()> {
     sqlx::query(
         "UPDATE jobs SET state = $2, last_error = coalesce($3, last_error), finished_at = now(), locked_until = NULL WHERE id = $1",
     )
@@ -145,7 +141,7 @@ async fn requeue(
     error: &str,
     delay: Duration,
     refund_attempt: bool,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query(
         "UPDATE jobs SET state = 'queued', last_error = $2, run_at = now() + make_interval(secs => $3),
                 locked_until = NULL, attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END

@@ -1,6 +1,7 @@
 //! Live updates: one LISTEN connection per server forwards `concierge_live` notifications
 //! (domain state changes, request log lines; see the migration) to a broadcast channel, and
 //! `/live` streams to each open page the events its viewer may see, as server-sent events.
+use crate::platform::error::Result;
 use app::account::Actor;
 use app::live::LiveEvent;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -143,7 +144,7 @@ pub async fn notify_vm(
     tx: &mut crate::platform::db::Tx,
     uuid: uuid::Uuid,
     host_id: uuid::Uuid,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query(
         "SELECT pg_notify($1, json_build_object('kind', 'domain', 'host_id', $3::uuid, 'uuid', v.uuid,
                 'state', d.state, 'tenant_id', v.tenant_id, 'owner_id', v.owner_id)::text)

@@ -3,7 +3,7 @@ use crate::hypervisor::domain_xml::LibvirtXml;
 use crate::hypervisor::inventory;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db;
-use crate::platform::error::{Error, Result};
+use crate::platform::error::Result;
 use crate::provisioning::quota::{self, Amount};
 use crate::provisioning::requests::ProvisioningBackend;
 use app::error::AppError;
@@ -169,9 +169,7 @@ pub async fn resize(
     let actor = req.actor.as_ref().map(|a| a.user_id);
     log_operation(&mut tx, uuid, tenant, actor, "resize", started).await?;
     tx.commit().await?;
-    crate::hypervisor::write_domain(&backend.pool, host, &facts)
-        .await
-        .map_err(Error::from)
+    crate::hypervisor::write_domain(&backend.pool, host, &facts).await
 }
 
 pub async fn snapshot(

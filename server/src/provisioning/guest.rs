@@ -26,7 +26,7 @@ pub async fn watch(
     port: u16,
     network: Option<&str>,
     started: OffsetDateTime,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     crate::platform::jobs::enqueue(
         tx,
         JobKind::GuestReady,
@@ -116,7 +116,7 @@ pub async fn check(
     let started = job.payload["started"].as_i64().unwrap_or(0);
     let uuid = job.key;
 
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     let vm: Option<Vm> = sqlx::query_as(
         "SELECT v.name, v.tenant_id, v.request_id, t.login_user,
                 v.deleted_at IS NOT NULL AS deleted, v.ssh_ready_at AS ready_at,
@@ -171,7 +171,7 @@ pub async fn check(
     let now = OffsetDateTime::now_utc();
     let after = now.unix_timestamp() - started;
 
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     if !addresses.is_empty() {
         sqlx::query("UPDATE vms SET guest_addresses = $2 WHERE uuid = $1")
             .bind(uuid)

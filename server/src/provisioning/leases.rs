@@ -7,6 +7,7 @@ use crate::hypervisor::Hypervisors;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
+use crate::platform::error::Result;
 use crate::platform::jobs::{self, Queue};
 use crate::provisioning::quota::{self, Release};
 use crate::provisioning::requests::log;
@@ -34,10 +35,10 @@ pub struct Tick {
 }
 
 impl Leases {
-    pub async fn tick(&self) -> Result<Tick, sqlx::Error> {
+    pub async fn tick(&self) -> Result<Tick> {
         let now = self.clock.now();
         let mut out = Tick::default();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
 
         let expired: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "UPDATE requests SET state = 'expired', reason = 'Nobody decided in time.', updated_at = $1, level = NULL
@@ -58,7 +59,7 @@ impl Leases {
                 now,
             )
             .await?;
-            audit::record_raw(
+            audit::record(
                 &mut tx,
                 &Origin::default(),
                 Event::new("request.expire", "request", id).tenant(*tenant),
@@ -81,7 +82,7 @@ impl Leases {
             .fetch_all(&mut *tx)
             .await?;
             for (uuid, tenant, name, ends) in &reminded {
-                audit::record_raw(
+                audit::record(
                     &mut tx,
                     &Origin::default(),
                     Event::new("vm.lease.remind", "vm", uuid)
@@ -102,7 +103,7 @@ impl Leases {
         .fetch_all(&mut *tx)
         .await?;
         for (uuid, tenant, _, name) in &stopping {
-            audit::record_raw(
+            audit::record(
                 &mut tx,
                 &Origin::default(),
                 Event::new("vm.lease.expire", "vm", uuid)
@@ -134,7 +135,7 @@ impl Leases {
                 10,
             )
             .await?;
-            audit::record_raw(
+            audit::record(
                 &mut tx,
                 &Origin::default(),
                 Event::new("vm.lease.delete", "vm", uuid)
@@ -159,7 +160,7 @@ impl Leases {
                     tracing::info!(%uuid, error = %e, "stopping an expired VM (it may be off already)");
                 }
                 // In the VM's operation log like any other power change.
-                let mut log = db::begin_raw(&self.pool, Scope::fleet()).await?;
+                let mut log = db::begin(&self.pool, Scope::fleet()).await?;
                 sqlx::query(
                     "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, operation, status, error, detail, finished_at, duration_ms)
                      VALUES ($1, $2, $3, 'force_off', $4, $5, 'The lease ended: stopped until it is extended or deleted.', now(), $6)",

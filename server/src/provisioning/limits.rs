@@ -4,7 +4,7 @@ use super::validate::parse_gib_as_mib;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self};
 use crate::platform::db::{self};
-use crate::platform::error::{internal, Error, Result};
+use crate::platform::error::Result;
 use crate::provisioning::approval::{self};
 use crate::provisioning::quota::{self, Amount};
 use app::error::AppError;
@@ -149,11 +149,7 @@ pub(super) async fn set_quota(
         .bind(disk)
         .bind(vms as i32)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => AppError::NotFound("Tenant".into()),
-            _ => internal(e),
-        })?;
+        .await?;
         audit::record(
             &mut tx,
             &origin,
@@ -163,7 +159,7 @@ pub(super) async fn set_quota(
         )
         .await?;
     }
-    tx.commit().await.map_err(Error::from)
+    Ok(tx.commit().await?)
 }
 
 pub(super) async fn set_policy(
@@ -294,7 +290,7 @@ pub(super) async fn set_policy(
             })),
     )
     .await?;
-    tx.commit().await.map_err(Error::from)
+    Ok(tx.commit().await?)
 }
 
 pub(super) async fn recount(

@@ -5,6 +5,7 @@
 //! trusted), the vCPUs (within the overcommit ratio) and the pool space. The one with most
 //! free memory wins.
 use crate::platform::db::Tx;
+use crate::platform::error::Result;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -56,8 +57,8 @@ pub async fn candidates(
     tx: &mut Tx,
     template: Uuid,
     network: Option<&str>,
-) -> Result<Vec<Candidate>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<Vec<Candidate>> {
+    Ok(sqlx::query_as(
         "SELECT h.id AS host_id, h.name AS host_name, h.state, h.schedulable, h.maintenance, h.cpus,
                 h.memory_kib, (SELECT coalesce(sum(d.memory_kib), 0) FROM domains d
                   WHERE d.host_id = h.id AND d.missing_since IS NULL AND d.state NOT IN ('shutoff', 'crashed'))::int8 AS active_memory_kib,
@@ -80,7 +81,7 @@ pub async fn candidates(
     .bind(template)
     .bind(network)
     .fetch_all(&mut **tx)
-    .await
+    .await?)
 }
 
 /// Picks a host, or says why none fits (host by host).

@@ -92,7 +92,7 @@ struct VmJob {
 
 impl Provisioner {
     async fn load(&self, uuid: Uuid) -> Result<Option<VmJob>, Outcome> {
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         Ok(sqlx::query_as(
             "SELECT v.uuid, v.request_id, v.tenant_id, t.name AS tenant_name, u.email AS owner_email, v.owner_id, v.template_id,
                     v.name, v.vcpus, v.memory_mib, v.disk_gib, v.host_id, v.pool, v.volume, v.phase, v.deleted_at,
@@ -108,7 +108,7 @@ impl Provisioner {
     /// Records a phase and a line in the request's log.
     async fn phase(&self, vm: &VmJob, phase: VmPhase, message: &str) -> Result<(), Outcome> {
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query(
             "UPDATE vms SET phase = $2, updated_at = $3 WHERE uuid = $1 AND phase <> 'running'",
         )
@@ -125,7 +125,7 @@ impl Provisioner {
                 .await?
                 .rows_affected();
             if moved > 0 {
-                audit::record_raw(
+                audit::record(
                     &mut tx,
                     &Origin::default(),
                     Event::new("request.provision", "request", r).tenant(vm.tenant_id),
@@ -152,7 +152,7 @@ impl Provisioner {
             .template_id
             .ok_or_else(|| Outcome::Fail("The template was deleted.".into()))?;
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('concierge.placement'))")
             .execute(&mut *tx)
             .await?;
@@ -301,7 +301,7 @@ impl Provisioner {
                 request_user_data: String::new(),
             });
         };
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query_as(
             "SELECT t.login_user, t.user_data, coalesce(r.user_data, '') AS request_user_data
              FROM templates t LEFT JOIN vms v ON v.uuid = $2 LEFT JOIN requests r ON r.id = v.request_id
@@ -324,7 +324,7 @@ impl Provisioner {
     ) -> Result<String, Outcome> {
         let keys = match vm.owner_id {
             Some(owner) => {
-                let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+                let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
                 crate::accounts::ssh_keys::lines_of(&mut tx, owner).await?
             }
             None => Vec::new(),
@@ -521,7 +521,7 @@ impl Provisioner {
 
     /// The fleet admin's choice of kvm or qemu for this host, if any.
     async fn chosen_domain_type(&self, host: Uuid) -> Result<Option<&'static str>, Outcome> {
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let t: Option<String> = sqlx::query_scalar("SELECT domain_type FROM hosts WHERE id = $1")
             .bind(host)
             .fetch_optional(&mut *tx)
@@ -542,7 +542,7 @@ impl Provisioner {
         forward: Option<(Uuid, u16)>,
     ) -> Result<(), Outcome> {
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         if let Some(r) = vm.request_id {
             // Serialises the VMs of one request deciding whether they were the last.
             sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
@@ -599,7 +599,7 @@ impl Provisioner {
                     now,
                 )
                 .await?;
-                audit::record_raw(
+                audit::record(
                     &mut tx,
                     &Origin::default(),
                     Event::new("request.fulfil", "request", r).tenant(vm.tenant_id),
@@ -610,7 +610,7 @@ impl Provisioner {
                     .await?;
             }
         }
-        audit::record_raw(
+        audit::record(
             &mut tx,
             &Origin::default(),
             Event::new("vm.provision", "vm", vm.uuid)
@@ -649,7 +649,7 @@ impl Provisioner {
             now,
         )
         .await?;
-        audit::record_raw(
+        audit::record(
             tx,
             &Origin::default(),
             Event::new("request.fail", "request", request)
@@ -701,14 +701,14 @@ impl Provisioner {
             let _ = crate::hypervisor::mark_missing(&self.pool, host, uuid).await;
         }
         let now = self.clock.now();
-        let mut tx = db::begin_raw(&self.pool, Scope::fleet()).await?;
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         sqlx::query("UPDATE vms SET phase = 'deleted', deleted_at = $2, updated_at = $2 WHERE uuid = $1 AND deleted_at IS NULL")
             .bind(uuid)
             .bind(now)
             .execute(&mut *tx)
             .await?;
         quota::release(&mut tx, Release::Vm(uuid), reason, now).await?;
-        audit::record_raw(
+        audit::record(
             &mut tx,
             &Origin::default(),
             Event::new("vm.delete", "vm", uuid)
@@ -807,7 +807,7 @@ impl Handler for Provisioner {
                 return Ok(());
             };
             let now = self.clock.now();
-            let mut tx = db::begin_raw(&self.pool, Scope::fleet())
+            let mut tx = db::begin(&self.pool, Scope::fleet())
                 .await?;
             if let Some(r) = vm.request_id {
                 sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")

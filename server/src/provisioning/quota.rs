@@ -168,7 +168,8 @@ async fn user_limits(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Option<Lim
     .bind(tenant)
     .bind(user)
     .fetch_optional(&mut **tx)
-    .await.map_err(Error::from)
+    .await
+    .map_err(Error::from)
 }
 
 async fn user_usage(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Usage> {
@@ -180,7 +181,8 @@ async fn user_usage(tx: &mut Tx, tenant: Uuid, user: Uuid) -> Result<Usage> {
     .bind(tenant)
     .bind(user)
     .fetch_one(&mut **tx)
-    .await.map_err(Error::from)
+    .await
+    .map_err(Error::from)
 }
 
 /// What adding `adding` would do, without reserving anything.
@@ -333,7 +335,7 @@ pub async fn release(
     which: Release,
     reason: &str,
     now: OffsetDateTime,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64> {
     let (column, key) = match which {
         Release::Request(id) => ("request_id", id),
         Release::Vm(id) => ("vm_uuid", id),
@@ -370,7 +372,7 @@ pub async fn release(
 }
 
 /// The VM exists: its reservation becomes an allocation.
-pub async fn allocate(tx: &mut Tx, vm: Uuid, now: OffsetDateTime) -> Result<(), sqlx::Error> {
+pub async fn allocate(tx: &mut Tx, vm: Uuid, now: OffsetDateTime) -> Result<()> {
     sqlx::query(
         "UPDATE quota_ledger SET state = 'allocated', updated_at = $2 WHERE vm_uuid = $1 AND state = 'reserved'",
     )

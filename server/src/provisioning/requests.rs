@@ -11,7 +11,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, member_tenants, Access};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope, Tx};
-use crate::platform::error::{internal, Error, Result};
+use crate::platform::error::{seam, Error, Result};
 use crate::platform::jobs::{self, Queue};
 use crate::provisioning::approval::{Ask, Policy};
 use crate::provisioning::quota::{self, Amount, Release};
@@ -127,7 +127,7 @@ pub async fn log(
     kind: &str,
     message: &str,
     at: OffsetDateTime,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO request_events (request_id, tenant_id, actor_id, kind, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -148,7 +148,7 @@ pub(super) async fn set_state(
     state: RequestState,
     reason: Option<&str>,
     now: OffsetDateTime,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query("UPDATE requests SET state = $2, reason = coalesce($3, reason), updated_at = $4, level = CASE WHEN $2 = 'pending_approval' THEN level ELSE NULL END WHERE id = $1")
         .bind(id)
         .bind(state.as_str())
@@ -301,142 +301,141 @@ impl Provisioning for ProvisioningBackend {
 
     #[tracing::instrument(skip_all)]
     async fn submit(&self, req: &RequestCtx, form: RequestForm) -> Result<Uuid, AppError> {
-        let actor = req.actor()?;
-        let tenant = form
-            .tenant_id
-            .ok_or_else(|| AppError::field("tenant_id", "Choose a tenant."))?;
-        let now = self.now();
-        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
-        let v = self.validate(&mut tx, actor, &form, true).await?;
-        let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO requests (id, tenant_id, requester_id, template_id, size_name, vcpus, memory_mib, disk_gib,
-                                   count, name_prefix, lease_days, purpose, state, created_at, updated_at, user_data, network)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', $13, $13, $14, $15)",
-        )
-        .bind(id)
-        .bind(v.tenant)
-        .bind(actor.user_id)
-        .bind(v.template.id)
-        .bind(&v.size.name)
-        .bind(v.size.vcpus)
-        .bind(v.size.memory_mib)
-        .bind(v.size.disk_gib)
-        .bind(v.count)
-        .bind(&v.prefix)
-        .bind(v.lease_days)
-        .bind(&v.purpose)
-        .bind(now)
-        .bind(&v.user_data)
-        .bind(&v.network)
-        .execute(&mut *tx)
-        .await.map_err(internal)?;
-        let vm_uuids: Vec<Uuid> = (0..v.count).map(|_| Uuid::new_v4()).collect();
-        let per_vm = Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib);
-        let origin = Origin::of(req);
-        let what = format!(
-            "{} × {} ({}) for {} days",
-            v.count, v.template.name, v.size.name, v.lease_days
-        );
-        log(
-            &mut tx,
-            id,
-            v.tenant,
-            Some(actor.user_id),
-            "submitted",
-            &format!("Submitted: {what}. Quota reserved."),
-            now,
-        )
-        .await
-        .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &origin,
-            Event::new("request.submit", "request", id)
-                .tenant(v.tenant)
-                .after(json!({
-                    "template": v.template.id, "size": v.size.name, "count": v.count,
-                    "name_prefix": v.prefix, "lease_days": v.lease_days, "purpose": v.purpose,
-                })),
-        )
-        .await?;
-        let policy = Policy::load(&mut tx, v.tenant).await?;
-        let ask = Ask {
-            template: v.template.id,
-            vcpus: v.size.vcpus,
-            memory_mib: v.size.memory_mib,
-            count: v.count,
-            lease_days: v.lease_days,
-        };
-        let row = self.load_request(&mut tx, id, true).await?;
-        let auto = policy.auto_approves(&ask);
-        if auto {
+        seam(async move {
+            let actor = req.actor()?;
+            let tenant = form
+                .tenant_id
+                .ok_or_else(|| AppError::field("tenant_id", "Choose a tenant."))?;
+            let now = self.now();
+            let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+            let v = self.validate(&mut tx, actor, &form, true).await?;
+            let id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO requests (id, tenant_id, requester_id, template_id, size_name, vcpus, memory_mib, disk_gib,
+                                       count, name_prefix, lease_days, purpose, state, created_at, updated_at, user_data, network)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitted', $13, $13, $14, $15)",
+            )
+            .bind(id)
+            .bind(v.tenant)
+            .bind(actor.user_id)
+            .bind(v.template.id)
+            .bind(&v.size.name)
+            .bind(v.size.vcpus)
+            .bind(v.size.memory_mib)
+            .bind(v.size.disk_gib)
+            .bind(v.count)
+            .bind(&v.prefix)
+            .bind(v.lease_days)
+            .bind(&v.purpose)
+            .bind(now)
+            .bind(&v.user_data)
+            .bind(&v.network)
+            .execute(&mut *tx)
+            .await?;
+            let vm_uuids: Vec<Uuid> = (0..v.count).map(|_| Uuid::new_v4()).collect();
+            let per_vm = Amount::vm(v.size.vcpus, v.size.memory_mib, v.size.disk_gib);
+            let origin = Origin::of(req);
+            let what = format!(
+                "{} × {} ({}) for {} days",
+                v.count, v.template.name, v.size.name, v.lease_days
+            );
             log(
                 &mut tx,
                 id,
                 v.tenant,
-                None,
-                "approved",
-                "Approved automatically: within the tenant's auto-approval thresholds.",
+                Some(actor.user_id),
+                "submitted",
+                &format!("Submitted: {what}. Quota reserved."),
                 now,
-            )
-            .await
-            .map_err(internal)?;
-            audit::record(
-                &mut tx,
-                &Origin::default(),
-                Event::new("request.approve", "request", id)
-                    .tenant(v.tenant)
-                    .after(json!({ "by": "policy" })),
             )
             .await?;
-            self.start_provisioning(&mut tx, &row, Some(&vm_uuids), now)
-                .await?;
-        } else {
-            let level = policy.first_level();
-            let decide_by = now + time::Duration::days(policy.expire_days.into());
-            sqlx::query("UPDATE requests SET state = 'pending_approval', level = $2, decide_by = $3 WHERE id = $1")
-                .bind(id)
-                .bind(level)
-                .bind(decide_by)
-                .execute(&mut *tx)
-                .await.map_err(internal)?;
-            log(
+            audit::record(
                 &mut tx,
-                id,
-                v.tenant,
-                None,
-                "pending_approval",
-                &format!(
-                    "Needs approval (level {level} of {}); expires unless decided within {} days.",
-                    policy.levels.len(),
-                    policy.expire_days
-                ),
-                now,
+                &origin,
+                Event::new("request.submit", "request", id)
+                    .tenant(v.tenant)
+                    .after(json!({
+                        "template": v.template.id, "size": v.size.name, "count": v.count,
+                        "name_prefix": v.prefix, "lease_days": v.lease_days, "purpose": v.purpose,
+                    })),
             )
-            .await
-            .map_err(internal)?;
-        }
-        // Last, and committed with the submission: the tenant's quota row is locked only from
-        // here to that commit, so concurrent submissions queue for as short a time as possible.
-        let reserved =
-            quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await;
-        match reserved {
-            Ok(()) => {}
-            Err(quota::Reserve::Failed(e)) => return Err(e),
-            Err(quota::Reserve::Refused) => {
-                tx.rollback().await.map_err(internal)?;
-                let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
-                let total = per_vm.times(vm_uuids.len() as i64);
-                return Err(quota::refusal(&mut tx, v.tenant, actor.user_id, total).await);
+            .await?;
+            let policy = Policy::load(&mut tx, v.tenant).await?;
+            let ask = Ask {
+                template: v.template.id,
+                vcpus: v.size.vcpus,
+                memory_mib: v.size.memory_mib,
+                count: v.count,
+                lease_days: v.lease_days,
+            };
+            let row = self.load_request(&mut tx, id, true).await?;
+            let auto = policy.auto_approves(&ask);
+            if auto {
+                log(
+                    &mut tx,
+                    id,
+                    v.tenant,
+                    None,
+                    "approved",
+                    "Approved automatically: within the tenant's auto-approval thresholds.",
+                    now,
+                )
+                .await?;
+                audit::record(
+                    &mut tx,
+                    &Origin::default(),
+                    Event::new("request.approve", "request", id)
+                        .tenant(v.tenant)
+                        .after(json!({ "by": "policy" })),
+                )
+                .await?;
+                self.start_provisioning(&mut tx, &row, Some(&vm_uuids), now)
+                    .await?;
+            } else {
+                let level = policy.first_level();
+                let decide_by = now + time::Duration::days(policy.expire_days.into());
+                sqlx::query("UPDATE requests SET state = 'pending_approval', level = $2, decide_by = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(level)
+                    .bind(decide_by)
+                    .execute(&mut *tx)
+                    .await?;
+                log(
+                    &mut tx,
+                    id,
+                    v.tenant,
+                    None,
+                    "pending_approval",
+                    &format!(
+                        "Needs approval (level {level} of {}); expires unless decided within {} days.",
+                        policy.levels.len(),
+                        policy.expire_days
+                    ),
+                    now,
+                )
+                .await?;
             }
-        }
-        // Returns once the submission is on disk (see `quota::reserve`).
-        tx.commit().await.map_err(internal)?;
-        if auto {
-            self.wake();
-        }
-        Ok(id)
+            // Last, and committed with the submission: the tenant's quota row is locked only from
+            // here to that commit, so concurrent submissions queue for as short a time as possible.
+            let reserved =
+                quota::reserve(&mut tx, v.tenant, actor.user_id, id, per_vm, &vm_uuids, now).await;
+            match reserved {
+                Ok(()) => {}
+                Err(quota::Reserve::Failed(e)) => return Err(e.into()),
+                Err(quota::Reserve::Refused) => {
+                    tx.rollback().await?;
+                    let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+                    let total = per_vm.times(vm_uuids.len() as i64);
+                    return Err(quota::refusal(&mut tx, v.tenant, actor.user_id, total).await.into());
+                }
+            }
+            // Returns once the submission is on disk (see `quota::reserve`).
+            tx.commit().await?;
+            if auto {
+                self.wake();
+            }
+            Ok(id)
+    }).await
     }
 
     async fn requests(
@@ -452,127 +451,128 @@ impl Provisioning for ProvisioningBackend {
     }
 
     async fn request(&self, req: &RequestCtx, id: Uuid) -> Result<RequestDetail, AppError> {
-        let actor = req.actor()?;
-        let (tenant, requester) = self
-            .request_tenant(id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("Request".into()))?;
-        if !authz::sees_request(actor, tenant, requester) {
-            return Err(authz::refuse(Access::See, "Request"));
-        }
-        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
-        let r = self.load_request(&mut tx, id, false).await?;
-        let events: Vec<(OffsetDateTime, Option<String>, String, String)> = sqlx::query_as(
-            "SELECT e.at, u.email, e.kind, e.message FROM request_events e LEFT JOIN users u ON u.id = e.actor_id
-             WHERE e.request_id = $1 ORDER BY e.id",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        let vms = self.vm_rows(&mut tx, "v.request_id = $1", id).await?;
-        let mut waiting_for = Vec::new();
-        let mut can_decide = false;
-        if r.state == RequestState::PendingApproval {
-            let policy = Policy::load(&mut tx, tenant).await?;
-            if let Some(level) = r.level.and_then(|l| policy.level(l)) {
-                let decided: Vec<Uuid> = sqlx::query_scalar(
-                    "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2",
-                )
-                .bind(id)
-                .bind(level.level)
-                .fetch_all(&mut *tx)
-                .await.map_err(internal)?;
-                if level.approvers.is_empty() {
-                    waiting_for.push(format!("any approver of {}", r.tenant_name));
-                } else {
-                    let pending: Vec<Uuid> = level
-                        .approvers
-                        .iter()
-                        .filter(|a| !decided.contains(a))
-                        .copied()
-                        .collect();
-                    waiting_for = sqlx::query_scalar(
-                        "SELECT email FROM users WHERE id = ANY($1) ORDER BY lower(email)",
-                    )
-                    .bind(&pending)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(internal)?;
-                    if !level.all && !waiting_for.is_empty() {
-                        waiting_for = vec![format!("one of {}", waiting_for.join(", "))];
-                    }
-                }
-                can_decide = requester != actor.user_id
-                    && level.eligible(actor, tenant)
-                    && !decided.contains(&actor.user_id);
+        seam(async move {
+            let actor = req.actor()?;
+            let (tenant, requester) = self
+                .request_tenant(id)
+                .await?
+                .ok_or_else(|| AppError::NotFound("Request".into()))?;
+            if !authz::sees_request(actor, tenant, requester) {
+                return Err(authz::refuse(Access::See, "Request").into());
             }
-        }
-        Ok(RequestDetail {
-            request: r.summary(),
-            events: events
-                .into_iter()
-                .map(|(at, actor_email, kind, message)| RequestEvent {
-                    at,
-                    actor_email,
-                    kind,
-                    message,
-                })
-                .collect(),
-            vms,
-            waiting_for,
-            level: r.level,
-            can_cancel: requester == actor.user_id && r.state.undecided(),
-            can_decide,
-            user_data: r.user_data.clone(),
-        })
+            let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+            let r = self.load_request(&mut tx, id, false).await?;
+            let events: Vec<(OffsetDateTime, Option<String>, String, String)> = sqlx::query_as(
+                "SELECT e.at, u.email, e.kind, e.message FROM request_events e LEFT JOIN users u ON u.id = e.actor_id
+                 WHERE e.request_id = $1 ORDER BY e.id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let vms = self.vm_rows(&mut tx, "v.request_id = $1", id).await?;
+            let mut waiting_for = Vec::new();
+            let mut can_decide = false;
+            if r.state == RequestState::PendingApproval {
+                let policy = Policy::load(&mut tx, tenant).await?;
+                if let Some(level) = r.level.and_then(|l| policy.level(l)) {
+                    let decided: Vec<Uuid> = sqlx::query_scalar(
+                        "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2",
+                    )
+                    .bind(id)
+                    .bind(level.level)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if level.approvers.is_empty() {
+                        waiting_for.push(format!("any approver of {}", r.tenant_name));
+                    } else {
+                        let pending: Vec<Uuid> = level
+                            .approvers
+                            .iter()
+                            .filter(|a| !decided.contains(a))
+                            .copied()
+                            .collect();
+                        waiting_for = sqlx::query_scalar(
+                            "SELECT email FROM users WHERE id = ANY($1) ORDER BY lower(email)",
+                        )
+                        .bind(&pending)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        if !level.all && !waiting_for.is_empty() {
+                            waiting_for = vec![format!("one of {}", waiting_for.join(", "))];
+                        }
+                    }
+                    can_decide = requester != actor.user_id
+                        && level.eligible(actor, tenant)
+                        && !decided.contains(&actor.user_id);
+                }
+            }
+            Ok(RequestDetail {
+                request: r.summary(),
+                events: events
+                    .into_iter()
+                    .map(|(at, actor_email, kind, message)| RequestEvent {
+                        at,
+                        actor_email,
+                        kind,
+                        message,
+                    })
+                    .collect(),
+                vms,
+                waiting_for,
+                level: r.level,
+                can_cancel: requester == actor.user_id && r.state.undecided(),
+                can_decide,
+                user_data: r.user_data.clone(),
+            })
+    }).await
     }
 
     async fn cancel(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError> {
-        let actor = req.actor()?;
-        let (tenant, requester) = self
-            .request_tenant(id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("Request".into()))?;
-        if requester != actor.user_id {
-            return Err(if authz::decides_in(actor, tenant) {
-                AppError::Forbidden
-            } else {
-                AppError::NotFound("Request".into())
-            });
-        }
-        let now = self.now();
-        let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
-        let r = self.load_request(&mut tx, id, true).await?;
-        if !r.state.undecided() {
-            return Err(AppError::Conflict(format!(
-                "Only pending requests can be cancelled; this one is {}.",
-                r.state.label().to_lowercase()
-            )));
-        }
-        set_state(&mut tx, id, RequestState::Cancelled, None, now)
-            .await
-            .map_err(internal)?;
-        quota::release(&mut tx, Release::Request(id), "cancelled", now)
-            .await
-            .map_err(internal)?;
-        log(
-            &mut tx,
-            id,
-            tenant,
-            Some(actor.user_id),
-            "cancelled",
-            "Cancelled by the requester. Quota released.",
-            now,
-        )
+        seam(async move {
+            let actor = req.actor()?;
+            let (tenant, requester) = self
+                .request_tenant(id)
+                .await?
+                .ok_or_else(|| AppError::NotFound("Request".into()))?;
+            if requester != actor.user_id {
+                return Err(if authz::decides_in(actor, tenant) {
+                    AppError::Forbidden
+                } else {
+                    AppError::NotFound("Request".into())
+                }
+                .into());
+            }
+            let now = self.now();
+            let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
+            let r = self.load_request(&mut tx, id, true).await?;
+            if !r.state.undecided() {
+                return Err(AppError::Conflict(format!(
+                    "Only pending requests can be cancelled; this one is {}.",
+                    r.state.label().to_lowercase()
+                ))
+                .into());
+            }
+            set_state(&mut tx, id, RequestState::Cancelled, None, now).await?;
+            quota::release(&mut tx, Release::Request(id), "cancelled", now).await?;
+            log(
+                &mut tx,
+                id,
+                tenant,
+                Some(actor.user_id),
+                "cancelled",
+                "Cancelled by the requester. Quota released.",
+                now,
+            )
+            .await?;
+            audit::record(
+                &mut tx,
+                &Origin::of(req),
+                Event::new("request.cancel", "request", id).tenant(tenant),
+            )
+            .await?;
+            Ok(tx.commit().await?)
+        })
         .await
-        .map_err(internal)?;
-        audit::record(
-            &mut tx,
-            &Origin::of(req),
-            Event::new("request.cancel", "request", id).tenant(tenant),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)
     }
 
     #[tracing::instrument(skip_all)]
@@ -697,23 +697,25 @@ impl Provisioning for ProvisioningBackend {
     }
 
     async fn snapshots(&self, req: &RequestCtx, uuid: Uuid) -> Result<Vec<Snapshot>, AppError> {
-        let (_, mut tx) = self.owned_vm(req, uuid).await?;
-        let rows: Vec<(String, String, OffsetDateTime, Option<String>)> = sqlx::query_as(
-            "SELECT s.name, s.description, s.created_at, u.email FROM vm_snapshots s
-             LEFT JOIN users u ON u.id = s.created_by WHERE s.vm_uuid = $1 ORDER BY s.created_at DESC",
-        )
-        .bind(uuid)
-        .fetch_all(&mut *tx)
-        .await.map_err(internal)?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, description, created_at, created_by)| Snapshot {
-                name,
-                description,
-                created_at,
-                created_by,
-            })
-            .collect())
+        seam(async move {
+            let (_, mut tx) = self.owned_vm(req, uuid).await?;
+            let rows: Vec<(String, String, OffsetDateTime, Option<String>)> = sqlx::query_as(
+                "SELECT s.name, s.description, s.created_at, u.email FROM vm_snapshots s
+                 LEFT JOIN users u ON u.id = s.created_by WHERE s.vm_uuid = $1 ORDER BY s.created_at DESC",
+            )
+            .bind(uuid)
+            .fetch_all(&mut *tx)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(name, description, created_at, created_by)| Snapshot {
+                    name,
+                    description,
+                    created_at,
+                    created_by,
+                })
+                .collect())
+    }).await
     }
 
     async fn snapshot_action(

@@ -22,7 +22,7 @@ pub async fn watch(
     uuid: Uuid,
     op_id: i64,
     timeout: Duration,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     let deadline = OffsetDateTime::now_utc() + timeout;
     crate::platform::jobs::enqueue(
         tx,
@@ -147,7 +147,7 @@ async fn finish(
     error: Option<String>,
     detail: Option<String>,
 ) -> Result<(), Outcome> {
-    let mut tx = db::begin_raw(pool, Scope::fleet()).await?;
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
     sqlx::query(
         "UPDATE domain_operations SET status = $2, error = $3, detail = $4, finished_at = now(),
                 duration_ms = (extract(epoch FROM now() - started_at) * 1000)::int

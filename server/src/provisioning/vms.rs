@@ -123,7 +123,7 @@ pub(super) async fn extend_lease(
         started,
     )
     .await?;
-    tx.commit().await.map_err(Error::from)
+    Ok(tx.commit().await?)
 }
 
 /// Whose VMs a list counts, and which: the key of `ProvisioningBackend::vm_counts`.
