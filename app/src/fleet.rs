@@ -214,9 +214,18 @@ pub async fn forget_domain(host_id: Uuid, uuid: Uuid) -> Result<(), AppError> {
 }
 
 #[server(prefix = "/api", endpoint = "list_drift")]
-pub async fn list_drift(#[server(default)] page: u32) -> Result<Page<DomainSummary>, AppError> {
+pub async fn list_drift(
+    #[server(default)] page: u32,
+    #[server(default)] after: String,
+    #[server(default)] before: String,
+) -> Result<Page<DomainSummary>, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(crate::seam::backend()?.fleet.drift(&req, page).await)
+    let place = crate::Place {
+        page,
+        after,
+        before,
+    };
+    crate::seam::reply(crate::seam::backend()?.fleet.drift(&req, place).await)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,11 +38,33 @@ pub struct Page<T> {
     pub page: u32,
     pub per_page: u32,
     pub total: i64,
+    /// Where the previous and the next page start, for lists paged by keyset (see `Place`).
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Which page of a list to show: by number, or, when the reader followed Previous or Next,
+/// just before or after the rows of the page they came from (the server's opaque cursors, so
+/// a deep page costs what the first does; `page` then only numbers it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Place {
+    pub page: u32,
+    #[serde(default)]
+    pub after: String,
+    #[serde(default)]
+    pub before: String,
 }
 
 impl<T> Page<T> {
     pub fn pages(&self) -> u32 {
-        let per = i64::from(self.per_page.max(1));
-        ((self.total + per - 1) / per).max(1) as u32
+        Self::count(self.total, self.per_page)
+    }
+
+    /// How many pages `total` rows fill, `per_page` to a page (at least one, empty).
+    pub fn count(total: i64, per_page: u32) -> u32 {
+        let per = i64::from(per_page.max(1));
+        ((total + per - 1) / per).max(1) as u32
     }
 }

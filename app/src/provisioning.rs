@@ -851,6 +851,21 @@ pub struct VmFilter {
     pub state: String,
     /// name (default), lease, created or state.
     pub sort: String,
+    /// Keyset cursors from the page the reader came from (see `Place`).
+    #[serde(default)]
+    pub after: String,
+    #[serde(default)]
+    pub before: String,
+}
+
+impl VmFilter {
+    pub fn place(&self) -> crate::Place {
+        crate::Place {
+            page: self.page,
+            after: self.after.clone(),
+            before: self.before.clone(),
+        }
+    }
 }
 
 pub const VM_SORTS: [(&str, &str); 4] = [
@@ -867,6 +882,8 @@ pub async fn my_vms(
     #[server(default)] search: String,
     #[server(default)] state: String,
     #[server(default)] sort: String,
+    #[server(default)] after: String,
+    #[server(default)] before: String,
 ) -> Result<Page<ManagedVm>, AppError> {
     let req = crate::seam::request()?;
     let filter = VmFilter {
@@ -875,6 +892,8 @@ pub async fn my_vms(
         search,
         state,
         sort,
+        after,
+        before,
     };
     crate::seam::reply(crate::seam::backend()?.provisioning.vms(&req, filter).await)
 }

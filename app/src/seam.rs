@@ -277,7 +277,11 @@ pub trait Fleet: Send + Sync + 'static {
     ) -> Result<(), AppError>;
     /// Forgets a domain that is missing from its host (fleet admins).
     async fn forget(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<(), AppError>;
-    async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError>;
+    async fn drift(
+        &self,
+        req: &RequestCtx,
+        place: crate::Place,
+    ) -> Result<Page<DomainSummary>, AppError>;
     /// A VM for its owner, their tenant admins, or fleet admins; NotFound for anyone else.
     async fn vm(&self, req: &RequestCtx, host_id: Uuid, uuid: Uuid) -> Result<VmDetail, AppError>;
     async fn vm_action(

@@ -13,15 +13,30 @@ pub fn page_href(base: &str, n: u32, filters: &[(&str, String)]) -> String {
 }
 
 /// Previous/next links for a server-side paginated list; `href` builds the link for a page.
+/// A list paged by keyset passes the page's cursors (`Page::before`, `Page::after`): the links
+/// then carry them, except the one back to page 1, which needs none.
 #[component]
 pub fn Pager(
     page: u32,
     pages: u32,
     total: i64,
     href: impl Fn(u32) -> String + Send + Sync + 'static,
+    #[prop(default = None)] before: Option<String>,
+    #[prop(default = None)] after: Option<String>,
 ) -> impl IntoView {
-    let prev = (page > 1).then(|| href(page - 1));
-    let next = (page < pages).then(|| href(page + 1));
+    let with = |link: String, key: &str, cursor: Option<String>| match cursor {
+        Some(c) => format!("{link}&{key}={}", crate::url::urlencode(&c)),
+        None => link,
+    };
+    let prev = (page > 1).then(|| {
+        let link = href(page - 1);
+        if page == 2 {
+            link
+        } else {
+            with(link, "before", before)
+        }
+    });
+    let next = (page < pages).then(|| with(href(page + 1), "after", after));
     view! {
         <nav class="pager" aria-label="Pagination">
             {prev.map(|h| view! { <a href=h rel="prev">"← Previous"</a> })}

@@ -369,8 +369,18 @@ pub fn DriftPage() -> impl IntoView {
 #[component]
 fn DriftContent() -> impl IntoView {
     let query = use_query_map();
-    let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
-    let drift = Resource::new(page, list_drift);
+    let place = move || {
+        query.with(|q| {
+            (
+                q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32),
+                q.get("after").unwrap_or_default(),
+                q.get("before").unwrap_or_default(),
+            )
+        })
+    };
+    let drift = Resource::new(place, |(page, after, before)| {
+        list_drift(page, after, before)
+    });
     view! {
         <h1>"Unmanaged domains"</h1>
         <p class="muted">"Domains found on hosts that Concierge did not create. They stay listed here until they are adopted into a tenant or removed."</p>
@@ -381,9 +391,10 @@ fn DriftContent() -> impl IntoView {
                         Ok(p) if p.items.is_empty() => view! { <p class="muted">"No drift: every domain is managed."</p> }.into_any(),
                         Ok(p) => {
                             let (pg, pages, total) = (p.page, p.pages(), p.total);
+                            let (before, after) = (p.before.clone(), p.after.clone());
                             view! {
                                 <DomainTable page=p show_host=true/>
-                                <Pager page=pg pages total href=|n| format!("/drift?page={n}")/>
+                                <Pager page=pg pages total href=|n| format!("/drift?page={n}") before after/>
                             }.into_any()
                         }
                         Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),

@@ -38,11 +38,15 @@ fn MyVmsContent() -> impl IntoView {
                 get("search"),
                 get("state"),
                 get("sort"),
+                get("after"),
+                get("before"),
                 tick.get(),
                 pushed.get(),
             )
         },
-        |(page, all, search, state, sort, ..)| my_vms(page, all, search, state, sort),
+        |(page, all, search, state, sort, after, before, ..)| {
+            my_vms(page, all, search, state, sort, after, before)
+        },
     );
     let href = move |n: u32| {
         let filters: Vec<(&str, String)> = ["all", "search", "state", "sort"]
@@ -116,7 +120,7 @@ fn MyVmsContent() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table>
-                            <Pager page=p.page pages total=p.total href=href/>
+                            <Pager page=p.page pages total=p.total href=href before=p.before.clone() after=p.after.clone()/>
                         }.into_any()
                     }
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),

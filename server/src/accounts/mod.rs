@@ -374,7 +374,7 @@ impl Accounts for AccountsBackend {
                  ORDER BY lower(u.email)
                  LIMIT $2 OFFSET $3",
             )
-            .bind(db::escape_like(search.trim()))
+            .bind(crate::platform::list::escape_like(search.trim()))
             .bind(i64::from(USERS_PER_PAGE))
             .bind(i64::from(USERS_PER_PAGE) * i64::from(page - 1))
             .fetch_all(&mut *tx)
@@ -398,6 +398,8 @@ impl Accounts for AccountsBackend {
                 page,
                 per_page: USERS_PER_PAGE,
                 total,
+                before: None,
+                after: None,
             })
     }).await
     }

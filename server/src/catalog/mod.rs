@@ -614,7 +614,7 @@ impl Catalog for CatalogBackend {
             }
             let include_hidden =
                 include_hidden && crate::platform::authz::administers(actor, tenant_id);
-            let pattern = format!("%{}%", db::escape_like(&search.trim().to_lowercase()));
+            let pattern = format!("%{}%", crate::platform::list::escape_like(&search.trim().to_lowercase()));
             let mut tx = db::begin(&self.pool, Scope::tenant(tenant_id)).await?;
             let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
                 "SELECT * FROM ({TEMPLATE_SELECT}

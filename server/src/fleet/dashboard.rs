@@ -3,10 +3,11 @@ use super::*;
 use crate::metering::metrics::Range;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
+use crate::platform::list::{self, asc, Order, Window};
 use app::error::AppError;
 use app::fleet::{BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard};
 use app::seam::RequestCtx;
-use app::Page;
+use app::{Page, Place};
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -45,7 +46,7 @@ pub(super) async fn dashboard(
 pub(super) async fn drift(
     b: &FleetBackend,
     req: &RequestCtx,
-    page: u32,
+    place: Place,
 ) -> Result<Page<DomainSummary>> {
     req.fleet_admin()?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
@@ -55,7 +56,7 @@ pub(super) async fn drift(
             "NOT d.managed AND d.missing_since IS NULL AND ($1::uuid IS NULL OR d.host_id = $1)",
             None,
             "",
-            page,
+            &place,
         )
         .await?;
     tx.commit().await?;
@@ -303,7 +304,6 @@ pub(super) struct DomainRow {
     pub(super) owner_email: Option<String>,
     pub(super) missing: bool,
     pub(super) state_since: time::OffsetDateTime,
-    pub(super) total: i64,
 }
 
 impl From<DomainRow> for DomainSummary {
@@ -328,36 +328,70 @@ impl From<DomainRow> for DomainSummary {
 pub(super) const DOMAIN_QUERY: &str = "
     SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
            t.name AS tenant_name, u.email AS owner_email, d.missing_since IS NOT NULL AS missing,
-           d.state_since, count(*) OVER () AS total
+           d.state_since
     FROM domains d JOIN hosts h ON h.id = d.host_id
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id";
 
+/// Domains by name; `domains_drift_order` serves it for the drift list.
+const DOMAIN_ORDER: Order = Order {
+    name: "name",
+    key: &[
+        asc("d.name", "text"),
+        asc("d.host_id", "uuid"),
+        asc("d.uuid", "uuid"),
+    ],
+};
+
 impl FleetBackend {
+    /// A page of the domains that `filter` (over `$1`, the host or NULL) keeps, found by name.
     pub(super) async fn domains_page(
         &self,
         tx: &mut db::Tx,
         filter: &str,
         bind_host: Option<Uuid>,
         search: &str,
-        page: u32,
+        place: &Place,
     ) -> Result<Page<DomainSummary>> {
-        let page = page.max(1);
-        let rows: Vec<DomainRow> = sqlx::query_as(&format!(
-            "{DOMAIN_QUERY} WHERE {filter} AND ($2 = '' OR d.name ILIKE '%' || $2 || '%')
-             ORDER BY d.name, d.uuid LIMIT $3 OFFSET $4"
-        ))
-        .bind(bind_host)
-        .bind(db::escape_like(search))
-        .bind(i64::from(DOMAINS_PER_PAGE))
-        .bind(i64::from(DOMAINS_PER_PAGE) * i64::from(page - 1))
+        let place = Place {
+            page: place.page.max(1),
+            ..place.clone()
+        };
+        let mut args = sqlx::postgres::PgArguments::default();
+        list::arg(&mut args, bind_host)?;
+        list::arg(&mut args, list::escape_like(search))?;
+        let w = Window::new(&DOMAIN_ORDER, &place, &args, DOMAINS_PER_PAGE)?;
+        let cond = format!("{filter} AND ($2 = '' OR d.name ILIKE '%' || $2 || '%')");
+        let rows: Vec<DomainRow> = sqlx::query_as_with(
+            &format!(
+                "{DOMAIN_QUERY} WHERE (d.host_id, d.uuid) IN (
+                     SELECT d.host_id, d.uuid FROM domains d WHERE {cond} {} ORDER BY {} {})
+                 ORDER BY {}",
+                w.after, w.pick, w.limit, w.show
+            ),
+            w.args,
+        )
         .fetch_all(&mut **tx)
         .await?;
-        let total = rows.first().map(|r| r.total).unwrap_or(0);
+        let total: i64 = sqlx::query_scalar_with(
+            &format!("SELECT count(*) FROM domains d WHERE {cond}"),
+            args,
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        let key = |r: &DomainRow| vec![r.name.clone(), r.host_id.to_string(), r.uuid.to_string()];
+        let (before, after) = list::cursors(
+            place.page,
+            Page::<()>::count(total, DOMAINS_PER_PAGE),
+            rows.first().map(key),
+            rows.last().map(key),
+        );
         Ok(Page {
             items: rows.into_iter().map(Into::into).collect(),
-            page,
+            page: place.page,
             per_page: DOMAINS_PER_PAGE,
             total,
+            before,
+            after,
         })
     }
 }

@@ -4,10 +4,11 @@ use super::*;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
+use crate::platform::list::{self, asc, desc, Order, Window};
 use app::error::AppError;
 use app::fleet::{version_string, HostDetail, HostFilter, HostSummary, NetworkInfo, PoolInfo};
 use app::seam::RequestCtx;
-use app::Page;
+use app::{Page, Place};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -21,42 +22,60 @@ pub(super) async fn hosts(b: &FleetBackend, req: &RequestCtx) -> Result<Vec<Host
     Ok(rows.into_iter().map(|r| b.summary(r)).collect())
 }
 
+/// The host list's orders (a few hundred hosts at most: paged by number).
+const HOST_ORDERS: [Order; 4] = [
+    Order {
+        name: "name",
+        key: &[asc("h.name", "text")],
+    },
+    Order {
+        name: "memory",
+        key: &[
+            desc(
+                "coalesce(d.memory, 0)::float8 / greatest(h.memory_kib, 1)",
+                "float8",
+            ),
+            asc("h.name", "text"),
+        ],
+    },
+    Order {
+        name: "domains",
+        key: &[desc("coalesce(d.n, 0)", "int8"), asc("h.name", "text")],
+    },
+    Order {
+        name: "state",
+        key: &[asc("h.state", "text"), asc("h.name", "text")],
+    },
+];
+
 pub(super) async fn host_page(
     b: &FleetBackend,
     req: &RequestCtx,
     filter: HostFilter,
 ) -> Result<Page<HostSummary>> {
     req.fleet_admin()?;
-    let page = filter.page.max(1);
-    let order = db::order_by(
-        &filter.sort,
-        &[
-            ("name", "h.name"),
-            (
-                "memory",
-                "coalesce(d.memory, 0)::float8 / greatest(h.memory_kib, 1) DESC, h.name",
-            ),
-            ("domains", "coalesce(d.n, 0) DESC, h.name"),
-            ("state", "h.state, h.name"),
-        ],
-    )?;
-    let state = db::state_filter(
+    let place = Place {
+        page: filter.page.max(1),
+        ..Place::default()
+    };
+    let order = list::order(&filter.sort, &HOST_ORDERS)?;
+    let state = list::state_filter(
         &filter.state,
         ["connected", "lost", "connecting", "maintenance"],
     )?;
-    let (search, pattern) = db::search_pattern(&filter.search)?;
+    let (search, pattern) = list::search_pattern(&filter.search)?;
     let cond =
         "($1 = '' OR h.name ILIKE $2 OR EXISTS (SELECT 1 FROM unnest(h.labels) l WHERE l ILIKE $2))
          AND ($3 = '' OR ($3 = 'maintenance' AND h.maintenance) OR h.state = $3)";
     let mut args = sqlx::postgres::PgArguments::default();
-    db::arg(&mut args, search)?;
-    db::arg(&mut args, &pattern)?;
-    db::arg(&mut args, state)?;
-    let (limit, page_args) = db::page_args(&args, HOSTS_PER_PAGE, page)?;
+    list::arg(&mut args, search)?;
+    list::arg(&mut args, &pattern)?;
+    list::arg(&mut args, state)?;
+    let w = Window::new(order, &place, &args, HOSTS_PER_PAGE)?;
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let rows: Vec<HostRow> = sqlx::query_as_with(
-        &format!("{HOST_QUERY} WHERE {cond} ORDER BY {order} {limit}"),
-        page_args,
+        &format!("{HOST_QUERY} WHERE {cond} ORDER BY {} {}", w.pick, w.limit),
+        w.args,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -67,9 +86,11 @@ pub(super) async fn host_page(
     tx.commit().await?;
     Ok(Page {
         items: rows.into_iter().map(|r| b.summary(r)).collect(),
-        page,
+        page: place.page,
         per_page: HOSTS_PER_PAGE,
         total,
+        before: None,
+        after: None,
     })
 }
 
@@ -182,7 +203,10 @@ pub(super) async fn host(
             "d.host_id = $1 AND d.missing_since IS NULL",
             Some(host_id),
             search.trim(),
-            page,
+            &Place {
+                page,
+                ..Place::default()
+            },
         )
         .await?;
     let missing: Vec<DomainRow> = sqlx::query_as(&format!(

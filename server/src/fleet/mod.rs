@@ -17,7 +17,7 @@ use app::fleet::{
     VolumeInfo,
 };
 use app::seam::{Fleet, RequestCtx};
-use app::Page;
+use app::{Page, Place};
 use async_trait::async_trait;
 pub use dashboard::Kept;
 use hosts::*;
@@ -234,8 +234,8 @@ impl Fleet for FleetBackend {
         pools::network_action(self, req, host_id, name, op).await
     }
 
-    async fn drift(&self, req: &RequestCtx, page: u32) -> Result<Page<DomainSummary>, AppError> {
-        Ok(dashboard::drift(self, req, page).await?)
+    async fn drift(&self, req: &RequestCtx, place: Place) -> Result<Page<DomainSummary>, AppError> {
+        Ok(dashboard::drift(self, req, place).await?)
     }
 }
 

@@ -1,10 +1,11 @@
 //! The audit trail: one row per state change, written in the changing transaction.
 use crate::platform::db::{self, Scope, Tx};
 use crate::platform::error::{seam, Result};
+use crate::platform::list::{self, asc, desc, Order, Window};
 use app::audit::{AuditEntry, AuditFilter};
 use app::error::AppError;
 use app::seam::{AuditTrail, RequestCtx};
-use app::Page;
+use app::{Page, Place};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -88,6 +89,35 @@ pub async fn record(tx: &mut Tx, origin: &Origin, event: Event<'_>) -> Result<()
     Ok(())
 }
 
+/// The audit list's orders. The actor's address may be empty (system work), so this list pages
+/// by number only.
+const ORDERS: [Order; 4] = [
+    Order {
+        name: "newest",
+        key: &[desc("a.at", "timestamptz"), desc("a.id", "int8")],
+    },
+    Order {
+        name: "oldest",
+        key: &[asc("a.at", "timestamptz"), asc("a.id", "int8")],
+    },
+    Order {
+        name: "action",
+        key: &[
+            asc("a.action", "text"),
+            desc("a.at", "timestamptz"),
+            desc("a.id", "int8"),
+        ],
+    },
+    Order {
+        name: "actor",
+        key: &[
+            asc("a.actor_email NULLS FIRST", "text"),
+            desc("a.at", "timestamptz"),
+            desc("a.id", "int8"),
+        ],
+    },
+];
+
 pub struct AuditBackend {
     pub pool: PgPool,
 }
@@ -139,16 +169,11 @@ impl AuditTrail for AuditBackend {
                 )
                 .into());
             }
-            let order = db::order_by(
-                &filter.sort,
-                &[
-                    ("newest", "a.at DESC, a.id DESC"),
-                    ("oldest", "a.at, a.id"),
-                    ("action", "a.action, a.at DESC, a.id DESC"),
-                    ("actor", "a.actor_email NULLS FIRST, a.at DESC, a.id DESC"),
-                ],
-            )?;
-            let page = filter.page.max(1);
+            let order = list::order(&filter.sort, &ORDERS)?;
+            let place = Place {
+                page: filter.page.max(1),
+                ..Place::default()
+            };
             // One query in fleet scope for every case: for a tenant admin the tenant filter below
             // is the authorisation (rows of no tenant never match it).
             let any_tenant = actor.fleet_admin && filter.tenant_id.is_none();
@@ -164,20 +189,21 @@ impl AuditTrail for AuditBackend {
                AND a.action LIKE $3 || '%'
                AND coalesce(a.actor_email, '') ILIKE '%' || $4 || '%'";
             let mut args = sqlx::postgres::PgArguments::default();
-            db::arg(&mut args, any_tenant)?;
-            db::arg(&mut args, &tenants)?;
-            db::arg(&mut args, db::escape_like(&filter.action))?;
-            db::arg(&mut args, db::escape_like(&filter.actor))?;
-            let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+            list::arg(&mut args, any_tenant)?;
+            list::arg(&mut args, &tenants)?;
+            list::arg(&mut args, list::escape_like(&filter.action))?;
+            list::arg(&mut args, list::escape_like(&filter.actor))?;
+            let w = Window::new(order, &place, &args, PER_PAGE)?;
             let mut tx = db::begin(&self.pool, scope).await?;
             let rows: Vec<Row> = sqlx::query_as_with(
                 &format!(
                 "SELECT a.id, a.at, a.actor_email, a.tenant_id, t.name AS tenant_name, a.action,
                         a.object_type, a.object_id, a.before, a.after, a.client_addr
                  FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
-                 {WHERE} ORDER BY {order} {limit}"
+                 {WHERE} ORDER BY {} {}",
+                w.pick, w.limit
             ),
-                page_args,
+                w.args,
             )
             .fetch_all(&mut *tx)
             .await?;
@@ -204,9 +230,11 @@ impl AuditTrail for AuditBackend {
                 .collect();
             Ok(Page {
                 items,
-                page,
+                page: place.page,
                 per_page: PER_PAGE,
                 total,
+                before: None,
+                after: None,
             })
         })
         .await

@@ -1,9 +1,8 @@
 //! PostgreSQL: migrations as the owner, requests as `concierge_app` inside transactions that
 //! carry the actor's scope for row-level security.
 use crate::platform::error::{Error, Result};
-use app::error::AppError;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
-use sqlx::{Arguments as _, Executor, PgPool, Postgres, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool, Postgres, Transaction};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -164,76 +163,6 @@ async fn begin_then(
     .await
 }
 
-/// Makes user input literal inside a LIKE pattern (`\\`, `%` and `_` escaped).
-pub fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-}
-
-/// A list's search box: trimmed, at most 100 characters (a field error on `search`), and the
-/// ILIKE pattern that finds it literally anywhere in a value.
-pub fn search_pattern(search: &str) -> Result<(&str, String), app::error::AppError> {
-    let search = search.trim();
-    if search.chars().count() > 100 {
-        return Err(app::error::AppError::field(
-            "search",
-            "Search for at most 100 characters.",
-        ));
-    }
-    Ok((search, format!("%{}%", escape_like(search))))
-}
-
-/// The ORDER BY clause of a list's `sort` choice among `choices` (name, clause); empty picks
-/// the first. Anything else is an error on the `sort` field that names the choices.
-pub fn order_by(sort: &str, choices: &[(&str, &'static str)]) -> Result<&'static str, AppError> {
-    let chosen = if sort.is_empty() {
-        choices.first()
-    } else {
-        choices.iter().find(|(name, _)| *name == sort)
-    };
-    chosen.map(|(_, clause)| *clause).ok_or_else(|| {
-        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-        let (last, rest) = names.split_last().expect("a list has sort choices");
-        AppError::field("sort", format!("Sort by {} or {last}.", rest.join(", ")))
-    })
-}
-
-/// A list's `state` filter, trimmed: empty for any state, otherwise one of `known`.
-pub fn state_filter<'s, 'k>(
-    state: &'s str,
-    known: impl IntoIterator<Item = &'k str>,
-) -> Result<&'s str, AppError> {
-    let state = state.trim();
-    if state.is_empty() || known.into_iter().any(|k| k == state) {
-        Ok(state)
-    } else {
-        Err(AppError::field(
-            "state",
-            format!("Unknown state \"{state}\"."),
-        ))
-    }
-}
-
-/// Appends `value` to a list's filter parameters, which its page query and its count query
-/// share (bound once, cloned for each).
-pub fn arg<'q, T>(args: &mut PgArguments, value: T) -> Result<()>
-where
-    T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
-{
-    Ok(args.add(value)?)
-}
-
-/// The filter's parameters followed by the page's, and the clause that uses them:
-/// `LIMIT $n+1 OFFSET $n+2` for 1-based `page`.
-pub fn page_args(filter: &PgArguments, per_page: u32, page: u32) -> Result<(String, PgArguments)> {
-    let mut args = filter.clone();
-    let n = args.len();
-    arg(&mut args, i64::from(per_page))?;
-    arg(&mut args, i64::from(page.max(1) - 1) * i64::from(per_page))?;
-    Ok((format!("LIMIT ${} OFFSET ${}", n + 1, n + 2), args))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,22 +170,6 @@ mod tests {
     fn mode(url: &str) -> String {
         let options = loopback_in_clear(url, PgConnectOptions::from_str(url).unwrap());
         format!("{:?}", options.get_ssl_mode())
-    }
-
-    #[test]
-    fn sort_choices_default_to_the_first_and_name_themselves_when_unknown() {
-        let choices = [
-            ("name", "h.name"),
-            ("state", "h.state, h.name"),
-            ("size", "h.size"),
-        ];
-        assert_eq!(order_by("", &choices).unwrap(), "h.name");
-        assert_eq!(order_by("state", &choices).unwrap(), "h.state, h.name");
-        let err = order_by("price", &choices).unwrap_err().to_string();
-        assert!(err.contains("Sort by name, state or size."), "{err}");
-        assert_eq!(state_filter(" lost ", ["lost"]).unwrap(), "lost");
-        assert_eq!(state_filter("", ["lost"]).unwrap(), "");
-        assert!(state_filter("gone", ["lost"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope, Tx};
 use crate::platform::error::{seam, Error, Result};
 use crate::platform::jobs::{self, Queue};
+use crate::platform::list::{self, asc, desc, Order, Window};
 use crate::provisioning::approval::{Ask, Policy};
 use crate::provisioning::quota::{self, Amount, Release};
 use app::account::Actor;
@@ -23,7 +24,7 @@ use app::provisioning::{
     VmFilter,
 };
 use app::seam::{Provisioning, RequestCtx};
-use app::Page;
+use app::{Page, Place};
 use async_trait::async_trait;
 use serde_json::json;
 use sqlx::PgPool;
@@ -736,6 +737,34 @@ impl ProvisioningBackend {
     }
 }
 
+/// The request list's orders (paged by number).
+const REQUEST_ORDERS: [Order; 4] = [
+    Order {
+        name: "newest",
+        key: &[desc("r.created_at", "timestamptz"), asc("r.id", "uuid")],
+    },
+    Order {
+        name: "oldest",
+        key: &[asc("r.created_at", "timestamptz"), asc("r.id", "uuid")],
+    },
+    Order {
+        name: "state",
+        key: &[
+            asc("r.state", "text"),
+            desc("r.created_at", "timestamptz"),
+            asc("r.id", "uuid"),
+        ],
+    },
+    Order {
+        name: "template",
+        key: &[
+            asc("tp.name", "text"),
+            desc("r.created_at", "timestamptz"),
+            asc("r.id", "uuid"),
+        ],
+    },
+];
+
 /// The actor's own requests, or (`all`) those of every tenant they decide for, inside the
 /// caller's transaction: the filter is the authorisation, whatever the transaction's scope.
 pub(super) async fn requests_in(
@@ -743,21 +772,16 @@ pub(super) async fn requests_in(
     actor: &Actor,
     filter: RequestFilter,
 ) -> Result<Page<RequestSummary>> {
-    let page = filter.page.max(1);
-    let order = db::order_by(
-        &filter.sort,
-        &[
-            ("newest", "r.created_at DESC, r.id"),
-            ("oldest", "r.created_at, r.id"),
-            ("state", "r.state, r.created_at DESC, r.id"),
-            ("template", "tp.name, r.created_at DESC, r.id"),
-        ],
-    )?;
-    let state = db::state_filter(
+    let place = Place {
+        page: filter.page.max(1),
+        ..Place::default()
+    };
+    let order = list::order(&filter.sort, &REQUEST_ORDERS)?;
+    let state = list::state_filter(
         &filter.state,
         std::iter::once("open").chain(RequestState::ALL.map(RequestState::as_str)),
     )?;
-    let (search, pattern) = db::search_pattern(&filter.search)?;
+    let (search, pattern) = list::search_pattern(&filter.search)?;
     // (any tenant, these tenants, only this requester): one filter for the list and its count.
     let (any_tenant, tenants, requester) = if filter.all {
         let (any_tenant, tenants) = deciding(actor)?;
@@ -770,22 +794,28 @@ pub(super) async fn requests_in(
              WHERE ($1 OR r.tenant_id = ANY($2)) AND ($3::uuid IS NULL OR r.requester_id = $3)
                AND ($4 = '' OR r.name_prefix ILIKE $5 OR tp.name ILIKE $5 OR u.email ILIKE $5
                     OR r.purpose ILIKE $5)
-               AND ($6 = '' OR r.state = $6 OR ($6 = 'open'
-                    AND r.state IN ('submitted', 'pending_approval', 'approved', 'provisioning')))";
+               AND ($6 = '' OR r.state = $6 OR ($6 = 'open' AND r.state = ANY($7)))";
+    let open: Vec<&str> = RequestState::ALL
+        .into_iter()
+        .filter(|s| s.in_flight())
+        .map(RequestState::as_str)
+        .collect();
     let mut args = sqlx::postgres::PgArguments::default();
-    db::arg(&mut args, any_tenant)?;
-    db::arg(&mut args, &tenants)?;
-    db::arg(&mut args, requester)?;
-    db::arg(&mut args, search)?;
-    db::arg(&mut args, &pattern)?;
-    db::arg(&mut args, state)?;
-    let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+    list::arg(&mut args, any_tenant)?;
+    list::arg(&mut args, &tenants)?;
+    list::arg(&mut args, requester)?;
+    list::arg(&mut args, search)?;
+    list::arg(&mut args, &pattern)?;
+    list::arg(&mut args, state)?;
+    list::arg(&mut args, &open)?;
+    let w = Window::new(order, &place, &args, PER_PAGE)?;
     let rows: Vec<RequestRow> = sqlx::query_as_with(
         &format!(
-            "{REQUEST_SELECT} WHERE r.id IN (SELECT r.id {from_where} ORDER BY {order} {limit})
-                 ORDER BY {order}"
+            "{REQUEST_SELECT} WHERE r.id IN (SELECT r.id {from_where} ORDER BY {} {})
+                 ORDER BY {}",
+            w.pick, w.limit, w.show
         ),
-        page_args,
+        w.args,
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -794,9 +824,11 @@ pub(super) async fn requests_in(
         .await?;
     Ok(Page {
         items: rows.iter().map(RequestRow::summary).collect(),
-        page,
+        page: place.page,
         per_page: PER_PAGE,
         total,
+        before: None,
+        after: None,
     })
 }
 

@@ -5,12 +5,13 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, member_tenants, Access, VmFacts};
 use crate::platform::db::{self, Scope, Tx};
 use crate::platform::error::{Error, Result};
+use crate::platform::list::{self, asc, desc, Order, Window};
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ManagedVm, VmFilter};
 use app::seam::{Provisioning, RequestCtx};
 use app::states::VmPhase;
-use app::Page;
+use app::{Page, Place};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -160,14 +161,14 @@ impl VmOwners {
 
     pub(super) fn bind(&self, args: &mut sqlx::postgres::PgArguments) -> Result<(), AppError> {
         match self {
-            VmOwners::Own(user, tenants) => Ok(db::arg(
+            VmOwners::Own(user, tenants) => Ok(list::arg(
                 args,
                 std::iter::once(*user)
                     .chain(tenants.iter().copied())
                     .collect::<Vec<_>>(),
             )?),
-            VmOwners::Tenants(tenants) => Ok(db::arg(args, tenants.clone())?),
-            VmOwners::Everything => Ok(db::arg(args, true)?),
+            VmOwners::Tenants(tenants) => Ok(list::arg(args, tenants.clone())?),
+            VmOwners::Everything => Ok(list::arg(args, true)?),
         }
     }
 }
@@ -188,6 +189,7 @@ pub(super) struct VmRow {
     pub(super) state: Option<String>,
     pub(super) error: Option<String>,
     pub(super) lease_ends_at: OffsetDateTime,
+    pub(super) created_at: OffsetDateTime,
     pub(super) request_id: Option<Uuid>,
     pub(super) max_lease_days: Option<i32>,
     pub(super) login_user: Option<String>,
@@ -195,6 +197,51 @@ pub(super) struct VmRow {
     pub(super) ssh_ready_at: Option<OffsetDateTime>,
     pub(super) guest_addresses: Vec<String>,
     pub(super) network: Option<String>,
+}
+
+/// The VM list's orders; each has an index over `vms` (see the migrations), so a page after a
+/// cursor is one index seek.
+const VM_ORDERS: [Order; 4] = [
+    Order {
+        name: "name",
+        key: &[asc("v.name", "text"), asc("v.uuid", "uuid")],
+    },
+    Order {
+        name: "lease",
+        key: &[
+            asc("v.lease_ends_at", "timestamptz"),
+            asc("v.name", "text"),
+            asc("v.uuid", "uuid"),
+        ],
+    },
+    Order {
+        name: "created",
+        key: &[desc("v.created_at", "timestamptz"), asc("v.uuid", "uuid")],
+    },
+    Order {
+        name: "state",
+        key: &[
+            asc("coalesce(d.state, v.phase)", "text"),
+            asc("v.name", "text"),
+            asc("v.uuid", "uuid"),
+        ],
+    },
+];
+
+/// A row's values of `order`'s key, for the cursors of its page.
+fn vm_key(order: &Order, r: &VmRow) -> Vec<String> {
+    let at = |t: &OffsetDateTime| list::timestamp(*t);
+    let (name, uuid) = (r.name.clone(), r.uuid.to_string());
+    match order.name {
+        "lease" => vec![at(&r.lease_ends_at), name, uuid],
+        "created" => vec![at(&r.created_at), uuid],
+        "state" => vec![
+            r.state.clone().unwrap_or_else(|| r.phase.clone()),
+            name,
+            uuid,
+        ],
+        _ => vec![name, uuid],
+    }
 }
 
 /// What the state filter accepts: hypervisor states and the portal's phases.
@@ -212,7 +259,7 @@ pub(super) fn vm_states() -> impl Iterator<Item = &'static str> {
 pub(super) const VM_SELECT: &str = "
     SELECT v.uuid, v.name, t.name AS tenant_name, u.email AS owner_email, tp.name AS template_name,
            v.host_id, h.name AS host_name, v.vcpus, v.memory_mib, v.disk_gib, v.phase, d.state, v.error,
-           v.lease_ends_at, v.request_id, tp.max_lease_days, tp.login_user, v.ssh_port, v.ssh_ready_at,
+           v.lease_ends_at, v.created_at, v.request_id, tp.max_lease_days, tp.login_user, v.ssh_port, v.ssh_ready_at,
            v.guest_addresses, v.network
     FROM vms v JOIN tenants t ON t.id = v.tenant_id LEFT JOIN users u ON u.id = v.owner_id
     LEFT JOIN templates tp ON tp.id = v.template_id LEFT JOIN hosts h ON h.id = v.host_id
@@ -344,19 +391,14 @@ impl ProvisioningBackend {
         actor: &Actor,
         filter: VmFilter,
     ) -> Result<Page<ManagedVm>> {
-        let page = filter.page.max(1);
+        let place = Place {
+            page: filter.page.max(1),
+            ..filter.place()
+        };
         let now = self.now();
-        let order = db::order_by(
-            &filter.sort,
-            &[
-                ("name", "v.name, v.uuid"),
-                ("lease", "v.lease_ends_at, v.name, v.uuid"),
-                ("created", "v.created_at DESC, v.uuid"),
-                ("state", "coalesce(d.state, v.phase), v.name, v.uuid"),
-            ],
-        )?;
-        let state = db::state_filter(&filter.state, vm_states())?;
-        let (search, pattern) = db::search_pattern(&filter.search)?;
+        let order = list::order(&filter.sort, &VM_ORDERS)?;
+        let state = list::state_filter(&filter.state, vm_states())?;
+        let (search, pattern) = list::search_pattern(&filter.search)?;
         let owners = if !filter.all {
             VmOwners::Own(actor.user_id, member_tenants(actor))
         } else if actor.fleet_admin {
@@ -388,16 +430,17 @@ impl ProvisioningBackend {
         );
         let mut args = sqlx::postgres::PgArguments::default();
         owners.bind(&mut args)?;
-        db::arg(&mut args, search)?;
-        db::arg(&mut args, &pattern)?;
-        db::arg(&mut args, state)?;
-        let (limit, page_args) = db::page_args(&args, PER_PAGE, page)?;
+        list::arg(&mut args, search)?;
+        list::arg(&mut args, &pattern)?;
+        list::arg(&mut args, state)?;
+        let w = Window::new(order, &place, &args, PER_PAGE)?;
         let rows: Vec<VmRow> = sqlx::query_as_with(
             &format!(
-                "{VM_SELECT} WHERE v.uuid IN (SELECT v.uuid {from_where} ORDER BY {order} {limit})
-                 ORDER BY {order}"
+                "{VM_SELECT} WHERE v.uuid IN (SELECT v.uuid {from_where} {} ORDER BY {} {})
+                 ORDER BY {}",
+                w.after, w.pick, w.limit, w.show
             ),
-            page_args,
+            w.args,
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -421,15 +464,24 @@ impl ProvisioningBackend {
                 total
             }
         };
+        let pages = Page::<()>::count(total, PER_PAGE);
+        let (before, after) = list::cursors(
+            place.page,
+            pages,
+            rows.first().map(|r| vm_key(order, r)),
+            rows.last().map(|r| vm_key(order, r)),
+        );
         let items: Vec<ManagedVm> = rows
             .into_iter()
             .map(|r| to_managed_vm(r, now, &self.ssh_host))
             .collect();
         Ok(Page {
             items,
-            page,
+            page: place.page,
             per_page: PER_PAGE,
             total,
+            before,
+            after,
         })
     }
 }
