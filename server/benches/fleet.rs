@@ -9,9 +9,11 @@
 //!   `oha` (open loop, latency corrected for coordinated omission): p50, p99;
 //! - a year's usage report for the largest tenant (4,000 VMs), grouped by tenant and by VM;
 //! - a lifecycle change → the event on an open page's `/live` stream, and the page's refetch.
+use app::url::urlencode;
 use concierge::config::Config;
 use concierge::hypervisor::simulation;
 use concierge::platform::clock::SystemClock;
+use concierge::platform::list;
 use concierge::Server;
 use futures::StreamExt;
 use sqlx::postgres::PgPoolOptions;
@@ -25,6 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const HOSTS: usize = 100;
 const DOMAINS: usize = 100;
+/// Domains per host that no tenant owns: 5,000 in all, 100 pages of the drift list.
+const DRIFT: usize = 50;
 const RUNS: usize = 3;
 const RATE: u32 = 500;
 const ADMIN_PASSWORD: &str = "bench-admin-password";
@@ -50,7 +54,8 @@ const SEED: &[(&str, &str)] = &[
                JOIN tenants t ON t.name = format('Tenant %s', lpad((1 + (substring(u.email from 'user(\\d+)@')::int % 20))::text, 2, '0'))
                WHERE u.email LIKE '%@bench.local'"),
     // 40 % of the VMs in Tenant 01 (the largest), the rest spread over the others.
-    ("managed domains", "WITH n AS (SELECT host_id, uuid, row_number() OVER (ORDER BY uuid) AS i FROM domains),
+    // 10,000 of the 15,000 domains; the rest stay drift.
+    ("managed domains", "WITH n AS (SELECT host_id, uuid, row_number() OVER (ORDER BY uuid) AS i FROM domains ORDER BY uuid LIMIT 10000),
                pick AS (SELECT host_id, uuid, i, CASE WHEN i % 10 < 4 THEN 1 ELSE 2 + (i % 19) END AS t FROM n),
                owners AS (SELECT m.tenant_id, m.user_id, t.name, row_number() OVER (PARTITION BY m.tenant_id ORDER BY m.user_id) AS k
                           FROM memberships m JOIN tenants t ON t.id = m.tenant_id)
@@ -216,7 +221,7 @@ async fn run(url: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     for h in 0..HOSTS {
         let host = format!("bench-{h:03}");
-        let uri = simulation::write_node(&dir, &host, DOMAINS)?;
+        let uri = simulation::write_node(&dir, &host, DOMAINS + DRIFT)?;
         let id: uuid::Uuid = sqlx::query_scalar(
             "INSERT INTO hosts (name, uri, simulated) VALUES ($1, $2, true) RETURNING id",
         )
@@ -230,14 +235,14 @@ async fn run(url: &str) -> anyhow::Result<()> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM domains")
             .fetch_one(&owner)
             .await?;
-        if n as usize == HOSTS * DOMAINS {
+        if n as usize == HOSTS * (DOMAINS + DRIFT) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
         "inventory: {} domains on {HOSTS} hosts in {:.1} s",
-        HOSTS * DOMAINS,
+        HOSTS * (DOMAINS + DRIFT),
         t.elapsed().as_secs_f64()
     );
     let hash = state.accounts.hasher.hash("bench-password").await?;
@@ -270,14 +275,44 @@ async fn run(url: &str) -> anyhow::Result<()> {
     // Pages (and, to tell rendering from data, the server functions behind them) at a fixed
     // 500 requests/s. FLEET_BENCH=pages,api,report,events picks parts (default: all).
     let parts = std::env::var("FLEET_BENCH").unwrap_or_else(|_| "pages,api,report,events".into());
-    let mut targets: Vec<(&str, &str, Option<&str>)> = Vec::new();
+    let mut targets: Vec<(&str, String, Option<&str>)> = Vec::new();
     if parts.contains("pages") {
+        // Page 100 as its Next link reaches it: after the last row of page 99.
+        let (lease, name, uuid): (time::OffsetDateTime, String, uuid::Uuid) = sqlx::query_as(
+            "SELECT lease_ends_at, name, uuid FROM vms WHERE deleted_at IS NULL
+             ORDER BY lease_ends_at, name, uuid OFFSET 99 * 25 - 1 LIMIT 1",
+        )
+        .fetch_one(&owner)
+        .await?;
+        let vm_cursor = list::cursor(&[list::timestamp(lease), name, uuid.to_string()]);
+        let (name, host, uuid): (String, uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+            "SELECT name, host_id, uuid FROM domains WHERE NOT managed AND missing_since IS NULL
+             ORDER BY name, host_id, uuid OFFSET 99 * 50 - 1 LIMIT 1",
+        )
+        .fetch_one(&owner)
+        .await?;
+        let drift_cursor = list::cursor(&[name, host.to_string(), uuid.to_string()]);
         targets.extend([
-            ("fleet dashboard", "/dashboard", None),
-            ("every VM, page 1 by name", "/vms?all=1", None),
+            ("fleet dashboard", "/dashboard".into(), None),
+            ("every VM, page 1 by name", "/vms?all=1".into(), None),
             (
-                "every VM, page 100 by lease",
-                "/vms?all=1&sort=lease&page=100",
+                "every VM, page 100 by lease, by number",
+                "/vms?all=1&sort=lease&page=100".into(),
+                None,
+            ),
+            (
+                "every VM, page 100 by lease, after page 99",
+                format!(
+                    "/vms?all=1&sort=lease&page=100&after={}",
+                    urlencode(&vm_cursor)
+                ),
+                None,
+            ),
+            ("drift, page 1", "/drift".into(), None),
+            ("drift, page 100 by number", "/drift?page=100".into(), None),
+            (
+                "drift, page 100 after page 99",
+                format!("/drift?page=100&after={}", urlencode(&drift_cursor)),
                 None,
             ),
         ]);
@@ -286,12 +321,12 @@ async fn run(url: &str) -> anyhow::Result<()> {
         targets.extend([
             (
                 "server fn fleet_dashboard",
-                "/api/fleet_dashboard",
+                "/api/fleet_dashboard".into(),
                 Some(""),
             ),
             (
                 "server fn my_vms (every VM, page 1)",
-                "/api/my_vms",
+                "/api/my_vms".into(),
                 Some("all=true"),
             ),
         ]);
@@ -307,8 +342,10 @@ async fn run(url: &str) -> anyhow::Result<()> {
                 .await?;
             println!("{what}: {} KiB of HTML", page.len() / 1024);
             assert!(
-                page.contains("class=\"chart-frame\"") || page.contains("/sparklines/cpu/"),
-                "{what} renders its chart frames or sparklines"
+                page.contains("class=\"chart-frame\"")
+                    || page.contains("/sparklines/cpu/")
+                    || page.matches("unmanaged").count() >= 50,
+                "{what} renders its chart frames, sparklines or drift rows"
             );
         }
         let mut p50 = Vec::new();

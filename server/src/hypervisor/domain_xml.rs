@@ -1,7 +1,6 @@
 //! Domain XML for VMs the portal defines: an askama template with an escaper that also drops
 //! control characters (libvirt rejects them), validated names, and an idempotent define keyed
 //! by the portal's UUID.
-use app::error::AppError;
 use askama::Template;
 use std::fmt;
 use uuid::Uuid;
@@ -28,35 +27,6 @@ impl askama::filters::Escaper for LibvirtXml {
             }
         }
         Ok(())
-    }
-}
-
-/// A VM name: lowercase letters, digits and hyphens, at most 63, starting with a letter and
-/// not ending with a hyphen (safe in file names, host names and libvirt).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmName(String);
-
-impl VmName {
-    pub fn parse(raw: &str, field: &str) -> Result<Self, AppError> {
-        let s = raw.trim();
-        let ok = !s.is_empty()
-            && s.len() <= 63
-            && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && !s.ends_with('-')
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if ok {
-            Ok(VmName(s.to_string()))
-        } else {
-            Err(AppError::field(
-                field,
-                "Use 1 to 63 lowercase letters, digits and hyphens, starting with a letter.",
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -291,27 +261,6 @@ mod tests {
         );
         assert!(xml.contains("<tb-cache unit='MiB'>128</tb-cache>"));
         assert!(xml.contains("org.qemu.guest_agent.0"));
-    }
-
-    #[test]
-    fn vm_names_are_validated() {
-        assert_eq!(
-            VmName::parse(" web-01 ", "name").unwrap().as_str(),
-            "web-01"
-        );
-        for bad in [
-            "",
-            "Web",
-            "1web",
-            "web-",
-            "web_1",
-            "web 1",
-            "<web>",
-            "web;rm",
-            &"a".repeat(64),
-        ] {
-            assert!(VmName::parse(bad, "name").is_err(), "{bad:?}");
-        }
     }
 
     #[test]

@@ -1,13 +1,41 @@
 //! A request form checked field by field into `Valid`: every refusal names its field.
 use super::requests::*;
 use crate::catalog::{self, parse_days};
-use crate::hypervisor::domain_xml::VmName;
 use crate::platform::db::Tx;
 use crate::platform::error::Result;
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::RequestForm;
 use uuid::Uuid;
+
+/// A VM name: lowercase letters, digits and hyphens, at most 63, starting with a letter and
+/// not ending with a hyphen (safe in file names, host names and libvirt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn parse(raw: &str, field: &str) -> Result<Self, AppError> {
+        let s = raw.trim();
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(VmName(s.to_string()))
+        } else {
+            Err(AppError::field(
+                field,
+                "Use 1 to 63 lowercase letters, digits and hyphens, starting with a letter.",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A validated request form.
 pub(super) struct Valid {
@@ -243,6 +271,32 @@ impl ProvisioningBackend {
                 g.err(),
             ])
             .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_are_validated() {
+        assert_eq!(
+            VmName::parse(" web-01 ", "name").unwrap().as_str(),
+            "web-01"
+        );
+        for bad in [
+            "",
+            "Web",
+            "1web",
+            "web-",
+            "web_1",
+            "web 1",
+            "<web>",
+            "web;rm",
+            &"a".repeat(64),
+        ] {
+            assert!(VmName::parse(bad, "name").is_err(), "{bad:?}");
         }
     }
 }

@@ -345,7 +345,11 @@ async fn walk(
         let n = page["page"].as_u64().unwrap() + 1;
         page = call(vec![("page", n.to_string()), ("after", after)]).await;
         let by_number = call(vec![("page", n.to_string())]).await;
-        assert_eq!(names(&page), names(&by_number), "page {n} by cursor and by number");
+        assert_eq!(
+            names(&page),
+            names(&by_number),
+            "page {n} by cursor and by number"
+        );
         forwards.push(names(&page));
     }
     let mut n = forwards.len();
@@ -386,7 +390,9 @@ async fn deep_pages_follow_cursors_and_match_pages_by_number() {
     // The VM list, in each order: 60 portal VMs whose leases and creation times tie in
     // groups, so the later key columns decide.
     let tenant = app.tenant("Paging").await;
-    let owner = app.user("pager@example.com", Some((tenant, "requester"))).await;
+    let owner = app
+        .user("pager@example.com", Some((tenant, "requester")))
+        .await;
     sqlx::query(
         "INSERT INTO vms (uuid, tenant_id, owner_id, name, vcpus, memory_mib, disk_gib, phase,
                           lease_ends_at, created_at, updated_at)
