@@ -113,10 +113,20 @@ pub(super) async fn dashboard_figures(
         .fetch_all(&mut *tx)
         .await?;
     // The fullest hosts by memory (what placement runs out of first), with their vCPUs.
-    type Busy = (Uuid, String, String, i64, i64, i64, i64);
+    #[derive(sqlx::FromRow)]
+    struct Busy {
+        id: Uuid,
+        name: String,
+        state: String,
+        cpus: i64,
+        vcpus_allocated: i64,
+        memory_kib: i64,
+        memory_allocated_kib: i64,
+    }
     let busiest: Vec<Busy> = sqlx::query_as(
-            "SELECT h.id, h.name, h.state, coalesce(h.cpus, 0)::int8, coalesce(a.vcpus, 0)::int8,
-                    coalesce(h.memory_kib, 0)::int8, coalesce(a.memory_kib, 0)::int8
+            "SELECT h.id, h.name, h.state, coalesce(h.cpus, 0)::int8 AS cpus,
+                    coalesce(a.vcpus, 0)::int8 AS vcpus_allocated, coalesce(h.memory_kib, 0)::int8 AS memory_kib,
+                    coalesce(a.memory_kib, 0)::int8 AS memory_allocated_kib
              FROM hosts h LEFT JOIN (
                  SELECT host_id, sum(vcpus) AS vcpus, sum(memory_kib) AS memory_kib FROM domains
                  WHERE missing_since IS NULL AND state NOT IN ('shutoff', 'crashed') GROUP BY host_id
@@ -129,14 +139,14 @@ pub(super) async fn dashboard_figures(
     Ok(FleetDashboard {
         busiest_hosts: busiest
             .into_iter()
-            .map(|(id, name, state, cpus, vcpus, mem, mem_used)| BusyHost {
-                id,
-                name,
-                state,
-                cpus,
-                vcpus_allocated: vcpus,
-                memory_kib: mem,
-                memory_allocated_kib: mem_used,
+            .map(|b| BusyHost {
+                id: b.id,
+                name: b.name,
+                state: b.state,
+                cpus: b.cpus,
+                vcpus_allocated: b.vcpus_allocated,
+                memory_kib: b.memory_kib,
+                memory_allocated_kib: b.memory_allocated_kib,
             })
             .collect(),
         hosts: t.hosts,
