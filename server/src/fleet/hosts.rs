@@ -207,6 +207,7 @@ pub(super) async fn host(
                 page,
                 ..Place::default()
             },
+            None,
         )
         .await?;
     let missing: Vec<DomainRow> = sqlx::query_as(&format!(
