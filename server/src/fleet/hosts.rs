@@ -207,7 +207,6 @@ pub(super) async fn host(
                 page,
                 ..Place::default()
             },
-            None,
         )
         .await?;
     let missing: Vec<DomainRow> = sqlx::query_as(&format!(
