@@ -389,19 +389,13 @@ impl FleetBackend {
         .fetch_one(&mut **tx)
         .await?;
         let key = |r: &DomainRow| vec![r.name.clone(), r.host_id.to_string(), r.uuid.to_string()];
-        let (before, after) = list::cursors(
-            place.page,
-            Page::<()>::count(total, DOMAINS_PER_PAGE),
-            rows.first().map(key),
-            rows.last().map(key),
-        );
-        Ok(Page {
-            items: rows.into_iter().map(Into::into).collect(),
-            page: place.page,
-            per_page: DOMAINS_PER_PAGE,
+        Ok(list::keyset_page(
+            &place,
+            DOMAINS_PER_PAGE,
             total,
-            before,
-            after,
-        })
+            rows,
+            key,
+            Into::into,
+        ))
     }
 }

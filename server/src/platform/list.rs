@@ -8,7 +8,7 @@
 //! JSON.
 use crate::platform::error::Result;
 use app::error::AppError;
-use app::Place;
+use app::{Page, Place};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments as _, Postgres};
 
@@ -214,9 +214,35 @@ fn decode(cursor: &str, order: &Order, field: &str) -> Result<Vec<String>, AppEr
         })
 }
 
+/// The page of a list paged by keyset: `rows` as items, with the Previous and Next cursors of
+/// its first and last rows (`key` gives a row's sort key values).
+pub fn keyset_page<R, T>(
+    place: &Place,
+    per_page: u32,
+    total: i64,
+    rows: Vec<R>,
+    key: impl Fn(&R) -> Vec<String>,
+    item: impl FnMut(R) -> T,
+) -> Page<T> {
+    let (before, after) = cursors(
+        place.page,
+        Page::<()>::count(total, per_page),
+        rows.first().map(&key),
+        rows.last().map(&key),
+    );
+    Page {
+        items: rows.into_iter().map(item).collect(),
+        page: place.page,
+        per_page,
+        total,
+        before,
+        after,
+    }
+}
+
 /// The Previous and Next cursors of a page whose first and last rows have the sort keys
 /// `first` and `last`: none before page 1 or past the last page.
-pub fn cursors(
+fn cursors(
     page: u32,
     pages: u32,
     first: Option<Vec<String>>,

@@ -464,25 +464,14 @@ impl ProvisioningBackend {
                 total
             }
         };
-        let pages = Page::<()>::count(total, PER_PAGE);
-        let (before, after) = list::cursors(
-            place.page,
-            pages,
-            rows.first().map(|r| vm_key(order, r)),
-            rows.last().map(|r| vm_key(order, r)),
-        );
-        let items: Vec<ManagedVm> = rows
-            .into_iter()
-            .map(|r| to_managed_vm(r, now, &self.ssh_host))
-            .collect();
-        Ok(Page {
-            items,
-            page: place.page,
-            per_page: PER_PAGE,
+        Ok(list::keyset_page(
+            &place,
+            PER_PAGE,
             total,
-            before,
-            after,
-        })
+            rows,
+            |r| vm_key(order, r),
+            |r| to_managed_vm(r, now, &self.ssh_host),
+        ))
     }
 }
 
