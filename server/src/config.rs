@@ -37,6 +37,13 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_SITE_ROOT", default_value = "target/site")]
     pub site_root: String,
 
+    /// The longest a page or other GET may take to answer before the server gives up with
+    /// 503 and logs the path: a page stuck on a lock or a resource that never resolves shows
+    /// an error instead of a spinner that never ends (event streams and consoles are only
+    /// bounded until their first byte).
+    #[arg(long, env = "CONCIERGE_PAGE_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub page_timeout_seconds: u64,
+
     /// Minutes without activity after which a session ends.
     #[arg(long, env = "CONCIERGE_SESSION_IDLE_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=525_600))]
     pub session_idle_minutes: i64,
@@ -228,6 +235,7 @@ impl Config {
             database_url: database_url.into(),
             db_connections: 8,
             site_root: "target/site".into(),
+            page_timeout_seconds: 30,
             session_idle_minutes: 30,
             session_absolute_hours: 12,
             login_failures_per_account: 20,

@@ -167,6 +167,11 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(sessions)
+        // Outside the session and sign-in layers: a lock there would hang a page as well.
+        .layer(middleware::from_fn_with_state(
+            std::time::Duration::from_secs(state.config.page_timeout_seconds),
+            deadline,
+        ))
         .layer(middleware::from_fn_with_state(secure, flash_errors));
 
     Router::new()
@@ -195,6 +200,28 @@ async fn run_to_completion(req: Request, next: Next) -> Response {
         Err(e) => {
             tracing::error!(error = %e, "request task failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Reads (GET, HEAD) answer within the page deadline or get 503 and a log line naming the
+/// path: a render waiting on something that never comes must not hold the browser (or a
+/// test) forever. Only the time to the response head is bounded: streams then run on.
+async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::error!(path, seconds = limit.as_secs(), "page deadline passed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                "This page took too long to prepare. Please try again in a moment.",
+            )
+                .into_response()
         }
     }
 }

@@ -15,6 +15,10 @@ use uuid::Uuid;
 pub const PASSWORD: &str = "correct-horse-battery";
 pub const ADMIN_PASSWORD: &str = "first-admin-password";
 pub const ORIGIN: &str = "http://127.0.0.1:3000";
+/// A request that hangs fails its test instead of the whole run (the server's own page
+/// deadline, 30 s, answers first; this is the backstop).
+const PAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 pub struct TestApp {
     pub base: String,
@@ -44,6 +48,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    // The server's warnings and errors go to the test's captured output: a failing test shows
+    // what the server said (RUST_LOG widens it).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let admin = admin_url();
     let name = format!("concierge_test_{}", Uuid::new_v4().simple());
     let maintenance = PgPoolOptions::new()
@@ -103,9 +116,10 @@ impl Client {
             .header("Origin", ORIGIN)
             .header("Sec-Fetch-Site", "same-origin")
             .form(form)
+            .timeout(CALL_TIMEOUT)
             .send()
             .await
-            .expect("request");
+            .unwrap_or_else(|e| panic!("calling {endpoint}: {e}"));
         let status = res.status().as_u16();
         let body = res.text().await.expect("body");
         if status == 200 {
@@ -121,9 +135,10 @@ impl Client {
         self.http
             .get(format!("{}{path}", self.base))
             .header("Accept", "text/html")
+            .timeout(PAGE_TIMEOUT)
             .send()
             .await
-            .expect("request")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// The signed-in user's e-mail, or None when anonymous.

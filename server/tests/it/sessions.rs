@@ -602,3 +602,29 @@ async fn missing_requests_and_vms_answer_404() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_page_stuck_on_a_lock_answers_in_time_and_the_next_one_renders() {
+    let app = spawn_app_with(|c| c.page_timeout_seconds = 2).await;
+    let admin = app.fleet_admin().await;
+    assert_eq!(admin.get("/tenants").await.status(), 200);
+    // Something holds the tenants table (a long migration, a stuck transaction).
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let res = admin.get("/tenants").await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    lock.rollback().await.unwrap();
+    let res = admin.get("/tenants").await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("Tenants"));
+}
