@@ -434,11 +434,17 @@ impl Catalog for CatalogBackend {
                 }
             };
             let sizes_json = serde_json::to_value(&sizes)?;
-            let id = match form.id {
-                None => sqlx::query_scalar(
-                    "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
+            // The update names the template as $14; both bind the same thirteen fields.
+            let sql = match form.id {
+                None => "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-                )
+                Some(_) => "UPDATE templates SET name = $1, description = $2, os = $3, sizes = $4, default_lease_days = $5,
+                            max_lease_days = $6, all_tenants = $7, tenant_ids = $8, login_user = $9,
+                            user_data = $10, allow_user_data = $11, networks = $12,
+                            image_id = coalesce($13, image_id), updated_at = now()
+                     WHERE id = $14 RETURNING id",
+            };
+            let mut query = sqlx::query_scalar(sql)
                 .bind(&name)
                 .bind(&description)
                 .bind(&os)
@@ -451,34 +457,14 @@ impl Catalog for CatalogBackend {
                 .bind(&user_data)
                 .bind(allow_user_data)
                 .bind(&networks)
-                .bind(image.as_ref().map(|i| i.id))
-                .fetch_one(&mut *tx)
-                .await?,
-                Some(id) => sqlx::query_scalar(
-                    "UPDATE templates SET name = $2, description = $3, os = $4, sizes = $5, default_lease_days = $6,
-                            max_lease_days = $7, all_tenants = $8, tenant_ids = $9, login_user = $10,
-                            user_data = $11, allow_user_data = $12, networks = $13,
-                            image_id = coalesce($14, image_id), updated_at = now()
-                     WHERE id = $1 RETURNING id",
-                )
-                .bind(id)
-                .bind(&name)
-                .bind(&description)
-                .bind(&os)
-                .bind(&sizes_json)
-                .bind(default_lease)
-                .bind(max_lease)
-                .bind(all_tenants)
-                .bind(&tenant_ids)
-                .bind(&login_user)
-                .bind(&user_data)
-                .bind(allow_user_data)
-                .bind(&networks)
-                .bind(image.as_ref().map(|i| i.id))
+                .bind(image.as_ref().map(|i| i.id));
+            if let Some(id) = form.id {
+                query = query.bind(id);
+            }
+            let id: Uuid = query
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or_else(|| AppError::NotFound("Template".into()))?,
-            };
+                .ok_or_else(|| AppError::NotFound("Template".into()))?;
             audit::record(
                 &mut tx,
                 &Origin::of(req),

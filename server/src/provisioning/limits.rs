@@ -78,7 +78,7 @@ pub(super) async fn set_quota(
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let origin = Origin::of(req);
     let after = json!({ "vcpus": vcpus, "memory_mib": memory, "disk_gib": disk, "vms": vms });
-    if for_user {
+    let user = if for_user {
         let email = crate::accounts::email::Email::parse(user_email, "user_email")?;
         let user: Option<Uuid> = sqlx::query_scalar(
             "SELECT u.id FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1 WHERE lower(u.email) = $2",
@@ -114,51 +114,38 @@ pub(super) async fn set_quota(
                 return Err(merged.into());
             }
         }
-        sqlx::query(
-            "INSERT INTO user_quotas (tenant_id, user_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms)
+        Some(user)
+    } else {
+        None
+    };
+    // One statement per scope; the member's names the user as $6.
+    let (sql, event) = match user {
+        Some(user) => (
+            "INSERT INTO user_quotas (tenant_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms, user_id)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET max_vcpus = excluded.max_vcpus,
                  max_memory_mib = excluded.max_memory_mib, max_disk_gib = excluded.max_disk_gib, max_vms = excluded.max_vms",
-        )
-        .bind(tenant_id)
-        .bind(user)
-        .bind(vcpus as i32)
-        .bind(memory)
-        .bind(disk)
-        .bind(vms as i32)
-        .execute(&mut *tx)
-        .await?;
-        audit::record(
-            &mut tx,
-            &origin,
-            Event::new("quota.user.set", "user", user)
-                .tenant(tenant_id)
-                .after(after),
-        )
-        .await?;
-    } else {
-        sqlx::query(
+            Event::new("quota.user.set", "user", user),
+        ),
+        None => (
             "INSERT INTO tenant_quotas (tenant_id, max_vcpus, max_memory_mib, max_disk_gib, max_vms)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant_id) DO UPDATE SET max_vcpus = excluded.max_vcpus,
                  max_memory_mib = excluded.max_memory_mib, max_disk_gib = excluded.max_disk_gib, max_vms = excluded.max_vms",
-        )
+            Event::new("quota.tenant.set", "tenant", tenant_id),
+        ),
+    };
+    let mut query = sqlx::query(sql)
         .bind(tenant_id)
         .bind(vcpus as i32)
         .bind(memory)
         .bind(disk)
-        .bind(vms as i32)
-        .execute(&mut *tx)
-        .await?;
-        audit::record(
-            &mut tx,
-            &origin,
-            Event::new("quota.tenant.set", "tenant", tenant_id)
-                .tenant(tenant_id)
-                .after(after),
-        )
-        .await?;
+        .bind(vms as i32);
+    if let Some(user) = user {
+        query = query.bind(user);
     }
+    query.execute(&mut *tx).await?;
+    audit::record(&mut tx, &origin, event.tenant(tenant_id).after(after)).await?;
     Ok(tx.commit().await?)
 }
 
