@@ -164,7 +164,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(options)
         .layer(middleware::from_fn(run_to_completion))
         // Pages and server-function answers (event streams are left alone by its predicate).
-        .layer(tower_http::compression::CompressionLayer::new())
+        // Quality 4, not the libraries' default: brotli's default is its best, 11, which took
+        // about 55 ms of CPU for a 30 KB page here against under 2 ms at 4 (9.8 KB against
+        // 8.7 KB); the static bundle is compressed at build time at full quality instead.
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .quality(tower_http::CompressionLevel::Precise(PAGE_COMPRESSION)),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(sessions)
         // Outside the session and sign-in layers: a lock there would hang a page as well.
@@ -203,6 +209,9 @@ async fn run_to_completion(req: Request, next: Next) -> Response {
         }
     }
 }
+
+/// Brotli and gzip level for pages as they are rendered (see the compression layer).
+pub const PAGE_COMPRESSION: i32 = 4;
 
 /// Reads (GET, HEAD) answer within the page deadline or get 503 and a log line naming the
 /// path: a render waiting on something that never comes must not hold the browser (or a

@@ -628,3 +628,35 @@ async fn a_page_stuck_on_a_lock_answers_in_time_and_the_next_one_renders() {
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("Tenants"));
 }
+
+#[tokio::test]
+async fn pages_are_compressed_for_browsers_that_take_it() {
+    let app = spawn_app().await;
+    let admin = app.fleet_admin().await;
+    let fetch = |encoding: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let res = admin
+                .http
+                .get(format!("{}/tenants", admin.base))
+                .header("Accept", "text/html")
+                .header("Accept-Encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let coding = res
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (coding, res.bytes().await.unwrap().len())
+        }
+    };
+    let (plain_coding, plain) = fetch("identity").await;
+    assert_eq!(plain_coding, None);
+    for encoding in ["br", "gzip"] {
+        let (coding, size) = fetch(encoding).await;
+        assert_eq!(coding.as_deref(), Some(encoding));
+        assert!(size * 2 < plain, "{encoding}: {size} bytes of {plain}");
+    }
+}
