@@ -1,19 +1,21 @@
 //! Templates and the catalog: the backend of the `Catalog` seam.
 pub mod cloud_init;
 pub mod images;
-use crate::hypervisor::storage;
+mod validate;
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::{seam, Result};
 use app::error::AppError;
 use app::images::RegisterImageForm;
-use app::provisioning::{Offer, Size, SizeOffer, Template, TemplateForm};
+use app::provisioning::{Offer, SizeOffer, Template, TemplateForm};
 use app::seam::{Catalog, RequestCtx};
 use async_trait::async_trait;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
+pub use validate::{parse_days, parse_login_user, parse_text, MAX_VCPUS};
+use validate::{Offered, TemplateFields};
 
 pub struct CatalogBackend {
     pub pool: PgPool,
@@ -144,114 +146,6 @@ impl CatalogBackend {
     }
 }
 
-pub const MAX_VCPUS: i32 = 128;
-pub const MAX_MEMORY_MIB: i64 = 1024 * 1024;
-pub const MAX_DISK_GIB: i64 = 16 * 1024;
-
-/// Sizes as typed in the template form: one per line, `name vcpus memory_gib disk_gib`.
-pub fn parse_sizes(raw: &str) -> Result<Vec<Size>, AppError> {
-    let bad = |line: usize, why: &str| {
-        AppError::field(
-            "sizes",
-            format!("Line {line}: {why} Write one size per line as `name vCPUs memory-GiB disk-GiB`, e.g. `small 1 2 20`."),
-        )
-    };
-    let mut sizes: Vec<Size> = Vec::new();
-    for (i, line) in raw.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let parts: Vec<&str> = line
-            .split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|p| !p.is_empty())
-            .collect();
-        let [name, vcpus, memory, disk] = parts[..] else {
-            return Err(bad(i + 1, "expected four values."));
-        };
-        let name = name.to_lowercase();
-        if name.len() > 20
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(bad(
-                i + 1,
-                "a size name has up to 20 letters, digits, '-' or '_'.",
-            ));
-        }
-        let vcpus: i32 = vcpus
-            .parse()
-            .ok()
-            .filter(|v| (1..=MAX_VCPUS).contains(v))
-            .ok_or_else(|| bad(i + 1, "vCPUs must be a whole number from 1 to 128."))?;
-        let memory_mib = memory
-            .parse::<f64>()
-            .ok()
-            .filter(|m| m.is_finite() && *m >= 0.25 && *m <= 1024.0)
-            .map(|m| (m * 1024.0).round() as i64)
-            .ok_or_else(|| bad(i + 1, "memory must be from 0.25 to 1024 GiB."))?;
-        let disk_gib: i64 = disk
-            .parse()
-            .ok()
-            .filter(|d| (1..=MAX_DISK_GIB).contains(d))
-            .ok_or_else(|| bad(i + 1, "disk must be a whole number of GiB from 1 to 16384."))?;
-        if sizes.iter().any(|s| s.name == name) {
-            return Err(bad(i + 1, "each size needs its own name."));
-        }
-        sizes.push(Size {
-            name,
-            vcpus,
-            memory_mib,
-            disk_gib,
-        });
-    }
-    if sizes.is_empty() {
-        return Err(AppError::field(
-            "sizes",
-            "Add at least one size, e.g. `small 1 2 20`.",
-        ));
-    }
-    if sizes.len() > 20 {
-        return Err(AppError::field("sizes", "At most 20 sizes."));
-    }
-    Ok(sizes)
-}
-
-/// The sizes as the form shows them again.
-pub fn format_sizes(sizes: &[Size]) -> String {
-    sizes
-        .iter()
-        .map(|s| {
-            let mem = s.memory_mib as f64 / 1024.0;
-            format!("{} {} {} {}", s.name, s.vcpus, mem, s.disk_gib)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-pub fn parse_days(raw: &str, field: &str) -> Result<i32, AppError> {
-    raw.trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|d| (1..=3650).contains(d))
-        .ok_or_else(|| AppError::field(field, "Enter a whole number of days from 1 to 3650."))
-}
-
-pub fn parse_text(raw: &str, field: &str, max: usize, required: bool) -> Result<String, AppError> {
-    let s = raw.trim();
-    if required && s.is_empty() {
-        return Err(AppError::field(field, "This field is required."));
-    }
-    if s.chars().count() > max || s.chars().any(|c| c.is_control() && c != '\n' && c != '\r') {
-        return Err(AppError::field(
-            field,
-            format!("Use at most {max} characters, without control characters."),
-        ));
-    }
-    Ok(s.to_string())
-}
-
 #[derive(sqlx::FromRow)]
 struct TemplateRow {
     id: Uuid,
@@ -348,80 +242,36 @@ impl Catalog for CatalogBackend {
     async fn save(&self, req: &RequestCtx, form: TemplateForm) -> Result<Uuid, AppError> {
         seam(async move {
             req.fleet_admin()?;
-            let name = parse_text(&form.name, "name", 80, true);
-            let description = parse_text(&form.description, "description", 2000, false);
-            let os = parse_text(&form.os, "os", 80, true);
-            let sizes = parse_sizes(&form.sizes);
-            let default_lease = parse_days(&form.default_lease_days, "default_lease_days");
-            let max_lease = parse_days(&form.max_lease_days, "max_lease_days");
-            let lease_order = match (&default_lease, &max_lease) {
-                (Ok(d), Ok(m)) if d > m => Some(AppError::field(
-                    "max_lease_days",
-                    "The maximum lease must be at least the default lease.",
-                )),
-                _ => None,
-            };
-            let guest = parse_guest(&form);
-            let networks = parse_networks(&form.networks);
-            let (name, description, os, sizes, default_lease, max_lease) =
-                match (name, description, os, sizes, default_lease, max_lease) {
-                    (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f))
-                        if lease_order.is_none() && guest.is_ok() && networks.is_ok() =>
-                    {
-                        (a, b, c, d, e, f)
-                    }
-                    (a, b, c, d, e, f) => {
-                        return Err(AppError::merge([
-                            a.err(),
-                            b.err(),
-                            c.err(),
-                            d.err(),
-                            e.err(),
-                            f.err(),
-                            lease_order,
-                            guest.err(),
-                            networks.err(),
-                        ]).into())
-                    }
-                };
-            let networks = networks?;
-            let (login_user, user_data) = guest?;
+            let fields = TemplateFields::try_from(&form)?;
             let image = self.template_image(req, &form).await?;
             // The image says who logs in; the template may name another user of it.
-            let login_user = match (login_user, &image) {
-                (Some(u), _) => Some(u),
-                (None, Some(i)) => i.login_user.clone(),
-                (None, None) => None,
-            };
-            let allow_user_data = matches!(form.allow_user_data.trim(), "on" | "true");
-            if allow_user_data && login_user.is_none() {
-                return Err(AppError::field(
-                    "allow_user_data",
-                    "Requesters' cloud-config needs a login user (an image that takes cloud-init).",
-                ).into());
-            }
-            if login_user.is_none() && !user_data.is_empty() {
-                return Err(AppError::field(
-                    "user_data",
-                    "A cloud-config snippet needs a login user (an image that takes cloud-init).",
-                ).into());
+            let login_user = fields
+                .login_user
+                .clone()
+                .or_else(|| image.as_ref().and_then(|i| i.login_user.clone()));
+            if login_user.is_none() {
+                if fields.allow_user_data {
+                    return Err(AppError::field(
+                        "allow_user_data",
+                        "Requesters' cloud-config needs a login user (an image that takes cloud-init).",
+                    ).into());
+                }
+                if !fields.user_data.is_empty() {
+                    return Err(AppError::field(
+                        "user_data",
+                        "A cloud-config snippet needs a login user (an image that takes cloud-init).",
+                    ).into());
+                }
             }
 
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-            let (all_tenants, tenant_ids) = {
-                let raw = form.tenants.trim();
-                if raw == "*" {
-                    (true, Vec::new())
-                } else {
-                    let names: Vec<String> = raw
-                        .split(',')
-                        .map(|n| n.trim().to_lowercase())
-                        .filter(|n| !n.is_empty())
-                        .collect();
+            let (all_tenants, tenant_ids) = match &fields.offered {
+                Offered::All => (true, Vec::new()),
+                Offered::Named(names) => {
                     let found: Vec<(Uuid, String)> = sqlx::query_as(
                         "SELECT id, lower(name) FROM tenants WHERE lower(name) = ANY($1)",
                     )
-                    .bind(&names)
+                    .bind(names)
                     .fetch_all(&mut *tx)
                     .await?;
                     if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
@@ -433,6 +283,18 @@ impl Catalog for CatalogBackend {
                     (false, found.into_iter().map(|(id, _)| id).collect())
                 }
             };
+            let TemplateFields {
+                name,
+                description,
+                os,
+                sizes,
+                default_lease,
+                max_lease,
+                user_data,
+                allow_user_data,
+                networks,
+                ..
+            } = fields;
             let sizes_json = serde_json::to_value(&sizes)?;
             // The update names the template as $14; both bind the same thirteen fields.
             let sql = match form.id {
@@ -714,64 +576,6 @@ fn for_choosing(mut t: Template) -> Template {
     t
 }
 
-/// The login user cloud-init creates: a plain Linux user name, not root. Empty: no cloud-init.
-pub fn parse_login_user(raw: &str, field: &str) -> Result<Option<String>, AppError> {
-    let s = raw.trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    let ok = s.len() <= 32
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !ok || s == "root" {
-        return Err(AppError::field(
-            field,
-            "Use a Linux user name (lowercase letters, digits, '_' or '-', at most 32), not root, e.g. debian.",
-        ));
-    }
-    Ok(Some(s.to_string()))
-}
-
-/// Guest initialisation from the form: the login user and the cloud-config snippet.
-fn parse_guest(form: &TemplateForm) -> Result<(Option<String>, String), AppError> {
-    let user = parse_login_user(&form.login_user, "login_user");
-    let snippet = crate::catalog::cloud_init::parse_snippet(&form.user_data, "user_data");
-    let (user, _) = match (user, snippet) {
-        (Ok(u), Ok(s)) => (u, s),
-        (u, s) => return Err(AppError::merge([u.err(), s.err()])),
-    };
-    Ok((user, form.user_data.trim().to_string()))
-}
-
-/// The networks a template's VMs may join: libvirt network names, or `user` for user-mode
-/// networking; at most 8, each once. Empty stands for `user`.
-pub fn parse_networks(raw: &str) -> Result<Vec<String>, AppError> {
-    let mut out: Vec<String> = Vec::new();
-    for part in raw
-        .split([',', ' ', '\n'])
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let name = storage::parse_name(part, "networks").map_err(|_| {
-            AppError::field(
-                "networks",
-                format!("\u{201c}{part}\u{201d} is not a network name: use letters, digits, '.', '_' or '-', or user for user-mode networking."),
-            )
-        })?;
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    if out.len() > 8 {
-        return Err(AppError::field("networks", "At most 8 networks."));
-    }
-    if out == ["user"] {
-        out.clear();
-    }
-    Ok(out)
-}
-
 /// The network choices a template offers, in its order (`user` where it lists none).
 pub fn network_choices(t: &Template) -> Vec<String> {
     if t.networks.is_empty() {
@@ -783,22 +587,3 @@ pub fn network_choices(t: &Template) -> Vec<String> {
 
 /// User-mode networking, as templates and requests name it.
 pub const USER_NETWORK: &str = "user";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_and_name_the_line() {
-        let s = parse_sizes("small 1 2 20\nlarge, 4, 0.5, 100\n").unwrap();
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[1].memory_mib, 512);
-        let e = parse_sizes("small 1 2 20\nhuge 999 2 20").unwrap_err();
-        assert!(e.field_message("sizes").unwrap().starts_with("Line 2"));
-        assert!(parse_sizes("").is_err());
-        assert!(parse_sizes("a 1 2 20\na 2 2 20").is_err());
-        assert!(parse_sizes("<x> 1 2 20").is_err());
-        assert!(parse_sizes("x -1 2 20").is_err());
-        assert_eq!(format_sizes(&s), "small 1 2 20\nlarge 4 0.5 100");
-    }
-}
