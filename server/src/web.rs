@@ -22,7 +22,7 @@ use tower_sessions_sqlx_store::PostgresStore;
 
 pub fn router(state: AppState) -> Router {
     let options = state.leptos.clone();
-    let routes = generate_route_list(app::App);
+    let routes = routes();
     let backend = state.backend.clone();
 
     // Sessions are read on every request: keep them in memory, written through to PostgreSQL.
@@ -175,7 +175,10 @@ pub fn router(state: AppState) -> Router {
         .layer(sessions)
         // Outside the session and sign-in layers: a lock there would hang a page as well.
         .layer(middleware::from_fn_with_state(
-            std::time::Duration::from_secs(state.config.page_timeout_seconds),
+            (
+                std::time::Duration::from_secs(state.config.page_timeout_seconds),
+                state.pool.clone(),
+            ),
             deadline,
         ))
         .layer(middleware::from_fn_with_state(secure, flash_errors));
@@ -191,6 +194,16 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The app's routes, generated once per process. Generating them sets a process-wide flag
+/// under which every Leptos resource first polled meanwhile, in any server of the process,
+/// waits forever (leptos issue #4773): a second server started in the same process (the
+/// integration tests start one per test) hung pages of the others now and then.
+fn routes() -> Vec<leptos_axum::AxumRouteListing> {
+    static ROUTES: std::sync::OnceLock<Vec<leptos_axum::AxumRouteListing>> =
+        std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(app::App)).clone()
 }
 
 /// Changes (anything but GET and HEAD) run to the end in their own task. A browser that
@@ -216,7 +229,11 @@ pub const PAGE_COMPRESSION: i32 = 4;
 /// Reads (GET, HEAD) answer within the page deadline or get 503 and a log line naming the
 /// path: a render waiting on something that never comes must not hold the browser (or a
 /// test) forever. Only the time to the response head is bounded: streams then run on.
-async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
+async fn deadline(
+    State((limit, pool)): State<(std::time::Duration, sqlx::PgPool)>,
+    req: Request,
+    next: Next,
+) -> Response {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return next.run(req).await;
     }
@@ -224,7 +241,14 @@ async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: 
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
         Err(_) => {
-            tracing::error!(path, seconds = limit.as_secs(), "page deadline passed");
+            // The pool's state tells a page waiting for a connection from one waiting on a lock.
+            tracing::error!(
+                path,
+                seconds = limit.as_secs(),
+                pool_size = pool.size(),
+                pool_idle = pool.num_idle(),
+                "page deadline passed"
+            );
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "5")],

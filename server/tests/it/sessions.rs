@@ -660,3 +660,43 @@ async fn pages_are_compressed_for_browsers_that_take_it() {
         assert!(size * 2 < plain, "{encoding}: {size} bytes of {plain}");
     }
 }
+
+/// Starting a server generates the app's route list, which once parked every page resource
+/// first polled meanwhile in any other server of the process (leptos #4773): a test's page
+/// hung now and then while another test started its server.
+#[tokio::test]
+async fn pages_render_while_other_servers_start_in_the_same_process() {
+    let app = spawn_app_with(|c| c.page_timeout_seconds = 5).await;
+    let admin = app.fleet_admin().await;
+    // Other tests start their servers on their own threads, as libtest runs them.
+    let starters: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                for _ in 0..5 {
+                    rt.block_on(spawn_app());
+                }
+            })
+        })
+        .collect();
+    while starters.iter().any(|t| !t.is_finished()) {
+        let (a, b, c) = tokio::join!(
+            admin.get("/tenants"),
+            admin.get("/users"),
+            admin.get("/templates")
+        );
+        for res in [a, b, c] {
+            assert_eq!(
+                res.status(),
+                200,
+                "a page hung while another server started"
+            );
+        }
+    }
+    for t in starters {
+        t.join().unwrap();
+    }
+}
