@@ -151,3 +151,63 @@ impl From<ServerFnError> for AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+/// The fields of a form, each parsed on its own: all their values, or one error naming every
+/// bad field (`(a, b, c).all_valid()?`), so a form is never answered one mistake at a time.
+pub trait AllValid {
+    type Values;
+    fn all_valid(self) -> Result<Self::Values, AppError>;
+}
+
+macro_rules! all_valid_for_tuples {
+    ($(($($t:ident $v:ident),+))+) => {$(
+        impl<$($t),+> AllValid for ($(Result<$t, AppError>,)+) {
+            type Values = ($($t,)+);
+            fn all_valid(self) -> Result<Self::Values, AppError> {
+                match self {
+                    ($(Ok($v),)+) => Ok(($($v,)+)),
+                    ($($v,)+) => Err(AppError::merge([$($v.err()),+])),
+                }
+            }
+        }
+    )+};
+}
+
+all_valid_for_tuples! {
+    (A a, B b)
+    (A a, B b, C c)
+    (A a, B b, C c, D d)
+    (A a, B b, C c, D d, E e)
+    (A a, B b, C c, D d, E e, F f)
+    (A a, B b, C c, D d, E e, F f, G g)
+    (A a, B b, C c, D d, E e, F f, G g, H h)
+    (A a, B b, C c, D d, E e, F f, G g, H h, I i)
+    (A a, B b, C c, D d, E e, F f, G g, H h, I i, J j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_valid_gives_every_value_or_names_every_bad_field() {
+        let ok: (Result<i32, AppError>, Result<&str, AppError>) = (Ok(1), Ok("a"));
+        assert_eq!(ok.all_valid(), Ok((1, "a")));
+        let bad: (
+            Result<i32, AppError>,
+            Result<(), AppError>,
+            Result<u8, AppError>,
+        ) = (
+            Err(AppError::field("a", "bad a")),
+            Ok(()),
+            Err(AppError::field("c", "bad c")),
+        );
+        let e = bad.all_valid().unwrap_err();
+        assert_eq!(e.field_message("a").as_deref(), Some("bad a"));
+        assert_eq!(e.field_message("c").as_deref(), Some("bad c"));
+        // A non-field error wins over field errors.
+        let mixed: (Result<(), AppError>, Result<(), AppError>) =
+            (Err(AppError::field("a", "bad a")), Err(AppError::Forbidden));
+        assert_eq!(mixed.all_valid(), Err(AppError::Forbidden));
+    }
+}

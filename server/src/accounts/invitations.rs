@@ -10,7 +10,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::{seam, Result};
 use app::account::TenantRole;
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::seam::{Invitations, RequestCtx};
 use app::tenant::{JoinForm, MyInvitation, NewInvitation, PendingInvitation};
 use async_trait::async_trait;
@@ -90,11 +90,7 @@ impl Invitations for InvitationsBackend {
             } else {
                 DisplayName::parse(display_name, "display_name").map(Some)
             };
-            let (email, name, role) =
-                match (Email::parse(email, "email"), name, TenantRole::parse(role)) {
-                    (Ok(e), Ok(n), Ok(r)) => (e, n, r),
-                    (e, n, r) => return Err(AppError::merge([e.err(), n.err(), r.err()]).into()),
-                };
+            let (email, name, role) = (Email::parse(email, "email"), name, TenantRole::parse(role)).all_valid()?;
             let now = self.now();
             let mut tx = db::begin(&self.pool, scope_for(actor, tenant_id)).await?;
             let tenant: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
@@ -327,10 +323,7 @@ impl Invitations for InvitationsBackend {
                     ))
                 }
             });
-            let (email, code, name) = match (email, code, name, pass) {
-                (Ok(e), Ok(c), Ok(n), Ok(())) => (e, c, n),
-                (e, c, n, p) => return Err(AppError::merge([e.err(), c.err(), n.err(), p.err()]).into()),
-            };
+            let (email, code, name, ()) = (email, code, name, pass).all_valid()?;
             let now = self.now();
             // Codes cannot be guessed, but tries are counted like sign-ins all the same.
             let limits = self.accounts.limits;

@@ -12,7 +12,7 @@ use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::{seam, Result};
 use app::account::{OneTimePassword, SessionInfo, TenantRole};
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::seam::{Accounts, RequestCtx};
 use app::user::UserSummary;
 use app::Page;
@@ -415,10 +415,7 @@ impl Accounts for AccountsBackend {
         req.fleet_admin()?;
         let email = Email::parse(email, "email");
         let name = DisplayName::parse(display_name, "display_name");
-        let (email, name) = match (email, name) {
-            (Ok(e), Ok(n)) => (e, n),
-            (e, n) => return Err(AppError::merge([e.err(), n.err()])),
-        };
+        let (email, name) = (email, name).all_valid()?;
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
         let otp = self
             .insert_user(

@@ -8,7 +8,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::{seam, Error, Result};
 use crate::platform::jobs::{self, Job, JobKind, Outcome, Queue};
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::images::{
     Image, ImageCopy, RegisterImageForm, UploadForm, UploadTarget, UPLOAD_CHUNK_BYTES,
 };
@@ -160,13 +160,12 @@ fn templates_take(format: storage::Format, field: &str) -> Result<(), AppError> 
 fn parse_boot(kernel: &str, initrd: &str) -> Result<Option<(String, String)>, AppError> {
     match (kernel.trim(), initrd.trim()) {
         ("", "") => Ok(None),
-        (k, i) => match (
+        (k, i) => (
             storage::parse_name(k, "kernel"),
             storage::parse_name(i, "initrd"),
-        ) {
-            (Ok(k), Ok(i)) => Ok(Some((k, i))),
-            (k, i) => Err(AppError::merge([k.err(), i.err()])),
-        },
+        )
+            .all_valid()
+            .map(Some),
     }
 }
 
@@ -192,24 +191,16 @@ impl TryFrom<&RegisterImageForm> for Registration {
         let volume = storage::parse_name(&form.volume, "volume");
         let boot = parse_boot(&form.kernel, &form.initrd);
         let login_user = parse_login_user(&form.login_user, "login_user");
-        match (name, host, pool, volume, boot, login_user) {
-            (Ok(name), Ok(host), Ok(pool), Ok(volume), Ok(boot), Ok(login_user)) => Ok(Self {
-                name,
-                host,
-                pool,
-                volume,
-                boot,
-                login_user,
-            }),
-            (a, b, c, d, e, f) => Err(AppError::merge([
-                a.err(),
-                b.err(),
-                c.err(),
-                d.err(),
-                e.err(),
-                f.err(),
-            ])),
-        }
+        let (name, host, pool, volume, boot, login_user) =
+            (name, host, pool, volume, boot, login_user).all_valid()?;
+        Ok(Self {
+            name,
+            host,
+            pool,
+            volume,
+            boot,
+            login_user,
+        })
     }
 }
 
@@ -549,19 +540,7 @@ impl Images for ImagesBackend {
                 });
             let login_user = parse_login_user(&form.login_user, "login_user");
             let (name, host, pool, volume, size, login_user) =
-                match (name, host, pool, volume, size, login_user) {
-                    (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
-                    (a, b, c, d, e, f) => {
-                        return Err(AppError::merge([
-                            a.err(),
-                            b.err(),
-                            c.err(),
-                            d.err(),
-                            e.err(),
-                            f.err(),
-                        ]).into())
-                    }
-                };
+                (name, host, pool, volume, size, login_user).all_valid()?;
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             // Format and facts are placeholders until the bytes are read back at the finish;
             // placement never sees an image without a ready copy.

@@ -2,7 +2,7 @@
 //! `TemplateFields` (the image and the named tenants are looked up by `save`). The parsers
 //! for sizes, lease days, texts and login users serve the image and request forms too.
 use crate::hypervisor::storage;
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::provisioning::{Size, TemplateForm};
 
 /// Which tenants a template is offered to, as the form names them.
@@ -52,55 +52,33 @@ impl TryFrom<&TemplateForm> for TemplateFields {
         let login_user = parse_login_user(&form.login_user, "login_user");
         let snippet = crate::catalog::cloud_init::parse_snippet(&form.user_data, "user_data");
         let networks = parse_networks(&form.networks);
-        match (
-            name,
-            description,
-            os,
-            sizes,
-            default_lease,
-            max_lease,
-            lease_order,
-            login_user,
-            snippet,
-            networks,
-        ) {
+        let (name, description, os, sizes, default_lease, max_lease, (), login_user, _, networks) =
             (
-                Ok(name),
-                Ok(description),
-                Ok(os),
-                Ok(sizes),
-                Ok(default_lease),
-                Ok(max_lease),
-                Ok(()),
-                Ok(login_user),
-                Ok(_),
-                Ok(networks),
-            ) => Ok(TemplateFields {
                 name,
                 description,
                 os,
                 sizes,
                 default_lease,
                 max_lease,
-                offered: parse_offered(&form.tenants),
+                lease_order,
                 login_user,
-                user_data: form.user_data.trim().to_string(),
-                allow_user_data: matches!(form.allow_user_data.trim(), "on" | "true"),
+                snippet,
                 networks,
-            }),
-            (a, b, c, d, e, f, g, h, i, j) => Err(AppError::merge([
-                a.err(),
-                b.err(),
-                c.err(),
-                d.err(),
-                e.err(),
-                f.err(),
-                g.err(),
-                h.err(),
-                i.err(),
-                j.err(),
-            ])),
-        }
+            )
+                .all_valid()?;
+        Ok(TemplateFields {
+            name,
+            description,
+            os,
+            sizes,
+            default_lease,
+            max_lease,
+            offered: parse_offered(&form.tenants),
+            login_user,
+            user_data: form.user_data.trim().to_string(),
+            allow_user_data: matches!(form.allow_user_data.trim(), "on" | "true"),
+            networks,
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
 use crate::platform::list::{self, asc, desc, Order, Window};
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::fleet::{version_string, HostDetail, HostFilter, HostSummary, NetworkInfo, PoolInfo};
 use app::seam::RequestCtx;
 use app::{Page, Place};
@@ -104,10 +104,8 @@ pub(super) async fn register(
     maintenance: bool,
 ) -> Result<HostSummary> {
     req.fleet_admin()?;
-    let (name, uri, labels) = match (parse_host_name(name), parse_uri(uri), parse_labels(labels)) {
-        (Ok(n), Ok(u), Ok(l)) => (n, u, l),
-        (n, u, l) => return Err(AppError::merge([n.err(), u.err(), l.err()]).into()),
-    };
+    let (name, uri, labels) =
+        (parse_host_name(name), parse_uri(uri), parse_labels(labels)).all_valid()?;
     let simulated_file = simulated_file(&uri, b.simulated_fleets.as_deref())?;
     // Saving tests the connection; libvirt's own words go next to the URI, except for a
     // simulated host's file, whose parse errors would quote the file's content.

@@ -4,7 +4,7 @@ use crate::hypervisor::{network, storage};
 use crate::platform::audit::Event;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::fleet::VolumeInfo;
 use app::seam::RequestCtx;
 use serde_json::json;
@@ -19,13 +19,11 @@ pub(super) async fn create_pool(
     path: &str,
 ) -> Result<(), AppError> {
     req.fleet_admin()?;
-    let (name, path) = match (
+    let (name, path) = (
         storage::parse_name(name, "name"),
         storage::parse_dir(path, "path"),
-    ) {
-        (Ok(n), Ok(p)) => (n, p),
-        (n, p) => return Err(AppError::merge([n.err(), p.err()])),
-    };
+    )
+        .all_valid()?;
     b.known_host(host_id).await?;
     let (n, p) = (name.clone(), path.clone());
     b.hypervisors

@@ -41,6 +41,8 @@ pub struct DomainEvent {
     pub event: i32,
     pub detail: i32,
     pub at: Instant,
+    /// Wall-clock time of the callback, to order the event against reads of the domain.
+    pub seen: time::OffsetDateTime,
 }
 
 struct LifecycleCtx {
@@ -64,6 +66,7 @@ unsafe extern "C" fn lifecycle_cb(
             event,
             detail,
             at: Instant::now(),
+            seen: time::OffsetDateTime::now_utc(),
         });
     }
     0

@@ -3,6 +3,7 @@ use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use time::OffsetDateTime;
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -43,7 +44,7 @@ pub struct NetworkFacts {
 /// Disks and NICs as the pages show them.
 pub use app::fleet::{DiskInfo as Disk, NicInfo as Nic};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DomainFacts {
     pub uuid: Uuid,
     pub name: String,
@@ -52,6 +53,23 @@ pub struct DomainFacts {
     pub memory_kib: i64,
     pub disks: Vec<Disk>,
     pub nics: Vec<Nic>,
+    /// When libvirt was asked (wall clock, not the injected one: it orders this read against
+    /// lifecycle events). A write never replaces a state observed later.
+    pub observed_at: OffsetDateTime,
+}
+
+/// Facts compare by what the hypervisor says, not by when it was asked: a reconcile writes
+/// only the domains that changed.
+impl PartialEq for DomainFacts {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuid == other.uuid
+            && self.name == other.name
+            && self.state == other.state
+            && self.vcpus == other.vcpus
+            && self.memory_kib == other.memory_kib
+            && self.disks == other.disks
+            && self.nics == other.nics
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -146,6 +164,7 @@ pub fn domain_facts(
     dom: &Domain,
     known: &HashMap<Uuid, DomainFacts>,
 ) -> Result<DomainFacts, virt::error::Error> {
+    let observed_at = OffsetDateTime::now_utc();
     let uuid = dom.uuid()?;
     let name = dom.name()?;
     let info = dom.info()?;
@@ -166,6 +185,7 @@ pub fn domain_facts(
         memory_kib,
         disks,
         nics,
+        observed_at,
     })
 }
 
@@ -347,6 +367,7 @@ pub async fn load_known(pool: &PgPool, host_id: Uuid) -> Result<HashMap<Uuid, Do
                     memory_kib: r.memory_kib,
                     disks,
                     nics,
+                    observed_at: OffsetDateTime::UNIX_EPOCH,
                 },
             )
         })
@@ -403,26 +424,28 @@ pub fn parse_nics(v: &serde_json::Value) -> Vec<Nic> {
 /// existed and was updated.
 pub async fn apply_events(
     pool: &PgPool,
-    rows: &[(Uuid, Uuid, &str, &str)],
+    rows: &[(Uuid, Uuid, &str, &str, OffsetDateTime)],
 ) -> Result<std::collections::HashSet<(Uuid, Uuid)>> {
     if rows.is_empty() {
         return Ok(Default::default());
     }
     let mut tx = db::begin(pool, Scope::fleet()).await?;
     let done: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "UPDATE domains d SET state = e.state, state_reason = e.reason,
+        "UPDATE domains d SET state = e.state, state_reason = e.reason, state_observed_at = e.seen,
                 state_since = CASE WHEN d.state <> e.state THEN now() ELSE d.state_since END
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS e (host_id, uuid, state, reason)
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) AS e (host_id, uuid, state, reason, seen)
          WHERE d.host_id = e.host_id AND d.uuid = e.uuid
            -- A late event (\"stopped\" after a delete) must not bring an undefined domain back;
            -- a domain that really returns is re-read and un-marked by the refresh.
            AND d.missing_since IS NULL
+           AND d.state_observed_at <= e.seen
          RETURNING d.host_id, d.uuid",
     )
     .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -439,17 +462,21 @@ pub async fn upsert_domains(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics, managed, tenant_id, owner_id)
+        "INSERT INTO domains AS d (host_id, uuid, name, state, vcpus, memory_kib, disks, nics, state_observed_at, managed, tenant_id, owner_id)
          SELECT $1, u.*, v.uuid IS NOT NULL, v.tenant_id, v.owner_id
-         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::jsonb[], $8::jsonb[])
-              AS u (uuid, name, state, vcpus, memory_kib, disks, nics)
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::jsonb[], $8::jsonb[], $9::timestamptz[])
+              AS u (uuid, name, state, vcpus, memory_kib, disks, nics, observed_at)
          LEFT JOIN vms v ON v.uuid = u.uuid AND v.deleted_at IS NULL
          ON CONFLICT (host_id, uuid) DO UPDATE SET name = excluded.name,
              -- A portal VM is managed from its first sighting, whichever write comes first.
              managed = d.managed OR excluded.managed, tenant_id = coalesce(d.tenant_id, excluded.tenant_id),
              owner_id = coalesce(d.owner_id, excluded.owner_id),
-             state_since = CASE WHEN d.state <> excluded.state THEN now() ELSE d.state_since END,
-             state = excluded.state, vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
+             -- An older observation (read before an event this row already has) keeps the state.
+             state_since = CASE WHEN d.state_observed_at > excluded.state_observed_at OR d.state = excluded.state
+                                THEN d.state_since ELSE now() END,
+             state = CASE WHEN d.state_observed_at > excluded.state_observed_at THEN d.state ELSE excluded.state END,
+             state_observed_at = greatest(d.state_observed_at, excluded.state_observed_at),
+             vcpus = excluded.vcpus, memory_kib = excluded.memory_kib,
              disks = excluded.disks, nics = excluded.nics, last_seen_at = now(), missing_since = NULL",
     )
     .bind(host_id)
@@ -460,6 +487,7 @@ pub async fn upsert_domains(
     .bind(upserts.iter().map(|d| d.memory_kib).collect::<Vec<_>>())
     .bind(upserts.iter().map(|d| serde_json::to_value(&d.disks).unwrap_or_default()).collect::<Vec<_>>())
     .bind(upserts.iter().map(|d| serde_json::to_value(&d.nics).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|d| d.observed_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

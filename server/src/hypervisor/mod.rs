@@ -228,19 +228,23 @@ async fn write_events(
             }
         }
         // The last event of each domain wins; the others only count for latency.
-        let mut last: HashMap<(Uuid, Uuid), (&'static str, &'static str)> = HashMap::new();
+        let mut last: HashMap<(Uuid, Uuid), (&'static str, &'static str, time::OffsetDateTime)> =
+            HashMap::new();
         let mut refresh = Vec::new();
         for ev in &batch {
             match events::state_after(ev.event) {
                 Some(state) => {
-                    last.insert((ev.host, ev.uuid), (state, events::event_name(ev.event)));
+                    last.insert(
+                        (ev.host, ev.uuid),
+                        (state, events::event_name(ev.event), ev.seen),
+                    );
                 }
                 None => refresh.push((ev.host, ev.uuid)),
             }
         }
-        let rows: Vec<(Uuid, Uuid, &str, &str)> = last
+        let rows: Vec<(Uuid, Uuid, &str, &str, time::OffsetDateTime)> = last
             .iter()
-            .map(|((h, u), (s, r))| (*h, *u, *s, *r))
+            .map(|((h, u), (s, r, seen))| (*h, *u, *s, *r, *seen))
             .collect();
         let applied = inventory::apply_events(&hv.pool, &rows)
             .await

@@ -4,7 +4,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::{seam, Result};
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::reports::{RateCard, RateCardForm, Report, ReportQuery, ReportRow};
 use app::seam::{Reports, RequestCtx};
 use async_trait::async_trait;
@@ -62,10 +62,7 @@ fn parse_period(q: &ReportQuery, today: Date) -> Result<Period, AppError> {
     } else {
         parse_date(&q.to, "to")
     };
-    let (from, to) = match (from, to) {
-        (Ok(f), Ok(t)) => (f, t),
-        (f, t) => return Err(AppError::merge([f.err(), t.err()])),
-    };
+    let (from, to) = (from, to).all_valid()?;
     if to < from {
         return Err(AppError::field(
             "to",
@@ -266,10 +263,7 @@ impl Reports for ReportsBackend {
             };
             let period = parse_period(&q, self.clock.now().date());
             let group = group_sql(q.group_by.trim());
-            let (period, (key, label, join)) = match (period, group) {
-                (Ok(p), Ok(g)) => (p, g),
-                (p, g) => return Err(AppError::merge([p.err(), g.err()]).into()),
-            };
+            let (period, (key, label, join)) = (period, group).all_valid()?;
             let start = period.from.midnight().assume_utc();
             let end = (period.to + Duration::DAY).midnight().assume_utc();
             let prev_start = start - (end - start);
@@ -577,24 +571,12 @@ impl Reports for ReportsBackend {
                     .map(Some)
                     .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
             };
-            let (currency, (v, m, d), from, to, template) = match (currency, prices, from, to, template)
-            {
-                (Ok(c), (Ok(v), Ok(m), Ok(d)), Ok(f), Ok(t), Ok(tp)) if order.is_none() => {
-                    (c, (v, m, d), f, t, tp)
-                }
-                (c, (v, m, d), f, t, tp) => {
-                    return Err(AppError::merge([
-                        c.err(),
-                        v.err(),
-                        m.err(),
-                        d.err(),
-                        f.err(),
-                        t.err(),
-                        tp.err(),
-                        order,
-                    ]).into())
-                }
+            let order = match order {
+                Some(e) => Err(e),
+                None => Ok(()),
             };
+            let (currency, (v, m, d), from, to, template, ()) =
+                (currency, prices.all_valid(), from, to, template, order).all_valid()?;
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             let id: Uuid = sqlx::query_scalar(
                 "INSERT INTO rate_cards (template_id, currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from, valid_to)

@@ -6,7 +6,7 @@ use crate::platform::db;
 use crate::platform::error::Result;
 use crate::provisioning::quota::{self, Amount};
 use crate::provisioning::requests::ProvisioningBackend;
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::seam::RequestCtx;
 use serde_json::json;
 use std::collections::HashMap;
@@ -101,13 +101,11 @@ pub async fn resize(
     vcpus: &str,
     memory_gib: &str,
 ) -> Result<()> {
-    let (vcpus, memory_mib) = match (
+    let (vcpus, memory_mib) = (
         parse_vcpus(vcpus),
         super::validate::parse_gib_as_mib(memory_gib, "memory_gib", 0.25, 1024.0),
-    ) {
-        (Ok(v), Ok(m)) => (v, m),
-        (v, m) => return Err(AppError::merge([v.err(), m.err()]).into()),
-    };
+    )
+        .all_valid()?;
     let started = std::time::Instant::now();
     let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
     let now = backend.clock_now();

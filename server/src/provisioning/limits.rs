@@ -7,7 +7,7 @@ use crate::platform::db::{self};
 use crate::platform::error::Result;
 use crate::provisioning::approval::{self};
 use crate::provisioning::quota::{self, Amount};
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::provisioning::{LimitsForm, PolicyForm, QuotaEffect, Recount, TenantQuotas, UserQuota};
 use app::seam::RequestCtx;
 use serde_json::json;
@@ -71,10 +71,7 @@ pub(super) async fn set_quota(
         parse_limit(&limits.disk_gib, "disk_gib", 10_000_000),
         parse_limit(&limits.vms, "vms", 100_000),
     );
-    let (vcpus, memory, disk, vms) = match parsed {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        (a, b, c, d) => return Err(AppError::merge([a.err(), b.err(), c.err(), d.err()]).into()),
-    };
+    let (vcpus, memory, disk, vms) = parsed.all_valid()?;
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let origin = Origin::of(req);
     let after = json!({ "vcpus": vcpus, "memory_mib": memory, "disk_gib": disk, "vms": vms });
@@ -185,14 +182,7 @@ pub(super) async fn set_policy(
             approval::level_rows(&form.level)
         },
     );
-    let (v, m, c, l, e, levels) = match parsed {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
-        (a, b, c, d, e, f) => {
-            return Err(
-                AppError::merge([a.err(), b.err(), c.err(), d.err(), e.err(), f.err()]).into(),
-            )
-        }
-    };
+    let (v, m, c, l, e, levels) = parsed.all_valid()?;
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let mut resolved = Vec::new();
     for (all, emails) in &levels {

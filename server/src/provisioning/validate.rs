@@ -4,7 +4,7 @@ use crate::catalog::{self, parse_days};
 use crate::platform::db::Tx;
 use crate::platform::error::Result;
 use app::account::Actor;
-use app::error::AppError;
+use app::error::{AllValid, AppError};
 use app::provisioning::RequestForm;
 use uuid::Uuid;
 
@@ -176,10 +176,7 @@ impl ProvisioningBackend {
             .ok_or_else(|| AppError::field("size", "Choose one of the template's sizes."));
         let count = parse_count(&form.count);
         if !full {
-            let (size, count) = match (size, count) {
-                (Ok(s), Ok(c)) => (s, c),
-                (s, c) => return Err(AppError::merge([s.err(), c.err()]).into()),
-            };
+            let (size, count) = (size, count).all_valid()?;
             return Ok(Valid {
                 tenant,
                 template,
@@ -222,56 +219,34 @@ impl ProvisioningBackend {
         let purpose = parse_purpose(&form.purpose);
         let user_data = parse_user_data(&template, &form.user_data);
         let network = parse_network(&template, &form.network);
-        match (size, count, prefix, lease_days, purpose, user_data, network) {
-            (
-                Ok(size),
-                Ok(count),
-                Ok(prefix),
-                Ok(lease_days),
-                Ok(purpose),
-                Ok(user_data),
-                Ok(network),
-            ) => {
-                let names = vm_names(&prefix, count);
-                let taken: Option<String> = sqlx::query_scalar(
-                    "SELECT name FROM vms WHERE tenant_id = $1 AND deleted_at IS NULL AND name = ANY($2) LIMIT 1",
-                )
-                .bind(tenant)
-                .bind(&names)
-                .fetch_optional(&mut **tx)
-                .await?;
-                if let Some(t) = taken {
-                    return Err(AppError::field(
-                        "name_prefix",
-                        format!(
-                            "A VM named {t} already exists in this tenant; choose another prefix."
-                        ),
-                    )
-                    .into());
-                }
-                Ok(Valid {
-                    tenant,
-                    template,
-                    size,
-                    count,
-                    prefix,
-                    lease_days,
-                    purpose,
-                    user_data,
-                    network,
-                })
-            }
-            (a, b, c, d, e, f, g) => Err(AppError::merge([
-                a.err(),
-                b.err(),
-                c.err(),
-                d.err(),
-                e.err(),
-                f.err(),
-                g.err(),
-            ])
-            .into()),
+        let (size, count, prefix, lease_days, purpose, user_data, network) =
+            (size, count, prefix, lease_days, purpose, user_data, network).all_valid()?;
+        let names = vm_names(&prefix, count);
+        let taken: Option<String> = sqlx::query_scalar(
+                "SELECT name FROM vms WHERE tenant_id = $1 AND deleted_at IS NULL AND name = ANY($2) LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(&names)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(t) = taken {
+            return Err(AppError::field(
+                "name_prefix",
+                format!("A VM named {t} already exists in this tenant; choose another prefix."),
+            )
+            .into());
         }
+        Ok(Valid {
+            tenant,
+            template,
+            size,
+            count,
+            prefix,
+            lease_days,
+            purpose,
+            user_data,
+            network,
+        })
     }
 }
 

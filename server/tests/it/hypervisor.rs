@@ -421,3 +421,78 @@ async fn deep_pages_follow_cursors_and_match_pages_by_number() {
         .await;
     assert!(assert_field_error(&r, "after").contains("start again from the first page"));
 }
+
+#[tokio::test]
+async fn an_older_observation_never_replaces_a_newer_state() {
+    use concierge::hypervisor::inventory::{apply_events, upsert_domains, DomainFacts};
+    use time::{Duration, OffsetDateTime};
+    use uuid::Uuid;
+    let app = spawn_app().await;
+    let host = Uuid::new_v4();
+    sqlx::query("INSERT INTO hosts (id, name, uri, cpus) VALUES ($1, 'h1', 'test:///default', 4)")
+        .bind(host)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let t0 = OffsetDateTime::now_utc();
+    let facts = |state: &'static str, at: OffsetDateTime| DomainFacts {
+        uuid: Uuid::from_u128(7),
+        name: "vm".into(),
+        state,
+        vcpus: 1,
+        memory_kib: 1024,
+        disks: Vec::new(),
+        nics: Vec::new(),
+        observed_at: at,
+    };
+    let upsert = |f: DomainFacts| {
+        let pool = app.state.pool.clone();
+        async move {
+            let mut tx =
+                concierge::platform::db::begin(&pool, concierge::platform::db::Scope::fleet())
+                    .await
+                    .unwrap();
+            upsert_domains(&mut tx, host, &[&f]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM domains WHERE uuid = $1")
+            .bind(Uuid::from_u128(7))
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    // The provisioner's read after the start...
+    upsert(facts("running", t0 + Duration::seconds(2))).await;
+    // ...then a refresh that had read the domain before the start lands: ignored.
+    upsert(facts("shutoff", t0 + Duration::seconds(1))).await;
+    assert_eq!(state().await, "running");
+    // An event older than the last read is not applied (and is reported as not applied, so
+    // the host re-reads the domain); a newer one is.
+    let old = apply_events(
+        &app.state.pool,
+        &[(host, Uuid::from_u128(7), "shutoff", "stopped", t0)],
+    )
+    .await
+    .unwrap();
+    assert!(old.is_empty());
+    assert_eq!(state().await, "running");
+    let new = apply_events(
+        &app.state.pool,
+        &[(
+            host,
+            Uuid::from_u128(7),
+            "paused",
+            "suspended",
+            t0 + Duration::seconds(3),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(new.len(), 1);
+    assert_eq!(state().await, "paused");
+    // A reconcile that reads after the event wins again.
+    upsert(facts("running", t0 + Duration::seconds(4))).await;
+    assert_eq!(state().await, "running");
+}
