@@ -283,19 +283,7 @@ impl Catalog for CatalogBackend {
                     (false, found.into_iter().map(|(id, _)| id).collect())
                 }
             };
-            let TemplateFields {
-                name,
-                description,
-                os,
-                sizes,
-                default_lease,
-                max_lease,
-                user_data,
-                allow_user_data,
-                networks,
-                ..
-            } = fields;
-            let sizes_json = serde_json::to_value(&sizes)?;
+            let sizes_json = serde_json::to_value(&fields.sizes)?;
             // The update names the template as $14; both bind the same thirteen fields.
             let sql = match form.id {
                 None => "INSERT INTO templates (name, description, os, sizes, default_lease_days, max_lease_days, all_tenants, tenant_ids, login_user, user_data, allow_user_data, networks, image_id)
@@ -307,18 +295,18 @@ impl Catalog for CatalogBackend {
                      WHERE id = $14 RETURNING id",
             };
             let mut query = sqlx::query_scalar(sql)
-                .bind(&name)
-                .bind(&description)
-                .bind(&os)
+                .bind(&fields.name)
+                .bind(&fields.description)
+                .bind(&fields.os)
                 .bind(&sizes_json)
-                .bind(default_lease)
-                .bind(max_lease)
+                .bind(fields.default_lease)
+                .bind(fields.max_lease)
                 .bind(all_tenants)
                 .bind(&tenant_ids)
                 .bind(&login_user)
-                .bind(&user_data)
-                .bind(allow_user_data)
-                .bind(&networks)
+                .bind(&fields.user_data)
+                .bind(fields.allow_user_data)
+                .bind(&fields.networks)
                 .bind(image.as_ref().map(|i| i.id));
             if let Some(id) = form.id {
                 query = query.bind(id);
@@ -340,11 +328,11 @@ impl Catalog for CatalogBackend {
                     id,
                 )
                 .after(json!({
-                    "name": name, "os": os, "sizes": sizes_json, "default_lease_days": default_lease,
-                    "max_lease_days": max_lease, "all_tenants": all_tenants, "tenant_ids": tenant_ids,
+                    "name": fields.name, "os": fields.os, "sizes": sizes_json, "default_lease_days": fields.default_lease,
+                    "max_lease_days": fields.max_lease, "all_tenants": all_tenants, "tenant_ids": tenant_ids,
                     "image": image.as_ref().map(|i| i.id),
-                    "login_user": login_user, "user_data": user_data, "allow_user_data": allow_user_data,
-                    "networks": networks,
+                    "login_user": login_user, "user_data": fields.user_data, "allow_user_data": fields.allow_user_data,
+                    "networks": fields.networks,
                 })),
             )
             .await?;

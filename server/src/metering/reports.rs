@@ -558,11 +558,11 @@ impl Reports for ReportsBackend {
                 parse_date(&form.valid_to, "valid_to").map(Some)
             };
             let order = match (&from, &to) {
-                (Ok(f), Ok(Some(t))) if t <= f => Some(AppError::field(
+                (Ok(f), Ok(Some(t))) if t <= f => Err(AppError::field(
                     "valid_to",
                     "The end must be after the start.",
                 )),
-                _ => None,
+                _ => Ok(()),
             };
             let template = if form.template_id.trim().is_empty() {
                 Ok(None)
@@ -570,10 +570,6 @@ impl Reports for ReportsBackend {
                 Uuid::parse_str(form.template_id.trim())
                     .map(Some)
                     .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
-            };
-            let order = match order {
-                Some(e) => Err(e),
-                None => Ok(()),
             };
             let (currency, (v, m, d), from, to, template, ()) =
                 (currency, prices.all_valid(), from, to, template, order).all_valid()?;
