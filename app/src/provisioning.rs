@@ -2,6 +2,7 @@
 //! VMs that requests create.
 use crate::error::AppError;
 pub use crate::states::RequestState;
+use crate::states::VmPhase;
 use crate::Page;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -240,8 +241,8 @@ pub struct ManagedVm {
     pub vcpus: i32,
     pub memory_mib: i64,
     pub disk_gib: i64,
-    /// Provisioning phase: pending, placing, cloning, defining, starting, running, failed, …
-    pub phase: String,
+    /// Where the portal is with it: pending, placing, …, running, expired, failed, …
+    pub phase: VmPhase,
     /// What the hypervisor reports, once the domain exists.
     pub state: Option<String>,
     pub error: Option<String>,
@@ -285,6 +286,11 @@ impl SshAccess {
 }
 
 impl ManagedVm {
+    /// What a list shows: the hypervisor's state once the domain exists, else the phase.
+    pub fn shown_state(&self) -> &str {
+        self.state.as_deref().unwrap_or(self.phase.as_str())
+    }
+
     /// "in 6 days", "tomorrow", "expired 2 days ago", with a warning class from 7 days on.
     pub fn lease_text(&self) -> (String, &'static str) {
         let d = self.lease_days_left;

@@ -187,6 +187,15 @@ impl VmPhase {
     }
 }
 
+/// For reading the column (`#[sqlx(try_from = "String")]` in the backend).
+impl TryFrom<String> for VmPhase {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        VmPhase::parse(&s).ok_or_else(|| format!("unknown VM phase {s:?}"))
+    }
+}
+
 impl std::fmt::Display for VmPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

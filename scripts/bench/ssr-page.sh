@@ -5,10 +5,13 @@
 # Several paths run against the same server, each path's runs back to back; the sign-in page
 # (`/login`, no session, no data) runs too, as the control.
 # Prints wrk's output per run and, per path, a summary line with the median requests/s and p99.
+# Requests ask for compressed pages as Chromium does (SSR_ENCODING="" asks for none; before
+# 2026-12-07 wrk asked for none and oha for br).
 source "$(dirname "$0")/../lib.sh"
 runs="${1:-3}"; secs="${2:-20}"; shift 2 2>/dev/null || shift $#
 paths=("${@:-/}")
 paths+=("/login")
+encoding="${SSR_ENCODING-gzip, deflate, br, zstd}"
 ensure_apt wrk curl python3
 command -v oha >/dev/null || cargo install oha --locked
 ensure_database
@@ -38,7 +41,8 @@ for path in "${paths[@]}"; do
   fi
   results=()
   for i in $(seq 1 "$runs"); do
-    out=$(wrk -t1 -c64 -d"${secs}s" --latency -H "Cookie: $cookie" -H "Accept: text/html" "http://127.0.0.1:$port$path")
+    out=$(wrk -t1 -c64 -d"${secs}s" --latency -H "Cookie: $cookie" -H "Accept: text/html" \
+      ${encoding:+-H "Accept-Encoding: $encoding"} "http://127.0.0.1:$port$path")
     echo "$path run $i:"; echo "$out"
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     p99=$(echo "$out" | awk '$1=="99%"{print $2}')
@@ -49,7 +53,7 @@ for path in "${paths[@]}"; do
   fixed=()
   for i in $(seq 1 "$runs"); do
     json=$(oha -z "${secs}s" -c 64 -q 3000 --latency-correction --no-tui --output-format json \
-      -H "Cookie: $cookie" -H "Accept: text/html" "http://127.0.0.1:$port$path")
+      -H "Cookie: $cookie" -H "Accept: text/html" -H "Accept-Encoding: ${encoding:-identity}" "http://127.0.0.1:$port$path")
     line=$(echo "$json" | python3 "$ROOT/scripts/bench/oha_summary.py")
     echo "$path oha fixed 3000/s run $i: requests/s p50_ms p99_ms codes = $line"
     fixed+=("$line")

@@ -101,6 +101,11 @@ impl AppState {
                 vcpu_overcommit: config.vcpu_overcommit,
                 simulated_fleets: config.simulated_fleets_dir.clone(),
                 live_generation: live.generation.clone(),
+                domain_counts: crate::platform::list::Counts::new(
+                    live.generation.clone(),
+                    1_000,
+                    std::time::Duration::from_secs(10),
+                ),
                 dashboard: crate::fleet::Kept::new(std::time::Duration::from_secs(3)),
                 charts: crate::metering::metrics::Range::ALL
                     .into_iter()
@@ -129,11 +134,11 @@ impl AppState {
                     .max_capacity(100_000)
                     .time_to_live(std::time::Duration::from_secs(60))
                     .build(),
-                vm_counts: moka::future::Cache::builder()
-                    .max_capacity(10_000)
-                    .time_to_live(std::time::Duration::from_secs(10))
-                    .build(),
-                live_generation: live.generation.clone(),
+                vm_counts: crate::platform::list::Counts::new(
+                    live.generation.clone(),
+                    10_000,
+                    std::time::Duration::from_secs(10),
+                ),
             }),
             reports: Arc::new(crate::metering::reports::ReportsBackend {
                 pool: pool.clone(),

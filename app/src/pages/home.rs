@@ -117,7 +117,7 @@ fn TenantDashboard() -> impl IntoView {
                                 <ul class="plain vm-list">
                                     {p.items.into_iter().take(6).map(|v| {
                                         let (lease, class) = v.lease_text();
-                                        let state = v.state.clone().unwrap_or_else(|| v.phase.clone());
+                                        let state = v.shown_state().to_string();
                                         let href = v.host_id.map(|h| format!("/vms/{h}/{}", v.uuid)).unwrap_or_else(|| "/vms".into());
                                         view! {
                                             <li data-vm=v.name.clone()>

@@ -104,7 +104,7 @@ fn MyVmsContent() -> impl IntoView {
                                             _ => "#".into(),
                                         };
                                         let (lease, class) = v.lease_text();
-                                        let state = v.state.clone().unwrap_or_else(|| v.phase.clone());
+                                        let state = v.shown_state().to_string();
                                         view! {
                                             <tr data-vm=v.name.clone()>
                                                 <td data-label="Name"><a href=href>{v.name.clone()}</a></td>

@@ -52,39 +52,20 @@ fn hash(ticket: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(sqlx::FromRow)]
-struct VmAccess {
-    managed: bool,
-    tenant_id: Option<Uuid>,
-    owner_id: Option<Uuid>,
-    state: String,
-    uri: String,
-}
-
-/// The VM if `actor` may act on it (the lifecycle rule, `authz::acts_on_vm`).
-async fn vm_access(pool: &PgPool, actor: &Actor, host_id: Uuid, uuid: Uuid) -> Result<VmAccess> {
-    let mut tx = db::begin(pool, Scope::fleet()).await?;
-    let vm: Option<VmAccess> = sqlx::query_as(
-        "SELECT d.managed, d.tenant_id, d.owner_id, d.state, h.uri
-         FROM domains d JOIN hosts h ON h.id = d.host_id
-         WHERE d.host_id = $1 AND d.uuid = $2 AND d.missing_since IS NULL",
-    )
-    .bind(host_id)
-    .bind(uuid)
-    .fetch_optional(&mut *tx)
-    .await?;
-    db::done(tx);
-    let vm = vm.ok_or_else(|| AppError::NotFound("VM".into()))?;
-    let facts = authz::VmFacts {
-        managed: vm.managed,
-        tenant: vm.tenant_id,
-        owner: vm.owner_id,
-    };
-    if authz::acts_on_vm(actor, &facts) {
-        Ok(vm)
-    } else {
-        Err(authz::refuse(authz::Access::Act, "VM").into())
+/// The VM if `actor` may act on it (as on lifecycle actions) and libvirt still lists it,
+/// with the scope its console rows are written in.
+async fn vm_access(
+    pool: &PgPool,
+    actor: &Actor,
+    host_id: Uuid,
+    uuid: Uuid,
+) -> Result<(super::vms::VmRow, Scope)> {
+    let (vm, scope) =
+        super::vms::authorized_vm(pool, actor, host_id, uuid, authz::Access::Act).await?;
+    if vm.domain.missing {
+        return Err(AppError::NotFound("VM".into()).into());
     }
+    Ok((vm, scope))
 }
 
 /// libvirt passes the display's file descriptor only over its local socket.
@@ -105,8 +86,8 @@ impl Consoles for ConsolesBackend {
         seam(async move {
             let actor = req.actor()?;
             let kind = ConsoleKind::parse(kind)?;
-            let vm = vm_access(&self.pool, actor, host_id, uuid).await?;
-            if vm.state != "running" {
+            let (vm, scope) = vm_access(&self.pool, actor, host_id, uuid).await?;
+            if vm.domain.state != "running" {
                 return Err(AppError::Conflict(
                     "The VM is not running: start it to open its console.".into(),
                 ).into());
@@ -120,14 +101,6 @@ impl Consoles for ConsolesBackend {
             rand::rng().fill_bytes(&mut bytes);
             let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             let now = self.clock.now();
-            let scope = match vm.tenant_id {
-                Some(t) if !actor.fleet_admin => Scope {
-                    user: Some(actor.user_id),
-                    tenant: Some(t),
-                    fleet: false,
-                },
-                _ => Scope::fleet(),
-            };
             let mut tx = db::begin(&self.pool, scope).await?;
             let id: Uuid = sqlx::query_scalar(
                 "INSERT INTO console_sessions (ticket_hash, user_id, session_id, tenant_id, host_id, vm_uuid, kind, issued_at, expires_at)
@@ -231,7 +204,7 @@ pub async fn upgrade(
     };
     // Access may have ended since the ticket was issued.
     let vm = match vm_access(&proxy.pool, &actor, spent.host_id, spent.vm_uuid).await {
-        Ok(vm) => vm,
+        Ok((vm, _)) => vm,
         Err(e) => {
             close(&proxy, &spent, &actor, "access ended").await;
             return AppError::from(e).status().into_response();

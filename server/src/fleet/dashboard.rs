@@ -357,7 +357,7 @@ impl FleetBackend {
     pub(super) async fn domains_page(
         &self,
         tx: &mut db::Tx,
-        filter: &str,
+        filter: &'static str,
         bind_host: Option<Uuid>,
         search: &str,
         place: &Place,
@@ -382,12 +382,18 @@ impl FleetBackend {
         )
         .fetch_all(&mut **tx)
         .await?;
-        let total: i64 = sqlx::query_scalar_with(
-            &format!("SELECT count(*) FROM domains d WHERE {cond}"),
-            args,
-        )
-        .fetch_one(&mut **tx)
-        .await?;
+        let key = (filter, bind_host, search.to_string());
+        let total = self
+            .domain_counts
+            .get(key, async {
+                Ok(sqlx::query_scalar_with(
+                    &format!("SELECT count(*) FROM domains d WHERE {cond}"),
+                    args,
+                )
+                .fetch_one(&mut **tx)
+                .await?)
+            })
+            .await?;
         let key = |r: &DomainRow| vec![r.name.clone(), r.host_id.to_string(), r.uuid.to_string()];
         Ok(list::keyset_page(
             &place,

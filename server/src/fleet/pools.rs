@@ -10,6 +10,19 @@ use app::seam::RequestCtx;
 use serde_json::json;
 use uuid::Uuid;
 
+/// Records a change made on a host and reads the host again, so its lists show the change
+/// at once (a failed read is left to the reconciler's next round).
+async fn changed(
+    b: &FleetBackend,
+    req: &RequestCtx,
+    host_id: Uuid,
+    event: Event<'_>,
+) -> Result<(), AppError> {
+    b.record(req, event).await?;
+    let _ = b.hypervisors.reconcile(host_id).await;
+    Ok(())
+}
+
 #[tracing::instrument(skip_all)]
 pub(super) async fn create_pool(
     b: &FleetBackend,
@@ -32,13 +45,13 @@ pub(super) async fn create_pool(
         })
         .await
         .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
-    b.record(
+    changed(
+        b,
         req,
+        host_id,
         Event::new("pool.create", "pool", &name).after(json!({ "host": host_id, "path": path })),
     )
-    .await?;
-    let _ = b.hypervisors.reconcile(host_id).await;
-    Ok(())
+    .await
 }
 
 pub(super) async fn volumes(
@@ -122,14 +135,11 @@ pub(super) async fn create_volume(
         .call(host_id, job)
         .await
         .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
-    b.record(
-        req,
+    changed(b, req, host_id,
         Event::new("volume.create", "volume", format!("{pool}/{name}"))
             .after(json!({ "host": host_id, "kind": kind, "source": source, "capacity_gib": capacity_gib })),
     )
-    .await?;
-    let _ = b.hypervisors.reconcile(host_id).await;
-    Ok(())
+    .await
 }
 
 #[tracing::instrument(skip_all)]
@@ -174,14 +184,14 @@ pub(super) async fn delete_volume(
         .call(host_id, move |conn| storage::delete_volume(conn, &p, &n))
         .await
         .map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))?;
-    b.record(
+    changed(
+        b,
         req,
+        host_id,
         Event::new("volume.delete", "volume", format!("{pool}/{name}"))
             .after(json!({ "host": host_id })),
     )
-    .await?;
-    let _ = b.hypervisors.reconcile(host_id).await;
-    Ok(())
+    .await
 }
 
 #[tracing::instrument(skip_all)]
@@ -204,14 +214,14 @@ pub(super) async fn define_network(
         .call(host_id, move |conn| network::define(conn, &s))
         .await
         .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
-    b.record(
+    changed(
+        b,
         req,
+        host_id,
         Event::new("network.define", "network", &spec.name)
             .after(json!({ "host": host_id, "xml": spec.xml() })),
     )
-    .await?;
-    let _ = b.hypervisors.reconcile(host_id).await;
-    Ok(())
+    .await
 }
 
 #[tracing::instrument(skip_all)]
@@ -240,8 +250,10 @@ pub(super) async fn network_action(
         })
         .await
         .map_err(|e| AppError::Conflict(format!("libvirt refused: {e}")))?;
-    b.record(
+    changed(
+        b,
         req,
+        host_id,
         Event::new(
             match op {
                 "start" => "network.start",
@@ -253,9 +265,7 @@ pub(super) async fn network_action(
         )
         .after(json!({ "host": host_id })),
     )
-    .await?;
-    let _ = b.hypervisors.reconcile(host_id).await;
-    Ok(())
+    .await
 }
 
 impl FleetBackend {

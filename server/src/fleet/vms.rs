@@ -6,10 +6,12 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, Access, VmFacts};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
+use app::account::Actor;
 use app::error::AppError;
-use app::fleet::{ChartUnit, ChartView, DomainSummary, OperationInfo, VmDetail};
+use app::fleet::{ChartUnit, ChartView, OperationInfo, VmDetail};
 use app::seam::RequestCtx;
 use serde_json::json;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 pub(super) async fn vm_charts(
@@ -159,20 +161,7 @@ pub(super) async fn vm(
                 duration_ms: o.duration_ms,
             })
             .collect(),
-        domain: DomainSummary {
-            host_id: row.host_id,
-            host_name: row.host_name,
-            uuid: row.uuid,
-            name: row.name,
-            state: row.state,
-            vcpus: row.vcpus,
-            memory_kib: row.memory_kib,
-            managed: row.managed,
-            tenant_name: row.tenant_name,
-            owner_email: row.owner_email,
-            missing: row.missing,
-            state_since: row.state_since,
-        },
+        domain: row.domain.into(),
     })
 }
 
@@ -188,7 +177,7 @@ pub(super) async fn vm_action(
     let action =
         Action::parse(action).ok_or_else(|| AppError::field("action", "Unknown action."))?;
     let (row, scope) = b.authorized_vm(req, host_id, uuid, Access::Act).await?;
-    if row.missing {
+    if row.domain.missing {
         return Err(AppError::Conflict("This VM is no longer on its host.".into()).into());
     }
     // A portal VM may also be confirmed by the name its owner gave it.
@@ -202,14 +191,14 @@ pub(super) async fn vm_action(
         None
     };
     if action == Action::Delete
-        && confirm.trim() != row.name
+        && confirm.trim() != row.domain.name
         && portal_name.as_deref() != Some(confirm.trim())
     {
         return Err(AppError::field(
             "confirm",
             format!(
                 "Type the VM's name, {}, to confirm.",
-                portal_name.as_deref().unwrap_or(&row.name)
+                portal_name.as_deref().unwrap_or(&row.domain.name)
             ),
         )
         .into());
@@ -289,43 +278,72 @@ pub(super) async fn adopt(
             .after(json!({ "host": host_id, "owner": email.as_str() })),
     )
     .await?;
-    Ok(tx.commit().await?)
+    crate::platform::live::notify_domain(&mut tx, host_id, uuid).await?;
+    tx.commit().await?;
+    // This server's lists count again at once; the others when the event reaches them.
+    b.domain_counts.forget();
+    Ok(())
 }
 
-/// A domain row as the VM page and the lifecycle actions need it.
-#[derive(sqlx::FromRow, Clone)]
+/// A domain row as the VM page, the lifecycle actions and the consoles need it.
+#[derive(sqlx::FromRow)]
 pub(super) struct VmRow {
-    pub(super) host_id: Uuid,
-    pub(super) host_name: String,
-    pub(super) uuid: Uuid,
-    pub(super) name: String,
-    pub(super) state: String,
-    pub(super) vcpus: i32,
-    pub(super) memory_kib: i64,
-    pub(super) managed: bool,
+    #[sqlx(flatten)]
+    pub(super) domain: DomainRow,
     pub(super) tenant_id: Option<Uuid>,
-    pub(super) tenant_name: Option<String>,
     pub(super) owner_id: Option<Uuid>,
-    pub(super) owner_email: Option<String>,
-    pub(super) missing: bool,
-    pub(super) state_since: time::OffsetDateTime,
     pub(super) disks: serde_json::Value,
     pub(super) nics: serde_json::Value,
+    /// The host's libvirt URI.
+    pub(super) uri: String,
 }
 
 pub(super) const VM_QUERY: &str = "
     SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
            d.tenant_id, t.name AS tenant_name, d.owner_id, u.email AS owner_email,
-           d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics
+           d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics, h.uri
     FROM domains d JOIN hosts h ON h.id = d.host_id
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id
     WHERE d.host_id = $1 AND d.uuid = $2";
 
+/// Loads a VM `actor` may manage (`authz::acts_on_vm`; unmanaged domains: fleet admins only)
+/// with the transaction scope of the VM's own tenant, so its operation rows land in that
+/// tenant whichever of the actor's tenants came first. Everyone else is refused as `access`
+/// says (`authz::refuse`). The VM page, its actions and its consoles all load VMs this way.
+pub(super) async fn authorized_vm(
+    pool: &PgPool,
+    actor: &Actor,
+    host_id: Uuid,
+    uuid: Uuid,
+    access: Access,
+) -> Result<(VmRow, Scope)> {
+    // One fleet-scoped read; the rule below is the authorisation.
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
+    let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
+        .bind(host_id)
+        .bind(uuid)
+        .fetch_optional(&mut *tx)
+        .await?;
+    db::done(tx);
+    let row = row.ok_or_else(|| AppError::NotFound("VM".into()))?;
+    let facts = VmFacts {
+        managed: row.domain.managed,
+        tenant: row.tenant_id,
+        owner: row.owner_id,
+    };
+    authz::check_vm(actor, &facts, access)?;
+    let scope = match row.tenant_id {
+        Some(tenant) if !actor.fleet_admin => Scope {
+            user: Some(actor.user_id),
+            tenant: Some(tenant),
+            fleet: false,
+        },
+        _ => Scope::fleet(),
+    };
+    Ok((row, scope))
+}
+
 impl FleetBackend {
-    /// Loads a VM the actor may manage (`authz::acts_on_vm`; unmanaged domains: fleet admins
-    /// only) with the transaction scope of the VM's own tenant, so its operation rows land in
-    /// that tenant whichever of the actor's tenants came first. Everyone else is refused as
-    /// `access` says (`authz::refuse`).
     pub(super) async fn authorized_vm(
         &self,
         req: &RequestCtx,
@@ -333,33 +351,7 @@ impl FleetBackend {
         uuid: Uuid,
         access: Access,
     ) -> Result<(VmRow, Scope)> {
-        let actor = req.actor()?;
-        // One fleet-scoped read; the rule below is the authorisation.
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let row: Option<VmRow> = sqlx::query_as(VM_QUERY)
-            .bind(host_id)
-            .bind(uuid)
-            .fetch_optional(&mut *tx)
-            .await?;
-        db::done(tx);
-        let row = row.ok_or_else(|| AppError::NotFound("VM".into()))?;
-        let facts = VmFacts {
-            managed: row.managed,
-            tenant: row.tenant_id,
-            owner: row.owner_id,
-        };
-        if !authz::acts_on_vm(actor, &facts) {
-            return Err(authz::refuse(access, "VM").into());
-        }
-        let scope = match row.tenant_id {
-            Some(tenant) if !actor.fleet_admin => Scope {
-                user: Some(actor.user_id),
-                tenant: Some(tenant),
-                fleet: false,
-            },
-            _ => Scope::fleet(),
-        };
-        Ok((row, scope))
+        authorized_vm(&self.pool, req.actor()?, host_id, uuid, access).await
     }
 }
 
@@ -388,8 +380,8 @@ impl FleetBackend {
             "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, actor_id, operation, status)
              VALUES ($1, $2, $3, $4, $5, 'running') RETURNING id",
         )
-        .bind(row.host_id)
-        .bind(row.uuid)
+        .bind(row.domain.host_id)
+        .bind(row.domain.uuid)
         .bind(row.tenant_id)
         .bind(origin.actor_id)
         .bind(action.as_str())
@@ -400,7 +392,7 @@ impl FleetBackend {
         let started = std::time::Instant::now();
         let result = self
             .hypervisors
-            .lifecycle(row.host_id, row.uuid, action)
+            .lifecycle(row.domain.host_id, row.domain.uuid, action)
             .await;
         let ms = started.elapsed().as_millis() as i32;
 
@@ -418,8 +410,8 @@ impl FleetBackend {
                 .await?;
             crate::provisioning::shutdown::watch(
                 &mut tx,
-                row.host_id,
-                row.uuid,
+                row.domain.host_id,
+                row.domain.uuid,
                 op_id,
                 self.shutdown_timeout,
             )
@@ -435,8 +427,8 @@ impl FleetBackend {
             .execute(&mut *tx)
             .await?;
         }
-        let mut event = Event::new("vm.action", "domain", row.uuid).after(json!({
-            "action": action.as_str(), "host": row.host_name, "name": row.name,
+        let mut event = Event::new("vm.action", "domain", row.domain.uuid).after(json!({
+            "action": action.as_str(), "host": row.domain.host_name, "name": row.domain.name,
             "result": if result.is_ok() { "succeeded" } else { "failed" },
             "error": result.as_ref().err(), "duration_ms": ms
         }));
@@ -448,7 +440,7 @@ impl FleetBackend {
             let marked = sqlx::query(
                 "UPDATE vms SET phase = 'deleting', updated_at = now() WHERE uuid = $1 AND deleted_at IS NULL",
             )
-            .bind(row.uuid)
+            .bind(row.domain.uuid)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -456,7 +448,7 @@ impl FleetBackend {
                 crate::platform::jobs::enqueue(
                     &mut tx,
                     crate::platform::jobs::JobKind::Delete,
-                    row.uuid,
+                    row.domain.uuid,
                     json!({ "reason": "deleted by its owner or an admin" }),
                     10,
                 )

@@ -222,29 +222,20 @@ pub async fn rollup(pool: &PgPool, now: OffsetDateTime, max_hours: i64) -> Resul
     .bind(&c_hour)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO usage_hourly (vm_uuid, hour, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
-         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[], $6::float8[], $7::float8[], $8::float8[], $9::float8[])
-         ON CONFLICT (vm_uuid, hour) DO UPDATE SET vcpu_hours = excluded.vcpu_hours, memory_gib_hours = excluded.memory_gib_hours,
-             disk_gib_hours = excluded.disk_gib_hours, powered_on_hours = excluded.powered_on_hours",
-    )
-    .bind(&c_vm)
-    .bind(&c_hour)
-    .bind(&c_tenant)
-    .bind(&c_owner)
-    .bind(&c_template)
-    .bind(&c_cpu)
-    .bind(&c_mem)
-    .bind(&c_disk)
-    .bind(&c_on)
-    .execute(&mut *tx)
-    .await?;
+    // The hours and their months' totals in one statement, from one set of arrays.
     sqlx::query(&format!(
-        "INSERT INTO usage_monthly (vm_uuid, month, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
+        "WITH n AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[],
+                                  $6::float8[], $7::float8[], $8::float8[], $9::float8[])
+                 AS n(vm, hour, tenant, owner, template, c, m, d, p)),
+         hourly AS (
+             INSERT INTO usage_hourly (vm_uuid, hour, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
+             SELECT * FROM n
+             ON CONFLICT (vm_uuid, hour) DO UPDATE SET vcpu_hours = excluded.vcpu_hours, memory_gib_hours = excluded.memory_gib_hours,
+                 disk_gib_hours = excluded.disk_gib_hours, powered_on_hours = excluded.powered_on_hours)
+         INSERT INTO usage_monthly (vm_uuid, month, tenant_id, owner_id, template_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
          SELECT vm, date_trunc('month', hour, 'UTC'), tenant, owner, template, sum(c), sum(m), sum(d), sum(p)
-         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::uuid[], $6::float8[], $7::float8[], $8::float8[], $9::float8[])
-              AS n(vm, hour, tenant, owner, template, c, m, d, p)
-         GROUP BY 1, 2, 3, 4, 5
+         FROM n GROUP BY 1, 2, 3, 4, 5
          {MONTHLY_ADD}"
     ))
     .bind(&c_vm)

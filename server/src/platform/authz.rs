@@ -57,12 +57,26 @@ pub fn acts_on_vm(actor: &Actor, vm: &VmFacts) -> bool {
         }
 }
 
+/// `acts_on_vm`, refused as `access` says.
+pub fn check_vm(actor: &Actor, vm: &VmFacts, access: Access) -> Result<(), AppError> {
+    if acts_on_vm(actor, vm) {
+        Ok(())
+    } else {
+        Err(refuse(access, "VM"))
+    }
+}
+
 /// Reads a request of `tenant` made by `requester`: the requester while a member, the
 /// tenant's approvers, admins and managers, fleet admins.
 pub fn sees_request(actor: &Actor, tenant: Uuid, requester: Uuid) -> bool {
     (requester == actor.user_id && member_of(actor, tenant))
         || decides_in(actor, tenant)
         || actor.role_in(tenant) == Some(TenantRole::Manager)
+}
+
+/// Cancels a request (while it is undecided): its requester, while a member of its tenant.
+pub fn cancels_request(actor: &Actor, tenant: Uuid, requester: Uuid) -> bool {
+    requester == actor.user_id && member_of(actor, tenant)
 }
 
 /// Gets a live event about a VM or request: whoever may see the object, and the approvers and
@@ -227,6 +241,8 @@ mod tests {
             let someone = Uuid::new_v4();
             assert!(sees_request(&a, t, a.user_id), "{role:?}");
             assert_eq!(sees_request(&a, t, someone), sees_others, "{role:?}");
+            assert!(cancels_request(&a, t, a.user_id), "{role:?}");
+            assert!(!cancels_request(&a, t, someone), "{role:?}");
             assert_eq!(
                 sees_event(&a, Some(t), Some(someone), None),
                 sees_others,
@@ -236,6 +252,10 @@ mod tests {
             assert_eq!(reads_reports(&a, t), reports, "{role:?}");
             let gone = actor(false, &[(t, role, true)]);
             assert!(!sees_request(&gone, t, gone.user_id), "{role:?} suspended");
+            assert!(
+                !cancels_request(&gone, t, gone.user_id),
+                "{role:?} suspended"
+            );
             assert!(!sees_event(&gone, Some(t), Some(gone.user_id), None));
             assert!(!reads_reports(&gone, t));
         }
@@ -246,5 +266,6 @@ mod tests {
             None
         ));
         assert!(sees_event(&actor(true, &[]), None, None, None));
+        assert!(!cancels_request(&actor(true, &[]), t, Uuid::new_v4()));
     }
 }

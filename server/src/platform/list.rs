@@ -11,6 +11,11 @@ use app::error::AppError;
 use app::{Page, Place};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments as _, Postgres};
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One way to sort a list: its key's columns, the last of which makes the key unique. Keyset
 /// paging needs columns that are never NULL.
@@ -251,6 +256,57 @@ fn cursors(
     let before = first.filter(|_| page > 1).map(|k| cursor(&k));
     let after = last.filter(|_| page < pages).map(|k| cursor(&k));
     (before, after)
+}
+
+/// A list's totals ("5,000 in all"), per filter, kept until the next live event (see
+/// `live::Live::generation`: every domain state change, request log line and listener
+/// reconnect) or for `ttl` at most, for changes that send no event. Counting is the costly
+/// part of a page at fleet scale (every matching index entry), and readers page through an
+/// unchanged list far more often than it changes.
+pub struct Counts<K> {
+    kept: moka::future::Cache<K, (u64, i64)>,
+    generation: Arc<AtomicU64>,
+}
+
+/// A clone shares the kept totals.
+impl<K> Clone for Counts<K> {
+    fn clone(&self) -> Self {
+        Counts {
+            kept: self.kept.clone(),
+            generation: self.generation.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Send + Sync + 'static> Counts<K> {
+    pub fn new(generation: Arc<AtomicU64>, capacity: u64, ttl: Duration) -> Self {
+        Counts {
+            kept: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            generation,
+        }
+    }
+
+    /// The total for `key`: kept, or counted now by `count`.
+    pub async fn get<F: Future<Output = Result<i64>>>(&self, key: K, count: F) -> Result<i64> {
+        // Read before counting: an event during the count leaves the entry stale, not wrong.
+        let generation = self.generation.load(Ordering::Relaxed);
+        if let Some((at, total)) = self.kept.get(&key).await {
+            if at == generation {
+                return Ok(total);
+            }
+        }
+        let total = count.await?;
+        self.kept.insert(key, (generation, total)).await;
+        Ok(total)
+    }
+
+    /// Forgets every total: for changes that send no live event (adopting a domain).
+    pub fn forget(&self) {
+        self.kept.invalidate_all();
+    }
 }
 
 #[cfg(test)]

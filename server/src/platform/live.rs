@@ -159,6 +159,26 @@ pub async fn notify_vm(
     Ok(())
 }
 
+/// Announces a change to a domain that is not a state change (adopted into a tenant): its new
+/// owner's pages show it, and every server's kept list totals are recounted.
+pub async fn notify_domain(
+    tx: &mut crate::platform::db::Tx,
+    host_id: uuid::Uuid,
+    uuid: uuid::Uuid,
+) -> Result<()> {
+    sqlx::query(
+        "SELECT pg_notify($1, json_build_object('kind', 'domain', 'host_id', d.host_id, 'uuid', d.uuid,
+                'state', d.state, 'tenant_id', d.tenant_id, 'owner_id', d.owner_id)::text)
+         FROM domains d WHERE d.host_id = $2 AND d.uuid = $3",
+    )
+    .bind(CHANNEL)
+    .bind(host_id)
+    .bind(uuid)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,21 +185,19 @@ pub async fn check(
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        if let Some(r) = vm.request_id {
-            log(
-                &mut tx,
-                r,
-                vm.tenant_id,
-                None,
-                "ready",
-                &format!(
-                    "{} answers on SSH {after} s after it started: {command}",
-                    vm.name
-                ),
-                now,
-            )
-            .await?;
-        }
+        log(
+            &mut tx,
+            vm.request_id,
+            vm.tenant_id,
+            None,
+            "ready",
+            &format!(
+                "{} answers on SSH {after} s after it started: {command}",
+                vm.name
+            ),
+            now,
+        )
+        .await?;
     }
     if answered || !addresses.is_empty() {
         crate::platform::live::notify_vm(&mut tx, uuid, host_id).await?;
@@ -215,22 +213,20 @@ pub async fn check(
         return Err(Outcome::Wait("waiting for the guest agent".into(), POLL));
     }
     if after > GIVE_UP.as_secs() as i64 {
-        if let Some(r) = vm.request_id {
-            log(
-                &mut tx,
-                r,
-                vm.tenant_id,
-                None,
-                "unreachable",
-                &format!(
-                    "{} did not answer on SSH within {} minutes of starting: open its console to see why.",
-                    vm.name,
-                    GIVE_UP.as_secs() / 60
-                ),
-                now,
-            )
-            .await?;
-        }
+        log(
+            &mut tx,
+            vm.request_id,
+            vm.tenant_id,
+            None,
+            "unreachable",
+            &format!(
+                "{} did not answer on SSH within {} minutes of starting: open its console to see why.",
+                vm.name,
+                GIVE_UP.as_secs() / 60
+            ),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         return Ok(());
     }

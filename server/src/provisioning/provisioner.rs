@@ -84,10 +84,22 @@ struct VmJob {
     host_id: Option<Uuid>,
     pool: Option<String>,
     volume: Option<String>,
-    phase: String,
+    #[sqlx(try_from = "String")]
+    phase: VmPhase,
     deleted_at: Option<time::OffsetDateTime>,
     /// The libvirt network it joins; None: user-mode networking.
     network: Option<String>,
+}
+
+/// Serialises the VMs of one request deciding whether they were its last.
+async fn lock_request(tx: &mut db::Tx, request: Option<Uuid>) -> Result<()> {
+    if let Some(r) = request {
+        sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
+            .bind(r)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 impl Provisioner {
@@ -199,18 +211,16 @@ impl Provisioner {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                if let Some(r) = vm.request_id {
-                    log(
-                        &mut tx,
-                        r,
-                        vm.tenant_id,
-                        None,
-                        "placed",
-                        &format!("{}: {}", vm.name, choice.reason),
-                        now,
-                    )
-                    .await?;
-                }
+                log(
+                    &mut tx,
+                    vm.request_id,
+                    vm.tenant_id,
+                    None,
+                    "placed",
+                    &format!("{}: {}", vm.name, choice.reason),
+                    now,
+                )
+                .await?;
                 // A forwarded port only for user-mode networking.
                 let ssh_port = match (&guest.login_user, &vm.network) {
                     (Some(_), None) => Some(self.ssh_port(&mut tx, vm.uuid, choice.host_id).await?),
@@ -376,7 +386,11 @@ impl Provisioner {
         let Some(vm) = self.load(uuid).await? else {
             return Ok(()); // The VM row is gone (tenant removed): nothing to do.
         };
-        if vm.deleted_at.is_some() || matches!(vm.phase.as_str(), "failed" | "deleting" | "deleted")
+        if vm.deleted_at.is_some()
+            || matches!(
+                vm.phase,
+                VmPhase::Failed | VmPhase::Deleting | VmPhase::Deleted
+            )
         {
             return Ok(());
         }
@@ -543,13 +557,7 @@ impl Provisioner {
     ) -> Result<(), Outcome> {
         let now = self.clock.now();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        if let Some(r) = vm.request_id {
-            // Serialises the VMs of one request deciding whether they were the last.
-            sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
-                .bind(r)
-                .execute(&mut *tx)
-                .await?;
-        }
+        lock_request(&mut tx, vm.request_id).await?;
         let changed = sqlx::query(
             "UPDATE vms SET phase = 'running', error = NULL, updated_at = $2 WHERE uuid = $1 AND phase <> 'running'",
         )
@@ -809,12 +817,7 @@ impl Handler for Provisioner {
             let now = self.clock.now();
             let mut tx = db::begin(&self.pool, Scope::fleet())
                 .await?;
-            if let Some(r) = vm.request_id {
-                sqlx::query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE")
-                    .bind(r)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            lock_request(&mut tx, vm.request_id).await?;
             // A failed VM keeps its record but gives its SSH forward port back.
             sqlx::query(
                 "UPDATE vms SET phase = 'failed', error = $2, ssh_port = NULL, updated_at = $3 WHERE uuid = $1",

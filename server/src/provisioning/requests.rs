@@ -48,11 +48,9 @@ pub struct ProvisioningBackend {
     /// Rendered CPU sparklines by VM for a minute: a list page shows the same ones to everyone
     /// who may see them (each list is authorized before its sparklines are looked up).
     pub sparklines: moka::future::Cache<Uuid, String>,
-    /// Totals of the VM lists by (who, search, state), with the live-event generation they
-    /// were counted at: paging through 10,000 VMs need not count them on every page. A count
-    /// is reused only while no event has happened since and for at most `time_to_live`.
-    pub vm_counts: moka::future::Cache<VmCountKey, (u64, i64)>,
-    pub live_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Totals of the VM lists by (who, search, state): paging through 10,000 VMs need not
+    /// count them on every page.
+    pub vm_counts: crate::platform::list::Counts<VmCountKey>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -122,13 +120,17 @@ pub(super) const REQUEST_SELECT: &str = "
 /// Appends a line to a request's log.
 pub async fn log(
     tx: &mut Tx,
-    request: Uuid,
+    request: impl Into<Option<Uuid>>,
     tenant: Uuid,
     actor: Option<Uuid>,
     kind: &str,
     message: &str,
     at: OffsetDateTime,
 ) -> Result<()> {
+    // A VM that no request made (its request was removed with its tenant's data) has no log.
+    let Some(request) = request.into() else {
+        return Ok(());
+    };
     sqlx::query(
         "INSERT INTO request_events (request_id, tenant_id, actor_id, kind, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -535,13 +537,13 @@ impl Provisioning for ProvisioningBackend {
                 .request_tenant(id)
                 .await?
                 .ok_or_else(|| AppError::NotFound("Request".into()))?;
-            if requester != actor.user_id {
-                return Err(if authz::decides_in(actor, tenant) {
-                    AppError::Forbidden
+            if !authz::cancels_request(actor, tenant, requester) {
+                let access = if authz::sees_request(actor, tenant, requester) {
+                    Access::Act
                 } else {
-                    AppError::NotFound("Request".into())
-                }
-                .into());
+                    Access::See
+                };
+                return Err(authz::refuse(access, "Request").into());
             }
             let now = self.now();
             let mut tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;

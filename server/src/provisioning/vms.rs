@@ -185,7 +185,8 @@ pub(super) struct VmRow {
     pub(super) vcpus: i32,
     pub(super) memory_mib: i64,
     pub(super) disk_gib: i64,
-    pub(super) phase: String,
+    #[sqlx(try_from = "String")]
+    pub(super) phase: VmPhase,
     pub(super) state: Option<String>,
     pub(super) error: Option<String>,
     pub(super) lease_ends_at: OffsetDateTime,
@@ -236,7 +237,7 @@ fn vm_key(order: &Order, r: &VmRow) -> Vec<String> {
         "lease" => vec![at(&r.lease_ends_at), name, uuid],
         "created" => vec![at(&r.created_at), uuid],
         "state" => vec![
-            r.state.clone().unwrap_or_else(|| r.phase.clone()),
+            r.state.clone().unwrap_or_else(|| r.phase.to_string()),
             name,
             uuid,
         ],
@@ -376,9 +377,7 @@ impl ProvisioningBackend {
             .vm_tenant(uuid)
             .await?
             .ok_or_else(|| AppError::NotFound("VM".into()))?;
-        if !authz::acts_on_vm(actor, &VmFacts::portal(tenant, owner)) {
-            return Err(authz::refuse(Access::Act, "VM"));
-        }
+        authz::check_vm(actor, &VmFacts::portal(tenant, owner), Access::Act)?;
         let tx = db::begin(&self.pool, Self::scope(actor, tenant)).await?;
         Ok((tenant, tx))
     }
@@ -449,21 +448,16 @@ impl ProvisioningBackend {
             search: search.to_string(),
             state: state.to_string(),
         };
-        // Read before counting: an event during the count leaves the entry stale, not wrong.
-        let generation = self
-            .live_generation
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let total = match self.vm_counts.get(&key).await {
-            Some((at, total)) if at == generation => total,
-            _ => {
-                let total: i64 =
+        let total = self
+            .vm_counts
+            .get(key, async {
+                Ok(
                     sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
                         .fetch_one(&mut **tx)
-                        .await?;
-                self.vm_counts.insert(key, (generation, total)).await;
-                total
-            }
-        };
+                        .await?,
+                )
+            })
+            .await?;
         Ok(list::keyset_page(
             &place,
             PER_PAGE,
