@@ -101,7 +101,7 @@ impl AppState {
                 vcpu_overcommit: config.vcpu_overcommit,
                 simulated_fleets: config.simulated_fleets_dir.clone(),
                 live_generation: live.generation.clone(),
-                domain_counts: crate::platform::list::Counts::new(
+                domain_lists: crate::platform::list::Known::new(
                     live.generation.clone(),
                     1_000,
                     std::time::Duration::from_secs(10),
@@ -134,7 +134,7 @@ impl AppState {
                     .max_capacity(100_000)
                     .time_to_live(std::time::Duration::from_secs(60))
                     .build(),
-                vm_counts: crate::platform::list::Counts::new(
+                vm_lists: crate::platform::list::Known::new(
                     live.generation.clone(),
                     10_000,
                     std::time::Duration::from_secs(10),

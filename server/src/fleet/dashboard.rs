@@ -3,7 +3,7 @@ use super::*;
 use crate::metering::metrics::Range;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
-use crate::platform::list::{self, asc, Order, Window};
+use crate::platform::list::{self, asc, Order};
 use app::error::AppError;
 use app::fleet::{BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard};
 use app::seam::RequestCtx;
@@ -369,12 +369,24 @@ impl FleetBackend {
         let mut args = sqlx::postgres::PgArguments::default();
         list::arg(&mut args, bind_host)?;
         list::arg(&mut args, list::escape_like(search))?;
-        let w = Window::new(&DOMAIN_ORDER, &place, &args, DOMAINS_PER_PAGE)?;
-        let cond = format!("{filter} AND ($2 = '' OR d.name ILIKE '%' || $2 || '%')");
+        let from_where =
+            format!("FROM domains d WHERE {filter} AND ($2 = '' OR d.name ILIKE '%' || $2 || '%')");
+        let (w, total) = self
+            .domain_lists
+            .window(
+                tx,
+                (filter, bind_host, search.to_string()),
+                &DOMAIN_ORDER,
+                &from_where,
+                &args,
+                &place,
+                DOMAINS_PER_PAGE,
+            )
+            .await?;
         let rows: Vec<DomainRow> = sqlx::query_as_with(
             &format!(
                 "{DOMAIN_QUERY} WHERE (d.host_id, d.uuid) IN (
-                     SELECT d.host_id, d.uuid FROM domains d WHERE {cond} {} ORDER BY {} {})
+                     SELECT d.host_id, d.uuid {from_where} {} ORDER BY {} {})
                  ORDER BY {}",
                 w.after, w.pick, w.limit, w.show
             ),
@@ -382,18 +394,6 @@ impl FleetBackend {
         )
         .fetch_all(&mut **tx)
         .await?;
-        let key = (filter, bind_host, search.to_string());
-        let total = self
-            .domain_counts
-            .get(key, async {
-                Ok(sqlx::query_scalar_with(
-                    &format!("SELECT count(*) FROM domains d WHERE {cond}"),
-                    args,
-                )
-                .fetch_one(&mut **tx)
-                .await?)
-            })
-            .await?;
         let key = |r: &DomainRow| vec![r.name.clone(), r.host_id.to_string(), r.uuid.to_string()];
         Ok(list::keyset_page(
             &place,

@@ -48,8 +48,9 @@ pub struct FleetBackend {
     /// per change (at most 3 s old, for changes that send no event, such as a host's state).
     pub live_generation: Arc<std::sync::atomic::AtomicU64>,
     pub dashboard: Arc<Kept<FleetDashboard>>,
-    /// Totals of the domain lists (drift, a host's domains) by (filter, host, search).
-    pub domain_counts: crate::platform::list::Counts<(&'static str, Option<Uuid>, String)>,
+    /// Totals and page ends of the domain lists (drift, a host's domains) by (filter, host,
+    /// search).
+    pub domain_lists: crate::platform::list::Known<(&'static str, Option<Uuid>, String)>,
     /// Rendered fleet charts per range, for one sample period.
     pub charts: std::collections::HashMap<Range, Arc<Kept<Vec<ChartView>>>>,
     /// What "now" is for the charts' ranges (tests move it).

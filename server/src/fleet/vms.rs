@@ -281,7 +281,7 @@ pub(super) async fn adopt(
     crate::platform::live::notify_domain(&mut tx, host_id, uuid).await?;
     tx.commit().await?;
     // This server's lists count again at once; the others when the event reaches them.
-    b.domain_counts.forget();
+    b.domain_lists.forget();
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! first row) of the page they came from, which the sort order's index finds directly, so page
 //! 100 costs what page 1 does. The cursor is opaque to the browser: the sort key's values as
 //! JSON.
+use crate::platform::db::Tx;
 use crate::platform::error::Result;
 use app::error::AppError;
 use app::{Page, Place};
@@ -258,29 +259,137 @@ fn cursors(
     (before, after)
 }
 
-/// A list's totals ("5,000 in all"), per filter, kept until the next live event (see
+/// What a list knows of each filter while the list does not change: its total ("5,000 in
+/// all") and where its pages end. Both are kept until the next live event (see
 /// `live::Live::generation`: every domain state change, request log line and listener
-/// reconnect) or for `ttl` at most, for changes that send no event. Counting is the costly
-/// part of a page at fleet scale (every matching index entry), and readers page through an
-/// unchanged list far more often than it changes.
-pub struct Counts<K> {
-    kept: moka::future::Cache<K, (u64, i64)>,
+/// reconnect) or for `ttl` at most, for changes that send no event. At fleet scale, counting
+/// every matching index entry was most of a page's database time, and a deep page asked for
+/// by number walked every row before it (`OFFSET`); readers page through an unchanged list far
+/// more often than it changes.
+pub struct Known<K> {
+    totals: UntilChange<K, i64>,
+    marks: UntilChange<(K, &'static str), Marks>,
+}
+
+/// A clone shares what is kept.
+impl<K> Clone for Known<K> {
+    fn clone(&self) -> Self {
+        Known {
+            totals: self.totals.clone(),
+            marks: self.marks.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Known<K> {
+    pub fn new(generation: Arc<AtomicU64>, capacity: u64, ttl: Duration) -> Self {
+        Known {
+            totals: UntilChange::new(generation.clone(), capacity, ttl),
+            marks: UntilChange::new(generation, capacity / 10 + 1, ttl),
+        }
+    }
+
+    /// The rows of the page at `place` in `order` (`from_where`: `FROM … WHERE …` over `args`,
+    /// the filter that `key` names) and the filter's total, read in `tx`. A page asked for by
+    /// number beyond `DEEP_PAGE` is read as the page after its predecessor's last row.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn window(
+        &self,
+        tx: &mut Tx,
+        key: K,
+        order: &Order,
+        from_where: &str,
+        args: &PgArguments,
+        place: &Place,
+        per_page: u32,
+    ) -> Result<(Window, i64)> {
+        let total = self
+            .totals
+            .get(key.clone(), async {
+                let count = format!("SELECT count(*) {from_where}");
+                Ok(sqlx::query_scalar_with(&count, args.clone())
+                    .fetch_one(&mut **tx)
+                    .await?)
+            })
+            .await?;
+        let by_number = place.after.trim().is_empty() && place.before.trim().is_empty();
+        let mut place = place.clone();
+        if by_number && place.page > DEEP_PAGE {
+            let marks = self
+                .marks
+                .get((key, order.name), async {
+                    let rows: Vec<Vec<String>> = sqlx::query_scalar_with(
+                        &Marks::query(order, from_where, per_page),
+                        args.clone(),
+                    )
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    Ok(Marks(Arc::new(rows)))
+                })
+                .await?;
+            if let Some(last) = marks.0.get(place.page as usize - 2) {
+                place.after = cursor(last);
+            }
+        }
+        Ok((Window::new(order, &place, args, per_page)?, total))
+    }
+
+    /// Forgets everything: for changes that send no live event.
+    pub fn forget(&self) {
+        self.totals.forget();
+        self.marks.forget();
+    }
+}
+
+/// Pages after this one, asked for by number, are found from the marks (read once per change
+/// of the list); up to it, `OFFSET` over a page or two of rows costs less.
+pub const DEEP_PAGE: u32 = 2;
+
+/// The sort key of every page's last row, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Marks(Arc<Vec<Vec<String>>>);
+
+impl Marks {
+    /// Every `per_page`-th row's key, as text that PostgreSQL reads back exactly (`cursor`).
+    fn query(order: &Order, from_where: &str, per_page: u32) -> String {
+        let keys: Vec<String> = (0..order.key.len())
+            .map(|i| format!("k{i}::text"))
+            .collect();
+        let columns: Vec<String> = order
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, Column(expr, ..))| format!("{expr} AS k{i}"))
+            .collect();
+        format!(
+            "SELECT ARRAY[{}] FROM (
+                 SELECT {}, row_number() OVER (ORDER BY {}) AS n {from_where}) s
+             WHERE n % {per_page} = 0 ORDER BY n",
+            keys.join(", "),
+            columns.join(", "),
+            order.clause(false),
+        )
+    }
+}
+
+/// Values per key, kept until the next live event or for `ttl` at most.
+struct UntilChange<K, V> {
+    kept: moka::future::Cache<K, (u64, V)>,
     generation: Arc<AtomicU64>,
 }
 
-/// A clone shares the kept totals.
-impl<K> Clone for Counts<K> {
+impl<K, V> Clone for UntilChange<K, V> {
     fn clone(&self) -> Self {
-        Counts {
+        UntilChange {
             kept: self.kept.clone(),
             generation: self.generation.clone(),
         }
     }
 }
 
-impl<K: Hash + Eq + Send + Sync + 'static> Counts<K> {
-    pub fn new(generation: Arc<AtomicU64>, capacity: u64, ttl: Duration) -> Self {
-        Counts {
+impl<K: Hash + Eq + Send + Sync + 'static, V: Clone + Send + Sync + 'static> UntilChange<K, V> {
+    fn new(generation: Arc<AtomicU64>, capacity: u64, ttl: Duration) -> Self {
+        UntilChange {
             kept: moka::future::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
@@ -289,22 +398,21 @@ impl<K: Hash + Eq + Send + Sync + 'static> Counts<K> {
         }
     }
 
-    /// The total for `key`: kept, or counted now by `count`.
-    pub async fn get<F: Future<Output = Result<i64>>>(&self, key: K, count: F) -> Result<i64> {
-        // Read before counting: an event during the count leaves the entry stale, not wrong.
+    /// The value for `key`: kept, or computed now by `compute`.
+    async fn get<F: Future<Output = Result<V>>>(&self, key: K, compute: F) -> Result<V> {
+        // Read before computing: an event meanwhile leaves the entry stale, not wrong.
         let generation = self.generation.load(Ordering::Relaxed);
-        if let Some((at, total)) = self.kept.get(&key).await {
+        if let Some((at, value)) = self.kept.get(&key).await {
             if at == generation {
-                return Ok(total);
+                return Ok(value);
             }
         }
-        let total = count.await?;
-        self.kept.insert(key, (generation, total)).await;
-        Ok(total)
+        let value = compute.await?;
+        self.kept.insert(key, (generation, value.clone())).await;
+        Ok(value)
     }
 
-    /// Forgets every total: for changes that send no live event (adopting a domain).
-    pub fn forget(&self) {
+    fn forget(&self) {
         self.kept.invalidate_all();
     }
 }

@@ -48,9 +48,9 @@ pub struct ProvisioningBackend {
     /// Rendered CPU sparklines by VM for a minute: a list page shows the same ones to everyone
     /// who may see them (each list is authorized before its sparklines are looked up).
     pub sparklines: moka::future::Cache<Uuid, String>,
-    /// Totals of the VM lists by (who, search, state): paging through 10,000 VMs need not
-    /// count them on every page.
-    pub vm_counts: crate::platform::list::Counts<VmCountKey>,
+    /// Totals and page ends of the VM lists by (who, search, state): paging through 10,000
+    /// VMs need not count them on every page.
+    pub vm_lists: crate::platform::list::Known<VmCountKey>,
 }
 
 #[derive(sqlx::FromRow)]

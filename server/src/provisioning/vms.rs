@@ -5,7 +5,7 @@ use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz::{self, member_tenants, Access, VmFacts};
 use crate::platform::db::{self, Scope, Tx};
 use crate::platform::error::{Error, Result};
-use crate::platform::list::{self, asc, desc, Order, Window};
+use crate::platform::list::{self, asc, desc, Order};
 use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{ManagedVm, VmFilter};
@@ -432,7 +432,15 @@ impl ProvisioningBackend {
         list::arg(&mut args, search)?;
         list::arg(&mut args, &pattern)?;
         list::arg(&mut args, state)?;
-        let w = Window::new(order, &place, &args, PER_PAGE)?;
+        let key = VmCountKey {
+            owners,
+            search: search.to_string(),
+            state: state.to_string(),
+        };
+        let (w, total) = self
+            .vm_lists
+            .window(tx, key, order, &from_where, &args, &place, PER_PAGE)
+            .await?;
         let rows: Vec<VmRow> = sqlx::query_as_with(
             &format!(
                 "{VM_SELECT} WHERE v.uuid IN (SELECT v.uuid {from_where} {} ORDER BY {} {})
@@ -443,21 +451,6 @@ impl ProvisioningBackend {
         )
         .fetch_all(&mut **tx)
         .await?;
-        let key = VmCountKey {
-            owners,
-            search: search.to_string(),
-            state: state.to_string(),
-        };
-        let total = self
-            .vm_counts
-            .get(key, async {
-                Ok(
-                    sqlx::query_scalar_with(&format!("SELECT count(*) {from_where}"), args)
-                        .fetch_one(&mut **tx)
-                        .await?,
-                )
-            })
-            .await?;
         Ok(list::keyset_page(
             &place,
             PER_PAGE,
