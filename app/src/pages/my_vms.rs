@@ -114,7 +114,7 @@ fn MyVmsContent() -> impl IntoView {
                                                 <td data-label="Organisation">{v.tenant_name.clone()}</td>
                                                 {all.then(|| view! { <td data-label="Owner">{v.owner_email.clone().unwrap_or_default()}</td> })}
                                                 <td data-label="Template">{v.template_name.clone().unwrap_or_default()}</td>
-                                                <td data-label="Lease"><span class=class>{lease}</span>" "<span class="small muted"><Timestamp at=v.lease_ends_at/></span></td>
+                                                <td data-label="Lease"><span class="cell-value"><span class=class>{lease}</span>" "<span class="small muted"><Timestamp at=v.lease_ends_at/></span></span></td>
                                             </tr>
                                         }
                                     }).collect_view()}

@@ -321,7 +321,7 @@ fn VmTable(vms: Vec<ManagedVm>) -> impl IntoView {
                         view! {
                             <tr data-vm=v.name.clone()>
                                 <td data-label="Name">{match link { Some(l) => view! { <a href=l>{name}</a> }.into_any(), None => view! { <span>{name}</span> }.into_any() }}</td>
-                                <td data-label="Progress"><span class=state_badge(v.phase.as_str())>{v.phase.as_str()}</span>{v.error.clone().map(|e| view! { " " <span class="small muted">{e}</span> })}</td>
+                                <td data-label="Progress"><span class="cell-value"><span class=state_badge(v.phase.as_str())>{v.phase.as_str()}</span>{v.error.clone().map(|e| view! { " " <span class="small muted">{e}</span> })}</span></td>
                                 <td data-label="State" class="vm-state">{v.state.clone().unwrap_or_else(|| "—".into())}</td>
                                 <td data-label="Host">{v.host_name.clone().unwrap_or_else(|| "—".into())}</td>
                             </tr>

@@ -250,11 +250,15 @@ impl Actor {
         // A new connection starts a new series: rates never span a disconnection.
         self.sampler = Sampler::default();
         let far = Instant::now() + Duration::from_secs(86400 * 365);
+        // Hosts connected together (a server start, a fleet registered at once) would sample
+        // and reconcile in the same instant every period: a burst of work that every page
+        // served meanwhile waits behind. Each host keeps its own phase within the period.
         let mut next_sample = self
             .spec
             .sample_every
-            .map(|_| Instant::now())
+            .map(|e| Instant::now() + phase(self.spec.id, e))
             .unwrap_or(far);
+        let mut reconcile_phase = phase(self.spec.id, self.spec.reconcile_every);
         let outcome = loop {
             let now = Instant::now();
             if now >= next_sample {
@@ -269,7 +273,9 @@ impl Actor {
                 if let Err(e) = self.reconcile(&conn) {
                     tracing::warn!(host = %self.spec.id, error = %e, "reconcile failed");
                 }
-                next_reconcile = Instant::now() + self.spec.reconcile_every;
+                next_reconcile = Instant::now()
+                    + self.spec.reconcile_every
+                    + std::mem::take(&mut reconcile_phase);
             }
             if now >= next_alive {
                 if !conn.is_alive().unwrap_or(false) {
@@ -462,4 +468,10 @@ impl Actor {
             tracing::warn!(host = %self.spec.id, error = %e, "could not record host state");
         }
     }
+}
+
+/// Where in each period of `every` this host's periodic work falls (from its id, so it stays
+/// put across reconnects).
+fn phase(host: Uuid, every: Duration) -> Duration {
+    every.mul_f64((host.as_u128() % 1000) as f64 / 1000.0)
 }
