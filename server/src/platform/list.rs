@@ -7,7 +7,7 @@
 //! 100 costs what page 1 does. The cursor is opaque to the browser: the sort key's values as
 //! JSON.
 use crate::platform::db::Tx;
-use crate::platform::error::Result;
+use crate::platform::error::{Error, Result};
 use app::error::AppError;
 use app::{Page, Place};
 use sqlx::postgres::PgArguments;
@@ -372,9 +372,12 @@ impl Marks {
     }
 }
 
-/// Values per key, kept until the next live event or for `ttl` at most.
+/// Values per key, kept until the next live event or for `ttl` at most. A value is computed
+/// once however many requests want it at the same moment (the others wait for it): when the
+/// list changes under 500 pages a second, one reader counts, not every reader of those
+/// milliseconds.
 struct UntilChange<K, V> {
-    kept: moka::future::Cache<K, (u64, V)>,
+    kept: moka::future::Cache<(u64, K), V>,
     generation: Arc<AtomicU64>,
 }
 
@@ -402,14 +405,10 @@ impl<K: Hash + Eq + Send + Sync + 'static, V: Clone + Send + Sync + 'static> Unt
     async fn get<F: Future<Output = Result<V>>>(&self, key: K, compute: F) -> Result<V> {
         // Read before computing: an event meanwhile leaves the entry stale, not wrong.
         let generation = self.generation.load(Ordering::Relaxed);
-        if let Some((at, value)) = self.kept.get(&key).await {
-            if at == generation {
-                return Ok(value);
-            }
-        }
-        let value = compute.await?;
-        self.kept.insert(key, (generation, value.clone())).await;
-        Ok(value)
+        self.kept
+            .try_get_with((generation, key), compute)
+            .await
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| Error::other(&shared)))
     }
 
     fn forget(&self) {
