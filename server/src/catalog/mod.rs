@@ -1,5 +1,6 @@
 //! Templates and the catalog: the backend of the `Catalog` seam.
 pub mod cloud_init;
+pub mod image_copy;
 pub mod images;
 mod validate;
 use crate::platform::audit::{self, Event, Origin};

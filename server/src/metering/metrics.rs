@@ -1,6 +1,8 @@
 //! Metrics: turning each host's counters into samples (rates from deltas between two
 //! readings), storing them, rolling them up into 5-minute, hourly and daily buckets behind
 //! watermarks (incremental, never a rescan), expiring old rows, and reading series for charts.
+//! Over 600 lines because writers, rollups and readers share one contract (which bucket holds
+//! which range, behind which watermark) that is easier to check in one file.
 use crate::hypervisor::stats::{DomainCounters, HostCounters};
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;

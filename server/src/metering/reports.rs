@@ -1,5 +1,6 @@
 //! Usage and showback reports over `usage_hourly`, priced by the rate card valid in each hour
-//! (a template's own card before the general one), and their CSV export.
+//! (a template's own card before the general one), and their CSV export. About 600 lines
+//! before its tests: the seam's reports, their pricing and their CSV share one row type.
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};

@@ -22,7 +22,7 @@ pub enum JobKind {
     Shutdown,
     /// Wait for a new guest to answer on SSH; record its addresses (key: the VM).
     GuestReady,
-    /// Copy an image to another host (key: `images::copy_key`).
+    /// Copy an image to another host (key: `image_copy::copy_key`).
     ImageCopy,
 }
 

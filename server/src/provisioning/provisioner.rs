@@ -2,7 +2,8 @@
 //! the hypervisor already has before acting: the volume is `cc-<uuid>.qcow2` and is looked up
 //! before it is cloned, the domain is looked up by UUID before it is defined, and a running
 //! domain is not started again. A process killed anywhere and restarted therefore finishes
-//! with exactly one disk and one domain per VM.
+//! with exactly one disk and one domain per VM. Over 600 lines because the steps stay in the
+//! order they run, so that argument reads from top to bottom.
 use crate::hypervisor::domain_xml::{self, DiskSpec, DomainXml};
 use crate::hypervisor::{cpu_weight, inventory, storage, Hypervisors};
 use crate::platform::audit::{self, Event, Origin};
@@ -786,7 +787,7 @@ impl Handler for Provisioner {
                 .await
             }
             Some(JobKind::ImageCopy) => {
-                crate::catalog::images::run_copy(&self.pool, &self.hypervisors, job).await
+                crate::catalog::image_copy::run_copy(&self.pool, &self.hypervisors, job).await
             }
             None => Err(Outcome::Fail(format!("unknown job kind {}", job.kind))),
         }
@@ -799,7 +800,7 @@ impl Handler for Provisioner {
                 return;
             }
             Some(JobKind::ImageCopy) => {
-                crate::catalog::images::copy_failed(&self.pool, job, error).await;
+                crate::catalog::image_copy::copy_failed(&self.pool, job, error).await;
                 return;
             }
             Some(JobKind::Provision) => {}
