@@ -2,7 +2,7 @@
 //! VMs that requests create.
 use crate::error::AppError;
 pub use crate::states::RequestState;
-use crate::states::VmPhase;
+use crate::states::{QuotaResource, VmPhase};
 use crate::Page;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -113,8 +113,7 @@ pub struct SizeOffer {
 /// add, and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaLine {
-    /// vcpus, memory, disk or vms.
-    pub resource: String,
+    pub resource: QuotaResource,
     pub used: i64,
     pub adding: i64,
     pub limit: i64,
@@ -122,11 +121,15 @@ pub struct QuotaLine {
 
 impl QuotaLine {
     pub fn label(&self) -> &'static str {
-        match self.resource.as_str() {
-            "vcpus" => "vCPUs",
-            "memory" => "Memory",
-            "disk" => "Disk",
-            _ => "VMs",
+        self.resource.label()
+    }
+
+    /// An amount of this resource for people: memory in GiB, disk with its unit.
+    pub fn amount(&self, v: i64) -> String {
+        match self.resource {
+            QuotaResource::Memory => mib_label(v),
+            QuotaResource::Disk => format!("{v} GiB"),
+            _ => v.to_string(),
         }
     }
 
@@ -137,11 +140,11 @@ impl QuotaLine {
         } else {
             self.used
         };
-        match self.resource.as_str() {
-            "memory" => format!("{} of {}", mib_label(total), mib_label(self.limit)),
-            "disk" => format!("{} of {} GiB disk", total, self.limit),
-            "vcpus" => format!("{} of {} vCPUs", total, self.limit),
-            _ => format!("{} of {} VMs", total, self.limit),
+        match self.resource {
+            QuotaResource::Memory => format!("{} of {}", mib_label(total), mib_label(self.limit)),
+            QuotaResource::Disk => format!("{} of {} GiB disk", total, self.limit),
+            QuotaResource::Vcpus => format!("{} of {} vCPUs", total, self.limit),
+            QuotaResource::Vms => format!("{} of {} VMs", total, self.limit),
         }
     }
 

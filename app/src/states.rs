@@ -1,7 +1,7 @@
 //! The typed vocabulary of a request's and a portal VM's life, shared by the DTOs, the
-//! backend's SQL binds and the pages. The database's CHECKs on `requests.state` and
-//! `vms.phase` hold the same sets, and `vm_phase_building()` the same rule as
-//! `VmPhase::building` (tests compare them).
+//! backend's SQL binds and the pages. The database's CHECKs on `requests.state`, `vms.phase`
+//! and `request_approvals.decision` hold the same sets, and `vm_phase_building()` the same
+//! rule as `VmPhase::building` (tests compare them).
 use serde::{Deserialize, Serialize};
 
 /// Where a request is: submitted → (pending approval →) approved → provisioning → fulfilled,
@@ -202,6 +202,76 @@ impl std::fmt::Display for VmPhase {
     }
 }
 
+/// An approver's decision on a request at one level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 2] = [Decision::Approved, Decision::Rejected];
+
+    /// As stored (`request_approvals.decision`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+        }
+    }
+
+    /// What the decision form's buttons send: "approve" or "reject".
+    pub fn form_value(self) -> &'static str {
+        match self {
+            Decision::Approved => "approve",
+            Decision::Rejected => "reject",
+        }
+    }
+
+    pub fn from_form(value: &str) -> Option<Decision> {
+        Decision::ALL.into_iter().find(|d| d.form_value() == value)
+    }
+}
+
+/// What a quota limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaResource {
+    Vcpus,
+    Memory,
+    Disk,
+    Vms,
+}
+
+impl QuotaResource {
+    pub const ALL: [QuotaResource; 4] = [
+        QuotaResource::Vcpus,
+        QuotaResource::Memory,
+        QuotaResource::Disk,
+        QuotaResource::Vms,
+    ];
+
+    /// The name of its form field and of its line in DTOs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaResource::Vcpus => "vcpus",
+            QuotaResource::Memory => "memory",
+            QuotaResource::Disk => "disk",
+            QuotaResource::Vms => "vms",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            QuotaResource::Vcpus => "vCPUs",
+            QuotaResource::Memory => "Memory",
+            QuotaResource::Disk => "Disk",
+            QuotaResource::Vms => "VMs",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +289,20 @@ mod tests {
         for p in VmPhase::ALL {
             assert_eq!(VmPhase::parse(p.as_str()), Some(p));
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+        for d in Decision::ALL {
+            assert_eq!(Decision::from_form(d.form_value()), Some(d));
+            assert_eq!(
+                serde_json::to_string(&d).unwrap(),
+                format!("\"{}\"", d.as_str())
+            );
+        }
+        assert_eq!(Decision::from_form("approved"), None);
+        for r in QuotaResource::ALL {
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
         }
     }
 }

@@ -15,7 +15,7 @@ pub fn QuotaLines(lines: Vec<QuotaLine>, with_adding: bool) -> impl IntoView {
                     <div class=if over { "capacity over" } else { "capacity" }>
                         <span class="capacity-label">{l.label()}</span>
                         <meter min="0" max=(l.limit.max(1)) as f64 value=total as f64 high=l.limit as f64 * 0.85 optimum=0 title=title></meter>
-                        <span class="capacity-text">{text}{(with_adding && l.adding > 0).then(|| view! { <span class="muted">{format!(" (+{})", if l.resource == "memory" { crate::provisioning::mib_label(l.adding) } else { l.adding.to_string() })}</span> })}</span>
+                        <span class="capacity-text">{text}{(with_adding && l.adding > 0).then(|| view! { <span class="muted">{format!(" (+{})", if l.resource == crate::states::QuotaResource::Memory { crate::provisioning::mib_label(l.adding) } else { l.adding.to_string() })}</span> })}</span>
                     </div>
                 }
             }).collect_view()}

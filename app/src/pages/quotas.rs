@@ -6,6 +6,7 @@ use crate::provisioning::{
     get_tenant_quotas, mib_label, RecountQuota, SetPolicy, SetQuota, TenantQuotas,
 };
 use crate::shell::use_actor;
+use crate::states::QuotaResource;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
@@ -85,7 +86,7 @@ fn LimitFields(
     }
 }
 
-fn limit(q: &TenantQuotas, resource: &str) -> i64 {
+fn limit(q: &TenantQuotas, resource: QuotaResource) -> i64 {
     q.lines
         .iter()
         .find(|l| l.resource == resource)
@@ -122,10 +123,10 @@ fn QuotasView(
         tenant.clone(),
     );
     let (lv, lm, ld, ln) = (
-        limit(&q, "vcpus"),
-        limit(&q, "memory"),
-        limit(&q, "disk"),
-        limit(&q, "vms"),
+        limit(&q, QuotaResource::Vcpus),
+        limit(&q, QuotaResource::Memory),
+        limit(&q, QuotaResource::Disk),
+        limit(&q, QuotaResource::Vms),
     );
     view! {
         <div class="page-head">

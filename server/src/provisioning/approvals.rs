@@ -11,6 +11,7 @@ use app::account::Actor;
 use app::error::AppError;
 use app::provisioning::{InboxItem, RequestState};
 use app::seam::RequestCtx;
+use app::states::{Decision, QuotaResource};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -23,11 +24,9 @@ pub(super) async fn decide(
     reason: &str,
 ) -> Result<()> {
     let actor = req.actor()?;
-    let approve = match decision {
-        "approve" => true,
-        "reject" => false,
-        _ => return Err(AppError::field("decision", "Approve or reject.").into()),
-    };
+    let decision = Decision::from_form(decision)
+        .ok_or_else(|| AppError::field("decision", "Approve or reject."))?;
+    let approve = decision == Decision::Approved;
     let reason = reason.trim();
     if !approve && reason.is_empty() {
         return Err(AppError::field("reason", "Say why you reject the request.").into());
@@ -79,7 +78,7 @@ pub(super) async fn decide(
     .bind(id)
     .bind(level.level)
     .bind(actor.user_id)
-    .bind(if approve { "approved" } else { "rejected" })
+    .bind(decision.as_str())
     .bind((!reason.is_empty()).then_some(reason))
     .bind(now)
     .execute(&mut *tx)
@@ -116,10 +115,11 @@ pub(super) async fn decide(
         return tx.commit().await.map_err(Error::from);
     }
     let approved_by: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2 AND decision = 'approved'",
+        "SELECT approver_id FROM request_approvals WHERE request_id = $1 AND level = $2 AND decision = $3",
     )
     .bind(id)
     .bind(level.level)
+    .bind(Decision::Approved.as_str())
     .fetch_all(&mut *tx)
     .await?;
     let note = if reason.is_empty() {
@@ -203,11 +203,11 @@ pub(super) async fn inbox(b: &ProvisioningBackend, req: &RequestCtx) -> Result<V
         let amount = r.amount();
         for lines in [&mut effect.tenant, &mut effect.user] {
             for l in lines.iter_mut() {
-                let add = match l.resource.as_str() {
-                    "vcpus" => amount.vcpus,
-                    "memory" => amount.memory_mib,
-                    "disk" => amount.disk_gib,
-                    _ => amount.vms,
+                let add = match l.resource {
+                    QuotaResource::Vcpus => amount.vcpus,
+                    QuotaResource::Memory => amount.memory_mib,
+                    QuotaResource::Disk => amount.disk_gib,
+                    QuotaResource::Vms => amount.vms,
                 };
                 l.used -= add;
                 l.adding = add;

@@ -6,6 +6,7 @@ use crate::platform::db::Tx;
 use crate::platform::error::{internal, Error, Result};
 use app::error::AppError;
 use app::provisioning::{QuotaEffect, QuotaLine, Recount};
+use app::states::QuotaResource;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -57,25 +58,25 @@ struct Usage {
 fn lines(limits: Limits, used: Usage, adding: Amount) -> Vec<QuotaLine> {
     vec![
         QuotaLine {
-            resource: "vcpus".into(),
+            resource: QuotaResource::Vcpus,
             used: used.vcpus,
             adding: adding.vcpus,
             limit: limits.max_vcpus.into(),
         },
         QuotaLine {
-            resource: "memory".into(),
+            resource: QuotaResource::Memory,
             used: used.memory_mib,
             adding: adding.memory_mib,
             limit: limits.max_memory_mib,
         },
         QuotaLine {
-            resource: "disk".into(),
+            resource: QuotaResource::Disk,
             used: used.disk_gib,
             adding: adding.disk_gib,
             limit: limits.max_disk_gib,
         },
         QuotaLine {
-            resource: "vms".into(),
+            resource: QuotaResource::Vms,
             used: used.vms,
             adding: adding.vms,
             limit: limits.max_vms.into(),
@@ -88,19 +89,11 @@ fn overflow(scope: &str, lines: &[QuotaLine]) -> Option<String> {
         format!(
             "This would exceed the {scope} {} quota: {} requested, {} in use, limit {}.",
             l.label(),
-            amount_label(&l.resource, l.adding),
-            amount_label(&l.resource, l.used),
-            amount_label(&l.resource, l.limit)
+            l.amount(l.adding),
+            l.amount(l.used),
+            l.amount(l.limit)
         )
     })
-}
-
-fn amount_label(resource: &str, v: i64) -> String {
-    match resource {
-        "memory" => app::provisioning::mib_label(v),
-        "disk" => format!("{v} GiB"),
-        _ => v.to_string(),
-    }
 }
 
 #[derive(sqlx::FromRow)]

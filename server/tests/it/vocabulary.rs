@@ -53,3 +53,17 @@ async fn vm_phases_and_which_hold_resources_are_the_databases() {
         assert_eq!(building, p.building(), "{p}");
     }
 }
+
+#[tokio::test]
+async fn approval_decisions_are_the_databases() {
+    use app::states::Decision;
+    let app = spawn_app().await;
+    let ours: BTreeSet<String> = Decision::ALL
+        .iter()
+        .map(|d| d.as_str().to_string())
+        .collect();
+    assert_eq!(
+        ours,
+        checked_values(&app, "request_approvals", "decision").await
+    );
+}
