@@ -252,12 +252,18 @@ impl Actor {
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         // Hosts connected together (a server start, a fleet registered at once) would sample
         // and reconcile in the same instant every period: a burst of work that every page
-        // served meanwhile waits behind. Each host keeps its own phase within the period.
+        // served meanwhile waits behind. Each samples and reconciles at connect, then at its
+        // own phase within the period.
         let mut next_sample = self
             .spec
             .sample_every
-            .map(|e| Instant::now() + phase(self.spec.id, e))
+            .map(|_| Instant::now())
             .unwrap_or(far);
+        let mut sample_phase = self
+            .spec
+            .sample_every
+            .map(|e| phase(self.spec.id, e))
+            .unwrap_or_default();
         let mut reconcile_phase = phase(self.spec.id, self.spec.reconcile_every);
         let outcome = loop {
             let now = Instant::now();
@@ -266,7 +272,7 @@ impl Actor {
                 next_sample = self
                     .spec
                     .sample_every
-                    .map(|e| Instant::now() + e)
+                    .map(|e| Instant::now() + e + std::mem::take(&mut sample_phase))
                     .unwrap_or(far);
             }
             if now >= next_reconcile {
