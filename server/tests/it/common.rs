@@ -105,9 +105,22 @@ pub struct Client {
     pub base: String,
 }
 
-pub type CallResult = Result<Value, (u16, AppError)>;
+pub type CallResult<T = Value> = Result<T, (u16, AppError)>;
 
 impl Client {
+    /// `call`, its answer read as the app's own DTO: a field the DTO lacks or misnames fails
+    /// here instead of comparing a JSON null.
+    pub async fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> CallResult<T> {
+        self.call(endpoint, form).await.map(|v| {
+            serde_json::from_value(v.clone())
+                .unwrap_or_else(|e| panic!("{endpoint} answered {v}, not its DTO: {e}"))
+        })
+    }
+
     /// Calls a server function the way the hydrated app does (form body, same-origin).
     pub async fn call(&self, endpoint: &str, form: &[(&str, &str)]) -> CallResult {
         let res = self
@@ -289,7 +302,7 @@ impl TestApp {
 }
 
 /// Asserts a refusal: an authentication, authorization or not-found error.
-pub fn assert_refused(result: &CallResult, what: &str) {
+pub fn assert_refused<T: std::fmt::Debug>(result: &CallResult<T>, what: &str) {
     match result {
         Err((status, _)) if [401, 403, 404].contains(status) => {}
         other => panic!("{what}: expected a refusal, got {other:?}"),
@@ -297,7 +310,7 @@ pub fn assert_refused(result: &CallResult, what: &str) {
 }
 
 /// Asserts a validation error on `field`.
-pub fn assert_field_error(result: &CallResult, field: &str) -> String {
+pub fn assert_field_error<T: std::fmt::Debug>(result: &CallResult<T>, field: &str) -> String {
     match result {
         Err((422, err)) => err
             .field_message(field)

@@ -1,6 +1,7 @@
 //! Usage rollup, showback reports with rate cards, CSV export and their authorization.
 
 use crate::common::*;
+use app::reports::{RateCard, Report, ReportRow};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -46,10 +47,6 @@ async fn state(app: &TestApp, uuid: Uuid, at: OffsetDateTime, s: &str) {
     .execute(&app.db)
     .await
     .unwrap();
-}
-
-fn num(v: &serde_json::Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("a number: {v}"))
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -205,7 +202,7 @@ async fn usage_from_history_priced_by_the_rate_card_of_each_hour() {
         |c: &Client, tenant: String, from: &'static str, to: &'static str, group: &'static str| {
             let c = c.clone();
             async move {
-                c.call(
+                c.call_as::<Report>(
                     "usage_report",
                     &[
                         ("tenant_id", &tenant),
@@ -220,45 +217,45 @@ async fn usage_from_history_priced_by_the_rate_card_of_each_hour() {
     let r = report(&mona, String::new(), "2026-10-01", "2026-10-02", "vm")
         .await
         .unwrap();
-    let rows = r["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 1, "a manager sees their tenant only: {r:#}");
-    let row = &rows[0];
-    assert_eq!(row["label"], "alpha-web");
-    assert!(close(num(&row["vcpu_hours"]), 72.0), "{row}");
-    assert!(close(num(&row["memory_gib_hours"]), 144.0), "{row}");
-    assert!(close(num(&row["disk_gib_hours"]), 240.0), "{row}");
-    assert!(close(num(&row["powered_on_hours"]), 12.0), "{row}");
+    assert_eq!(r.rows.len(), 1, "a manager sees their tenant only: {r:#?}");
+    let row = &r.rows[0];
+    assert_eq!(row.label, "alpha-web");
+    assert!(close(row.vcpu_hours, 72.0), "{row:?}");
+    assert!(close(row.memory_gib_hours, 144.0), "{row:?}");
+    assert!(close(row.disk_gib_hours, 240.0), "{row:?}");
+    assert!(close(row.powered_on_hours, 12.0), "{row:?}");
     // 1 Oct: 24×0.01 + 48×0.001 + 120×0.0001 = 0.30; 2 Oct: 48×0.02 + 96×0.002 + 120×0.0002 = 1.176.
-    assert!(close(num(&row["cost"]), 1.476), "{row}");
-    assert_eq!(r["currency"], "EUR");
+    assert!(close(row.cost, 1.476), "{row:?}");
+    assert_eq!(r.currency, "EUR");
 
     // Fleet view by tenant: totals are the sum of their rows.
     let r = report(&fleet, String::new(), "2026-10-01", "2026-10-02", "tenant")
         .await
         .unwrap();
-    let rows = r["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2);
-    let sum = |k: &str| rows.iter().map(|x| num(&x[k])).sum::<f64>();
-    for k in [
-        "vcpu_hours",
-        "memory_gib_hours",
-        "disk_gib_hours",
-        "powered_on_hours",
-        "cost",
-    ] {
-        assert!(close(sum(k), num(&r["total"][k])), "{k}: {r:#}");
+    assert_eq!(r.rows.len(), 2);
+    type Figure = fn(&ReportRow) -> f64;
+    let figures: [(&str, Figure); 5] = [
+        ("vcpu_hours", |x| x.vcpu_hours),
+        ("memory_gib_hours", |x| x.memory_gib_hours),
+        ("disk_gib_hours", |x| x.disk_gib_hours),
+        ("powered_on_hours", |x| x.powered_on_hours),
+        ("cost", |x| x.cost),
+    ];
+    for (k, figure) in figures {
+        let sum: f64 = r.rows.iter().map(figure).sum();
+        assert!(close(sum, figure(&r.total)), "{k}: {r:#?}");
     }
-    let beta = rows.iter().find(|x| x["label"] == "Beta").unwrap();
-    assert!(close(num(&beta["vcpu_hours"]), 48.0));
-    assert!(close(num(&beta["powered_on_hours"]), 0.0));
+    let beta = r.rows.iter().find(|x| x.label == "Beta").unwrap();
+    assert!(close(beta.vcpu_hours, 48.0));
+    assert!(close(beta.powered_on_hours, 0.0));
     // The next two days compare with these.
     let r = report(&fleet, b.to_string(), "2026-10-03", "2026-10-04", "user")
         .await
         .unwrap();
-    let row = &r["rows"][0];
-    assert_eq!(row["label"], "bert@example.com");
-    assert!(num(&row["previous_cost"]) > 0.0);
-    assert_eq!(r["previous_from"], "2026-10-01");
+    let row = &r.rows[0];
+    assert_eq!(row.label, "bert@example.com");
+    assert!(row.previous_cost > 0.0);
+    assert_eq!(r.previous_from, "2026-10-01");
 
     // Bad input is named; other tenants and requesters are refused.
     assert_field_error(
@@ -292,14 +289,7 @@ async fn usage_from_history_priced_by_the_rate_card_of_each_hour() {
     let r = report(&bert, String::new(), "2026-10-01", "2026-10-02", "vm")
         .await
         .unwrap();
-    assert!(
-        r["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| x["label"] == "beta-db"),
-        "{r:#}"
-    );
+    assert!(r.rows.iter().all(|x| x.label == "beta-db"), "{r:#?}");
 
     // CSV export: same rows, a header, dot decimals, ISO dates.
     let res = mona
@@ -393,7 +383,7 @@ async fn whole_months_are_read_from_monthly_totals_with_the_same_result() {
     );
     // September alone (monthly row) and 1 Sep–14 Oct (September monthly + October hours).
     let r = fleet
-        .call(
+        .call_as::<Report>(
             "usage_report",
             &[
                 ("from", "2026-09-01"),
@@ -403,13 +393,13 @@ async fn whole_months_are_read_from_monthly_totals_with_the_same_result() {
         )
         .await
         .unwrap();
-    let row = &r["rows"][0];
-    assert!(close(num(&row["vcpu_hours"]), 1440.0), "{row}");
-    assert!(close(num(&row["powered_on_hours"]), 720.0), "{row}");
+    let row = &r.rows[0];
+    assert!(close(row.vcpu_hours, 1440.0), "{row:?}");
+    assert!(close(row.powered_on_hours, 720.0), "{row:?}");
     // 1440×0.01 + 720×0.005 + 7200×0.0001
-    assert!(close(num(&row["cost"]), 18.72), "{row}");
+    assert!(close(row.cost, 18.72), "{row:?}");
     let r = fleet
-        .call(
+        .call_as::<Report>(
             "usage_report",
             &[
                 ("from", "2026-09-01"),
@@ -419,9 +409,9 @@ async fn whole_months_are_read_from_monthly_totals_with_the_same_result() {
         )
         .await
         .unwrap();
-    let row = &r["rows"][0];
-    assert!(close(num(&row["vcpu_hours"]), 2.0 * 24.0 * 44.0), "{row}");
-    assert!(close(num(&row["cost"]), 18.72 * 44.0 / 30.0), "{row}");
+    let row = &r.rows[0];
+    assert!(close(row.vcpu_hours, 2.0 * 24.0 * 44.0), "{row:?}");
+    assert!(close(row.cost, 18.72 * 44.0 / 30.0), "{row:?}");
 }
 
 /// Outside testing: dates near year ±9999 crashed the report ("overflow adding duration to
@@ -560,8 +550,8 @@ async fn a_rate_card_can_be_ended_and_the_page_knows_which_cards_are_in_force() 
         .await
         .unwrap();
     let id = id.as_str().unwrap().to_string();
-    let cards = fleet.call("list_rate_cards", &[]).await.unwrap();
-    assert_eq!(cards[0]["in_force"], true, "{cards}");
+    let cards: Vec<RateCard> = fleet.call_as("list_rate_cards", &[]).await.unwrap();
+    assert!(cards[0].in_force, "{cards:?}");
     // Field errors change nothing; managers cannot end cards.
     let before = app.snapshot().await;
     for (to, why) in [
@@ -589,9 +579,9 @@ async fn a_rate_card_can_be_ended_and_the_page_knows_which_cards_are_in_force() 
         .call("end_rate_card", &[("id", &id), ("valid_to", &end)])
         .await
         .unwrap();
-    let cards = fleet.call("list_rate_cards", &[]).await.unwrap();
-    assert_eq!(cards[0]["valid_to"], end.as_str());
-    assert_eq!(cards[0]["in_force"], true);
+    let cards: Vec<RateCard> = fleet.call_as("list_rate_cards", &[]).await.unwrap();
+    assert_eq!(cards[0].valid_to.as_deref(), Some(end.as_str()));
+    assert!(cards[0].in_force);
     assert!(app
         .audit_actions()
         .await
