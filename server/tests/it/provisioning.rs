@@ -2,6 +2,8 @@
 //! quotas, placement, provisioning jobs, leases and day-2 operations.
 
 use crate::common::*;
+use app::provisioning::RequestDetail;
+use app::states::VmPhase;
 use concierge::hypervisor::simulation;
 use serde_json::Value;
 use std::time::Duration;
@@ -132,16 +134,16 @@ impl World {
     }
 
     /// Polls the request until it reaches `state` (or fails the test after 30 s).
-    async fn wait_for(&self, c: &Client, id: &str, state: &str) -> Value {
+    async fn wait_for(&self, c: &Client, id: &str, state: &str) -> RequestDetail {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let r = c.call("get_request", &[("id", id)]).await.unwrap();
-            if r["request"]["state"] == state {
+            let r: RequestDetail = c.call_as("get_request", &[("id", id)]).await.unwrap();
+            if r.request.state.as_str() == state {
                 return r;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "request never reached {state}: {r:#}"
+                "request never reached {state}: {r:#?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -202,20 +204,14 @@ async fn auto_approved_request_is_provisioned_and_running() {
 
     let id = id_of(&w.submit(&ann, "small", "2", "web").await.unwrap());
     let r = w.wait_for(&ann, &id, "fulfilled").await;
-    let vms = r["vms"].as_array().unwrap();
-    assert_eq!(vms.len(), 2);
-    for vm in vms {
-        assert_eq!(vm["phase"], "running", "{vm}");
-        assert_eq!(vm["state"], "running", "{vm}");
+    assert_eq!(r.vms.len(), 2);
+    for vm in &r.vms {
+        assert_eq!(vm.phase, VmPhase::Running, "{vm:?}");
+        assert_eq!(vm.state.as_deref(), Some("running"), "{vm:?}");
     }
-    let names: Vec<&str> = vms.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = r.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["web-1", "web-2"]);
-    let kinds: Vec<&str> = r["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = r.events.iter().map(|e| e.kind.as_str()).collect();
     for k in [
         "submitted",
         "approved",
@@ -319,8 +315,8 @@ async fn auto_approved_request_is_provisioned_and_running() {
     }
 
     // Deleting a portal VM removes its disk and releases its quota.
-    let vm = &vms[0];
-    let uuid = vm["uuid"].as_str().unwrap();
+    let uuid = r.vms[0].uuid.to_string();
+    let uuid = uuid.as_str();
     ann.call(
         "vm_action",
         &[
@@ -401,12 +397,9 @@ async fn approval_levels_rejection_and_cancellation() {
         .await;
     let id = id_of(&w.submit(&ann, "large", "1", "db").await.unwrap());
     let r = w.wait_for(&ann, &id, "pending_approval").await;
-    assert_eq!(
-        r["waiting_for"],
-        serde_json::json!(["a1@example.com", "a2@example.com"])
-    );
-    assert_eq!(r["can_cancel"], true);
-    assert_eq!(r["can_decide"], false);
+    assert_eq!(r.waiting_for, ["a1@example.com", "a2@example.com"]);
+    assert!(r.can_cancel);
+    assert!(!r.can_decide);
 
     // Nobody decides their own request, other requesters and other tenants cannot decide.
     let own = ann
@@ -1141,7 +1134,7 @@ async fn leases_remind_stop_and_delete_with_extensions() {
     w.set_policy(&w.fleet, "1", "").await;
     let id = id_of(&w.submit(&ann, "small", "1", "lease").await.unwrap());
     let r = w.wait_for(&ann, &id, "fulfilled").await;
-    let uuid = r["vms"][0]["uuid"].as_str().unwrap().to_string();
+    let uuid = r.vms[0].uuid.to_string();
     let vm = |c: &Client| {
         let (c, uuid) = (c.clone(), uuid.clone());
         async move { c.call("get_managed_vm", &[("uuid", &uuid)]).await.unwrap() }
@@ -1279,7 +1272,7 @@ async fn resize_and_snapshots() {
     w.set_policy(&w.fleet, "1", "").await;
     let id = id_of(&w.submit(&ann, "small", "1", "r").await.unwrap());
     let r = w.wait_for(&ann, &id, "fulfilled").await;
-    let uuid = r["vms"][0]["uuid"].as_str().unwrap().to_string();
+    let uuid = r.vms[0].uuid.to_string();
 
     let r = ann
         .call(
@@ -1538,13 +1531,13 @@ async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota()
         .unwrap();
     let id = id_of(&w.submit(&ann, "small", "2", "doomed").await.unwrap());
     let r = w.wait_for(&ann, &id, "failed").await;
-    for vm in r["vms"].as_array().unwrap() {
-        assert_eq!(vm["phase"], "failed", "{vm}");
-        assert!(vm["error"].as_str().unwrap().len() > 3, "{vm}");
+    for vm in &r.vms {
+        assert_eq!(vm.phase, VmPhase::Failed, "{vm:?}");
+        assert!(vm.error.as_deref().unwrap().len() > 3, "{vm:?}");
     }
     assert!(
-        r["request"]["reason"].as_str().unwrap().contains("2 of 2"),
-        "{r:#}"
+        r.request.reason.as_deref().unwrap().contains("2 of 2"),
+        "{r:#?}"
     );
     assert_eq!(
         w.app.scalar_i64("SELECT max(attempts)::int8 FROM jobs WHERE kind = 'provision' AND state = 'failed'").await,
@@ -1677,12 +1670,8 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
                 .unwrap(),
         );
         let r = w.wait_for(&c, &id, "fulfilled").await;
-        let vm = &r["vms"][0];
-        made.push((
-            id,
-            vm["host_id"].as_str().unwrap().to_string(),
-            vm["uuid"].as_str().unwrap().to_string(),
-        ));
+        let vm = &r.vms[0];
+        made.push((id, vm.host_id.unwrap().to_string(), vm.uuid.to_string()));
     }
     let (acme_request, acme_host, acme_vm) = made[0].clone();
     let (_, beta_host, beta_vm) = made[1].clone();
@@ -1832,7 +1821,7 @@ async fn a_revert_across_a_resize_carries_the_real_size_and_every_change_is_logg
     w.set_policy(&w.fleet, "1", "").await;
     let id = id_of(&w.submit(&ann, "small", "1", "rv").await.unwrap());
     let r = w.wait_for(&ann, &id, "fulfilled").await;
-    let uuid = r["vms"][0]["uuid"].as_str().unwrap().to_string();
+    let uuid = r.vms[0].uuid.to_string();
     let snap = |op: &'static str| {
         let (ann, uuid) = (ann.clone(), uuid.clone());
         async move {
@@ -2254,7 +2243,8 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
     let id = ann.call("submit_request", &form).await.unwrap();
     let done = w.wait_for(&ann, id.as_str().unwrap(), "fulfilled").await;
     assert_eq!(
-        done["request"]["network"], "hv2-net",
+        done.request.network.as_deref(),
+        Some("hv2-net"),
         "the request says its network"
     );
     assert_eq!(
