@@ -2,8 +2,9 @@
 //! quotas, placement, provisioning jobs, leases and day-2 operations.
 
 use crate::common::*;
-use app::provisioning::RequestDetail;
+use app::provisioning::{ManagedVm, RequestDetail};
 use app::states::VmPhase;
+use app::Page;
 use concierge::hypervisor::simulation;
 use serde_json::Value;
 use std::time::Duration;
@@ -249,10 +250,10 @@ async fn auto_approved_request_is_provisioned_and_running() {
             .await,
         2
     );
-    let mine = ann.call("my_vms", &[]).await.unwrap();
-    assert_eq!(mine["total"], 2);
+    let mine: Page<ManagedVm> = ann.call_as("my_vms", &[]).await.unwrap();
+    assert_eq!(mine.total, 2);
     // Each listed VM's CPU sparkline is an image for those who may see the VM.
-    let first = mine["items"][0]["uuid"].as_str().unwrap().to_string();
+    let first = mine.items[0].uuid;
     let spark = ann.get(&format!("/sparklines/cpu/{first}")).await;
     assert_eq!(spark.status(), 200);
     assert_eq!(spark.headers()["content-type"], "image/svg+xml");
@@ -266,29 +267,23 @@ async fn auto_approved_request_is_provisioned_and_running() {
     // Filtered and sorted on the server.
     let list = |c: &Client, q: Vec<(&'static str, &'static str)>| {
         let c = c.clone();
-        async move { c.call("my_vms", &q).await }
+        async move { c.call_as::<Page<ManagedVm>>("my_vms", &q).await }
     };
-    let names = |v: &serde_json::Value| -> Vec<String> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["name"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let names =
+        |p: &Page<ManagedVm>| -> Vec<String> { p.items.iter().map(|v| v.name.clone()).collect() };
     let found = list(&ann, vec![("search", "eb-2")]).await.unwrap();
     assert_eq!(
-        (names(&found), found["total"].as_i64()),
-        (vec!["web-2".to_string()], Some(2 - 1))
+        (names(&found), found.total),
+        (vec!["web-2".to_string()], 2 - 1)
     );
     let newest = list(&ann, vec![("sort", "created")]).await.unwrap();
-    assert_eq!(newest["total"], 2);
+    assert_eq!(newest.total, 2);
     let none = list(&ann, vec![("state", "shutoff")]).await.unwrap();
-    assert_eq!(none["total"], 0);
+    assert_eq!(none.total, 0);
     let running = list(&ann, vec![("state", "running")]).await.unwrap();
-    assert_eq!(running["total"], 2);
+    assert_eq!(running.total, 2);
     // A literal % is searched for, not a wildcard.
-    assert_eq!(list(&ann, vec![("search", "%")]).await.unwrap()["total"], 0);
+    assert_eq!(list(&ann, vec![("search", "%")]).await.unwrap().total, 0);
     assert_field_error(&list(&ann, vec![("sort", "price")]).await, "sort");
     assert_field_error(&list(&ann, vec![("state", "exploded")]).await, "state");
     // Everything one administers: fleet admins see all; a requester may not ask.
@@ -301,7 +296,7 @@ async fn auto_approved_request_is_provisioned_and_running() {
         .unwrap();
     assert_eq!(names(&all), ["web-1", "web-2"]);
     let fleet_own = list(&w.fleet, vec![]).await.unwrap();
-    assert_eq!(fleet_own["total"], 0);
+    assert_eq!(fleet_own.total, 0);
     let actions = w.app.audit_actions().await;
     for a in [
         "template.create",
