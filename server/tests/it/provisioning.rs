@@ -2,7 +2,8 @@
 //! quotas, placement, provisioning jobs, leases and day-2 operations.
 
 use crate::common::*;
-use app::provisioning::{ManagedVm, RequestDetail};
+use app::provisioning::{HomePanels, InboxItem, ManagedVm, RequestDetail};
+use app::states::QuotaResource;
 use app::states::VmPhase;
 use app::Page;
 use concierge::hypervisor::simulation;
@@ -423,43 +424,37 @@ async fn approval_levels_rejection_and_cancellation() {
         "not listed",
     );
 
-    let inbox = appr1.call("approval_inbox", &[]).await.unwrap();
-    assert_eq!(inbox.as_array().unwrap().len(), 1, "{inbox}");
+    let inbox: Vec<InboxItem> = appr1.call_as("approval_inbox", &[]).await.unwrap();
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
     // The home page's count agrees with the inbox; the tenant admin is not listed at level 1.
     assert_eq!(appr1.call("approvals_waiting", &[]).await.unwrap(), 1);
     assert_eq!(boss.call("approvals_waiting", &[]).await.unwrap(), 0);
     // The home page's panels, read in one call, say the same, and each sees only their own.
-    let home = appr1.call("home_panels", &[]).await.unwrap();
-    assert_eq!(home["waiting"], 1, "{home}");
-    let home = ann.call("home_panels", &[]).await.unwrap();
-    assert_eq!(
-        home["waiting"],
-        serde_json::Value::Null,
-        "a requester approves nothing"
-    );
-    assert_eq!(home["requests"]["total"], 1, "{home}");
-    assert_eq!(home["requests"]["items"][0]["id"], id.as_str(), "{home}");
-    assert_eq!(home["quota"][1]["tenant"][0]["resource"], "vcpus", "{home}");
+    let home = |c: &Client| {
+        let c = c.clone();
+        async move { c.call_as::<HomePanels>("home_panels", &[]).await }
+    };
+    assert_eq!(home(&appr1).await.unwrap().waiting, Some(1));
+    let panels = home(&ann).await.unwrap();
+    assert_eq!(panels.waiting, None, "a requester approves nothing");
+    assert_eq!(panels.requests.total, 1, "{panels:?}");
+    assert_eq!(panels.requests.items[0].id.to_string(), id, "{panels:?}");
+    let (_, quota) = panels.quota.as_ref().unwrap();
+    assert_eq!(quota.tenant[0].resource, QuotaResource::Vcpus, "{panels:?}");
     assert_refused(
         &w.app.client().call("home_panels", &[]).await,
         "anonymous home panels",
     );
-    let home = eve.call("home_panels", &[]).await.unwrap();
     assert_eq!(
-        home["requests"]["total"], 0,
-        "another tenant's member: {home}"
+        home(&eve).await.unwrap().requests.total,
+        0,
+        "another tenant's member"
     );
-    assert_eq!(
-        bob.call("home_panels", &[]).await.unwrap()["requests"]["total"],
-        0
-    );
-    assert_eq!(inbox[0]["effect"]["tenant"][0]["adding"], 4, "{inbox}");
+    assert_eq!(home(&bob).await.unwrap().requests.total, 0);
+    assert_eq!(inbox[0].effect.tenant[0].adding, 4, "{inbox:?}");
     assert!(
-        inbox[0]["placement"]
-            .as_str()
-            .unwrap()
-            .starts_with("Would be placed on hv1"),
-        "{inbox}"
+        inbox[0].placement.starts_with("Would be placed on hv1"),
+        "{inbox:?}"
     );
 
     appr1
@@ -470,15 +465,15 @@ async fn approval_levels_rejection_and_cancellation() {
         .call("decide_request", &[("id", &id), ("decision", "approve")])
         .await;
     assert!(matches!(again, Err((409, _))), "{again:?}");
-    let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
-    assert_eq!(r["level"], 1);
-    assert_eq!(r["waiting_for"], serde_json::json!(["a2@example.com"]));
+    let r: RequestDetail = ann.call_as("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(r.level, Some(1));
+    assert_eq!(r.waiting_for, ["a2@example.com"]);
     appr2
         .call("decide_request", &[("id", &id), ("decision", "approve")])
         .await
         .unwrap();
-    let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
-    assert_eq!(r["level"], 2, "{r}");
+    let r: RequestDetail = ann.call_as("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(r.level, Some(2), "{r:?}");
     boss.call(
         "decide_request",
         &[("id", &id), ("decision", "approve"), ("reason", "fine")],
