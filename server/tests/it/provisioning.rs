@@ -2,9 +2,8 @@
 //! quotas, placement, provisioning jobs, leases and day-2 operations.
 
 use crate::common::*;
-use app::provisioning::{HomePanels, InboxItem, ManagedVm, RequestDetail};
-use app::states::QuotaResource;
-use app::states::VmPhase;
+use app::provisioning::{HomePanels, InboxItem, ManagedVm, RequestDetail, RequestSummary};
+use app::states::{QuotaResource, RequestState, VmPhase};
 use app::Page;
 use concierge::hypervisor::simulation;
 use serde_json::Value;
@@ -555,13 +554,13 @@ async fn approval_levels_rejection_and_cancellation() {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
     }
     // The approver's list shows the tenant's requests; a requester's shows only theirs.
-    let all = appr1
-        .call("list_requests", &[("all", "true")])
+    let all: Page<RequestSummary> = appr1
+        .call_as("list_requests", &[("all", "true")])
         .await
         .unwrap();
-    assert_eq!(all["total"], 3);
-    let mine = bob.call("list_requests", &[]).await.unwrap();
-    assert_eq!(mine["total"], 2);
+    assert_eq!(all.total, 3);
+    let mine: Page<RequestSummary> = bob.call_as("list_requests", &[]).await.unwrap();
+    assert_eq!(mine.total, 2);
     assert_refused(
         &bob.call("list_requests", &[("all", "true")]).await,
         "requester lists all",
@@ -569,15 +568,14 @@ async fn approval_levels_rejection_and_cancellation() {
     // Filters and sorts run on the server, over the same set the actor may see.
     let list = |who: &'static str, params: Vec<(&'static str, &'static str)>| {
         let client = if who == "bob" { &bob } else { &appr1 };
-        async move { client.call("list_requests", &params).await }
+        async move {
+            client
+                .call_as::<Page<RequestSummary>>("list_requests", &params)
+                .await
+        }
     };
-    let ids = |page: &Value| -> Vec<String> {
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect()
+    let ids = |page: &Page<RequestSummary>| -> Vec<String> {
+        page.items.iter().map(|r| r.id.to_string()).collect()
     };
     let rejected = list("appr1", vec![("all", "true"), ("state", "rejected")])
         .await
@@ -586,7 +584,7 @@ async fn approval_levels_rejection_and_cancellation() {
     let open = list("appr1", vec![("all", "true"), ("state", "open")])
         .await
         .unwrap();
-    assert_eq!(open["total"], 0, "nothing is in flight: {open}");
+    assert_eq!(open.total, 0, "nothing is in flight: {open:?}");
     let by_prefix = list("appr1", vec![("all", "true"), ("search", "TMP2")])
         .await
         .unwrap();
@@ -604,16 +602,18 @@ async fn approval_levels_rejection_and_cancellation() {
     let by_state = list("appr1", vec![("all", "true"), ("sort", "state")])
         .await
         .unwrap();
-    let states: Vec<&str> = by_state["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, vec!["cancelled", "fulfilled", "rejected"]);
+    let states: Vec<RequestState> = by_state.items.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [
+            RequestState::Cancelled,
+            RequestState::Fulfilled,
+            RequestState::Rejected
+        ]
+    );
     // Bob's own list never shows Ann's request, whatever the filter.
     let bobs = list("bob", vec![("search", "ann@")]).await.unwrap();
-    assert_eq!(bobs["total"], 0);
+    assert_eq!(bobs.total, 0);
     assert_field_error(&list("bob", vec![("sort", "price")]).await, "sort");
     assert_field_error(&list("bob", vec![("state", "lost")]).await, "state");
     let long = "x".repeat(101);
