@@ -135,11 +135,10 @@ pub(super) async fn create_volume(
         .call(host_id, job)
         .await
         .map_err(|e| AppError::field("name", format!("libvirt refused: {e}")))?;
-    changed(b, req, host_id,
-        Event::new("volume.create", "volume", format!("{pool}/{name}"))
-            .after(json!({ "host": host_id, "kind": kind, "source": source, "capacity_gib": capacity_gib })),
-    )
-    .await
+    let event = Event::new("volume.create", "volume", format!("{pool}/{name}")).after(json!({
+        "host": host_id, "kind": kind, "source": source, "capacity_gib": capacity_gib
+    }));
+    changed(b, req, host_id, event).await
 }
 
 #[tracing::instrument(skip_all)]

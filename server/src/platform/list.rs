@@ -346,7 +346,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Known<K> {
 pub const DEEP_PAGE: u32 = 2;
 
 /// The sort key of every page's last row, in order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Marks(Arc<Vec<Vec<String>>>);
 
 impl Marks {

@@ -26,9 +26,8 @@ pub(super) async fn decide(
     let actor = req.actor()?;
     let decision = Decision::from_form(decision)
         .ok_or_else(|| AppError::field("decision", "Approve or reject."))?;
-    let approve = decision == Decision::Approved;
     let reason = reason.trim();
-    if !approve && reason.is_empty() {
+    if decision == Decision::Rejected && reason.is_empty() {
         return Err(AppError::field("reason", "Say why you reject the request.").into());
     }
     if reason.chars().count() > 1000 {
@@ -88,7 +87,7 @@ pub(super) async fn decide(
         return Err(AppError::Conflict("You have already decided at this level.".into()).into());
     }
     let origin = Origin::of(req);
-    if !approve {
+    if decision == Decision::Rejected {
         set_state(&mut tx, id, RequestState::Rejected, Some(reason), now).await?;
         quota::release(&mut tx, Release::Request(id), "rejected", now).await?;
         log(
