@@ -530,6 +530,20 @@ async fn approval_levels_rejection_and_cancellation() {
         &ann.call("cancel_request", &[("id", &id3)]).await,
         "someone else cancels",
     );
+    // Refused like any object: 404 to those who cannot see the request, 403 to those who can.
+    let status = |r: CallResult| r.err().map(|(status, _)| status);
+    assert_eq!(
+        status(ann.call("cancel_request", &[("id", &id3)]).await),
+        Some(404)
+    );
+    assert_eq!(
+        status(eve.call("cancel_request", &[("id", &id3)]).await),
+        Some(404)
+    );
+    assert_eq!(
+        status(appr1.call("cancel_request", &[("id", &id3)]).await),
+        Some(403)
+    );
     bob.call("cancel_request", &[("id", &id3)]).await.unwrap();
     assert!(matches!(
         bob.call("cancel_request", &[("id", &id3)]).await,
