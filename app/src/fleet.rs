@@ -150,6 +150,18 @@ pub async fn host_page(
     crate::seam::reply(crate::seam::backend()?.fleet.host_page(&req, filter).await)
 }
 
+/// A host as the registration form types it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostForm {
+    pub name: String,
+    /// A libvirt URI, e.g. `qemu:///system` or `qemu+ssh://root@kvm1/system`.
+    pub uri: String,
+    /// Comma-separated.
+    pub labels: String,
+    pub schedulable: bool,
+    pub maintenance: bool,
+}
+
 #[server(prefix = "/api", endpoint = "register_host")]
 pub async fn register_host(
     name: String,
@@ -159,12 +171,14 @@ pub async fn register_host(
     #[server(default)] maintenance: bool,
 ) -> Result<HostSummary, AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(
-        crate::seam::backend()?
-            .fleet
-            .register(&req, &name, &uri, &labels, schedulable, maintenance)
-            .await,
-    )
+    let form = HostForm {
+        name,
+        uri,
+        labels,
+        schedulable,
+        maintenance,
+    };
+    crate::seam::reply(crate::seam::backend()?.fleet.register(&req, form).await)
 }
 
 /// kvm, qemu (TCG) or empty (detected) for the VMs defined on a host from now on.

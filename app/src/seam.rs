@@ -4,7 +4,8 @@ use crate::account::{Actor, OneTimePassword, SessionInfo, SshKey};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
 use crate::fleet::{
-    ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary, VmDetail,
+    ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostForm, HostSummary,
+    VmDetail,
 };
 use crate::images::{Image, RegisterImageForm, UploadForm, UploadTarget};
 use crate::provisioning::{
@@ -251,15 +252,7 @@ pub trait Fleet: Send + Sync + 'static {
         uuid: Uuid,
         range: &str,
     ) -> Result<Vec<ChartView>, AppError>;
-    async fn register(
-        &self,
-        req: &RequestCtx,
-        name: &str,
-        uri: &str,
-        labels: &str,
-        schedulable: bool,
-        maintenance: bool,
-    ) -> Result<HostSummary, AppError>;
+    async fn register(&self, req: &RequestCtx, form: HostForm) -> Result<HostSummary, AppError>;
     async fn host(
         &self,
         req: &RequestCtx,

@@ -6,7 +6,9 @@ use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
 use crate::platform::list::{self, asc, desc, Order, Window};
 use app::error::{AllValid, AppError};
-use app::fleet::{version_string, HostDetail, HostFilter, HostSummary, NetworkInfo, PoolInfo};
+use app::fleet::{
+    version_string, HostDetail, HostFilter, HostForm, HostSummary, NetworkInfo, PoolInfo,
+};
 use app::seam::RequestCtx;
 use app::{Page, Place};
 use serde_json::json;
@@ -97,15 +99,16 @@ pub(super) async fn host_page(
 pub(super) async fn register(
     b: &FleetBackend,
     req: &RequestCtx,
-    name: &str,
-    uri: &str,
-    labels: &str,
-    schedulable: bool,
-    maintenance: bool,
+    form: &HostForm,
 ) -> Result<HostSummary> {
     req.fleet_admin()?;
-    let (name, uri, labels) =
-        (parse_host_name(name), parse_uri(uri), parse_labels(labels)).all_valid()?;
+    let NewHost {
+        name,
+        uri,
+        labels,
+        schedulable,
+        maintenance,
+    } = NewHost::try_from(form)?;
     let simulated_file = simulated_file(&uri, b.simulated_fleets.as_deref())?;
     // Saving tests the connection; libvirt's own words go next to the URI, except for a
     // simulated host's file, whose parse errors would quote the file's content.
@@ -300,7 +303,40 @@ pub(super) async fn reconcile(b: &FleetBackend, req: &RequestCtx, host_id: Uuid)
 }
 
 /// A host name: lowercase letters, digits and hyphens, at most 63, starting alphanumeric.
-pub fn parse_host_name(raw: &str) -> Result<String, AppError> {
+/// A host registration that passed every check that needs neither the database nor the
+/// host (saving connects to it; a simulated host's file is checked then).
+#[derive(Debug, PartialEq)]
+pub(super) struct NewHost {
+    pub(super) name: String,
+    pub(super) uri: String,
+    /// Lower-case, in the order typed.
+    pub(super) labels: Vec<String>,
+    pub(super) schedulable: bool,
+    pub(super) maintenance: bool,
+}
+
+impl TryFrom<&HostForm> for NewHost {
+    type Error = AppError;
+
+    /// Every bad field is named at once.
+    fn try_from(form: &HostForm) -> Result<Self, AppError> {
+        let (name, uri, labels) = (
+            parse_host_name(&form.name),
+            parse_uri(&form.uri),
+            parse_labels(&form.labels),
+        )
+            .all_valid()?;
+        Ok(NewHost {
+            name,
+            uri,
+            labels,
+            schedulable: form.schedulable,
+            maintenance: form.maintenance,
+        })
+    }
+}
+
+pub(super) fn parse_host_name(raw: &str) -> Result<String, AppError> {
     let s = raw.trim();
     let ok = !s.is_empty()
         && s.len() <= 63
@@ -318,7 +354,7 @@ pub fn parse_host_name(raw: &str) -> Result<String, AppError> {
 }
 
 /// A libvirt URI of a kind Concierge manages.
-pub fn parse_uri(raw: &str) -> Result<String, AppError> {
+pub(super) fn parse_uri(raw: &str) -> Result<String, AppError> {
     let s = raw.trim();
     const SCHEMES: [&str; 5] = [
         "qemu:///",
@@ -382,7 +418,7 @@ pub(super) fn simulated_file(
     }
 }
 
-pub fn parse_labels(raw: &str) -> Result<Vec<String>, AppError> {
+pub(super) fn parse_labels(raw: &str) -> Result<Vec<String>, AppError> {
     let labels: Vec<String> = raw
         .split(',')
         .map(|l| l.trim().to_lowercase())

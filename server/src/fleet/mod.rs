@@ -13,15 +13,14 @@ use crate::hypervisor::Hypervisors;
 use crate::metering::metrics::Range;
 use app::error::AppError;
 use app::fleet::{
-    ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostSummary, VmDetail,
-    VolumeInfo,
+    ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostForm, HostSummary,
+    VmDetail, VolumeInfo,
 };
 use app::seam::{Fleet, RequestCtx};
 use app::{Page, Place};
 use async_trait::async_trait;
 pub use dashboard::Kept;
 use hosts::*;
-pub use hosts::{parse_host_name, parse_labels, parse_uri};
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -99,16 +98,8 @@ impl Fleet for FleetBackend {
         dashboard::dashboard(self, req).await
     }
 
-    async fn register(
-        &self,
-        req: &RequestCtx,
-        name: &str,
-        uri: &str,
-        labels: &str,
-        schedulable: bool,
-        maintenance: bool,
-    ) -> Result<HostSummary, AppError> {
-        Ok(hosts::register(self, req, name, uri, labels, schedulable, maintenance).await?)
+    async fn register(&self, req: &RequestCtx, form: HostForm) -> Result<HostSummary, AppError> {
+        Ok(hosts::register(self, req, &form).await?)
     }
 
     async fn host(
@@ -244,6 +235,7 @@ impl Fleet for FleetBackend {
 
 #[cfg(test)]
 mod tests {
+    use super::hosts::{parse_host_name, parse_labels, parse_uri, NewHost};
     use super::*;
 
     #[test]
@@ -272,5 +264,36 @@ mod tests {
             vec!["gpu", "ssd", "rack-1"]
         );
         assert!(parse_labels("bad label").is_err());
+    }
+
+    #[test]
+    fn a_host_form_names_every_bad_field_at_once() {
+        let form = HostForm {
+            name: " kvm-01 ".into(),
+            uri: " qemu:///system ".into(),
+            labels: "GPU".into(),
+            schedulable: true,
+            maintenance: false,
+        };
+        let host = NewHost::try_from(&form).unwrap();
+        assert_eq!(
+            (
+                host.name.as_str(),
+                host.uri.as_str(),
+                host.labels,
+                host.schedulable
+            ),
+            ("kvm-01", "qemu:///system", vec!["gpu".to_string()], true)
+        );
+        let bad = HostForm {
+            name: "KVM 01".into(),
+            uri: "http://kvm1".into(),
+            labels: "bad label".into(),
+            ..form
+        };
+        let err = NewHost::try_from(&bad).unwrap_err();
+        for field in ["name", "uri", "labels"] {
+            assert!(err.field_message(field).is_some(), "{field}: {err:?}");
+        }
     }
 }

@@ -238,6 +238,79 @@ fn parse_price(raw: &str, field: &str) -> Result<f64, AppError> {
         })
 }
 
+/// A rate card form that passed every check; every bad field is named at once.
+#[derive(Debug, PartialEq)]
+struct RateCardFields {
+    /// None: every template without a card of its own.
+    template: Option<Uuid>,
+    /// Three upper-case letters.
+    currency: String,
+    vcpu_hour: f64,
+    memory_gib_hour: f64,
+    disk_gib_hour: f64,
+    valid_from: Date,
+    /// After `valid_from`; None: open-ended.
+    valid_to: Option<Date>,
+}
+
+impl TryFrom<&RateCardForm> for RateCardFields {
+    type Error = AppError;
+
+    fn try_from(form: &RateCardForm) -> Result<Self, AppError> {
+        let currency = form.currency.trim().to_uppercase();
+        let currency = if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
+            Ok(currency)
+        } else {
+            Err(AppError::field(
+                "currency",
+                "Use a three-letter currency code such as EUR.",
+            ))
+        };
+        let prices = (
+            parse_price(&form.vcpu_hour, "vcpu_hour"),
+            parse_price(&form.memory_gib_hour, "memory_gib_hour"),
+            parse_price(&form.disk_gib_hour, "disk_gib_hour"),
+        );
+        let from = parse_date(&form.valid_from, "valid_from");
+        let to = if form.valid_to.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse_date(&form.valid_to, "valid_to").map(Some)
+        };
+        let order = match (&from, &to) {
+            (Ok(f), Ok(Some(t))) if t <= f => Err(AppError::field(
+                "valid_to",
+                "The end must be after the start.",
+            )),
+            _ => Ok(()),
+        };
+        let template = if form.template_id.trim().is_empty() {
+            Ok(None)
+        } else {
+            Uuid::parse_str(form.template_id.trim())
+                .map(Some)
+                .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
+        };
+        let (
+            currency,
+            (vcpu_hour, memory_gib_hour, disk_gib_hour),
+            valid_from,
+            valid_to,
+            template,
+            (),
+        ) = (currency, prices.all_valid(), from, to, template, order).all_valid()?;
+        Ok(RateCardFields {
+            template,
+            currency,
+            vcpu_hour,
+            memory_gib_hour,
+            disk_gib_hour,
+            valid_from,
+            valid_to,
+        })
+    }
+}
+
 #[async_trait]
 impl Reports for ReportsBackend {
     #[tracing::instrument(skip_all)]
@@ -538,62 +611,28 @@ impl Reports for ReportsBackend {
     async fn add_rate_card(&self, req: &RequestCtx, form: RateCardForm) -> Result<Uuid, AppError> {
         seam(async move {
             req.fleet_admin()?;
-            let currency = form.currency.trim().to_uppercase();
-            let currency = if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
-                Ok(currency)
-            } else {
-                Err(AppError::field(
-                    "currency",
-                    "Use a three-letter currency code such as EUR.",
-                ))
-            };
-            let prices = (
-                parse_price(&form.vcpu_hour, "vcpu_hour"),
-                parse_price(&form.memory_gib_hour, "memory_gib_hour"),
-                parse_price(&form.disk_gib_hour, "disk_gib_hour"),
-            );
-            let from = parse_date(&form.valid_from, "valid_from");
-            let to = if form.valid_to.trim().is_empty() {
-                Ok(None)
-            } else {
-                parse_date(&form.valid_to, "valid_to").map(Some)
-            };
-            let order = match (&from, &to) {
-                (Ok(f), Ok(Some(t))) if t <= f => Err(AppError::field(
-                    "valid_to",
-                    "The end must be after the start.",
-                )),
-                _ => Ok(()),
-            };
-            let template = if form.template_id.trim().is_empty() {
-                Ok(None)
-            } else {
-                Uuid::parse_str(form.template_id.trim())
-                    .map(Some)
-                    .map_err(|_| AppError::field("template_id", "Choose a template from the list."))
-            };
-            let (currency, (v, m, d), from, to, template, ()) =
-                (currency, prices.all_valid(), from, to, template, order).all_valid()?;
+            let card = RateCardFields::try_from(&form)?;
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             let id: Uuid = sqlx::query_scalar(
                 "INSERT INTO rate_cards (template_id, currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from, valid_to)
                  VALUES ($1, $2, $3::float8::numeric, $4::float8::numeric, $5::float8::numeric, $6, $7) RETURNING id",
             )
-            .bind(template)
-            .bind(&currency)
-            .bind(v)
-            .bind(m)
-            .bind(d)
-            .bind(from.midnight().assume_utc())
-            .bind(to.map(|t| t.midnight().assume_utc()))
+            .bind(card.template)
+            .bind(&card.currency)
+            .bind(card.vcpu_hour)
+            .bind(card.memory_gib_hour)
+            .bind(card.disk_gib_hour)
+            .bind(card.valid_from.midnight().assume_utc())
+            .bind(card.valid_to.map(|t| t.midnight().assume_utc()))
             .fetch_one(&mut *tx)
             .await?;
             audit::record(
                 &mut tx,
                 &Origin::of(req),
                 Event::new("rate_card.create", "rate_card", id).after(json!({
-                    "template": template, "currency": currency, "vcpu_hour": v, "memory_gib_hour": m,
-                    "disk_gib_hour": d, "valid_from": iso(from), "valid_to": to.map(iso),
+                    "template": card.template, "currency": card.currency, "vcpu_hour": card.vcpu_hour,
+                    "memory_gib_hour": card.memory_gib_hour, "disk_gib_hour": card.disk_gib_hour,
+                    "valid_from": iso(card.valid_from), "valid_to": card.valid_to.map(iso),
                 })),
             )
             .await?;
@@ -737,5 +776,45 @@ mod tests {
             .field_message("from")
             .is_some());
         assert!(group_sql("'; DROP TABLE x").is_err());
+    }
+
+    #[test]
+    fn rate_card_form_names_every_bad_field_at_once() {
+        let good = RateCardForm {
+            template_id: String::new(),
+            currency: " eur ".into(),
+            vcpu_hour: "0.02".into(),
+            memory_gib_hour: "0.005".into(),
+            disk_gib_hour: "0".into(),
+            valid_from: "2026-12-01".into(),
+            valid_to: String::new(),
+        };
+        let card = RateCardFields::try_from(&good).unwrap();
+        assert_eq!(
+            (card.currency.as_str(), card.template, card.valid_to),
+            ("EUR", None, None)
+        );
+        assert_eq!(card.vcpu_hour, 0.02);
+        let bad = RateCardForm {
+            template_id: "not-a-uuid".into(),
+            currency: "EURO".into(),
+            vcpu_hour: "-1".into(),
+            memory_gib_hour: "NaN".into(),
+            disk_gib_hour: "1,5".into(),
+            valid_from: "2026-12-01".into(),
+            valid_to: "2026-11-30".into(),
+        };
+        let err = RateCardFields::try_from(&bad).unwrap_err();
+        for field in [
+            "template_id",
+            "currency",
+            "vcpu_hour",
+            "memory_gib_hour",
+            "disk_gib_hour",
+            "valid_to",
+        ] {
+            assert!(err.field_message(field).is_some(), "{field}: {err:?}");
+        }
+        assert!(err.field_message("valid_from").is_none());
     }
 }

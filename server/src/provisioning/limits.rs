@@ -65,13 +65,12 @@ pub(super) async fn set_quota(
     if !allowed {
         return Err(authz::refuse_tenant(actor, tenant_id).into());
     }
-    let parsed = (
-        parse_limit(&limits.vcpus, "vcpus", 100_000),
-        parse_gib_as_mib(&limits.memory_gib, "memory_gib", 0.0, 1_000_000.0),
-        parse_limit(&limits.disk_gib, "disk_gib", 10_000_000),
-        parse_limit(&limits.vms, "vms", 100_000),
-    );
-    let (vcpus, memory, disk, vms) = parsed.all_valid()?;
+    let Limits {
+        vcpus,
+        memory_mib: memory,
+        disk_gib: disk,
+        vms,
+    } = Limits::try_from(&limits)?;
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let origin = Origin::of(req);
     let after = json!({ "vcpus": vcpus, "memory_mib": memory, "disk_gib": disk, "vms": vms });
@@ -95,10 +94,10 @@ pub(super) async fn set_quota(
         .await?;
         if let Some((tv, tm, td, tn)) = tenant_limits {
             let over = [
-                (vcpus > i64::from(tv), "vcpus"),
+                (vcpus > tv, "vcpus"),
                 (memory > tm, "memory_gib"),
                 (disk > td, "disk_gib"),
-                (vms > i64::from(tn), "vms"),
+                (vms > tn, "vms"),
             ];
             let errors = over.iter().filter(|(o, _)| *o).map(|(_, f)| {
                 Some(AppError::field(
@@ -134,10 +133,10 @@ pub(super) async fn set_quota(
     };
     let mut query = sqlx::query(sql)
         .bind(tenant_id)
-        .bind(vcpus as i32)
+        .bind(vcpus)
         .bind(memory)
         .bind(disk)
-        .bind(vms as i32);
+        .bind(vms);
     if let Some(user) = user {
         query = query.bind(user);
     }
@@ -156,36 +155,10 @@ pub(super) async fn set_policy(
     if !authz::administers(actor, tenant_id) {
         return Err(authz::refuse_tenant(actor, tenant_id).into());
     }
-    let parsed = (
-        parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
-        parse_gib_as_mib(
-            &form.auto_max_memory_gib,
-            "auto_max_memory_gib",
-            0.0,
-            1024.0,
-        ),
-        parse_limit(&form.auto_max_count, "auto_max_count", i64::from(MAX_COUNT)),
-        parse_limit(&form.auto_max_lease_days, "auto_max_lease_days", 3650),
-        parse_limit(&form.expire_days, "expire_days", 365).and_then(|d| {
-            if d == 0 {
-                Err(AppError::field(
-                    "expire_days",
-                    "Enter a whole number from 1 to 365.",
-                ))
-            } else {
-                Ok(d)
-            }
-        }),
-        if form.level.is_empty() {
-            approval::parse_levels(&form.levels)
-        } else {
-            approval::level_rows(&form.level)
-        },
-    );
-    let (v, m, c, l, e, levels) = parsed.all_valid()?;
+    let policy = PolicyFields::try_from(&form)?;
     let mut tx = db::begin(&b.pool, ProvisioningBackend::scope(actor, tenant_id)).await?;
     let mut resolved = Vec::new();
-    for (all, emails) in &levels {
+    for (all, emails) in &policy.levels {
         let ids: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT u.id, lower(u.email) FROM users u JOIN memberships m ON m.user_id = u.id AND m.tenant_id = $1
              WHERE lower(u.email) = ANY($2) AND m.role IN ('approver', 'tenant_admin')",
@@ -204,20 +177,18 @@ pub(super) async fn set_policy(
         resolved.push((*all, ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>()));
     }
     // Templates that may be auto-approved, by name among those offered to the tenant.
-    let names: Vec<String> = form
-        .auto_templates
-        .split(',')
-        .map(|n| n.trim().to_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
     let found: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT id, lower(name) FROM templates WHERE lower(name) = ANY($1) AND (all_tenants OR $2 = ANY(tenant_ids))",
     )
-    .bind(&names)
+    .bind(&policy.auto_templates)
     .bind(tenant_id)
     .fetch_all(&mut *tx)
     .await?;
-    if let Some(missing) = names.iter().find(|n| !found.iter().any(|(_, f)| f == *n)) {
+    if let Some(missing) = policy
+        .auto_templates
+        .iter()
+        .find(|n| !found.iter().any(|(_, f)| f == *n))
+    {
         return Err(AppError::field(
             "auto_templates",
             format!("No template named \u{201c}{missing}\u{201d} is offered to this tenant."),
@@ -234,11 +205,11 @@ pub(super) async fn set_policy(
              auto_template_ids = excluded.auto_template_ids",
     )
     .bind(tenant_id)
-    .bind(v as i32)
-    .bind(m)
-    .bind(c as i32)
-    .bind(l as i32)
-    .bind(e as i32)
+    .bind(policy.auto_max_vcpus)
+    .bind(policy.auto_max_memory_mib)
+    .bind(policy.auto_max_count)
+    .bind(policy.auto_max_lease_days)
+    .bind(policy.expire_days)
     .bind(&auto_templates)
     .execute(&mut *tx)
     .await?;
@@ -261,8 +232,12 @@ pub(super) async fn set_policy(
         Event::new("policy.set", "tenant", tenant_id)
             .tenant(tenant_id)
             .after(json!({
-                "auto_max_vcpus": v, "auto_max_memory_mib": m, "auto_max_count": c,
-                "auto_max_lease_days": l, "expire_days": e, "levels": form.levels,
+                "auto_max_vcpus": policy.auto_max_vcpus,
+                "auto_max_memory_mib": policy.auto_max_memory_mib,
+                "auto_max_count": policy.auto_max_count,
+                "auto_max_lease_days": policy.auto_max_lease_days,
+                "expire_days": policy.expire_days,
+                "levels": policy.levels_text(),
             "auto_templates": auto_templates,
             })),
     )
@@ -296,10 +271,184 @@ pub(super) async fn my_quota(
     Ok(quota::effect(&mut tx, tenant_id, actor.user_id, Amount::default()).await?)
 }
 
-pub(super) fn parse_limit(raw: &str, field: &str, max: i64) -> Result<i64, AppError> {
+/// Quota limits as typed, checked: each from 0 to a ceiling no real tenant reaches.
+#[derive(Debug, PartialEq)]
+struct Limits {
+    vcpus: i32,
+    memory_mib: i64,
+    disk_gib: i64,
+    vms: i32,
+}
+
+impl TryFrom<&LimitsForm> for Limits {
+    type Error = AppError;
+
+    fn try_from(form: &LimitsForm) -> Result<Self, AppError> {
+        let (vcpus, memory_mib, disk_gib, vms) = (
+            parse_limit(&form.vcpus, "vcpus", 100_000),
+            parse_gib_as_mib(&form.memory_gib, "memory_gib", 0.0, 1_000_000.0),
+            parse_limit(&form.disk_gib, "disk_gib", 10_000_000),
+            parse_limit(&form.vms, "vms", 100_000),
+        )
+            .all_valid()?;
+        Ok(Limits {
+            vcpus: vcpus as i32,
+            memory_mib,
+            disk_gib,
+            vms: vms as i32,
+        })
+    }
+}
+
+/// An approval policy form that passed every check that needs no database (the approvers
+/// and template names are looked up by `set_policy`).
+#[derive(Debug, PartialEq)]
+struct PolicyFields {
+    auto_max_vcpus: i32,
+    auto_max_memory_mib: i64,
+    auto_max_count: i32,
+    auto_max_lease_days: i32,
+    /// 1 to 365.
+    expire_days: i32,
+    /// Each level: all must approve (else any), and the approvers' lower-case e-mails
+    /// (none: any approver of the tenant).
+    levels: Vec<(bool, Vec<String>)>,
+    /// Lower-case template names; empty: any template.
+    auto_templates: Vec<String>,
+}
+
+impl PolicyFields {
+    /// The levels as the text form writes them, for the audit trail.
+    fn levels_text(&self) -> String {
+        self.levels
+            .iter()
+            .map(|(all, emails)| {
+                format!(
+                    "{}: {}",
+                    if *all { "all" } else { "any" },
+                    emails.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl TryFrom<&PolicyForm> for PolicyFields {
+    type Error = AppError;
+
+    fn try_from(form: &PolicyForm) -> Result<Self, AppError> {
+        let expire_days = parse_limit(&form.expire_days, "expire_days", 365).and_then(|d| {
+            if d == 0 {
+                Err(AppError::field(
+                    "expire_days",
+                    "Enter a whole number from 1 to 365.",
+                ))
+            } else {
+                Ok(d)
+            }
+        });
+        // The page sends level rows; API clients may send the text form instead.
+        let levels = if form.level.is_empty() {
+            approval::parse_levels(&form.levels)
+        } else {
+            approval::level_rows(&form.level)
+        };
+        let (vcpus, memory, count, lease, expire_days, levels) = (
+            parse_limit(&form.auto_max_vcpus, "auto_max_vcpus", 128),
+            parse_gib_as_mib(
+                &form.auto_max_memory_gib,
+                "auto_max_memory_gib",
+                0.0,
+                1024.0,
+            ),
+            parse_limit(&form.auto_max_count, "auto_max_count", i64::from(MAX_COUNT)),
+            parse_limit(&form.auto_max_lease_days, "auto_max_lease_days", 3650),
+            expire_days,
+            levels,
+        )
+            .all_valid()?;
+        let auto_templates = form
+            .auto_templates
+            .split(',')
+            .map(|n| n.trim().to_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        Ok(PolicyFields {
+            auto_max_vcpus: vcpus as i32,
+            auto_max_memory_mib: memory,
+            auto_max_count: count as i32,
+            auto_max_lease_days: lease as i32,
+            expire_days: expire_days as i32,
+            levels,
+            auto_templates,
+        })
+    }
+}
+
+fn parse_limit(raw: &str, field: &str, max: i64) -> Result<i64, AppError> {
     raw.trim()
         .parse::<i64>()
         .ok()
         .filter(|v| (0..=max).contains(v))
         .ok_or_else(|| AppError::field(field, format!("Enter a whole number from 0 to {max}.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_whole_numbers_in_range_and_memory_is_gib() {
+        let form = |vcpus: &str, memory: &str, disk: &str, vms: &str| LimitsForm {
+            vcpus: vcpus.into(),
+            memory_gib: memory.into(),
+            disk_gib: disk.into(),
+            vms: vms.into(),
+        };
+        assert_eq!(
+            Limits::try_from(&form(" 8 ", "1.5", "100", "0")).unwrap(),
+            Limits {
+                vcpus: 8,
+                memory_mib: 1536,
+                disk_gib: 100,
+                vms: 0
+            }
+        );
+        let err = Limits::try_from(&form("-1", "lots", "1e3", "100001")).unwrap_err();
+        for field in ["vcpus", "memory_gib", "disk_gib", "vms"] {
+            assert!(err.field_message(field).is_some(), "{field}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn policy_form_names_every_bad_field_and_reads_levels_and_templates() {
+        let form = PolicyForm {
+            auto_max_vcpus: "4".into(),
+            auto_max_memory_gib: "8".into(),
+            auto_max_count: "2".into(),
+            auto_max_lease_days: "30".into(),
+            expire_days: "7".into(),
+            levels: "any: Ann@Example.com\nall: bob@example.com, cy@example.com".into(),
+            auto_templates: " Small , ,debian ".into(),
+            level: Vec::new(),
+        };
+        let p = PolicyFields::try_from(&form).unwrap();
+        assert_eq!(p.auto_max_memory_mib, 8192);
+        assert_eq!(p.auto_templates, ["small", "debian"]);
+        assert_eq!(p.levels.len(), 2);
+        assert!(!p.levels[0].0 && p.levels[1].0);
+        let bad = PolicyForm {
+            auto_max_vcpus: "129".into(),
+            auto_max_count: (MAX_COUNT + 1).to_string(),
+            expire_days: "0".into(),
+            levels: "some: x@example.com".into(),
+            ..form
+        };
+        let err = PolicyFields::try_from(&bad).unwrap_err();
+        for field in ["auto_max_vcpus", "auto_max_count", "expire_days", "levels"] {
+            assert!(err.field_message(field).is_some(), "{field}: {err:?}");
+        }
+        assert!(err.field_message("auto_max_memory_gib").is_none());
+    }
 }
