@@ -1,7 +1,11 @@
 //! Hosts and inventory against libvirt's test driver.
 
 use crate::common::*;
+use app::fleet::{DiskInfo, DomainSummary, HostDetail, HostSummary};
+use app::provisioning::ManagedVm;
+use app::Page;
 use concierge::hypervisor::simulation;
+use serde::de::DeserializeOwned;
 use std::time::{Duration, Instant};
 
 async fn wait_for<F, Fut>(what: &str, mut check: F)
@@ -62,8 +66,8 @@ async fn a_simulated_fleet_is_inventoried_and_unmanaged_domains_are_drift() {
     let admin = app.fleet_admin().await;
     let dir = tempdir();
     let uri = simulation::write_node(&dir, "sim-a", 30).unwrap();
-    let host = admin
-        .call(
+    let host: HostSummary = admin
+        .call_as(
             "register_host",
             &[
                 ("name", "sim-a"),
@@ -74,32 +78,37 @@ async fn a_simulated_fleet_is_inventoried_and_unmanaged_domains_are_drift() {
         )
         .await
         .unwrap();
-    let id = host["id"].as_str().unwrap().to_string();
-    assert_eq!(host["labels"], serde_json::json!(["ssd", "rack-1"]));
-    assert_eq!(host["cpus"], 64);
+    let id = host.id.to_string();
+    assert_eq!(host.labels, ["ssd", "rack-1"]);
+    assert_eq!(host.cpus, Some(64));
     let detail_ok = || async {
-        let d = admin.call("get_host", &[("host_id", &id)]).await.unwrap();
-        d["domains"]["total"] == 30 && d["host"]["state"] == "connected"
+        let d: HostDetail = admin
+            .call_as("get_host", &[("host_id", &id)])
+            .await
+            .unwrap();
+        d.domains.total == 30 && d.host.state == "connected"
     };
     wait_for("the first reconcile", detail_ok).await;
     admin
         .call("reconcile_host", &[("host_id", &id)])
         .await
         .unwrap();
-    let d = admin
-        .call(
+    let d: HostDetail = admin
+        .call_as(
             "get_host",
             &[("host_id", &id), ("search", "vm-2"), ("page", "1")],
         )
         .await
         .unwrap();
     // vm-2, vm-20 … vm-29
-    assert_eq!(d["domains"]["total"], 11);
-    assert_eq!(d["pools"][0]["name"], "sim-a-pool");
-    assert!(d["pools"][0]["capacity"].as_i64().unwrap() > 0);
-    assert_eq!(d["networks"][0]["name"], "sim-a-net");
-    assert_eq!(d["host"]["running"], 30 - 10 - 3); // 10 shut off, 3 paused (i%7==6 and i%3!=2)
-    let states: Vec<(String, String, i32, i64, serde_json::Value)> = sqlx::query_as(
+    assert_eq!(d.domains.total, 11);
+    assert_eq!(d.pools[0].name, "sim-a-pool");
+    assert!(d.pools[0].capacity > 0);
+    assert_eq!(d.networks[0].name, "sim-a-net");
+    assert_eq!(d.host.running, 30 - 10 - 3); // 10 shut off, 3 paused (i%7==6 and i%3!=2)
+    type Row = (String, String, i32, i64, sqlx::types::Json<Vec<DiskInfo>>);
+    // The stored column holds the disks as the inventory serialized them (`DiskInfo`).
+    let states: Vec<Row> = sqlx::query_as(
         "SELECT name, state, vcpus, memory_kib, disks FROM domains WHERE name IN ('sim-a-vm-0', 'sim-a-vm-2', 'sim-a-vm-6') ORDER BY name",
     )
     .fetch_all(&app.db)
@@ -109,10 +118,10 @@ async fn a_simulated_fleet_is_inventoried_and_unmanaged_domains_are_drift() {
     assert_eq!(states[1].1, "shutoff");
     assert_eq!(states[2].1, "paused");
     assert_eq!((states[0].2, states[0].3), (1, 512 * 1024));
-    assert_eq!(states[0].4[0]["format"], "qcow2");
-    let drift = admin.call("list_drift", &[]).await.unwrap();
+    assert_eq!(states[0].4[0].format.as_deref(), Some("qcow2"));
+    let drift: Page<DomainSummary> = admin.call_as("list_drift", &[]).await.unwrap();
     assert_eq!(
-        drift["total"], 30,
+        drift.total, 30,
         "nothing was created by the portal: all 30 are drift"
     );
     let actions = app.audit_actions().await;
@@ -137,14 +146,14 @@ async fn lifecycle_events_update_rows_at_once_and_vanished_domains_are_marked_mi
     // subscription sees the events.
     let app = spawn_app().await;
     let admin = app.fleet_admin().await;
-    let host = admin
-        .call(
+    let host: HostSummary = admin
+        .call_as(
             "register_host",
             &[("name", "default"), ("uri", "test:///default")],
         )
         .await
         .unwrap();
-    let id: uuid::Uuid = host["id"].as_str().unwrap().parse().unwrap();
+    let id = host.id;
     let db = app.db.clone();
     wait_for("the default domain", || {
         let db = db.clone();
@@ -315,34 +324,27 @@ async fn simulated_hosts_open_only_files_in_their_directory_and_never_echo_conte
 }
 
 /// Follows a list's Next links from page 1 to the end, then its Previous links back, and
-/// checks every page against the same page asked for by number.
-async fn walk(
+/// checks every page against the same page asked for by number (items named by `key`).
+async fn walk<T: DeserializeOwned>(
     client: &Client,
     endpoint: &str,
     form: &[(&str, &str)],
-    name: &str,
+    key: fn(&T) -> String,
 ) -> Vec<Vec<String>> {
-    let names = |page: &serde_json::Value| -> Vec<String> {
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i[name].as_str().unwrap().to_string())
-            .collect()
-    };
+    let names = |page: &Page<T>| -> Vec<String> { page.items.iter().map(key).collect() };
     let call = |extra: Vec<(&'static str, String)>| {
         let mut f: Vec<(&str, String)> = form.iter().map(|(k, v)| (*k, v.to_string())).collect();
         f.extend(extra);
         async move {
             let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            client.call(endpoint, &f).await.unwrap()
+            client.call_as::<Page<T>>(endpoint, &f).await.unwrap()
         }
     };
     let mut page = call(vec![]).await;
     let mut forwards = vec![names(&page)];
-    assert!(page["before"].is_null(), "page 1 has no Previous cursor");
-    while let Some(after) = page["after"].as_str().map(String::from) {
-        let n = page["page"].as_u64().unwrap() + 1;
+    assert!(page.before.is_none(), "page 1 has no Previous cursor");
+    while let Some(after) = page.after.clone() {
+        let n = page.page + 1;
         page = call(vec![("page", n.to_string()), ("after", after)]).await;
         let by_number = call(vec![("page", n.to_string())]).await;
         assert_eq!(
@@ -354,7 +356,7 @@ async fn walk(
     }
     let mut n = forwards.len();
     while n > 2 {
-        let before = page["before"].as_str().unwrap().to_string();
+        let before = page.before.clone().unwrap();
         n -= 1;
         page = call(vec![("page", n.to_string()), ("before", before)]).await;
         assert_eq!(names(&page), forwards[n - 1], "page {n} read backwards");
@@ -379,7 +381,10 @@ async fn deep_pages_follow_cursors_and_match_pages_by_number() {
         app.scalar_i64("SELECT count(*) FROM domains").await == 120
     })
     .await;
-    let pages = walk(&admin, "list_drift", &[], "name").await;
+    let pages = walk(&admin, "list_drift", &[], |d: &DomainSummary| {
+        d.name.clone()
+    })
+    .await;
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [50, 50, 20]);
     let all: Vec<&String> = pages.iter().flatten().collect();
     let mut sorted = all.clone();
@@ -407,7 +412,13 @@ async fn deep_pages_follow_cursors_and_match_pages_by_number() {
     .await
     .unwrap();
     for sort in ["name", "lease", "created", "state"] {
-        let pages = walk(&admin, "my_vms", &[("all", "true"), ("sort", sort)], "uuid").await;
+        let pages = walk(
+            &admin,
+            "my_vms",
+            &[("all", "true"), ("sort", sort)],
+            |v: &ManagedVm| v.uuid.to_string(),
+        )
+        .await;
         let mut seen: Vec<&String> = pages.iter().flatten().collect();
         assert_eq!(seen.len(), 60, "sorted by {sort}");
         seen.sort();

@@ -2,6 +2,10 @@
 //! is recorded.
 
 use crate::common::*;
+use app::console::ConsoleTicket;
+use app::fleet::{ChartUnit, ChartView, DomainSummary, HostDetail, HostSummary, VmDetail};
+use app::live::LiveEvent;
+use app::Page;
 use concierge::hypervisor::simulation;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -62,11 +66,11 @@ async fn setup() -> Fleet {
     let dir = std::env::temp_dir().join(format!("concierge-lc-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let uri = simulation::write_node(&dir, "lc", 4).unwrap();
-    let host = fleet
-        .call("register_host", &[("name", "lc"), ("uri", &uri)])
+    let host: HostSummary = fleet
+        .call_as("register_host", &[("name", "lc"), ("uri", &uri)])
         .await
         .unwrap();
-    let host = host["id"].as_str().unwrap().to_string();
+    let host = host.id.to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.scalar_i64("SELECT count(*) FROM domains").await < 4 {
         assert!(Instant::now() < deadline, "inventory never arrived");
@@ -143,24 +147,17 @@ async fn owners_tenant_admins_and_fleet_admins_run_lifecycle_actions_others_cann
     act(&f.admin_a, &f.host, &vm0, "resume").await.unwrap();
     wait_state(&f.app, "lc-vm-0", "running").await;
     act(&f.fleet, &f.host, &vm0, "reboot").await.unwrap();
-    let vm = f
+    let vm: VmDetail = f
         .owner
-        .call("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
+        .call_as("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
         .await
         .unwrap();
-    assert_eq!(vm["domain"]["owner_email"], "owner@example.com");
-    assert_eq!(vm["disks"][0]["format"], "qcow2");
-    let ops: Vec<String> = vm["operations"]
-        .as_array()
-        .unwrap()
+    assert_eq!(vm.domain.owner_email.as_deref(), Some("owner@example.com"));
+    assert_eq!(vm.disks[0].format.as_deref(), Some("qcow2"));
+    let ops: Vec<String> = vm
+        .operations
         .iter()
-        .map(|o| {
-            format!(
-                "{}:{}",
-                o["operation"].as_str().unwrap(),
-                o["status"].as_str().unwrap()
-            )
-        })
+        .map(|o| format!("{}:{}", o.operation, o.status))
         .collect();
     assert_eq!(
         ops,
@@ -262,7 +259,7 @@ async fn console_tickets_go_to_those_who_may_act_on_the_vm() {
         let (host, vm0) = (f.host.clone(), vm0.clone());
         let c = c.clone();
         async move {
-            c.call(
+            c.call_as::<ConsoleTicket>(
                 "open_console",
                 &[("host_id", &host), ("uuid", &vm0), ("kind", kind)],
             )
@@ -288,7 +285,7 @@ async fn console_tickets_go_to_those_who_may_act_on_the_vm() {
     assert_field_error(&r, "kind");
     for c in [&f.owner, &f.admin_a, &f.fleet] {
         let t = ticket(c, "serial").await.unwrap();
-        assert!(t["url"].as_str().unwrap().contains("/console/ws"), "{t}");
+        assert!(t.url.contains("/console/ws"), "{t:?}");
     }
     assert_eq!(
         f.app
@@ -323,15 +320,21 @@ async fn adoption_needs_a_member_owner_and_only_fleet_admins() {
         assert_field_error(&r, "owner_email"),
         "The owner must be an active member of that tenant."
     );
-    let drift_before = f.fleet.call("list_drift", &[]).await.unwrap()["total"]
-        .as_i64()
-        .unwrap();
+    let drift_before = f
+        .fleet
+        .call_as::<Page<DomainSummary>>("list_drift", &[])
+        .await
+        .unwrap()
+        .total;
     let body = form("other@example.com");
     let body: Vec<(&str, &str)> = body.iter().map(|(k, v)| (*k, v.as_str())).collect();
     f.fleet.call("adopt_vm", &body).await.unwrap();
-    let drift_after = f.fleet.call("list_drift", &[]).await.unwrap()["total"]
-        .as_i64()
-        .unwrap();
+    let drift_after = f
+        .fleet
+        .call_as::<Page<DomainSummary>>("list_drift", &[])
+        .await
+        .unwrap()
+        .total;
     assert_eq!(drift_after, drift_before - 1);
     let r = f.fleet.call("adopt_vm", &body).await;
     assert!(matches!(r, Err((409, _))), "{r:?}");
@@ -365,7 +368,7 @@ impl Sse {
     }
 
     /// The next event's data within `within`, skipping keep-alive comments.
-    async fn next(&mut self, within: Duration) -> Option<serde_json::Value> {
+    async fn next(&mut self, within: Duration) -> Option<LiveEvent> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(end) = self.buf.find("\n\n") {
@@ -410,9 +413,9 @@ async fn live_updates_reach_only_those_who_may_see_them() {
             .next(Duration::from_secs(1))
             .await
             .unwrap_or_else(|| panic!("{who} got no event within 1 s"));
-        assert_eq!(ev["kind"], "domain");
-        assert_eq!(ev["uuid"], vm0);
-        assert_eq!(ev["state"], "paused");
+        assert_eq!(ev.kind, "domain");
+        assert_eq!(ev.uuid, Some(vm0.parse().unwrap()));
+        assert_eq!(ev.state.as_deref(), Some("paused"));
     }
     eprintln!(
         "measure: change -> event on the page: {:?}",
@@ -445,26 +448,19 @@ async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
         let c = c.clone();
         async move {
             let pairs: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            c.call("vm_charts", &pairs).await
+            c.call_as::<Vec<ChartView>>("vm_charts", &pairs).await
         }
     };
     // The owner, their tenant admin and fleet admins see the VM's four charts.
     for c in [&f.owner, &f.admin_a, &f.fleet] {
         let charts = call(c, "7d").await.expect("charts");
-        let titles: Vec<&str> = charts
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["title"].as_str().unwrap())
-            .collect();
+        let titles: Vec<&str> = charts.iter().map(|c| c.title.as_str()).collect();
         assert_eq!(titles, ["CPU", "Memory", "Disk", "Network"]);
         let first = &charts[0];
-        assert_eq!(first["unit"], "Percent");
-        assert_eq!(first["lines"][0]["label"], "CPU");
-        assert!(
-            first["to_ms"].as_i64().unwrap() - first["from_ms"].as_i64().unwrap() == 7 * 86_400_000
-        );
-        assert!(first["summary"].as_str().unwrap().starts_with("CPU: "));
+        assert_eq!(first.unit, ChartUnit::Percent);
+        assert_eq!(first.lines[0].label, "CPU");
+        assert!(first.to_ms - first.from_ms == 7 * 86_400_000);
+        assert!(first.summary.starts_with("CPU: "));
     }
     // Another requester of the same tenant and another tenant's user do not.
     assert_refused(&call(&f.other, "7d").await, "another requester's VM charts");
@@ -472,12 +468,12 @@ async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
     // A range the picker does not offer is a field error.
     assert_field_error(&call(&f.owner, "2w").await, "range");
     // Fleet charts are for fleet admins.
-    let fleet = f
+    let fleet: Vec<ChartView> = f
         .fleet
-        .call("fleet_charts", &[("range", "6h")])
+        .call_as("fleet_charts", &[("range", "6h")])
         .await
         .unwrap();
-    assert_eq!(fleet.as_array().unwrap().len(), 3);
+    assert_eq!(fleet.len(), 3);
     assert_refused(
         &f.owner.call("fleet_charts", &[("range", "6h")]).await,
         "fleet charts",
@@ -487,31 +483,23 @@ async fn charts_are_scoped_validated_and_the_sampler_writes_host_samples() {
         "range",
     );
     // The hosts list is filtered, sorted and paginated on the server.
-    let hosts = f
-        .fleet
-        .call("host_page", &[("search", "lc")])
-        .await
-        .unwrap();
-    assert_eq!(hosts["total"], 1);
-    assert_eq!(hosts["items"][0]["name"], "lc");
-    let none = f
-        .fleet
-        .call("host_page", &[("search", "nope")])
-        .await
-        .unwrap();
-    assert_eq!(none["total"], 0);
-    let lost = f
-        .fleet
-        .call("host_page", &[("state", "lost")])
-        .await
-        .unwrap();
-    assert_eq!(lost["total"], 0);
-    let fullest = f
-        .fleet
-        .call("host_page", &[("sort", "memory")])
-        .await
-        .unwrap();
-    assert_eq!(fullest["total"], 1);
+    let host_page = |form: &'static [(&'static str, &'static str)]| {
+        let c = f.fleet.clone();
+        async move {
+            c.call_as::<Page<HostSummary>>("host_page", form)
+                .await
+                .unwrap()
+        }
+    };
+    let hosts = host_page(&[("search", "lc")]).await;
+    assert_eq!(hosts.total, 1);
+    assert_eq!(hosts.items[0].name, "lc");
+    let none = host_page(&[("search", "nope")]).await;
+    assert_eq!(none.total, 0);
+    let lost = host_page(&[("state", "lost")]).await;
+    assert_eq!(lost.total, 0);
+    let fullest = host_page(&[("sort", "memory")]).await;
+    assert_eq!(fullest.total, 1);
     assert_field_error(
         &f.fleet.call("host_page", &[("sort", "price")]).await,
         "sort",
@@ -569,12 +557,15 @@ async fn a_shutdown_is_recorded_when_the_guest_is_off_not_when_it_was_asked() {
     assert_eq!(status, "succeeded");
     assert_eq!(detail.as_deref(), Some("The guest shut down."));
     // The page shows the outcome.
-    let vm = f
+    let vm: VmDetail = f
         .owner
-        .call("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
+        .call_as("get_vm", &[("host_id", &f.host), ("uuid", &vm0)])
         .await
         .unwrap();
-    assert_eq!(vm["operations"][0]["detail"], "The guest shut down.");
+    assert_eq!(
+        vm.operations[0].detail.as_deref(),
+        Some("The guest shut down.")
+    );
 }
 
 #[tokio::test]
@@ -604,20 +595,14 @@ async fn a_domain_that_vanished_is_listed_apart_and_a_fleet_admin_can_forget_it(
         .await
         .unwrap();
     assert!(domain(&f.app, "lc-vm-1").await.2, "marked missing");
-    let detail = f
+    let detail: HostDetail = f
         .fleet
-        .call("get_host", &[("host_id", &f.host)])
+        .call_as("get_host", &[("host_id", &f.host)])
         .await
         .unwrap();
-    let names = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["name"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert!(!names(&detail["domains"]["items"]).contains(&"lc-vm-1".to_string()));
-    assert_eq!(names(&detail["missing"]), ["lc-vm-1"]);
+    let names = |v: &[DomainSummary]| -> Vec<String> { v.iter().map(|d| d.name.clone()).collect() };
+    assert!(!names(&detail.domains.items).contains(&"lc-vm-1".to_string()));
+    assert_eq!(names(&detail.missing), ["lc-vm-1"]);
     // Only fleet admins forget.
     for c in [&f.owner, &f.admin_a] {
         assert_refused(

@@ -1,6 +1,7 @@
 //! Storage pools and volumes through the portal, on libvirt's test driver.
 
 use crate::common::*;
+use app::fleet::{HostDetail, HostSummary, VolumeInfo};
 use concierge::hypervisor::simulation;
 
 #[tokio::test]
@@ -17,11 +18,11 @@ async fn pools_volumes_clones_and_copies() {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let uri = simulation::write_node(&dir, "st", 1).unwrap();
-    let host = fleet
-        .call("register_host", &[("name", "st"), ("uri", &uri)])
+    let host: HostSummary = fleet
+        .call_as("register_host", &[("name", "st"), ("uri", &uri)])
         .await
         .unwrap();
-    let h = host["id"].as_str().unwrap().to_string();
+    let h = host.id.to_string();
 
     let before = app.snapshot().await;
     let r = fleet
@@ -54,14 +55,10 @@ async fn pools_volumes_clones_and_copies() {
         )
         .await
         .unwrap();
-    let d = fleet.call("get_host", &[("host_id", &h)]).await.unwrap();
+    let d: HostDetail = fleet.call_as("get_host", &[("host_id", &h)]).await.unwrap();
     assert!(
-        d["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "images" && p["active"] == true),
-        "{d}"
+        d.pools.iter().any(|p| p.name == "images" && p.active),
+        "{d:?}"
     );
 
     let vol = |name: &'static str, kind: &'static str, cap: &'static str, src: &'static str| {
@@ -103,25 +100,16 @@ async fn pools_volumes_clones_and_copies() {
         assert_field_error(&r, "name").starts_with("libvirt refused"),
         "{r:?}"
     );
-    let list = fleet
-        .call("list_volumes", &[("host_id", &h), ("pool", "images")])
+    let list: Vec<VolumeInfo> = fleet
+        .call_as("list_volumes", &[("host_id", &h), ("pool", "images")])
         .await
         .unwrap();
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = list.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["base.qcow2", "vm-1.qcow2", "vm-2.qcow2"]);
-    assert_eq!(list[0]["capacity_bytes"], 10u64 << 30);
+    assert_eq!(list[0].capacity_bytes, 10u64 << 30);
     // The linked clone's base is in use; a copy is not.
-    assert_eq!(
-        list[0]["used_by"],
-        serde_json::json!(["backing file of vm-1.qcow2"]),
-        "{list}"
-    );
-    assert_eq!(list[2]["used_by"], serde_json::json!([]));
+    assert_eq!(list[0].used_by, ["backing file of vm-1.qcow2"], "{list:?}");
+    assert_eq!(list[2].used_by, Vec::<String>::new());
     let delete = |name: &'static str, confirm: &'static str| {
         let (fleet, h) = (&fleet, h.clone());
         async move {
@@ -149,11 +137,11 @@ async fn pools_volumes_clones_and_copies() {
         "{refused:?}"
     );
     delete("vm-2.qcow2", "vm-2.qcow2").await.unwrap();
-    let list = fleet
-        .call("list_volumes", &[("host_id", &h), ("pool", "images")])
+    let list: Vec<VolumeInfo> = fleet
+        .call_as("list_volumes", &[("host_id", &h), ("pool", "images")])
         .await
         .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list.len(), 2);
     let actions = app.audit_actions().await;
     for a in ["pool.create", "volume.create", "volume.delete"] {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
@@ -169,11 +157,11 @@ async fn virtual_networks_define_start_stop_delete() {
         std::env::temp_dir().join(format!("concierge-nets-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let uri = simulation::write_node(&dir, "nets", 0).unwrap();
-    let host = fleet
-        .call("register_host", &[("name", "nets"), ("uri", &uri)])
+    let host: HostSummary = fleet
+        .call_as("register_host", &[("name", "nets"), ("uri", &uri)])
         .await
         .unwrap();
-    let h = host["id"].as_str().unwrap().to_string();
+    let h = host.id.to_string();
     let before = app.snapshot().await;
     let r = fleet
         .call(
@@ -246,24 +234,13 @@ async fn virtual_networks_define_start_stop_delete() {
         .await
         .unwrap();
     let active = || async {
-        let d = fleet.call("get_host", &[("host_id", &h)]).await.unwrap();
-        d["networks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == "lab")
-            .map(|n| {
-                (
-                    n["active"].as_bool().unwrap(),
-                    n["forward_mode"].clone(),
-                    n["missing"].as_bool().unwrap(),
-                )
-            })
+        let d: HostDetail = fleet.call_as("get_host", &[("host_id", &h)]).await.unwrap();
+        d.networks
+            .into_iter()
+            .find(|n| n.name == "lab")
+            .map(|n| (n.active, n.forward_mode, n.missing))
     };
-    assert_eq!(
-        active().await,
-        Some((true, serde_json::json!("nat"), false))
-    );
+    assert_eq!(active().await, Some((true, Some("nat".to_string()), false)));
     fleet
         .call(
             "network_action",
