@@ -6,7 +6,9 @@ use crate::libvirtd::{
     ensure_pool, measure, on_libvirt, register_local_host, tag, timeline, wait_host, wait_request,
     wait_until, Leftovers, ONE_AT_A_TIME, POOL,
 };
-use app::provisioning::ManagedVm;
+use app::account::SshKey;
+use app::provisioning::{ManagedVm, RequestDetail};
+use app::states::RequestState;
 use concierge::hypervisor::storage;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,12 +81,9 @@ fn host_key(port: u16) -> String {
 }
 
 async fn managed(c: &Client, uuid: Uuid) -> ManagedVm {
-    let v = c
-        .call("get_managed_vm", &[("uuid", &uuid.to_string())])
+    c.call_as::<Option<ManagedVm>>("get_managed_vm", &[("uuid", &uuid.to_string())])
         .await
-        .expect("get_managed_vm");
-    serde_json::from_value::<Option<ManagedVm>>(v)
-        .expect("a ManagedVm")
+        .expect("get_managed_vm")
         .expect("the owner sees the VM")
 }
 
@@ -172,7 +171,7 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
     // A template that takes cloud-init, with a snippet of the admin's.
     let snippet = "runcmd:\n  - [touch, /var/tmp/snippet-ran]";
     let template = admin
-        .call(
+        .call_as::<Uuid>(
             "save_template",
             &[
                 ("name", "Debian 12"),
@@ -194,8 +193,6 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
         )
         .await
         .expect("save_template")
-        .as_str()
-        .expect("template id")
         .to_string();
     admin
         .call(
@@ -224,14 +221,11 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
     let keys = tempdir();
     let (ann_key, ann_pub) = keypair(&keys, "ann");
     let (bob_key, bob_pub) = keypair(&keys, "bob");
-    let added = ann
-        .call("add_ssh_key", &[("key", &ann_pub)])
+    let added: SshKey = ann
+        .call_as("add_ssh_key", &[("key", &ann_pub)])
         .await
         .expect("add ann's key");
-    assert!(added["fingerprint"]
-        .as_str()
-        .unwrap_or_default()
-        .starts_with("SHA256:"));
+    assert!(added.fingerprint.starts_with("SHA256:"));
     bob.call("add_ssh_key", &[("key", &bob_pub)])
         .await
         .expect("add bob's key");
@@ -241,7 +235,7 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
     let ts = tenant.to_string();
     let submitted = Instant::now();
     let id = ann
-        .call(
+        .call_as::<Uuid>(
             "submit_request",
             &[
                 ("tenant_id", ts.as_str()),
@@ -257,8 +251,6 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
         )
         .await
         .expect("submit")
-        .as_str()
-        .expect("request id")
         .to_string();
     let uuids: Vec<Uuid> =
         sqlx::query_scalar("SELECT uuid FROM vms WHERE request_id = $1::uuid ORDER BY name")
@@ -276,7 +268,7 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
             .volumes
             .push(concierge::catalog::cloud_init::seed_volume(*u));
     }
-    let r = wait_request(&ann, &id, "fulfilled", 180).await;
+    let r = wait_request(&ann, &id, RequestState::Fulfilled, 180).await;
     measure("submit -> fulfilled (two Debian VMs)", submitted.elapsed());
 
     // Until the guests answer on SSH, the VM page says they are booting.
@@ -301,8 +293,8 @@ async fn a_requester_logs_into_their_new_debian_vm_with_their_own_key() {
         vms.push(vm);
     }
     measure("submit -> SSH answers (both VMs)", submitted.elapsed());
-    let r2 = ann
-        .call("get_request", &[("id", &id)])
+    let r2: RequestDetail = ann
+        .call_as("get_request", &[("id", &id)])
         .await
         .expect("get_request");
     eprint!("{}{}", timeline(&r), timeline(&r2));

@@ -8,8 +8,12 @@ use crate::libvirtd::{
     ensure_pool, on_libvirt, register_local_host, tag, wait_host, wait_until, Leftovers,
     ONE_AT_A_TIME, POOL,
 };
+use app::error::AppError;
+use app::fleet::HostSummary;
+use app::images::{Image, UploadTarget};
+use app::provisioning::Template;
 use concierge::hypervisor::storage;
-use serde_json::Value;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,15 +25,26 @@ const SECOND_POOL: &str = "concierge-test-b";
 const SECOND_POOL_DIR: &str = "/var/lib/libvirt/concierge-test-b";
 const CHUNK: usize = app::images::UPLOAD_CHUNK_BYTES as usize;
 
-/// PUTs one chunk the way `public/images.js` does; (status, body).
-async fn put_chunk(c: &Client, target: &Value, offset: usize, bytes: &[u8]) -> (u16, Value) {
+/// What the upload endpoint (not a server function, so no DTO) answers for a chunk it took:
+/// `{"bytes_done": N}` (`web.rs`, `upload_chunk`).
+#[derive(Debug, Deserialize)]
+struct Uploaded {
+    bytes_done: u64,
+}
+
+/// PUTs one chunk the way `public/images.js` does: the bytes stored so far, or the status and
+/// the error the endpoint answered (read like `Client::call` reads a server function's).
+async fn put_chunk(
+    c: &Client,
+    target: &UploadTarget,
+    offset: usize,
+    bytes: &[u8],
+) -> CallResult<Uploaded> {
     let res = c
         .http
         .put(format!(
             "{}/images/{}/{}/upload?offset={offset}",
-            c.base,
-            target["image_id"].as_str().unwrap(),
-            target["host_id"].as_str().unwrap()
+            c.base, target.image_id, target.host_id
         ))
         .header("Origin", ORIGIN)
         .header("Sec-Fetch-Site", "same-origin")
@@ -39,20 +54,23 @@ async fn put_chunk(c: &Client, target: &Value, offset: usize, bytes: &[u8]) -> (
         .await
         .expect("upload request");
     let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
+    let body = res.text().await.unwrap_or_default();
+    if status == 200 {
+        Ok(serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the upload answered {body}, not bytes_done: {e}")))
+    } else {
+        let err = serde_json::from_str::<AppError>(&body)
+            .unwrap_or_else(|_| AppError::Transport(format!("{status}: {body}")));
+        Err((status, err))
+    }
 }
 
-async fn images(c: &Client) -> Vec<Value> {
-    c.call("list_images", &[])
-        .await
-        .expect("list_images")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+async fn images(c: &Client) -> Vec<Image> {
+    c.call_as("list_images", &[]).await.expect("list_images")
 }
 
-async fn image_named(c: &Client, name: &str) -> Option<Value> {
-    images(c).await.into_iter().find(|i| i["name"] == name)
+async fn image_named(c: &Client, name: &str) -> Option<Image> {
+    images(c).await.into_iter().find(|i| i.name == name)
 }
 
 fn volume_exists(conn: &virt::connect::Connect, pool: &str, name: &str) -> bool {
@@ -64,9 +82,9 @@ fn volume_exists(conn: &virt::connect::Connect, pool: &str, name: &str) -> bool 
         .is_ok()
 }
 
-async fn start(admin: &Client, name: &str, host: &str, file: &str, size: usize) -> Value {
+async fn start(admin: &Client, name: &str, host: &str, file: &str, size: usize) -> UploadTarget {
     admin
-        .call(
+        .call_as(
             "start_image_upload",
             &[
                 ("name", name),
@@ -106,7 +124,7 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     .await;
     let host = register_local_host(&admin).await;
     let second = admin
-        .call(
+        .call_as::<HostSummary>(
             "register_host",
             &[
                 ("name", "second"),
@@ -115,9 +133,8 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
             ],
         )
         .await
-        .expect("register the second host")["id"]
-        .as_str()
-        .unwrap()
+        .expect("register the second host")
+        .id
         .to_string();
     wait_host(&admin, &host, "connected", 20).await;
     wait_host(&admin, &second, "connected", 20).await;
@@ -159,29 +176,26 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
 
     let name = format!("Disk {t}");
     let target = start(&admin, &name, &host, &volume, file.len()).await;
-    assert_eq!(target["offset"], 0);
-    let (status, body) = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
-    assert_eq!(
-        (status, body["bytes_done"].as_u64()),
-        (200, Some(CHUNK as u64))
+    let target_image = target.image_id.to_string();
+    assert_eq!(target.offset, 0);
+    let r = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
+    assert!(
+        matches!(&r, Ok(u) if u.bytes_done == CHUNK as u64),
+        "the first chunk: {r:?}"
     );
     // A requester cannot write into it; a chunk at the wrong offset is told where to go on.
-    let (status, _) = put_chunk(&ann, &target, CHUNK, &file[CHUNK..2 * CHUNK]).await;
-    assert_eq!(status, 403, "a requester's chunk");
-    let (status, body) = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
-    assert_eq!(status, 409, "a repeated chunk: {body}");
-    assert!(body["Conflict"]
-        .as_str()
-        .unwrap()
-        .contains(&format!("byte {CHUNK}")));
+    let r = put_chunk(&ann, &target, CHUNK, &file[CHUNK..2 * CHUNK]).await;
+    assert!(matches!(r, Err((403, _))), "a requester's chunk: {r:?}");
+    let r = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
+    assert!(
+        matches!(&r, Err((409, AppError::Conflict(m))) if m.contains(&format!("byte {CHUNK}"))),
+        "a repeated chunk: {r:?}"
+    );
     // The connection "drops" here: the upload waits, not usable, and cannot be finished yet.
     let r = admin
         .call(
             "finish_image_upload",
-            &[
-                ("image", target["image_id"].as_str().unwrap()),
-                ("host", &host),
-            ],
+            &[("image", &target_image), ("host", &host)],
         )
         .await;
     assert!(
@@ -191,49 +205,42 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     let listed = image_named(&admin, &name)
         .await
         .expect("listed while uploading");
-    assert_eq!(listed["copies"][0]["state"], "uploading");
-    assert_eq!(listed["copies"][0]["bytes_done"], CHUNK as u64);
+    assert_eq!(listed.copies[0].state, "uploading");
+    assert_eq!(listed.copies[0].bytes_done, CHUNK as i64);
     // Resumed from where the server says it stands.
-    let resumed = admin
-        .call(
+    let resumed: UploadTarget = admin
+        .call_as(
             "resume_image_upload",
-            &[
-                ("image", target["image_id"].as_str().unwrap()),
-                ("host", &host),
-            ],
+            &[("image", &target_image), ("host", &host)],
         )
         .await
         .expect("resume");
-    let mut at = resumed["offset"].as_u64().unwrap() as usize;
+    let mut at = resumed.offset as usize;
     assert_eq!(at, CHUNK);
     while at < file.len() {
         let end = (at + CHUNK).min(file.len());
-        let (status, body) = put_chunk(&admin, &target, at, &file[at..end]).await;
-        assert_eq!(status, 200, "{body}");
-        at = body["bytes_done"].as_u64().unwrap() as usize;
+        let r = put_chunk(&admin, &target, at, &file[at..end]).await;
+        at = r.expect("the next chunk").bytes_done as usize;
     }
     admin
         .call(
             "finish_image_upload",
-            &[
-                ("image", target["image_id"].as_str().unwrap()),
-                ("host", &host),
-            ],
+            &[("image", &target_image), ("host", &host)],
         )
         .await
         .expect("finish");
     let image = image_named(&admin, &name).await.expect("the image");
-    assert_eq!(image["format"], "qcow2");
-    assert_eq!(image["size_bytes"], file.len() as u64);
-    assert_eq!(image["virtual_size_bytes"], (20u64 << 20));
+    assert_eq!(image.format, "qcow2");
+    assert_eq!(image.size_bytes, Some(file.len() as i64));
+    assert_eq!(image.virtual_size_bytes, Some(20i64 << 20));
     assert_eq!(
-        image["sha256"],
-        sha.as_str(),
+        image.sha256.as_deref(),
+        Some(sha.as_str()),
         "what the host holds is what was sent"
     );
-    assert_eq!(image["login_user"], "debian");
-    assert_eq!(image["copies"][0]["state"], "ready");
-    let image_id = image["id"].as_str().unwrap().to_string();
+    assert_eq!(image.login_user.as_deref(), Some("debian"));
+    assert_eq!(image.copies[0].state, "ready");
+    let image_id = image.id.to_string();
 
     // A raw file that starts like qcow2: refused at the finish, and nothing stays.
     let mut fake = vec![0u8; 1 << 20];
@@ -249,15 +256,12 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
         fake.len(),
     )
     .await;
-    let (status, _) = put_chunk(&admin, &target, 0, &fake).await;
-    assert_eq!(status, 200);
+    let r = put_chunk(&admin, &target, 0, &fake).await;
+    assert!(r.is_ok(), "{r:?}");
     let r = admin
         .call(
             "finish_image_upload",
-            &[
-                ("image", target["image_id"].as_str().unwrap()),
-                ("host", &host),
-            ],
+            &[("image", &target.image_id.to_string()), ("host", &host)],
         )
         .await;
     let message = assert_field_error(&r, "file");
@@ -273,14 +277,11 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     let cut_volume = format!("cci{t}-cut.qcow2");
     leftovers.volumes.push(cut_volume.clone());
     let target = start(&admin, &format!("Cut {t}"), &host, &cut_volume, file.len()).await;
-    put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
+    let _ = put_chunk(&admin, &target, 0, &file[..CHUNK]).await;
     admin
         .call(
             "discard_image_copy",
-            &[
-                ("image", target["image_id"].as_str().unwrap()),
-                ("host", &host),
-            ],
+            &[("image", &target.image_id.to_string()), ("host", &host)],
         )
         .await
         .expect("discard");
@@ -302,7 +303,7 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
         file.len(),
     )
     .await;
-    put_chunk(&admin, &gone, 0, &file[..CHUNK]).await;
+    let _ = put_chunk(&admin, &gone, 0, &file[..CHUNK]).await;
     let fresh_volume = format!("cci{t}-fresh.qcow2");
     leftovers.volumes.push(fresh_volume.clone());
     let fresh = start(
@@ -316,7 +317,7 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     sqlx::query(
         "UPDATE image_copies SET updated_at = now() - interval '25 hours' WHERE image_id = $1",
     )
-    .bind(Uuid::parse_str(gone["image_id"].as_str().unwrap()).unwrap())
+    .bind(gone.image_id)
     .execute(&app.db)
     .await
     .unwrap();
@@ -341,10 +342,7 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     admin
         .call(
             "discard_image_copy",
-            &[
-                ("image", fresh["image_id"].as_str().unwrap()),
-                ("host", &host),
-            ],
+            &[("image", &fresh.image_id.to_string()), ("host", &host)],
         )
         .await
         .expect("discard the fresh one");
@@ -438,28 +436,26 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
     let started = Instant::now();
     let copied = wait_until!(120, "the copy on the second host", {
         let i = image_named(&admin, &name).await.unwrap();
-        let copy = i["copies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["host_id"] == second.as_str())
-            .cloned()
+        let copy = i
+            .copies
+            .into_iter()
+            .find(|c| c.host_id.to_string() == second)
             .unwrap();
-        assert_ne!(copy["state"], "failed", "{copy}");
-        (copy["state"] == "ready").then_some(copy)
+        assert_ne!(copy.state, "failed", "{copy:?}");
+        (copy.state == "ready").then_some(copy)
     });
     eprintln!(
         "measure: copy of {} bytes: {} ms",
         file.len(),
         started.elapsed().as_millis()
     );
-    assert_eq!(copied["bytes_done"], file.len() as u64);
+    assert_eq!(copied.bytes_done, file.len() as i64);
     let on_second = std::fs::read(std::path::Path::new(SECOND_POOL_DIR).join(&volume)).unwrap();
     assert_eq!(format!("{:x}", Sha256::digest(&on_second)), sha);
 
     // A template points at the image; it is ready on both hosts; the image cannot be forgotten.
-    let template = admin
-        .call(
+    let template: Uuid = admin
+        .call_as(
             "save_template",
             &[
                 ("name", &format!("From library {t}")),
@@ -473,20 +469,15 @@ async fn images_upload_in_chunks_resume_refuse_fakes_and_copy_between_hosts() {
         )
         .await
         .expect("a template from the library");
-    let listed = admin.call("list_templates", &[]).await.unwrap();
-    let tpl = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == template)
-        .unwrap();
-    assert_eq!(tpl["image_id"], image_id.as_str());
-    assert_eq!(tpl["login_user"], "debian", "the image's login user");
+    let listed: Vec<Template> = admin.call_as("list_templates", &[]).await.unwrap();
+    let tpl = listed.iter().find(|x| x.id == template).unwrap();
+    assert_eq!(tpl.image_id, Some(image.id));
     assert_eq!(
-        tpl["images"].as_array().unwrap().len(),
-        2,
-        "ready on both hosts"
+        tpl.login_user.as_deref(),
+        Some("debian"),
+        "the image's login user"
     );
+    assert_eq!(tpl.images.len(), 2, "ready on both hosts");
     let r = admin.call("delete_image", &[("image", &image_id)]).await;
     assert!(matches!(r, Err((409, _))), "an image in use stays: {r:?}");
 

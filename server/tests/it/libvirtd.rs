@@ -9,6 +9,9 @@
 //! `concierge-test` pool and removed at the end, also when a test fails.
 
 use crate::common::*;
+use app::fleet::{ChartView, HostDetail, HostSummary, VmDetail, VolumeInfo};
+use app::provisioning::{Recount, RequestDetail};
+use app::states::{RequestState, VmPhase};
 use concierge::hypervisor::domain_xml;
 use concierge::hypervisor::{connection, events, storage};
 use serde_json::Value;
@@ -288,25 +291,22 @@ impl Drop for LibvirtdBack {
 // ---------------------------------------------------------------------------------------------
 
 pub(crate) async fn register_local_host(admin: &Client) -> String {
-    let h = admin
-        .call(
+    let h: HostSummary = admin
+        .call_as(
             "register_host",
             &[("name", "local"), ("uri", URI), ("schedulable", "true")],
         )
         .await
         .expect("register qemu:///system");
-    h["id"].as_str().expect("host id").to_string()
+    h.id.to_string()
 }
 
 async fn host_state(admin: &Client, host: &str) -> (String, Option<String>) {
-    let h = admin
-        .call("get_host", &[("host_id", host)])
+    let h: HostDetail = admin
+        .call_as("get_host", &[("host_id", host)])
         .await
         .expect("get_host");
-    (
-        h["host"]["state"].as_str().unwrap_or_default().to_string(),
-        h["host"]["state_reason"].as_str().map(str::to_owned),
-    )
+    (h.host.state, h.host.state_reason)
 }
 
 pub(crate) async fn wait_host(admin: &Client, host: &str, state: &str, secs: u64) -> Duration {
@@ -348,13 +348,11 @@ async fn create_volume(admin: &Client, host: &str, name: &str, kind: &str, sourc
 
 async fn list_volumes(admin: &Client, host: &str) -> Vec<String> {
     admin
-        .call("list_volumes", &[("host_id", host), ("pool", POOL)])
+        .call_as::<Vec<VolumeInfo>>("list_volumes", &[("host_id", host), ("pool", POOL)])
         .await
         .expect("list_volumes")
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+        .into_iter()
+        .map(|v| v.name)
         .collect()
 }
 
@@ -372,7 +370,7 @@ async fn catalog(admin: &Client, base: &str, leftovers: &mut Leftovers) -> (Stri
         .await
         .expect("reconcile");
     let template = admin
-        .call(
+        .call_as::<Uuid>(
             "save_template",
             &[
                 ("name", "Blank disk"),
@@ -389,8 +387,6 @@ async fn catalog(admin: &Client, base: &str, leftovers: &mut Leftovers) -> (Stri
         )
         .await
         .expect("save_template")
-        .as_str()
-        .expect("template id")
         .to_string();
     admin
         .call(
@@ -437,52 +433,49 @@ fn request_form<'a>(
     ]
 }
 
-pub(crate) async fn wait_request(c: &Client, id: &str, state: &str, secs: u64) -> Value {
+pub(crate) async fn wait_request(
+    c: &Client,
+    id: &str,
+    state: RequestState,
+    secs: u64,
+) -> RequestDetail {
     wait_until!(secs, format!("request {id} to be {state}"), {
-        let r = c
-            .call("get_request", &[("id", id)])
+        let r: RequestDetail = c
+            .call_as("get_request", &[("id", id)])
             .await
             .expect("get_request");
-        let now = r["request"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let now = r.request.state;
         assert!(
-            now == state || !matches!(now.as_str(), "failed" | "rejected" | "cancelled"),
-            "request ended {now}, not {state}: {r:#}"
+            now == state
+                || !matches!(
+                    now,
+                    RequestState::Failed | RequestState::Rejected | RequestState::Cancelled
+                ),
+            "request ended {now}, not {state}: {r:#?}"
         );
         (now == state).then_some(r)
     })
 }
 
-/// The request's log, one line per event: "at kind: message".
-pub(crate) fn timeline(r: &Value) -> String {
-    r["events"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .map(|x| {
-                    format!(
-                        "  {} {}: {}\n",
-                        x["at"].as_str().unwrap_or_default(),
-                        x["kind"].as_str().unwrap_or_default(),
-                        x["message"].as_str().unwrap_or_default()
-                    )
-                })
-                .collect()
+/// The request's log, one line per event: "at kind: message" (the time as it crosses the
+/// wire, RFC 3339).
+pub(crate) fn timeline(r: &RequestDetail) -> String {
+    r.events
+        .iter()
+        .map(|x| {
+            format!(
+                "  {} {}: {}\n",
+                x.at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                x.kind,
+                x.message
+            )
         })
-        .unwrap_or_default()
+        .collect()
 }
 
-fn event_kinds(r: &Value) -> Vec<String> {
-    r["events"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .map(|x| x["kind"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+fn event_kinds(r: &RequestDetail) -> Vec<String> {
+    r.events.iter().map(|x| x.kind.clone()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -605,18 +598,19 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
     for l in &latencies {
         measure("event -> row (event writer)", *l);
     }
-    let detail = admin
-        .call("get_vm", &[("host_id", &host), ("uuid", &uuid.to_string())])
+    let detail: VmDetail = admin
+        .call_as("get_vm", &[("host_id", &host), ("uuid", &uuid.to_string())])
         .await
         .expect("get_vm");
-    assert_eq!(detail["domain"]["state"], "running", "{detail}");
-    assert_eq!(
-        detail["domain"]["managed"], false,
-        "made outside the portal"
-    );
+    assert_eq!(detail.domain.state, "running", "{detail:?}");
+    assert!(!detail.domain.managed, "made outside the portal");
+    // The volume's name is in a disk's source path (its only field that names files).
     assert!(
-        detail["disks"].to_string().contains(&disk),
-        "the disk is inventoried: {detail}"
+        detail
+            .disks
+            .iter()
+            .any(|d| d.source.as_deref().is_some_and(|s| s.contains(&disk))),
+        "the disk is inventoried: {detail:?}"
     );
     // The sampler reads the running QEMU's counters: after two rounds a CPU rate and its
     // resident memory are stored, and the VM's CPU chart has data.
@@ -634,8 +628,8 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         cpu.1.unwrap_or(0) > 1 << 20,
         "QEMU's RSS is stored: {cpu:?}"
     );
-    let charts = admin
-        .call(
+    let charts: Vec<ChartView> = admin
+        .call_as(
             "vm_charts",
             &[
                 ("host_id", &host),
@@ -646,9 +640,9 @@ async fn a_real_domain_with_a_linked_clone_disk_lives_and_dies_through_the_porta
         .await
         .expect("vm_charts");
     assert!(
-        !charts[0]["summary"].as_str().unwrap().contains("no data"),
+        !charts[0].summary.contains("no data"),
         "{}",
-        charts[0]["summary"]
+        charts[0].summary
     );
 
     // A graceful shutdown the guest (no OS) ignores: forced off after the timeout.
@@ -934,11 +928,9 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
     let ts = tenant.to_string();
     let submitted_at = Instant::now();
     let id = ann
-        .call("submit_request", &request_form(&ts, &template, &prefix))
+        .call_as::<Uuid>("submit_request", &request_form(&ts, &template, &prefix))
         .await
         .expect("submit")
-        .as_str()
-        .expect("request id")
         .to_string();
     // Clean up even if provisioning fails half way.
     let uuid: Uuid = sqlx::query_scalar("SELECT uuid FROM vms WHERE request_id = $1::uuid")
@@ -950,17 +942,17 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
     leftovers
         .volumes
         .push(concierge::provisioning::provisioner::volume_name(uuid));
-    let r = wait_request(&ann, &id, "fulfilled", 60).await;
+    let r = wait_request(&ann, &id, RequestState::Fulfilled, 60).await;
     measure("submit -> fulfilled (one VM)", submitted_at.elapsed());
     eprint!("{}", timeline(&r));
-    let vms = r["vms"].as_array().expect("vms");
-    assert_eq!(vms.len(), 1, "{r:#}");
+    let vms = &r.vms;
+    assert_eq!(vms.len(), 1, "{r:#?}");
     // One VM is named by the prefix alone.
     let name = prefix.clone();
-    assert_eq!(vms[0]["uuid"], uuid.to_string());
-    assert_eq!(vms[0]["name"], name);
-    assert_eq!(vms[0]["phase"], "running", "{r:#}");
-    assert_eq!(vms[0]["state"], "running", "{r:#}");
+    assert_eq!(vms[0].uuid, uuid);
+    assert_eq!(vms[0].name, name);
+    assert_eq!(vms[0].phase, VmPhase::Running, "{r:#?}");
+    assert_eq!(vms[0].state.as_deref(), Some("running"), "{r:#?}");
     let kinds = event_kinds(&r);
     for k in [
         "submitted",
@@ -1091,11 +1083,11 @@ async fn a_request_is_auto_approved_and_provisioned_on_real_qemu() {
         .await,
         1
     );
-    let rc = admin
-        .call("recount_quota", &[("tenant_id", &ts)])
+    let rc: Recount = admin
+        .call_as("recount_quota", &[("tenant_id", &ts)])
         .await
         .expect("recount");
-    assert_eq!(rc["consistent"], true, "{rc}");
+    assert!(rc.consistent, "{rc:?}");
     // The template's base image is in use: refused, with who uses it (the Leftovers guard
     // removes it after the test).
     let refused = admin
@@ -1426,13 +1418,13 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
         let restarted = Instant::now();
         let healthy = Process::start(&url, None).await;
         let c = healthy.admin().await;
-        let r = wait_request(&c, &request.to_string(), "fulfilled", 45).await;
+        let r = wait_request(&c, &request.to_string(), RequestState::Fulfilled, 45).await;
         measure(
             &format!("{point}: restart -> fulfilled (lease 3 s)"),
             restarted.elapsed(),
         );
         eprint!("{}", timeline(&r));
-        assert_eq!(r["vms"][0]["phase"], "running", "{point}: {r:#}");
+        assert_eq!(r.vms[0].phase, VmPhase::Running, "{point}: {r:#?}");
         // Let the job record itself done, so the next server does not take it over again.
         wait_until!(15, format!("{point}: the job to be done"), {
             let open: i64 = sqlx::query_scalar(
@@ -1503,11 +1495,11 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
     // The portal's bookkeeping agrees with itself after four crashes.
     let last = Process::start(&url, None).await;
     let admin = last.admin().await;
-    let rc = admin
-        .call("recount_quota", &[("tenant_id", &ts)])
+    let rc: Recount = admin
+        .call_as("recount_quota", &[("tenant_id", &ts)])
         .await
         .expect("recount");
-    assert_eq!(rc["consistent"], true, "{rc}");
+    assert!(rc.consistent, "{rc:?}");
     last.kill().await;
     db.close().await;
     drop(leftovers);
