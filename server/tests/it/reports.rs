@@ -498,27 +498,20 @@ async fn extreme_dates_are_field_errors_and_rate_cards_stay_within_the_tenant() 
         .execute(&app.db)
         .await
         .unwrap();
-    let names = |v: serde_json::Value| {
+    let names = |v: Vec<RateCard>| {
         let mut n: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                c["template_name"]
-                    .as_str()
-                    .unwrap_or("(general)")
-                    .to_string()
-            })
+            .into_iter()
+            .map(|c| c.template_name.unwrap_or_else(|| "(general)".into()))
             .collect();
         n.sort();
         n
     };
     assert_eq!(
-        names(mona.call("list_rate_cards", &[]).await.unwrap()),
+        names(mona.call_as("list_rate_cards", &[]).await.unwrap()),
         ["(general)", "Alpha image", "Shared image"]
     );
     assert_eq!(
-        names(fleet.call("list_rate_cards", &[]).await.unwrap()),
+        names(fleet.call_as("list_rate_cards", &[]).await.unwrap()),
         [
             "(general)",
             "Alpha image",
@@ -536,8 +529,8 @@ async fn a_rate_card_can_be_ended_and_the_page_knows_which_cards_are_in_force() 
     let (_, mona) = app
         .signed_in("mona@example.com", Some((a, "manager")))
         .await;
-    let id = fleet
-        .call(
+    let id: Uuid = fleet
+        .call_as(
             "add_rate_card",
             &[
                 ("currency", "EUR"),
@@ -549,7 +542,7 @@ async fn a_rate_card_can_be_ended_and_the_page_knows_which_cards_are_in_force() 
         )
         .await
         .unwrap();
-    let id = id.as_str().unwrap().to_string();
+    let id = id.to_string();
     let cards: Vec<RateCard> = fleet.call_as("list_rate_cards", &[]).await.unwrap();
     assert!(cards[0].in_force, "{cards:?}");
     // Field errors change nothing; managers cannot end cards.
