@@ -1,7 +1,9 @@
 //! `spawn_app()`: a real server on a random port over a fresh PostgreSQL database.
 #![allow(dead_code)]
 
+use app::account::Actor;
 use app::error::AppError;
+use app::tenant::NewInvitation;
 use concierge::config::Config;
 use concierge::platform::clock::ManualClock;
 use concierge::state::AppState;
@@ -156,11 +158,10 @@ impl Client {
 
     /// The signed-in user's e-mail, or None when anonymous.
     pub async fn whoami(&self) -> Option<String> {
-        let v = self
-            .call("current_actor", &[])
+        self.call_as::<Option<Actor>>("current_actor", &[])
             .await
-            .expect("current_actor");
-        v.get("email").and_then(|e| e.as_str()).map(str::to_owned)
+            .expect("current_actor")
+            .map(|a| a.email)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> CallResult {
@@ -256,13 +257,13 @@ impl TestApp {
 
     /// Redeems an invitation (`add_member`'s answer) as a newcomer: creates the account with
     /// password `PASSWORD` and returns the signed-in client.
-    pub async fn join(&self, invitation: &Value, name: &str) -> Client {
+    pub async fn join(&self, invitation: &NewInvitation, name: &str) -> Client {
         let c = self.client();
         c.call(
             "join",
             &[
-                ("email", invitation["email"].as_str().expect("email")),
-                ("code", invitation["code"].as_str().expect("code")),
+                ("email", invitation.email.as_str()),
+                ("code", invitation.code.as_str()),
                 ("display_name", name),
                 ("password", PASSWORD),
                 ("confirm_password", PASSWORD),
@@ -299,6 +300,12 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// An answer kept as JSON for a raw-shape check (a field absent, a secret never in the text),
+/// read as its DTO for everything else.
+pub fn as_dto<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v} is not the DTO: {e}"))
 }
 
 /// Asserts a refusal: an authentication, authorization or not-found error.

@@ -1,6 +1,10 @@
 //! Row-level security as the second wall between tenants.
 
 use crate::common::*;
+use app::account::Actor;
+use app::audit::AuditEntry;
+use app::tenant::{Member, MyInvitation, NewInvitation};
+use app::Page;
 use concierge::platform::db::{self, Scope};
 
 #[tokio::test]
@@ -30,8 +34,8 @@ async fn without_tenant_context_no_tenant_rows_are_visible() {
     let b = app.tenant("B").await;
     let admin = app.fleet_admin().await;
     for (t, email) in [(a, "a@example.com"), (b, "b@example.com")] {
-        let invitation = admin
-            .call(
+        let invitation: NewInvitation = admin
+            .call_as(
                 "add_member",
                 &[
                     ("tenant_id", &t.to_string()),
@@ -116,8 +120,8 @@ async fn tenant_admins_see_only_their_tenants_audit_and_members() {
         (&admin_a, a, "ann@example.com", "Ann"),
         (&admin_b, b, "bob@example.com", "Bob"),
     ] {
-        let invitation = admin
-            .call(
+        let invitation: NewInvitation = admin
+            .call_as(
                 "add_member",
                 &[
                     ("tenant_id", &t.to_string()),
@@ -130,25 +134,15 @@ async fn tenant_admins_see_only_their_tenants_audit_and_members() {
             .unwrap();
         app.join(&invitation, name).await;
     }
-    let page = admin_a.call("list_audit", &[]).await.unwrap();
-    let items = page["items"].as_array().unwrap();
+    let page: Page<AuditEntry> = admin_a.call_as("list_audit", &[]).await.unwrap();
+    let items = &page.items;
     assert!(!items.is_empty());
-    assert!(
-        items
-            .iter()
-            .all(|e| e["tenant_id"] == serde_json::json!(a.to_string())),
-        "{items:?}"
-    );
-    let members = admin_a
-        .call("list_members", &[("tenant_id", &a.to_string())])
+    assert!(items.iter().all(|e| e.tenant_id == Some(a)), "{items:?}");
+    let members: Vec<Member> = admin_a
+        .call_as("list_members", &[("tenant_id", &a.to_string())])
         .await
         .unwrap();
-    let emails: Vec<&str> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["email"].as_str().unwrap())
-        .collect();
+    let emails: Vec<&str> = members.iter().map(|m| m.email.as_str()).collect();
     assert_eq!(emails, vec!["ann@example.com", "boss-a@example.com"]);
     assert_refused(
         &admin_a
@@ -199,6 +193,7 @@ async fn inviting_an_existing_account_reveals_nothing_and_needs_its_consent() {
                 .unwrap()
         }
     };
+    // Kept as JSON: the answers' raw shape and text are what must not tell the two apart.
     let existing = invite("bob@example.com").await;
     let unknown = invite("nobody-yet@example.com").await;
     let shape = |v: &serde_json::Value| {
@@ -207,6 +202,7 @@ async fn inviting_an_existing_account_reveals_nothing_and_needs_its_consent() {
         k
     };
     assert_eq!(shape(&existing), shape(&unknown));
+    // The raw JSON text of each answer: the name or id must appear in no field at all.
     for seen in [
         existing.to_string(),
         admin_a
@@ -238,7 +234,7 @@ async fn inviting_an_existing_account_reveals_nothing_and_needs_its_consent() {
             "join",
             &[
                 ("email", "bob@example.com"),
-                ("code", existing["code"].as_str().unwrap()),
+                ("code", as_dto::<NewInvitation>(&existing).code.as_str()),
                 ("display_name", "Mallory"),
                 ("password", "mallory's new password"),
                 ("confirm_password", "mallory's new password"),
@@ -249,28 +245,33 @@ async fn inviting_an_existing_account_reveals_nothing_and_needs_its_consent() {
     assert_eq!(members_of_a().await, 0);
 
     // Bob sees it, declines; invited again, accepts.
-    let mine = bob.call("my_invitations", &[]).await.unwrap();
-    assert_eq!(mine[0]["tenant_name"], "A", "{mine}");
-    let id = mine[0]["id"].as_str().unwrap().to_string();
+    let mine: Vec<MyInvitation> = bob.call_as("my_invitations", &[]).await.unwrap();
+    assert_eq!(mine[0].tenant_name, "A", "{mine:?}");
+    let id = mine[0].id.to_string();
     bob.call("decline_invitation", &[("id", &id)])
         .await
         .unwrap();
     assert_eq!(members_of_a().await, 0);
     assert_eq!(
-        bob.call("my_invitations", &[]).await.unwrap(),
-        serde_json::json!([])
+        bob.call_as::<Vec<MyInvitation>>("my_invitations", &[])
+            .await
+            .unwrap(),
+        Vec::<MyInvitation>::new()
     );
     invite("bob@example.com").await;
-    let mine = bob.call("my_invitations", &[]).await.unwrap();
-    let id = mine[0]["id"].as_str().unwrap().to_string();
+    let mine: Vec<MyInvitation> = bob.call_as("my_invitations", &[]).await.unwrap();
+    let id = mine[0].id.to_string();
     bob.call("accept_invitation", &[("id", &id)]).await.unwrap();
     assert_eq!(members_of_a().await, 1);
-    let actor = bob.call("current_actor", &[]).await.unwrap();
-    let tenants: Vec<&str> = actor["memberships"]
-        .as_array()
+    let actor: Actor = bob
+        .call_as::<Option<Actor>>("current_actor", &[])
+        .await
         .unwrap()
+        .expect("signed in");
+    let tenants: Vec<&str> = actor
+        .memberships
         .iter()
-        .map(|m| m["tenant_name"].as_str().unwrap())
+        .map(|m| m.tenant_name.as_str())
         .collect();
     assert_eq!(tenants, ["A", "B"]);
     let actions = app.audit_actions().await;
