@@ -1,13 +1,14 @@
 //! Sign-in, session lifetime, throttling and cross-site protection.
 
 use crate::common::*;
+use app::account::Actor;
 use std::time::Instant;
 use time::Duration;
 
 /// The `user_sessions` row this client's cookie points at.
 async fn session_of(c: &Client) -> String {
-    let v = c.call("current_actor", &[]).await.unwrap();
-    v["session_id"].as_str().unwrap_or_default().to_string()
+    let actor: Option<Actor> = c.call_as("current_actor", &[]).await.unwrap();
+    actor.map(|a| a.session_id.to_string()).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -184,15 +185,15 @@ async fn removing_a_membership_ends_that_tenants_access_only() {
         .await
         .unwrap();
     app.state.accounts.cache.invalidate_all();
-    let tenants_of = |v: serde_json::Value| -> Vec<String> {
-        v["memberships"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["tenant_name"].as_str().unwrap().to_string())
+    let tenants_of = |actor: Option<Actor>| -> Vec<String> {
+        actor
+            .expect("signed in")
+            .memberships
+            .into_iter()
+            .map(|m| m.tenant_name)
             .collect()
     };
-    let before = member.call("current_actor", &[]).await.unwrap();
+    let before = member.call_as("current_actor", &[]).await.unwrap();
     assert_eq!(tenants_of(before), ["Acme", "Other"]);
     tadmin
         .call(
@@ -202,7 +203,7 @@ async fn removing_a_membership_ends_that_tenants_access_only() {
         .await
         .unwrap();
     assert_eq!(member.whoami().await.as_deref(), Some("ann@example.com"));
-    let after = member.call("current_actor", &[]).await.unwrap();
+    let after = member.call_as("current_actor", &[]).await.unwrap();
     assert_eq!(tenants_of(after), ["Other"]);
     assert_refused(
         &member
