@@ -2,6 +2,10 @@
 //! audited with before and after.
 
 use crate::common::*;
+use app::account::{Actor, OneTimePassword};
+use app::audit::AuditEntry;
+use app::tenant::NewInvitation;
+use app::Page;
 
 #[tokio::test]
 async fn tenant_names_are_validated() {
@@ -68,6 +72,7 @@ async fn tenant_names_are_validated() {
         )
         .await
         .unwrap();
+    // The audit row's JSON columns, read from the database: no server-function DTO.
     let (before, after): (serde_json::Value, serde_json::Value) =
         sqlx::query_as("SELECT before, after FROM audit_log WHERE action = 'tenant.rename'")
             .fetch_one(&app.db)
@@ -109,8 +114,8 @@ async fn user_fields_are_validated() {
     assert_field_error(&r, "email");
     assert_eq!(before, app.snapshot().await);
 
-    let otp = admin
-        .call(
+    let otp: OneTimePassword = admin
+        .call_as(
             "create_user",
             &[
                 ("email", " New@Example.com "),
@@ -119,13 +124,17 @@ async fn user_fields_are_validated() {
         )
         .await
         .unwrap();
-    assert_eq!(otp["email"], "new@example.com");
-    let pw = otp["password"].as_str().unwrap().to_string();
+    assert_eq!(otp.email, "new@example.com");
+    let pw = otp.password;
     let c = app.client();
     c.login("new@example.com", &pw).await.unwrap();
-    let actor = c.call("current_actor", &[]).await.unwrap();
-    assert_eq!(actor["must_change_password"], true);
-    assert_eq!(actor["display_name"], "New Person");
+    let actor: Actor = c
+        .call_as::<Option<Actor>>("current_actor", &[])
+        .await
+        .unwrap()
+        .expect("signed in");
+    assert!(actor.must_change_password);
+    assert_eq!(actor.display_name, "New Person");
 }
 
 #[tokio::test]
@@ -222,6 +231,7 @@ async fn member_fields_are_validated() {
     assert_eq!(before, app.snapshot().await);
 
     // An existing account and a new address get the same answer: an invitation with a code.
+    // Kept as JSON: the two answers' raw keys must be the same.
     app.user("known@example.com", None).await;
     let known = boss
         .call(
@@ -247,7 +257,7 @@ async fn member_fields_are_validated() {
         )
         .await
         .unwrap();
-    assert_eq!(fresh["email"], "fresh@example.com");
+    assert_eq!(as_dto::<NewInvitation>(&fresh).email, "fresh@example.com");
     let keys = |v: &serde_json::Value| {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
         k.sort();
@@ -275,8 +285,8 @@ async fn joining_with_an_invitation_is_validated() {
     let (_, boss) = app
         .signed_in("boss@example.com", Some((t, "tenant_admin")))
         .await;
-    let invitation = boss
-        .call(
+    let invitation: NewInvitation = boss
+        .call_as(
             "add_member",
             &[
                 ("tenant_id", &t.to_string()),
@@ -286,7 +296,7 @@ async fn joining_with_an_invitation_is_validated() {
         )
         .await
         .unwrap();
-    let code = invitation["code"].as_str().unwrap();
+    let code = invitation.code.as_str();
     let before = app.snapshot().await;
     let visitor = app.client();
     let join = |email: &'static str,
@@ -435,6 +445,7 @@ async fn granting_fleet_admin_requires_a_fresh_sign_in() {
     );
     ann.login("ann@example.com", PASSWORD).await.unwrap();
     assert!(ann.call("list_tenants", &[]).await.is_ok());
+    // The audit row's JSON columns, read from the database: no server-function DTO.
     let (b, a): (serde_json::Value, serde_json::Value) =
         sqlx::query_as("SELECT before, after FROM audit_log WHERE action = 'user.fleet_admin'")
             .fetch_one(&app.db)
@@ -456,28 +467,24 @@ async fn audit_filters_and_pagination() {
             .await
             .unwrap();
     }
-    let page1 = admin
-        .call("list_audit", &[("action", "tenant."), ("page", "1")])
+    let audit = |form: Vec<(&'static str, &'static str)>| {
+        let admin = admin.clone();
+        async move { admin.call_as::<Page<AuditEntry>>("list_audit", &form).await }
+    };
+    let page1 = audit(vec![("action", "tenant."), ("page", "1")])
         .await
         .unwrap();
-    assert_eq!(page1["total"], 60);
-    assert_eq!(page1["items"].as_array().unwrap().len(), 50);
-    assert_eq!(page1["items"][0]["after"], "{\"name\":\"T59\"}");
-    let page2 = admin
-        .call("list_audit", &[("action", "tenant."), ("page", "2")])
+    assert_eq!(page1.total, 60);
+    assert_eq!(page1.items.len(), 50);
+    assert_eq!(page1.items[0].after.as_deref(), Some("{\"name\":\"T59\"}"));
+    let page2 = audit(vec![("action", "tenant."), ("page", "2")])
         .await
         .unwrap();
-    assert_eq!(page2["items"].as_array().unwrap().len(), 10);
-    let none = admin
-        .call("list_audit", &[("action", "tenant.%")])
-        .await
-        .unwrap();
-    assert_eq!(none["total"], 0, "LIKE wildcards in filters are literal");
-    let by_actor = admin
-        .call("list_audit", &[("actor", "ADMIN@")])
-        .await
-        .unwrap();
-    assert!(by_actor["total"].as_i64().unwrap() >= 60);
+    assert_eq!(page2.items.len(), 10);
+    let none = audit(vec![("action", "tenant.%")]).await.unwrap();
+    assert_eq!(none.total, 0, "LIKE wildcards in filters are literal");
+    let by_actor = audit(vec![("actor", "ADMIN@")]).await.unwrap();
+    assert!(by_actor.total >= 60);
     let r = admin
         .call("list_audit", &[("action", &"x".repeat(101))])
         .await;
@@ -487,21 +494,12 @@ async fn audit_filters_and_pagination() {
         .await;
     assert_field_error(&r, "actor");
     // Sorted on the server: oldest first, or by action.
-    let oldest = admin
-        .call("list_audit", &[("action", "tenant."), ("sort", "oldest")])
+    let oldest = audit(vec![("action", "tenant."), ("sort", "oldest")])
         .await
         .unwrap();
-    assert_eq!(oldest["items"][0]["after"], "{\"name\":\"T00\"}");
-    let by_action = admin
-        .call("list_audit", &[("sort", "action")])
-        .await
-        .unwrap();
-    let actions: Vec<&str> = by_action["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    assert_eq!(oldest.items[0].after.as_deref(), Some("{\"name\":\"T00\"}"));
+    let by_action = audit(vec![("sort", "action")]).await.unwrap();
+    let actions: Vec<&str> = by_action.items.iter().map(|e| e.action.as_str()).collect();
     // Grouped by action (the order within the collation is PostgreSQL's).
     let mut groups = actions.clone();
     groups.dedup();
@@ -511,10 +509,9 @@ async fn audit_filters_and_pagination() {
     assert_eq!(groups.len(), distinct.len(), "{actions:?}");
     assert_field_error(&admin.call("list_audit", &[("sort", "size")]).await, "sort");
     // A page past the end is empty but still counts the matches.
-    let past = admin
-        .call("list_audit", &[("action", "tenant."), ("page", "9")])
+    let past = audit(vec![("action", "tenant."), ("page", "9")])
         .await
         .unwrap();
-    assert_eq!(past["total"], 60);
-    assert_eq!(past["items"].as_array().unwrap().len(), 0);
+    assert_eq!(past.total, 60);
+    assert_eq!(past.items.len(), 0);
 }
