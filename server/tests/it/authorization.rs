@@ -3,6 +3,9 @@
 //! actor must succeed.
 
 use crate::common::*;
+use app::fleet::HostSummary;
+use app::provisioning::ManagedVm;
+use app::Page;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -538,11 +541,10 @@ async fn every_vm_call_site_agrees_with_one_rule() {
     std::fs::create_dir_all(&dir).unwrap();
     let uri = simulation::write_node(&dir, "az", 5).unwrap();
     let host = fleet
-        .call("register_host", &[("name", "az"), ("uri", &uri)])
+        .call_as::<HostSummary>("register_host", &[("name", "az"), ("uri", &uri)])
         .await
-        .unwrap()["id"]
-        .as_str()
         .unwrap()
+        .id
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.scalar_i64("SELECT count(*) FROM domains").await < 5 {
@@ -618,7 +620,10 @@ async fn every_vm_call_site_agrees_with_one_rule() {
     let mut disagreements = Vec::new();
     for (who, c) in &actors {
         let own: Vec<String> = listed(c, false).await;
-        let all: Option<Vec<String>> = match c.call("my_vms", &[("all", "true")]).await {
+        let all: Option<Vec<String>> = match c
+            .call_as::<Page<ManagedVm>>("my_vms", &[("all", "true")])
+            .await
+        {
             Ok(v) => Some(uuids_of(&v)),
             Err(_) => None,
         };
@@ -681,22 +686,14 @@ async fn every_vm_call_site_agrees_with_one_rule() {
     );
 }
 
+/// The VMs of `my_vms`; none when the list is refused.
 async fn listed(c: &Client, all: bool) -> Vec<String> {
-    let v = c
-        .call("my_vms", &[("all", if all { "true" } else { "false" })])
+    c.call_as::<Page<ManagedVm>>("my_vms", &[("all", if all { "true" } else { "false" })])
         .await
-        .unwrap_or_default();
-    uuids_of(&v)
+        .map(|page| uuids_of(&page))
+        .unwrap_or_default()
 }
 
-fn uuids_of(page: &serde_json::Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i["uuid"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+fn uuids_of(page: &Page<ManagedVm>) -> Vec<String> {
+    page.items.iter().map(|vm| vm.uuid.to_string()).collect()
 }
