@@ -2,11 +2,14 @@
 //! quotas, placement, provisioning jobs, leases and day-2 operations.
 
 use crate::common::*;
-use app::provisioning::{HomePanels, InboxItem, ManagedVm, RequestDetail, RequestSummary};
+use app::fleet::{DomainSummary, FleetDashboard, HostSummary, VmDetail, VolumeInfo};
+use app::provisioning::{
+    ApprovalLevel, HomePanels, InboxItem, ManagedVm, QuotaEffect, Recount, RequestDetail,
+    RequestEvent, RequestSummary, Snapshot, Template, TenantQuotas,
+};
 use app::states::{QuotaResource, RequestState, VmPhase};
 use app::Page;
 use concierge::hypervisor::simulation;
-use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -29,14 +32,13 @@ async fn world() -> World {
     std::fs::create_dir_all(&dir).unwrap();
     let uri = simulation::write_node(&dir, "hv1", 0).unwrap();
     let host = fleet
-        .call(
+        .call_as::<HostSummary>(
             "register_host",
             &[("name", "hv1"), ("uri", &uri), ("schedulable", "true")],
         )
         .await
-        .unwrap()["id"]
-        .as_str()
         .unwrap()
+        .id
         .to_string();
     let pool = "hv1-pool".to_string();
     fleet
@@ -54,7 +56,7 @@ async fn world() -> World {
         .await
         .unwrap();
     let template = fleet
-        .call(
+        .call_as::<Uuid>(
             "save_template",
             &[
                 ("name", "Debian 12"),
@@ -70,8 +72,6 @@ async fn world() -> World {
             ],
         )
         .await
-        .unwrap()
-        .as_str()
         .unwrap()
         .to_string();
     fleet
@@ -110,9 +110,9 @@ impl World {
         ]
     }
 
-    async fn submit(&self, c: &Client, size: &str, count: &str, prefix: &str) -> CallResult {
+    async fn submit(&self, c: &Client, size: &str, count: &str, prefix: &str) -> CallResult<Uuid> {
         let t = self.tenant.to_string();
-        c.call("submit_request", &self.form(&t, size, count, prefix))
+        c.call_as("submit_request", &self.form(&t, size, count, prefix))
             .await
     }
 
@@ -135,11 +135,11 @@ impl World {
     }
 
     /// Polls the request until it reaches `state` (or fails the test after 30 s).
-    async fn wait_for(&self, c: &Client, id: &str, state: &str) -> RequestDetail {
+    async fn wait_for(&self, c: &Client, id: &str, state: RequestState) -> RequestDetail {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let r: RequestDetail = c.call_as("get_request", &[("id", id)]).await.unwrap();
-            if r.request.state.as_str() == state {
+            if r.request.state == state {
                 return r;
             }
             assert!(
@@ -150,32 +150,30 @@ impl World {
         }
     }
 
-    async fn recount(&self) -> Value {
+    async fn recount(&self) -> Recount {
         self.fleet
-            .call("recount_quota", &[("tenant_id", &self.tenant.to_string())])
+            .call_as("recount_quota", &[("tenant_id", &self.tenant.to_string())])
             .await
             .unwrap()
     }
 
     async fn volumes(&self) -> Vec<String> {
-        let v = self
+        let v: Vec<VolumeInfo> = self
             .fleet
-            .call(
+            .call_as(
                 "list_volumes",
                 &[("host_id", &self.host), ("pool", &self.pool)],
             )
             .await
             .unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["name"].as_str().unwrap().to_string())
-            .collect()
+        v.into_iter().map(|x| x.name).collect()
     }
 }
 
-fn id_of(v: &Value) -> String {
-    v.as_str().expect("an id").to_string()
+/// A submitted request's id, as the tests pass it around.
+#[track_caller]
+fn id_of(submitted: CallResult<Uuid>) -> String {
+    submitted.unwrap().to_string()
 }
 
 #[tokio::test]
@@ -188,8 +186,8 @@ async fn auto_approved_request_is_provisioned_and_running() {
     // The default policy auto-approves up to 2 vCPUs, 4 GiB, 1 VM, 30 days.
     w.set_policy(&w.fleet, "3", "").await;
     let t = w.tenant.to_string();
-    let preview = ann
-        .call(
+    let preview: QuotaEffect = ann
+        .call_as(
             "quota_preview",
             &[
                 ("tenant_id", &t),
@@ -200,11 +198,11 @@ async fn auto_approved_request_is_provisioned_and_running() {
         )
         .await
         .unwrap();
-    assert_eq!(preview["tenant"][0]["adding"], 2, "{preview}");
-    assert!(preview["overflow"].is_null());
+    assert_eq!(preview.tenant[0].adding, 2, "{preview:?}");
+    assert!(preview.overflow.is_none());
 
-    let id = id_of(&w.submit(&ann, "small", "2", "web").await.unwrap());
-    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let id = id_of(w.submit(&ann, "small", "2", "web").await);
+    let r = w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     assert_eq!(r.vms.len(), 2);
     for vm in &r.vms {
         assert_eq!(vm.phase, VmPhase::Running, "{vm:?}");
@@ -234,8 +232,8 @@ async fn auto_approved_request_is_provisioned_and_running() {
         ))
         .await;
     assert_eq!(managed, 2);
-    let drift = w.fleet.call("list_drift", &[]).await.unwrap();
-    assert_eq!(drift["total"], 0, "{drift}");
+    let drift: Page<DomainSummary> = w.fleet.call_as("list_drift", &[]).await.unwrap();
+    assert_eq!(drift.total, 0, "{drift:?}");
     let vols = w.volumes().await;
     assert_eq!(
         vols.iter().filter(|v| v.starts_with("cc-")).count(),
@@ -243,7 +241,7 @@ async fn auto_approved_request_is_provisioned_and_running() {
         "{vols:?}"
     );
     let rc = w.recount().await;
-    assert_eq!(rc["consistent"], true, "{rc}");
+    assert!(rc.consistent, "{rc:?}");
     assert_eq!(
         w.app
             .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state = 'allocated'")
@@ -353,7 +351,7 @@ async fn auto_approved_request_is_provisioned_and_running() {
             .await,
         1
     );
-    assert_eq!(w.recount().await["consistent"], true);
+    assert!(w.recount().await.consistent);
     w.app.state.hypervisors.stop_all();
 }
 
@@ -390,8 +388,8 @@ async fn approval_levels_rejection_and_cancellation() {
     // Level 1 needs both approvers; level 2 any approver. Nothing is auto-approved.
     w.set_policy(&boss, "0", "all: a1@example.com, a2@example.com\nany:")
         .await;
-    let id = id_of(&w.submit(&ann, "large", "1", "db").await.unwrap());
-    let r = w.wait_for(&ann, &id, "pending_approval").await;
+    let id = id_of(w.submit(&ann, "large", "1", "db").await);
+    let r = w.wait_for(&ann, &id, RequestState::PendingApproval).await;
     assert_eq!(r.waiting_for, ["a1@example.com", "a2@example.com"]);
     assert!(r.can_cancel);
     assert!(!r.can_decide);
@@ -426,8 +424,12 @@ async fn approval_levels_rejection_and_cancellation() {
     let inbox: Vec<InboxItem> = appr1.call_as("approval_inbox", &[]).await.unwrap();
     assert_eq!(inbox.len(), 1, "{inbox:?}");
     // The home page's count agrees with the inbox; the tenant admin is not listed at level 1.
-    assert_eq!(appr1.call("approvals_waiting", &[]).await.unwrap(), 1);
-    assert_eq!(boss.call("approvals_waiting", &[]).await.unwrap(), 0);
+    let waiting = |c: &Client| {
+        let c = c.clone();
+        async move { c.call_as::<u32>("approvals_waiting", &[]).await.unwrap() }
+    };
+    assert_eq!(waiting(&appr1).await, 1);
+    assert_eq!(waiting(&boss).await, 0);
     // The home page's panels, read in one call, say the same, and each sees only their own.
     let home = |c: &Client| {
         let c = c.clone();
@@ -479,7 +481,7 @@ async fn approval_levels_rejection_and_cancellation() {
     )
     .await
     .unwrap();
-    w.wait_for(&ann, &id, "fulfilled").await;
+    w.wait_for(&ann, &id, RequestState::Fulfilled).await;
 
     // Rejection needs a reason and releases the reservation.
     let used_before = w
@@ -488,7 +490,7 @@ async fn approval_levels_rejection_and_cancellation() {
             "SELECT used_vcpus::int8 FROM tenant_quotas WHERE tenant_id = '{t}'"
         ))
         .await;
-    let id2 = id_of(&w.submit(&bob, "small", "1", "tmp").await.unwrap());
+    let id2 = id_of(w.submit(&bob, "small", "1", "tmp").await);
     assert_eq!(
         w.app
             .scalar_i64(&format!(
@@ -512,9 +514,9 @@ async fn approval_levels_rejection_and_cancellation() {
         )
         .await
         .unwrap();
-    let r = bob.call("get_request", &[("id", &id2)]).await.unwrap();
-    assert_eq!(r["request"]["state"], "rejected");
-    assert_eq!(r["request"]["reason"], "use the shared box");
+    let r: RequestDetail = bob.call_as("get_request", &[("id", &id2)]).await.unwrap();
+    assert_eq!(r.request.state, RequestState::Rejected);
+    assert_eq!(r.request.reason.as_deref(), Some("use the shared box"));
     assert_eq!(
         w.app
             .scalar_i64(&format!(
@@ -525,7 +527,7 @@ async fn approval_levels_rejection_and_cancellation() {
     );
 
     // Cancellation by the requester while pending; not by anyone else, not twice.
-    let id3 = id_of(&w.submit(&bob, "small", "1", "tmp2").await.unwrap());
+    let id3 = id_of(w.submit(&bob, "small", "1", "tmp2").await);
     assert_refused(
         &ann.call("cancel_request", &[("id", &id3)]).await,
         "someone else cancels",
@@ -557,7 +559,7 @@ async fn approval_levels_rejection_and_cancellation() {
             .await,
         used_before
     );
-    assert_eq!(w.recount().await["consistent"], true);
+    assert!(w.recount().await.consistent);
     let actions = w.app.audit_actions().await;
     for a in [
         "policy.set",
@@ -692,7 +694,7 @@ async fn concurrent_submissions_never_overshoot_the_quota() {
     );
     assert_eq!(w.app.scalar_i64("SELECT count(*) FROM requests").await, 10);
     let rc = w.recount().await;
-    assert_eq!(rc["consistent"], true, "{rc}");
+    assert!(rc.consistent, "{rc:?}");
 
     // A user's own limit holds under the same race: room for 3 more vCPUs, 30 racing asks.
     w.fleet
@@ -740,7 +742,7 @@ async fn concurrent_submissions_never_overshoot_the_quota() {
         assert!(msg.contains("your"), "names the user's quota: {msg}");
     }
     let rc = w.recount().await;
-    assert_eq!(rc["consistent"], true, "{rc}");
+    assert!(rc.consistent, "{rc:?}");
     w.app.state.hypervisors.stop_all();
 }
 
@@ -797,12 +799,12 @@ async fn per_user_quota_inside_the_tenant_quota() {
     let r = w.submit(&ann, "small", "1", "b").await;
     let msg = assert_field_error(&r, "count");
     assert!(msg.contains("your vCPUs quota"), "{msg}");
-    let q = boss
-        .call("tenant_quotas", &[("tenant_id", &t)])
+    let q: TenantQuotas = boss
+        .call_as("tenant_quotas", &[("tenant_id", &t)])
         .await
         .unwrap();
-    assert_eq!(q["users"][0]["email"], "ann@example.com");
-    assert_eq!(q["users"][0]["lines"][0]["used"], 2);
+    assert_eq!(q.users[0].email, "ann@example.com");
+    assert_eq!(q.users[0].lines[0].used, 2);
     w.app.state.hypervisors.stop_all();
 }
 
@@ -946,24 +948,22 @@ async fn catalog_visibility_and_authorization() {
         .await;
     let o = other.to_string();
 
-    let cat = ann.call("catalog", &[("tenant_id", &t)]).await.unwrap();
-    assert_eq!(cat.as_array().unwrap().len(), 1);
-    let found = ann
-        .call("catalog", &[("tenant_id", &t), ("search", "debian")])
+    let cat: Vec<Template> = ann.call_as("catalog", &[("tenant_id", &t)]).await.unwrap();
+    assert_eq!(cat.len(), 1);
+    let found: Vec<Template> = ann
+        .call_as("catalog", &[("tenant_id", &t), ("search", "debian")])
         .await
         .unwrap();
-    assert_eq!(found.as_array().unwrap().len(), 1);
-    let none = ann
-        .call("catalog", &[("tenant_id", &t), ("search", "windows")])
+    assert_eq!(found.len(), 1);
+    let none: Vec<Template> = ann
+        .call_as("catalog", &[("tenant_id", &t), ("search", "windows")])
         .await
         .unwrap();
-    assert_eq!(none.as_array().unwrap().len(), 0);
+    assert_eq!(none.len(), 0);
     // Offered to Acme only.
     assert_eq!(
-        eve.call("catalog", &[("tenant_id", &o)])
+        eve.call_as::<Vec<Template>>("catalog", &[("tenant_id", &o)])
             .await
-            .unwrap()
-            .as_array()
             .unwrap()
             .len(),
         0
@@ -999,19 +999,17 @@ async fn catalog_visibility_and_authorization() {
     .await
     .unwrap();
     assert_eq!(
-        ann.call("catalog", &[("tenant_id", &t)])
+        ann.call_as::<Vec<Template>>("catalog", &[("tenant_id", &t)])
             .await
-            .unwrap()
-            .as_array()
             .unwrap()
             .len(),
         0
     );
-    let admin_view = boss
-        .call("catalog", &[("tenant_id", &t), ("include_hidden", "true")])
+    let admin_view: Vec<Template> = boss
+        .call_as("catalog", &[("tenant_id", &t), ("include_hidden", "true")])
         .await
         .unwrap();
-    assert_eq!(admin_view[0]["hidden"], true);
+    assert!(admin_view[0].hidden);
     assert_field_error(&w.submit(&ann, "small", "1", "x").await, "template_id");
     boss.call(
         "hide_template",
@@ -1092,8 +1090,8 @@ async fn catalog_visibility_and_authorization() {
         .await;
     assert_field_error(&r, "tenant_id");
     // Every member reads their own quota use; the fleet dashboard is for fleet admins.
-    let q = ann.call("my_quota", &[("tenant_id", &t)]).await.unwrap();
-    assert_eq!(q["tenant"][0]["resource"], "vcpus");
+    let q: QuotaEffect = ann.call_as("my_quota", &[("tenant_id", &t)]).await.unwrap();
+    assert_eq!(q.tenant[0].resource, QuotaResource::Vcpus);
     assert_refused(
         &eve.call("my_quota", &[("tenant_id", &t)]).await,
         "another tenant's quota",
@@ -1101,9 +1099,9 @@ async fn catalog_visibility_and_authorization() {
     for c in [&ann, &boss, &eve] {
         assert_refused(&c.call("fleet_dashboard", &[]).await, "fleet dashboard");
     }
-    let d = w.fleet.call("fleet_dashboard", &[]).await.unwrap();
-    assert_eq!(d["hosts"], 1, "{d}");
-    assert_eq!(d["connected"], 1, "{d}");
+    let d: FleetDashboard = w.fleet.call_as("fleet_dashboard", &[]).await.unwrap();
+    assert_eq!(d.hosts, 1, "{d:?}");
+    assert_eq!(d.connected, 1, "{d:?}");
     // Unpublishing takes it out of every catalog.
     w.fleet
         .call(
@@ -1113,10 +1111,8 @@ async fn catalog_visibility_and_authorization() {
         .await
         .unwrap();
     assert_eq!(
-        ann.call("catalog", &[("tenant_id", &t)])
+        ann.call_as::<Vec<Template>>("catalog", &[("tenant_id", &t)])
             .await
-            .unwrap()
-            .as_array()
             .unwrap()
             .len(),
         0
@@ -1136,16 +1132,20 @@ async fn leases_remind_stop_and_delete_with_extensions() {
         .signed_in("bob@example.com", Some((w.tenant, "requester")))
         .await;
     w.set_policy(&w.fleet, "1", "").await;
-    let id = id_of(&w.submit(&ann, "small", "1", "lease").await.unwrap());
-    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let id = id_of(w.submit(&ann, "small", "1", "lease").await);
+    let r = w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     let uuid = r.vms[0].uuid.to_string();
     let vm = |c: &Client| {
         let (c, uuid) = (c.clone(), uuid.clone());
-        async move { c.call("get_managed_vm", &[("uuid", &uuid)]).await.unwrap() }
+        async move {
+            c.call_as::<Option<ManagedVm>>("get_managed_vm", &[("uuid", &uuid)])
+                .await
+                .unwrap()
+        }
     };
-    assert_eq!(vm(&ann).await["lease_days_left"], 29);
+    assert_eq!(vm(&ann).await.expect("her VM").lease_days_left, 29);
     assert!(
-        vm(&bob).await.is_null(),
+        vm(&bob).await.is_none(),
         "another requester does not see it"
     );
     assert_refused(
@@ -1191,16 +1191,16 @@ async fn leases_remind_stop_and_delete_with_extensions() {
     ann.call("extend_lease", &[("uuid", &uuid), ("days", "10")])
         .await
         .unwrap();
-    assert_eq!(vm(&ann).await["lease_days_left"], 10);
+    assert_eq!(vm(&ann).await.expect("her VM").lease_days_left, 10);
 
     w.app.clock.advance(time::Duration::days(11));
     relogin().await;
     let t = leases.tick().await.unwrap();
     assert_eq!(t.stopped, 1, "{t:?}");
-    let v = vm(&ann).await;
-    assert_eq!(v["phase"], "expired");
+    let v = vm(&ann).await.expect("her VM");
+    assert_eq!(v.phase, VmPhase::Expired);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while vm(&ann).await["state"] != "shutoff" {
+    while vm(&ann).await.and_then(|v| v.state).as_deref() != Some("shutoff") {
         assert!(
             std::time::Instant::now() < deadline,
             "the expired VM was never stopped"
@@ -1212,7 +1212,7 @@ async fn leases_remind_stop_and_delete_with_extensions() {
     let t = leases.tick().await.unwrap();
     assert_eq!(t.deleting, 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !vm(&ann).await.is_null() {
+    while vm(&ann).await.is_some() {
         assert!(
             std::time::Instant::now() < deadline,
             "the VM was never deleted"
@@ -1233,7 +1233,7 @@ async fn leases_remind_stop_and_delete_with_extensions() {
             .await,
         0
     );
-    assert_eq!(w.recount().await["consistent"], true);
+    assert!(w.recount().await.consistent);
     let actions = w.app.audit_actions().await;
     for a in [
         "vm.lease.remind",
@@ -1247,12 +1247,12 @@ async fn leases_remind_stop_and_delete_with_extensions() {
 
     // A pending request nobody decides expires and gives its reservation back.
     w.set_policy(&w.fleet, "0", "").await;
-    let id = id_of(&w.submit(&bob, "small", "1", "stale").await.unwrap());
+    let id = id_of(w.submit(&bob, "small", "1", "stale").await);
     w.app.clock.advance(time::Duration::days(8));
     relogin().await;
     assert_eq!(leases.tick().await.unwrap().requests_expired, 1);
-    let r = bob.call("get_request", &[("id", &id)]).await.unwrap();
-    assert_eq!(r["request"]["state"], "expired");
+    let r: RequestDetail = bob.call_as("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(r.request.state, RequestState::Expired);
     assert_eq!(
         w.app
             .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state <> 'released'")
@@ -1274,8 +1274,8 @@ async fn resize_and_snapshots() {
         .signed_in("bob@example.com", Some((w.tenant, "requester")))
         .await;
     w.set_policy(&w.fleet, "1", "").await;
-    let id = id_of(&w.submit(&ann, "small", "1", "r").await.unwrap());
-    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let id = id_of(w.submit(&ann, "small", "1", "r").await);
+    let r = w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     let uuid = r.vms[0].uuid.to_string();
 
     let r = ann
@@ -1330,11 +1330,12 @@ async fn resize_and_snapshots() {
     .await
     .unwrap();
     let v = ann
-        .call("get_managed_vm", &[("uuid", &uuid)])
+        .call_as::<Option<ManagedVm>>("get_managed_vm", &[("uuid", &uuid)])
         .await
-        .unwrap();
-    assert_eq!(v["vcpus"], 2);
-    assert_eq!(v["memory_mib"], 2048);
+        .unwrap()
+        .expect("her VM");
+    assert_eq!(v.vcpus, 2);
+    assert_eq!(v.memory_mib, 2048);
     assert_eq!(
         w.app
             .scalar_i64(&format!(
@@ -1344,7 +1345,7 @@ async fn resize_and_snapshots() {
         2,
         "libvirt has the new size"
     );
-    assert_eq!(w.recount().await["consistent"], true);
+    assert!(w.recount().await.consistent);
 
     assert_field_error(
         &ann.call(
@@ -1377,12 +1378,12 @@ async fn resize_and_snapshots() {
         .await,
         "name",
     );
-    let list = ann
-        .call("list_snapshots", &[("uuid", &uuid)])
+    let list: Vec<Snapshot> = ann
+        .call_as("list_snapshots", &[("uuid", &uuid)])
         .await
         .unwrap();
-    assert_eq!(list[0]["name"], "before-upgrade");
-    assert_eq!(list[0]["description"], "<ok & fine>");
+    assert_eq!(list[0].name, "before-upgrade");
+    assert_eq!(list[0].description, "<ok & fine>");
     assert_refused(
         &bob.call("list_snapshots", &[("uuid", &uuid)]).await,
         "not the owner",
@@ -1408,10 +1409,8 @@ async fn resize_and_snapshots() {
     .await
     .unwrap();
     assert_eq!(
-        ann.call("list_snapshots", &[("uuid", &uuid)])
+        ann.call_as::<Vec<Snapshot>>("list_snapshots", &[("uuid", &uuid)])
             .await
-            .unwrap()
-            .as_array()
             .unwrap()
             .len(),
         0
@@ -1440,43 +1439,27 @@ async fn no_room_waits_with_the_reason_then_provisions() {
         .execute(&w.app.db)
         .await
         .unwrap();
-    let id = id_of(&w.submit(&ann, "small", "1", "patient").await.unwrap());
+    let id = id_of(w.submit(&ann, "small", "1", "patient").await);
     // The request says why it waits, once, and keeps its quota.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
-        let waiting: Vec<&Value> = r["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "waiting")
-            .collect();
+        let r: RequestDetail = ann.call_as("get_request", &[("id", &id)]).await.unwrap();
+        let waiting: Vec<&RequestEvent> = r.events.iter().filter(|e| e.kind == "waiting").collect();
         if let Some(e) = waiting.first() {
-            assert!(
-                e["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("hv1 is in maintenance"),
-                "{e}"
-            );
+            assert!(e.message.contains("hv1 is in maintenance"), "{e:?}");
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "never said it waits: {r:#}"
+            "never said it waits: {r:#?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = ann.call("get_request", &[("id", &id)]).await.unwrap();
-    let waits = r["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "waiting")
-        .count();
-    assert_eq!(waits, 1, "the same reason is logged once: {r:#}");
-    assert_eq!(r["vms"][0]["phase"], "pending");
+    let r: RequestDetail = ann.call_as("get_request", &[("id", &id)]).await.unwrap();
+    let waits = r.events.iter().filter(|e| e.kind == "waiting").count();
+    assert_eq!(waits, 1, "the same reason is logged once: {r:#?}");
+    assert_eq!(r.vms[0].phase, VmPhase::Pending);
     assert_eq!(
         w.app
             .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state = 'reserved'")
@@ -1487,7 +1470,7 @@ async fn no_room_waits_with_the_reason_then_provisions() {
         .execute(&w.app.db)
         .await
         .unwrap();
-    w.wait_for(&ann, &id, "fulfilled").await;
+    w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     // Waiting used no attempt.
     assert_eq!(
         w.app
@@ -1533,8 +1516,8 @@ async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota()
         })
         .await
         .unwrap();
-    let id = id_of(&w.submit(&ann, "small", "2", "doomed").await.unwrap());
-    let r = w.wait_for(&ann, &id, "failed").await;
+    let id = id_of(w.submit(&ann, "small", "2", "doomed").await);
+    let r = w.wait_for(&ann, &id, RequestState::Failed).await;
     for vm in &r.vms {
         assert_eq!(vm.phase, VmPhase::Failed, "{vm:?}");
         assert!(vm.error.as_deref().unwrap().len() > 3, "{vm:?}");
@@ -1554,7 +1537,7 @@ async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota()
             .await,
         0
     );
-    assert_eq!(w.recount().await["consistent"], true);
+    assert!(w.recount().await.consistent);
     assert!(w.volumes().await.iter().all(|v| !v.starts_with("cc-")));
     let actions = w.app.audit_actions().await;
     assert!(actions.iter().any(|a| a == "request.fail"), "{actions:?}");
@@ -1595,23 +1578,27 @@ async fn auto_approval_can_be_limited_to_some_templates() {
     assert_field_error(&policy("Windows 11").await, "auto_templates");
     // Listed: approved at once.
     policy("debian 12").await.unwrap();
-    let q = boss
-        .call("tenant_quotas", &[("tenant_id", &t)])
+    let q: TenantQuotas = boss
+        .call_as("tenant_quotas", &[("tenant_id", &t)])
         .await
         .unwrap();
-    assert_eq!(
-        q["policy"]["auto_template_names"],
-        serde_json::json!(["Debian 12"])
-    );
-    let id = id_of(&w.submit(&ann, "small", "1", "listed").await.unwrap());
-    assert_ne!(
-        ann.call("get_request", &[("id", &id)]).await.unwrap()["request"]["state"],
-        "pending_approval"
-    );
+    assert_eq!(q.policy.auto_template_names, ["Debian 12"]);
+    let id = id_of(w.submit(&ann, "small", "1", "listed").await);
+    let state = |id: String| {
+        let ann = ann.clone();
+        async move {
+            ann.call_as::<RequestDetail>("get_request", &[("id", &id)])
+                .await
+                .unwrap()
+                .request
+                .state
+        }
+    };
+    assert_ne!(state(id).await, RequestState::PendingApproval);
     // Another template listed instead: the same request now waits for an approver.
     let other = w
         .fleet
-        .call(
+        .call_as::<Uuid>(
             "save_template",
             &[
                 ("name", "Alpine"),
@@ -1630,16 +1617,13 @@ async fn auto_approval_can_be_limited_to_some_templates() {
     w.fleet
         .call(
             "publish_template",
-            &[("id", other.as_str().unwrap()), ("published", "true")],
+            &[("id", &other.to_string()), ("published", "true")],
         )
         .await
         .unwrap();
     policy("Alpine").await.unwrap();
-    let id = id_of(&w.submit(&ann, "small", "1", "unlisted").await.unwrap());
-    assert_eq!(
-        ann.call("get_request", &[("id", &id)]).await.unwrap()["request"]["state"],
-        "pending_approval"
-    );
+    let id = id_of(w.submit(&ann, "small", "1", "unlisted").await);
+    assert_eq!(state(id).await, RequestState::PendingApproval);
     w.app.state.hypervisors.stop_all();
 }
 
@@ -1669,11 +1653,10 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
     for (tenant, prefix) in [(w.tenant, "in-acme"), (beta, "in-beta")] {
         let t = tenant.to_string();
         let id = id_of(
-            &c.call("submit_request", &w.form(&t, "small", "1", prefix))
-                .await
-                .unwrap(),
+            c.call_as("submit_request", &w.form(&t, "small", "1", prefix))
+                .await,
         );
-        let r = w.wait_for(&c, &id, "fulfilled").await;
+        let r = w.wait_for(&c, &id, RequestState::Fulfilled).await;
         let vm = &r.vms[0];
         made.push((id, vm.host_id.unwrap().to_string(), vm.uuid.to_string()));
     }
@@ -1704,15 +1687,16 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
     assert_eq!(op_tenant, beta);
 
     // The catalog tells a requester what they choose, not who else gets it or where it lives.
+    // Kept as JSON: the host's name must appear nowhere in the answer's text.
     let catalog = c
         .call("catalog", &[("tenant_id", &beta.to_string())])
         .await
         .unwrap();
-    let entry = &catalog[0];
-    assert_eq!(entry["name"], "Debian 12");
-    assert_eq!(entry["tenant_ids"], serde_json::json!([]));
-    assert_eq!(entry["tenant_names"], serde_json::json!([]));
-    assert_eq!(entry["images"], serde_json::json!([]));
+    let entry = &as_dto::<Vec<Template>>(&catalog)[0];
+    assert_eq!(entry.name, "Debian 12");
+    assert!(entry.tenant_ids.is_empty(), "{entry:?}");
+    assert!(entry.tenant_names.is_empty(), "{entry:?}");
+    assert!(entry.images.is_empty(), "{entry:?}");
     assert!(!catalog.to_string().contains("hv1"), "{catalog}");
 
     // Removed from Acme, still in Beta: still signed in, but Acme's VM and request are gone.
@@ -1749,23 +1733,18 @@ async fn ownership_lasts_as_long_as_membership_and_each_vm_is_acted_on_in_its_te
         "the request log of a tenant one left",
     );
     let managed = c
-        .call("get_managed_vm", &[("uuid", &acme_vm)])
+        .call_as::<Option<ManagedVm>>("get_managed_vm", &[("uuid", &acme_vm)])
         .await
-        .unwrap_or(Value::Null);
-    assert!(managed.is_null(), "{managed}");
-    let mine = c.call("my_vms", &[]).await.unwrap();
-    let names: Vec<&str> = mine["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap())
-        .collect();
+        .unwrap_or_default();
+    assert!(managed.is_none(), "{managed:?}");
+    let mine: Page<ManagedVm> = c.call_as("my_vms", &[]).await.unwrap();
+    let names: Vec<&str> = mine.items.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["in-beta"]);
-    let requests = c.call("list_requests", &[]).await.unwrap();
-    assert_eq!(requests["items"].as_array().unwrap().len(), 1, "{requests}");
-    let home = c.call("home_panels", &[]).await.unwrap();
-    assert_eq!(home["vms"]["items"].as_array().unwrap().len(), 1, "{home}");
-    assert_eq!(home["requests"]["total"], 0, "{home}");
+    let requests: Page<RequestSummary> = c.call_as("list_requests", &[]).await.unwrap();
+    assert_eq!(requests.items.len(), 1, "{requests:?}");
+    let home: HomePanels = c.call_as("home_panels", &[]).await.unwrap();
+    assert_eq!(home.vms.items.len(), 1, "{home:?}");
+    assert_eq!(home.requests.total, 0, "{home:?}");
     // The second tenant's VM still works for them.
     c.call("get_vm", &[("host_id", &beta_host), ("uuid", &beta_vm)])
         .await
@@ -1823,8 +1802,8 @@ async fn a_revert_across_a_resize_carries_the_real_size_and_every_change_is_logg
         .signed_in("ann@example.com", Some((w.tenant, "requester")))
         .await;
     w.set_policy(&w.fleet, "1", "").await;
-    let id = id_of(&w.submit(&ann, "small", "1", "rv").await.unwrap());
-    let r = w.wait_for(&ann, &id, "fulfilled").await;
+    let id = id_of(w.submit(&ann, "small", "1", "rv").await);
+    let r = w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     let uuid = r.vms[0].uuid.to_string();
     let snap = |op: &'static str| {
         let (ann, uuid) = (ann.clone(), uuid.clone());
@@ -1853,46 +1832,45 @@ async fn a_revert_across_a_resize_carries_the_real_size_and_every_change_is_logg
     )
     .await
     .unwrap();
-    let vm = ann
-        .call("get_managed_vm", &[("uuid", &uuid)])
-        .await
-        .unwrap();
-    assert_eq!(
-        (vm["vcpus"].as_i64(), vm["memory_mib"].as_i64()),
-        (Some(2), Some(2048))
-    );
+    let vm = || {
+        let (ann, uuid) = (ann.clone(), uuid.clone());
+        async move {
+            ann.call_as::<Option<ManagedVm>>("get_managed_vm", &[("uuid", &uuid)])
+                .await
+                .unwrap()
+                .expect("her VM")
+        }
+    };
+    let v = vm().await;
+    assert_eq!((v.vcpus, v.memory_mib), (2, 2048));
     snap("revert").await.unwrap();
-    let vm = ann
-        .call("get_managed_vm", &[("uuid", &uuid)])
-        .await
-        .unwrap();
+    let v = vm().await;
     assert_eq!(
-        (vm["vcpus"].as_i64(), vm["memory_mib"].as_i64()),
-        (Some(1), Some(1024)),
-        "the portal follows the revert: {vm}"
+        (v.vcpus, v.memory_mib),
+        (1, 1024),
+        "the portal follows the revert: {v:?}"
     );
     // The ledger and the hypervisor agree with the record (the revert re-reads the domain).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let recount = w.recount().await;
-        if recount["consistent"] == true {
+        if recount.consistent {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{recount:#}");
+        assert!(std::time::Instant::now() < deadline, "{recount:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ann.call("extend_lease", &[("uuid", &uuid), ("days", "1")])
         .await
         .unwrap();
-    let page = ann
-        .call("get_vm", &[("host_id", &w.host), ("uuid", &uuid)])
+    let page: VmDetail = ann
+        .call_as("get_vm", &[("host_id", &w.host), ("uuid", &uuid)])
         .await
         .unwrap();
-    let ops: Vec<&str> = page["operations"]
-        .as_array()
-        .unwrap()
+    let ops: Vec<&str> = page
+        .operations
         .iter()
-        .map(|o| o["operation"].as_str().unwrap())
+        .map(|o| o.operation.as_str())
         .collect();
     for op in [
         "snapshot create: at-small",
@@ -1911,13 +1889,10 @@ async fn a_revert_across_a_resize_carries_the_real_size_and_every_change_is_logg
         .await
         .unwrap();
     let recount = w.recount().await;
-    assert_eq!(recount["consistent"], false);
+    assert!(!recount.consistent, "{recount:#?}");
     assert!(
-        recount["mismatched"][0]
-            .as_str()
-            .unwrap()
-            .contains("the hypervisor runs 1 vCPUs"),
-        "{recount:#}"
+        recount.mismatched[0].contains("the hypervisor runs 1 vCPUs"),
+        "{recount:#?}"
     );
     w.app.state.hypervisors.stop_all();
 }
@@ -1931,13 +1906,10 @@ async fn the_catalog_says_which_sizes_need_approval_and_what_each_costs_a_month(
         .signed_in("ann@example.com", Some((w.tenant, "requester")))
         .await;
     // No rate card: the page says why no cost is shown.
-    let cat = ann.call("catalog", &[("tenant_id", &t)]).await.unwrap();
-    let offer = &cat[0]["offer"];
-    assert!(offer["sizes"][0]["monthly_cost"].is_null(), "{offer}");
-    assert!(offer["cost_note"]
-        .as_str()
-        .unwrap()
-        .contains("No rate card"));
+    let cat: Vec<Template> = ann.call_as("catalog", &[("tenant_id", &t)]).await.unwrap();
+    let offer = cat[0].offer.as_ref().expect("an offer");
+    assert!(offer.sizes[0].monthly_cost.is_none(), "{offer:?}");
+    assert!(offer.cost_note.as_deref().unwrap().contains("No rate card"));
     // Auto-approval up to 2 vCPUs / 4 GiB, 1 VM, 30 days; a general card in force.
     w.set_policy(&w.fleet, "1", "").await;
     w.fleet
@@ -1953,26 +1925,23 @@ async fn the_catalog_says_which_sizes_need_approval_and_what_each_costs_a_month(
         )
         .await
         .unwrap();
-    let cat = ann.call("catalog", &[("tenant_id", &t)]).await.unwrap();
-    let offer = &cat[0]["offer"];
-    let sizes: Vec<(&str, bool)> = cat[0]["sizes"]
-        .as_array()
-        .unwrap()
+    let cat: Vec<Template> = ann.call_as("catalog", &[("tenant_id", &t)]).await.unwrap();
+    let offer = cat[0].offer.as_ref().expect("an offer");
+    let sizes: Vec<(&str, bool)> = cat[0]
+        .sizes
         .iter()
-        .zip(offer["sizes"].as_array().unwrap())
-        .map(|(s, o)| {
-            (
-                s["name"].as_str().unwrap(),
-                o["needs_approval"].as_bool().unwrap(),
-            )
-        })
+        .zip(&offer.sizes)
+        .map(|(s, o)| (s.name.as_str(), o.needs_approval))
         .collect();
     assert_eq!(sizes, [("small", false), ("large", true)]);
     // small: (1 × 0.01 + 1 × 0.005 + 10 × 0.0001) × 730.5 h = 11.688 → 11.69.
-    assert_eq!(offer["sizes"][0]["monthly_cost"], "11.69 EUR a month");
-    assert!(offer["cost_note"].is_null());
     assert_eq!(
-        offer["approval_note"],
+        offer.sizes[0].monthly_cost.as_deref(),
+        Some("11.69 EUR a month")
+    );
+    assert!(offer.cost_note.is_none());
+    assert_eq!(
+        offer.approval_note,
         "Any size needs approval for more than 1 VM at once or a lease longer than 30 days."
     );
 }
@@ -2008,24 +1977,32 @@ async fn approval_levels_come_from_the_forms_rows_with_approvers_picked_from_mem
         ("level[2][mode]", ""),
     ]);
     w.fleet.call("set_policy", &form).await.unwrap();
-    let q = w
+    let q: TenantQuotas = w
         .fleet
-        .call("tenant_quotas", &[("tenant_id", &t)])
+        .call_as("tenant_quotas", &[("tenant_id", &t)])
         .await
         .unwrap();
-    let p = &q["policy"];
+    let p = &q.policy;
     assert_eq!(
-        p["levels"],
-        serde_json::json!([
-            { "level": 1, "mode": "any", "approvers": [] },
-            { "level": 2, "mode": "all", "approvers": ["cfo@example.com", "lead@example.com"] }
-        ]),
-        "{p}"
+        p.levels,
+        [
+            ApprovalLevel {
+                level: 1,
+                mode: "any".into(),
+                approvers: vec![],
+            },
+            ApprovalLevel {
+                level: 2,
+                mode: "all".into(),
+                approvers: vec!["cfo@example.com".into(), "lead@example.com".into()],
+            },
+        ],
+        "{p:?}"
     );
     // The page picks approvers from the members who may approve, not from everyone.
     assert_eq!(
-        p["eligible_approvers"],
-        serde_json::json!(["cfo@example.com", "lead@example.com"])
+        p.eligible_approvers,
+        ["cfo@example.com", "lead@example.com"]
     );
     // A requester cannot be made an approver; nothing changes.
     let before = w.app.snapshot().await;
@@ -2125,17 +2102,15 @@ async fn requester_cloud_config_only_where_the_template_allows_it_and_approvers_
 
     // Accepted, and the approver reads it in the inbox and on the request before deciding.
     w.set_policy(&w.fleet, "0", "any:").await;
-    let id = id_of(&ann.call("submit_request", &form).await.unwrap());
-    let inbox = appr.call("approval_inbox", &[]).await.unwrap();
+    let id = id_of(ann.call_as("submit_request", &form).await);
+    let inbox: Vec<InboxItem> = appr.call_as("approval_inbox", &[]).await.unwrap();
     let item = inbox
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|i| i["request"]["id"] == id.as_str())
+        .find(|i| i.request.id.to_string() == id)
         .expect("the request is in the inbox");
-    assert_eq!(item["user_data"], yaml);
-    let detail = appr.call("get_request", &[("id", &id)]).await.unwrap();
-    assert_eq!(detail["user_data"], yaml);
+    assert_eq!(item.user_data, yaml);
+    let detail: RequestDetail = appr.call_as("get_request", &[("id", &id)]).await.unwrap();
+    assert_eq!(detail.user_data, yaml);
     let page = appr.get("/approvals").await.text().await.unwrap();
     assert!(
         page.contains("runs as root on first boot"),
@@ -2162,14 +2137,13 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
     let uri = simulation::write_node(&dir, "hv2", 0).unwrap();
     let hv2 = w
         .fleet
-        .call(
+        .call_as::<HostSummary>(
             "register_host",
             &[("name", "hv2"), ("uri", &uri), ("schedulable", "true")],
         )
         .await
-        .unwrap()["id"]
-        .as_str()
         .unwrap()
+        .id
         .to_string();
     let networks_of = |host: String| {
         let app = &w.app;
@@ -2244,8 +2218,8 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
     // On hv2-net: only hv2 has it, so the VMs land there (three of them, all on hv2).
     let mut form = w.form(&t, "small", "3", "labbox");
     form.push(("network", "hv2-net"));
-    let id = ann.call("submit_request", &form).await.unwrap();
-    let done = w.wait_for(&ann, id.as_str().unwrap(), "fulfilled").await;
+    let id = id_of(ann.call_as("submit_request", &form).await);
+    let done = w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     assert_eq!(
         done.request.network.as_deref(),
         Some("hv2-net"),
@@ -2260,8 +2234,8 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
         3
     );
     // The default is the template's first choice: user-mode networking, no network recorded.
-    let id = w.submit(&ann, "small", "1", "plain").await.unwrap();
-    w.wait_for(&ann, id.as_str().unwrap(), "fulfilled").await;
+    let id = id_of(w.submit(&ann, "small", "1", "plain").await);
+    w.wait_for(&ann, &id, RequestState::Fulfilled).await;
     assert_eq!(
         w.app
             .scalar_i64("SELECT count(*) FROM vms WHERE name = 'plain' AND network IS NULL")
