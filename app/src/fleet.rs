@@ -453,6 +453,26 @@ pub struct FleetDashboard {
     /// (id, name, state, CPUs, vCPUs allocated, memory KiB, memory allocated KiB) of the
     /// fullest hosts by memory.
     pub busiest_hosts: Vec<BusyHost>,
+    /// The server processes sharing the database, live ones first.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// A server process sharing the database (a replica), as the others see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub id: Uuid,
+    /// Where it listens, as it was configured.
+    pub address: String,
+    pub version: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub heartbeat_at: OffsetDateTime,
+    /// Beat within the last few seconds and not stopped.
+    pub alive: bool,
+    /// The replica that served this answer.
+    pub this: bool,
 }
 
 #[server(prefix = "/api", endpoint = "fleet_dashboard")]

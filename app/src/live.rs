@@ -25,15 +25,36 @@ pub struct LiveEvent {
     pub requester_id: Option<Uuid>,
 }
 
-/// A signal that changes whenever an event for which `wanted` says yes arrives (in the
-/// browser; on the server it never changes). All of a page's subscribers (the page, the
-/// navigation's badge) share one `/live` stream.
+impl LiveEvent {
+    /// Events may have been missed (a slow page, or the server's listener reconnected):
+    /// every subscriber refetches what it shows.
+    pub fn lagged() -> LiveEvent {
+        LiveEvent {
+            kind: "lagged".into(),
+            host_id: None,
+            uuid: None,
+            state: None,
+            tenant_id: None,
+            owner_id: None,
+            request_id: None,
+            requester_id: None,
+        }
+    }
+
+    pub fn is_lagged(&self) -> bool {
+        self.kind == "lagged"
+    }
+}
+
+/// A signal that changes whenever an event for which `wanted` says yes arrives, or events may
+/// have been missed (in the browser; on the server it never changes). All of a page's
+/// subscribers (the page, the navigation's badge) share one `/live` stream.
 pub fn use_live(wanted: impl Fn(&LiveEvent) -> bool + Send + Sync + 'static) -> ReadSignal<u32> {
     let (tick, set_tick) = signal(0u32);
     #[cfg(feature = "hydrate")]
     {
         let id = stream::subscribe(Box::new(move |event: &LiveEvent| {
-            if wanted(event) {
+            if event.is_lagged() || wanted(event) {
                 set_tick.try_update(|t| *t = t.wrapping_add(1));
             }
         }));

@@ -121,6 +121,11 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_UPLOAD_ABANDON_HOURS", default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=8_760))]
     pub upload_abandon_hours: i64,
 
+    /// Seconds this server, told to stop (SIGTERM, Ctrl-C), gives requests in flight to
+    /// finish before it exits.
+    #[arg(long, env = "CONCIERGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub shutdown_grace_seconds: u64,
+
     /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
     #[arg(
         long,
@@ -251,6 +256,7 @@ impl Config {
             raw_metrics_hours: 48,
             upload_abandon_hours: 24,
             shutdown_timeout_seconds: 5,
+            shutdown_grace_seconds: 2,
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),
             ssh_port_min: 22000,

@@ -30,7 +30,8 @@ impl Server {
         let pool = platform::db::prepare(&config.database_url, config.db_connections).await?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let state = state::AppState::new(config, pool, clock);
+        let replica = platform::cluster::Replica::register(&pool, &addr.to_string()).await?;
+        let state = state::AppState::new(config, pool, clock, Arc::new(replica));
         if let Some(password) = bootstrap::first_admin(&state).await? {
             // Printed once, to the console of whoever started the first run.
             println!(
@@ -55,7 +56,19 @@ impl Server {
         })
     }
 
+    /// Serves until the process ends.
     pub async fn run(self) -> anyhow::Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `stop` completes, then stops gracefully: the replica is marked stopped
+    /// (the others stop counting on it at once), the listener closes, and requests in flight
+    /// get up to `--shutdown-grace-seconds` to finish (open event streams never do, so the
+    /// grace period bounds the wait).
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let pool = self.state.pool.clone();
         let clock = self.state.clock.clone();
         let state = &self.state;
@@ -76,7 +89,16 @@ impl Server {
                 }
             }
         });
-        state.live.spawn_listener(state.pool.clone());
+        let actors = state.accounts.cache.clone();
+        state.live.spawn_listener(state.pool.clone(), move |what| {
+            if matches!(
+                what,
+                platform::cluster::ACTORS | platform::cluster::EVERYTHING
+            ) {
+                actors.invalidate_all();
+            }
+        });
+        state.replica.spawn_heartbeat();
         platform::jobs::spawn_workers(
             state.pool.clone(),
             state.queue.clone(),
@@ -119,6 +141,20 @@ impl Server {
                 }
             });
         }
+        let replica = self.state.replica.clone();
+        let grace = std::time::Duration::from_secs(self.state.config.shutdown_grace_seconds);
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                stop.await;
+                tracing::info!("stopping: finishing requests in flight");
+                if let Err(e) = replica.stop().await {
+                    tracing::warn!(error = %e, "could not mark this replica stopped");
+                }
+                stopping.notify_one();
+            }
+        };
         let app = web::router(self.state);
         // Without TCP_NODELAY a response written in two parts (headers, then a body that was
         // not ready yet) waits for the client's delayed ACK: 40 ms on one request in eight.
@@ -127,11 +163,18 @@ impl Server {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         });
-        axum::serve(
+        let serve = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .await?;
+        .with_graceful_shutdown(signal);
+        tokio::select! {
+            served = std::future::IntoFuture::into_future(serve) => served?,
+            _ = async {
+                stopping.notified().await;
+                tokio::time::sleep(grace).await;
+            } => tracing::info!("stopped after the grace period"),
+        }
         Ok(())
     }
 }

@@ -17,5 +17,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let server = Server::build(config, Arc::new(SystemClock)).await?;
     tracing::info!("Concierge listening on http://{}", server.addr);
-    server.run().await
+    server.run_until(stop_signal()).await
+}
+
+/// SIGTERM (a service manager, a rolling restart) or Ctrl-C.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -27,10 +27,17 @@ pub struct AppState {
     /// The image library's backend, also for housekeeping (abandoned uploads).
     pub images: Arc<crate::catalog::images::ImagesBackend>,
     pub live: crate::platform::live::Live,
+    /// This process among the replicas sharing the database.
+    pub replica: Arc<crate::platform::cluster::Replica>,
 }
 
 impl AppState {
-    pub fn new(config: Config, pool: PgPool, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        config: Config,
+        pool: PgPool,
+        clock: Arc<dyn Clock>,
+        replica: Arc<crate::platform::cluster::Replica>,
+    ) -> Self {
         let accounts = AccountsBackend {
             pool: pool.clone(),
             clock: clock.clone(),
@@ -101,6 +108,7 @@ impl AppState {
                 vcpu_overcommit: config.vcpu_overcommit,
                 simulated_fleets: config.simulated_fleets_dir.clone(),
                 live_generation: live.generation.clone(),
+                replica: replica.id,
                 domain_lists: crate::platform::list::Known::new(
                     live.generation.clone(),
                     1_000,
@@ -165,6 +173,7 @@ impl AppState {
             leases,
             images,
             live,
+            replica,
         }
     }
 }

@@ -185,6 +185,10 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .nest_service("/pkg", bundle(&site_root))
+        .route(
+            "/healthz",
+            axum::routing::get(health).with_state(state.clone()),
+        )
         .route_service(
             "/favicon.svg",
             tower_http::services::ServeFile::new(format!("{site_root}/favicon.svg")),
@@ -194,6 +198,54 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// For load balancers and operators: this process is up and which replicas share its
+/// database (no addresses: the fleet dashboard shows those to fleet admins). 503 when the
+/// database does not answer.
+async fn health(State(state): State<AppState>) -> Response {
+    let read = async {
+        let mut tx =
+            crate::platform::db::begin(&state.pool, crate::platform::db::Scope::fleet()).await?;
+        let replicas = crate::platform::cluster::replicas(&mut tx, state.replica.id).await?;
+        tx.commit().await?;
+        Ok::<_, crate::platform::error::Error>(replicas)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+        Ok(Ok(replicas)) => {
+            let replicas: Vec<_> = replicas
+                .into_iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.id, "version": r.version, "alive": r.alive, "this": r.this,
+                        "started_at": r.started_at.unix_timestamp(),
+                        "heartbeat_at": r.heartbeat_at.unix_timestamp(),
+                    })
+                })
+                .collect();
+            axum::Json(serde_json::json!({
+                "status": "ok",
+                "replica": state.replica.id,
+                "version": env!("CARGO_PKG_VERSION"),
+                "replicas": replicas,
+            }))
+            .into_response()
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the database did not answer within 5 s".into(),
+            };
+            tracing::warn!(error = %why, "health check");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(
+                    serde_json::json!({ "status": "unavailable", "replica": state.replica.id }),
+                ),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// The app's routes, generated once per process. Generating them sets a process-wide flag

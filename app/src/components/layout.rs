@@ -113,7 +113,7 @@ fn initials(name: &str) -> String {
 /// waits for it (and the page stays one query lighter).
 #[component]
 fn WaitingBadge() -> impl IntoView {
-    let pushed = crate::live::use_live(|e| e.kind == "request" || e.kind == "lagged");
+    let pushed = crate::live::use_live(|e| e.kind == "request");
     let count = RwSignal::new(None::<u32>);
     // Effects run in the browser only.
     Effect::new(move |_| {

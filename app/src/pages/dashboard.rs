@@ -3,7 +3,8 @@
 use crate::components::capacity::{gib, CpuCapacity, MemoryCapacity};
 use crate::components::chart::{ChartGrid, RangePicker};
 use crate::components::guard::{fleet_admin, Guard};
-use crate::fleet::{fleet_charts, get_fleet_dashboard, FleetDashboard};
+use crate::components::timestamp::Timestamp;
+use crate::fleet::{fleet_charts, get_fleet_dashboard, FleetDashboard, ReplicaInfo};
 use crate::live::ticker;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -167,6 +168,38 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
                     </table>
                 }.into_any()
             }}
+        </section>
+        <Replicas replicas=d.replicas/>
+    }
+}
+
+/// The server processes sharing the database: one line each, so an operator sees a replica
+/// that stopped beating (or one still running an old version) at a glance.
+#[component]
+fn Replicas(replicas: Vec<ReplicaInfo>) -> impl IntoView {
+    let alive = replicas.iter().filter(|r| r.alive).count();
+    view! {
+        <section class="card">
+            <h2>{format!("Server replicas: {alive} running")}</h2>
+            <table class="table">
+                <thead><tr><th>"Replica"</th><th>"Version"</th><th>"Started"</th><th>"Last heartbeat"</th><th>"State"</th></tr></thead>
+                <tbody>{replicas.into_iter().map(|r| {
+                    let (state, class) = match (r.alive, r.this) {
+                        (true, true) => ("running (this page)", "badge ok"),
+                        (true, false) => ("running", "badge ok"),
+                        (false, _) => ("gone", "badge danger"),
+                    };
+                    view! {
+                        <tr>
+                            <td data-label="Replica"><code>{r.address}</code></td>
+                            <td data-label="Version">{r.version}</td>
+                            <td data-label="Started"><Timestamp at=r.started_at/></td>
+                            <td data-label="Last heartbeat"><Timestamp at=r.heartbeat_at/></td>
+                            <td data-label="State"><span class=class>{state}</span></td>
+                        </tr>
+                    }
+                }).collect_view()}</tbody>
+            </table>
         </section>
     }
 }

@@ -75,8 +75,7 @@ fn HomeContent() -> impl IntoView {
 fn TenantDashboard() -> impl IntoView {
     use crate::provisioning::{read_home_panels, state_badge};
     let actor = use_actor();
-    let pushed =
-        crate::live::use_live(|e| e.kind == "domain" || e.kind == "request" || e.kind == "lagged");
+    let pushed = crate::live::use_live(|e| e.kind == "domain" || e.kind == "request");
     // One call, one transaction for the four panels.
     let data = Resource::new(
         move || pushed.get(),

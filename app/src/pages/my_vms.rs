@@ -28,7 +28,7 @@ fn MyVmsContent() -> impl IntoView {
     let get = move |k: &str| query.with(|q| q.get(k).unwrap_or_default());
     let page = move || query.with(|q| q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1u32));
     let tick = ticker(30_000);
-    let pushed = crate::live::use_live(|e| e.kind == "domain" || e.kind == "lagged");
+    let pushed = crate::live::use_live(|e| e.kind == "domain");
     let actor = use_actor();
     let vms = Resource::new(
         move || {

@@ -147,8 +147,7 @@ fn RequestContent() -> impl IntoView {
     // (a proxy may swallow server-sent events) while the request is still moving.
     let vm_ids = RwSignal::new(Vec::<Uuid>::new());
     let pushed = crate::live::use_live(move |e| {
-        e.kind == "lagged"
-            || (e.request_id.is_some() && e.request_id == id_untracked(params))
+        (e.request_id.is_some() && e.request_id == id_untracked(params))
             || e.uuid
                 .is_some_and(|u| vm_ids.with_untracked(|v| v.contains(&u)))
     });
@@ -377,7 +376,7 @@ fn InboxContent() -> impl IntoView {
     let last = RwSignal::new(None::<String>);
     let unplaced = Signal::derive(move || last.get().is_none().then(|| error.get()).flatten());
     // New requests, and decisions taken elsewhere, arrive as live events (no polling).
-    let pushed = crate::live::use_live(|e| e.kind == "request" || e.kind == "lagged");
+    let pushed = crate::live::use_live(|e| e.kind == "request");
     let items = Resource::new(
         move || (decide.version().get(), pushed.get()),
         |_| approval_inbox(),

@@ -116,7 +116,7 @@ fn VmContent() -> impl IntoView {
     let adopt_error = action_error(adopt);
     // The VM's state changes arrive pushed (another browser, the hypervisor, a lease).
     let pushed = crate::live::use_live(move |e| {
-        e.kind == "lagged" || (e.uuid.is_some() && e.uuid == ids_untracked(params).map(|(_, u)| u))
+        e.uuid.is_some() && e.uuid == ids_untracked(params).map(|(_, u)| u)
     });
     let panel = PanelActions {
         extend: ServerAction::<ExtendLease>::new(),

@@ -123,11 +123,17 @@ async fn audited(
 
 /// Drops failures older than the window (run periodically).
 pub async fn prune(pool: &PgPool, now: OffsetDateTime) -> Result<u64> {
-    Ok(sqlx::query("DELETE FROM login_failures WHERE at < $1")
+    let mut tx = pool.begin().await?;
+    if !crate::platform::cluster::once(&mut tx, "login_failures").await? {
+        return Ok(0);
+    }
+    let pruned = sqlx::query("DELETE FROM login_failures WHERE at < $1")
         .bind(now - WINDOW)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+    tx.commit().await?;
+    Ok(pruned)
 }
 
 #[cfg(test)]

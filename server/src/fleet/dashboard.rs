@@ -35,10 +35,10 @@ pub(super) async fn dashboard(
     // Versioned by the live-event generation: after an event the figures are computed
     // again before answering (the page refetches because of that event).
     let generation = b.live_generation.load(std::sync::atomic::Ordering::Relaxed);
-    let (pool, overcommit) = (b.pool.clone(), b.vcpu_overcommit);
+    let (pool, overcommit, replica) = (b.pool.clone(), b.vcpu_overcommit, b.replica);
     Ok(b.dashboard
         .get(generation, move || {
-            dashboard_figures(pool.clone(), overcommit)
+            dashboard_figures(pool.clone(), overcommit, replica)
         })
         .await?)
 }
@@ -67,6 +67,7 @@ pub(super) async fn drift(
 pub(super) async fn dashboard_figures(
     pool: PgPool,
     vcpu_overcommit: f64,
+    replica: Uuid,
 ) -> Result<FleetDashboard> {
     let mut tx = db::begin(&pool, Scope::fleet()).await?;
     #[derive(sqlx::FromRow)]
@@ -136,7 +137,9 @@ pub(super) async fn dashboard_figures(
         )
         .fetch_all(&mut *tx)
         .await?;
+    let replicas = crate::platform::cluster::replicas(&mut tx, replica).await?;
     Ok(FleetDashboard {
+        replicas,
         busiest_hosts: busiest
             .into_iter()
             .map(|b| BusyHost {

@@ -46,6 +46,8 @@ pub struct FleetBackend {
     /// the figures are fleet-wide and the same for every fleet admin, so they are computed once
     /// per change (at most 3 s old, for changes that send no event, such as a host's state).
     pub live_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// This process's replica id (the dashboard marks it among the replicas).
+    pub replica: Uuid,
     pub dashboard: Arc<Kept<FleetDashboard>>,
     /// Totals and page ends of the domain lists (drift, a host's domains) by (filter, host,
     /// search).

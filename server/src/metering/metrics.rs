@@ -257,11 +257,7 @@ pub async fn rollup(
     let lag = Duration::seconds(30);
     let mut report = RollupReport::default();
     let mut tx = db::begin(pool, Scope::fleet()).await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('concierge.metrics'))")
-            .fetch_one(&mut *tx)
-            .await?;
-    if !locked {
+    if !crate::platform::cluster::once(&mut tx, "metrics").await? {
         return Ok(report);
     }
     let marks: HashMap<i32, OffsetDateTime> = sqlx::query_as::<_, (i32, OffsetDateTime)>(

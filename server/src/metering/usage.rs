@@ -116,11 +116,7 @@ struct LiveVm {
 pub async fn rollup(pool: &PgPool, now: OffsetDateTime, max_hours: i64) -> Result<i64> {
     let mut tx = db::begin(pool, Scope::fleet()).await?;
     // One roller at a time (several servers may run this).
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('concierge.usage'))")
-            .fetch_one(&mut *tx)
-            .await?;
-    if !locked {
+    if !crate::platform::cluster::once(&mut tx, "usage").await? {
         return Ok(0);
     }
     let end_limit = truncate_hour(now);

@@ -35,30 +35,53 @@ impl Default for Live {
 }
 
 impl Live {
-    /// Listens until the process ends, reconnecting after errors.
-    pub fn spawn_listener(&self, pool: PgPool) {
+    /// Listens until the process ends, reconnecting after errors. Besides the page events it
+    /// hears the cluster channel (`platform::cluster`): what other replicas (or hand-written
+    /// statements) changed is passed to `on_cluster`, e.g. "actors" retires cached actors.
+    pub fn spawn_listener(&self, pool: PgPool, on_cluster: impl Fn(&str) + Send + 'static) {
         let tx = self.tx.clone();
         let generation = self.generation.clone();
         tokio::spawn(async move {
+            let mut first = true;
             loop {
-                // Events may have been missed while disconnected.
-                generation.fetch_add(1, Ordering::Relaxed);
                 match PgListener::connect_with(&pool).await {
                     Ok(mut listener) => {
-                        if let Err(e) = listener.listen(CHANNEL).await {
+                        let channels = [CHANNEL, crate::platform::cluster::CHANNEL];
+                        if let Err(e) = listener.listen_all(channels).await {
                             tracing::warn!(error = %e, "LISTEN failed");
                         } else {
+                            if !std::mem::take(&mut first) {
+                                // Listening again: whatever was sent while disconnected was
+                                // not heard, so every cache starts over and every open page
+                                // refetches.
+                                tracing::info!("live listener listening again");
+                                on_cluster(crate::platform::cluster::EVERYTHING);
+                                generation.fetch_add(1, Ordering::Relaxed);
+                                let _ = tx.send(LiveEvent::lagged());
+                            }
                             loop {
-                                match listener.recv().await {
-                                    Ok(n) => match serde_json::from_str::<LiveEvent>(n.payload()) {
-                                        Ok(ev) => {
-                                            generation.fetch_add(1, Ordering::Relaxed);
-                                            let _ = tx.send(ev);
+                                // `try_recv`, not `recv`: `recv` reconnects silently and what
+                                // was sent meanwhile is lost; `None` says the connection
+                                // dropped, and a new listener is made below.
+                                match listener.try_recv().await {
+                                    Ok(Some(n)) if n.channel() == CHANNEL => {
+                                        match serde_json::from_str::<LiveEvent>(n.payload()) {
+                                            Ok(ev) => {
+                                                generation.fetch_add(1, Ordering::Relaxed);
+                                                let _ = tx.send(ev);
+                                            }
+                                            Err(e) => {
+                                                tracing::warn!(error = %e, "bad live payload")
+                                            }
                                         }
-                                        Err(e) => tracing::warn!(error = %e, "bad live payload"),
-                                    },
+                                    }
+                                    Ok(Some(n)) => on_cluster(n.payload()),
+                                    Ok(None) => {
+                                        tracing::warn!("live listener lost its connection");
+                                        break;
+                                    }
                                     Err(e) => {
-                                        tracing::warn!(error = %e, "live listener lost its connection");
+                                        tracing::warn!(error = %e, "live listener failed");
                                         break;
                                     }
                                 }
@@ -67,7 +90,7 @@ impl Live {
                     }
                     Err(e) => tracing::warn!(error = %e, "live listener cannot connect"),
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
     }
@@ -116,7 +139,7 @@ pub fn stream(
                 received = v.rx.recv() => match received {
                     Ok(ev) => {
                         v.actor = (v.recheck)().await?;
-                        if visible(&v.actor, &ev) {
+                        if ev.is_lagged() || visible(&v.actor, &ev) {
                             let data = serde_json::to_string(&ev).unwrap_or_default();
                             return Some((Ok(Event::default().data(data)), v));
                         }
@@ -124,7 +147,7 @@ pub fn stream(
                     // Missed some: tell the page to refetch everything it shows.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         v.actor = (v.recheck)().await?;
-                        let data = r#"{"kind":"lagged"}"#.to_string();
+                        let data = serde_json::to_string(&LiveEvent::lagged()).unwrap_or_default();
                         return Some((Ok(Event::default().data(data)), v));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,

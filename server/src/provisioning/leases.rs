@@ -1,7 +1,8 @@
 //! Leases and stale requests, checked on a timer against the (controllable) clock: reminders
 //! 7 days and 1 day before a lease ends, a stop at expiry, deletion after the grace period,
-//! and expiry of requests nobody decided in time. Each step is one conditional UPDATE, so
-//! running the check twice (or on two servers) does each thing once.
+//! and expiry of requests nobody decided in time. One replica checks at a time
+//! (`cluster::once`), and each step is one conditional UPDATE, so running the check twice
+//! (or on two servers) does each thing once.
 use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
 use crate::platform::audit::{self, Event, Origin};
@@ -39,6 +40,11 @@ impl Leases {
         let now = self.clock.now();
         let mut out = Tick::default();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        // One replica checks at a time; the conditional UPDATEs below would do each thing
+        // once anyway, but a second checker would only queue on the same rows.
+        if !crate::platform::cluster::once(&mut tx, "leases").await? {
+            return Ok(out);
+        }
 
         let expired: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "UPDATE requests SET state = 'expired', reason = 'Nobody decided in time.', updated_at = $1, level = NULL

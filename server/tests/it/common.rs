@@ -24,6 +24,8 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 pub struct TestApp {
     pub base: String,
+    /// The database's URL (the owner's).
+    pub url: String,
     /// The owner connection: sees everything, bypasses row-level security.
     pub db: PgPool,
     pub clock: Arc<ManualClock>,
@@ -93,10 +95,61 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let password_hash = state.accounts.hasher.hash(PASSWORD).await.expect("hash");
     TestApp {
         base,
+        url,
         db,
         clock,
         state,
         password_hash,
+    }
+}
+
+/// A second server process's worth (a replica) on a running app's database and clock.
+pub struct Replica {
+    pub app: TestApp,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// Starts another server on this app's database, as a second replica would.
+    pub async fn replica(&self) -> Replica {
+        let mut config = Config::for_tests(&self.url);
+        config.admin_password = Some(ADMIN_PASSWORD.into());
+        config.db_connections = 6;
+        let server = Server::build(config, self.clock.clone())
+            .await
+            .expect("replica starts");
+        let base = format!("http://{}", server.addr);
+        let state = server.state.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Replica {
+            app: TestApp {
+                base,
+                url: self.url.clone(),
+                db: self.db.clone(),
+                clock: self.clock.clone(),
+                state,
+                password_hash: self.password_hash.clone(),
+            },
+            stop: Some(stop),
+            served,
+        }
+    }
+}
+
+impl Replica {
+    /// Stops it as SIGTERM would, and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.served
+            .await
+            .expect("the replica's task")
+            .expect("the replica stops cleanly");
     }
 }
 

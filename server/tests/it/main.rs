@@ -3,6 +3,7 @@
 mod common;
 
 mod authorization;
+mod cluster;
 mod guests;
 mod hypervisor;
 mod images;
