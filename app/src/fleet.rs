@@ -471,6 +471,9 @@ pub struct ReplicaInfo {
     pub heartbeat_at: OffsetDateTime,
     /// Beat within the last few seconds and not stopped.
     pub alive: bool,
+    /// Hosts whose actor it runs (whose lease it holds).
+    #[serde(default)]
+    pub hosts: i64,
     /// The replica that served this answer.
     pub this: bool,
 }

@@ -222,15 +222,13 @@ async fn run(url: &str) -> anyhow::Result<()> {
     for h in 0..HOSTS {
         let host = format!("bench-{h:03}");
         let uri = simulation::write_node(&dir, &host, DOMAINS + DRIFT)?;
-        let id: uuid::Uuid = sqlx::query_scalar(
-            "INSERT INTO hosts (name, uri, simulated) VALUES ($1, $2, true) RETURNING id",
-        )
-        .bind(&host)
-        .bind(&uri)
-        .fetch_one(&owner)
-        .await?;
-        state.hypervisors.start(id, uri);
+        sqlx::query("INSERT INTO hosts (name, uri, simulated) VALUES ($1, $2, true)")
+            .bind(&host)
+            .bind(&uri)
+            .execute(&owner)
+            .await?;
     }
+    state.hypervisors.claim_now().await?;
     loop {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM domains")
             .fetch_one(&owner)

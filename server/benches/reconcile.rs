@@ -99,9 +99,10 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         return Ok(());
     }
-    let hv = Hypervisors::new(pool.clone(), Duration::from_secs(3600), None);
+    let replica = concierge::platform::cluster::Replica::register(&pool, "bench").await?;
+    let hv = Hypervisors::new(pool.clone(), replica.id, Duration::from_secs(3600), None);
     let opened = Instant::now();
-    hv.start_all().await?;
+    hv.claim_now().await?;
     // Wait for every host's first reconcile (it runs right after its connection opens).
     let owner = maint_owner(&url).await?;
     loop {

@@ -45,7 +45,7 @@ impl Server {
         if state.config.local_host {
             bootstrap::local_host(&state).await?;
         }
-        state.hypervisors.start_all().await?;
+        state.hypervisors.claim_now().await?;
         if state.config.demo {
             bootstrap::demo_catalog(&state).await?;
         }
@@ -62,9 +62,10 @@ impl Server {
     }
 
     /// Serves until `stop` completes, then stops gracefully: the replica is marked stopped
-    /// (the others stop counting on it at once), the listener closes, and requests in flight
-    /// get up to `--shutdown-grace-seconds` to finish (open event streams never do, so the
-    /// grace period bounds the wait).
+    /// (the others stop counting on it at once), its host actors stop and their leases are
+    /// handed back, the listener closes, and requests in flight get up to
+    /// `--shutdown-grace-seconds` to finish (open event streams never do, so the grace period
+    /// bounds the wait).
     pub async fn run_until(
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
@@ -89,7 +90,7 @@ impl Server {
                 }
             }
         });
-        let actors = state.accounts.cache.clone();
+        let (actors, hypervisors) = (state.accounts.cache.clone(), state.hypervisors.clone());
         state.live.spawn_listener(state.pool.clone(), move |what| {
             if matches!(
                 what,
@@ -97,8 +98,10 @@ impl Server {
             ) {
                 actors.invalidate_all();
             }
+            hypervisors.on_cluster(what);
         });
         state.replica.spawn_heartbeat();
+        state.hypervisors.spawn_rounds();
         platform::jobs::spawn_workers(
             state.pool.clone(),
             state.queue.clone(),
@@ -142,6 +145,7 @@ impl Server {
             });
         }
         let replica = self.state.replica.clone();
+        let hypervisors = self.state.hypervisors.clone();
         let grace = std::time::Duration::from_secs(self.state.config.shutdown_grace_seconds);
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
@@ -151,6 +155,12 @@ impl Server {
                 tracing::info!("stopping: finishing requests in flight");
                 if let Err(e) = replica.stop().await {
                     tracing::warn!(error = %e, "could not mark this replica stopped");
+                }
+                // Hosts go to the other replicas at their next round, not after the leases
+                // run out.
+                match hypervisors.leave().await {
+                    Ok(n) => tracing::info!(hosts = n, "host leases handed back"),
+                    Err(e) => tracing::warn!(error = %e, "could not hand host leases back"),
                 }
                 stopping.notify_one();
             }

@@ -53,6 +53,7 @@ impl AppState {
         };
         let hypervisors = Hypervisors::new(
             pool.clone(),
+            replica.id,
             std::time::Duration::from_secs(config.reconcile_seconds.max(1)),
             (config.sample_seconds > 0)
                 .then(|| std::time::Duration::from_secs(config.sample_seconds)),

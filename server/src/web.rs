@@ -217,7 +217,7 @@ async fn health(State(state): State<AppState>) -> Response {
                 .into_iter()
                 .map(|r| {
                     serde_json::json!({
-                        "id": r.id, "version": r.version, "alive": r.alive, "this": r.this,
+                        "id": r.id, "version": r.version, "alive": r.alive, "this": r.this, "hosts": r.hosts,
                         "started_at": r.started_at.unix_timestamp(),
                         "heartbeat_at": r.heartbeat_at.unix_timestamp(),
                     })

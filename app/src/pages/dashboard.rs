@@ -182,7 +182,7 @@ fn Replicas(replicas: Vec<ReplicaInfo>) -> impl IntoView {
         <section class="card">
             <h2>{format!("Server replicas: {alive} running")}</h2>
             <table class="table">
-                <thead><tr><th>"Replica"</th><th>"Version"</th><th>"Started"</th><th>"Last heartbeat"</th><th>"State"</th></tr></thead>
+                <thead><tr><th>"Replica"</th><th>"Version"</th><th class="num">"Hosts"</th><th>"Started"</th><th>"Last heartbeat"</th><th>"State"</th></tr></thead>
                 <tbody>{replicas.into_iter().map(|r| {
                     let (state, class) = match (r.alive, r.this) {
                         (true, true) => ("running (this page)", "badge ok"),
@@ -193,6 +193,7 @@ fn Replicas(replicas: Vec<ReplicaInfo>) -> impl IntoView {
                         <tr>
                             <td data-label="Replica"><code>{r.address}</code></td>
                             <td data-label="Version">{r.version}</td>
+                            <td data-label="Hosts" class="num">{r.hosts}</td>
                             <td data-label="Started"><Timestamp at=r.started_at/></td>
                             <td data-label="Last heartbeat"><Timestamp at=r.heartbeat_at/></td>
                             <td data-label="State"><span class=class>{state}</span></td>

@@ -149,7 +149,10 @@ pub(super) async fn register(
     .await?;
     let summary = b.host_summary(&mut tx, id).await?;
     tx.commit().await?;
-    b.hypervisors.start(id, uri);
+    // The replica ranked first for the new host starts its actor: this one now, if it is.
+    if let Err(e) = b.hypervisors.claim_now().await {
+        tracing::warn!(host = %id, error = %e, "host lease round after registration");
+    }
     Ok(summary)
 }
 

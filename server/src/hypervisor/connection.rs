@@ -5,6 +5,8 @@ use super::events::{self, DomainEvent};
 use super::inventory::{self, DomainFacts};
 use super::stats;
 use crate::metering::metrics::{self, Sampler};
+use crate::platform::cluster::Fence;
+use crate::platform::error::Error;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -88,7 +90,11 @@ impl Action {
     }
 }
 
-fn run_action(conn: &Connect, uuid: Uuid, action: Action) -> Result<(), virt::error::Error> {
+pub(super) fn run_action(
+    conn: &Connect,
+    uuid: Uuid,
+    action: Action,
+) -> Result<(), virt::error::Error> {
     let dom = conn.lookup_domain_by_uuid(uuid)?;
     match action {
         Action::Start => super::cpu_weight::start(conn, &dom),
@@ -126,6 +132,8 @@ pub struct HostSpec {
     pub uri: String,
     pub reconcile_every: Duration,
     pub sample_every: Option<Duration>,
+    /// The lease this actor runs under: every write it makes is checked against it.
+    pub fence: Fence,
 }
 
 /// How often a connected actor checks the connection is alive.
@@ -157,6 +165,7 @@ pub fn spawn(
                 me,
                 known: HashMap::new(),
                 sampler: Sampler::default(),
+                fenced: false,
             }
             .run(rx)
         })
@@ -173,6 +182,8 @@ struct Actor {
     me: Sender<Command>,
     known: HashMap<Uuid, DomainFacts>,
     sampler: Sampler,
+    /// A write found the lease taken over: this actor's view is stale and it stops.
+    fenced: bool,
 }
 
 /// Whether the actor should keep going after a connection ended.
@@ -196,6 +207,9 @@ impl Actor {
                 }
                 Err(e) => {
                     self.set_state("lost", Some(e.message().to_string()));
+                    if self.fenced {
+                        return;
+                    }
                     let until = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     // Still answer commands while waiting, so callers are not left hanging.
@@ -266,6 +280,9 @@ impl Actor {
             .unwrap_or_default();
         let mut reconcile_phase = phase(self.spec.id, self.spec.reconcile_every);
         let outcome = loop {
+            if self.fenced {
+                break Next::Stop;
+            }
             let now = Instant::now();
             if now >= next_sample {
                 self.sample(&conn);
@@ -403,12 +420,15 @@ impl Actor {
             .sampler
             .sample(self.spec.id, at, host, domains, &vcpus, max_gap);
         h.vms = Some(running as i32);
-        if let Err(e) = self
-            .rt
-            .block_on(metrics::write(&self.pool, self.spec.id, at, &h, &vms))
-        {
-            tracing::warn!(host = %self.spec.id, error = %e, "could not store metrics samples");
-        }
+        let written = self.rt.block_on(metrics::write(
+            &self.pool,
+            self.spec.fence,
+            self.spec.id,
+            at,
+            &h,
+            &vms,
+        ));
+        self.note(written, "could not store metrics samples");
     }
 
     fn reconcile(&mut self, conn: &Connect) -> Result<ReconcileReport, String> {
@@ -422,13 +442,17 @@ impl Actor {
         self.rt
             .block_on(inventory::write(
                 &self.pool,
+                self.spec.fence,
                 self.spec.id,
                 &snapshot,
                 &changes.upserts,
                 &changes.present,
                 started.elapsed().as_millis() as i32,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                self.fenced |= matches!(e, Error::Fenced(_));
+                e.to_string()
+            })?;
         let write_ms = write_started.elapsed().as_millis();
         self.known = snapshot
             .domains
@@ -444,34 +468,55 @@ impl Actor {
     }
 
     fn refresh_domain(&mut self, conn: &Connect, uuid: Uuid) {
+        let fence = Some(self.spec.fence);
         match conn.lookup_domain_by_uuid(uuid) {
             Ok(dom) => {
                 if let Ok(facts) = inventory::domain_facts(&dom, &self.known) {
-                    let result =
-                        self.rt
-                            .block_on(super::write_domain(&self.pool, self.spec.id, &facts));
+                    let result = self.rt.block_on(super::write_domain(
+                        &self.pool,
+                        fence,
+                        self.spec.id,
+                        &facts,
+                    ));
                     if result.is_ok() {
                         self.known.insert(uuid, facts);
                     }
+                    self.note(result, "could not write a domain");
                 }
             }
             Err(_) => {
                 self.known.remove(&uuid);
-                let _ = self
-                    .rt
-                    .block_on(super::mark_missing(&self.pool, self.spec.id, uuid));
+                let result =
+                    self.rt
+                        .block_on(super::mark_missing(&self.pool, fence, self.spec.id, uuid));
+                self.note(result, "could not mark a domain missing");
             }
         }
     }
 
-    fn set_state(&self, state: &str, reason: Option<String>) {
-        if let Err(e) = self.rt.block_on(super::set_host_state(
+    fn set_state(&mut self, state: &str, reason: Option<String>) {
+        let result = self.rt.block_on(super::set_host_state(
             &self.pool,
+            self.spec.fence,
             self.spec.id,
             state,
             reason.as_deref(),
-        )) {
-            tracing::warn!(host = %self.spec.id, error = %e, "could not record host state");
+        ));
+        self.note(result, "could not record host state");
+    }
+
+    /// Logs a failed write; one refused by the lease makes the actor stop (another replica
+    /// owns the host now).
+    fn note(&mut self, result: crate::platform::error::Result<()>, what: &str) {
+        match result {
+            Ok(()) => {}
+            Err(Error::Fenced(_)) => {
+                if !self.fenced {
+                    tracing::warn!(host = %self.spec.id, epoch = self.spec.fence.epoch, "another replica holds this host's lease now: its actor here steps down");
+                }
+                self.fenced = true;
+            }
+            Err(e) => tracing::warn!(host = %self.spec.id, error = %e, "{what}"),
         }
     }
 }

@@ -1,4 +1,5 @@
 //! What a host runs, read from libvirt in one pass and written to PostgreSQL in batches.
+use crate::platform::cluster::Fence;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
 use sqlx::PgPool;
@@ -248,6 +249,7 @@ pub fn diff<'a>(snapshot: &'a Snapshot, known: &HashMap<Uuid, DomainFacts>) -> C
 /// (then only differences are written).
 pub async fn write(
     pool: &PgPool,
+    fence: Fence,
     host_id: Uuid,
     snapshot: &Snapshot,
     upserts: &[&DomainFacts],
@@ -255,10 +257,12 @@ pub async fn write(
     took_ms: i32,
 ) -> Result<()> {
     let mut tx = db::begin(pool, Scope::fleet()).await?;
+    fence.hold(&mut tx, host_id).await?;
     let h = &snapshot.host;
     sqlx::query(
         "UPDATE hosts SET hostname = $2, cpus = $3, cpu_model = $4, memory_kib = $5, free_memory_kib = $6,
-                lib_version = $7, hv_type = $8, hv_version = $9, last_sync_at = now(), last_sync_ms = $10
+                lib_version = $7, hv_type = $8, hv_version = $9, last_sync_at = now(), last_sync_ms = $10,
+                lease_epoch = $11
          WHERE id = $1",
     )
     .bind(host_id)
@@ -271,6 +275,7 @@ pub async fn write(
     .bind(&h.hv_type)
     .bind(h.hv_version)
     .bind(took_ms)
+    .bind(fence.epoch)
     .execute(&mut *tx)
     .await?;
 
@@ -425,11 +430,33 @@ pub fn parse_nics(v: &serde_json::Value) -> Vec<Nic> {
 pub async fn apply_events(
     pool: &PgPool,
     rows: &[(Uuid, Uuid, &str, &str, OffsetDateTime)],
+    fence_of: impl Fn(Uuid) -> Option<Fence>,
 ) -> Result<std::collections::HashSet<(Uuid, Uuid)>> {
     if rows.is_empty() {
         return Ok(Default::default());
     }
     let mut tx = db::begin(pool, Scope::fleet()).await?;
+    // Only the events of hosts whose lease this replica still holds (held until commit).
+    let mut fences: Vec<(Uuid, Fence)> = rows
+        .iter()
+        .filter_map(|r| fence_of(r.0).map(|f| (r.0, f)))
+        .collect();
+    fences.sort_by_key(|(h, _)| *h);
+    fences.dedup_by_key(|(h, _)| *h);
+    let held: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT l.host_id FROM host_leases l
+         JOIN UNNEST($1::uuid[], $2::uuid[], $3::int8[]) AS f (host_id, owner, epoch)
+           ON l.host_id = f.host_id AND l.owner = f.owner AND l.epoch = f.epoch
+         ORDER BY l.host_id FOR SHARE OF l",
+    )
+    .bind(fences.iter().map(|(h, _)| *h).collect::<Vec<_>>())
+    .bind(fences.iter().map(|(_, f)| f.replica).collect::<Vec<_>>())
+    .bind(fences.iter().map(|(_, f)| f.epoch).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let rows: Vec<_> = rows.iter().filter(|r| held.contains(&r.0)).collect();
     let done: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE domains d SET state = e.state, state_reason = e.reason, state_observed_at = e.seen,
                 state_since = CASE WHEN d.state <> e.state THEN now() ELSE d.state_since END

@@ -7,10 +7,12 @@ pub mod events;
 pub mod image;
 pub mod inventory;
 pub mod network;
+pub mod ownership;
 pub mod simulation;
 pub mod stats;
 pub mod storage;
 
+use crate::platform::cluster::Fence;
 use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
 use connection::{Command, HostSpec, ReconcileReport};
@@ -23,19 +25,31 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-/// A host actor's command channel, and the connection it holds while connected.
+/// A host actor's command channel, the connection it holds while connected, and the lease
+/// it runs under.
 #[derive(Clone)]
 struct Link {
     sender: std::sync::mpsc::Sender<Command>,
     live: connection::Live,
+    fence: Fence,
 }
 
+/// The hosts this replica runs actors for (those whose lease it holds, see `ownership`), and
+/// the way to every other host: a short connection of its own for each call.
 pub struct Hypervisors {
     pool: PgPool,
+    /// This replica.
+    replica: Uuid,
     reconcile_every: Duration,
     /// Metrics sampling period of each host; None samples nothing (benchmarks).
     sample_every: Option<Duration>,
     hosts: Mutex<HashMap<Uuid, Link>>,
+    /// Every host's URI, as of the last ownership round, for calls to hosts owned elsewhere.
+    uris: Mutex<HashMap<Uuid, String>>,
+    /// One ownership round at a time (the timer's and one asked for at registration).
+    rounds: tokio::sync::Mutex<()>,
+    /// Set once this replica stops: no more rounds, no more actors.
+    stopped: std::sync::atomic::AtomicBool,
     events_tx: mpsc::UnboundedSender<DomainEvent>,
     /// Event → row-updated delays, for the benchmark (bounded).
     pub event_latencies: Mutex<Vec<Duration>>,
@@ -45,15 +59,20 @@ impl Hypervisors {
     /// Creates the registry and starts the lifecycle-event writer. Call inside the runtime.
     pub fn new(
         pool: PgPool,
+        replica: Uuid,
         reconcile_every: Duration,
         sample_every: Option<Duration>,
     ) -> Arc<Self> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let hv = Arc::new(Hypervisors {
             pool,
+            replica,
             reconcile_every,
             sample_every,
             hosts: Mutex::new(HashMap::new()),
+            uris: Mutex::new(HashMap::new()),
+            rounds: tokio::sync::Mutex::new(()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             events_tx,
             event_latencies: Mutex::new(Vec::new()),
         });
@@ -61,20 +80,81 @@ impl Hypervisors {
         hv
     }
 
-    /// Starts an actor for every registered host.
-    pub async fn start_all(&self) -> Result<()> {
-        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
-        let hosts: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, uri FROM hosts ORDER BY name")
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        for (id, uri) in hosts {
-            self.start(id, uri);
+    /// One ownership round now: claims what this replica ranks first for (every host when it
+    /// is the only replica) and starts their actors. Called at start, after a host is
+    /// registered, and by `spawn_rounds`.
+    pub async fn claim_now(&self) -> Result<ownership::Round> {
+        let _one = self.rounds.lock().await;
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Default::default());
         }
-        Ok(())
+        ownership::round(self, self.replica).await
     }
 
-    pub fn start(&self, id: Uuid, uri: String) {
+    /// Renews, hands back and claims every `ownership::ROUND_EVERY` until the replica stops.
+    pub fn spawn_rounds(self: &Arc<Self>) {
+        let hv = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ownership::ROUND_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hv) = hv.upgrade() else { return };
+                if hv.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                match hv.claim_now().await {
+                    Ok(r)
+                        if !r.claimed.is_empty()
+                            || !r.released.is_empty()
+                            || !r.lost.is_empty() =>
+                    {
+                        tracing::info!(
+                            claimed = r.claimed.len(),
+                            released = r.released.len(),
+                            lost = r.lost.len(),
+                            owned = r.owned,
+                            "host leases"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "host lease round"),
+                }
+            }
+        });
+    }
+
+    /// Stops every actor and hands their leases back, so other replicas take the hosts over
+    /// at their next round (a graceful stop).
+    pub async fn leave(&self) -> Result<u64> {
+        let _one = self.rounds.lock().await;
+        ownership::release_all(self, self.replica).await
+    }
+
+    fn remember_uris(&self, uris: impl Iterator<Item = (Uuid, String)>) {
+        *self.uris.lock().expect("uris lock") = uris.collect();
+    }
+
+    /// The lease a host's actor runs under here, if it runs here.
+    fn running_under(&self, id: Uuid) -> Option<Fence> {
+        self.link(id).map(|l| l.fence)
+    }
+
+    fn running(&self) -> Vec<Uuid> {
+        self.hosts
+            .lock()
+            .expect("hosts lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Whether this replica runs the host's actor.
+    pub fn owns(&self, id: Uuid) -> bool {
+        self.link(id).is_some()
+    }
+
+    fn start(&self, id: Uuid, uri: String, fence: Fence) {
         let live = connection::Live::default();
         let sender = connection::spawn(
             HostSpec {
@@ -82,22 +162,62 @@ impl Hypervisors {
                 uri,
                 reconcile_every: self.reconcile_every,
                 sample_every: self.sample_every,
+                fence,
             },
             live.clone(),
             self.pool.clone(),
             tokio::runtime::Handle::current(),
             self.events_tx.clone(),
         );
-        let link = Link { sender, live };
+        let link = Link {
+            sender,
+            live,
+            fence,
+        };
         if let Some(old) = self.hosts.lock().expect("hosts lock").insert(id, link) {
             let _ = old.sender.send(Command::Stop);
         }
     }
 
-    pub fn stop(&self, id: Uuid) {
+    fn stop(&self, id: Uuid) {
         if let Some(old) = self.hosts.lock().expect("hosts lock").remove(&id) {
             let _ = old.sender.send(Command::Stop);
         }
+    }
+
+    /// What another replica asked of the hosts this one owns (the cluster channel):
+    /// `refresh:<host>:<uuid>` re-reads a domain, `reconcile:<host>` a whole host.
+    pub fn on_cluster(&self, what: &str) {
+        let mut parts = what.split(':');
+        let (kind, host) = (parts.next(), parts.next().and_then(|h| h.parse().ok()));
+        let Some(sender) = host.and_then(|h| self.sender(h)) else {
+            return;
+        };
+        match (kind, parts.next().and_then(|u| u.parse().ok())) {
+            (Some("refresh"), Some(uuid)) => {
+                let _ = sender.send(Command::RefreshDomain(uuid));
+            }
+            (Some("reconcile"), None) => {
+                let (tx, _) = oneshot::channel();
+                let _ = sender.send(Command::Reconcile(tx));
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks the replica that owns `host` (this one included) to do `what` (see `on_cluster`).
+    async fn ask_owner(&self, what: String) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::platform::cluster::CHANNEL)
+            .bind(what)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A host owned elsewhere: its URI, for a connection of this replica's own.
+    fn uri_of(&self, id: Uuid) -> Option<String> {
+        self.uris.lock().expect("uris lock").get(&id).cloned()
     }
 
     fn link(&self, id: Uuid) -> Option<Link> {
@@ -108,9 +228,15 @@ impl Hypervisors {
         self.link(id).map(|l| l.sender)
     }
 
-    /// A reconcile of one host, now (only differences are written).
+    /// A reconcile of one host, now (only differences are written). A host owned by another
+    /// replica is reconciled there: this asks for it and answers at once.
     pub async fn reconcile(&self, id: Uuid) -> Result<ReconcileReport, String> {
-        let sender = self.sender(id).ok_or("host is not running")?;
+        let Some(sender) = self.sender(id) else {
+            self.ask_owner(format!("reconcile:{id}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Err("the host is reconciled by the replica that owns it".into());
+        };
         let (tx, rx) = oneshot::channel();
         sender
             .send(Command::Reconcile(tx))
@@ -156,13 +282,17 @@ impl Hypervisors {
     }
 
     /// Runs `f` with the host's connection on a blocking thread (never on the executor, never
-    /// queued behind the host actor's own work).
+    /// queued behind the host actor's own work). A host owned by another replica gets a
+    /// connection of this replica's own for the call.
     pub async fn call<T: Send + 'static>(
         &self,
         host: Uuid,
         f: impl FnOnce(&virt::connect::Connect) -> Result<T, virt::error::Error> + Send + 'static,
     ) -> Result<T, String> {
-        let link = self.link(host).ok_or("the host is not connected")?;
+        let Some(link) = self.link(host) else {
+            let uri = self.uri_of(host).ok_or("the host is not connected")?;
+            return visit(uri, f).await;
+        };
         let shared = link.live.lock().expect("live connection lock").clone();
         if let Some(conn) = shared {
             return tokio::task::spawn_blocking(move || {
@@ -189,14 +319,29 @@ impl Hypervisors {
         rx.await.map_err(|_| "host actor stopped".to_string())?
     }
 
-    /// Runs a lifecycle action on the host's actor thread.
+    /// Runs a lifecycle action; the domain's row is re-read before the answer. Here, on the
+    /// host actor's thread; for a host owned by another replica, on a connection of this
+    /// replica's own, then the owner is asked to re-read the domain and the answer waits
+    /// (up to 3 s) for its row to show an observation from after the action.
     pub async fn lifecycle(
         &self,
         host: Uuid,
         uuid: Uuid,
         action: connection::Action,
     ) -> Result<(), String> {
-        let sender = self.sender(host).ok_or("the host is not connected")?;
+        let Some(sender) = self.sender(host) else {
+            let uri = self.uri_of(host).ok_or("the host is not connected")?;
+            let result = visit(uri, move |conn| connection::run_action(conn, uuid, action)).await;
+            let acted = time::OffsetDateTime::now_utc();
+            if self
+                .ask_owner(format!("refresh:{host}:{uuid}"))
+                .await
+                .is_ok()
+            {
+                self.wait_observed(host, uuid, acted).await;
+            }
+            return result;
+        };
         let (tx, rx) = oneshot::channel();
         sender
             .send(Command::Lifecycle(uuid, action, tx))
@@ -204,11 +349,59 @@ impl Hypervisors {
         rx.await.map_err(|_| "host actor stopped".to_string())?
     }
 
+    /// Waits until the domain's row holds an observation made at or after `after` (or the
+    /// domain is gone from the host), for at most 3 s.
+    async fn wait_observed(&self, host: Uuid, uuid: Uuid, after: time::OffsetDateTime) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let seen = async {
+                let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+                let seen: Option<bool> = sqlx::query_scalar(
+                    "SELECT state_observed_at >= $3 OR missing_since IS NOT NULL FROM domains
+                     WHERE host_id = $1 AND uuid = $2",
+                )
+                .bind(host)
+                .bind(uuid)
+                .bind(after)
+                .fetch_optional(&mut *tx)
+                .await?;
+                db::done(tx);
+                Ok::<_, crate::platform::error::Error>(seen)
+            };
+            // No row (a domain the owner has not read yet) or an error: nothing to wait for.
+            if seen.await.ok().flatten() != Some(false) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops every actor for good (the replica is stopping; tests end this way): no round
+    /// starts them again.
     pub fn stop_all(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for (_, s) in self.hosts.lock().expect("hosts lock").drain() {
             let _ = s.sender.send(Command::Stop);
         }
     }
+}
+
+/// Runs `f` on a connection of this replica's own to a host another replica owns, opened
+/// for the call and closed after it, on a blocking thread.
+async fn visit<T: Send + 'static>(
+    uri: String,
+    f: impl FnOnce(&virt::connect::Connect) -> Result<T, virt::error::Error> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || {
+        events::ensure_event_loop();
+        let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| e.message().to_string())?;
+        let result = f(&conn).map_err(|e| e.message().to_string());
+        events::close(conn);
+        result
+    })
+    .await
+    .map_err(|_| "a libvirt call panicked".to_string())?
 }
 
 /// Applies lifecycle events to domain rows as they arrive. A burst (a hundred hosts at once)
@@ -246,7 +439,7 @@ async fn write_events(
             .iter()
             .map(|((h, u), (s, r, seen))| (*h, *u, *s, *r, *seen))
             .collect();
-        let applied = inventory::apply_events(&hv.pool, &rows)
+        let applied = inventory::apply_events(&hv.pool, &rows, |h| hv.running_under(h))
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "could not apply domain events");
@@ -275,32 +468,55 @@ async fn write_events(
 
 pub async fn set_host_state(
     pool: &PgPool,
+    fence: Fence,
     id: Uuid,
     state: &str,
     reason: Option<&str>,
 ) -> Result<()> {
     let mut tx = db::begin(pool, Scope::fleet()).await?;
+    fence.hold(&mut tx, id).await?;
     sqlx::query(
-        "UPDATE hosts SET state = $2, state_reason = $3,
+        "UPDATE hosts SET state = $2, state_reason = $3, lease_epoch = $4,
                 state_since = CASE WHEN state <> $2 THEN now() ELSE state_since END
          WHERE id = $1",
     )
     .bind(id)
     .bind(state)
     .bind(reason)
+    .bind(fence.epoch)
     .execute(&mut *tx)
     .await?;
     Ok(tx.commit().await?)
 }
 
-pub async fn write_domain(pool: &PgPool, host: Uuid, d: &DomainFacts) -> Result<()> {
+/// Writes what was just read of one domain. The host's actor writes under its lease
+/// (`Some(fence)`); a provisioning or day-2 step on any replica writes its own fresh read
+/// (`None`), which, like every observation, never replaces a newer one.
+pub async fn write_domain(
+    pool: &PgPool,
+    fence: Option<Fence>,
+    host: Uuid,
+    d: &DomainFacts,
+) -> Result<()> {
     let mut tx = db::begin(pool, Scope::fleet()).await?;
+    if let Some(fence) = fence {
+        fence.hold(&mut tx, host).await?;
+    }
     inventory::upsert_domains(&mut tx, host, &[d]).await?;
     Ok(tx.commit().await?)
 }
 
-pub async fn mark_missing(pool: &PgPool, host: Uuid, uuid: Uuid) -> Result<()> {
+/// Marks a domain gone from its host (`fence` as for `write_domain`).
+pub async fn mark_missing(
+    pool: &PgPool,
+    fence: Option<Fence>,
+    host: Uuid,
+    uuid: Uuid,
+) -> Result<()> {
     let mut tx = db::begin(pool, Scope::fleet()).await?;
+    if let Some(fence) = fence {
+        fence.hold(&mut tx, host).await?;
+    }
     sqlx::query("UPDATE domains SET missing_since = now() WHERE host_id = $1 AND uuid = $2 AND missing_since IS NULL")
         .bind(host)
         .bind(uuid)

@@ -111,6 +111,7 @@ impl Sampler {
 /// inventory row.
 pub async fn write(
     pool: &PgPool,
+    fence: crate::platform::cluster::Fence,
     host_id: Uuid,
     at: OffsetDateTime,
     host: &Sample,
@@ -119,6 +120,7 @@ pub async fn write(
     let all: Vec<&Sample> = std::iter::once(host).chain(vms.iter()).collect();
     let col = |f: fn(&Sample) -> Option<f32>| all.iter().map(|s| f(s)).collect::<Vec<_>>();
     let mut tx = db::begin(pool, Scope::fleet()).await?;
+    fence.hold(&mut tx, host_id).await?;
     sqlx::query(
         "INSERT INTO metric_samples (subject, is_host, host_id, tenant_id, at, cpu_pct, mem_bytes,
                                      disk_rd_bps, disk_wr_bps, net_rx_bps, net_tx_bps, vms)

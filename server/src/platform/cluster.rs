@@ -91,7 +91,8 @@ impl Replica {
     }
 }
 
-/// Every replica heard from in the last day, the live ones first, then by start.
+/// Every replica heard from in the last day with the hosts it holds leases for, the live
+/// ones first, then by start.
 pub async fn replicas(tx: &mut Tx, me: Uuid) -> Result<Vec<ReplicaInfo>> {
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -101,11 +102,13 @@ pub async fn replicas(tx: &mut Tx, me: Uuid) -> Result<Vec<ReplicaInfo>> {
         started_at: time::OffsetDateTime,
         heartbeat_at: time::OffsetDateTime,
         alive: bool,
+        hosts: i64,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, address, version, started_at, heartbeat_at,
-                stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1) AS alive
-         FROM replicas ORDER BY 6 DESC, started_at",
+                stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1) AS alive,
+                (SELECT count(*) FROM host_leases l WHERE l.owner = r.id AND l.expires_at > now()) AS hosts
+         FROM replicas r ORDER BY 6 DESC, started_at",
     )
     .bind(ALIVE_SECONDS)
     .fetch_all(&mut **tx)
@@ -120,6 +123,7 @@ pub async fn replicas(tx: &mut Tx, me: Uuid) -> Result<Vec<ReplicaInfo>> {
             started_at: r.started_at,
             heartbeat_at: r.heartbeat_at,
             alive: r.alive,
+            hosts: r.hosts,
         })
         .collect())
 }
@@ -135,4 +139,32 @@ pub async fn once(tx: &mut Tx, task: &str) -> Result<bool> {
             .fetch_one(&mut **tx)
             .await?,
     )
+}
+
+/// The right to write a host's observations: the replica and the lease epoch its actor was
+/// started under (see the `host_leases` migration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub replica: Uuid,
+    pub epoch: i64,
+}
+
+impl Fence {
+    /// Takes the host's lease row FOR SHARE in `tx` if it still names this owner and epoch:
+    /// the lease cannot change hands until `tx` ends, so everything `tx` writes for the host
+    /// is this owner's. Otherwise `Error::Fenced`, and the caller writes nothing.
+    pub async fn hold(&self, tx: &mut Tx, host: Uuid) -> Result<()> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT epoch FROM host_leases WHERE host_id = $1 AND owner = $2 AND epoch = $3 FOR SHARE",
+        )
+        .bind(host)
+        .bind(self.replica)
+        .bind(self.epoch)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(crate::platform::error::Error::Fenced(host)),
+        }
+    }
 }

@@ -20,6 +20,10 @@ pub enum Error {
     /// is unreachable", libvirt's own text).
     #[error("{0}")]
     Host(String),
+    /// This replica no longer holds the host's lease (another replica took it over): what
+    /// it was about to write for the host is stale and was not written.
+    #[error("host {0}: this replica no longer holds its lease")]
+    Fenced(Uuid),
     /// Anything else unexpected (a task that panicked, a file that could not be written).
     #[error("{0}")]
     Other(String),

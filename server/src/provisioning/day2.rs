@@ -167,7 +167,7 @@ pub async fn resize(
     let actor = req.actor.as_ref().map(|a| a.user_id);
     log_operation(&mut tx, uuid, tenant, actor, "resize", started).await?;
     tx.commit().await?;
-    crate::hypervisor::write_domain(&backend.pool, host, &facts).await
+    crate::hypervisor::write_domain(&backend.pool, None, host, &facts).await
 }
 
 pub async fn snapshot(

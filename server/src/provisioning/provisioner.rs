@@ -507,7 +507,7 @@ impl Provisioner {
             .await?;
         // The row is written (managed, with tenant and owner from `vms`) before the start, so
         // the domain never shows up as drift.
-        crate::hypervisor::write_domain(&self.pool, host, &facts).await?;
+        crate::hypervisor::write_domain(&self.pool, None, host, &facts).await?;
         self.crash_point("defined");
 
         self.phase(&vm, VmPhase::Starting, &format!("{}: starting.", vm.name))
@@ -522,7 +522,7 @@ impl Provisioner {
                 inventory::domain_facts(&dom, &HashMap::new())
             })
             .await?;
-        crate::hypervisor::write_domain(&self.pool, host, &facts).await?;
+        crate::hypervisor::write_domain(&self.pool, None, host, &facts).await?;
         self.crash_point("started");
         // What to watch for the guest's SSH: the forwarded port, or port 22 at the address
         // the guest gets on its network.
@@ -707,7 +707,7 @@ impl Provisioner {
                     Ok(())
                 })
                 .await?;
-            let _ = crate::hypervisor::mark_missing(&self.pool, host, uuid).await;
+            let _ = crate::hypervisor::mark_missing(&self.pool, None, host, uuid).await;
         }
         let now = self.clock.now();
         let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
@@ -879,7 +879,7 @@ impl Provisioner {
                 Ok(())
             })
             .await?;
-        let _ = crate::hypervisor::mark_missing(&self.pool, host, uuid).await;
+        let _ = crate::hypervisor::mark_missing(&self.pool, None, host, uuid).await;
         Ok(())
     }
 }

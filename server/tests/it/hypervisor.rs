@@ -440,11 +440,21 @@ async fn an_older_observation_never_replaces_a_newer_state() {
     use uuid::Uuid;
     let app = spawn_app().await;
     let host = Uuid::new_v4();
-    sqlx::query("INSERT INTO hosts (id, name, uri, cpus) VALUES ($1, 'h1', 'test:///default', 4)")
-        .bind(host)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    // Events are applied for hosts whose lease the writer holds, under that lease: here a
+    // replica that does not exist, so no host actor of this server reads the host meanwhile.
+    let fence = concierge::platform::cluster::Fence {
+        replica: Uuid::new_v4(),
+        epoch: 7,
+    };
+    sqlx::query(
+        "WITH h AS (INSERT INTO hosts (id, name, uri, cpus) VALUES ($1, 'h1', 'test:///default', 4) RETURNING id)
+         INSERT INTO host_leases (host_id, owner, epoch, expires_at) SELECT id, $2, 7, now() + interval '1 hour' FROM h",
+    )
+    .bind(host)
+    .bind(fence.replica)
+    .execute(&app.db)
+    .await
+    .unwrap();
     let t0 = OffsetDateTime::now_utc();
     let facts = |state: &'static str, at: OffsetDateTime| DomainFacts {
         uuid: Uuid::from_u128(7),
@@ -484,6 +494,7 @@ async fn an_older_observation_never_replaces_a_newer_state() {
     let old = apply_events(
         &app.state.pool,
         &[(host, Uuid::from_u128(7), "shutoff", "stopped", t0)],
+        |_| Some(fence),
     )
     .await
     .unwrap();
@@ -498,6 +509,7 @@ async fn an_older_observation_never_replaces_a_newer_state() {
             "suspended",
             t0 + Duration::seconds(3),
         )],
+        |_| Some(fence),
     )
     .await
     .unwrap();

@@ -76,11 +76,16 @@ async fn rollups_give_known_buckets_incrementally_and_expire() {
         + Duration::days(10);
     let host = Uuid::new_v4();
     let vm = Uuid::new_v4();
-    sqlx::query("INSERT INTO hosts (id, name, uri, cpus) VALUES ($1, 'h1', 'test:///default', 4)")
-        .bind(host)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    // Leased to a replica that does not exist, so no host actor of this server samples it.
+    sqlx::query(
+        "WITH h AS (INSERT INTO hosts (id, name, uri, cpus) VALUES ($1, 'h1', 'test:///default', 4) RETURNING id)
+         INSERT INTO host_leases (host_id, owner, epoch, expires_at) SELECT id, $2, 1, now() + interval '1 hour' FROM h",
+    )
+    .bind(host)
+    .bind(Uuid::new_v4())
+    .execute(&app.db)
+    .await
+    .unwrap();
     let s = |secs: i64| t0 + Duration::seconds(secs);
     // First 5-minute bucket: three samples with rates.
     sample(&app, vm, host, s(0), Some(10.0), 100, Some(1000.0), None).await;
