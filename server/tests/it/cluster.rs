@@ -510,3 +510,191 @@ async fn actions_on_a_host_owned_by_another_replica_run_on_their_own_connection(
         .unwrap();
     b.stop().await;
 }
+
+/// Sends `signal` (KILL, STOP, CONT) to a child process.
+fn signal(p: &Process, signal: &str) {
+    let pid = p.child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Valid leases: host → (owner, epoch), read until `done` says yes or `within` passes.
+async fn leases_until(
+    db: &sqlx::PgPool,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&std::collections::HashMap<Uuid, (Uuid, i64)>) -> bool,
+) -> (std::collections::HashMap<Uuid, (Uuid, i64)>, Duration) {
+    let started = Instant::now();
+    loop {
+        let now: std::collections::HashMap<Uuid, (Uuid, i64)> =
+            sqlx::query_as::<_, (Uuid, Uuid, i64)>(
+                "SELECT host_id, owner, epoch FROM host_leases WHERE owner IS NOT NULL AND expires_at > now()",
+            )
+            .fetch_all(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(h, o, e)| (h, (o, e)))
+            .collect();
+        if done(&now) {
+            return (now, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what}: not within {within:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three `concierge` processes on one database and twenty simulated hosts: a replica killed
+/// outright loses its hosts to the others within 10 s; one paused past its lease (SIGSTOP)
+/// is taken over, and once resumed writes nothing under its old epoch and steps down.
+#[tokio::test]
+async fn real_replicas_take_over_a_killed_ones_hosts_and_fence_a_paused_one() {
+    let url = fresh_database().await;
+    let fleet =
+        std::env::temp_dir().join(format!("concierge-replicas-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&fleet).unwrap();
+    let fleet_dir = fleet.to_str().unwrap().to_string();
+    let env = [
+        ("CONCIERGE_LOCAL_HOST", "false"),
+        ("CONCIERGE_SIMULATED_FLEETS_DIR", fleet_dir.as_str()),
+        ("CONCIERGE_RECONCILE_SECONDS", "2"),
+        ("CONCIERGE_SAMPLE_SECONDS", "2"),
+        ("CONCIERGE_SHUTDOWN_GRACE_SECONDS", "1"),
+    ];
+    // The first migrates; the others start against a migrated database.
+    let mut procs = vec![Process::start(&url, "replica 1", &env).await];
+    for i in 2..=3 {
+        procs.push(Process::start(&url, &format!("replica {i}"), &env).await);
+    }
+    let mut ids = Vec::new();
+    for p in &procs {
+        ids.push(alive(&health(&p.base).await).1);
+    }
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut hosts = Vec::new();
+    for i in 0..20 {
+        let uri =
+            concierge::hypervisor::simulation::write_node(&fleet, &format!("r{i:02}"), 2).unwrap();
+        hosts.push(
+            sqlx::query_scalar::<_, Uuid>(
+                "INSERT INTO hosts (name, uri, simulated) VALUES ($1, $2, true) RETURNING id",
+            )
+            .bind(format!("r{i:02}"))
+            .bind(uri)
+            .fetch_one(&db)
+            .await
+            .unwrap(),
+        );
+    }
+    // Every host owned by one of the three, each running some.
+    let all_owned = |l: &std::collections::HashMap<Uuid, (Uuid, i64)>, by: &[Uuid]| {
+        hosts
+            .iter()
+            .all(|h| l.get(h).is_some_and(|(o, _)| by.contains(o)))
+    };
+    let (owned, _) = leases_until(&db, Duration::from_secs(15), "first claims", |l| {
+        all_owned(l, &ids) && ids.iter().all(|r| l.values().any(|(o, _)| o == r))
+    })
+    .await;
+    for (i, p) in procs.iter().enumerate() {
+        let h = health(&p.base).await;
+        let mine = h["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["this"] == true)
+            .unwrap()["hosts"]
+            .as_i64()
+            .unwrap();
+        let by_lease = owned.values().filter(|(o, _)| *o == ids[i]).count() as i64;
+        assert_eq!(mine, by_lease, "replica {} counts its own hosts", i + 1);
+    }
+
+    // kill -9 the first: its hosts go to the other two within 10 s.
+    let killed = ids[0];
+    let its: Vec<Uuid> = hosts
+        .iter()
+        .copied()
+        .filter(|h| owned[h].0 == killed)
+        .collect();
+    signal(&procs[0], "KILL");
+    let (after_kill, took) = leases_until(
+        &db,
+        Duration::from_secs(10),
+        "takeover after kill -9",
+        |l| all_owned(l, &ids[1..]),
+    )
+    .await;
+    for h in &its {
+        assert!(after_kill[h].1 > owned[h].1, "a takeover raises the epoch");
+    }
+    eprintln!("takeover of {} hosts after kill -9: {took:?}", its.len());
+
+    // SIGSTOP the second past its lease: the third takes everything.
+    let paused = ids[1];
+    let paused_hosts: Vec<Uuid> = hosts
+        .iter()
+        .copied()
+        .filter(|h| after_kill[h].0 == paused)
+        .collect();
+    signal(&procs[1], "STOP");
+    let (taken, took) = leases_until(
+        &db,
+        Duration::from_secs(12),
+        "takeover of a paused replica",
+        |l| all_owned(l, &ids[2..]),
+    )
+    .await;
+    eprintln!(
+        "takeover of {} hosts from a paused replica: {took:?}",
+        paused_hosts.len()
+    );
+    // Let the new owner write its epoch into the hosts' rows, then resume the paused one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&procs[1], "CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Whatever the resumed replica tried to write for its old hosts was refused: no host row
+    // carries an epoch older than its takeover.
+    for h in &paused_hosts {
+        let written: Option<i64> =
+            sqlx::query_scalar("SELECT lease_epoch FROM hosts WHERE id = $1")
+                .bind(h)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert!(
+            written.is_some_and(|e| e >= taken[h].1),
+            "host {h}: row written under epoch {written:?} after the takeover at epoch {}",
+            taken[h].1
+        );
+    }
+    let log = procs[1].log();
+    assert!(
+        log.contains("steps down") || log.contains("lost the host's lease"),
+        "the resumed replica says it stepped down:\n{log}"
+    );
+    // Back and beating, it gets its share again; every host has one live owner.
+    let live = [ids[1], ids[2]];
+    leases_until(
+        &db,
+        Duration::from_secs(15),
+        "rebalance after resume",
+        |l| all_owned(l, &live) && l.values().any(|(o, _)| *o == paused),
+    )
+    .await;
+    for p in procs.drain(..) {
+        p.kill().await;
+    }
+}

@@ -11,7 +11,10 @@ use concierge::Server;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct-horse-battery";
@@ -47,6 +50,23 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// A new, empty database for one test; its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("concierge_test_{}", Uuid::new_v4().simple());
+    let maintenance = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&with_database(&admin, "postgres"))
+        .await
+        .expect("connect to the maintenance database");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&maintenance)
+        .await
+        .expect("create the test database");
+    maintenance.close().await;
+    with_database(&admin, &name)
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -61,19 +81,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         )
         .with_test_writer()
         .try_init();
-    let admin = admin_url();
-    let name = format!("concierge_test_{}", Uuid::new_v4().simple());
-    let maintenance = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&with_database(&admin, "postgres"))
-        .await
-        .expect("connect to the maintenance database");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&maintenance)
-        .await
-        .expect("create the test database");
-    maintenance.close().await;
-    let url = with_database(&admin, &name);
+    let url = fresh_database().await;
 
     let mut config = Config::for_tests(&url);
     config.admin_password = Some(ADMIN_PASSWORD.into());
@@ -163,6 +171,18 @@ pub struct Client {
 pub type CallResult<T = Value> = Result<T, (u16, AppError)>;
 
 impl Client {
+    /// A browser-like client of the server at `base`, with its own cookie jar.
+    pub fn new(base: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            base: base.to_string(),
+        }
+    }
+
     /// `call`, its answer read as the app's own DTO: a field the DTO lacks or misnames fails
     /// here instead of comparing a JSON null.
     pub async fn call_as<T: serde::de::DeserializeOwned>(
@@ -225,14 +245,7 @@ impl Client {
 
 impl TestApp {
     pub fn client(&self) -> Client {
-        Client {
-            http: reqwest::Client::builder()
-                .cookie_store(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            base: self.base.clone(),
-        }
+        Client::new(&self.base)
     }
 
     /// The first fleet admin, signed in, with the one-time password already replaced.
@@ -376,5 +389,135 @@ pub fn assert_field_error<T: std::fmt::Debug>(result: &CallResult<T>, field: &st
             .field_message(field)
             .unwrap_or_else(|| panic!("expected an error on {field}, got {err:?}")),
         other => panic!("expected a validation error on {field}, got {other:?}"),
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `concierge` binary as a child process on `url`, listening on a free port.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    label: String,
+}
+
+impl Process {
+    /// Starts it with the environment the tests share, plus `env` (name, value) pairs.
+    pub async fn start(url: &str, label: &str, env: &[(&str, &str)]) -> Process {
+        let label = label.to_string();
+        let dir = std::env::temp_dir().join("concierge-process-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_concierge"));
+        cmd.env("DATABASE_URL", url)
+            .env("CONCIERGE_LISTEN", "127.0.0.1:0")
+            .env("CONCIERGE_PUBLIC_URL", ORIGIN)
+            .env("CONCIERGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("CONCIERGE_LOCAL_HOST", "false")
+            .env("CONCIERGE_SITE_ROOT", &dir)
+            .env("CONCIERGE_DB_CONNECTIONS", "6")
+            // A dead runner's job is taken over 3 s after its last heartbeat.
+            .env("CONCIERGE_JOB_LEASE_SECONDS", "3")
+            .env("CONCIERGE_JOB_MAX_ATTEMPTS", "3")
+            .env("RUST_LOG", "info,sqlx=warn,tower_sessions=warn")
+            .env("NO_COLOR", "1")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd.env_remove("CONCIERGE_CRASH_AFTER");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let mut child = cmd.spawn().expect("start the concierge binary");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for pipe in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
+            let (log, addr_tx) = (log.clone(), addr_tx.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let line = strip_ansi(&line);
+                    if let Some(i) = line.find("listening on http://") {
+                        let addr = line[i + "listening on ".len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        let _ = addr_tx.send(addr);
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        drop(addr_tx);
+        let base = tokio::time::timeout(Duration::from_secs(90), addr_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{label} did not start:\n{}", log.lock().unwrap().as_str()));
+        Process {
+            child,
+            base,
+            log,
+            label,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.base)
+    }
+
+    pub async fn admin(&self) -> Client {
+        let c = self.client();
+        c.login("admin@concierge.local", ADMIN_PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("admin signs in to {}: {e:?}", self.label));
+        c
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- {} log (last 40 lines) ---", self.label);
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }

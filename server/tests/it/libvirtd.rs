@@ -17,10 +17,7 @@ use concierge::hypervisor::{connection, events, storage};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 use virt::connect::Connect;
 
@@ -1126,142 +1123,6 @@ fn maintenance_url() -> String {
     with_database(&url, "postgres")
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The `concierge` binary as a child process on `url`, listening on a free port.
-struct Process {
-    child: tokio::process::Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    label: String,
-}
-
-impl Process {
-    async fn start(url: &str, crash_after: Option<&str>) -> Process {
-        let label = format!("server (crash after: {})", crash_after.unwrap_or("-"));
-        let dir = std::env::temp_dir().join("concierge-libvirtd-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_concierge"));
-        cmd.env("DATABASE_URL", url)
-            .env("CONCIERGE_LISTEN", "127.0.0.1:0")
-            .env("CONCIERGE_PUBLIC_URL", ORIGIN)
-            .env("CONCIERGE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("CONCIERGE_LOCAL_HOST", "false")
-            .env("CONCIERGE_SITE_ROOT", &dir)
-            .env("CONCIERGE_DB_CONNECTIONS", "6")
-            // A dead runner's job is taken over 3 s after its last heartbeat.
-            .env("CONCIERGE_JOB_LEASE_SECONDS", "3")
-            .env("CONCIERGE_JOB_MAX_ATTEMPTS", "3")
-            .env("RUST_LOG", "info,sqlx=warn,tower_sessions=warn")
-            .env("NO_COLOR", "1")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        match crash_after {
-            Some(step) => cmd.env("CONCIERGE_CRASH_AFTER", step),
-            None => cmd.env_remove("CONCIERGE_CRASH_AFTER"),
-        };
-        let mut child = cmd.spawn().expect("start the concierge binary");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        for pipe in [
-            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(err),
-        ] {
-            let (log, addr_tx) = (log.clone(), addr_tx.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let line = strip_ansi(&line);
-                    if let Some(i) = line.find("listening on http://") {
-                        let addr = line[i + "listening on ".len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                        let _ = addr_tx.send(addr);
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        drop(addr_tx);
-        let base = tokio::time::timeout(Duration::from_secs(90), addr_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("{label} did not start:\n{}", log.lock().unwrap().as_str()));
-        Process {
-            child,
-            base,
-            log,
-            label,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client {
-            http: reqwest::Client::builder()
-                .cookie_store(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            base: self.base.clone(),
-        }
-    }
-
-    async fn admin(&self) -> Client {
-        let c = self.client();
-        c.login("admin@concierge.local", ADMIN_PASSWORD)
-            .await
-            .unwrap_or_else(|e| panic!("admin signs in to {}: {e:?}", self.label));
-        c
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn kill(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- {} log (last 40 lines) ---", self.label);
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
 /// Like `Client::call`, but a connection cut by the dying server is an error, not a panic.
 async fn call_tolerating_crash(
     c: &Client,
@@ -1309,7 +1170,7 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
     let url = with_database(&std::env::var("DATABASE_URL").unwrap(), &db_name);
 
     // A normal run sets up the catalog through the API (it migrates and creates the admin).
-    let first = Process::start(&url, None).await;
+    let first = Process::start(&url, "server", &[]).await;
     let db = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -1347,7 +1208,12 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
         let name = prefix.clone();
 
         // 1. A server that dies right after `point`.
-        let mut doomed = Process::start(&url, Some(point)).await;
+        let mut doomed = Process::start(
+            &url,
+            &format!("server (crash after: {point})"),
+            &[("CONCIERGE_CRASH_AFTER", point)],
+        )
+        .await;
         let c = doomed.admin().await;
         // The job may kill the process before the answer is written: read the ids from the
         // database instead.
@@ -1416,7 +1282,7 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
 
         // 2. A normal server takes the job over once its lease lapses and finishes it.
         let restarted = Instant::now();
-        let healthy = Process::start(&url, None).await;
+        let healthy = Process::start(&url, "server", &[]).await;
         let c = healthy.admin().await;
         let r = wait_request(&c, &request.to_string(), RequestState::Fulfilled, 45).await;
         measure(
@@ -1493,7 +1359,7 @@ async fn a_server_killed_between_provisioning_steps_ends_with_one_domain_and_one
     }
 
     // The portal's bookkeeping agrees with itself after four crashes.
-    let last = Process::start(&url, None).await;
+    let last = Process::start(&url, "server", &[]).await;
     let admin = last.admin().await;
     let rc: Recount = admin
         .call_as("recount_quota", &[("tenant_id", &ts)])
