@@ -149,3 +149,18 @@ build_site() {
   # The same cfg as the bundle: server-rendered markup must be what the bundle hydrates.
   (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} --cfg erase_components" cargo build -p server "${cargo_profile[@]}")
 }
+
+# A scratch database for a benchmark on DATABASE_URL's server (the private cluster when it is
+# unset), and the release server built: sets bench_base (the server's URL without a
+# database) and bench_url; `bench_drop_database` removes it.
+bench_database() {
+  ensure_database
+  bench_base="${DATABASE_URL%%\?*}"; bench_base="${bench_base%/*}"
+  bench_db="concierge_bench_$(date +%s)_$$"
+  bench_url="$bench_base/$bench_db"
+  psql "$bench_base/postgres" -qc "CREATE DATABASE $bench_db"
+  (cd "$ROOT" && cargo build -p server --release -q)
+}
+bench_drop_database() {
+  psql "$bench_base/postgres" -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null
+}

@@ -121,6 +121,11 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_UPLOAD_ABANDON_HOURS", default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=8_760))]
     pub upload_abandon_hours: i64,
 
+    /// Seconds this server, told to stop (SIGTERM, Ctrl-C), keeps serving while `/healthz`
+    /// answers 503, so a load balancer takes it out before it stops accepting connections.
+    #[arg(long, env = "CONCIERGE_SHUTDOWN_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub shutdown_drain_seconds: u64,
+
     /// Seconds this server, told to stop (SIGTERM, Ctrl-C), gives requests in flight to
     /// finish before it exits.
     #[arg(long, env = "CONCIERGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
@@ -257,6 +262,7 @@ impl Config {
             upload_abandon_hours: 24,
             shutdown_timeout_seconds: 5,
             shutdown_grace_seconds: 2,
+            shutdown_drain_seconds: 0,
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),
             ssh_port_min: 22000,

@@ -61,9 +61,10 @@ impl Server {
         self.run_until(std::future::pending()).await
     }
 
-    /// Serves until `stop` completes, then stops gracefully: the replica is marked stopped
-    /// (the others stop counting on it at once), its host actors stop and their leases are
-    /// handed back, the listener closes, and requests in flight get up to
+    /// Serves until `stop` completes, then stops gracefully: `/healthz` answers 503 and the
+    /// replica is marked stopped (the others stop counting on it at once), its host actors
+    /// stop and their leases are handed back; it keeps serving for `--shutdown-drain-seconds`
+    /// while load balancers notice, then the listener closes and requests in flight get up to
     /// `--shutdown-grace-seconds` to finish (open event streams never do, so the grace period
     /// bounds the wait).
     pub async fn run_until(
@@ -146,13 +147,18 @@ impl Server {
         }
         let replica = self.state.replica.clone();
         let hypervisors = self.state.hypervisors.clone();
+        let draining = self.state.draining.clone();
+        let drain = std::time::Duration::from_secs(self.state.config.shutdown_drain_seconds);
         let grace = std::time::Duration::from_secs(self.state.config.shutdown_grace_seconds);
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
             let stopping = stopping.clone();
             async move {
                 stop.await;
-                tracing::info!("stopping: finishing requests in flight");
+                // Draining: /healthz answers 503 so load balancers send no new requests,
+                // while this replica still serves whatever reaches it.
+                draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(seconds = drain.as_secs(), "stopping: draining");
                 if let Err(e) = replica.stop().await {
                     tracing::warn!(error = %e, "could not mark this replica stopped");
                 }
@@ -162,6 +168,8 @@ impl Server {
                     Ok(n) => tracing::info!(hosts = n, "host leases handed back"),
                     Err(e) => tracing::warn!(error = %e, "could not hand host leases back"),
                 }
+                tokio::time::sleep(drain).await;
+                tracing::info!("stopping: finishing requests in flight");
                 stopping.notify_one();
             }
         };

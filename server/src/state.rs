@@ -29,6 +29,8 @@ pub struct AppState {
     pub live: crate::platform::live::Live,
     /// This process among the replicas sharing the database.
     pub replica: Arc<crate::platform::cluster::Replica>,
+    /// Told to stop: `/healthz` answers 503 while requests still are served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -175,6 +177,7 @@ impl AppState {
             images,
             live,
             replica,
+            draining: Default::default(),
         }
     }
 }

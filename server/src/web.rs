@@ -202,8 +202,15 @@ pub fn router(state: AppState) -> Router {
 
 /// For load balancers and operators: this process is up and which replicas share its
 /// database (no addresses: the fleet dashboard shows those to fleet admins). 503 when the
-/// database does not answer.
+/// database does not answer, or while this replica drains before it stops.
 async fn health(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "draining", "replica": state.replica.id })),
+        )
+            .into_response();
+    }
     let read = async {
         let mut tx =
             crate::platform::db::begin(&state.pool, crate::platform::db::Scope::fleet()).await?;

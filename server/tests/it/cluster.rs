@@ -698,3 +698,151 @@ async fn real_replicas_take_over_a_killed_ones_hosts_and_fence_a_paused_one() {
         p.kill().await;
     }
 }
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two real replicas behind HAProxy (Debian's, on loopback), a steady load of signed-in page
+/// requests, and a rolling restart: each replica in turn gets SIGTERM, is waited for, and
+/// is started again on its port. Not one request fails.
+#[tokio::test]
+async fn a_rolling_restart_behind_haproxy_fails_no_request() {
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("HAProxy is not installed (scripts/test installs Debian's haproxy)");
+    let url = fresh_database().await;
+    let ports = [free_port(), free_port()];
+    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let start = |i: usize| {
+        let (url, listen) = (url.clone(), listen[i].clone());
+        async move {
+            let env = [
+                ("CONCIERGE_LISTEN", listen.as_str()),
+                ("CONCIERGE_LOCAL_HOST", "false"),
+                ("CONCIERGE_SHUTDOWN_DRAIN_SECONDS", "2"),
+                ("CONCIERGE_SHUTDOWN_GRACE_SECONDS", "5"),
+            ];
+            Process::start(&url, &format!("replica {}", i + 1), &env).await
+        }
+    };
+    let mut replicas = vec![start(0).await, start(1).await];
+    let front = free_port();
+    let dir = std::env::temp_dir().join(format!("concierge-haproxy-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 2000\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+             \x20 retries 3\n  option redispatch\n  retry-on conn-failure\n\
+             frontend portal\n  bind 127.0.0.1:{front}\n  default_backend replicas\n\
+             backend replicas\n  option httpchk GET /healthz\n  http-check expect status 200\n\
+             \x20 default-server inter 300ms fall 1 rise 2\n\
+             \x20 server r1 {} check\n  server r2 {} check\n",
+            listen[0], listen[1]
+        ),
+    )
+    .unwrap();
+    let mut lb = tokio::process::Command::new(haproxy)
+        .args(["-f", cfg.to_str().unwrap(), "-db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start haproxy");
+    let base = format!("http://127.0.0.1:{front}");
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET must_change_password = false")
+        .execute(&db)
+        .await
+        .unwrap();
+    // HAProxy up, both replicas in its rotation (two good checks each).
+    let up = Instant::now();
+    while reqwest::get(format!("{base}/healthz"))
+        .await
+        .map(|r| r.status())
+        .ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "HAProxy did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Signed in through the load balancer (the session lives in PostgreSQL).
+    let admin = Client::new(&base);
+    admin
+        .login("admin@concierge.local", ADMIN_PASSWORD)
+        .await
+        .expect("signing in through HAProxy");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (admin, stop, base) = (admin.clone(), stop.clone(), base.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match admin.http.get(format!("{base}/account")).send().await {
+                    Ok(r) if r.status() == 200 => match r.text().await {
+                        Ok(body) if body.contains("Sign out") => ok += 1,
+                        Ok(_) => failed.push("a page without the signed-in navigation".to_string()),
+                        Err(e) => failed.push(format!("body: {e}")),
+                    },
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(format!("{e}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..2 {
+        let old = replicas.remove(0);
+        signal(&old, "TERM");
+        let mut old = old;
+        let exited = tokio::time::timeout(Duration::from_secs(20), old.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("replica {} did not stop within 20 s", i + 1))
+            .unwrap();
+        assert!(exited.success(), "replica {} stopped with {exited}", i + 1);
+        let log = old.log();
+        assert!(log.contains("draining"), "{log}");
+        replicas.push(start(i).await);
+        // Back in HAProxy's rotation (two good checks) before the next one goes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in load {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    let _ = lb.kill().await;
+    assert!(ok > 100, "only {ok} pages served");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    eprintln!("rolling restart behind HAProxy: {ok} pages served, none failed");
+    for r in replicas {
+        r.kill().await;
+    }
+}
