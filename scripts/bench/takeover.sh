@@ -28,16 +28,19 @@ start_replica() {
     CONCIERGE_LOCAL_HOST=false CONCIERGE_SIMULATED_FLEETS_DIR="$fleet" CONCIERGE_DB_CONNECTIONS=6 \
     RUST_LOG=info,sqlx=warn exec "$ROOT/target/release/concierge" >"$logs/replica-$n.log" 2>&1) &
   pid_of[$n]=$!
+  disown "${pid_of[$n]}"  # no "Killed" line from the shell for each kill
   port_of[$n]=$port
   for _ in $(seq 1 150); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && return 0; sleep 0.2; done
   echo "replica $n did not start:"; tail -20 "$logs/replica-$n.log"; exit 1
 }
 replica_id() { curl -fs "http://127.0.0.1:${port_of[$1]}/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["replica"])'; }
 q() { psql "$url" -Atqc "$1"; }
-# Hosts with a live owner (a valid lease held by a replica that is beating and not stopped).
+# Hosts with a live owner: a valid lease held by a replica that is beating, not stopped,
+# and not the one just killed (its last beat still looks fresh for a few seconds).
 owned_by_live() {
   q "SELECT count(*) FROM host_leases l JOIN replicas r ON r.id = l.owner
-     WHERE l.expires_at > now() AND r.stopped_at IS NULL AND r.heartbeat_at > now() - interval '6 seconds'"
+     WHERE l.expires_at > now() AND r.stopped_at IS NULL AND r.heartbeat_at > now() - interval '6 seconds'
+       AND r.id::text <> '${1:-none}'"
 }
 
 start_replica 1
@@ -61,17 +64,17 @@ next=4
 times=()
 for k in $(seq 1 "$kills"); do
   # The replica holding the most hosts.
-  victim=""; most=-1
+  victim=""; victim_id=""; most=-1
   for n in "${!pid_of[@]}"; do
     id=$(replica_id "$n")
     held=$(q "SELECT count(*) FROM host_leases WHERE owner = '$id' AND expires_at > now()")
-    if [ "$held" -gt "$most" ]; then most=$held; victim=$n; fi
+    if [ "$held" -gt "$most" ]; then most=$held; victim=$n; victim_id=$id; fi
   done
   t0=$(date +%s.%N)
   kill -9 "${pid_of[$victim]}"
   unset "pid_of[$victim]"
   # Every host owned by a live replica again (the victim's leases expire, the others claim).
-  while [ "$(owned_by_live)" != "$hosts" ]; do sleep 0.05; done
+  while [ "$(owned_by_live "$victim_id")" != "$hosts" ]; do sleep 0.05; done
   t1=$(date +%s.%N)
   took=$(python3 -c "print($t1 - $t0)")
   printf 'kill %2d: replica %s held %s hosts; all owned again after %.2f s\n' "$k" "$victim" "$most" "$took"

@@ -123,12 +123,14 @@ async fn a_member_removed_through_one_replica_is_refused_on_the_other_within_a_s
 
 #[tokio::test]
 async fn cluster_work_runs_once_whichever_replicas_ask() {
+    use concierge::metering::{metrics, usage};
     let a = spawn_app().await;
-    let b = a.replica().await;
+    let (b, c) = (a.replica().await, a.replica().await);
     let t = a.tenant("acme").await;
     let owner = a.user("ann@example.com", Some((t, "requester"))).await;
-    // A running VM whose lease ends in three days: due for its 7-day reminder.
-    let now = a.clock.now();
+    // A running VM whose lease ends in 36 hours: its 7-day reminder is due now, its 1-day
+    // reminder after 12 hours, its expiry after 36.
+    let start = a.clock.now();
     sqlx::query(
         "INSERT INTO vms (uuid, tenant_id, owner_id, name, vcpus, memory_mib, disk_gib, phase, lease_ends_at, created_at, updated_at)
          VALUES ($1, $2, $3, 'web-1', 1, 512, 10, 'running', $4, $5, $5)",
@@ -136,40 +138,79 @@ async fn cluster_work_runs_once_whichever_replicas_ask() {
     .bind(Uuid::new_v4())
     .bind(t)
     .bind(owner)
-    .bind(now + time::Duration::days(3))
-    .bind(now - time::Duration::hours(2))
+    .bind(start + time::Duration::hours(36))
+    .bind(start - time::Duration::hours(2))
     .execute(&a.db)
     .await
     .unwrap();
-    // Both replicas' lease checks at the same moment, several times.
-    // (Each server's own timer checks too, whenever it likes.)
-    let mut reminded = 0;
-    for _ in 0..3 {
-        let (x, y) = tokio::join!(a.state.leases.tick(), b.app.state.leases.tick());
-        reminded += x.unwrap().reminded + y.unwrap().reminded;
+    // 48 simulated hours (one clock for all three, as one database clock would be): at every
+    // step the three replicas run their timers' work at the same moment. (Each server's own
+    // timers run meanwhile too, whenever they like.)
+    let replicas = [&a.state, &b.app.state, &c.app.state];
+    for _ in 0..48 {
+        a.clock.advance(time::Duration::hours(1));
+        let now = a.clock.now();
+        let ticks = futures::future::join_all(replicas.iter().map(|s| s.leases.tick())).await;
+        assert!(ticks.into_iter().all(|t| t.is_ok()));
+        let rolled =
+            futures::future::join_all(replicas.iter().map(|s| usage::rollup(&s.pool, now, 24)))
+                .await;
+        assert!(rolled.into_iter().all(|r| r.is_ok()));
+        let rolled = futures::future::join_all(
+            replicas
+                .iter()
+                .map(|s| metrics::rollup(&s.pool, now, metrics::Retention::default())),
+        )
+        .await;
+        assert!(rolled.into_iter().all(|r| r.is_ok()));
     }
-    assert!(reminded <= 1);
-    let audited = a
-        .scalar_i64("SELECT count(*) FROM audit_log WHERE action = 'vm.lease.remind'")
-        .await;
-    assert_eq!(audited, 1);
-    // Usage rolled up by both at once: every hour once.
-    a.clock.advance(time::Duration::hours(5));
-    let now = a.clock.now();
-    let (x, y) = tokio::join!(
-        concierge::metering::usage::rollup(&a.state.pool, now, 24),
-        concierge::metering::usage::rollup(&b.app.state.pool, now, 24)
+    let count = |action: &'static str| {
+        let db = a.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_log WHERE action = $1")
+                .bind(action)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("vm.lease.remind").await,
+        2,
+        "the 7-day and the 1-day reminder, once each"
     );
-    let (x, y) = (x.unwrap(), y.unwrap());
-    assert!(x == 0 || y == 0, "both rolled up: {x} and {y} hours");
-    assert!(x + y > 0, "the VM's hours were rolled up");
-    let hours = a
-        .scalar_i64("SELECT count(DISTINCT hour) FROM usage_hourly")
-        .await;
-    let rows = a.scalar_i64("SELECT count(*) FROM usage_hourly").await;
-    assert!(rows > 0);
-    assert_eq!(hours, rows, "one row per VM and hour");
-    b.stop().await;
+    assert_eq!(count("vm.lease.expire").await, 1);
+    // Every complete hour of the VM's life rolled up exactly once.
+    let (rows, hours): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT hour) FROM usage_hourly")
+            .fetch_one(&a.db)
+            .await
+            .unwrap();
+    assert_eq!(rows, hours, "one row per VM and hour");
+    assert!(hours >= 48, "{hours} hours rolled up");
+    // The monthly totals hold each hour once too.
+    let (hourly, monthly): (f64, f64) = sqlx::query_as(
+        "SELECT (SELECT sum(vcpu_hours) FROM usage_hourly), (SELECT sum(vcpu_hours) FROM usage_monthly)",
+    )
+    .fetch_one(&a.db)
+    .await
+    .unwrap();
+    assert!((hourly - monthly).abs() < 1e-6, "hourly {hourly} vs monthly {monthly}");
+    // The lock itself: while one replica's transaction holds a task, another's turn is
+    // skipped; once it ends, the next turn runs.
+    use concierge::platform::{cluster, db};
+    let mut first = db::begin(&a.state.pool, db::Scope::fleet()).await.unwrap();
+    let mut second = db::begin(&b.app.state.pool, db::Scope::fleet()).await.unwrap();
+    assert!(cluster::once(&mut first, "test").await.unwrap());
+    assert!(!cluster::once(&mut second, "test").await.unwrap());
+    first.commit().await.unwrap();
+    second.rollback().await.unwrap();
+    let mut third = db::begin(&c.app.state.pool, db::Scope::fleet()).await.unwrap();
+    assert!(cluster::once(&mut third, "test").await.unwrap());
+    third.rollback().await.unwrap();
+    for r in [b, c] {
+        r.stop().await;
+    }
 }
 
 #[tokio::test]
