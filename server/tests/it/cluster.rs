@@ -195,17 +195,24 @@ async fn cluster_work_runs_once_whichever_replicas_ask() {
     .fetch_one(&a.db)
     .await
     .unwrap();
-    assert!((hourly - monthly).abs() < 1e-6, "hourly {hourly} vs monthly {monthly}");
+    assert!(
+        (hourly - monthly).abs() < 1e-6,
+        "hourly {hourly} vs monthly {monthly}"
+    );
     // The lock itself: while one replica's transaction holds a task, another's turn is
     // skipped; once it ends, the next turn runs.
     use concierge::platform::{cluster, db};
     let mut first = db::begin(&a.state.pool, db::Scope::fleet()).await.unwrap();
-    let mut second = db::begin(&b.app.state.pool, db::Scope::fleet()).await.unwrap();
+    let mut second = db::begin(&b.app.state.pool, db::Scope::fleet())
+        .await
+        .unwrap();
     assert!(cluster::once(&mut first, "test").await.unwrap());
     assert!(!cluster::once(&mut second, "test").await.unwrap());
     first.commit().await.unwrap();
     second.rollback().await.unwrap();
-    let mut third = db::begin(&c.app.state.pool, db::Scope::fleet()).await.unwrap();
+    let mut third = db::begin(&c.app.state.pool, db::Scope::fleet())
+        .await
+        .unwrap();
     assert!(cluster::once(&mut third, "test").await.unwrap());
     third.rollback().await.unwrap();
     for r in [b, c] {
