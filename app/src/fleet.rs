@@ -42,6 +42,12 @@ pub struct HostSummary {
     pub needs_update: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_sync_at: Option<OffsetDateTime>,
+    /// Reached over SSH: the pinned host key's fingerprint (`SHA256:…`), or None with
+    /// `ssh_unverified` when the URI turns the check off.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
+    #[serde(default)]
+    pub ssh_unverified: bool,
 }
 
 /// A volume in a pool: its size, and what depends on it (a volume in use is not deleted).
@@ -160,6 +166,10 @@ pub struct HostForm {
     pub labels: String,
     pub schedulable: bool,
     pub maintenance: bool,
+    /// For a host reached over SSH: the host key it must present (`ssh-ed25519 AAAA…` as
+    /// `ssh-keyscan` prints it, or its `SHA256:…` fingerprint).
+    #[serde(default)]
+    pub ssh_host_key: String,
 }
 
 #[server(prefix = "/api", endpoint = "register_host")]
@@ -169,6 +179,7 @@ pub async fn register_host(
     #[server(default)] labels: String,
     #[server(default)] schedulable: bool,
     #[server(default)] maintenance: bool,
+    #[server(default)] ssh_host_key: String,
 ) -> Result<HostSummary, AppError> {
     let req = crate::seam::request()?;
     let form = HostForm {
@@ -177,6 +188,7 @@ pub async fn register_host(
         labels,
         schedulable,
         maintenance,
+        ssh_host_key,
     };
     crate::seam::reply(crate::seam::backend()?.fleet.register(&req, form).await)
 }

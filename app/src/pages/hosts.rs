@@ -144,6 +144,12 @@ fn HostsContent() -> impl IntoView {
                     <input id="host-uri" name="uri" required maxlength="500" placeholder="qemu+ssh://root@kvm-01/system" aria-describedby="uri-error"/>
                     <FieldMessage error field="uri"/>
                 </div>
+                <div class="field wide">
+                    <label for="host-key">"SSH host key (qemu+ssh hosts)"</label>
+                    <input id="host-key" name="ssh_host_key" maxlength="2000" placeholder="SHA256:… or ssh-ed25519 AAAA…" aria-describedby="ssh_host_key-error ssh_host_key-help"/>
+                    <small id="ssh_host_key-help" class="muted">"Leave empty to be shown the key the host presents, then confirm it here."</small>
+                    <FieldMessage error field="ssh_host_key"/>
+                </div>
                 <div class="field">
                     <label for="host-labels">"Labels"</label>
                     <input id="host-labels" name="labels" placeholder="ssd, rack-1" aria-describedby="labels-error"/>
@@ -173,6 +179,8 @@ fn HostCard(h: HostSummary) -> impl IntoView {
             {h.state_reason.clone().filter(|_| h.state != "connected").map(|r| view! { <p class="field-error">{r}</p> })}
             <p class="flags">
                 {flags.simulated.then(|| view! { <span class="badge muted">"simulated"</span> " " })}
+                {flags.ssh_unverified.then(|| view! { <span class="badge warn" title="no_verify=1: the SSH host key is not checked">"host key not verified"</span> " " })}
+                {flags.ssh_host_key.clone().map(|f| view! { <span class="badge ok mono" title="Every connection checks the host presents this SSH key">{format!("key {f}")}</span> " " })}
                 {flags.maintenance.then(|| view! { <span class="badge warn">"maintenance"</span> " " })}
                 {(!flags.schedulable).then(|| view! { <span class="badge muted">"not schedulable"</span> " " })}
                 {flags.needs_update.then(|| view! { <span class="badge danger">"needs update"</span> " " })}

@@ -218,8 +218,11 @@ pub async fn upgrade(
         json!({ "kind": spent.kind }),
     )
     .await;
+    // The console opens its own connection, checking an SSH host's key like every other.
+    let uri = crate::hypervisor::remote::effective(&vm.uri, vm.ssh_host_key.as_deref())
+        .unwrap_or_else(|_| vm.uri.clone());
     ws.on_upgrade(move |socket| async move {
-        let reason = run(&proxy, &spent, &vm.uri, socket).await;
+        let reason = run(&proxy, &spent, &uri, socket).await;
         close(&proxy, &spent, &actor, &reason).await;
     })
 }

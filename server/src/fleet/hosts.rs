@@ -110,9 +110,12 @@ pub(super) async fn register(
         maintenance,
     } = NewHost::try_from(form)?;
     let simulated_file = simulated_file(&uri, b.simulated_fleets.as_deref())?;
+    let ssh_host_key = pin_ssh_host_key(&uri, &form.ssh_host_key).await?;
+    let open = crate::hypervisor::remote::effective(&uri, ssh_host_key.as_deref())
+        .map_err(|e| AppError::field("uri", format!("Could not connect: {e}")))?;
     // Saving tests the connection; libvirt's own words go next to the URI, except for a
     // simulated host's file, whose parse errors would quote the file's content.
-    let facts = crate::hypervisor::probe(&uri).await.map_err(|e| {
+    let facts = crate::hypervisor::probe(&open).await.map_err(|e| {
         let message = if simulated_file {
             "Could not connect: that file is not a libvirt test-driver node file.".to_string()
         } else {
@@ -123,8 +126,8 @@ pub(super) async fn register(
     let simulated = uri.starts_with("test:");
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO hosts (name, uri, labels, schedulable, maintenance, simulated, cpus, memory_kib, lib_version, hv_type, hv_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        "INSERT INTO hosts (name, uri, labels, schedulable, maintenance, simulated, cpus, memory_kib, lib_version, hv_type, hv_version, ssh_host_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
     )
     .bind(&name)
     .bind(&uri)
@@ -137,13 +140,15 @@ pub(super) async fn register(
     .bind(facts.lib_version)
     .bind(&facts.hv_type)
     .bind(facts.hv_version)
+    .bind(&ssh_host_key)
     .fetch_one(&mut *tx)
     .await?;
     audit::record(
         &mut tx,
         &Origin::of(req),
         Event::new("host.register", "host", id).after(json!({
-            "name": name, "uri": uri, "labels": labels, "schedulable": schedulable, "maintenance": maintenance
+            "name": name, "uri": uri, "labels": labels, "schedulable": schedulable, "maintenance": maintenance,
+            "ssh_host_key": ssh_host_key,
         })),
     )
     .await?;
@@ -306,6 +311,38 @@ pub(super) async fn reconcile(b: &FleetBackend, req: &RequestCtx, host_id: Uuid)
 }
 
 /// A host name: lowercase letters, digits and hyphens, at most 63, starting alphanumeric.
+/// For a host reached over SSH with the check on: the key it presents now, if the fleet
+/// admin confirmed it (typed as the key or its fingerprint). Anything else is a field error
+/// naming the fingerprint the host presented, so the admin can compare it with the host's
+/// own (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` there).
+async fn pin_ssh_host_key(uri: &str, confirmed: &str) -> Result<Option<String>, AppError> {
+    use crate::hypervisor::remote;
+    if !remote::is_ssh(uri) || remote::unverified(uri) {
+        return Ok(None);
+    }
+    let presented = remote::presented_keys(uri)
+        .await
+        .map_err(|e| AppError::field("uri", format!("Could not connect: {e}")))?;
+    let confirmed = confirmed.trim();
+    let typed = remote::parse_key(confirmed).map(|(_, f)| f);
+    if let Some((key, _)) = presented.iter().find(|(k, f)| {
+        !confirmed.is_empty() && (f == confirmed || Some(f) == typed.as_ref() || k == confirmed)
+    }) {
+        return Ok(Some(key.clone()));
+    }
+    let offered = presented
+        .iter()
+        .map(|(k, f)| format!("{f} ({})", k.split(' ').next().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = if confirmed.is_empty() {
+        format!("The host presents {offered}. Check that this is its key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on the host) and enter it here, or add no_verify=1 to the URI to skip the check.")
+    } else {
+        format!("The host presents {offered}, not the key entered: do not register it until you know why.")
+    };
+    Err(AppError::field("ssh_host_key", message))
+}
+
 /// A host registration that passed every check that needs neither the database nor the
 /// host (saving connects to it; a simulated host's file is checked then).
 #[derive(Debug, PartialEq)]
@@ -469,12 +506,13 @@ pub(super) struct HostRow {
     pub(super) storage_capacity: i64,
     pub(super) storage_available: i64,
     pub(super) domain_type: Option<String>,
+    pub(super) ssh_host_key: Option<String>,
 }
 
 pub(super) const HOST_QUERY: &str = "
     SELECT h.id, h.name, h.uri, h.labels, h.schedulable, h.maintenance, h.simulated, h.state, h.state_reason,
            h.state_since, h.cpus, h.memory_kib, h.free_memory_kib, h.lib_version, h.hv_type, h.hv_version,
-           h.last_sync_at, h.domain_type,
+           h.last_sync_at, h.domain_type, h.ssh_host_key,
            coalesce(d.vcpus, 0) AS vcpus_allocated, coalesce(d.memory, 0) AS memory_allocated_kib,
            coalesce(d.n, 0) AS domains, coalesce(d.running, 0) AS running,
            coalesce(p.capacity, 0) AS storage_capacity, coalesce(p.available, 0) AS storage_available
@@ -487,6 +525,8 @@ pub(super) const HOST_QUERY: &str = "
 
 impl From<HostRow> for HostSummary {
     fn from(r: HostRow) -> Self {
+        let ssh_unverified = crate::hypervisor::remote::is_ssh(&r.uri)
+            && crate::hypervisor::remote::unverified(&r.uri);
         HostSummary {
             id: r.id,
             name: r.name,
@@ -514,6 +554,12 @@ impl From<HostRow> for HostSummary {
             domain_type: r.domain_type,
             hv_version: r.hv_version.map(version_string),
             last_sync_at: r.last_sync_at,
+            ssh_host_key: r
+                .ssh_host_key
+                .as_deref()
+                .and_then(crate::hypervisor::remote::parse_key)
+                .map(|(_, fingerprint)| fingerprint),
+            ssh_unverified,
         }
     }
 }

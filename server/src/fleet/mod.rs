@@ -276,6 +276,7 @@ mod tests {
             labels: "GPU".into(),
             schedulable: true,
             maintenance: false,
+            ssh_host_key: String::new(),
         };
         let host = NewHost::try_from(&form).unwrap();
         assert_eq!(

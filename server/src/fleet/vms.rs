@@ -296,12 +296,14 @@ pub(super) struct VmRow {
     pub(super) nics: serde_json::Value,
     /// The host's libvirt URI.
     pub(super) uri: String,
+    /// The host's pinned SSH key, for a host reached over SSH.
+    pub(super) ssh_host_key: Option<String>,
 }
 
 pub(super) const VM_QUERY: &str = "
     SELECT d.host_id, h.name AS host_name, d.uuid, d.name, d.state, d.vcpus, d.memory_kib, d.managed,
            d.tenant_id, t.name AS tenant_name, d.owner_id, u.email AS owner_email,
-           d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics, h.uri
+           d.missing_since IS NOT NULL AS missing, d.state_since, d.disks, d.nics, h.uri, h.ssh_host_key
     FROM domains d JOIN hosts h ON h.id = d.host_id
     LEFT JOIN tenants t ON t.id = d.tenant_id LEFT JOIN users u ON u.id = d.owner_id
     WHERE d.host_id = $1 AND d.uuid = $2";

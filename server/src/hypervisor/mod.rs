@@ -8,6 +8,7 @@ pub mod image;
 pub mod inventory;
 pub mod network;
 pub mod ownership;
+pub mod remote;
 pub mod simulation;
 pub mod stats;
 pub mod storage;

@@ -34,6 +34,7 @@ pub struct Round {
 struct HostLease {
     id: Uuid,
     uri: String,
+    ssh_host_key: Option<String>,
     /// The live replica ranked first for the host (None: no replica is live, not even this
     /// one — its own heartbeat is late).
     desired: Option<Uuid>,
@@ -57,7 +58,7 @@ pub async fn round(hv: &Hypervisors, me: Uuid) -> Result<Round> {
              FROM hosts h CROSS JOIN live r
              ORDER BY h.id, hashtextextended(h.id::text || r.id::text, 0) DESC
          )
-         SELECT h.id, h.uri, d.replica AS desired, l.owner, l.epoch,
+         SELECT h.id, h.uri, h.ssh_host_key, d.replica AS desired, l.owner, l.epoch,
                 coalesce(l.owner IS NOT NULL AND l.expires_at > now(), false) AS held,
                 coalesce(l.expires_at < now() - make_interval(secs => $2), false) AS abandoned
          FROM hosts h
@@ -69,7 +70,20 @@ pub async fn round(hv: &Hypervisors, me: Uuid) -> Result<Round> {
     .fetch_all(&mut *tx)
     .await?;
     db::done(tx);
-    hv.remember_uris(hosts.iter().map(|h| (h.id, h.uri.clone())));
+    // What this machine opens for each host (an SSH host through its pinned key).
+    let uris: HashMap<Uuid, String> = hosts
+        .iter()
+        .filter_map(
+            |h| match super::remote::effective(&h.uri, h.ssh_host_key.as_deref()) {
+                Ok(uri) => Some((h.id, uri)),
+                Err(e) => {
+                    tracing::warn!(host = %h.id, error = %e, "host cannot be opened");
+                    None
+                }
+            },
+        )
+        .collect();
+    hv.remember_uris(uris.iter().map(|(id, uri)| (*id, uri.clone())));
 
     let mine = |h: &HostLease| h.held && h.owner == Some(me);
     let (keep, hand_back): (Vec<&HostLease>, Vec<&HostLease>) = hosts
@@ -135,7 +149,6 @@ pub async fn round(hv: &Hypervisors, me: Uuid) -> Result<Round> {
     tx.commit().await?;
 
     // The actors follow the leases: one per host held, under the epoch held.
-    let uris: HashMap<Uuid, &str> = hosts.iter().map(|h| (h.id, h.uri.as_str())).collect();
     let held: HashMap<Uuid, i64> = renewed.iter().chain(claimed.iter()).copied().collect();
     for (id, epoch) in &held {
         let fence = Fence {

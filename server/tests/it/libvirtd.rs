@@ -151,7 +151,7 @@ fn volume_path(conn: &Connect, name: &str) -> String {
 
 /// A domain as an admin would define it with virsh: KVM when the host offers it (else TCG), an
 /// optional qcow2 disk, user-mode networking, QEMU's default CPU model.
-fn plain_domain_xml(
+pub(crate) fn plain_domain_xml(
     conn: &Connect,
     name: &str,
     uuid: Uuid,
@@ -315,7 +315,11 @@ pub(crate) async fn wait_host(admin: &Client, host: &str, state: &str, secs: u64
 }
 
 /// (state, state_reason, missing) of a domain row.
-async fn domain_row(db: &PgPool, host: &str, uuid: Uuid) -> Option<(String, Option<String>, bool)> {
+pub(crate) async fn domain_row(
+    db: &PgPool,
+    host: &str,
+    uuid: Uuid,
+) -> Option<(String, Option<String>, bool)> {
     sqlx::query_as(
         "SELECT state, state_reason, missing_since IS NOT NULL FROM domains WHERE host_id = $1::uuid AND uuid = $2",
     )

@@ -12,6 +12,7 @@ mod libvirtd;
 mod lifecycle;
 mod metrics;
 mod provisioning;
+mod remote;
 mod reports;
 mod sessions;
 mod storage;
