@@ -394,6 +394,11 @@ async fn visit<T: Send + 'static>(
     uri: String,
     f: impl FnOnce(&virt::connect::Connect) -> Result<T, virt::error::Error> + Send + 'static,
 ) -> Result<T, String> {
+    // A simulated host from a node file lives in the memory of the process that opened it:
+    // a second connection would act on a copy of its own and diverge silently.
+    if uri.starts_with("test://") && uri != "test:///default" {
+        return Err("this simulated host lives in the replica that runs it; another replica cannot act on it".into());
+    }
     tokio::task::spawn_blocking(move || {
         events::ensure_event_loop();
         let conn = virt::connect::Connect::open(Some(&uri)).map_err(|e| e.message().to_string())?;
