@@ -29,11 +29,15 @@ pub fn unverified(uri: &str) -> bool {
     })
 }
 
-/// Host and port of an SSH URI, as `ssh-keyscan` and known-hosts files name them.
+/// Host and port of an SSH URI, as `ssh-keyscan` and known-hosts files name them. A host
+/// that would read as an option (`-…`) is none.
 fn endpoint(uri: &str) -> Option<(String, u16)> {
     let rest = uri.split_once("://")?.1;
     let authority = rest.split(['/', '?']).next()?;
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() || host_port.starts_with('-') {
+        return None;
+    }
     match host_port.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
             Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?))
@@ -133,6 +137,8 @@ mod tests {
             endpoint("qemu+ssh://admin@kvm1/system"),
             Some(("kvm1".into(), 22))
         );
+        assert_eq!(endpoint("qemu+ssh://-oProxyCommand=x/system"), None);
+        assert_eq!(endpoint("qemu+ssh:///system"), None);
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAw/1oZKrJNO9VTihi/SaaZBBZfIx6FXH2oQhBb93w6s";
         let (line, fingerprint) = parse_key(&format!("[127.0.0.1]:2222 {key}")).unwrap();
