@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveEvent {
     /// domain or request.
     pub kind: String,
@@ -31,13 +31,7 @@ impl LiveEvent {
     pub fn lagged() -> LiveEvent {
         LiveEvent {
             kind: "lagged".into(),
-            host_id: None,
-            uuid: None,
-            state: None,
-            tenant_id: None,
-            owner_id: None,
-            request_id: None,
-            requester_id: None,
+            ..Default::default()
         }
     }
 

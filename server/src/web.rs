@@ -204,12 +204,12 @@ pub fn router(state: AppState) -> Router {
 /// database (no addresses: the fleet dashboard shows those to fleet admins). 503 when the
 /// database does not answer, or while this replica drains before it stops.
 async fn health(State(state): State<AppState>) -> Response {
+    let unavailable = |status: &str| {
+        let body = serde_json::json!({ "status": status, "replica": state.replica.id });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "draining", "replica": state.replica.id })),
-        )
-            .into_response();
+        return unavailable("draining");
     }
     let read = async {
         let mut tx =
@@ -244,13 +244,7 @@ async fn health(State(state): State<AppState>) -> Response {
                 _ => "the database did not answer within 5 s".into(),
             };
             tracing::warn!(error = %why, "health check");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(
-                    serde_json::json!({ "status": "unavailable", "replica": state.replica.id }),
-                ),
-            )
-                .into_response()
+            unavailable("unavailable")
         }
     }
 }

@@ -31,23 +31,18 @@ pub struct Replica {
 impl Replica {
     /// Registers this process; rows of replicas gone for a day are dropped on the way.
     pub async fn register(pool: &PgPool, address: &str) -> Result<Replica> {
-        let id = Uuid::new_v4();
         let mut tx = db::begin(pool, Scope::fleet()).await?;
         sqlx::query("DELETE FROM replicas WHERE heartbeat_at < now() - interval '1 day'")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO replicas (id, address, version) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(address)
-            .bind(env!("CARGO_PKG_VERSION"))
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(Replica {
-            id,
+        let replica = Replica {
+            id: Uuid::new_v4(),
             address: address.to_string(),
             pool: pool.clone(),
-        })
+        };
+        replica.beat().await?;
+        Ok(replica)
     }
 
     /// Beats until the process ends. A beat that finds no row (pruned after a pause of a day)

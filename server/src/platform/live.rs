@@ -97,9 +97,11 @@ impl Live {
 }
 
 /// Whether `actor` may see `ev`: fleet admins everything; the VM's owner or the request's
-/// requester; the approvers, admins and managers of its tenant.
+/// requester; the approvers, admins and managers of its tenant. A `lagged` event names
+/// nothing and goes to everyone.
 pub fn visible(actor: &Actor, ev: &LiveEvent) -> bool {
-    crate::platform::authz::sees_event(actor, ev.tenant_id, ev.owner_id, ev.requester_id)
+    ev.is_lagged()
+        || crate::platform::authz::sees_event(actor, ev.tenant_id, ev.owner_id, ev.requester_id)
 }
 
 /// Re-reads the viewer of a stream: their current actor, or `None` once their session ended
@@ -139,7 +141,7 @@ pub fn stream(
                 received = v.rx.recv() => match received {
                     Ok(ev) => {
                         v.actor = (v.recheck)().await?;
-                        if ev.is_lagged() || visible(&v.actor, &ev) {
+                        if visible(&v.actor, &ev) {
                             let data = serde_json::to_string(&ev).unwrap_or_default();
                             return Some((Ok(Event::default().data(data)), v));
                         }

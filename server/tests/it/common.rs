@@ -50,6 +50,14 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// The configuration every test server starts with.
+fn test_config(url: &str) -> Config {
+    let mut config = Config::for_tests(url);
+    config.admin_password = Some(ADMIN_PASSWORD.into());
+    config.db_connections = 6;
+    config
+}
+
 /// A new, empty database for one test; its URL.
 pub async fn fresh_database() -> String {
     let admin = admin_url();
@@ -83,9 +91,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         .try_init();
     let url = fresh_database().await;
 
-    let mut config = Config::for_tests(&url);
-    config.admin_password = Some(ADMIN_PASSWORD.into());
-    config.db_connections = 6;
+    let mut config = test_config(&url);
     tweak(&mut config);
     let clock = Arc::new(ManualClock::default());
     let server = Server::build(config, clock.clone())
@@ -121,10 +127,7 @@ pub struct Replica {
 impl TestApp {
     /// Starts another server on this app's database, as a second replica would.
     pub async fn replica(&self) -> Replica {
-        let mut config = Config::for_tests(&self.url);
-        config.admin_password = Some(ADMIN_PASSWORD.into());
-        config.db_connections = 6;
-        let server = Server::build(config, self.clock.clone())
+        let server = Server::build(test_config(&self.url), self.clock.clone())
             .await
             .expect("replica starts");
         let base = format!("http://{}", server.addr);
