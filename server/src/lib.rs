@@ -109,6 +109,7 @@ impl Server {
             state.provisioner.clone(),
             state.config.job_workers,
             std::time::Duration::from_secs(state.config.job_lease_seconds.max(3)),
+            state.replica.id,
         );
         state.leases.clone().spawn(std::time::Duration::from_secs(
             state.config.lease_check_seconds.max(1),

@@ -70,7 +70,7 @@ struct CopyRow {
 }
 
 fn is_test_driver(conn: &virt::connect::Connect) -> bool {
-    conn.uri().unwrap_or_default().starts_with("test:")
+    crate::hypervisor::is_test_driver(&conn.uri().unwrap_or_default())
 }
 
 /// A pool of the host, freshly listed, or the form's error for the `pool` field.

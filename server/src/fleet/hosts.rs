@@ -123,7 +123,7 @@ pub(super) async fn register(
         };
         AppError::field("uri", message)
     })?;
-    let simulated = uri.starts_with("test:");
+    let simulated = crate::hypervisor::is_test_driver(&uri);
     let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
     let id: Uuid = sqlx::query_scalar(
         "INSERT INTO hosts (name, uri, labels, schedulable, maintenance, simulated, cpus, memory_kib, lib_version, hv_type, hv_version, ssh_host_key)

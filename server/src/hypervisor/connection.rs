@@ -100,7 +100,9 @@ pub(super) fn run_action(
         Action::Start => super::cpu_weight::start(conn, &dom),
         // The guest agent first, where the guest runs one (a clean shutdown even when it
         // ignores ACPI), else the ACPI power button; libvirt's test driver takes no flags.
-        Action::Shutdown if conn.uri().unwrap_or_default().starts_with("test:") => dom.shutdown(),
+        Action::Shutdown if super::is_test_driver(&conn.uri().unwrap_or_default()) => {
+            dom.shutdown()
+        }
         Action::Shutdown => dom.shutdown_flags(
             virt_sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
                 | virt_sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,

@@ -95,7 +95,7 @@ pub fn domain_type(conn: &Connect) -> &'static str {
 /// one read of the host's capabilities.
 pub fn guest_kind(conn: &Connect) -> (&'static str, bool) {
     let uri = conn.uri().unwrap_or_default();
-    if uri.starts_with("test:") {
+    if super::is_test_driver(&uri) {
         return ("test", false);
     }
     let caps = conn.capabilities().unwrap_or_default();

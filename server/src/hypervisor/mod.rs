@@ -388,6 +388,14 @@ impl Hypervisors {
     }
 }
 
+/// libvirt's test driver, opened in this process (`test:///…`) or through a daemon that keeps
+/// it (`test+unix:///default?socket=…`: simulated hosts several replicas share, as in the
+/// replica tests). It takes no shutdown flags and runs no real guests.
+pub fn is_test_driver(uri: &str) -> bool {
+    uri.split_once(':')
+        .is_some_and(|(scheme, _)| scheme.split('+').next() == Some("test"))
+}
+
 /// Runs `f` on a connection of this replica's own to a host another replica owns, opened
 /// for the call and closed after it, on a blocking thread.
 async fn visit<T: Send + 'static>(
@@ -546,4 +554,26 @@ pub async fn probe(uri: &str) -> Result<inventory::HostFacts, String> {
     .await
     .map_err(|e| e.to_string())?
     .inspect(|_| tracing::debug!(ms = started.elapsed().as_millis() as u64, "probed a host"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_test_driver_is_known_by_its_scheme_with_or_without_a_transport() {
+        for uri in [
+            "test:///default",
+            "test:///tmp/node.xml",
+            "test+unix:///default?socket=/run/h01/libvirt-sock",
+        ] {
+            assert!(super::is_test_driver(uri), "{uri}");
+        }
+        for uri in [
+            "qemu:///system",
+            "qemu+ssh://root@h1/system",
+            "testing:///x",
+            "qemu:///test:",
+        ] {
+            assert!(!super::is_test_driver(uri), "{uri}");
+        }
+    }
 }

@@ -99,37 +99,51 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Claims the oldest ready job, or one whose runner's lease lapsed.
-pub async fn claim(pool: &PgPool, lease: Duration) -> Result<Option<Job>> {
+/// Claims the oldest ready job, or one whose runner's lease lapsed, for `runner` (this
+/// replica).
+pub async fn claim(pool: &PgPool, lease: Duration, runner: Uuid) -> Result<Option<Job>> {
     Ok(sqlx::query_as(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1,
-                locked_until = now() + make_interval(secs => $1)
+                locked_until = now() + make_interval(secs => $1), locked_by = $2
          WHERE id = (SELECT id FROM jobs
                      WHERE (state = 'queued' AND run_at <= now()) OR (state = 'running' AND locked_until < now())
                      ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING id, kind, key, payload, attempts, max_attempts",
     )
     .bind(lease.as_secs_f64())
+    .bind(runner)
     .fetch_optional(pool)
     .await?)
 }
 
-pub async fn heartbeat(pool: &PgPool, id: i64, lease: Duration) -> Result<()> {
-    sqlx::query("UPDATE jobs SET locked_until = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'running'")
+// Heartbeats and outcomes are fenced by the runner: one paused past its lease (whose job
+// another replica took over) neither extends the new lease nor overwrites its outcome.
+pub async fn heartbeat(pool: &PgPool, id: i64, lease: Duration, runner: Uuid) -> Result<()> {
+    sqlx::query("UPDATE jobs SET locked_until = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'running' AND locked_by = $3")
         .bind(id)
         .bind(lease.as_secs_f64())
+        .bind(runner)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-async fn finish(pool: &PgPool, id: i64, state: &str, error: Option<&str>) -> Result<()> {
+async fn finish(
+    pool: &PgPool,
+    job: &Job,
+    runner: Uuid,
+    state: &str,
+    error: Option<&str>,
+) -> Result<()> {
     sqlx::query(
-        "UPDATE jobs SET state = $2, last_error = coalesce($3, last_error), finished_at = now(), locked_until = NULL WHERE id = $1",
+        "UPDATE jobs SET state = $2, last_error = coalesce($3, last_error), finished_at = now(), locked_until = NULL
+         WHERE id = $1 AND state = 'running' AND locked_by = $4 AND attempts = $5",
     )
-    .bind(id)
+    .bind(job.id)
     .bind(state)
     .bind(error)
+    .bind(runner)
+    .bind(job.attempts)
     .execute(pool)
     .await?;
     Ok(())
@@ -137,7 +151,8 @@ async fn finish(pool: &PgPool, id: i64, state: &str, error: Option<&str>) -> Res
 
 async fn requeue(
     pool: &PgPool,
-    id: i64,
+    job: &Job,
+    runner: Uuid,
     error: &str,
     delay: Duration,
     refund_attempt: bool,
@@ -145,12 +160,14 @@ async fn requeue(
     sqlx::query(
         "UPDATE jobs SET state = 'queued', last_error = $2, run_at = now() + make_interval(secs => $3),
                 locked_until = NULL, attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END
-         WHERE id = $1",
+         WHERE id = $1 AND state = 'running' AND locked_by = $5 AND attempts = $6",
     )
-    .bind(id)
+    .bind(job.id)
     .bind(error)
     .bind(delay.as_secs_f64())
     .bind(refund_attempt)
+    .bind(runner)
+    .bind(job.attempts)
     .execute(pool)
     .await?;
     Ok(())
@@ -175,13 +192,14 @@ pub fn spawn_workers(
     handler: Arc<dyn Handler>,
     workers: usize,
     lease: Duration,
+    runner: Uuid,
 ) {
     for _ in 0..workers.max(1) {
         let (pool, queue, handler) = (pool.clone(), queue.clone(), handler.clone());
         tokio::spawn(async move {
             loop {
-                match claim(&pool, lease).await {
-                    Ok(Some(job)) => run_one(&pool, &*handler, job, lease).await,
+                match claim(&pool, lease, runner).await {
+                    Ok(Some(job)) => run_one(&pool, &*handler, job, lease, runner).await,
                     Ok(None) => {
                         let _ = tokio::time::timeout(Duration::from_secs(1), queue.wake.notified())
                             .await;
@@ -197,7 +215,7 @@ pub fn spawn_workers(
 }
 
 #[tracing::instrument(skip_all, fields(job = job.id, kind = %job.kind, key = %job.key, attempt = job.attempts))]
-async fn run_one(pool: &PgPool, handler: &dyn Handler, job: Job, lease: Duration) {
+async fn run_one(pool: &PgPool, handler: &dyn Handler, job: Job, lease: Duration, runner: Uuid) {
     let beat = {
         let pool = pool.clone();
         let id = job.id;
@@ -206,7 +224,7 @@ async fn run_one(pool: &PgPool, handler: &dyn Handler, job: Job, lease: Duration
             every.tick().await;
             loop {
                 every.tick().await;
-                if let Err(e) = heartbeat(&pool, id, lease).await {
+                if let Err(e) = heartbeat(&pool, id, lease, runner).await {
                     tracing::warn!(error = %e, "job heartbeat");
                 }
             }
@@ -215,16 +233,16 @@ async fn run_one(pool: &PgPool, handler: &dyn Handler, job: Job, lease: Duration
     let result = handler.run(&job).await;
     beat.abort();
     let written = match result {
-        Ok(()) => finish(pool, job.id, "done", None).await,
-        Err(Outcome::Wait(why, delay)) => requeue(pool, job.id, &why, delay, true).await,
+        Ok(()) => finish(pool, &job, runner, "done", None).await,
+        Err(Outcome::Wait(why, delay)) => requeue(pool, &job, runner, &why, delay, true).await,
         Err(Outcome::Retry(why)) if job.attempts < job.max_attempts => {
             tracing::info!(error = %why, "job will be retried");
-            requeue(pool, job.id, &why, backoff(job.attempts), false).await
+            requeue(pool, &job, runner, &why, backoff(job.attempts), false).await
         }
         Err(Outcome::Retry(why)) | Err(Outcome::Fail(why)) => {
             tracing::warn!(error = %why, "job failed");
             handler.failed(&job, &why).await;
-            finish(pool, job.id, "failed", Some(&why)).await
+            finish(pool, &job, runner, "failed", Some(&why)).await
         }
     };
     if let Err(e) = written {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-async fn health(base: &str) -> Value {
+pub(crate) async fn health(base: &str) -> Value {
     let res = reqwest::get(format!("{base}/healthz"))
         .await
         .expect("healthz");
@@ -20,7 +20,7 @@ async fn health(base: &str) -> Value {
 }
 
 /// The replicas `/healthz` lists as alive, and the one that answered.
-fn alive(h: &Value) -> (Vec<Uuid>, Uuid) {
+pub(crate) fn alive(h: &Value) -> (Vec<Uuid>, Uuid) {
     let ids = h["replicas"]
         .as_array()
         .expect("replicas")
@@ -560,7 +560,7 @@ async fn actions_on_a_host_owned_by_another_replica_run_on_their_own_connection(
 }
 
 /// Sends `signal` (KILL, STOP, CONT) to a child process.
-fn signal(p: &Process, signal: &str) {
+pub(crate) fn signal(p: &Process, signal: &str) {
     let pid = p.child.id().expect("running").to_string();
     let ok = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid])
@@ -571,7 +571,7 @@ fn signal(p: &Process, signal: &str) {
 }
 
 /// Valid leases: host → (owner, epoch), read until `done` says yes or `within` passes.
-async fn leases_until(
+pub(crate) async fn leases_until(
     db: &sqlx::PgPool,
     within: Duration,
     what: &str,
@@ -600,6 +600,28 @@ async fn leases_until(
     }
 }
 
+/// Three `concierge` processes on `url` (the first migrates; the others start against a
+/// migrated database), their replica ids, and a small pool of the test's own.
+pub(crate) async fn three_replicas(
+    url: &str,
+    env: &[(&str, &str)],
+) -> (Vec<Process>, Vec<Uuid>, sqlx::PgPool) {
+    let mut procs = vec![Process::start(url, "replica 1", env).await];
+    for i in 2..=3 {
+        procs.push(Process::start(url, &format!("replica {i}"), env).await);
+    }
+    let mut ids = Vec::new();
+    for p in &procs {
+        ids.push(alive(&health(&p.base).await).1);
+    }
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap();
+    (procs, ids, db)
+}
+
 /// Three `concierge` processes on one database and twenty simulated hosts: a replica killed
 /// outright loses its hosts to the others within 10 s; one paused past its lease (SIGSTOP)
 /// is taken over, and once resumed writes nothing under its old epoch and steps down.
@@ -617,20 +639,7 @@ async fn real_replicas_take_over_a_killed_ones_hosts_and_fence_a_paused_one() {
         ("CONCIERGE_SAMPLE_SECONDS", "2"),
         ("CONCIERGE_SHUTDOWN_GRACE_SECONDS", "1"),
     ];
-    // The first migrates; the others start against a migrated database.
-    let mut procs = vec![Process::start(&url, "replica 1", &env).await];
-    for i in 2..=3 {
-        procs.push(Process::start(&url, &format!("replica {i}"), &env).await);
-    }
-    let mut ids = Vec::new();
-    for p in &procs {
-        ids.push(alive(&health(&p.base).await).1);
-    }
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .unwrap();
+    let (mut procs, ids, db) = three_replicas(&url, &env).await;
     let mut hosts = Vec::new();
     for i in 0..20 {
         let uri =

@@ -4,6 +4,7 @@ mod common;
 
 mod authorization;
 mod cluster;
+mod failover;
 mod guests;
 mod hypervisor;
 mod images;
