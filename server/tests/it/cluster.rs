@@ -57,18 +57,29 @@ async fn replicas_see_each_other_and_a_stopped_one_is_gone_at_once() {
     assert_eq!(live, [ia], "a stopped replica is not counted on");
 }
 
+/// Two `concierge` processes on one database: a member removed through A is refused by B
+/// within a second, and signing out on A ends the session on B as fast (B had both cached).
 #[tokio::test]
 async fn a_member_removed_through_one_replica_is_refused_on_the_other_within_a_second() {
-    let a = spawn_app().await;
-    let b = a.replica().await;
-    let t = a.tenant("acme").await;
-    let (user, on_a) = a
-        .signed_in("ann@example.com", Some((t, "tenant_admin")))
+    let url = fresh_database().await;
+    let a = Process::start(&url, "replica A", &[]).await;
+    let b = Process::start(&url, "replica B", &[]).await;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let accounts = Accounts::new(&db).await;
+    let t = accounts.tenant("acme").await;
+    let user = accounts
+        .user("ann@example.com", Some((t, "tenant_admin")))
         .await;
+    let on_a = a.client();
+    on_a.login("ann@example.com", PASSWORD).await.unwrap();
     // The same browser reaching the other replica (cookies do not depend on the port).
     let on_b = Client {
         http: on_a.http.clone(),
-        base: b.app.base.clone(),
+        base: b.base.clone(),
     };
     let tenant = t.to_string();
     let quotas = || async {
@@ -79,7 +90,7 @@ async fn a_member_removed_through_one_replica_is_refused_on_the_other_within_a_s
     for _ in 0..3 {
         assert_eq!(quotas().await.unwrap().tenant_id, t);
     }
-    let admin = a.fleet_admin().await;
+    let admin = a.admin().await;
     admin
         .call(
             "remove_member",
@@ -102,11 +113,14 @@ async fn a_member_removed_through_one_replica_is_refused_on_the_other_within_a_s
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!("B refused ann {:?} after A removed her", removed.elapsed());
     // Signing out everywhere on A ends the session on B as well.
-    let (_, on_a) = a.signed_in("bob@example.com", None).await;
+    accounts.user("bob@example.com", None).await;
+    let on_a = a.client();
+    on_a.login("bob@example.com", PASSWORD).await.unwrap();
     let on_b = Client {
         http: on_a.http.clone(),
-        base: b.app.base.clone(),
+        base: b.base.clone(),
     };
     assert_eq!(on_b.whoami().await.as_deref(), Some("bob@example.com"));
     on_a.call("logout", &[]).await.expect("bob signs out on A");
@@ -118,7 +132,8 @@ async fn a_member_removed_through_one_replica_is_refused_on_the_other_within_a_s
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    b.stop().await;
+    a.kill().await;
+    b.kill().await;
 }
 
 #[tokio::test]

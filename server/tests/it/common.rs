@@ -524,3 +524,59 @@ impl Drop for Process {
         }
     }
 }
+
+/// Accounts for tests that run the binary (no `TestApp`): users written straight into its
+/// database with password `PASSWORD`, and the first fleet admin ready to act.
+pub struct Accounts {
+    db: PgPool,
+    hash: String,
+}
+
+impl Accounts {
+    pub async fn new(db: &PgPool) -> Accounts {
+        sqlx::query("UPDATE users SET must_change_password = false WHERE lower(email) = 'admin@concierge.local'")
+            .execute(db)
+            .await
+            .unwrap();
+        let hash = concierge::accounts::password::Hasher::new(1)
+            .hash(PASSWORD)
+            .await
+            .expect("hash");
+        Accounts {
+            db: db.clone(),
+            hash,
+        }
+    }
+
+    pub async fn tenant(&self, name: &str) -> Uuid {
+        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
+            .bind(name)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn user(&self, email: &str, membership: Option<(Uuid, &str)>) -> Uuid {
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO users (email, display_name, password_hash, must_change_password)
+             VALUES ($1, $1, $2, false) RETURNING id",
+        )
+        .bind(email)
+        .bind(&self.hash)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
+        if let Some((tenant, role)) = membership {
+            sqlx::query(
+                "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(role)
+            .execute(&self.db)
+            .await
+            .unwrap();
+        }
+        id
+    }
+}

@@ -208,18 +208,9 @@ async fn a_replica_killed_while_100_vms_are_provisioned_loses_and_duplicates_not
 
     // A tenant whose requests of up to ten small VMs are approved at once, a template whose
     // base image every host holds, and a requester.
-    sqlx::query(
-        "UPDATE users SET must_change_password = false WHERE email = 'admin@concierge.local'",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    let accounts = Accounts::new(&db).await;
     let admin = procs[0].admin().await;
-    let tenant: Uuid =
-        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ('Acme') RETURNING id")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let tenant = accounts.tenant("Acme").await;
     let t = tenant.to_string();
     admin
         .call(
@@ -286,24 +277,9 @@ async fn a_replica_killed_while_100_vms_are_provisioned_loses_and_duplicates_not
         )
         .await
         .unwrap();
-    let hash = concierge::accounts::password::Hasher::new(1)
-        .hash(PASSWORD)
-        .await
-        .unwrap();
-    let ann: Uuid = sqlx::query_scalar(
-        "INSERT INTO users (email, display_name, password_hash, must_change_password)
-         VALUES ('ann@example.com', 'Ann', $1, false) RETURNING id",
-    )
-    .bind(&hash)
-    .fetch_one(&db)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, 'requester')")
-        .bind(tenant)
-        .bind(ann)
-        .execute(&db)
-        .await
-        .unwrap();
+    accounts
+        .user("ann@example.com", Some((tenant, "requester")))
+        .await;
     let mut clients = Vec::new();
     for p in &procs {
         let c = p.client();
