@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(POOL);
     println!("{SUBMISSIONS} submissions, pool of {pool_size} connections, {ROUNDS} rounds");
-    let pool = db::prepare(&url, pool_size).await?;
+    let pool = db::prepare(&url, pool_size, uuid::Uuid::new_v4()).await?;
     let owner = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)

@@ -54,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
         .execute(&maint)
         .await?;
     let url = format!("{base}/{name}");
-    let pool = db::prepare(&url, 16).await?;
+    let replica_id = uuid::Uuid::new_v4();
+    let pool = db::prepare(&url, 16, replica_id).await?;
 
     let dir =
         std::env::temp_dir().join(format!("concierge-bench-{}", uuid::Uuid::new_v4().simple()));
@@ -99,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         return Ok(());
     }
-    let replica = concierge::platform::cluster::Replica::register(&pool, "bench").await?;
+    let replica =
+        concierge::platform::cluster::Replica::register(&pool, "bench", replica_id).await?;
     let hv = Hypervisors::new(pool.clone(), replica.id, Duration::from_secs(3600), None);
     let opened = Instant::now();
     hv.claim_now().await?;

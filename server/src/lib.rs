@@ -6,6 +6,7 @@ pub mod config;
 pub mod fleet;
 pub mod hypervisor;
 pub mod metering;
+pub mod notifications;
 pub mod platform;
 pub mod provisioning;
 pub mod state;
@@ -27,11 +28,12 @@ impl Server {
         config: config::Config,
         clock: Arc<dyn platform::clock::Clock>,
     ) -> anyhow::Result<Self> {
-        let pool = platform::db::prepare(&config.database_url, config.db_connections).await?;
+        let id = uuid::Uuid::new_v4();
+        let pool = platform::db::prepare(&config.database_url, config.db_connections, id).await?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let replica = platform::cluster::Replica::register(&pool, &addr.to_string()).await?;
-        let state = state::AppState::new(config, pool, clock, Arc::new(replica));
+        let replica = platform::cluster::Replica::register(&pool, &addr.to_string(), id).await?;
+        let state = state::AppState::new(config, pool, clock, Arc::new(replica))?;
         if let Some(password) = bootstrap::first_admin(&state).await? {
             // Printed once, to the console of whoever started the first run.
             println!(

@@ -95,8 +95,24 @@ pub async fn round(hv: &Hypervisors, me: Uuid) -> Result<Round> {
         .filter(|h| !h.held && (h.desired == Some(me) || h.abandoned))
         .collect();
 
+    // A lease that lapsed in its owner's hands: if that replica stopped beating, end its
+    // database sessions first, or a transaction it was paused in keeps the lease row locked.
+    if hosts
+        .iter()
+        .any(|h| !h.held && h.owner.is_some_and(|o| o != me))
+    {
+        if let Err(e) = crate::platform::cluster::fence_gone(&hv.pool).await {
+            tracing::warn!(error = %e, "ending a gone replica's database sessions");
+        }
+    }
+
     let mut out = Round::default();
+    // Renewals commit on their own, so no wait on another's lock below can cost this replica
+    // its own leases.
     let mut tx = db::begin(&hv.pool, Scope::fleet()).await?;
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *tx)
+        .await?;
     // Renew: the leases still naming this replica and the epoch its actors run under.
     let renewed: Vec<(Uuid, i64)> = sqlx::query_as(
         "UPDATE host_leases l SET expires_at = now() + make_interval(secs => $4)
@@ -114,6 +130,56 @@ pub async fn round(hv: &Hypervisors, me: Uuid) -> Result<Round> {
     .bind(LEASE_SECONDS)
     .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
+    // A claim waits at most 2 s for a row another holds; it is tried again next round.
+    let (released, claimed) = match hand_back_and_claim(hv, me, &hand_back, &wanted).await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "handing back and claiming host leases");
+            (Vec::new(), Vec::new())
+        }
+    };
+
+    // The actors follow the leases: one per host held, under the epoch held.
+    let held: HashMap<Uuid, i64> = renewed.iter().chain(claimed.iter()).copied().collect();
+    for (id, epoch) in &held {
+        let fence = Fence {
+            replica: me,
+            epoch: *epoch,
+        };
+        if hv.running_under(*id) != Some(fence) {
+            if let Some(uri) = uris.get(id) {
+                hv.start(*id, uri.to_string(), fence);
+            }
+        }
+    }
+    for id in hv.running() {
+        if !held.contains_key(&id) {
+            hv.stop(id);
+            if released.contains(&id) {
+                out.released.push(id);
+            } else {
+                tracing::warn!(host = %id, "this replica lost the host's lease: its actor stopped");
+                out.lost.push(id);
+            }
+        }
+    }
+    out.claimed = claimed.into_iter().map(|(id, _)| id).collect();
+    out.owned = held.len();
+    Ok(out)
+}
+
+/// Hands back `hand_back` and claims `wanted` (those nobody holds) in one transaction.
+async fn hand_back_and_claim(
+    hv: &Hypervisors,
+    me: Uuid,
+    hand_back: &[&HostLease],
+    wanted: &[&HostLease],
+) -> Result<(Vec<Uuid>, Vec<(Uuid, i64)>)> {
+    let mut tx = db::begin(&hv.pool, Scope::fleet()).await?;
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *tx)
+        .await?;
     // Hand back what another live replica ranks first for: it claims it at its next round.
     let released: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE host_leases l SET owner = NULL, expires_at = now()
@@ -147,34 +213,7 @@ pub async fn round(hv: &Hypervisors, me: Uuid) -> Result<Round> {
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-
-    // The actors follow the leases: one per host held, under the epoch held.
-    let held: HashMap<Uuid, i64> = renewed.iter().chain(claimed.iter()).copied().collect();
-    for (id, epoch) in &held {
-        let fence = Fence {
-            replica: me,
-            epoch: *epoch,
-        };
-        if hv.running_under(*id) != Some(fence) {
-            if let Some(uri) = uris.get(id) {
-                hv.start(*id, uri.to_string(), fence);
-            }
-        }
-    }
-    for id in hv.running() {
-        if !held.contains_key(&id) {
-            hv.stop(id);
-            if released.contains(&id) {
-                out.released.push(id);
-            } else {
-                tracing::warn!(host = %id, "this replica lost the host's lease: its actor stopped");
-                out.lost.push(id);
-            }
-        }
-    }
-    out.claimed = claimed.into_iter().map(|(id, _)| id).collect();
-    out.owned = held.len();
-    Ok(out)
+    Ok((released, claimed))
 }
 
 /// Hands back every lease this replica holds (a graceful stop): the others claim them at

@@ -21,6 +21,31 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A replica whose last beat is older than this (three missed beats) counts as gone.
 pub const ALIVE_SECONDS: f64 = 6.0;
 
+/// The `application_name` of a replica's database connections.
+pub fn application_name(replica: Uuid) -> String {
+    format!("concierge {replica}")
+}
+
+/// Ends the database sessions of replicas that stopped beating without saying goodbye (killed
+/// or paused): a paused replica's open transaction would otherwise keep its row locks, e.g.
+/// on the leases the others must claim, for as long as it stays paused. Returns how many
+/// sessions were ended. Replicas that stopped gracefully are left to finish their requests.
+pub async fn fence_gone(pool: &PgPool) -> Result<i32> {
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
+    let ended: i32 = sqlx::query_scalar("SELECT fence_gone_replicas($1)")
+        .bind(ALIVE_SECONDS)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if ended > 0 {
+        tracing::warn!(
+            sessions = ended,
+            "ended the database sessions of replicas that stopped beating"
+        );
+    }
+    Ok(ended)
+}
+
 /// This process, as the other replicas see it.
 pub struct Replica {
     pub id: Uuid,
@@ -30,14 +55,14 @@ pub struct Replica {
 
 impl Replica {
     /// Registers this process; rows of replicas gone for a day are dropped on the way.
-    pub async fn register(pool: &PgPool, address: &str) -> Result<Replica> {
+    pub async fn register(pool: &PgPool, address: &str, id: Uuid) -> Result<Replica> {
         let mut tx = db::begin(pool, Scope::fleet()).await?;
         sqlx::query("DELETE FROM replicas WHERE heartbeat_at < now() - interval '1 day'")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         let replica = Replica {
-            id: Uuid::new_v4(),
+            id,
             address: address.to_string(),
             pool: pool.clone(),
         };

@@ -13,8 +13,16 @@ pub type Tx = Transaction<'static, Postgres>;
 
 /// Creates the runtime role if needed, migrates, and returns the request pool.
 #[tracing::instrument(skip_all)]
-pub async fn prepare(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = loopback_in_clear(database_url, PgConnectOptions::from_str(database_url)?);
+/// Migrates and opens the request pool of replica `replica`. Its connections carry the
+/// replica's id as their `application_name`, so the others can end them once it is gone
+/// (`cluster::fence_gone`).
+pub async fn prepare(
+    database_url: &str,
+    max_connections: u32,
+    replica: uuid::Uuid,
+) -> anyhow::Result<PgPool> {
+    let options = loopback_in_clear(database_url, PgConnectOptions::from_str(database_url)?)
+        .application_name(&crate::platform::cluster::application_name(replica));
     let owner = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(options.clone())

@@ -771,6 +771,84 @@ async fn real_replicas_take_over_a_killed_ones_hosts_and_fence_a_paused_one() {
     }
 }
 
+/// A replica paused inside a transaction keeps its row locks: here the test opens that
+/// transaction as the replica would (same `application_name`, the lease row taken FOR SHARE as
+/// its host actor does while writing) and pauses the replica. The other replica ends the gone
+/// replica's sessions and takes the host over; without that, its claim waits for ever.
+#[tokio::test]
+async fn a_paused_replicas_open_transaction_does_not_keep_its_hosts() {
+    let url = fresh_database().await;
+    let fleet = std::env::temp_dir().join(format!("concierge-paused-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&fleet).unwrap();
+    let fleet_dir = fleet.to_str().unwrap().to_string();
+    let env = [
+        ("CONCIERGE_SIMULATED_FLEETS_DIR", fleet_dir.as_str()),
+        ("CONCIERGE_SHUTDOWN_GRACE_SECONDS", "1"),
+    ];
+    let a = Process::start(&url, "replica A", &env).await;
+    let b = Process::start(&url, "replica B", &env).await;
+    let (ida, idb) = (
+        alive(&health(&a.base).await).1,
+        alive(&health(&b.base).await).1,
+    );
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let uri =
+            concierge::hypervisor::simulation::write_node(&fleet, &format!("p{i:02}"), 1).unwrap();
+        sqlx::query("INSERT INTO hosts (name, uri, simulated) VALUES ($1, $2, true)")
+            .bind(format!("p{i:02}"))
+            .bind(uri)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let (owned, _) = leases_until(&db, Duration::from_secs(15), "first claims", |l| {
+        l.len() == 6
+    })
+    .await;
+    // Pause the owner of one of them (rendezvous hashing may give one replica all six).
+    let (&host, &(owner, _)) = owned.iter().next().unwrap();
+    let (paused, other, idp, ido) = if owner == ida {
+        (&a, &b, ida, idb)
+    } else {
+        (&b, &a, idb, ida)
+    };
+
+    // A's write in flight: its session, the lease row held FOR SHARE, never finished.
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let mut stuck = sqlx::ConnectOptions::connect(
+        &options.application_name(&concierge::platform::cluster::application_name(idp)),
+    )
+    .await
+    .unwrap();
+    sqlx::Executor::execute(&mut stuck, "BEGIN").await.unwrap();
+    sqlx::query("SELECT epoch FROM host_leases WHERE host_id = $1 FOR SHARE")
+        .bind(host)
+        .fetch_one(&mut stuck)
+        .await
+        .unwrap();
+    signal(paused, "STOP");
+    let (after, took) = leases_until(&db, Duration::from_secs(15), "takeover", |l| {
+        l.get(&host).is_some_and(|(o, _)| *o == ido)
+    })
+    .await;
+    assert!(after[&host].1 > owned[&host].1);
+    eprintln!("host taken over {took:?} after the pause");
+    // The gone replica's session was ended (its transaction, and its lock, with it).
+    assert!(
+        sqlx::query("SELECT 1").fetch_one(&mut stuck).await.is_err(),
+        "the paused replica's session still answers"
+    );
+    signal(paused, "CONT");
+    let _ = other;
+    a.kill().await;
+    b.kill().await;
+}
+
 /// A free loopback port (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
