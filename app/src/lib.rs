@@ -10,6 +10,7 @@ pub mod error;
 pub mod fleet;
 pub mod images;
 pub mod live;
+pub mod notifications;
 pub mod pages;
 pub mod provisioning;
 pub mod reports;

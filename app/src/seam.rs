@@ -8,6 +8,7 @@ use crate::fleet::{
     VmDetail,
 };
 use crate::images::{Image, RegisterImageForm, UploadForm, UploadTarget};
+use crate::notifications::{Notification, Preference};
 use crate::provisioning::{
     HomePanels, InboxItem, LimitsForm, ManagedVm, PolicyForm, QuotaEffect, Recount, RequestDetail,
     RequestFilter, RequestForm, RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
@@ -460,6 +461,21 @@ pub trait Reports: Send + Sync + 'static {
     ) -> Result<(), AppError>;
 }
 
+/// The signed-in user's own notifications and their preferences.
+#[async_trait]
+pub trait Notifications: Send + Sync + 'static {
+    async fn list(&self, req: &RequestCtx) -> Result<Vec<Notification>, AppError>;
+    async fn unread(&self, req: &RequestCtx) -> Result<u32, AppError>;
+    async fn mark_read(&self, req: &RequestCtx, id: Option<Uuid>) -> Result<(), AppError>;
+    async fn preferences(&self, req: &RequestCtx) -> Result<Vec<Preference>, AppError>;
+    async fn set_preferences(
+        &self,
+        req: &RequestCtx,
+        in_app: &[String],
+        email: &[String],
+    ) -> Result<(), AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
@@ -474,6 +490,7 @@ pub struct Backend {
     pub images: Arc<dyn Images>,
     pub provisioning: Arc<dyn Provisioning>,
     pub reports: Arc<dyn Reports>,
+    pub notifications: Arc<dyn Notifications>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

@@ -67,6 +67,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/") view=pages::home::HomePage ssr=SsrMode::Async/>
                         <Route path=path!("/password") view=pages::password::PasswordPage ssr=SsrMode::Async/>
                         <Route path=path!("/account") view=pages::account::AccountPage ssr=SsrMode::Async/>
+                        <Route path=path!("/notifications") view=pages::notifications::NotificationsPage ssr=SsrMode::Async/>
                         <Route path=path!("/tenants") view=pages::tenants::TenantsPage ssr=SsrMode::Async/>
                         <Route path=path!("/tenants/:id") view=pages::members::MembersPage ssr=SsrMode::Async/>
                         <Route path=path!("/users") view=pages::users::UsersPage ssr=SsrMode::Async/>

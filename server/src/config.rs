@@ -131,6 +131,21 @@ pub struct Config {
     #[arg(long, env = "CONCIERGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub shutdown_grace_seconds: u64,
 
+    /// The SMTP server notification e-mails go through, as a URL: `smtp://host:25` (STARTTLS
+    /// when offered), `smtp://user:password@host:587?tls=required` (STARTTLS required), or
+    /// `smtps://user:password@host:465` (TLS from the start). Unset: no e-mail is sent (in-app
+    /// notifications still are). The password is never logged.
+    #[arg(long, env = "CONCIERGE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<crate::notifications::mail::SmtpUrl>,
+
+    /// The sender of notification e-mails.
+    #[arg(
+        long,
+        env = "CONCIERGE_MAIL_FROM",
+        default_value = "Concierge <concierge@localhost>"
+    )]
+    pub mail_from: String,
+
     /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
     #[arg(
         long,
@@ -263,6 +278,8 @@ impl Config {
             shutdown_timeout_seconds: 5,
             shutdown_grace_seconds: 2,
             shutdown_drain_seconds: 0,
+            smtp_url: None,
+            mail_from: "Concierge <concierge@localhost>".into(),
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),
             ssh_port_min: 22000,

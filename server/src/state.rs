@@ -39,7 +39,7 @@ impl AppState {
         pool: PgPool,
         clock: Arc<dyn Clock>,
         replica: Arc<crate::platform::cluster::Replica>,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let accounts = AccountsBackend {
             pool: pool.clone(),
             clock: clock.clone(),
@@ -61,6 +61,14 @@ impl AppState {
                 .then(|| std::time::Duration::from_secs(config.sample_seconds)),
         );
         let queue = Arc::new(crate::platform::jobs::Queue::default());
+        let mailer = match &config.smtp_url {
+            Some(url) => Some(Arc::new(crate::notifications::mail::Mailer::new(
+                url,
+                &config.mail_from,
+                &config.public_url,
+            )?)),
+            None => None,
+        };
         let provisioner = Arc::new(crate::provisioning::provisioner::Provisioner {
             pool: pool.clone(),
             hypervisors: hypervisors.clone(),
@@ -72,6 +80,7 @@ impl AppState {
                 address: config.ssh_forward_address.clone(),
                 ports: config.ssh_port_min..=config.ssh_port_max.max(config.ssh_port_min),
             },
+            mailer,
         });
         let leases = Arc::new(crate::provisioning::leases::Leases {
             pool: pool.clone(),
@@ -89,6 +98,9 @@ impl AppState {
         let backend = Backend {
             accounts: Arc::new(accounts.clone()),
             ssh_keys: Arc::new(crate::accounts::ssh_keys::SshKeysBackend { pool: pool.clone() }),
+            notifications: Arc::new(crate::notifications::NotificationsBackend {
+                pool: pool.clone(),
+            }),
             consoles: Arc::new(crate::fleet::consoles::ConsolesBackend {
                 pool: pool.clone(),
                 clock: clock.clone(),
@@ -162,7 +174,7 @@ impl AppState {
             .site_pkg_dir("pkg")
             .site_addr(config.listen)
             .build();
-        AppState {
+        Ok(AppState {
             public_origin: config.public_origin(),
             config: Arc::new(config),
             pool,
@@ -178,7 +190,7 @@ impl AppState {
             live,
             replica,
             draining: Default::default(),
-        }
+        })
     }
 }
 

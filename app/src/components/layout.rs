@@ -89,6 +89,11 @@ fn Nav(actor: Actor) -> impl IntoView {
             {sees_audit.then(|| view! { <A href="/audit">"Audit"</A> })}
         </nav>
         <div class="usermenu">
+            <A href="/notifications" attr:class="bell">
+                <span aria-hidden="true">"🔔"</span>
+                <span class="sr-only">"Notifications"</span>
+                <UnreadBadge/>
+            </A>
             <A href="/account">
                 <span class="avatar" aria-hidden="true">{initials(&actor.display_name)}</span>
                 <span class="who">{actor.display_name.clone()}</span>
@@ -129,6 +134,30 @@ fn WaitingBadge() -> impl IntoView {
             view! {
                 " "
                 <span class="count-badge" aria-label=format!("{n} waiting")>{n.to_string()}</span>
+            }
+        })
+    }
+}
+
+/// The bell's count of unread notifications, kept current by live events (only the
+/// recipient's pages hear of theirs). Like `WaitingBadge`, fetched in the browser only.
+#[component]
+fn UnreadBadge() -> impl IntoView {
+    let pushed = crate::live::use_live(|e| e.kind == "notification");
+    let count = RwSignal::new(None::<u32>);
+    Effect::new(move |_| {
+        pushed.track();
+        leptos::task::spawn_local(async move {
+            if let Ok(n) = crate::notifications::unread_notifications().await {
+                count.try_set(Some(n));
+            }
+        });
+    });
+    move || {
+        count.get().filter(|n| *n > 0).map(|n| {
+            view! {
+                " "
+                <span class="count-badge" id="unread-count" aria-label=format!("{n} unread")>{n.to_string()}</span>
             }
         })
     }

@@ -2,6 +2,7 @@ use crate::account::{my_sessions, my_ssh_keys, AddSshKey, EndSession, RemoveSshK
 use crate::components::form::{action_error, reset_on_success, FieldMessage, FormMessage};
 use crate::components::guard::{anyone, Guard};
 use crate::components::timestamp::Timestamp;
+use crate::notifications::{notification_preferences, SetNotificationPreferences};
 use crate::tenant::{my_invitations, AcceptInvitation, DeclineInvitation};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -71,6 +72,7 @@ fn AccountContent() -> impl IntoView {
             })}
         </Suspense>
         <SshKeysSection/>
+        <NotificationsSection/>
         <section class="card">
             <div class="card-head">
                 <h2>"Password"</h2>
@@ -178,6 +180,57 @@ fn SshKeysSection() -> impl IntoView {
                 <FieldMessage error field="key"/>
                 <button type="submit" class="primary">"Add key"</button>
             </ActionForm>
+        </section>
+    }
+}
+
+/// Which notifications the user gets, in the app and by e-mail (everything until they choose).
+#[component]
+fn NotificationsSection() -> impl IntoView {
+    let save = ServerAction::<SetNotificationPreferences>::new();
+    let error = action_error(save);
+    let prefs = Resource::new(move || save.version().get(), |_| notification_preferences());
+    let saved = move || save.value().with(|v| matches!(v, Some(Ok(()))));
+    view! {
+        <section class="card" id="notifications" aria-labelledby="notifications-title">
+            <h2 id="notifications-title">"Notifications"</h2>
+            <p class="muted">"What you are told, and how. Everything is on until you choose; e-mail goes to the address you sign in with."</p>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match prefs.await {
+                        Ok(list) => view! {
+                            <ActionForm action=save attr:class="form" attr:id="notification-preferences">
+                                <FormMessage error/>
+                                <table class="table compact">
+                                    <thead><tr><th scope="col">"When"</th><th scope="col">"In the app"</th><th scope="col">"By e-mail"</th></tr></thead>
+                                    <tbody>
+                                        {list.into_iter().map(|p| {
+                                            let kind = p.kind.as_str();
+                                            let label = p.kind.label();
+                                            view! {
+                                                <tr>
+                                                    <th scope="row" data-label="When">{label}</th>
+                                                    <td data-label="In the app">
+                                                        <input type="checkbox" name="in_app[]" value=kind checked=p.in_app
+                                                            aria-label=format!("{label}: in the app")/>
+                                                    </td>
+                                                    <td data-label="By e-mail">
+                                                        <input type="checkbox" name="email[]" value=kind checked=p.email
+                                                            aria-label=format!("{label}: by e-mail")/>
+                                                    </td>
+                                                </tr>
+                                            }
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                                <button type="submit" class="primary">"Save notification settings"</button>
+                                {move || saved().then(|| view! { <p class="notice ok" role="status">"Saved."</p> })}
+                            </ActionForm>
+                        }.into_any(),
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Suspense>
         </section>
     }
 }

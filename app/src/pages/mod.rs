@@ -11,6 +11,7 @@ pub mod login;
 pub mod members;
 pub mod my_vms;
 pub mod not_found;
+pub mod notifications;
 pub mod password;
 pub mod quotas;
 pub mod reports;

@@ -24,6 +24,8 @@ pub enum JobKind {
     GuestReady,
     /// Copy an image to another host (key: `image_copy::copy_key`).
     ImageCopy,
+    /// Send a notification's e-mail (key: the notification).
+    Mail,
 }
 
 impl JobKind {
@@ -34,15 +36,17 @@ impl JobKind {
             JobKind::Shutdown => "shutdown",
             JobKind::GuestReady => "guest_ready",
             JobKind::ImageCopy => "image_copy",
+            JobKind::Mail => "mail",
         }
     }
 
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Provision,
         JobKind::Delete,
         JobKind::Shutdown,
         JobKind::GuestReady,
         JobKind::ImageCopy,
+        JobKind::Mail,
     ];
 
     pub fn parse(s: &str) -> Option<JobKind> {

@@ -100,6 +100,10 @@ impl Live {
 /// requester; the approvers, admins and managers of its tenant. A `lagged` event names
 /// nothing and goes to everyone.
 pub fn visible(actor: &Actor, ev: &LiveEvent) -> bool {
+    if ev.kind == "notification" {
+        // Only its recipient hears of a notification, whatever else they may see.
+        return ev.owner_id == Some(actor.user_id);
+    }
     ev.is_lagged()
         || crate::platform::authz::sees_event(actor, ev.tenant_id, ev.owner_id, ev.requester_id)
 }

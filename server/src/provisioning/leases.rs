@@ -5,6 +5,7 @@
 //! (or on two servers) does each thing once.
 use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
+use crate::notifications::{self, Notice};
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope};
@@ -12,6 +13,7 @@ use crate::platform::error::Result;
 use crate::platform::jobs::{self, Queue};
 use crate::provisioning::quota::{self, Release};
 use crate::provisioning::requests::log;
+use app::notifications::NotificationKind;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -76,18 +78,26 @@ impl Leases {
 
         // The nearer reminder wins; each is sent once per lease end (an extension resets it).
         for days in [1i32, 7] {
-            let reminded: Vec<(Uuid, Uuid, String, OffsetDateTime)> = sqlx::query_as(
+            let reminded: Vec<LeaseEnd> = sqlx::query_as(
                 "UPDATE vms SET reminded_days = $2
                  WHERE deleted_at IS NULL AND phase = 'running' AND lease_ends_at > $1
                    AND lease_ends_at <= $1 + make_interval(days => $2)
                    AND (reminded_days IS NULL OR reminded_days > $2)
-                 RETURNING uuid, tenant_id, name, lease_ends_at",
+                 RETURNING uuid, tenant_id, name, lease_ends_at, owner_id, host_id",
             )
             .bind(now)
             .bind(days)
             .fetch_all(&mut *tx)
             .await?;
-            for (uuid, tenant, name, ends) in &reminded {
+            for LeaseEnd {
+                uuid,
+                tenant_id: tenant,
+                name,
+                lease_ends_at: ends,
+                owner_id: owner,
+                host_id: host,
+            } in &reminded
+            {
                 audit::record(
                     &mut tx,
                     &Origin::default(),
@@ -96,19 +106,45 @@ impl Leases {
                         .after(json!({ "name": name, "days": days, "lease_ends_at": ends.to_string() })),
                 )
                 .await?;
+                if let Some(owner) = owner {
+                    let when = ends.date();
+                    notifications::send(
+                        &mut tx,
+                        Notice {
+                            user: *owner,
+                            tenant: Some(*tenant),
+                            kind: NotificationKind::LeaseReminder,
+                            title: format!("{name}: its lease ends on {when}"),
+                            body: format!(
+                                "{name} will be stopped when its lease ends ({ends} UTC). Extend the lease on the VM's page if you still need it."
+                            ),
+                            link: vm_link(*host, *uuid),
+                        },
+                        now,
+                    )
+                    .await?;
+                }
             }
             out.reminded += reminded.len();
         }
 
-        let stopping: Vec<(Uuid, Uuid, Option<Uuid>, String)> = sqlx::query_as(
+        let stopping: Vec<LeaseEnd> = sqlx::query_as(
             "UPDATE vms SET phase = 'expired', stopped_for_lease_at = $1, updated_at = $1
              WHERE deleted_at IS NULL AND phase = 'running' AND lease_ends_at <= $1 AND stopped_for_lease_at IS NULL
-             RETURNING uuid, tenant_id, host_id, name",
+             RETURNING uuid, tenant_id, name, lease_ends_at, owner_id, host_id",
         )
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        for (uuid, tenant, _, name) in &stopping {
+        for LeaseEnd {
+            uuid,
+            tenant_id: tenant,
+            name,
+            owner_id: owner,
+            host_id: host,
+            ..
+        } in &stopping
+        {
             audit::record(
                 &mut tx,
                 &Origin::default(),
@@ -117,6 +153,24 @@ impl Leases {
                     .after(json!({ "name": name, "delete_after_days": self.grace.whole_days() })),
             )
             .await?;
+            if let Some(owner) = owner {
+                let days = self.grace.whole_days();
+                notifications::send(
+                    &mut tx,
+                    Notice {
+                        user: *owner,
+                        tenant: Some(*tenant),
+                        kind: NotificationKind::LeaseExpired,
+                        title: format!("{name} was stopped: its lease ended"),
+                        body: format!(
+                            "{name} is stopped and will be deleted in {days} days unless its lease is extended."
+                        ),
+                        link: vm_link(*host, *uuid),
+                    },
+                    now,
+                )
+                .await?;
+            }
         }
         out.stopped = stopping.len();
 
@@ -155,7 +209,13 @@ impl Leases {
 
         // Power off after the commit: a failure here is retried by the next reconcile-driven
         // state and the next tick (the VM stays marked expired).
-        for (uuid, tenant, host, _) in stopping {
+        for LeaseEnd {
+            uuid,
+            tenant_id: tenant,
+            host_id: host,
+            ..
+        } in stopping
+        {
             if let Some(host) = host {
                 let started = std::time::Instant::now();
                 let result = self
@@ -201,5 +261,24 @@ impl Leases {
                 }
             }
         });
+    }
+}
+
+/// A VM whose lease end the check acted on (reminded or stopped).
+#[derive(sqlx::FromRow)]
+struct LeaseEnd {
+    uuid: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    lease_ends_at: OffsetDateTime,
+    owner_id: Option<Uuid>,
+    host_id: Option<Uuid>,
+}
+
+/// The VM's page, or the list when it has no host (yet).
+fn vm_link(host: Option<Uuid>, uuid: Uuid) -> String {
+    match host {
+        Some(h) => format!("/vms/{h}/{uuid}"),
+        None => "/vms".into(),
     }
 }

@@ -35,6 +35,8 @@ pub struct Provisioner {
     pub crash_after: Option<String>,
     /// Where user-mode networking's SSH forwards listen, and the ports they may take.
     pub ssh: SshForwards,
+    /// Sends notification e-mail (the job queue's `mail` jobs); none without `--smtp-url`.
+    pub mailer: Option<Arc<crate::notifications::mail::Mailer>>,
 }
 
 /// Host ports forwarded to guests' SSH: the address they listen on (on the host) and the
@@ -789,6 +791,9 @@ impl Handler for Provisioner {
             Some(JobKind::ImageCopy) => {
                 crate::catalog::image_copy::run_copy(&self.pool, &self.hypervisors, job).await
             }
+            Some(JobKind::Mail) => {
+                crate::notifications::mail::deliver(&self.pool, self.mailer.as_deref(), job).await
+            }
             None => Err(Outcome::Fail(format!("unknown job kind {}", job.kind))),
         }
     }
@@ -801,6 +806,10 @@ impl Handler for Provisioner {
             }
             Some(JobKind::ImageCopy) => {
                 crate::catalog::image_copy::copy_failed(&self.pool, job, error).await;
+                return;
+            }
+            Some(JobKind::Mail) => {
+                crate::notifications::mail::abandoned(&self.pool, job, error).await;
                 return;
             }
             Some(JobKind::Provision) => {}

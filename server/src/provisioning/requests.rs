@@ -143,7 +143,8 @@ pub async fn log(
     .bind(at)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    // Whoever this line concerns is told in the same transaction.
+    crate::notifications::on_request_event(tx, request, tenant, kind, message, at).await
 }
 
 pub(super) async fn set_state(

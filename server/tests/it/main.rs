@@ -12,6 +12,7 @@ mod isolation;
 mod libvirtd;
 mod lifecycle;
 mod metrics;
+mod notifications;
 mod provisioning;
 mod remote;
 mod reports;

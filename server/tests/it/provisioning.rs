@@ -13,19 +13,24 @@ use concierge::hypervisor::simulation;
 use std::time::Duration;
 use uuid::Uuid;
 
-struct World {
-    app: TestApp,
-    fleet: Client,
-    tenant: Uuid,
-    host: String,
-    template: String,
-    pool: String,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) fleet: Client,
+    pub(crate) tenant: Uuid,
+    pub(crate) host: String,
+    pub(crate) template: String,
+    pub(crate) pool: String,
 }
 
 /// A tenant, a simulated host with a base image in its pool, and a published template offered
 /// to the tenant (sizes: small 1 vCPU 1 GiB 10 GiB, large 4 vCPU 8 GiB 50 GiB).
 async fn world() -> World {
-    let app = spawn_app().await;
+    world_with(|_| {}).await
+}
+
+/// `world()` on a server whose configuration `tweak` changes first.
+pub(crate) async fn world_with(tweak: impl FnOnce(&mut concierge::config::Config)) -> World {
+    let app = spawn_app_with(tweak).await;
     let fleet = app.fleet_admin().await;
     let tenant = app.tenant("Acme").await;
     let dir = std::env::temp_dir().join(format!("concierge-prov-{}", Uuid::new_v4().simple()));
@@ -92,7 +97,7 @@ async fn world() -> World {
 }
 
 impl World {
-    fn form<'a>(
+    pub(crate) fn form<'a>(
         &'a self,
         tenant: &'a str,
         size: &'a str,
@@ -110,13 +115,19 @@ impl World {
         ]
     }
 
-    async fn submit(&self, c: &Client, size: &str, count: &str, prefix: &str) -> CallResult<Uuid> {
+    pub(crate) async fn submit(
+        &self,
+        c: &Client,
+        size: &str,
+        count: &str,
+        prefix: &str,
+    ) -> CallResult<Uuid> {
         let t = self.tenant.to_string();
         c.call_as("submit_request", &self.form(&t, size, count, prefix))
             .await
     }
 
-    async fn set_policy(&self, admin: &Client, auto_count: &str, levels: &str) {
+    pub(crate) async fn set_policy(&self, admin: &Client, auto_count: &str, levels: &str) {
         admin
             .call(
                 "set_policy",
@@ -135,7 +146,12 @@ impl World {
     }
 
     /// Polls the request until it reaches `state` (or fails the test after 30 s).
-    async fn wait_for(&self, c: &Client, id: &str, state: RequestState) -> RequestDetail {
+    pub(crate) async fn wait_for(
+        &self,
+        c: &Client,
+        id: &str,
+        state: RequestState,
+    ) -> RequestDetail {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let r: RequestDetail = c.call_as("get_request", &[("id", id)]).await.unwrap();
@@ -150,14 +166,14 @@ impl World {
         }
     }
 
-    async fn recount(&self) -> Recount {
+    pub(crate) async fn recount(&self) -> Recount {
         self.fleet
             .call_as("recount_quota", &[("tenant_id", &self.tenant.to_string())])
             .await
             .unwrap()
     }
 
-    async fn volumes(&self) -> Vec<String> {
+    pub(crate) async fn volumes(&self) -> Vec<String> {
         let v: Vec<VolumeInfo> = self
             .fleet
             .call_as(
@@ -1244,6 +1260,20 @@ async fn leases_remind_stop_and_delete_with_extensions() {
     ] {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
     }
+    // Ann was told each time, in the app, with a link to the VM's page.
+    let told: Vec<app::notifications::Notification> =
+        ann.call_as("my_notifications", &[]).await.unwrap();
+    let count = |k| told.iter().filter(|n| n.kind == k).count();
+    use app::notifications::NotificationKind as K;
+    assert_eq!(count(K::LeaseReminder), 2, "{told:#?}");
+    assert_eq!(count(K::LeaseExpired), 1, "{told:#?}");
+    let reminder = told.iter().find(|n| n.kind == K::LeaseReminder).unwrap();
+    assert!(
+        reminder.link.starts_with("/vms/") && reminder.link.ends_with(&uuid),
+        "{}",
+        reminder.link
+    );
+    assert!(reminder.title.starts_with("lease"), "{}", reminder.title);
 
     // A pending request nobody decides expires and gives its reservation back.
     w.set_policy(&w.fleet, "0", "").await;
@@ -1253,6 +1283,15 @@ async fn leases_remind_stop_and_delete_with_extensions() {
     assert_eq!(leases.tick().await.unwrap().requests_expired, 1);
     let r: RequestDetail = bob.call_as("get_request", &[("id", &id)]).await.unwrap();
     assert_eq!(r.request.state, RequestState::Expired);
+    let told: Vec<app::notifications::Notification> =
+        bob.call_as("my_notifications", &[]).await.unwrap();
+    assert!(
+        told.iter().any(
+            |n| n.kind == app::notifications::NotificationKind::RequestExpired
+                && n.link == format!("/requests/{id}")
+        ),
+        "{told:#?}"
+    );
     assert_eq!(
         w.app
             .scalar_i64("SELECT count(*) FROM quota_ledger WHERE state <> 'released'")
