@@ -40,17 +40,23 @@ CREATE POLICY notification_preferences_own ON notification_preferences
     WITH CHECK ((SELECT app_fleet_scope()) OR user_id = (SELECT app_user()));
 GRANT SELECT, INSERT, UPDATE, DELETE ON notifications, notification_preferences TO concierge_app;
 
--- The recipient's open pages hear of it at commit (the bell's count), and only theirs.
+-- The recipient's open pages hear of a new one, or of one read in another tab, at commit
+-- (the bell's count), and only theirs. Once per statement and recipient: "mark all read"
+-- sends one event, not one per row.
 CREATE FUNCTION notify_notification() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_user uuid;
 BEGIN
-    IF NEW.in_app THEN
+    FOR v_user IN SELECT DISTINCT user_id FROM changed WHERE in_app LOOP
         PERFORM pg_notify('concierge_live', json_build_object(
-            'kind', 'notification', 'owner_id', NEW.user_id)::text);
-    END IF;
-    RETURN NEW;
+            'kind', 'notification', 'owner_id', v_user)::text);
+    END LOOP;
+    RETURN NULL;
 END $$;
-CREATE TRIGGER notifications_notify AFTER INSERT ON notifications
-    FOR EACH ROW EXECUTE FUNCTION notify_notification();
+CREATE TRIGGER notifications_notify_insert AFTER INSERT ON notifications
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION notify_notification();
+CREATE TRIGGER notifications_notify_update AFTER UPDATE ON notifications
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION notify_notification();
 
 -- Writes one notification as its recipient wants it (preferences read here, past row-level
 -- security: the transaction announcing an event runs as whoever caused it, who may neither

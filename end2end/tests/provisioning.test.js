@@ -74,6 +74,13 @@ test('a request needing approval is approved in another browser and runs without
     await admin.getByText('Approval policy').waitFor();
     await shot(admin, 'quotas');
 
+    // The approver is signed in with a page open before anything waits for her.
+    const ada = await newPage(browser);
+    await joinWithCode(ada, approverEmail, approverCode, 'Ada Approver', `ada-${run}-passphrase`);
+    await goto(ada, '/');
+    const adaNavigations = [];
+    ada.on('framenavigated', (f) => { if (f === ada.mainFrame()) adaNavigations.push(f.url()); });
+
     // The requester asks for a large VM: above the auto-approval thresholds.
     const ray = await newPage(browser);
     await joinWithCode(ray, requesterEmail, requesterCode, 'Ray Requester', `ray-${run}-passphrase`);
@@ -102,10 +109,18 @@ test('a request needing approval is approved in another browser and runs without
     await ray.getByText('Waiting for approval at level 1').waitFor();
     await shot(ray, 'request-pending');
 
-    // The approver approves from the inbox, in another browser context.
-    const ada = await newPage(browser);
-    await joinWithCode(ada, approverEmail, approverCode, 'Ada Approver', `ada-${run}-passphrase`);
-    await goto(ada, '/approvals');
+    // Her bell counts it at once, without a reload; the notification leads to the inbox.
+    await ada.locator('#unread-count', { hasText: '1' }).waitFor({ timeout: 5000 });
+    assert.deepEqual(adaNavigations, [], 'the bell updated without a reload');
+    await ada.getByRole('link', { name: /Notifications/ }).click();
+    await ada.waitForURL('**/notifications');
+    await hydrated(ada);
+    const note = ada.locator('.notification.unread', { hasText: `build-${run}` });
+    await note.waitFor();
+    await shot(ada, 'notifications');
+    await note.getByRole('link', { name: /Waiting for your approval/ }).click();
+    await ada.waitForURL('**/approvals');
+    await hydrated(ada);
     const item = ada.locator('.inbox-item', { hasText: `build-${run}` });
     await item.waitFor();
     await item.getByText('Would be placed on').waitFor();
@@ -120,6 +135,14 @@ test('a request needing approval is approved in another browser and runs without
     await ray.locator('td.vm-state', { hasText: 'running' }).waitFor();
     assert.deepEqual(navigations, [], 'no reload or navigation');
     await shot(ray, 'request-fulfilled');
+    // The requester was told it was approved and is ready; reading them clears the bell.
+    await ray.locator('#unread-count', { hasText: '2' }).waitFor({ timeout: 5000 });
+    await goto(ray, '/notifications');
+    await ray.locator('.notification', { hasText: 'Approved:' }).waitFor();
+    await ray.locator('.notification', { hasText: 'Ready:' }).waitFor();
+    await ray.getByRole('button', { name: 'Mark all read' }).click();
+    await ray.getByText('0 unread').waitFor();
+    await ray.locator('#unread-count').waitFor({ state: 'detached', timeout: 5000 });
 
     // My requests: filtered and sorted on the server through a plain GET form.
     await goto(ray, '/requests');
