@@ -53,6 +53,7 @@ struct RequestFacts {
     level: Option<i32>,
     name_prefix: String,
     count: i32,
+    state: String,
     template_name: String,
 }
 
@@ -77,8 +78,9 @@ pub async fn on_request_event(
         _ => return Ok(()),
     };
     let Some(r): Option<RequestFacts> = sqlx::query_as(
-        "SELECT r.requester_id, r.level, r.name_prefix, r.count, t.name AS template_name
-         FROM requests r JOIN templates t ON t.id = r.template_id WHERE r.id = $1",
+        "SELECT r.requester_id, r.level, r.name_prefix, r.count, r.state::text AS state,
+                coalesce(t.name, 'a removed template') AS template_name
+         FROM requests r LEFT JOIN templates t ON t.id = r.template_id WHERE r.id = $1",
     )
     .bind(request)
     .fetch_optional(&mut **tx)
@@ -86,6 +88,11 @@ pub async fn on_request_event(
     else {
         return Ok(());
     };
+    // A VM's own failure line comes before the request's: the requester hears once, when the
+    // request is closed as failed (its line says how many VMs failed).
+    if kind == "failed" && r.state != "failed" {
+        return Ok(());
+    }
     let what = if r.count == 1 {
         format!("{} ({})", r.name_prefix, r.template_name)
     } else {

@@ -1580,6 +1580,16 @@ async fn a_vm_that_cannot_be_built_fails_after_its_attempts_and_releases_quota()
     assert!(w.volumes().await.iter().all(|v| !v.starts_with("cc-")));
     let actions = w.app.audit_actions().await;
     assert!(actions.iter().any(|a| a == "request.fail"), "{actions:?}");
+    // Ann hears once (not once per VM), that two of two failed, with a link to the request.
+    let told: Vec<app::notifications::Notification> =
+        ann.call_as("my_notifications", &[]).await.unwrap();
+    let failed: Vec<_> = told
+        .iter()
+        .filter(|n| n.kind == app::notifications::NotificationKind::RequestFailed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{told:#?}");
+    assert!(failed[0].body.contains("2 of 2"), "{:?}", failed[0]);
+    assert_eq!(failed[0].link, format!("/requests/{id}"));
     w.app.state.hypervisors.stop_all();
 }
 
