@@ -143,6 +143,14 @@ test('a request needing approval is approved in another browser and runs without
     await ray.getByRole('button', { name: 'Mark all read' }).click();
     await ray.getByText('0 unread').waitFor();
     await ray.locator('#unread-count').waitFor({ state: 'detached', timeout: 5000 });
+    // On a phone the list fits and the bell stays in the bar (outside the folded menu).
+    await ray.setViewportSize({ width: 390, height: 844 });
+    await goto(ray, '/notifications');
+    await ray.locator('.topbar .bell').waitFor({ state: 'visible' });
+    const wide = await ray.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(wide <= 390, `/notifications is ${wide} px wide on a 390 px phone`);
+    await shot(ray, 'notifications-phone');
+    await ray.setViewportSize({ width: 1280, height: 860 });
 
     // My requests: filtered and sorted on the server through a plain GET form.
     await goto(ray, '/requests');

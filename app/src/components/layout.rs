@@ -90,7 +90,9 @@ fn Nav(actor: Actor) -> impl IntoView {
         </nav>
         <div class="usermenu">
             <A href="/notifications" attr:class="bell">
-                <span aria-hidden="true">"🔔"</span>
+                // A drawn bell (style/main.css), not an emoji: machines without an emoji font
+                // show a box.
+                <span class="bell-icon" aria-hidden="true"></span>
                 <span class="sr-only">"Notifications"</span>
                 <UnreadBadge/>
             </A>

@@ -209,7 +209,7 @@ fn NotificationsSection() -> impl IntoView {
                                             let label = p.kind.label();
                                             view! {
                                                 <tr>
-                                                    <th scope="row" data-label="When">{label}</th>
+                                                    <td data-label="When">{label}</td>
                                                     <td data-label="In the app">
                                                         <input type="checkbox" name="in_app[]" value=kind checked=p.in_app
                                                             aria-label=format!("{label}: in the app")/>

@@ -60,7 +60,9 @@ fn NotificationsContent() -> impl IntoView {
                                                 <a href=n.link.clone()>{n.title.clone()}</a>
                                             </p>
                                             {(!n.body.is_empty()).then(|| view! { <p class="notification-body">{n.body.clone()}</p> })}
-                                            <p class="meta">
+                                            // A div: a form may not sit inside a paragraph (the parser
+                                            // would close it, and hydration would not find its nodes).
+                                            <div class="meta">
                                                 <Timestamp at=n.created_at/>
                                                 {(!n.read).then(|| view! {
                                                     " "
@@ -69,7 +71,7 @@ fn NotificationsContent() -> impl IntoView {
                                                         <button type="submit" class="link">"Mark read"</button>
                                                     </ActionForm>
                                                 })}
-                                            </p>
+                                            </div>
                                         </li>
                                     }
                                 }).collect_view()}
