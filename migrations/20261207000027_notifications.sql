@@ -42,21 +42,32 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON notifications, notification_preferences 
 
 -- The recipient's open pages hear of a new one, or of one read in another tab, at commit
 -- (the bell's count), and only theirs. Once per statement and recipient: "mark all read"
--- sends one event, not one per row.
+-- sends one event, not one per row; recording a sent e-mail sends none.
 CREATE FUNCTION notify_notification() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_user uuid;
 BEGIN
-    FOR v_user IN SELECT DISTINCT user_id FROM changed WHERE in_app LOOP
-        PERFORM pg_notify('concierge_live', json_build_object(
-            'kind', 'notification', 'owner_id', v_user)::text);
-    END LOOP;
+    IF TG_OP = 'INSERT' THEN
+        FOR v_user IN SELECT DISTINCT user_id FROM new_rows WHERE in_app LOOP
+            PERFORM pg_notify('concierge_live', json_build_object(
+                'kind', 'notification', 'owner_id', v_user)::text);
+        END LOOP;
+    ELSE
+        FOR v_user IN
+            SELECT DISTINCT n.user_id FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE n.in_app AND n.read_at IS DISTINCT FROM o.read_at
+        LOOP
+            PERFORM pg_notify('concierge_live', json_build_object(
+                'kind', 'notification', 'owner_id', v_user)::text);
+        END LOOP;
+    END IF;
     RETURN NULL;
 END $$;
 CREATE TRIGGER notifications_notify_insert AFTER INSERT ON notifications
-    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION notify_notification();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION notify_notification();
 CREATE TRIGGER notifications_notify_update AFTER UPDATE ON notifications
-    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION notify_notification();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_notification();
 
 -- Writes one notification as its recipient wants it (preferences read here, past row-level
 -- security: the transaction announcing an event runs as whoever caused it, who may neither
