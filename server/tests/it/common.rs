@@ -264,42 +264,26 @@ impl TestApp {
         c
     }
 
+    /// Its accounts helper (users with password `PASSWORD`).
+    fn accounts(&self) -> Accounts {
+        Accounts {
+            db: self.db.clone(),
+            hash: self.password_hash.clone(),
+        }
+    }
+
     pub async fn tenant(&self, name: &str) -> Uuid {
-        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
-            .bind(name)
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
+        self.accounts().tenant(name).await
     }
 
     /// Creates a user (password `PASSWORD`, no pending change) with an optional membership.
     pub async fn user(&self, email: &str, membership: Option<(Uuid, &str)>) -> Uuid {
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO users (email, display_name, password_hash, must_change_password)
-             VALUES ($1, $1, $2, false) RETURNING id",
-        )
-        .bind(email)
-        .bind(&self.password_hash)
-        .fetch_one(&self.db)
-        .await
-        .unwrap();
-        if let Some((tenant, role)) = membership {
-            self.add_membership(tenant, id, role).await;
-        }
-        id
+        self.accounts().user(email, membership).await
     }
 
     /// Makes `user` a member of `tenant` directly (before they sign in: actors are cached).
     pub async fn add_membership(&self, tenant: Uuid, user: Uuid, role: &str) {
-        sqlx::query(
-            "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
-        )
-        .bind(tenant)
-        .bind(user)
-        .bind(role)
-        .execute(&self.db)
-        .await
-        .unwrap();
+        self.accounts().add_membership(tenant, user, role).await
     }
 
     /// A signed-in client for a new user.
@@ -567,16 +551,20 @@ impl Accounts {
         .await
         .unwrap();
         if let Some((tenant, role)) = membership {
-            sqlx::query(
-                "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
-            )
-            .bind(tenant)
-            .bind(id)
-            .bind(role)
-            .execute(&self.db)
-            .await
-            .unwrap();
+            self.add_membership(tenant, id, role).await;
         }
         id
+    }
+
+    pub async fn add_membership(&self, tenant: Uuid, user: Uuid, role: &str) {
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3::tenant_role)",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(role)
+        .execute(&self.db)
+        .await
+        .unwrap();
     }
 }
