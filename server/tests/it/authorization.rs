@@ -697,3 +697,69 @@ async fn listed(c: &Client, all: bool) -> Vec<String> {
 fn uuids_of(page: &Page<ManagedVm>) -> Vec<String> {
     page.items.iter().map(|vm| vm.uuid.to_string()).collect()
 }
+
+#[tokio::test]
+async fn own_notifications_need_a_session() {
+    let signed_in = [RequesterA, RequesterB, TenantAdminA, FleetAdmin];
+    check("my_notifications", &signed_in, |_| {
+        args("my_notifications", &[])
+    })
+    .await;
+    check("unread_notifications", &signed_in, |_| {
+        args("unread_notifications", &[])
+    })
+    .await;
+    check("notification_preferences", &signed_in, |_| {
+        args("notification_preferences", &[])
+    })
+    .await;
+    check("set_notification_preferences", &signed_in, |_| {
+        args(
+            "set_notification_preferences",
+            &[("in_app[]", "lease_reminder".into())],
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nobody_reads_or_marks_another_users_notification() {
+    let w = World::new().await;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO notifications (user_id, kind, title, link, in_app, created_at)
+         VALUES ($1, 'lease_reminder', 'web-1: its lease ends soon', '/vms', true, now()) RETURNING id",
+    )
+    .bind(w.requester_a)
+    .fetch_one(&w.app.db)
+    .await
+    .unwrap();
+    for who in [Anonymous, RequesterB, TenantAdminA, FleetAdmin] {
+        let r = w
+            .client(who)
+            .call("mark_notifications_read", &[("id", &id.to_string())])
+            .await;
+        assert_refused(&r, &format!("mark_notifications_read as {who:?}"));
+        if who != Anonymous {
+            let seen: Vec<app::notifications::Notification> = w
+                .client(who)
+                .call_as("my_notifications", &[])
+                .await
+                .unwrap();
+            assert!(
+                seen.iter().all(|n| n.id != id),
+                "{who:?} sees requester A's notification"
+            );
+        }
+    }
+    let read: Option<time::OffsetDateTime> =
+        sqlx::query_scalar("SELECT read_at FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(&w.app.db)
+            .await
+            .unwrap();
+    assert!(read.is_none(), "nobody else marked it read");
+    w.client(RequesterA)
+        .call("mark_notifications_read", &[("id", &id.to_string())])
+        .await
+        .unwrap();
+}
