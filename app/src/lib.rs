@@ -20,6 +20,7 @@ pub mod states;
 pub mod tenant;
 pub mod url;
 pub mod user;
+pub mod webhooks;
 
 mod shell;
 pub use shell::{shell, App};

@@ -26,10 +26,18 @@ pub enum NotificationKind {
     LeaseReminder,
     /// A VM's lease ended: it was stopped.
     LeaseExpired,
+    /// A tenant's use crossed 80 % or 100 % of a limit (its tenant admins).
+    QuotaThreshold,
+    /// A host stopped answering (fleet admins).
+    HostLost,
+    /// A lost host answers again (fleet admins).
+    HostBack,
+    /// A webhook endpoint was turned off after failing (whoever made it).
+    WebhookDisabled,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 8] = [
+    pub const ALL: [NotificationKind; 12] = [
         NotificationKind::ApprovalWaiting,
         NotificationKind::RequestApproved,
         NotificationKind::RequestRejected,
@@ -38,6 +46,10 @@ impl NotificationKind {
         NotificationKind::RequestExpired,
         NotificationKind::LeaseReminder,
         NotificationKind::LeaseExpired,
+        NotificationKind::QuotaThreshold,
+        NotificationKind::HostLost,
+        NotificationKind::HostBack,
+        NotificationKind::WebhookDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +62,10 @@ impl NotificationKind {
             NotificationKind::RequestExpired => "request_expired",
             NotificationKind::LeaseReminder => "lease_reminder",
             NotificationKind::LeaseExpired => "lease_expired",
+            NotificationKind::QuotaThreshold => "quota_threshold",
+            NotificationKind::HostLost => "host_lost",
+            NotificationKind::HostBack => "host_back",
+            NotificationKind::WebhookDisabled => "webhook_disabled",
         }
     }
 
@@ -68,6 +84,10 @@ impl NotificationKind {
             NotificationKind::RequestExpired => "My request expired undecided",
             NotificationKind::LeaseReminder => "A VM's lease ends soon",
             NotificationKind::LeaseExpired => "A VM's lease ended",
+            NotificationKind::QuotaThreshold => "A tenant I administer nears its quota",
+            NotificationKind::HostLost => "A host is lost",
+            NotificationKind::HostBack => "A lost host is back",
+            NotificationKind::WebhookDisabled => "A webhook I made was turned off",
         }
     }
 }

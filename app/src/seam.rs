@@ -19,6 +19,7 @@ use crate::tenant::{
     JoinForm, Member, MyInvitation, NewInvitation, PendingInvitation, TenantSummary,
 };
 use crate::user::UserSummary;
+use crate::webhooks::{CreatedWebhook, NewWebhook, WebhookOverview};
 use crate::Page;
 use async_trait::async_trait;
 use leptos::prelude::use_context;
@@ -476,6 +477,16 @@ pub trait Notifications: Send + Sync + 'static {
     ) -> Result<(), AppError>;
 }
 
+/// Webhook endpoints: a tenant's, managed by its admins; fleet-wide ones, by fleet admins.
+#[async_trait]
+pub trait Webhooks: Send + Sync + 'static {
+    async fn overview(&self, req: &RequestCtx) -> Result<WebhookOverview, AppError>;
+    async fn add(&self, req: &RequestCtx, new: NewWebhook) -> Result<CreatedWebhook, AppError>;
+    async fn set_enabled(&self, req: &RequestCtx, id: Uuid, enabled: bool) -> Result<(), AppError>;
+    async fn remove(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;
+    async fn send_test(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
@@ -491,6 +502,7 @@ pub struct Backend {
     pub provisioning: Arc<dyn Provisioning>,
     pub reports: Arc<dyn Reports>,
     pub notifications: Arc<dyn Notifications>,
+    pub webhooks: Arc<dyn Webhooks>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

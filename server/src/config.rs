@@ -146,6 +146,16 @@ pub struct Config {
     )]
     pub mail_from: String,
 
+    /// Let webhooks go to loopback, link-local and private addresses (refused by default:
+    /// a tenant admin could otherwise make the server call into its own network).
+    #[arg(long, env = "CONCIERGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS")]
+    pub webhooks_allow_private_networks: bool,
+
+    /// Seconds before a failed webhook delivery's first retry; each next one waits four
+    /// times longer (at most four hours), for a day.
+    #[arg(long, env = "CONCIERGE_WEBHOOK_RETRY_SECONDS", default_value_t = 10.0)]
+    pub webhook_retry_seconds: f64,
+
     /// Seconds a graceful (ACPI) shutdown may take before the VM is forced off.
     #[arg(
         long,
@@ -280,6 +290,8 @@ impl Config {
             shutdown_drain_seconds: 0,
             smtp_url: None,
             mail_from: "Concierge <concierge@localhost>".into(),
+            webhooks_allow_private_networks: false,
+            webhook_retry_seconds: 10.0,
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),
             ssh_port_min: 22000,

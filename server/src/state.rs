@@ -81,6 +81,13 @@ impl AppState {
                 ports: config.ssh_port_min..=config.ssh_port_max.max(config.ssh_port_min),
             },
             mailer,
+            webhooks: Arc::new(crate::notifications::webhooks::Sender::new(
+                config.webhooks_allow_private_networks,
+                std::time::Duration::from_secs_f64(
+                    config.webhook_retry_seconds.clamp(0.01, 3600.0),
+                ),
+                clock.clone(),
+            )?),
         });
         let leases = Arc::new(crate::provisioning::leases::Leases {
             pool: pool.clone(),
@@ -100,6 +107,11 @@ impl AppState {
             ssh_keys: Arc::new(crate::accounts::ssh_keys::SshKeysBackend { pool: pool.clone() }),
             notifications: Arc::new(crate::notifications::NotificationsBackend {
                 pool: pool.clone(),
+            }),
+            webhooks: Arc::new(crate::notifications::webhooks::WebhooksBackend {
+                pool: pool.clone(),
+                clock: clock.clone(),
+                allow_private: config.webhooks_allow_private_networks,
             }),
             consoles: Arc::new(crate::fleet::consoles::ConsolesBackend {
                 pool: pool.clone(),

@@ -86,7 +86,10 @@ fn Nav(actor: Actor) -> impl IntoView {
                 <A href="/tenants">"Tenants"</A>
                 <A href="/users">"Users"</A>
             })}
-            {sees_audit.then(|| view! { <A href="/audit">"Audit"</A> })}
+            {sees_audit.then(|| view! {
+                <A href="/audit">"Audit"</A>
+                <A href="/webhooks">"Webhooks"</A>
+            })}
         </nav>
         <div class="usermenu">
             <A href="/notifications" attr:class="bell">

@@ -20,3 +20,4 @@ pub mod templates;
 pub mod tenants;
 pub mod users;
 pub mod vm;
+pub mod webhooks;

@@ -1,11 +1,12 @@
 //! Notifications: who is told what when something happens, in the app and by e-mail. Each is
 //! written in the transaction of the event it announces (`send`), so it exists exactly when
-//! the event committed; its e-mail is a `mail` job keyed by the notification (`mail`).
+//! the event committed; its e-mail is a `mail` job keyed by the notification (`mail`). The
+//! same events go to webhooks (`webhooks::publish`), also in the event's transaction.
 pub mod mail;
+pub mod webhooks;
 
 use crate::platform::db::{self, Scope, Tx};
 use crate::platform::error::{seam, Result};
-use crate::platform::jobs::{self, JobKind};
 use crate::provisioning::approval::Policy;
 use app::error::AppError;
 use app::notifications::{Notification, NotificationKind, Preference};
@@ -27,22 +28,18 @@ pub struct Notice {
 }
 
 /// Writes `notice` as its recipient wants it (in the app, by e-mail, both or neither) inside
-/// the caller's transaction, and queues its e-mail.
+/// the caller's transaction; `add_notification` queues its e-mail.
 pub async fn send(tx: &mut Tx, notice: Notice, at: OffsetDateTime) -> Result<()> {
-    let (id, email): (Option<Uuid>, Option<bool>) =
-        sqlx::query_as("SELECT id, email FROM add_notification($1, $2, $3, $4, $5, $6, $7)")
-            .bind(notice.user)
-            .bind(notice.tenant)
-            .bind(notice.kind.as_str())
-            .bind(&notice.title)
-            .bind(&notice.body)
-            .bind(&notice.link)
-            .bind(at)
-            .fetch_one(&mut **tx)
-            .await?;
-    if let (Some(id), Some(true)) = (id, email) {
-        jobs::enqueue(tx, JobKind::Mail, id, serde_json::json!({}), 8).await?;
-    }
+    sqlx::query("SELECT add_notification($1, $2, $3, $4, $5, $6, $7)")
+        .bind(notice.user)
+        .bind(notice.tenant)
+        .bind(notice.kind.as_str())
+        .bind(&notice.title)
+        .bind(&notice.body)
+        .bind(&notice.link)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -68,13 +65,23 @@ pub async fn on_request_event(
     message: &str,
     at: OffsetDateTime,
 ) -> Result<()> {
+    let event_type = match kind {
+        "submitted" => "request.submitted",
+        "pending_approval" => "request.awaiting_approval",
+        "approved" => "request.approved",
+        "rejected" => "request.rejected",
+        "fulfilled" => "request.fulfilled",
+        "failed" => "request.failed",
+        "expired" => "request.expired",
+        _ => return Ok(()),
+    };
     let for_requester = match kind {
         "approved" => Some(NotificationKind::RequestApproved),
         "rejected" => Some(NotificationKind::RequestRejected),
         "fulfilled" => Some(NotificationKind::RequestFulfilled),
         "failed" => Some(NotificationKind::RequestFailed),
         "expired" => Some(NotificationKind::RequestExpired),
-        "pending_approval" => None,
+        "submitted" | "pending_approval" => None,
         _ => return Ok(()),
     };
     let Some(r): Option<RequestFacts> = sqlx::query_as(
@@ -99,6 +106,26 @@ pub async fn on_request_event(
         format!("{} ({} × {})", r.name_prefix, r.count, r.template_name)
     };
     let link = format!("/requests/{request}");
+    webhooks::publish(
+        tx,
+        Some(tenant),
+        event_type,
+        serde_json::json!({
+            "request_id": request,
+            "tenant_id": tenant,
+            "requester_id": r.requester_id,
+            "name_prefix": r.name_prefix,
+            "count": r.count,
+            "template": r.template_name,
+            "message": message,
+            "path": link,
+        }),
+        at,
+    )
+    .await?;
+    if kind == "submitted" {
+        return Ok(());
+    }
     match for_requester {
         Some(k) => {
             let title = match k {

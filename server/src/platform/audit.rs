@@ -41,6 +41,12 @@ impl<'a> Event<'a> {
         self
     }
 
+    /// The tenant, when the object may have none (fleet-wide objects).
+    pub fn tenant_opt(mut self, tenant: Option<Uuid>) -> Self {
+        self.tenant_id = tenant;
+        self
+    }
+
     pub fn before(mut self, v: Value) -> Self {
         self.before = Some(v);
         self

@@ -111,6 +111,14 @@ pub fn administers(actor: &Actor, tenant: Uuid) -> bool {
     actor.administers(tenant)
 }
 
+/// Manages webhook endpoints: a tenant's (`Some`), its admins; fleet-wide ones, fleet admins.
+pub fn manages_webhooks(actor: &Actor, tenant: Option<Uuid>) -> bool {
+    match tenant {
+        Some(t) => administers(actor, t),
+        None => actor.fleet_admin,
+    }
+}
+
 /// Reads usage and cost reports of `tenant`.
 pub fn reads_reports(actor: &Actor, tenant: Uuid) -> bool {
     actor.fleet_admin

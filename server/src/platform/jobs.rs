@@ -26,6 +26,8 @@ pub enum JobKind {
     ImageCopy,
     /// Send a notification's e-mail (key: the notification).
     Mail,
+    /// Deliver an event to a webhook endpoint (key: the delivery).
+    Webhook,
 }
 
 impl JobKind {
@@ -37,16 +39,18 @@ impl JobKind {
             JobKind::GuestReady => "guest_ready",
             JobKind::ImageCopy => "image_copy",
             JobKind::Mail => "mail",
+            JobKind::Webhook => "webhook",
         }
     }
 
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Provision,
         JobKind::Delete,
         JobKind::Shutdown,
         JobKind::GuestReady,
         JobKind::ImageCopy,
         JobKind::Mail,
+        JobKind::Webhook,
     ];
 
     pub fn parse(s: &str) -> Option<JobKind> {
@@ -69,6 +73,8 @@ pub struct Job {
 pub enum Outcome {
     /// Try again later (counts as an attempt).
     Retry(String),
+    /// Try again after this delay, which the handler chose (counts as an attempt).
+    RetryIn(String, Duration),
     /// Nothing wrong, but not possible yet (no host has room): wait without using an attempt.
     Wait(String, Duration),
     /// Pointless to retry.
@@ -243,7 +249,11 @@ async fn run_one(pool: &PgPool, handler: &dyn Handler, job: Job, lease: Duration
             tracing::info!(error = %why, "job will be retried");
             requeue(pool, &job, runner, &why, backoff(job.attempts), false).await
         }
-        Err(Outcome::Retry(why)) | Err(Outcome::Fail(why)) => {
+        Err(Outcome::RetryIn(why, delay)) if job.attempts < job.max_attempts => {
+            tracing::info!(error = %why, "job will be retried");
+            requeue(pool, &job, runner, &why, delay, false).await
+        }
+        Err(Outcome::Retry(why)) | Err(Outcome::RetryIn(why, _)) | Err(Outcome::Fail(why)) => {
             tracing::warn!(error = %why, "job failed");
             handler.failed(&job, &why).await;
             finish(pool, &job, runner, "failed", Some(&why)).await

@@ -106,6 +106,16 @@ impl Leases {
                         .after(json!({ "name": name, "days": days, "lease_ends_at": ends.to_string() })),
                 )
                 .await?;
+                notifications::webhooks::publish(
+                    &mut tx,
+                    Some(*tenant),
+                    "vm.lease_reminder",
+                    json!({ "vm_id": uuid, "tenant_id": tenant, "owner_id": owner, "name": name,
+                            "lease_ends_at": ends.format(&time::format_description::well_known::Rfc3339).ok(),
+                            "days": days, "path": vm_link(*host, *uuid) }),
+                    now,
+                )
+                .await?;
                 if let Some(owner) = owner {
                     let when = ends.date();
                     notifications::send(
@@ -151,6 +161,15 @@ impl Leases {
                 Event::new("vm.lease.expire", "vm", uuid)
                     .tenant(*tenant)
                     .after(json!({ "name": name, "delete_after_days": self.grace.whole_days() })),
+            )
+            .await?;
+            notifications::webhooks::publish(
+                &mut tx,
+                Some(*tenant),
+                "vm.lease_expired",
+                json!({ "vm_id": uuid, "tenant_id": tenant, "owner_id": owner, "name": name,
+                        "delete_after_days": self.grace.whole_days(), "path": vm_link(*host, *uuid) }),
+                now,
             )
             .await?;
             if let Some(owner) = owner {

@@ -37,6 +37,8 @@ pub struct Provisioner {
     pub ssh: SshForwards,
     /// Sends notification e-mail (the job queue's `mail` jobs); none without `--smtp-url`.
     pub mailer: Option<Arc<crate::notifications::mail::Mailer>>,
+    /// Sends webhook deliveries (the `webhook` jobs).
+    pub webhooks: Arc<crate::notifications::webhooks::Sender>,
 }
 
 /// Host ports forwarded to guests' SSH: the address they listen on (on the host) and the
@@ -794,6 +796,9 @@ impl Handler for Provisioner {
             Some(JobKind::Mail) => {
                 crate::notifications::mail::deliver(&self.pool, self.mailer.as_deref(), job).await
             }
+            Some(JobKind::Webhook) => {
+                crate::notifications::webhooks::deliver(&self.pool, &self.webhooks, job).await
+            }
             None => Err(Outcome::Fail(format!("unknown job kind {}", job.kind))),
         }
     }
@@ -810,6 +815,10 @@ impl Handler for Provisioner {
             }
             Some(JobKind::Mail) => {
                 crate::notifications::mail::abandoned(&self.pool, job, error).await;
+                return;
+            }
+            Some(JobKind::Webhook) => {
+                crate::notifications::webhooks::abandoned(&self.pool, job, error).await;
                 return;
             }
             Some(JobKind::Provision) => {}

@@ -20,3 +20,4 @@ mod sessions;
 mod storage;
 mod validation;
 mod vocabulary;
+mod webhooks;
