@@ -13,6 +13,7 @@ pub mod live;
 pub mod notifications;
 pub mod pages;
 pub mod provisioning;
+pub mod reclamation;
 pub mod reports;
 #[cfg(feature = "ssr")]
 pub mod seam;

@@ -34,10 +34,12 @@ pub enum NotificationKind {
     HostBack,
     /// A webhook endpoint was turned off after failing (whoever made it).
     WebhookDisabled,
+    /// A rule proposes to reclaim a VM of the recipient, or carried it out.
+    Reclamation,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 12] = [
+    pub const ALL: [NotificationKind; 13] = [
         NotificationKind::ApprovalWaiting,
         NotificationKind::RequestApproved,
         NotificationKind::RequestRejected,
@@ -50,6 +52,7 @@ impl NotificationKind {
         NotificationKind::HostLost,
         NotificationKind::HostBack,
         NotificationKind::WebhookDisabled,
+        NotificationKind::Reclamation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl NotificationKind {
             NotificationKind::HostLost => "host_lost",
             NotificationKind::HostBack => "host_back",
             NotificationKind::WebhookDisabled => "webhook_disabled",
+            NotificationKind::Reclamation => "reclamation",
         }
     }
 
@@ -88,6 +92,7 @@ impl NotificationKind {
             NotificationKind::HostLost => "A host is lost",
             NotificationKind::HostBack => "A lost host is back",
             NotificationKind::WebhookDisabled => "A webhook I made was turned off",
+            NotificationKind::Reclamation => "A VM of mine is proposed for reclamation",
         }
     }
 }

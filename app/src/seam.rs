@@ -14,6 +14,7 @@ use crate::provisioning::{
     RequestFilter, RequestForm, RequestSummary, Snapshot, Template, TemplateForm, TenantQuotas,
     VmFilter,
 };
+use crate::reclamation::{Preview, Proposal, ReclamationOverview, RuleForm};
 use crate::reports::{RateCard, RateCardForm, Report, ReportQuery};
 use crate::tenant::{
     JoinForm, Member, MyInvitation, NewInvitation, PendingInvitation, TenantSummary,
@@ -487,6 +488,23 @@ pub trait Webhooks: Send + Sync + 'static {
     async fn send_test(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;
 }
 
+/// Reclamation rules (tenant admins for their tenant, fleet admins for the fleet default),
+/// their dry runs, and the proposals owners answer.
+#[async_trait]
+pub trait Reclamation: Send + Sync + 'static {
+    async fn overview(&self, req: &RequestCtx) -> Result<ReclamationOverview, AppError>;
+    async fn preview(&self, req: &RequestCtx, form: RuleForm) -> Result<Preview, AppError>;
+    async fn save(&self, req: &RequestCtx, form: RuleForm) -> Result<(), AppError>;
+    async fn mine(&self, req: &RequestCtx) -> Result<Vec<Proposal>, AppError>;
+    async fn answer(
+        &self,
+        req: &RequestCtx,
+        id: Uuid,
+        answer: &str,
+        reason: &str,
+    ) -> Result<(), AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
@@ -503,6 +521,7 @@ pub struct Backend {
     pub reports: Arc<dyn Reports>,
     pub notifications: Arc<dyn Notifications>,
     pub webhooks: Arc<dyn Webhooks>,
+    pub reclamation: Arc<dyn Reclamation>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

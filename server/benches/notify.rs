@@ -1,12 +1,15 @@
 //! Notification fan-out: 1,000 events, each told to one of 100 people in the app and by
-//! e-mail, written in one transaction (as a burst of events would be); then the server's job
-//! runners send the mails to a real SMTP server on loopback (Debian's aiosmtpd, discarding).
+//! e-mail and published to a webhook endpoint, written in one transaction (as a burst of
+//! events would be); then the server's job runners send the mails to a real SMTP server on
+//! loopback (Debian's aiosmtpd, discarding) and POST the signed events to a real HTTP server
+//! on loopback (the tests' Python receiver).
 //!
 //!   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p server --bench notify
 //!
 //! Prints per round: the time to write the 1,000 notifications (in-app rows, preferences read,
-//! mail jobs queued) and the time until every mail is sent; the control is the same burst
-//! written in-app only (everyone's e-mail turned off), in the same run. Then the medians.
+//! mail jobs and webhook deliveries queued) and the time until every mail is sent and every
+//! webhook delivered; the control is the same burst written in-app only (everyone's e-mail
+//! turned off, no endpoint), in the same run. Then the medians.
 use app::notifications::NotificationKind;
 use concierge::config::Config;
 use concierge::notifications::{self, Notice};
@@ -22,7 +25,7 @@ const EVENTS: usize = 1_000;
 const PEOPLE: usize = 100;
 const ROUNDS: usize = 3;
 
-/// The SMTP server, stopped when the benchmark ends however it ends.
+/// The SMTP server and the webhook receiver, stopped when the benchmark ends however it ends.
 struct Smtpd(std::process::Child);
 
 impl Drop for Smtpd {
@@ -38,7 +41,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Writes the burst in one transaction; returns how long it took.
-async fn burst(pool: &sqlx::PgPool, people: &[Uuid], round: usize) -> anyhow::Result<Duration> {
+async fn burst(
+    pool: &sqlx::PgPool,
+    people: &[Uuid],
+    round: usize,
+    webhook: bool,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut tx = db::begin(pool, Scope::fleet()).await?;
     let now = time::OffsetDateTime::now_utc();
@@ -56,6 +64,16 @@ async fn burst(pool: &sqlx::PgPool, people: &[Uuid], round: usize) -> anyhow::Re
             now,
         )
         .await?;
+        if webhook {
+            notifications::webhooks::publish(
+                &mut tx,
+                None,
+                "request.fulfilled",
+                serde_json::json!({ "name_prefix": format!("bench-{round}-{i}") }),
+                now,
+            )
+            .await?;
+        }
     }
     tx.commit().await?;
     Ok(started.elapsed())
@@ -95,7 +113,27 @@ async fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let hook_log = std::env::temp_dir().join(format!("{name}.jsonl"));
+    let _receiver = Smtpd(
+        std::process::Command::new("/usr/bin/python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/webhook_receiver.py"
+            ))
+            .arg(hook_port.to_string())
+            .arg(&hook_log)
+            .spawn()
+            .expect("python3"),
+    );
+    while std::net::TcpStream::connect(("127.0.0.1", hook_port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     let mut config = Config::for_tests(&url);
+    config.webhooks_allow_private_networks = true;
     config.job_workers = 8; // the server's default
     config.local_host = false;
     config.smtp_url = Some(format!("smtp://127.0.0.1:{port}").parse().unwrap());
@@ -119,7 +157,14 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         );
     }
-    println!("{EVENTS} events to {PEOPLE} people, in the app and by e-mail; {ROUNDS} rounds");
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (url, secret, event_types, created_at)
+         VALUES ($1, 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{request.fulfilled}', now())",
+    )
+    .bind(format!("http://127.0.0.1:{hook_port}/ok"))
+    .execute(&owner)
+    .await?;
+    println!("{EVENTS} events to {PEOPLE} people, in the app, by e-mail and to a webhook; {ROUNDS} rounds");
     let (mut writes, mut delivered, mut controls) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // Control: the same burst in the app only.
@@ -130,24 +175,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .execute(&owner)
         .await?;
-        let control = burst(&pool, &people, round * 2).await?;
+        let control = burst(&pool, &people, round * 2, false).await?;
         sqlx::query("DELETE FROM notification_preferences")
             .execute(&owner)
             .await?;
 
         let started = Instant::now();
-        let write = burst(&pool, &people, round * 2 + 1).await?;
+        let write = burst(&pool, &people, round * 2 + 1, true).await?;
         loop {
-            let queued: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM notifications WHERE email = 'queued'")
-                    .fetch_one(&owner)
-                    .await?;
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM notifications WHERE email = 'queued')
+                      + (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending')",
+            )
+            .fetch_one(&owner)
+            .await?;
             if queued == 0 {
                 break;
             }
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(600),
-                "{queued} mails still queued after 10 minutes"
+                "{queued} mails and webhooks still queued after 10 minutes"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -157,8 +204,17 @@ async fn main() -> anyhow::Result<()> {
                 .fetch_one(&owner)
                 .await?;
         anyhow::ensure!(failed == 0, "{failed} mails failed");
+        let hooks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered' AND attempts = 1",
+        )
+        .fetch_one(&owner)
+        .await?;
+        anyhow::ensure!(
+            hooks == (EVENTS * (round + 1)) as i64,
+            "{hooks} webhooks delivered at the first attempt"
+        );
         println!(
-            "round {}: in-app only {:.0} ms; in-app + e-mail queued {:.0} ms; all {EVENTS} mails sent after {:.1} s ({:.0} mails/s)",
+            "round {}: in-app only {:.0} ms; in-app + e-mail + webhook queued {:.0} ms; all {EVENTS} mails sent and webhooks delivered after {:.1} s ({:.0} events/s)",
             round + 1,
             control.as_secs_f64() * 1000.0,
             write.as_secs_f64() * 1000.0,
@@ -170,12 +226,13 @@ async fn main() -> anyhow::Result<()> {
         delivered.push(all.as_secs_f64());
     }
     println!(
-        "median: in-app only {:.0} ms, in-app + e-mail queued {:.0} ms, everything delivered in {:.1} s (target < 60 s)",
+        "median: in-app only {:.0} ms, in-app + e-mail + webhook queued {:.0} ms, everything delivered in {:.1} s (target < 60 s)",
         median(controls),
         median(writes),
         median(delivered)
     );
     drop(owner);
+    let _ = std::fs::remove_file(&hook_log);
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&maint)
         .await?;

@@ -146,6 +146,14 @@ pub struct Config {
     )]
     pub mail_from: String,
 
+    /// Seconds between reclamation checks (rules evaluated, due proposals carried out).
+    #[arg(
+        long,
+        env = "CONCIERGE_RECLAMATION_CHECK_SECONDS",
+        default_value_t = 3600
+    )]
+    pub reclamation_check_seconds: u64,
+
     /// Let webhooks go to loopback, link-local and private addresses (refused by default:
     /// a tenant admin could otherwise make the server call into its own network).
     #[arg(long, env = "CONCIERGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS")]
@@ -291,6 +299,7 @@ impl Config {
             smtp_url: None,
             mail_from: "Concierge <concierge@localhost>".into(),
             webhooks_allow_private_networks: false,
+            reclamation_check_seconds: 3600,
             webhook_retry_seconds: 10.0,
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),

@@ -9,6 +9,7 @@ pub mod metering;
 pub mod notifications;
 pub mod platform;
 pub mod provisioning;
+pub mod reclamation;
 pub mod state;
 pub mod web;
 
@@ -116,6 +117,12 @@ impl Server {
         state.leases.clone().spawn(std::time::Duration::from_secs(
             state.config.lease_check_seconds.max(1),
         ));
+        state
+            .reclaimer
+            .clone()
+            .spawn(std::time::Duration::from_secs(
+                state.config.reclamation_check_seconds.max(1),
+            ));
         {
             // Usage rollup: complete hours since the last run, every five minutes.
             let (pool, clock) = (state.pool.clone(), state.clock.clone());

@@ -24,6 +24,7 @@ pub struct AppState {
     pub queue: Arc<crate::platform::jobs::Queue>,
     pub provisioner: Arc<crate::provisioning::provisioner::Provisioner>,
     pub leases: Arc<crate::provisioning::leases::Leases>,
+    pub reclaimer: Arc<crate::reclamation::Reclaimer>,
     /// The image library's backend, also for housekeeping (abandoned uploads).
     pub images: Arc<crate::catalog::images::ImagesBackend>,
     pub live: crate::platform::live::Live,
@@ -96,6 +97,12 @@ impl AppState {
             queue: queue.clone(),
             grace: time::Duration::days(config.lease_grace_days.max(0)),
         });
+        let reclaimer = Arc::new(crate::reclamation::Reclaimer {
+            pool: pool.clone(),
+            clock: clock.clone(),
+            hypervisors: hypervisors.clone(),
+            queue: queue.clone(),
+        });
         let live = crate::platform::live::Live::default();
         let images = Arc::new(crate::catalog::images::ImagesBackend {
             pool: pool.clone(),
@@ -107,6 +114,11 @@ impl AppState {
             ssh_keys: Arc::new(crate::accounts::ssh_keys::SshKeysBackend { pool: pool.clone() }),
             notifications: Arc::new(crate::notifications::NotificationsBackend {
                 pool: pool.clone(),
+            }),
+            reclamation: Arc::new(crate::reclamation::ReclamationBackend {
+                pool: pool.clone(),
+                clock: clock.clone(),
+                reclaimer: reclaimer.clone(),
             }),
             webhooks: Arc::new(crate::notifications::webhooks::WebhooksBackend {
                 pool: pool.clone(),
@@ -198,6 +210,7 @@ impl AppState {
             queue,
             provisioner,
             leases,
+            reclaimer,
             images,
             live,
             replica,

@@ -14,6 +14,7 @@ pub mod not_found;
 pub mod notifications;
 pub mod password;
 pub mod quotas;
+pub mod reclamation;
 pub mod reports;
 pub mod requests;
 pub mod templates;

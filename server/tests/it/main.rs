@@ -14,6 +14,7 @@ mod lifecycle;
 mod metrics;
 mod notifications;
 mod provisioning;
+mod reclamation;
 mod remote;
 mod reports;
 mod sessions;

@@ -1,0 +1,290 @@
+//! A reclamation rule's thresholds, checked from the form, and the VMs it matches now with the
+//! figures that matched. One SQL statement per kind over the tenants it covers: the dry run
+//! and the periodic evaluation run the same code.
+use crate::platform::db::Tx;
+use crate::platform::error::Result;
+use app::error::AppError;
+use app::reclamation::{Figure, RuleForm, ACTIONS, RULE_KINDS};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Rule {
+    pub kind: String,
+    pub enabled: bool,
+    pub days: i32,
+    pub cpu_pct: f32,
+    pub io_kbps: f32,
+    pub net_kbps: f32,
+    pub share_pct: i32,
+    pub action: String,
+    pub response_days: i32,
+}
+
+/// Where a rule applies: one tenant, or the fleet default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Tenant(Uuid),
+    Fleet,
+}
+
+impl Target {
+    pub fn tenant(self) -> Option<Uuid> {
+        match self {
+            Target::Tenant(t) => Some(t),
+            Target::Fleet => None,
+        }
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+    raw: &str,
+    field: &'static str,
+    what: &str,
+    min: T,
+    max: T,
+    default: T,
+) -> Result<T, AppError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(default);
+    }
+    match raw.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(AppError::field(
+            field,
+            format!("Enter {what} from {min} to {max}."),
+        )),
+    }
+}
+
+impl Rule {
+    /// The form's rule, or the first field that is wrong.
+    pub fn parse(form: &RuleForm) -> Result<(Target, Rule), AppError> {
+        let target = match form.scope.trim() {
+            "fleet" => Target::Fleet,
+            s => Target::Tenant(
+                s.parse()
+                    .map_err(|_| AppError::field("scope", "Choose the tenant this rule is for."))?,
+            ),
+        };
+        let kind = form.kind.trim();
+        if !RULE_KINDS.iter().any(|(k, _)| *k == kind) {
+            return Err(AppError::field("kind", "Choose what the rule looks for."));
+        }
+        let action = form.action.trim();
+        let action = if action.is_empty() { "stop" } else { action };
+        if !ACTIONS.iter().any(|(a, _)| *a == action) {
+            return Err(AppError::field("action", "Choose stop or delete."));
+        }
+        let default_days = match kind {
+            "idle" => 14,
+            "powered_off" => 30,
+            _ => 1,
+        };
+        Ok((
+            target,
+            Rule {
+                kind: kind.to_string(),
+                enabled: form
+                    .enabled
+                    .as_deref()
+                    .is_some_and(|v| v == "on" || v == "true"),
+                days: number(&form.days, "days", "a number of days", 1, 365, default_days)?,
+                cpu_pct: number(&form.cpu_pct, "cpu_pct", "a percentage", 0.0, 100.0, 5.0)?,
+                io_kbps: number(&form.io_kbps, "io_kbps", "KiB/s", 0.0, 1e7, 100.0)?,
+                net_kbps: number(&form.net_kbps, "net_kbps", "KiB/s", 0.0, 1e7, 20.0)?,
+                share_pct: number(&form.share_pct, "share_pct", "a percentage", 1, 100, 90)?,
+                action: action.to_string(),
+                response_days: number(
+                    &form.response_days,
+                    "response_days",
+                    "a number of days",
+                    1,
+                    90,
+                    7,
+                )?,
+            },
+        ))
+    }
+}
+
+/// A VM the rule matches now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Found {
+    #[sqlx(rename = "uuid")]
+    pub vm: Uuid,
+    pub host_id: Option<Uuid>,
+    pub tenant_id: Uuid,
+    pub tenant_name: String,
+    pub name: String,
+    pub owner_id: Option<Uuid>,
+    pub owner_email: Option<String>,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    /// Idle: days in the window, idle days, mean and peak CPU; powered off: since when.
+    pub days_seen: Option<i64>,
+    pub idle_days: Option<i64>,
+    pub cpu_mean: Option<f64>,
+    pub cpu_peak: Option<f64>,
+    pub io_mean_kbps: Option<f64>,
+    pub net_mean_kbps: Option<f64>,
+    pub off_since: Option<OffsetDateTime>,
+    pub daily_cpu: Option<Vec<f32>>,
+}
+
+impl Found {
+    /// The figures that matched, for the page, the notification and the proposal.
+    pub fn figures(&self, rule: &Rule, now: OffsetDateTime) -> Vec<Figure> {
+        let f = |label: String, value: String| Figure { label, value };
+        match rule.kind.as_str() {
+            "idle" => vec![
+                f(
+                    format!("Idle days (of {})", rule.days),
+                    format!("{}", self.idle_days.unwrap_or(0)),
+                ),
+                f(
+                    format!("CPU, {}-day mean", rule.days),
+                    format!("{:.1} %", self.cpu_mean.unwrap_or(0.0)),
+                ),
+                f(
+                    "CPU, hourly peak".into(),
+                    format!("{:.1} %", self.cpu_peak.unwrap_or(0.0)),
+                ),
+                f(
+                    "Disk, mean".into(),
+                    format!("{:.1} KiB/s", self.io_mean_kbps.unwrap_or(0.0)),
+                ),
+                f(
+                    "Network, mean".into(),
+                    format!("{:.1} KiB/s", self.net_mean_kbps.unwrap_or(0.0)),
+                ),
+            ],
+            "powered_off" => {
+                let since = self.off_since.unwrap_or(now);
+                vec![
+                    f("Off since".into(), since.date().to_string()),
+                    f("Days off".into(), format!("{}", (now - since).whole_days())),
+                ]
+            }
+            _ => vec![f(
+                "Owner".into(),
+                match &self.owner_email {
+                    Some(e) => format!("{e} is no longer a member"),
+                    None => "none (the account was removed)".into(),
+                },
+            )],
+        }
+    }
+}
+
+/// The VMs of `tenants` that `rule` matches at `now`, leaving out those whose owner kept them
+/// from this kind of rule until a later date.
+pub async fn candidates(
+    tx: &mut Tx,
+    tenants: &[Uuid],
+    rule: &Rule,
+    now: OffsetDateTime,
+) -> Result<Vec<Found>> {
+    // The VMs in question: live portal VMs of these tenants, not kept from this rule.
+    const VMS: &str = "SELECT v.uuid, v.host_id, v.tenant_id, t.name AS tenant_name, v.name, v.owner_id,
+               u.email AS owner_email, v.vcpus, v.memory_mib, v.disk_gib
+        FROM vms v JOIN tenants t ON t.id = v.tenant_id LEFT JOIN users u ON u.id = v.owner_id
+        WHERE v.tenant_id = ANY($1) AND v.deleted_at IS NULL AND v.phase = 'running'
+          AND NOT EXISTS (SELECT 1 FROM reclamation_proposals p
+                          WHERE p.vm_uuid = v.uuid AND p.kind = $2 AND p.state = 'kept' AND p.keep_until > $3)";
+    let sql = match rule.kind.as_str() {
+        // Hourly buckets of the last `days` days, numbered back from now; a day is idle when
+        // enough of its sampled hours are below every threshold, and a VM matches when each
+        // of the days has samples and is idle.
+        "idle" => format!(
+            "WITH vm AS ({VMS}),
+             hours AS (
+                SELECT r.subject, floor(extract(epoch FROM ($3 - r.bucket)) / 86400)::int AS day,
+                       r.cpu_sum / r.rate_n AS cpu,
+                       (coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0)) / r.rate_n / 1024 AS io,
+                       (coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0)) / r.rate_n / 1024 AS net
+                FROM metric_rollups r JOIN vm ON vm.uuid = r.subject
+                WHERE r.resolution = 3600 AND r.bucket >= $3 - make_interval(days => $4)
+                  AND r.bucket < $3 AND r.rate_n > 0),
+             days AS (
+                SELECT subject, day, avg(cpu) AS cpu, max(cpu) AS peak, avg(io) AS io, avg(net) AS net,
+                       count(*) FILTER (WHERE cpu < $5 AND io < $6 AND net < $7) * 100 >= count(*) * $8 AS idle
+                FROM hours GROUP BY subject, day)
+             SELECT vm.*, count(*) AS days_seen, count(*) FILTER (WHERE d.idle) AS idle_days,
+                    avg(d.cpu) AS cpu_mean, max(d.peak) AS cpu_peak, avg(d.io) AS io_mean_kbps,
+                    avg(d.net) AS net_mean_kbps, NULL::timestamptz AS off_since,
+                    array_agg(d.cpu::real ORDER BY d.day DESC) AS daily_cpu
+             FROM vm JOIN days d ON d.subject = vm.uuid
+             GROUP BY vm.uuid, vm.host_id, vm.tenant_id, vm.tenant_name, vm.name, vm.owner_id,
+                      vm.owner_email, vm.vcpus, vm.memory_mib, vm.disk_gib
+             HAVING count(*) FILTER (WHERE d.idle) >= $4
+             ORDER BY vm.tenant_name, vm.name"
+        ),
+        // Off now, and since the last time it was seen in any other state.
+        "powered_off" => format!(
+            "WITH vm AS ({VMS})
+             SELECT vm.*, NULL::int8 AS days_seen, NULL::int8 AS idle_days, NULL::float8 AS cpu_mean,
+                    NULL::float8 AS cpu_peak, NULL::float8 AS io_mean_kbps, NULL::float8 AS net_mean_kbps,
+                    off.since AS off_since, NULL::real[] AS daily_cpu
+             FROM vm JOIN domains d ON d.host_id = vm.host_id AND d.uuid = vm.uuid
+             CROSS JOIN LATERAL (
+                SELECT min(h.at) AS since FROM domain_state_history h
+                WHERE h.uuid = vm.uuid AND h.state = 'shutoff'
+                  AND h.at > coalesce((SELECT max(o.at) FROM domain_state_history o
+                                       WHERE o.uuid = vm.uuid AND o.state <> 'shutoff'), '-infinity')) off
+             WHERE d.state = 'shutoff' AND d.missing_since IS NULL
+               AND off.since <= $3 - make_interval(days => $4)
+             ORDER BY vm.tenant_name, vm.name"
+        ),
+        // The owner is gone (account removed) or no longer a member of the VM's tenant.
+        _ => format!(
+            "WITH vm AS ({VMS})
+             SELECT vm.*, NULL::int8 AS days_seen, NULL::int8 AS idle_days, NULL::float8 AS cpu_mean,
+                    NULL::float8 AS cpu_peak, NULL::float8 AS io_mean_kbps, NULL::float8 AS net_mean_kbps,
+                    NULL::timestamptz AS off_since, NULL::real[] AS daily_cpu
+             FROM vm
+             WHERE $4 > 0 AND NOT EXISTS (SELECT 1 FROM memberships m
+                                          WHERE m.tenant_id = vm.tenant_id AND m.user_id = vm.owner_id)
+             ORDER BY vm.tenant_name, vm.name"
+        ),
+    };
+    let mut found: Vec<Found> = sqlx::query_as(&sql)
+        .bind(tenants)
+        .bind(&rule.kind)
+        .bind(now)
+        .bind(rule.days)
+        .bind(f64::from(rule.cpu_pct))
+        .bind(f64::from(rule.io_kbps))
+        .bind(f64::from(rule.net_kbps))
+        .bind(rule.share_pct)
+        .fetch_all(&mut **tx)
+        .await?;
+    for f in &mut found {
+        // Oldest first, for the sparkline.
+        if let Some(d) = &mut f.daily_cpu {
+            d.reverse();
+        }
+    }
+    Ok(found)
+}
+
+/// The tenants a rule at `target` covers: the tenant, or for the fleet default every active
+/// tenant without a rule of its own of this kind.
+pub async fn covered(tx: &mut Tx, target: Target, kind: &str) -> Result<Vec<Uuid>> {
+    Ok(match target {
+        Target::Tenant(t) => vec![t],
+        Target::Fleet => {
+            sqlx::query_scalar(
+                "SELECT t.id FROM tenants t
+             WHERE t.suspended_at IS NULL AND NOT EXISTS (
+                 SELECT 1 FROM reclamation_rules r WHERE r.tenant_id = t.id AND r.kind = $1)
+             ORDER BY t.name",
+            )
+            .bind(kind)
+            .fetch_all(&mut **tx)
+            .await?
+        }
+    })
+}
