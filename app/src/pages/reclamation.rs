@@ -104,42 +104,18 @@ fn ReclamationContent() -> impl IntoView {
                                             </select>
                                             <FieldMessage error=preview_error field="kind"/>
                                         </div>
-                                        <div>
-                                            <label for="rule-days">"Days"</label>
-                                            <input id="rule-days" name="days" inputmode="numeric" placeholder="14 (idle), 30 (powered off)" aria-describedby="days-error"/>
-                                            <FieldMessage error=preview_error field="days"/>
-                                        </div>
-                                        <div>
-                                            <label for="rule-cpu">"Idle: CPU below (% of its vCPUs)"</label>
-                                            <input id="rule-cpu" name="cpu_pct" inputmode="decimal" placeholder="5" aria-describedby="cpu_pct-error"/>
-                                            <FieldMessage error=preview_error field="cpu_pct"/>
-                                        </div>
-                                        <div>
-                                            <label for="rule-io">"Idle: disk below (KiB/s)"</label>
-                                            <input id="rule-io" name="io_kbps" inputmode="decimal" placeholder="100" aria-describedby="io_kbps-error"/>
-                                            <FieldMessage error=preview_error field="io_kbps"/>
-                                        </div>
-                                        <div>
-                                            <label for="rule-net">"Idle: network below (KiB/s)"</label>
-                                            <input id="rule-net" name="net_kbps" inputmode="decimal" placeholder="20" aria-describedby="net_kbps-error"/>
-                                            <FieldMessage error=preview_error field="net_kbps"/>
-                                        </div>
-                                        <div>
-                                            <label for="rule-share">"Idle: share of each day's hours (%)"</label>
-                                            <input id="rule-share" name="share_pct" inputmode="numeric" placeholder="90" aria-describedby="share_pct-error"/>
-                                            <FieldMessage error=preview_error field="share_pct"/>
-                                        </div>
+                                        <Field id="rule-days" label="Days" name="days" mode="numeric" placeholder="14 (idle), 30 (powered off)" error=preview_error/>
+                                        <Field id="rule-cpu" label="Idle: CPU below (% of its vCPUs)" name="cpu_pct" mode="decimal" placeholder="5" error=preview_error/>
+                                        <Field id="rule-io" label="Idle: disk below (KiB/s)" name="io_kbps" mode="decimal" placeholder="100" error=preview_error/>
+                                        <Field id="rule-net" label="Idle: network below (KiB/s)" name="net_kbps" mode="decimal" placeholder="20" error=preview_error/>
+                                        <Field id="rule-share" label="Idle: share of each day's hours (%)" name="share_pct" mode="numeric" placeholder="90" error=preview_error/>
                                         <div>
                                             <label for="rule-action">"Without an answer"</label>
                                             <select id="rule-action" name="action">
                                                 {ACTIONS.into_iter().map(|(v, n)| view! { <option value=v>{n}</option> }).collect_view()}
                                             </select>
                                         </div>
-                                        <div>
-                                            <label for="rule-response">"Days to answer"</label>
-                                            <input id="rule-response" name="response_days" inputmode="numeric" placeholder="7" aria-describedby="response_days-error"/>
-                                            <FieldMessage error=preview_error field="response_days"/>
-                                        </div>
+                                        <Field id="rule-response" label="Days to answer" name="response_days" mode="numeric" placeholder="7" error=preview_error/>
                                     </div>
                                     <button type="submit" class="primary">"Dry run"</button>
                                 </ActionForm>
@@ -255,6 +231,25 @@ fn ReclamationContent() -> impl IntoView {
                 }
             })}
         </Suspense>
+    }
+}
+
+/// One text field of the rule form, with its message.
+#[component]
+fn Field(
+    id: &'static str,
+    label: &'static str,
+    name: &'static str,
+    mode: &'static str,
+    placeholder: &'static str,
+    error: Signal<Option<crate::error::AppError>>,
+) -> impl IntoView {
+    view! {
+        <div>
+            <label for=id>{label}</label>
+            <input id=id name=name inputmode=mode placeholder=placeholder aria-describedby=format!("{name}-error")/>
+            <FieldMessage error field=name/>
+        </div>
     }
 }
 

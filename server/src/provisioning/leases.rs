@@ -3,7 +3,6 @@
 //! and expiry of requests nobody decided in time. One replica checks at a time
 //! (`cluster::once`), and each step is one conditional UPDATE, so running the check twice
 //! (or on two servers) does each thing once.
-use crate::hypervisor::connection::Action;
 use crate::hypervisor::Hypervisors;
 use crate::notifications::{self, Notice};
 use crate::platform::audit::{self, Event, Origin};
@@ -236,29 +235,15 @@ impl Leases {
         } in stopping
         {
             if let Some(host) = host {
-                let started = std::time::Instant::now();
-                let result = self
-                    .hypervisors
-                    .lifecycle(host, uuid, Action::ForceOff)
-                    .await;
-                if let Err(e) = &result {
-                    tracing::info!(%uuid, error = %e, "stopping an expired VM (it may be off already)");
-                }
-                // In the VM's operation log like any other power change.
-                let mut log = db::begin(&self.pool, Scope::fleet()).await?;
-                sqlx::query(
-                    "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, operation, status, error, detail, finished_at, duration_ms)
-                     VALUES ($1, $2, $3, 'force_off', $4, $5, 'The lease ended: stopped until it is extended or deleted.', now(), $6)",
+                crate::provisioning::shutdown::force_off_logged(
+                    &self.pool,
+                    &self.hypervisors,
+                    host,
+                    uuid,
+                    tenant,
+                    "The lease ended: stopped until it is extended or deleted.",
                 )
-                .bind(host)
-                .bind(uuid)
-                .bind(tenant)
-                .bind(if result.is_ok() { "succeeded" } else { "failed" })
-                .bind(result.err())
-                .bind(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX))
-                .execute(&mut *log)
                 .await?;
-                log.commit().await?;
             }
         }
         if out.deleting > 0 {

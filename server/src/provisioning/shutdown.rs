@@ -15,6 +15,38 @@ use uuid::Uuid;
 /// How often the hypervisor is asked whether the guest is off yet.
 const POLL: Duration = Duration::from_secs(1);
 
+/// Forces a domain off for the system (an ended lease, a reclaimed VM) and records it in the
+/// VM's operation log with `detail`, failed or not: the log is where its owner looks.
+pub async fn force_off_logged(
+    pool: &PgPool,
+    hv: &Hypervisors,
+    host: Uuid,
+    vm: Uuid,
+    tenant: Uuid,
+    detail: &str,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let result = hv.lifecycle(host, vm, Action::ForceOff).await;
+    if let Err(e) = &result {
+        tracing::info!(%vm, error = %e, "forcing a VM off (it may be off already)");
+    }
+    let mut log = db::begin(pool, Scope::fleet()).await?;
+    sqlx::query(
+        "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, operation, status, error, detail, finished_at, duration_ms)
+         VALUES ($1, $2, $3, 'force_off', $4, $5, $6, now(), $7)",
+    )
+    .bind(host)
+    .bind(vm)
+    .bind(tenant)
+    .bind(if result.is_ok() { "succeeded" } else { "failed" })
+    .bind(result.err())
+    .bind(detail)
+    .bind(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX))
+    .execute(&mut *log)
+    .await?;
+    Ok(log.commit().await?)
+}
+
 /// Queues the watch for operation `op_id` (in the transaction that records the request).
 pub async fn watch(
     tx: &mut db::Tx,

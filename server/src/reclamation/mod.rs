@@ -6,7 +6,7 @@
 //! deleting goes through the delete job, which releases the quota. Everything is audited.
 pub mod rules;
 
-use crate::hypervisor::{connection::Action, Hypervisors};
+use crate::hypervisor::Hypervisors;
 use crate::notifications::{self, webhooks, Notice};
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::authz;
@@ -173,26 +173,15 @@ impl Reclaimer {
     /// proposal stays done: the owner or an admin sees the VM still on).
     async fn power_off(&self, offs: Vec<PowerOff>) -> Result<()> {
         for off in offs {
-            let started = std::time::Instant::now();
-            let result = self
-                .hypervisors
-                .lifecycle(off.host, off.vm, Action::ForceOff)
-                .await;
-            let mut log = db::begin(&self.pool, Scope::fleet()).await?;
-            sqlx::query(
-                "INSERT INTO domain_operations (host_id, domain_uuid, tenant_id, operation, status, error, detail, finished_at, duration_ms)
-                 VALUES ($1, $2, $3, 'force_off', $4, $5, $6, now(), $7)",
+            crate::provisioning::shutdown::force_off_logged(
+                &self.pool,
+                &self.hypervisors,
+                off.host,
+                off.vm,
+                off.tenant,
+                &format!("Reclaimed ({}): stopped.", kind_label(&off.kind)),
             )
-            .bind(off.host)
-            .bind(off.vm)
-            .bind(off.tenant)
-            .bind(if result.is_ok() { "succeeded" } else { "failed" })
-            .bind(result.err())
-            .bind(format!("Reclaimed ({}): stopped.", kind_label(&off.kind)))
-            .bind(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX))
-            .execute(&mut *log)
             .await?;
-            log.commit().await?;
         }
         Ok(())
     }

@@ -36,6 +36,26 @@ async fn metrics(w: &World, vm: Uuid, days: i32, cpu: f64, busy: f64) {
     .unwrap();
 }
 
+/// Waits until the inventory says the VM's domain is off.
+async fn shut_off(w: &World, vm: Uuid) {
+    let started = std::time::Instant::now();
+    loop {
+        let state: String = sqlx::query_scalar("SELECT state FROM domains WHERE uuid = $1")
+            .bind(vm)
+            .fetch_one(&w.app.db)
+            .await
+            .unwrap();
+        if state == "shutoff" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{vm} never off"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn vm_named(w: &World, name: &str) -> (Uuid, String) {
     let (uuid, host): (Uuid, Uuid) =
         sqlx::query_as("SELECT uuid, host_id FROM vms WHERE name = $1 AND deleted_at IS NULL")
@@ -174,22 +194,7 @@ async fn rules_preview_propose_and_reclaim_only_what_they_should() {
     )
     .await
     .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let state: String = sqlx::query_scalar("SELECT state FROM domains WHERE uuid = $1")
-            .bind(app4)
-            .fetch_one(&w.app.db)
-            .await
-            .unwrap();
-        if state == "shutoff" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "app-4 never off"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    shut_off(&w, app4).await;
     sqlx::query("UPDATE domain_state_history SET at = at - interval '40 days' WHERE uuid = $1")
         .bind(app4)
         .execute(&w.app.db)
@@ -402,22 +407,7 @@ async fn rules_preview_propose_and_reclaim_only_what_they_should() {
     )
     .await
     .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let state: String = sqlx::query_scalar("SELECT state FROM domains WHERE uuid = $1")
-            .bind(bobs)
-            .fetch_one(&w.app.db)
-            .await
-            .unwrap();
-        if state == "shutoff" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "bobs never stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    shut_off(&w, bobs).await;
     let logged: String = sqlx::query_scalar(
         "SELECT detail FROM domain_operations WHERE domain_uuid = $1 AND operation = 'force_off' ORDER BY id DESC LIMIT 1",
     )
