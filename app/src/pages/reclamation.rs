@@ -331,12 +331,14 @@ fn ProposalCard(p: Proposal, answer: ServerAction<AnswerReclamationProposal>) ->
                 view! {
                     <p><strong>{format!("{verb} on ")}<Timestamp at=p.respond_by/></strong>" unless you keep it."</p>
                     <div class="actions-row">
-                        <ActionForm action=answer attr:class="form keep-form">
+                        <ActionForm action=answer attr:class="keep-form">
                             <input type="hidden" name="id" value=id_keep/>
                             <input type="hidden" name="answer" value="keep"/>
                             <label for=reason_for>"Why it is still needed"</label>
+                            <div class="keep-row">
                             <input id=reason_id name="reason" required maxlength="500" placeholder="Nightly batch jobs run here" aria-describedby="reason-error"/>
                             <button type="submit">"Keep"</button>
+                            </div>
                         </ActionForm>
                         <ActionForm action=answer attr:class="inline">
                             <input type="hidden" name="id" value=id_accept/>

@@ -521,13 +521,27 @@ impl Webhooks for WebhooksBackend {
             if scopes.is_empty() {
                 return Err(AppError::Forbidden.into());
             }
+            let mut scopes = scopes;
             let tenants: Vec<Uuid> = scopes.iter().filter_map(|s| s.tenant_id).collect();
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            if actor.fleet_admin {
+                // Fleet admins manage any tenant's endpoints, not only where they are members.
+                let every: Vec<(Uuid, String)> = sqlx::query_as(
+                    "SELECT id, name FROM tenants WHERE suspended_at IS NULL ORDER BY name",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                scopes.truncate(1);
+                scopes.extend(every.into_iter().map(|(id, name)| WebhookScope {
+                    tenant_id: Some(id),
+                    name,
+                }));
+            }
             let rows: Vec<EndpointRow> = sqlx::query_as(
                 "SELECT e.id, e.tenant_id, t.name AS tenant_name, e.url, e.description, e.event_types,
                         e.enabled, e.disabled_reason, e.created_at
                  FROM webhook_endpoints e LEFT JOIN tenants t ON t.id = e.tenant_id
-                 WHERE ($1 AND e.tenant_id IS NULL) OR e.tenant_id = ANY($2)
+                 WHERE $1 OR e.tenant_id = ANY($2)
                  ORDER BY t.name NULLS FIRST, e.created_at",
             )
             .bind(actor.fleet_admin)

@@ -514,9 +514,20 @@ impl Reclamation for ReclamationBackend {
             if scopes.is_empty() {
                 return Err(AppError::Forbidden.into());
             }
+            let mut scopes = scopes;
             let tenants: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
             let all = actor.fleet_admin;
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            if all {
+                // Fleet admins set rules for any tenant, not only those they are members of.
+                let every: Vec<(Uuid, String)> = sqlx::query_as(
+                    "SELECT id, name FROM tenants WHERE suspended_at IS NULL ORDER BY name",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                scopes.truncate(1);
+                scopes.extend(every.into_iter().map(|(id, name)| (id.to_string(), name)));
+            }
             let rules: Vec<RuleRow> = sqlx::query_as(
                 "SELECT r.*, t.name AS scope_name FROM reclamation_rules r LEFT JOIN tenants t ON t.id = r.tenant_id
                  WHERE $1 OR r.tenant_id = ANY($2) ORDER BY t.name NULLS FIRST, r.kind",
