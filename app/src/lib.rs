@@ -3,6 +3,7 @@
 #![recursion_limit = "256"]
 
 pub mod account;
+pub mod alerts;
 pub mod audit;
 pub mod components;
 pub mod console;

@@ -36,10 +36,12 @@ pub enum NotificationKind {
     WebhookDisabled,
     /// A rule proposes to reclaim a VM of the recipient, or carried it out.
     Reclamation,
+    /// An alert fired or resolved (the tenant's admins, or fleet admins).
+    Alert,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 13] = [
+    pub const ALL: [NotificationKind; 14] = [
         NotificationKind::ApprovalWaiting,
         NotificationKind::RequestApproved,
         NotificationKind::RequestRejected,
@@ -53,6 +55,7 @@ impl NotificationKind {
         NotificationKind::HostBack,
         NotificationKind::WebhookDisabled,
         NotificationKind::Reclamation,
+        NotificationKind::Alert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl NotificationKind {
             NotificationKind::HostBack => "host_back",
             NotificationKind::WebhookDisabled => "webhook_disabled",
             NotificationKind::Reclamation => "reclamation",
+            NotificationKind::Alert => "alert",
         }
     }
 
@@ -93,6 +97,7 @@ impl NotificationKind {
             NotificationKind::HostBack => "A lost host is back",
             NotificationKind::WebhookDisabled => "A webhook I made was turned off",
             NotificationKind::Reclamation => "A VM of mine is proposed for reclamation",
+            NotificationKind::Alert => "An alert fires or resolves",
         }
     }
 }

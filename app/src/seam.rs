@@ -1,6 +1,7 @@
 //! The seam between pages and backend (ssr only). Server functions find the backend and the
 //! request's authenticated actor in Leptos context; the `server` crate implements the traits.
 use crate::account::{Actor, OneTimePassword, SessionInfo, SshKey};
+use crate::alerts::{Alert, AlertRuleForm, AlertsOverview};
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::error::AppError;
 use crate::fleet::{
@@ -505,6 +506,15 @@ pub trait Reclamation: Send + Sync + 'static {
     ) -> Result<(), AppError>;
 }
 
+/// Alerts and their rules: tenant admins for their tenant's VMs, fleet admins for everything.
+#[async_trait]
+pub trait Alerts: Send + Sync + 'static {
+    async fn overview(&self, req: &RequestCtx) -> Result<AlertsOverview, AppError>;
+    async fn for_vm(&self, req: &RequestCtx, host: Uuid, vm: Uuid) -> Result<Vec<Alert>, AppError>;
+    async fn add_rule(&self, req: &RequestCtx, form: AlertRuleForm) -> Result<Uuid, AppError>;
+    async fn remove_rule(&self, req: &RequestCtx, id: Uuid) -> Result<(), AppError>;
+}
+
 /// Everything the server functions reach, provided once per request through context.
 #[derive(Clone)]
 pub struct Backend {
@@ -522,6 +532,7 @@ pub struct Backend {
     pub notifications: Arc<dyn Notifications>,
     pub webhooks: Arc<dyn Webhooks>,
     pub reclamation: Arc<dyn Reclamation>,
+    pub alerts: Arc<dyn Alerts>,
 }
 
 pub fn backend() -> Result<Backend, AppError> {

@@ -73,6 +73,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/users") view=pages::users::UsersPage ssr=SsrMode::Async/>
                         <Route path=path!("/audit") view=pages::audit::AuditPage ssr=SsrMode::Async/>
                         <Route path=path!("/webhooks") view=pages::webhooks::WebhooksPage ssr=SsrMode::Async/>
+                        <Route path=path!("/alerts") view=pages::alerts::AlertsPage ssr=SsrMode::Async/>
                         <Route path=path!("/reclamation") view=pages::reclamation::ReclamationPage ssr=SsrMode::Async/>
                         <Route path=path!("/proposals") view=pages::reclamation::ProposalsPage ssr=SsrMode::Async/>
                         <Route path=path!("/hosts") view=pages::hosts::HostsPage ssr=SsrMode::Async/>

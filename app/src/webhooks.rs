@@ -10,7 +10,7 @@ use uuid::Uuid;
 /// The event types an endpoint can ask for, with how the form names them. The names are the
 /// payload's `type` and are stored (`webhook_endpoints.event_types`): they are the stable
 /// schema receivers rely on, so a rename is a breaking change.
-pub const EVENT_TYPES: [(&str, &str); 15] = [
+pub const EVENT_TYPES: [(&str, &str); 17] = [
     ("request.submitted", "A request was submitted"),
     ("request.awaiting_approval", "A request waits for approval"),
     ("request.approved", "A request was approved"),
@@ -20,6 +20,8 @@ pub const EVENT_TYPES: [(&str, &str); 15] = [
     ("request.expired", "A request expired undecided"),
     ("vm.lease_reminder", "A VM's lease ends soon"),
     ("vm.lease_expired", "A VM's lease ended (it was stopped)"),
+    ("alert.firing", "An alert fires"),
+    ("alert.resolved", "An alert resolves"),
     ("reclamation.proposed", "A rule proposes to reclaim a VM"),
     (
         "reclamation.done",

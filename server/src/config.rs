@@ -146,6 +146,10 @@ pub struct Config {
     )]
     pub mail_from: String,
 
+    /// Seconds between alert checks (thresholds, faults, anomalies).
+    #[arg(long, env = "CONCIERGE_ALERT_CHECK_SECONDS", default_value_t = 60)]
+    pub alert_check_seconds: u64,
+
     /// Seconds between reclamation checks (rules evaluated, due proposals carried out).
     #[arg(
         long,
@@ -300,6 +304,7 @@ impl Config {
             mail_from: "Concierge <concierge@localhost>".into(),
             webhooks_allow_private_networks: false,
             reclamation_check_seconds: 3600,
+            alert_check_seconds: 3600,
             webhook_retry_seconds: 10.0,
             crash_after: None,
             ssh_forward_address: "127.0.0.1".into(),

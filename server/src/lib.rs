@@ -1,5 +1,6 @@
 //! Concierge's backend: implements the `app` crate's seam and wires the HTTP server.
 pub mod accounts;
+pub mod alerts;
 pub mod bootstrap;
 pub mod catalog;
 pub mod config;

@@ -25,6 +25,7 @@ pub struct AppState {
     pub provisioner: Arc<crate::provisioning::provisioner::Provisioner>,
     pub leases: Arc<crate::provisioning::leases::Leases>,
     pub reclaimer: Arc<crate::reclamation::Reclaimer>,
+    pub alerter: Arc<crate::alerts::Alerter>,
     /// The image library's backend, also for housekeeping (abandoned uploads).
     pub images: Arc<crate::catalog::images::ImagesBackend>,
     pub live: crate::platform::live::Live,
@@ -103,6 +104,10 @@ impl AppState {
             hypervisors: hypervisors.clone(),
             queue: queue.clone(),
         });
+        let alerter = Arc::new(crate::alerts::Alerter {
+            pool: pool.clone(),
+            clock: clock.clone(),
+        });
         let live = crate::platform::live::Live::default();
         let images = Arc::new(crate::catalog::images::ImagesBackend {
             pool: pool.clone(),
@@ -114,6 +119,10 @@ impl AppState {
             ssh_keys: Arc::new(crate::accounts::ssh_keys::SshKeysBackend { pool: pool.clone() }),
             notifications: Arc::new(crate::notifications::NotificationsBackend {
                 pool: pool.clone(),
+            }),
+            alerts: Arc::new(crate::alerts::AlertsBackend {
+                pool: pool.clone(),
+                clock: clock.clone(),
             }),
             reclamation: Arc::new(crate::reclamation::ReclamationBackend {
                 pool: pool.clone(),
@@ -211,6 +220,7 @@ impl AppState {
             provisioner,
             leases,
             reclaimer,
+            alerter,
             images,
             live,
             replica,

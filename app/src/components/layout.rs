@@ -88,6 +88,7 @@ fn Nav(actor: Actor) -> impl IntoView {
             })}
             {sees_audit.then(|| view! {
                 <A href="/audit">"Audit"</A>
+                <A href="/alerts">"Alerts"</A>
                 <A href="/reclamation">"Reclamation"</A>
                 <A href="/webhooks">"Webhooks"</A>
             })}

@@ -254,6 +254,7 @@ fn VmView(
                 view! { <span class="muted">{format!("on {}", dom.host_name)}</span> }.into_any()
             }}
         </div>
+        <crate::pages::alerts::VmAlerts host=dom.host_id vm=dom.uuid/>
         {dom.missing.then(|| view! { <p class="notice warn">"This VM is no longer on its host; its record is kept."</p> })}
         {shutting_down.filter(|d| !d.is_empty()).map(|d| view! { <p class="notice" role="status">{d}</p> })}
         <section class="card">

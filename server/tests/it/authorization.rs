@@ -698,22 +698,37 @@ fn uuids_of(page: &Page<ManagedVm>) -> Vec<String> {
     page.items.iter().map(|vm| vm.uuid.to_string()).collect()
 }
 
+// One test per operation: every `check` starts a server per allowed role, and they all live
+// until the test ends (four checks in one test once exhausted PostgreSQL's connections).
+const SIGNED_IN: [Who; 4] = [RequesterA, RequesterB, TenantAdminA, FleetAdmin];
+
 #[tokio::test]
 async fn own_notifications_need_a_session() {
-    let signed_in = [RequesterA, RequesterB, TenantAdminA, FleetAdmin];
-    check("my_notifications", &signed_in, |_| {
+    check("my_notifications", &SIGNED_IN, |_| {
         args("my_notifications", &[])
     })
     .await;
-    check("unread_notifications", &signed_in, |_| {
+}
+
+#[tokio::test]
+async fn the_unread_count_needs_a_session() {
+    check("unread_notifications", &SIGNED_IN, |_| {
         args("unread_notifications", &[])
     })
     .await;
-    check("notification_preferences", &signed_in, |_| {
+}
+
+#[tokio::test]
+async fn notification_preferences_need_a_session() {
+    check("notification_preferences", &SIGNED_IN, |_| {
         args("notification_preferences", &[])
     })
     .await;
-    check("set_notification_preferences", &signed_in, |_| {
+}
+
+#[tokio::test]
+async fn setting_notification_preferences_needs_a_session() {
+    check("set_notification_preferences", &SIGNED_IN, |_| {
         args(
             "set_notification_preferences",
             &[("in_app[]", "lease_reminder".into())],

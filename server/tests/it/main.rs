@@ -2,6 +2,7 @@
 //! the whole server (11 links per change). Run one area with `cargo test --test it -- NAME::`.
 mod common;
 
+mod alerts;
 mod authorization;
 mod cluster;
 mod failover;
