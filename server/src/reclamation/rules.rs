@@ -198,28 +198,34 @@ pub async fn candidates(
         // Hourly buckets of the last `days` days, numbered back from now; a day is idle when
         // enough of its sampled hours are below every threshold, and a VM matches when each
         // of the days has samples and is idle.
+        // Hourly buckets of the last `days` days, in days counted back from now; a day is idle
+        // when enough of its sampled hours are below every threshold, and a VM matches when
+        // each of the days has samples and is idle. Straight off the buckets (tenant_id is on
+        // them), thresholds compared with sums (no division per row), days by `date_bin`
+        // (integer arithmetic): 7.2 million buckets in about 2.4 s here, see benchmarks.md.
         "idle" => format!(
-            "WITH vm AS ({VMS}),
-             hours AS (
-                SELECT r.subject, floor(extract(epoch FROM ($3 - r.bucket)) / 86400)::int AS day,
-                       r.cpu_sum / r.rate_n AS cpu,
-                       (coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0)) / r.rate_n / 1024 AS io,
-                       (coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0)) / r.rate_n / 1024 AS net
-                FROM metric_rollups r JOIN vm ON vm.uuid = r.subject
-                WHERE r.resolution = 3600 AND r.bucket >= $3 - make_interval(days => $4)
-                  AND r.bucket < $3 AND r.rate_n > 0),
-             days AS (
-                SELECT subject, day, avg(cpu) AS cpu, max(cpu) AS peak, avg(io) AS io, avg(net) AS net,
-                       count(*) FILTER (WHERE cpu < $5 AND io < $6 AND net < $7) * 100 >= count(*) * $8 AS idle
-                FROM hours GROUP BY subject, day)
-             SELECT vm.*, count(*) AS days_seen, count(*) FILTER (WHERE d.idle) AS idle_days,
-                    avg(d.cpu) AS cpu_mean, max(d.peak) AS cpu_peak, avg(d.io) AS io_mean_kbps,
-                    avg(d.net) AS net_mean_kbps, NULL::timestamptz AS off_since,
-                    array_agg(d.cpu::real ORDER BY d.day DESC) AS daily_cpu
-             FROM vm JOIN days d ON d.subject = vm.uuid
-             GROUP BY vm.uuid, vm.host_id, vm.tenant_id, vm.tenant_name, vm.name, vm.owner_id,
-                      vm.owner_email, vm.vcpus, vm.memory_mib, vm.disk_gib
-             HAVING count(*) FILTER (WHERE d.idle) >= $4
+            "WITH days AS (
+                SELECT r.subject, date_bin('1 day', r.bucket, $3) AS day,
+                       sum(r.cpu_sum) / sum(r.rate_n) AS cpu, max(r.cpu_sum / r.rate_n) AS peak,
+                       (sum(coalesce(r.rd_sum, 0)) + sum(coalesce(r.wr_sum, 0))) / sum(r.rate_n) / 1024 AS io,
+                       (sum(coalesce(r.rx_sum, 0)) + sum(coalesce(r.tx_sum, 0))) / sum(r.rate_n) / 1024 AS net,
+                       count(*) FILTER (WHERE r.cpu_sum < $5 * r.rate_n
+                           AND coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0) < $6 * 1024 * r.rate_n
+                           AND coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0) < $7 * 1024 * r.rate_n) * 100
+                         >= count(*) * $8 AS idle
+                FROM metric_rollups r
+                WHERE r.resolution = 3600 AND NOT r.is_host AND r.tenant_id = ANY($1) AND r.rate_n > 0
+                  AND r.bucket >= $3 - make_interval(days => $4) AND r.bucket < $3
+                GROUP BY 1, 2),
+             matched AS (
+                SELECT subject, count(*) AS days_seen, count(*) FILTER (WHERE idle) AS idle_days,
+                       avg(cpu) AS cpu_mean, max(peak) AS cpu_peak, avg(io) AS io_mean_kbps,
+                       avg(net) AS net_mean_kbps, array_agg(cpu::real ORDER BY day DESC) AS daily_cpu
+                FROM days GROUP BY subject HAVING count(*) FILTER (WHERE idle) >= $4),
+             vm AS ({VMS})
+             SELECT vm.*, m.days_seen, m.idle_days, m.cpu_mean, m.cpu_peak, m.io_mean_kbps, m.net_mean_kbps,
+                    NULL::timestamptz AS off_since, m.daily_cpu
+             FROM matched m JOIN vm ON vm.uuid = m.subject
              ORDER BY vm.tenant_name, vm.name"
         ),
         // Off now, and since the last time it was seen in any other state.
@@ -250,6 +256,12 @@ pub async fn candidates(
              ORDER BY vm.tenant_name, vm.name"
         ),
     };
+    if rule.kind == "idle" {
+        // The per-day groups of 10,000 VMs fit in memory instead of spilling to disk.
+        sqlx::query("SET LOCAL work_mem = '64MB'")
+            .execute(&mut **tx)
+            .await?;
+    }
     let mut found: Vec<Found> = sqlx::query_as(&sql)
         .bind(tenants)
         .bind(&rule.kind)
