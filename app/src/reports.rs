@@ -141,3 +141,41 @@ pub async fn add_rate_card(
             .await,
     )
 }
+
+/// How long a resource lasts at its trend (Theil–Sen on daily peaks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runway {
+    /// A tenant's, a host's name, or "Fleet".
+    pub subject: String,
+    pub resource: String,
+    pub unit: String,
+    /// The limit (quota, or capacity); 0 when none.
+    pub capacity: f64,
+    pub latest: f64,
+    pub slope_per_day: f64,
+    pub intercept: f64,
+    /// Days until the limit at the trend; `None`: not within a year (or no trend yet).
+    pub days: Option<f64>,
+    /// The 80 % range of that estimate.
+    pub days_low: Option<f64>,
+    pub days_high: Option<f64>,
+    /// Daily peaks (day number, value), oldest first.
+    pub points: Vec<(f64, f64)>,
+    /// Today's day number.
+    pub today: f64,
+    pub summary: String,
+}
+
+/// A tenant's quota runways, or with no tenant the fleet's and each host's (fleet admins).
+#[server(prefix = "/api", endpoint = "capacity_runway")]
+pub async fn capacity_runway(
+    #[server(default)] tenant_id: Option<Uuid>,
+) -> Result<Vec<Runway>, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .reports
+            .runways(&req, tenant_id)
+            .await,
+    )
+}

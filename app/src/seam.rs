@@ -16,7 +16,7 @@ use crate::provisioning::{
     VmFilter,
 };
 use crate::reclamation::{Preview, Proposal, ReclamationOverview, RuleForm};
-use crate::reports::{RateCard, RateCardForm, Report, ReportQuery};
+use crate::reports::{RateCard, RateCardForm, Report, ReportQuery, Runway};
 use crate::tenant::{
     JoinForm, Member, MyInvitation, NewInvitation, PendingInvitation, TenantSummary,
 };
@@ -462,6 +462,12 @@ pub trait Reports: Send + Sync + 'static {
         id: Uuid,
         valid_to: &str,
     ) -> Result<(), AppError>;
+    /// Capacity runway: a tenant's quotas, or the fleet and its hosts (`None`).
+    async fn runways(
+        &self,
+        req: &RequestCtx,
+        tenant: Option<Uuid>,
+    ) -> Result<Vec<Runway>, AppError>;
 }
 
 /// The signed-in user's own notifications and their preferences.

@@ -199,6 +199,7 @@ impl AppState {
             reports: Arc::new(crate::metering::reports::ReportsBackend {
                 pool: pool.clone(),
                 clock: clock.clone(),
+                vcpu_overcommit: config.vcpu_overcommit,
             }),
         };
         let leptos = LeptosOptions::builder()

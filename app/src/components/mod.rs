@@ -6,4 +6,5 @@ pub mod guard;
 pub mod layout;
 pub mod pager;
 pub mod quota;
+pub mod runway;
 pub mod timestamp;

@@ -38,6 +38,7 @@ fn DashboardContent() -> impl IntoView {
                 }
             })}
         </Transition>
+        <crate::components::runway::RunwaySection tenant=None/>
     }
 }
 

@@ -133,6 +133,7 @@ fn QuotasView(
             <h1>{format!("{}: quotas and approvals", q.tenant_name)}</h1>
             <a href=format!("/tenants/{tenant}")>"Members"</a>
         </div>
+        <crate::components::runway::RunwaySection tenant=Some(q.tenant_id)/>
         <div class="grid">
             <section class="card">
                 <h2>"Organisation quota"</h2>

@@ -21,6 +21,8 @@ pub const MAX_DAYS: i64 = 400;
 pub struct ReportsBackend {
     pub pool: PgPool,
     pub clock: Arc<dyn Clock>,
+    /// vCPUs per core the placement allows: the fleet's vCPU capacity for the runway.
+    pub vcpu_overcommit: f64,
 }
 
 /// The dates reports and rate cards accept: wide enough for any real period, narrow enough
@@ -313,6 +315,21 @@ impl TryFrom<&RateCardForm> for RateCardFields {
 
 #[async_trait]
 impl Reports for ReportsBackend {
+    async fn runways(
+        &self,
+        req: &RequestCtx,
+        tenant: Option<Uuid>,
+    ) -> Result<Vec<app::reports::Runway>, AppError> {
+        crate::metering::forecast::runways(
+            &self.pool,
+            &self.clock,
+            self.vcpu_overcommit,
+            req,
+            tenant,
+        )
+        .await
+    }
+
     #[tracing::instrument(skip_all)]
     async fn report(&self, req: &RequestCtx, q: ReportQuery) -> Result<Report, AppError> {
         seam(async move {

@@ -581,3 +581,99 @@ async fn a_rate_card_can_be_ended_and_the_page_knows_which_cards_are_in_force() 
         .iter()
         .any(|x| x == "rate_card.end"));
 }
+
+/// Capacity runway from simulated usage (hourly usage rows for 60 days): a tenant growing
+/// half a vCPU a day towards a 100-vCPU quota runs out in about 121 days (±5 %); a flat one
+/// does not within a year; only the tenant's managers and admins (and fleet admins) see it.
+#[tokio::test]
+async fn capacity_runway_follows_the_trend_of_daily_peaks() {
+    use app::reports::Runway;
+    use concierge::platform::clock::Clock;
+    let app = spawn_app().await;
+    let fleet = app.fleet_admin().await;
+    let growing = app.tenant("Growing").await;
+    let flat = app.tenant("Flat").await;
+    let (_, manager) = app
+        .signed_in("mia@example.com", Some((growing, "manager")))
+        .await;
+    let (_, requester) = app
+        .signed_in("rob@example.com", Some((growing, "requester")))
+        .await;
+    for t in [growing, flat] {
+        fleet
+            .call(
+                "set_quota",
+                &[
+                    ("tenant_id", &t.to_string()),
+                    ("vcpus", "100"),
+                    ("memory_gib", "1000"),
+                    ("disk_gib", "10000"),
+                    ("vms", "100"),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let now = app.clock.now();
+    sqlx::query(
+        "INSERT INTO usage_hourly (vm_uuid, hour, tenant_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
+         SELECT v, h, t, CASE WHEN t = $2 THEN 10 + 0.5 * floor(extract(epoch FROM h - ($1::timestamptz - interval '60 days')) / 86400)
+                              ELSE 20 + (extract(hour FROM h)::int % 2) END, 4, 20, 1
+         FROM (VALUES ($2::uuid, gen_random_uuid()), ($3::uuid, gen_random_uuid())) AS x(t, v),
+              generate_series(date_trunc('hour', $1::timestamptz) - interval '60 days',
+                              date_trunc('hour', $1::timestamptz) - interval '1 hour', interval '1 hour') h",
+    )
+    .bind(now)
+    .bind(growing)
+    .bind(flat)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let rs: Vec<Runway> = manager
+        .call_as("capacity_runway", &[("tenant_id", &growing.to_string())])
+        .await
+        .unwrap();
+    let vcpus = rs.iter().find(|r| r.resource == "vCPUs").unwrap();
+    let days = vcpus.days.expect("a runway");
+    assert!(
+        (days - 121.0).abs() <= 121.0 * 0.05,
+        "{days}: {}",
+        vcpus.summary
+    );
+    assert!(vcpus.days_low.unwrap() <= days && days <= vcpus.days_high.unwrap());
+    assert!(
+        vcpus.summary.starts_with("Runs out in about"),
+        "{}",
+        vcpus.summary
+    );
+    let memory = rs.iter().find(|r| r.resource == "memory").unwrap();
+    assert!(memory.days.is_none() && memory.summary.starts_with("No exhaustion within a year"));
+    let rs: Vec<Runway> = fleet
+        .call_as("capacity_runway", &[("tenant_id", &flat.to_string())])
+        .await
+        .unwrap();
+    assert!(rs.iter().all(|r| r.days.is_none()), "{rs:?}");
+    assert!(
+        rs[0].summary.starts_with("No exhaustion within a year"),
+        "{}",
+        rs[0].summary
+    );
+    // Requesters read no reports; the fleet's runway is the fleet admins'.
+    assert!(matches!(
+        requester
+            .call("capacity_runway", &[("tenant_id", &growing.to_string())])
+            .await,
+        Err((403, _))
+    ));
+    assert!(matches!(
+        manager.call("capacity_runway", &[]).await,
+        Err((403, _))
+    ));
+    let fleet_rs: Vec<Runway> = fleet.call_as("capacity_runway", &[]).await.unwrap();
+    let allocated = fleet_rs
+        .iter()
+        .find(|r| r.resource.starts_with("vCPUs allocated"))
+        .unwrap();
+    assert!(allocated.points.len() >= 60, "{allocated:?}");
+    assert!((allocated.slope_per_day - 0.5).abs() < 0.01);
+}
