@@ -66,3 +66,45 @@ test('a fleet admin adds a webhook endpoint, tests it and reads its delivery log
     await browser.close();
   }
 });
+
+test('a fleet admin adds an alert rule and reads the capacity runway', async () => {
+  const browser = await launch();
+  try {
+    const page = await adminPage(browser);
+    await goto(page, '/alerts');
+    await page.getByRole('heading', { name: 'Alerts', level: 1 }).waitFor();
+    // A threshold out of range is refused next to its field.
+    await page.fill('#alert-name', 'CPU saturated');
+    await page.fill('#alert-threshold', '150');
+    await page.fill('#alert-for', '10');
+    await page.getByRole('button', { name: 'Add rule' }).click();
+    await page.locator('#threshold-error').getByText('percentage from 0 to 100').waitFor();
+    await page.fill('#alert-threshold', '90');
+    await page.selectOption('#alert-severity', 'critical');
+    await page.getByRole('button', { name: 'Add rule' }).click();
+    const row = page.locator('#alert-rules tr', { hasText: 'CPU saturated' });
+    await row.getByText('vm cpu above 90 % for 10 min (critical)').waitFor();
+    await shot(page, 'alerts');
+    const violations = await axeViolations(page);
+    assert.deepEqual(violations, [], JSON.stringify(violations, null, 2));
+
+    await goto(page, '/dashboard');
+    await page.getByRole('heading', { name: 'Capacity runway' }).waitFor();
+    await page.locator('#runway .runway').first().waitFor();
+    await shot(page, 'dashboard-runway');
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    for (const [path, name] of [['/alerts', 'alerts-phone'], ['/dashboard', 'dashboard-phone']]) {
+      await goto(page, path);
+      const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+      assert.ok(wide <= 390, `${path} is ${wide} px wide on a 390 px phone`);
+      await shot(page, name);
+    }
+    await goto(page, '/alerts');
+    await page.locator('#alert-rules tr', { hasText: 'CPU saturated' }).getByRole('button', { name: 'Remove the rule CPU saturated' }).click();
+    await page.locator('#alert-rules tr', { hasText: 'CPU saturated' }).waitFor({ state: 'detached' });
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await browser.close();
+  }
+});
