@@ -291,7 +291,7 @@ impl Alerts for AlertsBackend {
             .fetch_all(&mut *tx)
             .await?;
             if all {
-                scopes.push(("fleet".into(), "Fleet-wide (every VM, or hosts)".into()));
+                scopes.push(("fleet".into(), "Fleet-wide".into()));
             }
             scopes.extend(names.into_iter().map(|(id, n)| (id.to_string(), n)));
             let rules: Vec<(Uuid, Option<String>, String, String, String, bool, f64, i32, String)> = sqlx::query_as(
