@@ -582,3 +582,42 @@ pub async fn vm_charts(
             .await,
     )
 }
+
+/// One host's allocated memory as a share of its own, now and after the advised moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostBalance {
+    pub id: Uuid,
+    pub name: String,
+    pub before_pct: f64,
+    pub after_pct: f64,
+}
+
+/// One advised move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveAdvice {
+    pub vm: Uuid,
+    pub vm_name: String,
+    pub from_id: Uuid,
+    pub from: String,
+    pub to: String,
+    pub memory_mib: i64,
+    pub vcpus: i32,
+}
+
+/// Rebalancing advice: the moves that even out the hosts' memory, and their effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rebalancing {
+    pub mean_pct: f64,
+    pub margin_pct: f64,
+    pub hosts: Vec<HostBalance>,
+    pub moves: Vec<MoveAdvice>,
+    /// Fullest minus emptiest host, in points, now and after the moves.
+    pub spread_before: f64,
+    pub spread_after: f64,
+}
+
+#[server(prefix = "/api", endpoint = "rebalance_advice")]
+pub async fn rebalance_advice() -> Result<Rebalancing, AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(crate::seam::backend()?.fleet.rebalance(&req).await)
+}

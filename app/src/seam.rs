@@ -241,6 +241,8 @@ pub trait AuditTrail: Send + Sync + 'static {
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError>;
+    /// Which VMs moved where would even out the hosts (fleet admins).
+    async fn rebalance(&self, req: &RequestCtx) -> Result<crate::fleet::Rebalancing, AppError>;
     async fn host_page(
         &self,
         req: &RequestCtx,

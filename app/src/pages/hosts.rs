@@ -162,6 +162,62 @@ fn HostsContent() -> impl IntoView {
                 </button>
             </ActionForm>
         </section>
+        <RebalanceSection/>
+    }
+}
+
+/// Rebalancing advice: the hosts' memory shares now and after the advised moves.
+#[component]
+fn RebalanceSection() -> impl IntoView {
+    let advice = Resource::new(|| (), |_| crate::fleet::rebalance_advice());
+    view! {
+        <section class="card" aria-labelledby="rebalance-title" id="rebalance">
+            <h2 id="rebalance-title">"Rebalancing advice"</h2>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match advice.await {
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                        Ok(a) => view! {
+                            <p class="muted small">{format!(
+                                "Memory allocated is {:.0} % of the fleet's on average; hosts more than {:.0} points above it are worth unloading. Moves keep each VM's template image, pool space, memory and vCPU overcommit. Advice only: moving a VM (stop, copy its disk, define and start it on the other host) is not built yet.",
+                                a.mean_pct, a.margin_pct)}</p>
+                            {if a.moves.is_empty() {
+                                view! { <p class="empty">{format!("Nothing to move: the hosts are within {:.0} points of each other.", a.spread_before)}</p> }.into_any()
+                            } else {
+                                view! {
+                                    <p>{format!("{} move{} would narrow the gap between the fullest and the emptiest host from {:.0} to {:.0} points:", a.moves.len(), if a.moves.len() == 1 { "" } else { "s" }, a.spread_before, a.spread_after)}</p>
+                                    <table class="table" id="rebalance-moves">
+                                        <thead><tr><th>"VM"</th><th>"From"</th><th>"To"</th><th>"Size"</th></tr></thead>
+                                        <tbody>
+                                            {a.moves.into_iter().map(|m| view! {
+                                                <tr>
+                                                    <td data-label="VM"><a href=format!("/vms/{}/{}", m.from_id, m.vm)>{m.vm_name}</a></td>
+                                                    <td data-label="From">{m.from}</td>
+                                                    <td data-label="To">{m.to}</td>
+                                                    <td data-label="Size">{format!("{} vCPU, {:.1} GiB", m.vcpus, m.memory_mib as f64 / 1024.0)}</td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                }.into_any()
+                            }}
+                            <table class="table compact" id="rebalance-hosts">
+                                <thead><tr><th>"Host"</th><th>"Memory allocated now"</th><th>"After the moves"</th></tr></thead>
+                                <tbody>
+                                    {a.hosts.into_iter().map(|h| view! {
+                                        <tr>
+                                            <td data-label="Host"><a href=format!("/hosts/{}", h.id)>{h.name}</a></td>
+                                            <td data-label="Now">{format!("{:.0} %", h.before_pct)}</td>
+                                            <td data-label="After">{format!("{:.0} %", h.after_pct)}</td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
     }
 }
 

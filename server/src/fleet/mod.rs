@@ -7,10 +7,13 @@ pub mod consoles;
 mod dashboard;
 mod hosts;
 mod pools;
+pub mod rebalance;
 mod vms;
 use crate::accounts::AccountsBackend;
 use crate::hypervisor::Hypervisors;
 use crate::metering::metrics::Range;
+use crate::platform::db::{self, Scope};
+use crate::platform::error::seam;
 use app::error::AppError;
 use app::fleet::{
     ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostForm, HostSummary,
@@ -69,6 +72,10 @@ impl FleetBackend {
 
 #[async_trait]
 impl Fleet for FleetBackend {
+    async fn rebalance(&self, req: &RequestCtx) -> Result<app::fleet::Rebalancing, AppError> {
+        seam(rebalance_advice(self, req)).await
+    }
+
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError> {
         Ok(hosts::hosts(self, req).await?)
     }
@@ -233,6 +240,142 @@ impl Fleet for FleetBackend {
     async fn drift(&self, req: &RequestCtx, place: Place) -> Result<Page<DomainSummary>, AppError> {
         Ok(dashboard::drift(self, req, place).await?)
     }
+}
+
+/// Points above the fleet's mean share of memory that make a host worth unloading.
+const REBALANCE_MARGIN: f64 = 0.10;
+
+async fn rebalance_advice(
+    b: &FleetBackend,
+    req: &RequestCtx,
+) -> crate::platform::error::Result<app::fleet::Rebalancing> {
+    req.fleet_admin()?;
+    let mut tx = db::begin(&b.pool, Scope::fleet()).await?;
+    // Allocation as placement counts it: domains not off on connected, schedulable hosts.
+    let hosts: Vec<(Uuid, String, f64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT h.id, h.name, h.memory_kib / 1024.0::float8, coalesce(sum(d.memory_kib), 0) / 1024.0::float8,
+                coalesce(h.cpus, 0) * $1::float8, coalesce(sum(d.vcpus), 0)::float8
+         FROM hosts h LEFT JOIN domains d ON d.host_id = h.id AND d.missing_since IS NULL
+              AND d.state NOT IN ('shutoff', 'crashed')
+         WHERE h.state = 'connected' AND h.schedulable AND NOT h.maintenance AND h.memory_kib > 0
+         GROUP BY h.id ORDER BY h.name",
+    )
+    .bind(b.vcpu_overcommit)
+    .fetch_all(&mut *tx)
+    .await?;
+    #[derive(sqlx::FromRow)]
+    struct VmRow {
+        uuid: Uuid,
+        name: String,
+        host_id: Uuid,
+        vcpus: f64,
+        memory_mib: f64,
+        disk_gib: f64,
+        image_hosts: Vec<Uuid>,
+        free_gib: Vec<f64>,
+    }
+    let vms: Vec<VmRow> = sqlx::query_as(
+        "SELECT v.uuid, v.name, v.host_id, v.vcpus::float8 AS vcpus, v.memory_mib::float8 AS memory_mib,
+                v.disk_gib::float8 AS disk_gib, array_agg(ti.host_id ORDER BY ti.host_id) AS image_hosts,
+                array_agg(coalesce(sp.available, 0) / 1073741824.0::float8 ORDER BY ti.host_id) AS free_gib
+         FROM vms v JOIN template_images ti ON ti.template_id = v.template_id
+         LEFT JOIN storage_pools sp ON sp.host_id = ti.host_id AND sp.name = ti.pool
+         WHERE v.deleted_at IS NULL AND v.phase = 'running' AND v.host_id IS NOT NULL
+         GROUP BY v.uuid ORDER BY v.name",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    db::done(tx);
+    let hosts: Vec<rebalance::Host> = hosts
+        .into_iter()
+        .map(
+            |(id, name, memory_mib, used_mib, vcpu_capacity, vcpus)| rebalance::Host {
+                id,
+                name,
+                memory_mib,
+                used_mib,
+                vcpu_capacity,
+                vcpus,
+            },
+        )
+        .collect();
+    let vms: Vec<rebalance::Vm> = vms
+        .into_iter()
+        .map(|v| rebalance::Vm {
+            id: v.uuid,
+            name: v.name,
+            host: v.host_id,
+            vcpus: v.vcpus,
+            memory_mib: v.memory_mib,
+            disk_gib: v.disk_gib,
+            targets: v.image_hosts.into_iter().zip(v.free_gib).collect(),
+        })
+        .collect();
+    let total: f64 = hosts.iter().map(|h| h.memory_mib).sum();
+    let used: f64 = hosts.iter().map(|h| h.used_mib).sum();
+    let (moves, after) = rebalance::plan(hosts.clone(), vms.clone(), REBALANCE_MARGIN, 20);
+    let pct = |h: &rebalance::Host| {
+        if h.memory_mib > 0.0 {
+            h.used_mib / h.memory_mib * 100.0
+        } else {
+            0.0
+        }
+    };
+    let spread = |hs: &[rebalance::Host]| {
+        let loads: Vec<f64> = hs.iter().map(pct).collect();
+        loads.iter().copied().fold(0.0, f64::max)
+            - loads.iter().copied().fold(f64::MAX, f64::min).min(100.0)
+    };
+    let name_of = |id: Uuid| {
+        hosts
+            .iter()
+            .find(|h| h.id == id)
+            .map(|h| h.name.clone())
+            .unwrap_or_default()
+    };
+    Ok(app::fleet::Rebalancing {
+        mean_pct: if total > 0.0 {
+            used / total * 100.0
+        } else {
+            0.0
+        },
+        margin_pct: REBALANCE_MARGIN * 100.0,
+        spread_before: if hosts.is_empty() {
+            0.0
+        } else {
+            spread(&hosts)
+        },
+        spread_after: if after.is_empty() {
+            0.0
+        } else {
+            spread(&after)
+        },
+        hosts: hosts
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| app::fleet::HostBalance {
+                id: b.id,
+                name: b.name.clone(),
+                before_pct: pct(b),
+                after_pct: pct(a),
+            })
+            .collect(),
+        moves: moves
+            .into_iter()
+            .filter_map(|m| {
+                let vm = vms.iter().find(|v| v.id == m.vm)?;
+                Some(app::fleet::MoveAdvice {
+                    vm: m.vm,
+                    vm_name: vm.name.clone(),
+                    from_id: m.from,
+                    from: name_of(m.from),
+                    to: name_of(m.to),
+                    memory_mib: vm.memory_mib as i64,
+                    vcpus: vm.vcpus as i32,
+                })
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

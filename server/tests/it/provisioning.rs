@@ -2293,3 +2293,21 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Rebalancing advice is the fleet admins': it reads the real allocation (one host here, so
+/// nothing to move) and is refused to everyone else.
+#[tokio::test]
+async fn rebalancing_advice_is_for_fleet_admins() {
+    let w = world().await;
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    let a: app::fleet::Rebalancing = w.fleet.call_as("rebalance_advice", &[]).await.unwrap();
+    assert_eq!(a.hosts.len(), 1, "{a:?}");
+    assert!(a.moves.is_empty());
+    assert!(matches!(
+        boss.call("rebalance_advice", &[]).await,
+        Err((403, _))
+    ));
+}
