@@ -206,7 +206,9 @@ fn RebalanceSection() -> impl IntoView {
                                 <tbody>
                                     {a.hosts.into_iter().map(|h| view! {
                                         <tr>
-                                            <td data-label="Host"><a href=format!("/hosts/{}", h.id)>{h.name}</a></td>
+                                            // Plain text: the list above links each host once (a second link of
+                                            // the same name would make "the host's link" ambiguous).
+                                            <td data-label="Host">{h.name}</td>
                                             <td data-label="Now">{format!("{:.0} %", h.before_pct)}</td>
                                             <td data-label="After">{format!("{:.0} %", h.after_pct)}</td>
                                         </tr>
