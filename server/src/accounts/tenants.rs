@@ -356,3 +356,15 @@ impl Tenants for TenantsBackend {
         .await
     }
 }
+
+/// The active tenants a page offers as a choice: every one for fleet admins (`all`), else
+/// those of `ids` (the ones the actor administers), by name.
+pub async fn choosable(tx: &mut db::Tx, all: bool, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, name FROM tenants WHERE suspended_at IS NULL AND ($1 OR id = ANY($2)) ORDER BY name",
+    )
+    .bind(all)
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?)
+}

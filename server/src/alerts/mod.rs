@@ -283,13 +283,7 @@ impl Alerts for AlertsBackend {
             let all = actor.fleet_admin;
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             let mut scopes: Vec<(String, String)> = Vec::new();
-            let names: Vec<(Uuid, String)> = sqlx::query_as(
-                "SELECT id, name FROM tenants WHERE suspended_at IS NULL AND ($1 OR id = ANY($2)) ORDER BY name",
-            )
-            .bind(all)
-            .bind(&tenants)
-            .fetch_all(&mut *tx)
-            .await?;
+            let names = crate::accounts::tenants::choosable(&mut tx, all, &tenants).await?;
             if all {
                 scopes.push(("fleet".into(), "Fleet-wide".into()));
             }

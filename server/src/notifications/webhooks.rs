@@ -526,11 +526,7 @@ impl Webhooks for WebhooksBackend {
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             if actor.fleet_admin {
                 // Fleet admins manage any tenant's endpoints, not only where they are members.
-                let every: Vec<(Uuid, String)> = sqlx::query_as(
-                    "SELECT id, name FROM tenants WHERE suspended_at IS NULL ORDER BY name",
-                )
-                .fetch_all(&mut *tx)
-                .await?;
+                let every = crate::accounts::tenants::choosable(&mut tx, true, &[]).await?;
                 scopes.truncate(1);
                 scopes.extend(every.into_iter().map(|(id, name)| WebhookScope {
                     tenant_id: Some(id),

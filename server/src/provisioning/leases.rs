@@ -280,7 +280,7 @@ struct LeaseEnd {
 }
 
 /// The VM's page, or the list when it has no host (yet).
-fn vm_link(host: Option<Uuid>, uuid: Uuid) -> String {
+pub(crate) fn vm_link(host: Option<Uuid>, uuid: Uuid) -> String {
     match host {
         Some(h) => format!("/vms/{h}/{uuid}"),
         None => "/vms".into(),

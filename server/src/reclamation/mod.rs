@@ -14,6 +14,7 @@ use crate::platform::clock::Clock;
 use crate::platform::db::{self, Scope, Tx};
 use crate::platform::error::{seam, Result};
 use crate::platform::jobs::{self, Queue};
+use crate::provisioning::leases::vm_link;
 use app::account::Actor;
 use app::error::AppError;
 use app::notifications::NotificationKind;
@@ -33,16 +34,9 @@ use uuid::Uuid;
 /// How long "keep" keeps a kind of rule off a VM.
 pub const KEEP_DAYS: i64 = 90;
 
-fn vm_link(host: Option<Uuid>, vm: Uuid) -> String {
-    match host {
-        Some(h) => format!("/vms/{h}/{vm}"),
-        None => "/vms".into(),
-    }
-}
-
-fn evidence(found: &Found, rule: &Rule, now: OffsetDateTime) -> serde_json::Value {
+fn evidence(found: &Found, figures: &[Figure], rule: &Rule) -> serde_json::Value {
     json!({
-        "figures": found.figures(rule, now).iter().map(|f| json!([f.label, f.value])).collect::<Vec<_>>(),
+        "figures": figures.iter().map(|f| json!([f.label, f.value])).collect::<Vec<_>>(),
         "daily_cpu": found.daily_cpu.clone().unwrap_or_default(),
         "rule": { "days": rule.days, "cpu_pct": rule.cpu_pct, "io_kbps": rule.io_kbps,
                   "net_kbps": rule.net_kbps, "share_pct": rule.share_pct },
@@ -206,7 +200,8 @@ impl Reclaimer {
 /// the tenant's admins) and the tenant's webhooks. True when it is new.
 async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -> Result<bool> {
     let respond_by = now + time::Duration::days(i64::from(rule.response_days));
-    let ev = evidence(found, rule, now);
+    let figures = found.figures(rule, now);
+    let ev = evidence(found, &figures, rule);
     let id: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO reclamation_proposals (tenant_id, vm_uuid, kind, action, evidence, vcpus, memory_mib,
                                             disk_gib, created_at, respond_by)
@@ -253,8 +248,7 @@ async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -
         "{} will be {verb} on {} unless you keep it (with a reason) or accept now. {}",
         found.name,
         respond_by.date(),
-        found
-            .figures(rule, now)
+        figures
             .iter()
             .map(|f| format!("{}: {}", f.label, f.value))
             .collect::<Vec<_>>()
@@ -520,11 +514,7 @@ impl Reclamation for ReclamationBackend {
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             if all {
                 // Fleet admins set rules for any tenant, not only those they are members of.
-                let every: Vec<(Uuid, String)> = sqlx::query_as(
-                    "SELECT id, name FROM tenants WHERE suspended_at IS NULL ORDER BY name",
-                )
-                .fetch_all(&mut *tx)
-                .await?;
+                let every = crate::accounts::tenants::choosable(&mut tx, true, &[]).await?;
                 scopes.truncate(1);
                 scopes.extend(every.into_iter().map(|(id, name)| (id.to_string(), name)));
             }
