@@ -1,4 +1,4 @@
-//! Reclamation: rules that find idle, long powered-off and orphaned VMs (per tenant, with
+//! Reclamation: rules that find idle, oversized, long powered-off and orphaned VMs (per tenant, with
 //! fleet defaults), a dry-run preview with the evidence, proposals the owner answers (keep
 //! with a reason, or accept), the tenant's action after the response window, and a report of
 //! what was reclaimed.
@@ -9,14 +9,32 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// The rule kinds, stored in `reclamation_rules.kind`, with how the page names them.
-pub const RULE_KINDS: [(&str, &str); 3] = [
+pub const RULE_KINDS: [(&str, &str); 4] = [
     ("idle", "Idle: CPU, disk and network below thresholds"),
+    (
+        "oversized",
+        "Oversized: CPU and memory peaks well below the size",
+    ),
     ("powered_off", "Powered off for days"),
     ("orphaned", "Orphaned: the owner left the tenant"),
 ];
 
 /// What happens when the owner does not answer in time (or accepts).
-pub const ACTIONS: [(&str, &str); 2] = [("stop", "Stop the VM"), ("delete", "Delete the VM")];
+/// Oversized VMs are shrunk (only); the other kinds stop or delete.
+pub const ACTIONS: [(&str, &str); 3] = [
+    ("stop", "Stop the VM"),
+    ("delete", "Delete the VM"),
+    ("shrink", "Shrink it at its next stop (oversized)"),
+];
+
+/// How a proposal's action reads in a sentence: "stopped", "deleted", "shrunk".
+pub fn action_done(action: &str) -> &'static str {
+    match action {
+        "delete" => "deleted",
+        "shrink" => "shrunk",
+        _ => "stopped",
+    }
+}
 
 pub fn kind_label(kind: &str) -> &'static str {
     RULE_KINDS
@@ -34,8 +52,11 @@ pub struct RuleForm {
     pub kind: String,
     /// Over how many days (idle) or for how many days (powered off).
     pub days: String,
-    /// Idle: CPU below this percent of the VM's vCPUs...
+    /// Idle: CPU below this percent of the VM's vCPUs...; oversized: its 95th percentile.
     pub cpu_pct: String,
+    /// Oversized: the 95th percentile of memory in use below this percent of the VM's memory.
+    #[serde(default)]
+    pub mem_pct: String,
     /// ...disk reads + writes below this many KiB/s...
     pub io_kbps: String,
     /// ...network in + out below this many KiB/s...
@@ -60,6 +81,7 @@ pub struct Rule {
     pub enabled: bool,
     pub days: i32,
     pub cpu_pct: f32,
+    pub mem_pct: f32,
     pub io_kbps: f32,
     pub net_kbps: f32,
     pub share_pct: i32,
@@ -100,7 +122,7 @@ pub struct Proposal {
     pub action: String,
     pub figures: Vec<Figure>,
     pub daily_cpu: Vec<f32>,
-    /// open, kept, accepted, done, dropped.
+    /// open, kept, waiting (a shrink waiting for the VM's next stop), done, dropped.
     pub state: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -116,9 +138,14 @@ pub struct ReclaimedMonth {
     pub month: String,
     pub tenant_name: String,
     pub vms: i64,
+    /// Freed: a stop frees vCPUs and memory, a shrink the difference, a delete everything.
     pub vcpus: i64,
     pub memory_mib: i64,
     pub disk_gib: i64,
+    /// What the freed allocation costs a month (730 hours) at the rate card of the day it was
+    /// freed; `None` without a rate card.
+    pub monthly_cost: Option<f64>,
+    pub currency: Option<String>,
 }
 
 /// A dry run: the rule as understood (blanks filled with defaults), and what it matches now.
@@ -153,6 +180,7 @@ pub async fn preview_reclamation_rule(
     #[server(default)] kind: String,
     #[server(default)] days: String,
     #[server(default)] cpu_pct: String,
+    #[server(default)] mem_pct: String,
     #[server(default)] io_kbps: String,
     #[server(default)] net_kbps: String,
     #[server(default)] share_pct: String,
@@ -166,6 +194,7 @@ pub async fn preview_reclamation_rule(
         kind,
         days,
         cpu_pct,
+        mem_pct,
         io_kbps,
         net_kbps,
         share_pct,
@@ -188,6 +217,7 @@ pub async fn save_reclamation_rule(
     #[server(default)] kind: String,
     #[server(default)] days: String,
     #[server(default)] cpu_pct: String,
+    #[server(default)] mem_pct: String,
     #[server(default)] io_kbps: String,
     #[server(default)] net_kbps: String,
     #[server(default)] share_pct: String,
@@ -201,6 +231,7 @@ pub async fn save_reclamation_rule(
         kind,
         days,
         cpu_pct,
+        mem_pct,
         io_kbps,
         net_kbps,
         share_pct,

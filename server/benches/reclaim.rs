@@ -164,6 +164,7 @@ async fn run(url: &str) -> anyhow::Result<()> {
         enabled: true,
         days: DAYS,
         cpu_pct: 5.0,
+        mem_pct: 50.0,
         io_kbps: 100.0,
         net_kbps: 20.0,
         share_pct: 90,

@@ -75,7 +75,7 @@ fn ReclamationContent() -> impl IntoView {
     view! {
         <h1>"Reclamation"</h1>
         <p class="hint">
-            "Rules find VMs that are idle, long powered off, or whose owner left. Try a rule first: the dry run lists what it would propose now, with the evidence. "
+            "Rules find VMs that are idle, oversized (shrunk to a smaller size of their template at their next stop), long powered off, or whose owner left. Try a rule first: the dry run lists what it would propose now, with the evidence. "
             "An enabled rule proposes; the owner keeps the VM (with a reason) or accepts; without an answer the rule's action happens when the response window ends."
         </p>
         <Suspense fallback=|| view! { <p>"Loading…"</p> }>
@@ -104,16 +104,19 @@ fn ReclamationContent() -> impl IntoView {
                                             </select>
                                             <FieldMessage error=preview_error field="kind"/>
                                         </div>
-                                        <Field id="rule-days" label="Days" name="days" mode="numeric" placeholder="14 (idle), 30 (powered off)" error=preview_error/>
-                                        <Field id="rule-cpu" label="Idle: CPU below (% of its vCPUs)" name="cpu_pct" mode="decimal" placeholder="5" error=preview_error/>
+                                        <Field id="rule-days" label="Days" name="days" mode="numeric" placeholder="14 (idle, oversized), 30 (powered off)" error=preview_error/>
+                                        <Field id="rule-cpu" label="Idle: CPU below (% of its vCPUs); oversized: its 95th percentile below" name="cpu_pct" mode="decimal" placeholder="5 (idle), 25 (oversized)" error=preview_error/>
+                                        <Field id="rule-mem" label="Oversized: memory in use, 95th percentile, below (% of its memory)" name="mem_pct" mode="decimal" placeholder="50" error=preview_error/>
                                         <Field id="rule-io" label="Idle: disk below (KiB/s)" name="io_kbps" mode="decimal" placeholder="100" error=preview_error/>
                                         <Field id="rule-net" label="Idle: network below (KiB/s)" name="net_kbps" mode="decimal" placeholder="20" error=preview_error/>
                                         <Field id="rule-share" label="Idle: share of each day's hours (%)" name="share_pct" mode="numeric" placeholder="90" error=preview_error/>
                                         <div>
                                             <label for="rule-action">"Without an answer"</label>
-                                            <select id="rule-action" name="action">
+                                            <select id="rule-action" name="action" aria-describedby="action-error">
+                                                <option value="">"Stop (shrink when oversized)"</option>
                                                 {ACTIONS.into_iter().map(|(v, n)| view! { <option value=v>{n}</option> }).collect_view()}
                                             </select>
+                                            <FieldMessage error=preview_error field="action"/>
                                         </div>
                                         <Field id="rule-response" label="Days to answer" name="response_days" mode="numeric" placeholder="7" error=preview_error/>
                                     </div>
@@ -136,6 +139,7 @@ fn ReclamationContent() -> impl IntoView {
                                                 <input type="hidden" name="kind" value=r.kind.clone()/>
                                                 <input type="hidden" name="days" value=r.days.clone()/>
                                                 <input type="hidden" name="cpu_pct" value=r.cpu_pct.clone()/>
+                                                <input type="hidden" name="mem_pct" value=r.mem_pct.clone()/>
                                                 <input type="hidden" name="io_kbps" value=r.io_kbps.clone()/>
                                                 <input type="hidden" name="net_kbps" value=r.net_kbps.clone()/>
                                                 <input type="hidden" name="share_pct" value=r.share_pct.clone()/>
@@ -161,6 +165,7 @@ fn ReclamationContent() -> impl IntoView {
                                                 {o.rules.into_iter().map(|r| {
                                                     let thresholds = match r.kind.as_str() {
                                                         "idle" => format!("{} days; CPU < {} %, disk < {} KiB/s, network < {} KiB/s for {} % of each day", r.days, r.cpu_pct, r.io_kbps, r.net_kbps, r.share_pct),
+                                                        "oversized" => format!("{} days; 95th percentile of CPU < {} %, of memory in use < {} %", r.days, r.cpu_pct, r.mem_pct),
                                                         "powered_off" => format!("off for {} days", r.days),
                                                         _ => "owner not a member".into(),
                                                     };
@@ -209,7 +214,7 @@ fn ReclamationContent() -> impl IntoView {
                                 } else {
                                     view! {
                                         <table class="table" id="reclaimed">
-                                            <thead><tr><th>"Month"</th><th>"Tenant"</th><th>"VMs"</th><th>"vCPUs"</th><th>"Memory"</th><th>"Disk"</th></tr></thead>
+                                            <thead><tr><th>"Month"</th><th>"Tenant"</th><th>"VMs"</th><th>"vCPUs"</th><th>"Memory"</th><th>"Disk"</th><th>"Cost a month"</th></tr></thead>
                                             <tbody>
                                                 {o.report.into_iter().map(|m| view! {
                                                     <tr>
@@ -219,6 +224,10 @@ fn ReclamationContent() -> impl IntoView {
                                                         <td data-label="vCPUs">{m.vcpus}</td>
                                                         <td data-label="Memory">{format!("{:.1} GiB", m.memory_mib as f64 / 1024.0)}</td>
                                                         <td data-label="Disk">{format!("{} GiB", m.disk_gib)}</td>
+                                                        <td data-label="Cost a month">{match m.monthly_cost {
+                                                            Some(c) => format!("{c:.2} {}", m.currency.unwrap_or_default()),
+                                                            None => "no rate card".into(),
+                                                        }}</td>
                                                     </tr>
                                                 }).collect_view()}
                                             </tbody>
@@ -317,10 +326,10 @@ fn ProposalCard(p: Proposal, answer: ServerAction<AnswerReclamationProposal>) ->
     let reason_id = format!("reason-{}", p.id);
     let reason_for = reason_id.clone();
     let open = p.state == "open";
-    let verb = if p.action == "delete" {
-        "Delete"
-    } else {
-        "Stop"
+    let verb = match p.action.as_str() {
+        "delete" => "Delete",
+        "shrink" => "Shrink at its next stop",
+        _ => "Stop",
     };
     view! {
         <li class="card proposal" data-vm=p.vm_name.clone()>
@@ -348,7 +357,8 @@ fn ProposalCard(p: Proposal, answer: ServerAction<AnswerReclamationProposal>) ->
                     </div>
                 }.into_any()
             } else {
-                view! { <p>"Answered: " {p.state.clone()} {p.reason.clone().map(|r| format!(" (“{r}”)"))}</p> }.into_any()
+                let state = if p.state == "waiting" { "accepted: shrunk at its next stop".to_string() } else { p.state.clone() };
+                view! { <p>"Answered: " {state} {p.reason.clone().map(|r| format!(" (“{r}”)"))}</p> }.into_any()
             }}
         </li>
     }

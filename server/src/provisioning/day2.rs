@@ -108,12 +108,51 @@ pub async fn resize(
         .all_valid()?;
     let started = std::time::Instant::now();
     let (tenant, mut tx) = backend.authorize_vm(req, uuid).await?;
-    let now = backend.clock_now();
-    let (host, name, disk, old_vcpus, old_memory) = host_of(&mut tx, uuid).await?;
+    let change = Resize {
+        vm: uuid,
+        tenant,
+        vcpus,
+        memory_mib,
+        actor: req.actor.as_ref().map(|a| a.user_id),
+        started,
+    };
+    let (host, facts) = resize_in(
+        &mut tx,
+        &backend.hypervisors,
+        &Origin::of(req),
+        &change,
+        backend.clock_now(),
+    )
+    .await?;
+    tx.commit().await?;
+    crate::hypervisor::write_domain(&backend.pool, None, host, &facts).await
+}
+
+/// A resize of a shut-off VM, by its owner or by the system (a reclaimed oversized VM).
+pub struct Resize {
+    pub vm: Uuid,
+    pub tenant: Uuid,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+    pub actor: Option<Uuid>,
+    pub started: std::time::Instant,
+}
+
+/// Resizes in `tx` (quota, the domain's configuration, the VM row, audit, operation log) and
+/// returns the host and the domain's new facts to write after the commit. A running domain is
+/// a conflict: the size changes only while it is off.
+pub async fn resize_in(
+    tx: &mut db::Tx,
+    hypervisors: &crate::hypervisor::Hypervisors,
+    origin: &Origin,
+    change: &Resize,
+    now: time::OffsetDateTime,
+) -> Result<(Uuid, inventory::DomainFacts)> {
+    let (uuid, vcpus, memory_mib) = (change.vm, change.vcpus, change.memory_mib);
+    let (host, name, disk, old_vcpus, old_memory) = host_of(tx, uuid).await?;
     // Same quota rules as a new request: growth must fit the tenant's and the owner's limits.
-    quota::adjust(&mut tx, uuid, Amount::vm(vcpus, memory_mib, disk), now).await?;
-    let facts = backend
-        .hypervisors
+    quota::adjust(tx, uuid, Amount::vm(vcpus, memory_mib, disk), now).await?;
+    let facts = hypervisors
         .call(host, move |conn| {
             use virt::sys;
             let dom = conn.lookup_domain_by_uuid(uuid)?;
@@ -153,21 +192,27 @@ pub async fn resize(
         .bind(vcpus)
         .bind(memory_mib)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     audit::record(
-        &mut tx,
-        &Origin::of(req),
+        tx,
+        origin,
         Event::new("vm.resize", "vm", uuid)
-            .tenant(tenant)
+            .tenant(change.tenant)
             .before(json!({ "vcpus": old_vcpus, "memory_mib": old_memory }))
             .after(json!({ "name": name, "vcpus": vcpus, "memory_mib": memory_mib })),
     )
     .await?;
-    let actor = req.actor.as_ref().map(|a| a.user_id);
-    log_operation(&mut tx, uuid, tenant, actor, "resize", started).await?;
-    tx.commit().await?;
-    crate::hypervisor::write_domain(&backend.pool, None, host, &facts).await
+    log_operation(
+        tx,
+        uuid,
+        change.tenant,
+        change.actor,
+        "resize",
+        change.started,
+    )
+    .await?;
+    Ok((host, facts))
 }
 
 pub async fn snapshot(

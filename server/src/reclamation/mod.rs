@@ -1,5 +1,7 @@
 //! Reclamation: enabled rules propose, owners answer, and what nobody answered is carried out
-//! after the tenant's response window. The periodic check (`Reclaimer::tick`, once per
+//! after the tenant's response window. An oversized VM is shrunk to the proposed size of its
+//! template when it is next shut off (the proposal waits until then), through the same resize
+//! as its owner's. The periodic check (`Reclaimer::tick`, once per
 //! cluster) writes proposals and carries out the due ones; owners keep a VM (with a reason,
 //! which keeps this kind of rule off it for `KEEP_DAYS`) or accept (carried out at once).
 //! Stopping forces the domain off, as an ended lease does, and is in the VM's operation log;
@@ -19,8 +21,8 @@ use app::account::Actor;
 use app::error::AppError;
 use app::notifications::NotificationKind;
 use app::reclamation::{
-    kind_label, Candidate, Figure, Preview, Proposal, ReclaimedMonth, ReclamationOverview,
-    Rule as RuleDto, RuleForm,
+    action_done, kind_label, Candidate, Figure, Preview, Proposal, ReclaimedMonth,
+    ReclamationOverview, Rule as RuleDto, RuleForm,
 };
 use app::seam::{Reclamation, RequestCtx};
 use async_trait::async_trait;
@@ -38,7 +40,7 @@ fn evidence(found: &Found, figures: &[Figure], rule: &Rule) -> serde_json::Value
     json!({
         "figures": figures.iter().map(|f| json!([f.label, f.value])).collect::<Vec<_>>(),
         "daily_cpu": found.daily_cpu.clone().unwrap_or_default(),
-        "rule": { "days": rule.days, "cpu_pct": rule.cpu_pct, "io_kbps": rule.io_kbps,
+        "rule": { "days": rule.days, "cpu_pct": rule.cpu_pct, "mem_pct": rule.mem_pct, "io_kbps": rule.io_kbps,
                   "net_kbps": rule.net_kbps, "share_pct": rule.share_pct },
     })
 }
@@ -73,6 +75,7 @@ pub struct Tick {
     pub proposed: usize,
     pub carried_out: usize,
     pub dropped: usize,
+    pub shrunk: usize,
 }
 
 pub struct Reclaimer {
@@ -160,6 +163,7 @@ impl Reclaimer {
             self.queue.wake.notify_waiters();
         }
         self.power_off(offs).await?;
+        out.shrunk = self.shrink_waiting().await?;
         Ok(out)
     }
 
@@ -204,8 +208,10 @@ async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -
     let ev = evidence(found, &figures, rule);
     let id: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO reclamation_proposals (tenant_id, vm_uuid, kind, action, evidence, vcpus, memory_mib,
-                                            disk_gib, created_at, respond_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                            disk_gib, created_at, respond_by, new_vcpus, new_memory_mib, new_size)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+         -- A shrink waiting for the VM's next stop is still in hand: no second proposal.
+         WHERE NOT EXISTS (SELECT 1 FROM reclamation_proposals w WHERE w.vm_uuid = $2 AND w.kind = $3 AND w.state = 'waiting')
          ON CONFLICT (vm_uuid, kind) WHERE state = 'open' DO NOTHING RETURNING id",
     )
     .bind(found.tenant_id)
@@ -218,6 +224,9 @@ async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -
     .bind(found.disk_gib)
     .bind(now)
     .bind(respond_by)
+    .bind(found.proposed.as_ref().map(|s| s.vcpus))
+    .bind(found.proposed.as_ref().map(|s| s.memory_mib))
+    .bind(found.proposed.as_ref().map(|s| s.name.clone()))
     .fetch_optional(&mut **tx)
     .await?;
     let Some(id) = id else {
@@ -234,10 +243,9 @@ async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -
             ),
     )
     .await?;
-    let verb = if rule.action == "delete" {
-        "deleted"
-    } else {
-        "stopped"
+    let verb = match &found.proposed {
+        Some(size) => format!("shrunk to {} at its next stop after", size.name),
+        None => format!("{} on", action_done(&rule.action)),
     };
     let title = format!(
         "{} may be reclaimed: {}",
@@ -245,7 +253,7 @@ async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -
         kind_label(&rule.kind).to_lowercase()
     );
     let body = format!(
-        "{} will be {verb} on {} unless you keep it (with a reason) or accept now. {}",
+        "{} will be {verb} {} unless you keep it (with a reason) or accept now. {}",
         found.name,
         respond_by.date(),
         figures
@@ -304,8 +312,89 @@ async fn propose(tx: &mut Tx, found: &Found, rule: &Rule, now: OffsetDateTime) -
     Ok(true)
 }
 
-/// Carries a proposal out in `tx`: deletes through the delete job, or returns the power-off
-/// to do after the commit. `None` when the VM is gone or no longer running (dropped).
+/// Marks a proposal done with what carrying it out freed (vCPUs, MiB, GiB of disk) and what
+/// that allocation costs a month at the rate card of `now` for the VM's template.
+async fn finish(tx: &mut Tx, id: Uuid, now: OffsetDateTime, freed: (i32, i64, i64)) -> Result<()> {
+    sqlx::query(
+        "UPDATE reclamation_proposals p
+            SET state = 'done', done_at = $2, freed_vcpus = $3, freed_memory_mib = $4, freed_disk_gib = $5,
+                (monthly_cost, currency) = (
+                    SELECT 730 * ($3 * r.vcpu_hour + $4 / 1024.0 * r.memory_gib_hour + $5 * r.disk_gib_hour), r.currency
+                    FROM vms v JOIN rate_cards r ON r.template_id = v.template_id OR r.template_id IS NULL
+                    WHERE v.uuid = p.vm_uuid AND r.valid_from <= $2 AND (r.valid_to IS NULL OR $2 < r.valid_to)
+                    ORDER BY r.template_id IS NULL, r.valid_from DESC LIMIT 1)
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(freed.0)
+    .bind(freed.1)
+    .bind(freed.2)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Tells the VM's owner, if it has one, about a proposal (in-app and mail).
+async fn tell_owner(
+    tx: &mut Tx,
+    d: &Due,
+    owner: Option<Uuid>,
+    host: Option<Uuid>,
+    title: String,
+    body: String,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let Some(user) = owner else {
+        return Ok(());
+    };
+    notifications::send(
+        tx,
+        Notice {
+            user,
+            tenant: Some(d.tenant_id),
+            kind: NotificationKind::Reclamation,
+            title,
+            body,
+            link: vm_link(host, d.vm_uuid),
+        },
+        now,
+    )
+    .await
+}
+
+/// Tells the owner and the tenant's webhooks that a proposal was carried out.
+#[allow(clippy::too_many_arguments)]
+async fn tell_done(
+    tx: &mut Tx,
+    d: &Due,
+    name: &str,
+    host: Option<Uuid>,
+    owner: Option<Uuid>,
+    what: &str,
+    why: &str,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let body = format!(
+        "{name} was {what} ({}): {why}.",
+        kind_label(&d.kind).to_lowercase()
+    );
+    let title = format!("{name} was {what}: reclaimed");
+    tell_owner(tx, d, owner, host, title, body, now).await?;
+    webhooks::publish(
+        tx,
+        Some(d.tenant_id),
+        "reclamation.done",
+        json!({ "proposal_id": d.id, "vm_id": d.vm_uuid, "tenant_id": d.tenant_id, "name": name,
+                "kind": d.kind, "action": d.action, "why": why }),
+        now,
+    )
+    .await
+}
+
+/// Carries a proposal out in `tx`: deletes through the delete job, schedules a shrink for the
+/// VM's next stop, or returns the power-off to do after the commit. `None` when the VM is gone
+/// or no longer running (dropped).
 async fn carry_out(
     tx: &mut Tx,
     d: &Due,
@@ -313,14 +402,22 @@ async fn carry_out(
     why: &str,
     now: OffsetDateTime,
 ) -> Result<Option<Option<PowerOff>>> {
-    let vm: Option<(String, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
-        "SELECT name, host_id, owner_id FROM vms
+    let vm: Option<VmNow> = sqlx::query_as(
+        "SELECT name, host_id, owner_id, vcpus, memory_mib, disk_gib FROM vms
          WHERE uuid = $1 AND deleted_at IS NULL AND phase = 'running' FOR UPDATE",
     )
     .bind(d.vm_uuid)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((name, host, owner)) = vm else {
+    let Some(VmNow {
+        name,
+        host_id: host,
+        owner_id: owner,
+        vcpus,
+        memory_mib,
+        disk_gib,
+    }) = vm
+    else {
         sqlx::query(
             "UPDATE reclamation_proposals SET state = 'dropped', done_at = $2 WHERE id = $1",
         )
@@ -330,13 +427,30 @@ async fn carry_out(
         .await?;
         return Ok(None);
     };
-    sqlx::query("UPDATE reclamation_proposals SET state = 'done', done_at = $2 WHERE id = $1")
-        .bind(d.id)
-        .bind(now)
-        .execute(&mut **tx)
+    if d.action == "shrink" {
+        // The size changes only while the domain is off: wait for the owner's next stop.
+        sqlx::query("UPDATE reclamation_proposals SET state = 'waiting' WHERE id = $1")
+            .bind(d.id)
+            .execute(&mut **tx)
+            .await?;
+        audit::record(
+            tx,
+            origin,
+            Event::new("vm.reclaim.shrink_scheduled", "vm", d.vm_uuid)
+                .tenant(d.tenant_id)
+                .after(json!({ "proposal": d.id, "name": name, "why": why })),
+        )
         .await?;
+        let title = format!("{name} will be shrunk at its next stop");
+        let body = format!(
+            "{name} keeps running as it is; the next time it is shut off it is resized to the proposed size ({why})."
+        );
+        tell_owner(tx, d, owner, host, title, body, now).await?;
+        return Ok(Some(None));
+    }
     let reason = format!("reclaimed ({}): {why}", kind_label(&d.kind).to_lowercase());
     let off = if d.action == "delete" {
+        finish(tx, d.id, now, (vcpus, memory_mib, disk_gib)).await?;
         sqlx::query("UPDATE vms SET phase = 'deleting', updated_at = $2 WHERE uuid = $1")
             .bind(d.vm_uuid)
             .bind(now)
@@ -352,6 +466,8 @@ async fn carry_out(
         .await?;
         None
     } else {
+        // Stopped, its vCPUs and memory are free on the host; the disk stays.
+        finish(tx, d.id, now, (vcpus, memory_mib, 0)).await?;
         host.map(|host| PowerOff {
             host,
             vm: d.vm_uuid,
@@ -375,39 +491,142 @@ async fn carry_out(
         .after(json!({ "proposal": d.id, "name": name, "why": why })),
     )
     .await?;
-    if let Some(owner) = owner {
-        let verb = if d.action == "delete" {
-            "deleted"
-        } else {
-            "stopped"
+    tell_done(tx, d, &name, host, owner, action_done(&d.action), why, now).await?;
+    Ok(Some(off))
+}
+
+/// The VM a proposal is about, as it is now.
+#[derive(sqlx::FromRow)]
+struct VmNow {
+    name: String,
+    host_id: Option<Uuid>,
+    owner_id: Option<Uuid>,
+    vcpus: i32,
+    memory_mib: i64,
+    disk_gib: i64,
+}
+
+/// A shrink waiting for its VM to be off, with the size it goes to.
+#[derive(sqlx::FromRow)]
+struct Waiting {
+    #[sqlx(flatten)]
+    due: Due,
+    new_vcpus: i32,
+    new_memory_mib: i64,
+    new_size: String,
+}
+
+impl Reclaimer {
+    /// Shrinks the waiting oversized VMs that are shut off now, each in its own transaction
+    /// (a domain started again in between refuses, and the proposal waits for the next stop);
+    /// drops those whose VM is gone. Returns how many were shrunk.
+    pub async fn shrink_waiting(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        sqlx::query(
+            "UPDATE reclamation_proposals p SET state = 'dropped', done_at = $1
+             WHERE p.state = 'waiting' AND NOT EXISTS (
+                 SELECT 1 FROM vms v WHERE v.uuid = p.vm_uuid AND v.deleted_at IS NULL AND v.phase = 'running')",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let off: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT p.id FROM reclamation_proposals p
+             JOIN vms v ON v.uuid = p.vm_uuid JOIN domains d ON d.host_id = v.host_id AND d.uuid = v.uuid
+             WHERE p.state = 'waiting' AND d.state = 'shutoff' AND d.missing_since IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut shrunk = 0;
+        for id in off {
+            match self.shrink(id, now).await {
+                Ok(true) => shrunk += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(proposal = %id, error = %e, "shrink waits for the next stop")
+                }
+            }
+        }
+        Ok(shrunk)
+    }
+
+    async fn shrink(&self, id: Uuid, now: OffsetDateTime) -> Result<bool> {
+        let started = std::time::Instant::now();
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let w: Option<Waiting> = sqlx::query_as(
+            "SELECT id, tenant_id, vm_uuid, kind, action, new_vcpus, new_memory_mib, new_size
+             FROM reclamation_proposals WHERE id = $1 AND state = 'waiting' FOR UPDATE SKIP LOCKED",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(w) = w else {
+            return Ok(false);
         };
-        notifications::send(
-            tx,
-            Notice {
-                user: owner,
-                tenant: Some(d.tenant_id),
-                kind: NotificationKind::Reclamation,
-                title: format!("{name} was {verb}: reclaimed"),
-                body: format!(
-                    "{name} was {verb} ({}): {why}.",
-                    kind_label(&d.kind).to_lowercase()
-                ),
-                link: vm_link(host, d.vm_uuid),
-            },
+        let (name, host, owner, vcpus, memory_mib): (String, Option<Uuid>, Option<Uuid>, i32, i64) =
+            sqlx::query_as(
+                "SELECT name, host_id, owner_id, vcpus, memory_mib FROM vms WHERE uuid = $1",
+            )
+            .bind(w.due.vm_uuid)
+            .fetch_one(&mut *tx)
+            .await?;
+        let change = crate::provisioning::day2::Resize {
+            vm: w.due.vm_uuid,
+            tenant: w.due.tenant_id,
+            vcpus: w.new_vcpus,
+            memory_mib: w.new_memory_mib,
+            actor: None,
+            started,
+        };
+        let (host_id, facts) = crate::provisioning::day2::resize_in(
+            &mut tx,
+            &self.hypervisors,
+            &Origin::default(),
+            &change,
             now,
         )
         .await?;
+        finish(
+            &mut tx,
+            id,
+            now,
+            (
+                (vcpus - w.new_vcpus).max(0),
+                (memory_mib - w.new_memory_mib).max(0),
+                0,
+            ),
+        )
+        .await?;
+        let why = format!("resized to {} at its stop", w.new_size);
+        audit::record(
+            &mut tx,
+            &Origin::default(),
+            Event::new("vm.reclaim.shrink", "vm", w.due.vm_uuid)
+                .tenant(w.due.tenant_id)
+                .before(json!({ "vcpus": vcpus, "memory_mib": memory_mib }))
+                .after(json!({ "proposal": id, "name": name, "size": w.new_size,
+                               "vcpus": w.new_vcpus, "memory_mib": w.new_memory_mib })),
+        )
+        .await?;
+        tell_done(&mut tx, &w.due, &name, host, owner, "shrunk", &why, now).await?;
+        tx.commit().await?;
+        crate::hypervisor::write_domain(&self.pool, None, host_id, &facts).await?;
+        Ok(true)
     }
-    webhooks::publish(
-        tx,
-        Some(d.tenant_id),
-        "reclamation.done",
-        json!({ "proposal_id": d.id, "vm_id": d.vm_uuid, "tenant_id": d.tenant_id, "name": name,
-                "kind": d.kind, "action": d.action, "why": why }),
-        now,
-    )
-    .await?;
-    Ok(Some(off))
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    month: String,
+    tenant_name: String,
+    vms: i64,
+    vcpus: i64,
+    memory_mib: i64,
+    disk_gib: i64,
+    monthly_cost: Option<f64>,
+    currency: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -534,9 +753,13 @@ impl Reclamation for ReclamationBackend {
             .bind(&tenants)
             .fetch_all(&mut *tx)
             .await?;
-            let report: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
-                "SELECT to_char(date_trunc('month', p.done_at), 'YYYY-MM') AS month, t.name,
-                        count(*), sum(p.vcpus)::int8, sum(p.memory_mib)::int8, sum(p.disk_gib)::int8
+            let report: Vec<ReportRow> = sqlx::query_as(
+                "SELECT to_char(date_trunc('month', p.done_at), 'YYYY-MM') AS month, t.name AS tenant_name,
+                        count(*) AS vms, coalesce(sum(p.freed_vcpus), 0)::int8 AS vcpus,
+                        coalesce(sum(p.freed_memory_mib), 0)::int8 AS memory_mib,
+                        coalesce(sum(p.freed_disk_gib), 0)::int8 AS disk_gib,
+                        sum(p.monthly_cost)::float8 AS monthly_cost,
+                        string_agg(DISTINCT p.currency, '/') AS currency
                  FROM reclamation_proposals p JOIN tenants t ON t.id = p.tenant_id
                  WHERE p.state = 'done' AND ($1 OR p.tenant_id = ANY($2))
                  GROUP BY 1, 2 ORDER BY 1 DESC, 2",
@@ -558,6 +781,7 @@ impl Reclamation for ReclamationBackend {
                         enabled: r.rule.enabled,
                         days: r.rule.days,
                         cpu_pct: r.rule.cpu_pct,
+                        mem_pct: r.rule.mem_pct,
                         io_kbps: r.rule.io_kbps,
                         net_kbps: r.rule.net_kbps,
                         share_pct: r.rule.share_pct,
@@ -568,13 +792,15 @@ impl Reclamation for ReclamationBackend {
                 proposals: proposals.into_iter().map(Proposal::from).collect(),
                 report: report
                     .into_iter()
-                    .map(|(month, tenant_name, vms, vcpus, memory_mib, disk_gib)| ReclaimedMonth {
-                        month,
-                        tenant_name,
-                        vms,
-                        vcpus,
-                        memory_mib,
-                        disk_gib,
+                    .map(|r| ReclaimedMonth {
+                        month: r.month,
+                        tenant_name: r.tenant_name,
+                        vms: r.vms,
+                        vcpus: r.vcpus,
+                        memory_mib: r.memory_mib,
+                        disk_gib: r.disk_gib,
+                        monthly_cost: r.monthly_cost,
+                        currency: r.currency,
                     })
                     .collect(),
             })
@@ -610,6 +836,7 @@ impl Reclamation for ReclamationBackend {
                     kind: rule.kind.clone(),
                     days: rule.days.to_string(),
                     cpu_pct: rule.cpu_pct.to_string(),
+                    mem_pct: rule.mem_pct.to_string(),
                     io_kbps: rule.io_kbps.to_string(),
                     net_kbps: rule.net_kbps.to_string(),
                     share_pct: rule.share_pct.to_string(),
@@ -644,10 +871,11 @@ impl Reclamation for ReclamationBackend {
             .await?;
             let id: Uuid = sqlx::query_scalar(
                 "INSERT INTO reclamation_rules (tenant_id, kind, enabled, days, cpu_pct, io_kbps, net_kbps,
-                                                share_pct, action, response_days, updated_by, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                                share_pct, action, response_days, updated_by, updated_at, mem_pct)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                  ON CONFLICT (coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), kind)
                  DO UPDATE SET enabled = EXCLUDED.enabled, days = EXCLUDED.days, cpu_pct = EXCLUDED.cpu_pct,
+                     mem_pct = EXCLUDED.mem_pct,
                      io_kbps = EXCLUDED.io_kbps, net_kbps = EXCLUDED.net_kbps, share_pct = EXCLUDED.share_pct,
                      action = EXCLUDED.action, response_days = EXCLUDED.response_days,
                      updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
@@ -665,12 +893,13 @@ impl Reclamation for ReclamationBackend {
             .bind(rule.response_days)
             .bind(actor.user_id)
             .bind(now)
+            .bind(rule.mem_pct)
             .fetch_one(&mut *tx)
             .await?;
             let mut event = Event::new("reclamation_rule.save", "reclamation_rule", id)
                 .tenant_opt(target.tenant())
                 .after(json!({ "kind": rule.kind, "enabled": rule.enabled, "days": rule.days,
-                               "cpu_pct": rule.cpu_pct, "io_kbps": rule.io_kbps, "net_kbps": rule.net_kbps,
+                               "cpu_pct": rule.cpu_pct, "mem_pct": rule.mem_pct, "io_kbps": rule.io_kbps, "net_kbps": rule.net_kbps,
                                "share_pct": rule.share_pct, "action": rule.action,
                                "response_days": rule.response_days }));
             if let Some(b) = before {
@@ -774,12 +1003,17 @@ impl Reclamation for ReclamationBackend {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    let action_is_shrink = action == "shrink";
                     let due = Due { id, tenant_id: tenant, vm_uuid: vm, kind, action };
                     let why = format!("accepted by {}", actor.email);
                     let off = carry_out(&mut tx, &due, &Origin::of(req), &why, now).await?;
                     tx.commit().await?;
                     match off {
                         Some(Some(off)) => self.reclaimer.power_off(vec![off]).await?,
+                        Some(None) if action_is_shrink => {
+                            // Off already: shrunk now, not at the next check.
+                            self.reclaimer.shrink_waiting().await?;
+                        }
                         Some(None) => self.reclaimer.queue.wake.notify_waiters(),
                         None => {
                             return Err(AppError::Conflict(

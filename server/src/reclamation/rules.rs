@@ -14,6 +14,7 @@ pub struct Rule {
     pub enabled: bool,
     pub days: i32,
     pub cpu_pct: f32,
+    pub mem_pct: f32,
     pub io_kbps: f32,
     pub net_kbps: f32,
     pub share_pct: i32,
@@ -72,13 +73,28 @@ impl Rule {
         if !RULE_KINDS.iter().any(|(k, _)| *k == kind) {
             return Err(AppError::field("kind", "Choose what the rule looks for."));
         }
-        let action = form.action.trim();
-        let action = if action.is_empty() { "stop" } else { action };
+        let oversized = kind == "oversized";
+        let action = match form.action.trim() {
+            "" if oversized => "shrink",
+            "" => "stop",
+            a => a,
+        };
         if !ACTIONS.iter().any(|(a, _)| *a == action) {
-            return Err(AppError::field("action", "Choose stop or delete."));
+            return Err(AppError::field("action", "Choose stop, delete or shrink."));
+        }
+        // A VM that is too big is made smaller, not taken away; only those are shrunk.
+        if oversized != (action == "shrink") {
+            return Err(AppError::field(
+                "action",
+                if oversized {
+                    "Oversized VMs are shrunk: choose shrink."
+                } else {
+                    "Only oversized VMs are shrunk: choose stop or delete."
+                },
+            ));
         }
         let default_days = match kind {
-            "idle" => 14,
+            "idle" | "oversized" => 14,
             "powered_off" => 30,
             _ => 1,
         };
@@ -91,7 +107,15 @@ impl Rule {
                     .as_deref()
                     .is_some_and(|v| v == "on" || v == "true"),
                 days: number(&form.days, "days", "a number of days", 1, 365, default_days)?,
-                cpu_pct: number(&form.cpu_pct, "cpu_pct", "a percentage", 0.0, 100.0, 5.0)?,
+                cpu_pct: number(
+                    &form.cpu_pct,
+                    "cpu_pct",
+                    "a percentage",
+                    0.0,
+                    100.0,
+                    if oversized { 25.0 } else { 5.0 },
+                )?,
+                mem_pct: number(&form.mem_pct, "mem_pct", "a percentage", 0.0, 100.0, 50.0)?,
                 io_kbps: number(&form.io_kbps, "io_kbps", "KiB/s", 0.0, 1e7, 100.0)?,
                 net_kbps: number(&form.net_kbps, "net_kbps", "KiB/s", 0.0, 1e7, 20.0)?,
                 share_pct: number(&form.share_pct, "share_pct", "a percentage", 1, 100, 90)?,
@@ -132,6 +156,50 @@ pub struct Found {
     pub net_mean_kbps: Option<f64>,
     pub off_since: Option<OffsetDateTime>,
     pub daily_cpu: Option<Vec<f32>>,
+    /// Oversized: the 95th percentiles of hourly CPU (% of its vCPUs) and memory in use (MiB),
+    /// the template's sizes, and the size proposed from them.
+    pub cpu_p95: Option<f64>,
+    pub mem_p95_mib: Option<f64>,
+    pub sizes: Option<serde_json::Value>,
+    #[sqlx(skip)]
+    pub proposed: Option<Size>,
+}
+
+/// A size of a template, as `templates.sizes` holds it (the disk is never shrunk).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Size {
+    pub name: String,
+    pub vcpus: i32,
+    pub memory_mib: i64,
+}
+
+/// Headroom left above the 95th percentile in a proposed size: it runs at most 70 % busy.
+const TARGET_SHARE: f64 = 0.7;
+
+/// The smallest of the template's sizes that still holds the 95th percentiles with headroom,
+/// if it is smaller than the VM is now (and no larger in either dimension).
+pub fn smaller_size(
+    vcpus: i32,
+    memory_mib: i64,
+    cpu_p95: f64,
+    mem_p95_mib: f64,
+    sizes: &[Size],
+) -> Option<Size> {
+    let need_vcpus = ((f64::from(vcpus) * cpu_p95 / 100.0) / TARGET_SHARE)
+        .ceil()
+        .max(1.0);
+    let need_mib = (mem_p95_mib / TARGET_SHARE).ceil();
+    sizes
+        .iter()
+        .filter(|s| f64::from(s.vcpus) >= need_vcpus && s.memory_mib as f64 >= need_mib)
+        .filter(|s| s.vcpus <= vcpus && s.memory_mib <= memory_mib)
+        .filter(|s| s.vcpus < vcpus || s.memory_mib < memory_mib)
+        .min_by_key(|s| (s.memory_mib, s.vcpus))
+        .cloned()
+}
+
+fn gib(mib: f64) -> String {
+    format!("{:.1} GiB", mib / 1024.0)
 }
 
 impl Found {
@@ -161,6 +229,40 @@ impl Found {
                     format!("{:.1} KiB/s", self.net_mean_kbps.unwrap_or(0.0)),
                 ),
             ],
+            "oversized" => {
+                let mut out = vec![
+                    f(
+                        format!("CPU, 95th percentile over {} days", rule.days),
+                        format!(
+                            "{:.1} % of {} vCPU{}",
+                            self.cpu_p95.unwrap_or(0.0),
+                            self.vcpus,
+                            if self.vcpus == 1 { "" } else { "s" }
+                        ),
+                    ),
+                    f(
+                        "Memory in use, 95th percentile".into(),
+                        format!(
+                            "{} of {}",
+                            gib(self.mem_p95_mib.unwrap_or(0.0)),
+                            gib(self.memory_mib as f64)
+                        ),
+                    ),
+                ];
+                if let Some(s) = &self.proposed {
+                    out.push(f(
+                        "Proposed size".into(),
+                        format!(
+                            "{}: {} vCPU{}, {}",
+                            s.name,
+                            s.vcpus,
+                            if s.vcpus == 1 { "" } else { "s" },
+                            gib(s.memory_mib as f64)
+                        ),
+                    ));
+                }
+                out
+            }
             "powered_off" => {
                 let since = self.off_since.unwrap_or(now);
                 vec![
@@ -178,6 +280,9 @@ impl Found {
         }
     }
 }
+
+/// The oversized columns, empty for the other kinds.
+const NO_SIZES: &str = "NULL::float8 AS cpu_p95, NULL::float8 AS mem_p95_mib, NULL::jsonb AS sizes";
 
 /// The VMs of `tenants` that `rule` matches at `now`, leaving out those whose owner kept them
 /// from this kind of rule until a later date.
@@ -224,8 +329,34 @@ pub async fn candidates(
                 FROM days GROUP BY subject HAVING count(*) FILTER (WHERE idle) >= $4),
              vm AS ({VMS})
              SELECT vm.*, m.days_seen, m.idle_days, m.cpu_mean, m.cpu_peak, m.io_mean_kbps, m.net_mean_kbps,
-                    NULL::timestamptz AS off_since, m.daily_cpu
+                    NULL::timestamptz AS off_since, m.daily_cpu, {NO_SIZES}
              FROM matched m JOIN vm ON vm.uuid = m.subject
+             ORDER BY vm.tenant_name, vm.name"
+        ),
+        // The 95th percentiles of hourly CPU and of hourly peak memory over the window (every
+        // day of it sampled), both below their share of the VM's size; the size is chosen
+        // from the template's after the query.
+        "oversized" => format!(
+            "WITH hours AS (
+                SELECT r.subject, date_bin('1 day', r.bucket, $3) AS day, r.cpu_sum / r.rate_n AS cpu, r.mem_max
+                FROM metric_rollups r
+                WHERE r.resolution = 3600 AND NOT r.is_host AND r.tenant_id = ANY($1) AND r.rate_n > 0
+                  AND r.bucket >= $3 - make_interval(days => $4) AND r.bucket < $3),
+             p AS (
+                SELECT subject, count(DISTINCT day) AS days_seen, max(cpu) AS cpu_peak,
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY cpu) AS cpu_p95,
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY mem_max) / 1048576 AS mem_p95_mib
+                FROM hours GROUP BY subject HAVING count(DISTINCT day) >= $4),
+             daily AS (
+                SELECT subject, array_agg(cpu::real ORDER BY day DESC) AS daily_cpu
+                FROM (SELECT subject, day, avg(cpu) AS cpu FROM hours GROUP BY 1, 2) d GROUP BY 1),
+             vm AS ({VMS})
+             SELECT vm.*, p.days_seen, NULL::int8 AS idle_days, NULL::float8 AS cpu_mean, p.cpu_peak,
+                    NULL::float8 AS io_mean_kbps, NULL::float8 AS net_mean_kbps,
+                    NULL::timestamptz AS off_since, daily.daily_cpu, p.cpu_p95, p.mem_p95_mib,
+                    (SELECT t.sizes FROM vms v2 JOIN templates t ON t.id = v2.template_id WHERE v2.uuid = vm.uuid) AS sizes
+             FROM p JOIN vm ON vm.uuid = p.subject JOIN daily ON daily.subject = p.subject
+             WHERE p.cpu_p95 < $5 AND p.mem_p95_mib < vm.memory_mib * $9 / 100
              ORDER BY vm.tenant_name, vm.name"
         ),
         // Off now, and since the last time it was seen in any other state.
@@ -233,7 +364,7 @@ pub async fn candidates(
             "WITH vm AS ({VMS})
              SELECT vm.*, NULL::int8 AS days_seen, NULL::int8 AS idle_days, NULL::float8 AS cpu_mean,
                     NULL::float8 AS cpu_peak, NULL::float8 AS io_mean_kbps, NULL::float8 AS net_mean_kbps,
-                    off.since AS off_since, NULL::real[] AS daily_cpu
+                    off.since AS off_since, NULL::real[] AS daily_cpu, {NO_SIZES}
              FROM vm JOIN domains d ON d.host_id = vm.host_id AND d.uuid = vm.uuid
              CROSS JOIN LATERAL (
                 SELECT min(h.at) AS since FROM domain_state_history h
@@ -249,14 +380,14 @@ pub async fn candidates(
             "WITH vm AS ({VMS})
              SELECT vm.*, NULL::int8 AS days_seen, NULL::int8 AS idle_days, NULL::float8 AS cpu_mean,
                     NULL::float8 AS cpu_peak, NULL::float8 AS io_mean_kbps, NULL::float8 AS net_mean_kbps,
-                    NULL::timestamptz AS off_since, NULL::real[] AS daily_cpu
+                    NULL::timestamptz AS off_since, NULL::real[] AS daily_cpu, {NO_SIZES}
              FROM vm
              WHERE $4 > 0 AND NOT EXISTS (SELECT 1 FROM memberships m
                                           WHERE m.tenant_id = vm.tenant_id AND m.user_id = vm.owner_id)
              ORDER BY vm.tenant_name, vm.name"
         ),
     };
-    if rule.kind == "idle" {
+    if matches!(rule.kind.as_str(), "idle" | "oversized") {
         // The per-day groups of 10,000 VMs fit in memory instead of spilling to disk.
         sqlx::query("SET LOCAL work_mem = '64MB'")
             .execute(&mut **tx)
@@ -271,6 +402,7 @@ pub async fn candidates(
         .bind(f64::from(rule.io_kbps))
         .bind(f64::from(rule.net_kbps))
         .bind(rule.share_pct)
+        .bind(f64::from(rule.mem_pct))
         .fetch_all(&mut **tx)
         .await?;
     for f in &mut found {
@@ -278,6 +410,14 @@ pub async fn candidates(
         if let Some(d) = &mut f.daily_cpu {
             d.reverse();
         }
+        if let (Some(cpu), Some(mem), Some(sizes)) = (f.cpu_p95, f.mem_p95_mib, &f.sizes) {
+            let sizes: Vec<Size> = serde_json::from_value(sizes.clone()).unwrap_or_default();
+            f.proposed = smaller_size(f.vcpus, f.memory_mib, cpu, mem, &sizes);
+        }
+    }
+    if rule.kind == "oversized" {
+        // Nothing to propose where the template has no smaller size that still fits.
+        found.retain(|f| f.proposed.is_some());
     }
     Ok(found)
 }
@@ -299,4 +439,40 @@ pub async fn covered(tx: &mut Tx, target: Target, kind: &str) -> Result<Vec<Uuid
             .await?
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> Vec<Size> {
+        [("small", 1, 1024), ("medium", 2, 4096), ("large", 4, 8192)]
+            .into_iter()
+            .map(|(n, v, m)| Size {
+                name: n.into(),
+                vcpus: v,
+                memory_mib: m,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_smallest_size_that_holds_the_peaks_with_headroom() {
+        // 4 vCPUs at 10 % → 0.4 vCPU busy → 1 vCPU; 600 MiB → 858 MiB needed → small.
+        let s = smaller_size(4, 8192, 10.0, 600.0, &sizes()).unwrap();
+        assert_eq!(s.name, "small");
+        // 30 % of 4 vCPUs = 1.2 busy → 2 vCPUs at 70 %; 2 GiB in use → medium.
+        let s = smaller_size(4, 8192, 30.0, 2048.0, &sizes()).unwrap();
+        assert_eq!(s.name, "medium");
+        // Nothing smaller holds 6 GiB in use.
+        assert_eq!(smaller_size(4, 8192, 10.0, 6000.0, &sizes()), None);
+        // Already the smallest size.
+        assert_eq!(smaller_size(1, 1024, 1.0, 100.0, &sizes()), None);
+        // A custom size is never grown in one dimension to shrink the other.
+        assert_eq!(
+            smaller_size(1, 8192, 50.0, 500.0, &sizes()).unwrap().name,
+            "small"
+        );
+        assert_eq!(smaller_size(4, 512, 10.0, 100.0, &sizes()), None);
+    }
 }

@@ -90,6 +90,13 @@ async fn preview(c: &Client, form: &[(&str, &str)]) -> Vec<String> {
     found.candidates.into_iter().map(|c| c.name).collect()
 }
 
+fn figures(c: &Candidate) -> Vec<(&str, &str)> {
+    c.figures
+        .iter()
+        .map(|f| (f.label.as_str(), f.value.as_str()))
+        .collect()
+}
+
 async fn audited(w: &World, action: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
         .bind(action)
@@ -228,11 +235,7 @@ async fn rules_preview_propose_and_reclaim_only_what_they_should() {
         "{:?}",
         found[0].daily_cpu
     );
-    let figures: Vec<(&str, &str)> = found[0]
-        .figures
-        .iter()
-        .map(|f| (f.label.as_str(), f.value.as_str()))
-        .collect();
+    let figures = figures(&found[0]);
     assert!(
         figures.contains(&("Idle days (of 14)", "14")),
         "{figures:?}"
@@ -448,6 +451,211 @@ async fn rules_preview_propose_and_reclaim_only_what_they_should() {
         .app
         .fleet_admin()
         .await
+        .call_as("recount_quota", &[("tenant_id", &t)])
+        .await
+        .unwrap();
+    assert!(recount.consistent, "{recount:?}");
+}
+
+/// Writes `days` days of hourly rollups ending at the clock's hour: CPU at `cpu` % of the
+/// VM's vCPUs and `mem_mib` MiB in use at each hour's peak.
+async fn sized_metrics(w: &World, vm: Uuid, days: i32, cpu: f64, mem_mib: i64) {
+    sqlx::query(
+        "INSERT INTO metric_rollups (resolution, subject, bucket, is_host, host_id, tenant_id, n, rate_n,
+                                     cpu_sum, mem_max, mem_sum)
+         SELECT 3600, v.uuid, h, false, v.host_id, v.tenant_id, 12, 12, 12 * $3, $4 * 1048576, 12.0 * $4 * 1048576
+         FROM vms v, generate_series(date_trunc('hour', $2::timestamptz) - make_interval(days => $5),
+                                     date_trunc('hour', $2::timestamptz) - interval '1 hour', interval '1 hour') h
+         WHERE v.uuid = $1",
+    )
+    .bind(vm)
+    .bind(w.app.clock.now())
+    .bind(cpu)
+    .bind(mem_mib)
+    .bind(days)
+    .execute(&w.app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn oversized_vms_are_shrunk_to_a_template_size_at_their_next_stop() {
+    let w = world_with(|_| {}).await;
+    let t = w.tenant.to_string();
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    boss.call(
+        "set_policy",
+        &[
+            ("tenant_id", &t),
+            ("auto_max_vcpus", "4"),
+            ("auto_max_memory_gib", "8"),
+            ("auto_max_count", "5"),
+            ("auto_max_lease_days", "30"),
+            ("expire_days", "7"),
+            ("levels", ""),
+        ],
+    )
+    .await
+    .unwrap();
+    // A rate card for the report: 0.01 a vCPU-hour, 0.005 a GiB-hour of memory.
+    sqlx::query(
+        "INSERT INTO rate_cards (currency, vcpu_hour, memory_gib_hour, disk_gib_hour, valid_from)
+         VALUES ('EUR', 0.01, 0.005, 0.0001, now() - interval '1 year')",
+    )
+    .execute(&w.app.db)
+    .await
+    .unwrap();
+    // The simulated pool holds one large VM.
+    let r = w.submit(&ann, "large", "1", "big").await.unwrap();
+    w.wait_for(&ann, &r.to_string(), RequestState::Fulfilled)
+        .await;
+    let (big1, big1_host) = vm_named(&w, "big").await;
+    // 10 % of 4 vCPUs, 600 MiB of 8 GiB in use: small (1 vCPU, 1 GiB) holds it.
+    sized_metrics(&w, big1, 15, 10.0, 600).await;
+
+    let mut oversized = rule(&t, "oversized", "14", "");
+    oversized[3] = ("cpu_pct", "25");
+    oversized.push(("mem_pct", "80"));
+    let dry: Preview = boss
+        .call_as("preview_reclamation_rule", &oversized)
+        .await
+        .unwrap();
+    assert_eq!(dry.rule.action, "shrink");
+    assert_eq!(
+        dry.candidates
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["big"]
+    );
+    let figures = figures(&dry.candidates[0]);
+    assert!(
+        figures.contains(&("Proposed size", "small: 1 vCPU, 1.0 GiB")),
+        "{figures:?}"
+    );
+    assert!(
+        figures.contains(&("Memory in use, 95th percentile", "0.6 GiB of 8.0 GiB")),
+        "{figures:?}"
+    );
+    // Stricter thresholds leave it out: CPU at 10 % is not below 5 %, 7 % of memory not below 5 %.
+    let mut strict = oversized.clone();
+    strict[3] = ("cpu_pct", "5");
+    assert!(preview(&boss, &strict).await.is_empty());
+    let mut strict = oversized.clone();
+    *strict.last_mut().unwrap() = ("mem_pct", "5");
+    assert!(preview(&boss, &strict).await.is_empty());
+    // Over 30 days it has only 15 days of samples: no verdict.
+    let mut longer = oversized.clone();
+    longer[2] = ("days", "30");
+    assert!(preview(&boss, &longer).await.is_empty());
+    // A shrink is for oversized VMs only, and oversized VMs are only shrunk.
+    let mut stop = oversized.clone();
+    stop[7] = ("action", "stop");
+    assert_field_error(&boss.call("save_reclamation_rule", &stop).await, "action");
+    assert_field_error(
+        &boss
+            .call("save_reclamation_rule", &rule(&t, "idle", "14", "shrink"))
+            .await,
+        "action",
+    );
+    let mut bad = oversized.clone();
+    *bad.last_mut().unwrap() = ("mem_pct", "120");
+    assert_field_error(
+        &boss.call("preview_reclamation_rule", &bad).await,
+        "mem_pct",
+    );
+
+    oversized.push(("enabled", "on"));
+    boss.call("save_reclamation_rule", &oversized)
+        .await
+        .unwrap();
+    assert_eq!(w.app.state.reclaimer.tick().await.unwrap().proposed, 1);
+    let mine: Vec<Proposal> = ann.call_as("my_reclamation_proposals", &[]).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].action, "shrink");
+    // Accepted while running: nothing changes until the owner stops it.
+    ann.call(
+        "answer_reclamation_proposal",
+        &[("id", &mine[0].id.to_string()), ("answer", "accept")],
+    )
+    .await
+    .unwrap();
+    let tick = w.app.state.reclaimer.tick().await.unwrap();
+    assert_eq!((tick.proposed, tick.shrunk), (0, 0), "{tick:?}");
+    let size: (i32, i64) = sqlx::query_as("SELECT vcpus, memory_mib FROM vms WHERE uuid = $1")
+        .bind(big1)
+        .fetch_one(&w.app.db)
+        .await
+        .unwrap();
+    assert_eq!(size, (4, 8192));
+    ann.call(
+        "vm_action",
+        &[
+            ("host_id", &big1_host),
+            ("uuid", &big1.to_string()),
+            ("action", "force_off"),
+        ],
+    )
+    .await
+    .unwrap();
+    shut_off(&w, big1).await;
+    assert_eq!(w.app.state.reclaimer.tick().await.unwrap().shrunk, 1);
+    assert_eq!(w.app.state.reclaimer.tick().await.unwrap().shrunk, 0);
+    let size: (i32, i64) = sqlx::query_as("SELECT vcpus, memory_mib FROM vms WHERE uuid = $1")
+        .bind(big1)
+        .fetch_one(&w.app.db)
+        .await
+        .unwrap();
+    assert_eq!(size, (1, 1024));
+    // The hypervisor agrees: the domain's configuration was changed.
+    let vm: app::fleet::VmDetail = ann
+        .call_as(
+            "get_vm",
+            &[("host_id", &big1_host), ("uuid", &big1.to_string())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (vm.domain.vcpus, vm.domain.memory_kib),
+        (1, 1024 * 1024),
+        "{vm:?}"
+    );
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM domain_operations WHERE domain_uuid = $1 AND operation = 'resize'",
+    )
+    .bind(big1)
+    .fetch_one(&w.app.db)
+    .await
+    .unwrap();
+    assert_eq!(logged, 1);
+    assert_eq!(audited(&w, "vm.reclaim.shrink_scheduled").await, 1);
+    assert_eq!(audited(&w, "vm.reclaim.shrink").await, 1);
+    assert_eq!(audited(&w, "vm.resize").await, 1);
+    let told: Vec<Notification> = ann.call_as("my_notifications", &[]).await.unwrap();
+    assert!(
+        told.iter().any(|n| n.title == "big was shrunk: reclaimed"),
+        "{told:?}"
+    );
+    // The report: 3 vCPUs and 7 GiB freed, 730 h × (3 × 0.01 + 7 × 0.005) = 47.45 EUR a month.
+    let o: ReclamationOverview = boss.call_as("reclamation", &[]).await.unwrap();
+    assert_eq!(o.report.len(), 1, "{:?}", o.report);
+    let m = &o.report[0];
+    assert_eq!((m.vms, m.vcpus, m.memory_mib, m.disk_gib), (1, 3, 7168, 0));
+    assert!(
+        (m.monthly_cost.unwrap() - 47.45).abs() < 0.01,
+        "{:?}",
+        m.monthly_cost
+    );
+    assert_eq!(m.currency.as_deref(), Some("EUR"));
+    let recount: app::provisioning::Recount = w
+        .fleet
         .call_as("recount_quota", &[("tenant_id", &t)])
         .await
         .unwrap();
