@@ -468,6 +468,22 @@ pub struct FleetDashboard {
     /// The server processes sharing the database, live ones first.
     #[serde(default)]
     pub replicas: Vec<ReplicaInfo>,
+    /// VMs whose CPU is unusual for them now (firing anomaly alerts), newest first.
+    #[serde(default)]
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// A VM behaving unlike its own history (an anomaly alert that is firing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub vm: Uuid,
+    pub host_id: Option<Uuid>,
+    pub vm_name: String,
+    pub tenant_name: Option<String>,
+    /// "95 % at 03:00 UTC; usually 4 % at that hour (robust z = 60.7)."
+    pub detail: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
 }
 
 /// A server process sharing the database (a replica), as the others see it.

@@ -4,7 +4,7 @@ use crate::components::capacity::{gib, CpuCapacity, MemoryCapacity};
 use crate::components::chart::{ChartGrid, RangePicker};
 use crate::components::guard::{fleet_admin, Guard};
 use crate::components::timestamp::Timestamp;
-use crate::fleet::{fleet_charts, get_fleet_dashboard, FleetDashboard, ReplicaInfo};
+use crate::fleet::{fleet_charts, get_fleet_dashboard, Anomaly, FleetDashboard, ReplicaInfo};
 use crate::live::ticker;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -146,15 +146,16 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
                         let vcap = (cpus as f64 * d.vcpu_overcommit).floor() as i64;
                         view! {
                             <tr>
-                                <td><a href=format!("/hosts/{id}")>{name}</a>" "{(state != "connected").then(|| view! { <span class="badge danger">{state.clone()}</span> })}</td>
-                                <td><CpuCapacity allocated=vcpus cpus capacity=vcap compact=true/></td>
-                                <td><MemoryCapacity allocated_kib=mem_used total_kib=mem compact=true/></td>
+                                <td data-label="Host"><span class="cell-value"><a href=format!("/hosts/{id}")>{name}</a>" "{(state != "connected").then(|| view! { <span class="badge danger">{state.clone()}</span> })}</span></td>
+                                <td data-label="vCPUs"><span class="cell-value"><CpuCapacity allocated=vcpus cpus capacity=vcap compact=true/></span></td>
+                                <td data-label="Memory"><span class="cell-value"><MemoryCapacity allocated_kib=mem_used total_kib=mem compact=true/></span></td>
                             </tr>
                         }
                     }).collect_view()}
                 </tbody>
             </table>
         </section>
+        <Unusual anomalies=d.anomalies/>
         <section class="card">
             <h2>"Top consumers"</h2>
             {if d.top_tenants.is_empty() {
@@ -171,6 +172,38 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
             }}
         </section>
         <Replicas replicas=d.replicas/>
+    }
+}
+
+/// VMs whose CPU is far from their own usual level at this hour (firing anomaly alerts).
+#[component]
+fn Unusual(anomalies: Vec<Anomaly>) -> impl IntoView {
+    view! {
+        <section class="card" id="anomalies" aria-labelledby="anomalies-title">
+            <div class="card-head"><h2 id="anomalies-title">{format!("Unusual now: {}", anomalies.len())}</h2><a href="/alerts">"All alerts"</a></div>
+            {if anomalies.is_empty() {
+                view! { <p class="muted">"No VM is behaving unlike its own history."</p> }.into_any()
+            } else {
+                view! {
+                    <table class="table">
+                        <thead><tr><th>"VM"</th><th>"What"</th><th>"Since"</th></tr></thead>
+                        <tbody>{anomalies.into_iter().map(|a| {
+                            let href = match a.host_id {
+                                Some(h) => format!("/vms/{h}/{}", a.vm),
+                                None => "/alerts".into(),
+                            };
+                            view! {
+                                <tr>
+                                    <td data-label="VM"><span class="cell-value"><a href=href>{a.vm_name}</a>{a.tenant_name.map(|t| view! { <br/><span class="muted small">{t}</span> })}</span></td>
+                                    <td data-label="What">{a.detail}</td>
+                                    <td data-label="Since"><Timestamp at=a.since/></td>
+                                </tr>
+                            }
+                        }).collect_view()}</tbody>
+                    </table>
+                }.into_any()
+            }}
+        </section>
     }
 }
 

@@ -5,7 +5,7 @@ use crate::platform::db::{self, Scope};
 use crate::platform::error::Result;
 use crate::platform::list::{self, asc, Order};
 use app::error::AppError;
-use app::fleet::{BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard};
+use app::fleet::{Anomaly, BusyHost, ChartUnit, ChartView, DomainSummary, FleetDashboard};
 use app::seam::RequestCtx;
 use app::{Page, Place};
 use sqlx::PgPool;
@@ -138,8 +138,35 @@ pub(super) async fn dashboard_figures(
         .fetch_all(&mut *tx)
         .await?;
     let replicas = crate::platform::cluster::replicas(&mut tx, replica).await?;
+    #[derive(sqlx::FromRow)]
+    struct Unusual {
+        subject: Uuid,
+        host_id: Option<Uuid>,
+        subject_name: String,
+        tenant_name: Option<String>,
+        detail: String,
+        started_at: time::OffsetDateTime,
+    }
+    let anomalies: Vec<Unusual> = sqlx::query_as(
+        "SELECT a.subject, a.host_id, a.subject_name, t.name AS tenant_name, a.detail, a.started_at
+         FROM alerts a LEFT JOIN tenants t ON t.id = a.tenant_id
+         WHERE a.kind = 'anomaly' AND a.state = 'firing' ORDER BY a.started_at DESC LIMIT 10",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     Ok(FleetDashboard {
         replicas,
+        anomalies: anomalies
+            .into_iter()
+            .map(|a| Anomaly {
+                vm: a.subject,
+                host_id: a.host_id,
+                vm_name: a.subject_name,
+                tenant_name: a.tenant_name,
+                detail: a.detail,
+                since: a.started_at,
+            })
+            .collect(),
         busiest_hosts: busiest
             .into_iter()
             .map(|b| BusyHost {

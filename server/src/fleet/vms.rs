@@ -25,14 +25,16 @@ pub(super) async fn vm_charts(
     let (_, scope) = b.authorized_vm(req, host_id, uuid, Access::See).await?;
     let now = b.clock.now();
     let s = crate::metering::metrics::subject_series(&b.pool, scope, uuid, range, now).await?;
+    let mut cpu = chart_view(
+        "CPU",
+        ChartUnit::Percent,
+        range,
+        now,
+        vec![("CPU", s.get("cpu"))],
+    );
+    mark_anomalies(&b.pool, scope, uuid, &mut cpu).await?;
     Ok(vec![
-        chart_view(
-            "CPU",
-            ChartUnit::Percent,
-            range,
-            now,
-            vec![("CPU", s.get("cpu"))],
-        ),
+        cpu,
         chart_view(
             "Memory",
             ChartUnit::Bytes,
@@ -55,6 +57,57 @@ pub(super) async fn vm_charts(
             vec![("Received", s.get("rx")), ("Sent", s.get("tx"))],
         ),
     ])
+}
+
+/// Adds the hours the anomaly check flagged in the chart's span as a second series of single
+/// points ("Unusual CPU", drawn as markers), and names them in the caption.
+async fn mark_anomalies(
+    pool: &PgPool,
+    scope: Scope,
+    uuid: Uuid,
+    chart: &mut ChartView,
+) -> Result<()> {
+    let from = time::OffsetDateTime::from_unix_timestamp(chart.from_ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut tx = db::begin(pool, scope).await?;
+    // An anomaly is about the last complete hour before the check that found it.
+    let marks: Vec<(time::OffsetDateTime, f64)> = sqlx::query_as(
+        "SELECT date_trunc('hour', started_at) - interval '1 hour', value FROM alerts
+         WHERE kind = 'anomaly' AND subject = $1 AND value IS NOT NULL AND started_at >= $2
+         ORDER BY started_at",
+    )
+    .bind(uuid)
+    .bind(from)
+    .fetch_all(&mut *tx)
+    .await?;
+    db::done(tx);
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:00 UTC");
+    let named: Vec<String> = marks
+        .iter()
+        .map(|(at, v)| {
+            format!(
+                "{} ({})",
+                at.format(&f).unwrap_or_default(),
+                chart.unit.format(*v)
+            )
+        })
+        .collect();
+    chart.summary = format!(
+        "{} Unusual for this VM: {}.",
+        chart.summary,
+        named.join(", ")
+    );
+    chart.lines.push(app::fleet::ChartLine {
+        label: "Unusual CPU".into(),
+        points: marks
+            .into_iter()
+            .map(|(at, v)| ((at.unix_timestamp_nanos() / 1_000_000) as i64, v))
+            .collect(),
+    });
+    Ok(())
 }
 
 pub(super) async fn forget(

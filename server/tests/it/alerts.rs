@@ -218,6 +218,49 @@ async fn a_spike_is_an_anomaly_and_a_daily_cycle_is_not_and_faults_fire() {
         "a normal daily cycle is not flagged"
     );
     assert_eq!(told(&boss).await.len(), 1);
+    // The unusual hour is marked on the VM's CPU chart (a second series, named in the
+    // caption) and listed on the fleet dashboard; the normal VM's chart has no marks.
+    let charts: Vec<app::fleet::ChartView> = ann
+        .call_as(
+            "vm_charts",
+            &[
+                ("host_id", host2.as_str()),
+                ("uuid", &cyc2.to_string()),
+                ("range", "7d"),
+            ],
+        )
+        .await
+        .unwrap();
+    let marks = charts[0]
+        .lines
+        .iter()
+        .find(|l| l.label == "Unusual CPU")
+        .expect("marked");
+    assert_eq!(marks.points.len(), 1, "{marks:?}");
+    let hour = (now.unix_timestamp() / 3600 - 1) * 3600 * 1000;
+    assert_eq!(marks.points[0].0, hour);
+    assert!(
+        charts[0].summary.contains("Unusual for this VM"),
+        "{}",
+        charts[0].summary
+    );
+    let plain: Vec<app::fleet::ChartView> = ann
+        .call_as(
+            "vm_charts",
+            &[
+                ("host_id", host1.as_str()),
+                ("uuid", &cyc1.to_string()),
+                ("range", "7d"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(plain[0].lines.len(), 1);
+    let dash: app::fleet::FleetDashboard = w.fleet.call_as("fleet_dashboard", &[]).await.unwrap();
+    assert_eq!(
+        dash.anomalies.iter().map(|a| a.vm).collect::<Vec<_>>(),
+        [*cyc2]
+    );
 
     // Faults: a crashed domain and a host lost three times within the hour.
     let fleet_before = told(&w.fleet).await.len();
