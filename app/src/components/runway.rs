@@ -55,6 +55,7 @@ pub fn RunwaySection(tenant: Option<Uuid>) -> impl IntoView {
         <section class="card" aria-labelledby="runway-title" id="runway">
             <h2 id="runway-title">"Capacity runway"</h2>
             <p class="muted small">"Daily peaks over the last 90 days (line), their Theil–Sen trend carried forward (dashed) and the limit (red). The range is where 80 % of the day-to-day slopes put it."</p>
+            {tenant.is_none().then(|| view! { <p class="muted small">"Hosts: memory in use, vCPUs allocated and each pool's space; the twelve that run out soonest."</p> })}
             <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match list.await {

@@ -243,17 +243,63 @@ pub async fn fleet(tx: &mut Tx, now: OffsetDateTime, overcommit: f64) -> Result<
         cores * overcommit,
         today,
     ));
-    // (name, capacity, daily peaks) per host, in name order.
-    type Peaks = Vec<(OffsetDateTime, f64)>;
-    let mut hosts: Vec<(String, f64, Peaks)> = Vec::new();
-    for (_, name, cap, day, gib) in per_host {
-        match hosts.last_mut() {
-            Some((n, _, pts)) if *n == name => pts.push((day, gib)),
-            _ => hosts.push((name, cap, vec![(day, gib)])),
-        }
+    // Pool space: each pool's daily peak of allocated bytes, summed per day for the fleet.
+    let pools: Vec<(String, f64, OffsetDateTime, f64)> = sqlx::query_as(
+        "SELECT h.name || ' · ' || p.name, (last_value(p.capacity) OVER w / 1073741824.0)::float8,
+                (p.day::timestamp AT TIME ZONE 'UTC'), (p.allocation_max / 1073741824.0)::float8
+         FROM storage_pool_daily p JOIN hosts h ON h.id = p.host_id
+         WHERE p.day >= $1::date AND p.day <= $2::date
+         WINDOW w AS (PARTITION BY p.host_id, p.name ORDER BY p.day
+                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+         ORDER BY 1, 3",
+    )
+    .bind(since.date())
+    .bind(now.date())
+    .fetch_all(&mut **tx)
+    .await?;
+    let pool_capacity: f64 = sqlx::query_scalar::<_, Option<f64>>(
+        "SELECT (sum(p.capacity) / 1073741824.0)::float8 FROM storage_pools p JOIN hosts h ON h.id = p.host_id
+         WHERE h.state = 'connected' AND p.active AND p.missing_since IS NULL",
+    )
+    .fetch_one(&mut **tx)
+    .await?
+    .unwrap_or(0.0);
+    let mut pool_days: std::collections::BTreeMap<OffsetDateTime, f64> = Default::default();
+    for (_, _, day, gib) in &pools {
+        *pool_days.entry(*day).or_default() += gib;
     }
-    for (name, cap, pts) in hosts {
+    if !pool_days.is_empty() {
         out.push(runway(
+            "Fleet",
+            "pool space",
+            "GiB",
+            days(pool_days.into_iter().collect(), since),
+            pool_capacity,
+            today,
+        ));
+    }
+    // vCPUs allocated to portal VMs per host: each hour's sum, peaked per day.
+    let host_vcpus: Vec<(String, f64, OffsetDateTime, f64)> = sqlx::query_as(
+        "SELECT h.name, coalesce(h.cpus, 0)::float8, d.day, d.v FROM (
+             SELECT host_id, date_trunc('day', hour) AS day, max(v)::float8 AS v FROM (
+                 SELECT v.host_id, u.hour, sum(u.vcpu_hours) AS v
+                 FROM usage_hourly u JOIN vms v ON v.uuid = u.vm_uuid
+                 WHERE u.hour >= $1 AND u.hour < $2 AND v.host_id IS NOT NULL GROUP BY 1, 2) x
+             GROUP BY 1, 2) d
+         JOIN hosts h ON h.id = d.host_id ORDER BY h.name, d.day",
+    )
+    .bind(since)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut hosts = Vec::new();
+    for (name, cap, pts) in by_subject(
+        per_host
+            .into_iter()
+            .map(|(_, n, c, d, v)| (n, c, d, v))
+            .collect(),
+    ) {
+        hosts.push(runway(
             &name,
             "memory in use",
             "GiB",
@@ -262,7 +308,57 @@ pub async fn fleet(tx: &mut Tx, now: OffsetDateTime, overcommit: f64) -> Result<
             today,
         ));
     }
+    for (name, cores, pts) in by_subject(host_vcpus) {
+        hosts.push(runway(
+            &name,
+            "vCPUs allocated (after overcommit)",
+            "vCPUs",
+            days(pts, since),
+            cores * overcommit,
+            today,
+        ));
+    }
+    for (name, cap, pts) in by_subject(pools) {
+        hosts.push(runway(
+            &name,
+            "pool space",
+            "GiB",
+            days(pts, since),
+            cap,
+            today,
+        ));
+    }
+    // The hosts that run out soonest first; a large fleet shows only those.
+    hosts.sort_by(|a, b| {
+        let key = |r: &Runway| r.days.unwrap_or(f64::INFINITY);
+        key(a)
+            .total_cmp(&key(b))
+            .then_with(|| a.subject.cmp(&b.subject))
+    });
+    hosts.truncate(HOSTS_SHOWN);
+    out.extend(hosts);
     Ok(out)
+}
+
+/// How many host runways the fleet's list carries (the soonest to run out).
+pub const HOSTS_SHOWN: usize = 12;
+
+type Peaks = Vec<(OffsetDateTime, f64)>;
+
+/// Rows of (subject, capacity, day, value) in subject order, grouped as (subject, the last
+/// row's capacity, daily values).
+fn by_subject(rows: Vec<(String, f64, OffsetDateTime, f64)>) -> Vec<(String, f64, Peaks)> {
+    let mut out: Vec<(String, f64, Peaks)> = Vec::new();
+    for (name, cap, day, v) in rows {
+        match out.last_mut() {
+            Some((n, c, pts)) if *n == name => {
+                *c = cap;
+                pts.push((day, v));
+            }
+            _ => out.push((name, cap, vec![(day, v)])),
+        }
+    }
+    out
 }
 
 /// A tenant's quota runways (its managers and admins), or the fleet's and hosts' (fleet

@@ -677,3 +677,70 @@ async fn capacity_runway_follows_the_trend_of_daily_peaks() {
     assert!(allocated.points.len() >= 60, "{allocated:?}");
     assert!((allocated.slope_per_day - 0.5).abs() < 0.01);
 }
+
+#[tokio::test]
+async fn hosts_have_vcpu_and_pool_space_runways() {
+    use app::reports::Runway;
+    use concierge::platform::clock::Clock;
+    let w = crate::provisioning::world_with(|_| {}).await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    w.set_policy(&boss, "5", "").await;
+    let r = w.submit(&ann, "small", "1", "app").await.unwrap();
+    w.wait_for(&ann, &r.to_string(), app::states::RequestState::Fulfilled)
+        .await;
+    let now = w.app.clock.now();
+    // 60 days of the host's VM growing 0.5 vCPU a day from 10, and a pool "fast" on the host
+    // filling 1 GiB a day from 10 GiB of 100 GiB.
+    sqlx::query(
+        "INSERT INTO usage_hourly (vm_uuid, hour, tenant_id, vcpu_hours, memory_gib_hours, disk_gib_hours, powered_on_hours)
+         SELECT v.uuid, h, v.tenant_id, 10 + 0.5 * floor(extract(epoch FROM h - ($1::timestamptz - interval '60 days')) / 86400), 1, 10, 1
+         FROM vms v, generate_series(date_trunc('hour', $1::timestamptz) - interval '60 days',
+                                     date_trunc('hour', $1::timestamptz) - interval '1 hour', interval '1 hour') h
+         WHERE v.deleted_at IS NULL
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(now)
+    .execute(&w.app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO storage_pool_daily (host_id, name, day, allocation_max, capacity)
+         SELECT $1::uuid, 'fast', ($2::timestamptz - make_interval(days => 60 - d))::date,
+                (10 + d) * 1073741824::int8, 100 * 1073741824::int8
+         FROM generate_series(0, 59) d",
+    )
+    .bind(&w.host)
+    .bind(now)
+    .execute(&w.app.db)
+    .await
+    .unwrap();
+    let rs: Vec<Runway> = w.fleet.call_as("capacity_runway", &[]).await.unwrap();
+    let find = |subject: &str, resource: &str| {
+        rs.iter()
+            .find(|r| r.subject == subject && r.resource == resource)
+            .unwrap_or_else(|| panic!("{subject} {resource}: {rs:?}"))
+    };
+    let vcpus = find("hv1", "vCPUs allocated (after overcommit)");
+    assert!(vcpus.points.len() >= 60, "{vcpus:?}");
+    assert!((vcpus.slope_per_day - 0.5).abs() < 0.01, "{vcpus:?}");
+    // Level on day 59 (from 90 days back) ≈ 69 GiB: 31 GiB left at 1 GiB a day, from today
+    // (a day on) ≈ 30 days.
+    let pool = find("hv1 · fast", "pool space");
+    assert!((pool.slope_per_day - 1.0).abs() < 0.01, "{pool:?}");
+    let days = pool.days.expect("runs out");
+    assert!(
+        (days - 30.0).abs() <= 30.0 * 0.1,
+        "{days}: {}",
+        pool.summary
+    );
+    assert!((pool.capacity - 100.0).abs() < 0.01);
+    let fleet_pool = find("Fleet", "pool space");
+    assert!(fleet_pool.capacity > 0.0);
+}
