@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub const METRICS: [(&str, &str); 4] = [
+pub const METRICS: [(&str, &str); 5] = [
     ("cpu", "CPU (% of its vCPUs or cores)"),
     ("memory", "Memory (% of its size)"),
     ("disk", "Disk reads + writes (KiB/s)"),
     ("network", "Network in + out (KiB/s)"),
+    (
+        "headroom",
+        "Hosts: capacity headroom (% of memory and of vCPUs after overcommit still free to place VMs)",
+    ),
 ];
 
 pub const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];

@@ -107,6 +107,7 @@ impl AppState {
         let alerter = Arc::new(crate::alerts::Alerter {
             pool: pool.clone(),
             clock: clock.clone(),
+            vcpu_overcommit: config.vcpu_overcommit,
         });
         let live = crate::platform::live::Live::default();
         let images = Arc::new(crate::catalog::images::ImagesBackend {

@@ -61,7 +61,7 @@ struct Window {
 
 fn unit(metric: &str) -> &'static str {
     match metric {
-        "cpu" | "memory" => " %",
+        "cpu" | "memory" | "headroom" => " %",
         _ => " KiB/s",
     }
 }
@@ -75,7 +75,8 @@ pub async fn thresholds(tx: &mut Tx, now: OffsetDateTime) -> Result<Vec<Finding>
     .fetch_all(&mut **tx)
     .await?;
     let mut out = Vec::new();
-    for r in rules {
+    // Headroom is read from the inventory (`headroom`), not from samples.
+    for r in rules.into_iter().filter(|r| r.metric != "headroom") {
         let value = match r.metric.as_str() {
             "cpu" => "m.cpu_pct::float8",
             "memory" => {
@@ -142,6 +143,101 @@ pub async fn thresholds(tx: &mut Tx, now: OffsetDateTime) -> Result<Vec<Finding>
                 tenant_admins: r.tenant_id,
             });
         }
+    }
+    Ok(out)
+}
+
+#[derive(sqlx::FromRow)]
+struct Headroom {
+    rule_id: Uuid,
+    name: String,
+    above: bool,
+    threshold: f64,
+    for_minutes: i32,
+    severity: String,
+    host: Uuid,
+    host_name: String,
+    memory_pct: f64,
+    vcpu_pct: f64,
+    since: Option<OffsetDateTime>,
+}
+
+/// Connected hosts whose capacity headroom (the smaller of free memory and free vCPUs after
+/// overcommit, as a share, allocated to running domains) is beyond a headroom rule's
+/// threshold; when each went beyond is kept in `alert_pending`, so the rule's duration counts
+/// across checks, and forgotten when it comes back.
+pub async fn headroom(tx: &mut Tx, now: OffsetDateTime, overcommit: f64) -> Result<Vec<Finding>> {
+    let rows: Vec<Headroom> = sqlx::query_as(
+        "SELECT r.id AS rule_id, r.name, r.above, r.threshold, r.for_minutes, r.severity,
+                h.id AS host, h.name AS host_name,
+                100.0 - coalesce(a.memory_kib, 0) * 100.0 / greatest(h.memory_kib, 1) AS memory_pct,
+                100.0 - coalesce(a.vcpus, 0) * 100.0 / greatest(h.cpus * $1, 1) AS vcpu_pct,
+                p.since
+         FROM alert_rules r CROSS JOIN hosts h
+         LEFT JOIN (SELECT host_id, sum(vcpus)::float8 AS vcpus, sum(memory_kib)::float8 AS memory_kib
+                    FROM domains WHERE missing_since IS NULL AND state NOT IN ('shutoff', 'crashed')
+                    GROUP BY host_id) a ON a.host_id = h.id
+         LEFT JOIN alert_pending p ON p.rule_id = r.id AND p.subject = h.id
+         WHERE r.enabled AND r.metric = 'headroom' AND h.state = 'connected' AND h.memory_kib > 0
+         ORDER BY r.id, h.name",
+    )
+    .bind(overcommit)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::new();
+    for h in rows {
+        let value = h.memory_pct.min(h.vcpu_pct);
+        let beyond = if h.above {
+            value > h.threshold
+        } else {
+            value < h.threshold
+        };
+        if !beyond {
+            sqlx::query("DELETE FROM alert_pending WHERE rule_id = $1 AND subject = $2")
+                .bind(h.rule_id)
+                .bind(h.host)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        }
+        let since = match h.since {
+            Some(s) => s,
+            None => {
+                sqlx::query(
+                    "INSERT INTO alert_pending (rule_id, subject, since) VALUES ($1, $2, $3)",
+                )
+                .bind(h.rule_id)
+                .bind(h.host)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                now
+            }
+        };
+        let dir = if h.above { "above" } else { "below" };
+        out.push(Finding {
+            kind: "threshold",
+            cause: h.rule_id.to_string(),
+            rule_id: Some(h.rule_id),
+            subject: h.host,
+            subject_kind: "host",
+            subject_name: h.host_name.clone(),
+            host_id: Some(h.host),
+            tenant_id: None,
+            severity: h.severity,
+            title: format!(
+                "{}: {} (headroom {dir} {} % for {} min)",
+                h.host_name, h.name, h.threshold, h.for_minutes
+            ),
+            detail: format!(
+                "Now {:.1} % free: memory {:.1} %, vCPUs {:.1} %.",
+                value, h.memory_pct, h.vcpu_pct
+            ),
+            value: Some(value),
+            established: since <= now - time::Duration::minutes(i64::from(h.for_minutes)),
+            fleet: true,
+            tenant_admins: None,
+        });
     }
     Ok(out)
 }

@@ -33,6 +33,8 @@ pub struct Tick {
 pub struct Alerter {
     pub pool: PgPool,
     pub clock: Arc<dyn Clock>,
+    /// For host capacity headroom: vCPUs a host may allocate per core.
+    pub vcpu_overcommit: f64,
 }
 
 fn link(subject_kind: &str, subject: Uuid, host: Option<Uuid>) -> String {
@@ -121,6 +123,7 @@ impl Alerter {
             return Ok(out);
         }
         let mut found: Vec<Finding> = detect::thresholds(&mut tx, now).await?;
+        found.extend(detect::headroom(&mut tx, now, self.vcpu_overcommit).await?);
         found.extend(detect::faults(&mut tx, now).await?);
         found.extend(detect::anomalies(&mut tx, now).await?);
         let present: HashSet<(String, String, Uuid)> = found
@@ -391,14 +394,17 @@ impl Alerts for AlertsBackend {
             if !METRICS.iter().any(|(m, _)| *m == metric) {
                 return Err(AppError::field("metric", "Choose a metric.").into());
             }
+            if metric == "headroom" && subject != "host" {
+                return Err(AppError::field("metric", "Capacity headroom is a host's: choose hosts.").into());
+            }
             let above = match form.direction.trim() {
                 "above" | "" => true,
                 "below" => false,
                 _ => return Err(AppError::field("direction", "Choose above or below.").into()),
             };
             let threshold: f64 = match form.threshold.trim().parse::<f64>() {
-                Ok(v) if v.is_finite() && v >= 0.0 && (v <= 100.0 || !matches!(metric, "cpu" | "memory")) => v,
-                _ => return Err(AppError::field("threshold", "Enter a number: a percentage from 0 to 100 for CPU and memory, KiB/s for disk and network.").into()),
+                Ok(v) if v.is_finite() && v >= 0.0 && (v <= 100.0 || !matches!(metric, "cpu" | "memory" | "headroom")) => v,
+                _ => return Err(AppError::field("threshold", "Enter a number: a percentage from 0 to 100 for CPU, memory and headroom, KiB/s for disk and network.").into()),
             };
             let for_minutes: i32 = match form.for_minutes.trim().parse::<i32>() {
                 Ok(v) if (1..=1440).contains(&v) => v,

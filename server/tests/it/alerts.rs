@@ -294,3 +294,79 @@ async fn a_spike_is_an_anomaly_and_a_daily_cycle_is_not_and_faults_fire() {
         .unwrap();
     assert_eq!(w.app.state.alerter.tick().await.unwrap().resolved, 1);
 }
+
+#[tokio::test]
+async fn host_capacity_headroom_fires_after_its_duration_and_resolves() {
+    let w = world_with(|c| c.sample_seconds = 0).await;
+    let (_, ann) = w
+        .app
+        .signed_in("ann@example.com", Some((w.tenant, "requester")))
+        .await;
+    let (_, boss) = w
+        .app
+        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
+        .await;
+    w.set_policy(&boss, "5", "").await;
+    let (vm, host) = vms(&w, &ann, "1", "web").await.remove(0);
+    // The simulated host has 256 GiB and 256 vCPUs after overcommit: one small VM (1 vCPU,
+    // 1 GiB) leaves 99.6 % of each free, below a threshold of 99.9 %.
+    let rule = [
+        ("scope", "fleet"),
+        ("name", "Room to place"),
+        ("subject", "host"),
+        ("metric", "headroom"),
+        ("direction", "below"),
+        ("threshold", "99.9"),
+        ("for_minutes", "5"),
+        ("severity", "warning"),
+    ];
+    let mut for_vms = rule;
+    for_vms[2] = ("subject", "vm");
+    assert_field_error(&w.fleet.call("add_alert_rule", &for_vms).await, "metric");
+    w.fleet.call("add_alert_rule", &rule).await.unwrap();
+    // Beyond for less than the duration: not yet; after it: fires once, to the fleet admins.
+    assert_eq!(w.app.state.alerter.tick().await.unwrap().fired, 0);
+    w.app.clock.advance(time::Duration::minutes(3));
+    assert_eq!(w.app.state.alerter.tick().await.unwrap().fired, 0);
+    w.app.clock.advance(time::Duration::minutes(3));
+    let tick = w.app.state.alerter.tick().await.unwrap();
+    assert_eq!(tick.fired, 1, "{tick:?}");
+    assert_eq!(w.app.state.alerter.tick().await.unwrap().fired, 0);
+    let n = told(&w.fleet).await;
+    assert!(
+        n.iter()
+            .any(|n| n.title.starts_with("[warning] hv1: Room to place")
+                && n.link == format!("/hosts/{host}")),
+        "{n:?}"
+    );
+    assert!(told(&boss).await.is_empty(), "a host alert is the fleet's");
+    let o: AlertsOverview = w.fleet.call_as("alerts", &[]).await.unwrap();
+    assert!(
+        o.alerts[0].detail.contains("memory 99.6 %"),
+        "{:?}",
+        o.alerts[0]
+    );
+    // The VM stops: its memory is free again, the alert resolves.
+    ann.call(
+        "vm_action",
+        &[
+            ("host_id", &host),
+            ("uuid", &vm.to_string()),
+            ("action", "force_off"),
+        ],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let tick = w.app.state.alerter.tick().await.unwrap();
+        if tick.resolved == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "never resolved"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
