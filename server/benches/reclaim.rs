@@ -53,9 +53,14 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let url = format!("{base_url}/{name}");
     let result = run(&url).await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&maint)
-        .await?;
+    // RECLAIM_BENCH_KEEP=1 keeps the seeded database for EXPLAIN in psql.
+    if std::env::var("RECLAIM_BENCH_KEEP").as_deref() == Ok("1") {
+        println!("kept database {name}");
+    } else {
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&maint)
+            .await?;
+    }
     result
 }
 

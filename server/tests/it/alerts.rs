@@ -56,14 +56,7 @@ async fn told(c: &Client) -> Vec<Notification> {
 async fn a_threshold_held_for_its_duration_fires_once_and_resolves_once() {
     let w = world_with(|c| c.sample_seconds = 0).await;
     let t = w.tenant.to_string();
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     let other = w.app.tenant("Globex").await;
     let (_, rival) = w
         .app
@@ -162,14 +155,7 @@ async fn a_threshold_held_for_its_duration_fires_once_and_resolves_once() {
 #[tokio::test]
 async fn a_spike_is_an_anomaly_and_a_daily_cycle_is_not_and_faults_fire() {
     let w = world_with(|c| c.sample_seconds = 0).await;
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     w.set_policy(&boss, "5", "").await;
     let pair = vms(&w, &ann, "2", "cyc").await;
     // 15 days of a daily cycle: 10 % at night (00–07 UTC), 60 % by day. The last complete hour
@@ -298,14 +284,7 @@ async fn a_spike_is_an_anomaly_and_a_daily_cycle_is_not_and_faults_fire() {
 #[tokio::test]
 async fn host_capacity_headroom_fires_after_its_duration_and_resolves() {
     let w = world_with(|c| c.sample_seconds = 0).await;
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     w.set_policy(&boss, "5", "").await;
     let (vm, host) = vms(&w, &ann, "1", "web").await.remove(0);
     // The simulated host has 256 GiB and 256 vCPUs after overcommit: one small VM (1 vCPU,

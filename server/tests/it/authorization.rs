@@ -27,6 +27,9 @@ struct World {
     target: Uuid,
     /// An open invitation of requester B (req-b@example.com) into tenant A.
     invitation: Uuid,
+    /// Tenant A's alert rule and webhook endpoint (to a documentation address, never called).
+    alert_rule: Uuid,
+    webhook: Uuid,
     clients: Vec<(Who, Client)>,
 }
 
@@ -58,6 +61,22 @@ impl World {
         .fetch_one(&app.db)
         .await
         .unwrap();
+        let alert_rule: Uuid = sqlx::query_scalar(
+            "INSERT INTO alert_rules (tenant_id, name, subject, metric, above, threshold, for_minutes, severity, created_at)
+             VALUES ($1, 'Hot', 'vm', 'cpu', true, 90, 10, 'warning', now()) RETURNING id",
+        )
+        .bind(tenant_a)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        let webhook: Uuid = sqlx::query_scalar(
+            "INSERT INTO webhook_endpoints (tenant_id, url, secret, event_types, created_at)
+             VALUES ($1, 'https://192.0.2.1/hook', 'whsec_dGVzdA==', '{alert.firing}', now()) RETURNING id",
+        )
+        .bind(tenant_a)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
         let clients = vec![
             (Anonymous, app.client()),
             (RequesterA, req_a),
@@ -71,6 +90,8 @@ impl World {
             requester_a,
             target,
             invitation,
+            alert_rule,
+            webhook,
             clients,
         }
     }
@@ -777,4 +798,167 @@ async fn nobody_reads_or_marks_another_users_notification() {
         .call("mark_notifications_read", &[("id", &id.to_string())])
         .await
         .unwrap();
+}
+
+// Operations automation (issue 18): webhooks, reclamation, alerts, runways, rebalancing.
+const ADMINS_OF_A: [Who; 2] = [TenantAdminA, FleetAdmin];
+
+#[tokio::test]
+async fn webhooks_are_for_admins() {
+    check("webhooks", &ADMINS_OF_A, |_| args("webhooks", &[])).await;
+}
+
+#[tokio::test]
+async fn adding_a_tenant_webhook() {
+    check("add_webhook", &ADMINS_OF_A, |w| {
+        args(
+            "add_webhook",
+            &[
+                ("scope", w.tenant_a.to_string()),
+                ("url", "https://192.0.2.10/hook".into()),
+                ("events[]", "alert.firing".into()),
+            ],
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn adding_a_fleet_webhook() {
+    check("add_webhook (fleet)", &[FleetAdmin], |_| {
+        args(
+            "add_webhook",
+            &[
+                ("scope", "fleet".into()),
+                ("url", "https://192.0.2.10/hook".into()),
+                ("events[]", "host.lost".into()),
+            ],
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn turning_a_webhook_off() {
+    check("set_webhook_enabled", &ADMINS_OF_A, |w| {
+        args(
+            "set_webhook_enabled",
+            &[("id", w.webhook.to_string()), ("enabled", "false".into())],
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn removing_a_webhook() {
+    check("remove_webhook", &ADMINS_OF_A, |w| {
+        args("remove_webhook", &[("id", w.webhook.to_string())])
+    })
+    .await;
+}
+
+fn rule_form(scope: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("scope", scope),
+        ("kind", "idle".into()),
+        ("days", "14".into()),
+        ("action", "stop".into()),
+    ]
+}
+
+#[tokio::test]
+async fn reclamation_is_for_admins() {
+    check("reclamation", &ADMINS_OF_A, |_| args("reclamation", &[])).await;
+}
+
+#[tokio::test]
+async fn a_reclamation_dry_run() {
+    check("preview_reclamation_rule", &ADMINS_OF_A, |w| {
+        args(
+            "preview_reclamation_rule",
+            &rule_form(w.tenant_a.to_string()),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn saving_a_tenant_reclamation_rule() {
+    check("save_reclamation_rule", &ADMINS_OF_A, |w| {
+        args("save_reclamation_rule", &rule_form(w.tenant_a.to_string()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn saving_the_fleet_default_reclamation_rule() {
+    check("save_reclamation_rule (fleet)", &[FleetAdmin], |_| {
+        args("save_reclamation_rule", &rule_form("fleet".into()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn own_reclamation_proposals_need_a_session() {
+    check("my_reclamation_proposals", &SIGNED_IN, |_| {
+        args("my_reclamation_proposals", &[])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn alerts_are_for_admins() {
+    check("alerts", &ADMINS_OF_A, |_| args("alerts", &[])).await;
+}
+
+#[tokio::test]
+async fn adding_a_tenant_alert_rule() {
+    check("add_alert_rule", &ADMINS_OF_A, |w| {
+        args(
+            "add_alert_rule",
+            &[
+                ("scope", w.tenant_a.to_string()),
+                ("name", "Busy".into()),
+                ("subject", "vm".into()),
+                ("metric", "cpu".into()),
+                ("direction", "above".into()),
+                ("threshold", "80".into()),
+                ("for_minutes", "10".into()),
+                ("severity", "warning".into()),
+            ],
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn removing_an_alert_rule() {
+    check("remove_alert_rule", &ADMINS_OF_A, |w| {
+        args("remove_alert_rule", &[("id", w.alert_rule.to_string())])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenants_runway() {
+    check("capacity_runway", &ADMINS_OF_A, |w| {
+        args("capacity_runway", &[("tenant_id", w.tenant_a.to_string())])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_fleets_runway() {
+    check("capacity_runway (fleet)", &[FleetAdmin], |_| {
+        args("capacity_runway", &[])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rebalancing_advice() {
+    check("rebalance_advice", &[FleetAdmin], |_| {
+        args("rebalance_advice", &[])
+    })
+    .await;
 }

@@ -97,6 +97,19 @@ pub(crate) async fn world_with(tweak: impl FnOnce(&mut concierge::config::Config
 }
 
 impl World {
+    /// Ann, a requester, and Boss, the tenant's admin, signed in.
+    pub(crate) async fn ann_and_boss(&self) -> (Client, Client) {
+        let (_, ann) = self
+            .app
+            .signed_in("ann@example.com", Some((self.tenant, "requester")))
+            .await;
+        let (_, boss) = self
+            .app
+            .signed_in("boss@example.com", Some((self.tenant, "tenant_admin")))
+            .await;
+        (ann, boss)
+    }
+
     pub(crate) fn form<'a>(
         &'a self,
         tenant: &'a str,
@@ -949,14 +962,7 @@ async fn bad_input_is_named_and_changes_nothing() {
 async fn catalog_visibility_and_authorization() {
     let w = world().await;
     let t = w.tenant.to_string();
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     let other = w.app.tenant("Other").await;
     let (_, eve) = w
         .app

@@ -482,14 +482,7 @@ async fn sized_metrics(w: &World, vm: Uuid, days: i32, cpu: f64, mem_mib: i64) {
 async fn oversized_vms_are_shrunk_to_a_template_size_at_their_next_stop() {
     let w = world_with(|_| {}).await;
     let t = w.tenant.to_string();
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     boss.call(
         "set_policy",
         &[

@@ -683,14 +683,7 @@ async fn hosts_have_vcpu_and_pool_space_runways() {
     use app::reports::Runway;
     use concierge::platform::clock::Clock;
     let w = crate::provisioning::world_with(|_| {}).await;
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     w.set_policy(&boss, "5", "").await;
     let r = w.submit(&ann, "small", "1", "app").await.unwrap();
     w.wait_for(&ann, &r.to_string(), app::states::RequestState::Fulfilled)

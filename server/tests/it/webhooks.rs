@@ -143,14 +143,7 @@ async fn events_reach_their_tenants_endpoints_signed_once_and_failures_are_handl
     })
     .await;
     let t = w.tenant.to_string();
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     let other = w.app.tenant("Globex").await;
     let (_, rival) = w
         .app
@@ -492,14 +485,7 @@ async fn quota_crossing_80_and_100_percent_and_a_lost_host_are_announced() {
     })
     .await;
     let t = w.tenant.to_string();
-    let (_, ann) = w
-        .app
-        .signed_in("ann@example.com", Some((w.tenant, "requester")))
-        .await;
-    let (_, boss) = w
-        .app
-        .signed_in("boss@example.com", Some((w.tenant, "tenant_admin")))
-        .await;
+    let (ann, boss) = w.ann_and_boss().await;
     w.set_policy(&boss, "5", "").await;
     w.fleet
         .call(
