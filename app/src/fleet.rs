@@ -615,6 +615,8 @@ pub struct MoveAdvice {
     pub vm_name: String,
     pub from_id: Uuid,
     pub from: String,
+    #[serde(default)]
+    pub to_id: Uuid,
     pub to: String,
     pub memory_mib: i64,
     pub vcpus: i32,
@@ -630,6 +632,18 @@ pub struct Rebalancing {
     /// Fullest minus emptiest host, in points, now and after the moves.
     pub spread_before: f64,
     pub spread_after: f64,
+}
+
+/// Moves a VM to another host (a cold migration, while it is off).
+#[server(prefix = "/api", endpoint = "move_vm")]
+pub async fn move_vm(host_id: Uuid, uuid: Uuid, target_host: Uuid) -> Result<(), AppError> {
+    let req = crate::seam::request()?;
+    crate::seam::reply(
+        crate::seam::backend()?
+            .fleet
+            .move_vm(&req, host_id, uuid, target_host)
+            .await,
+    )
 }
 
 #[server(prefix = "/api", endpoint = "rebalance_advice")]

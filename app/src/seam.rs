@@ -243,6 +243,15 @@ pub trait Fleet: Send + Sync + 'static {
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError>;
     /// Which VMs moved where would even out the hosts (fleet admins).
     async fn rebalance(&self, req: &RequestCtx) -> Result<crate::fleet::Rebalancing, AppError>;
+    /// Moves a portal VM to another host while it is off (fleet admins): at once when it is
+    /// off, else when its owner next shuts it down.
+    async fn move_vm(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        target_host: Uuid,
+    ) -> Result<(), AppError>;
     async fn host_page(
         &self,
         req: &RequestCtx,

@@ -169,7 +169,12 @@ fn HostsContent() -> impl IntoView {
 /// Rebalancing advice: the hosts' memory shares now and after the advised moves.
 #[component]
 fn RebalanceSection() -> impl IntoView {
-    let advice = Resource::new(|| (), |_| crate::fleet::rebalance_advice());
+    let moving = ServerAction::<crate::fleet::MoveVm>::new();
+    let move_error = action_error(moving);
+    let advice = Resource::new(
+        move || moving.version().get(),
+        |_| crate::fleet::rebalance_advice(),
+    );
     view! {
         <section class="card" aria-labelledby="rebalance-title" id="rebalance">
             <h2 id="rebalance-title">"Rebalancing advice"</h2>
@@ -179,22 +184,34 @@ fn RebalanceSection() -> impl IntoView {
                         Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                         Ok(a) => view! {
                             <p class="muted small">{format!(
-                                "Memory allocated is {:.0} % of the fleet's on average; hosts more than {:.0} points above it are worth unloading. Moves keep each VM's template image, pool space, memory and vCPU overcommit. Advice only: moving a VM (stop, copy its disk, define and start it on the other host) is not built yet.",
+                                "Memory allocated is {:.0} % of the fleet's on average; hosts more than {:.0} points above it are worth unloading. Moves keep each VM's template image, pool space, memory and vCPU overcommit. A move copies the VM's disk to the other host while the VM is off: at once when it is off, otherwise when its owner next shuts it down (they are told); it stays off until they start it.",
                                 a.mean_pct, a.margin_pct)}</p>
                             {if a.moves.is_empty() {
                                 view! { <p class="empty">{format!("Nothing to move: the hosts are within {:.0} points of each other.", a.spread_before)}</p> }.into_any()
                             } else {
                                 view! {
                                     <p>{format!("{} move{} would narrow the gap between the fullest and the emptiest host from {:.0} to {:.0} points:", a.moves.len(), if a.moves.len() == 1 { "" } else { "s" }, a.spread_before, a.spread_after)}</p>
+                                    <FormMessage error=move_error/>
+                                    {move || moving.value().get().and_then(|r| r.ok()).map(|_| view! {
+                                        <p class="notice ok" role="status">"Move requested: it happens while the VM is off; its operation log shows it."</p>
+                                    })}
                                     <table class="table" id="rebalance-moves">
-                                        <thead><tr><th>"VM"</th><th>"From"</th><th>"To"</th><th>"Size"</th></tr></thead>
+                                        <thead><tr><th>"VM"</th><th>"From"</th><th>"To"</th><th>"Size"</th><th>"Move"</th></tr></thead>
                                         <tbody>
                                             {a.moves.into_iter().map(|m| view! {
                                                 <tr>
                                                     <td data-label="VM"><a href=format!("/vms/{}/{}", m.from_id, m.vm)>{m.vm_name}</a></td>
                                                     <td data-label="From">{m.from}</td>
-                                                    <td data-label="To">{m.to}</td>
+                                                    <td data-label="To">{m.to.clone()}</td>
                                                     <td data-label="Size">{format!("{} vCPU, {:.1} GiB", m.vcpus, m.memory_mib as f64 / 1024.0)}</td>
+                                                    <td data-label="Move">
+                                                        <ActionForm action=moving attr:class="inline">
+                                                            <input type="hidden" name="host_id" value=m.from_id.to_string()/>
+                                                            <input type="hidden" name="uuid" value=m.vm.to_string()/>
+                                                            <input type="hidden" name="target_host" value=m.to_id.to_string()/>
+                                                            <button type="submit">{format!("Move to {}", m.to)}</button>
+                                                        </ActionForm>
+                                                    </td>
                                                 </tr>
                                             }).collect_view()}
                                         </tbody>

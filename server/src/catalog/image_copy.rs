@@ -61,17 +61,27 @@ fn job_target(job: &Job) -> Result<(Uuid, Uuid), Outcome> {
     Ok((field("image")?, field("host")?))
 }
 
+/// Rewrites a volume's first bytes on the way (at least `HEAD` of them, or the whole volume
+/// when smaller): a moved VM's qcow2 header names its new backing file. An error stops the copy.
+pub type Patch = Box<dyn FnOnce(&mut Vec<u8>) -> Result<(), String> + Send>;
+
+/// How much of a volume a `Patch` sees at once: the largest qcow2 header cluster.
+const HEAD: usize = 2 << 20;
+
 /// Streams one volume from one host to another: libvirt download on the source, upload on the
 /// target, each on its own blocking thread, joined by a small bounded channel. Returns the
-/// SHA-256 of what passed.
-async fn transfer(
+/// SHA-256 of what was read from the source.
+pub async fn transfer(
     hypervisors: &Hypervisors,
     from: (Uuid, String),
     to: (Uuid, String),
     name: String,
     progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+    patch: Option<Patch>,
 ) -> Result<String, String> {
     use sha2::{Digest, Sha256};
+    let refused = Arc::new(std::sync::Mutex::new(None::<String>));
+    let why = refused.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let (length_tx, length_rx) = std::sync::mpsc::sync_channel::<u64>(1);
     let (src_pool, src_name) = (from.1.clone(), name.clone());
@@ -86,16 +96,39 @@ async fn transfer(
         vol.download(&stream, 0, 0, 0)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut patch = patch;
+        let mut head: Vec<u8> = Vec::new();
+        // Passes the held head through the patch (once) and on.
+        let flush = |head: &mut Vec<u8>, patch: &mut Option<Patch>| -> bool {
+            if let Some(p) = patch.take() {
+                if let Err(e) = p(head) {
+                    *why.lock().expect("refusal") = Some(e);
+                    return false;
+                }
+            }
+            tx.send(std::mem::take(head)).is_ok()
+        };
         loop {
             let n = stream.recv(&mut buf)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n as usize]);
-            if tx.send(buf[..n as usize].to_vec()).is_err() {
+            let chunk = &buf[..n as usize];
+            hasher.update(chunk);
+            let sent = if patch.is_some() {
+                head.extend_from_slice(chunk);
+                head.len() < HEAD || flush(&mut head, &mut patch)
+            } else {
+                tx.send(chunk.to_vec()).is_ok()
+            };
+            if !sent {
                 let _ = stream.abort();
                 return Err(virt::error::Error::last_error());
             }
+        }
+        if patch.is_some() && !flush(&mut head, &mut patch) {
+            let _ = stream.abort();
+            return Err(virt::error::Error::last_error());
         }
         stream.finish()?;
         Ok(format!("{:x}", hasher.finalize()))
@@ -121,6 +154,9 @@ async fn transfer(
         )
     });
     let (sha, uploaded) = tokio::join!(download, upload);
+    if let Some(e) = refused.lock().expect("refusal").take() {
+        return Err(e);
+    }
     uploaded?;
     sha
 }
@@ -199,6 +235,7 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
         (host, copy.pool.clone()),
         name,
         Some(done.clone()),
+        None,
     )
     .await
     {
@@ -213,7 +250,15 @@ pub async fn run_copy(pool: &PgPool, hypervisors: &Hypervisors, job: &Job) -> Re
     for name in [&copy.kernel, &copy.initrd].into_iter().flatten() {
         if result.is_ok() {
             let (src, name) = from(name);
-            if let Err(e) = transfer(hypervisors, src, (host, copy.pool.clone()), name, None).await
+            if let Err(e) = transfer(
+                hypervisors,
+                src,
+                (host, copy.pool.clone()),
+                name,
+                None,
+                None,
+            )
+            .await
             {
                 result = Err(e);
             }

@@ -76,6 +76,28 @@ impl Fleet for FleetBackend {
         seam(rebalance_advice(self, req)).await
     }
 
+    async fn move_vm(
+        &self,
+        req: &RequestCtx,
+        host_id: Uuid,
+        uuid: Uuid,
+        target_host: Uuid,
+    ) -> Result<(), AppError> {
+        seam(crate::provisioning::migration::request(
+            &self.pool,
+            &self.queue,
+            self.vcpu_overcommit,
+            req,
+            crate::provisioning::migration::Move {
+                host_id,
+                vm: uuid,
+                target: target_host,
+            },
+            self.clock.now(),
+        ))
+        .await
+    }
+
     async fn hosts(&self, req: &RequestCtx) -> Result<Vec<HostSummary>, AppError> {
         Ok(hosts::hosts(self, req).await?)
     }
@@ -369,6 +391,7 @@ async fn rebalance_advice(
                     vm_name: vm.name.clone(),
                     from_id: m.from,
                     from: name_of(m.from),
+                    to_id: m.to,
                     to: name_of(m.to),
                     memory_mib: vm.memory_mib as i64,
                     vcpus: vm.vcpus as i32,

@@ -2,7 +2,7 @@
 //! than a margin, and which VMs moved where would even them out. Greedy: from the fullest
 //! host, move the VM whose size best closes its gap to the least loaded host that can take it
 //! (memory, vCPUs after overcommit, the template's image there and room in its pool), while
-//! that narrows the spread. Advice only: moving is a cold migration not built yet.
+//! that narrows the spread. A move is carried out by `provisioning::migration` (cold, while off).
 use std::collections::HashMap;
 use uuid::Uuid;
 

@@ -28,6 +28,8 @@ pub enum JobKind {
     Mail,
     /// Deliver an event to a webhook endpoint (key: the delivery).
     Webhook,
+    /// Move a shut-off portal VM to another host (key: the VM).
+    Migrate,
 }
 
 impl JobKind {
@@ -40,10 +42,11 @@ impl JobKind {
             JobKind::ImageCopy => "image_copy",
             JobKind::Mail => "mail",
             JobKind::Webhook => "webhook",
+            JobKind::Migrate => "migrate",
         }
     }
 
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::Provision,
         JobKind::Delete,
         JobKind::Shutdown,
@@ -51,6 +54,7 @@ impl JobKind {
         JobKind::ImageCopy,
         JobKind::Mail,
         JobKind::Webhook,
+        JobKind::Migrate,
     ];
 
     pub fn parse(s: &str) -> Option<JobKind> {

@@ -7,6 +7,7 @@ pub mod day2;
 pub mod guest;
 pub mod leases;
 mod limits;
+pub mod migration;
 pub mod placement;
 pub mod provisioner;
 pub mod quota;

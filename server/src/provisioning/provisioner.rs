@@ -269,9 +269,20 @@ impl Provisioner {
     }
 
     /// Takes the lowest free forward port of `host` for the VM (under the placement lock, so
-    /// two VMs cannot take one port; the unique index says so too). On the portal's own
-    /// machine a port some other program holds is skipped.
+    /// two VMs cannot take one port; the unique index says so too).
     async fn ssh_port(&self, tx: &mut db::Tx, vm: Uuid, host: Uuid) -> Result<u16, Outcome> {
+        let port = self.free_ssh_port(tx, host).await?;
+        sqlx::query("UPDATE vms SET ssh_port = $2 WHERE uuid = $1")
+            .bind(vm)
+            .bind(i32::from(port))
+            .execute(&mut **tx)
+            .await?;
+        Ok(port)
+    }
+
+    /// The lowest forward port of `host` no live VM there holds (call under the placement
+    /// lock). On the portal's own machine a port some other program holds is skipped.
+    pub(super) async fn free_ssh_port(&self, tx: &mut db::Tx, host: Uuid) -> Result<u16, Outcome> {
         let (lo, hi) = (*self.ssh.ports.start() as i32, *self.ssh.ports.end() as i32);
         let free: Vec<i32> = sqlx::query_scalar(
             "SELECT p FROM generate_series($2::int, $3::int) p
@@ -289,8 +300,7 @@ impl Provisioner {
             .await?;
         let local =
             !uri.contains("://") || uri.split("://").nth(1).is_some_and(|r| r.starts_with('/'));
-        let port = free
-            .into_iter()
+        free.into_iter()
             .filter_map(|p| u16::try_from(p).ok())
             .find(|p| {
                 !local || std::net::TcpListener::bind((self.ssh.address.as_str(), *p)).is_ok()
@@ -299,13 +309,7 @@ impl Provisioner {
                 Outcome::Retry(format!(
                     "no free SSH forward port on this host between {lo} and {hi}"
                 ))
-            })?;
-        sqlx::query("UPDATE vms SET ssh_port = $2 WHERE uuid = $1")
-            .bind(vm)
-            .bind(i32::from(port))
-            .execute(&mut **tx)
-            .await?;
-        Ok(port)
+            })
     }
 
     async fn guest_settings(&self, vm: &VmJob) -> Result<GuestSettings, Outcome> {
@@ -799,6 +803,7 @@ impl Handler for Provisioner {
             Some(JobKind::Webhook) => {
                 crate::notifications::webhooks::deliver(&self.pool, &self.webhooks, job).await
             }
+            Some(JobKind::Migrate) => self.migrate(job).await,
             None => Err(Outcome::Fail(format!("unknown job kind {}", job.kind))),
         }
     }
@@ -815,6 +820,10 @@ impl Handler for Provisioner {
             }
             Some(JobKind::Mail) => {
                 crate::notifications::mail::abandoned(&self.pool, job, error).await;
+                return;
+            }
+            Some(JobKind::Migrate) => {
+                super::migration::abandoned(&self.pool, job, error).await;
                 return;
             }
             Some(JobKind::Webhook) => {

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The second "host": the same daemon through an explicit socket, with a pool of its own.
-const SECOND_URI: &str = "qemu:///system?socket=/run/libvirt/libvirt-sock";
-const SECOND_POOL: &str = "concierge-test-b";
-const SECOND_POOL_DIR: &str = "/var/lib/libvirt/concierge-test-b";
+pub(crate) const SECOND_URI: &str = "qemu:///system?socket=/run/libvirt/libvirt-sock";
+pub(crate) const SECOND_POOL: &str = "concierge-test-b";
+pub(crate) const SECOND_POOL_DIR: &str = "/var/lib/libvirt/concierge-test-b";
 const CHUNK: usize = app::images::UPLOAD_CHUNK_BYTES as usize;
 
 /// What the upload endpoint (not a server function, so no DTO) answers for a chunk it took:

@@ -359,7 +359,11 @@ async fn list_volumes(admin: &Client, host: &str) -> Vec<String> {
 
 /// The host, a blank 1 GiB base image and a published template on it (size `tiny`: 1 vCPU,
 /// 256 MiB, 1 GiB) offered to every tenant. Returns (host id, template id).
-async fn catalog(admin: &Client, base: &str, leftovers: &mut Leftovers) -> (String, String) {
+pub(crate) async fn catalog(
+    admin: &Client,
+    base: &str,
+    leftovers: &mut Leftovers,
+) -> (String, String) {
     on_libvirt(ensure_pool).await;
     let host = register_local_host(admin).await;
     wait_host(admin, &host, "connected", 20).await;
@@ -400,7 +404,7 @@ async fn catalog(admin: &Client, base: &str, leftovers: &mut Leftovers) -> (Stri
 }
 
 /// Auto-approves one small VM at a time for `tenant`.
-async fn auto_approve(admin: &Client, tenant: Uuid) {
+pub(crate) async fn auto_approve(admin: &Client, tenant: Uuid) {
     admin
         .call(
             "set_policy",
@@ -418,7 +422,7 @@ async fn auto_approve(admin: &Client, tenant: Uuid) {
         .expect("set_policy");
 }
 
-fn request_form<'a>(
+pub(crate) fn request_form<'a>(
     tenant: &'a str,
     template: &'a str,
     prefix: &'a str,

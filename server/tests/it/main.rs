@@ -13,6 +13,7 @@ mod isolation;
 mod libvirtd;
 mod lifecycle;
 mod metrics;
+mod migration;
 mod notifications;
 mod provisioning;
 mod reclamation;

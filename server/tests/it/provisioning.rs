@@ -97,6 +97,24 @@ pub(crate) async fn world_with(tweak: impl FnOnce(&mut concierge::config::Config
 }
 
 impl World {
+    /// Registers another simulated host, `name`, with its own pool (`name`-pool) and nothing
+    /// in it; returns its id.
+    pub(crate) async fn add_host(&self, name: &str) -> String {
+        let dir =
+            std::env::temp_dir().join(format!("concierge-{name}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let uri = simulation::write_node(&dir, name, 0).unwrap();
+        self.fleet
+            .call_as::<HostSummary>(
+                "register_host",
+                &[("name", name), ("uri", &uri), ("schedulable", "true")],
+            )
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    }
+
     /// Ann, a requester, and Boss, the tenant's admin, signed in.
     pub(crate) async fn ann_and_boss(&self) -> (Client, Client) {
         let (_, ann) = self
@@ -2187,19 +2205,7 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
         .signed_in("ann@example.com", Some((w.tenant, "requester")))
         .await;
     // A second host with its own network (hv2-net) and the same base volume.
-    let dir = std::env::temp_dir().join(format!("concierge-net-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let uri = simulation::write_node(&dir, "hv2", 0).unwrap();
-    let hv2 = w
-        .fleet
-        .call_as::<HostSummary>(
-            "register_host",
-            &[("name", "hv2"), ("uri", &uri), ("schedulable", "true")],
-        )
-        .await
-        .unwrap()
-        .id
-        .to_string();
+    let hv2 = w.add_host("hv2").await;
     let networks_of = |host: String| {
         let app = &w.app;
         async move {
@@ -2297,7 +2303,6 @@ async fn requests_choose_a_template_network_and_placement_follows_it() {
             .await,
         1
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Rebalancing advice is the fleet admins': it reads the real allocation (one host here, so
@@ -2316,4 +2321,48 @@ async fn rebalancing_advice_is_for_fleet_admins() {
         boss.call("rebalance_advice", &[]).await,
         Err((403, _))
     ));
+}
+
+/// A move is checked when asked: a host without the VM's template image is a field error, an
+/// unknown VM is not found, and nothing is queued for either.
+#[tokio::test]
+async fn a_move_to_a_host_without_the_image_is_refused() {
+    let w = world().await;
+    let (ann, boss) = w.ann_and_boss().await;
+    w.set_policy(&boss, "5", "").await;
+    let id = w.submit(&ann, "small", "1", "web").await.unwrap();
+    w.wait_for(&ann, &id.to_string(), RequestState::Fulfilled)
+        .await;
+    let vm: Uuid = sqlx::query_scalar("SELECT uuid FROM vms WHERE request_id = $1")
+        .bind(id)
+        .fetch_one(&w.app.db)
+        .await
+        .unwrap();
+    let hv2 = w.add_host("hv2").await;
+    let vm = vm.to_string();
+    let form = |vm: &str, target: &str| {
+        vec![
+            ("host_id", w.host.clone()),
+            ("uuid", vm.to_string()),
+            ("target_host", target.to_string()),
+        ]
+    };
+    let fleet = w.fleet.clone();
+    let call = |f: Vec<(&'static str, String)>| {
+        let fleet = fleet.clone();
+        async move {
+            let refs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fleet.call("move_vm", &refs).await
+        }
+    };
+    assert_field_error(&call(form(&vm, &hv2)).await, "target_host");
+    assert!(matches!(
+        call(form(&Uuid::new_v4().to_string(), &hv2)).await,
+        Err((404, _))
+    ));
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'migrate'")
+        .fetch_one(&w.app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
 }
