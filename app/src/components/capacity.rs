@@ -57,16 +57,19 @@ fn Line(
     let meter = view! {
         <meter min="0" max=total.max(1.0) value=used.min(total.max(1.0)) high=total * 0.85 optimum=0 title=title aria-label=label></meter>
     };
-    let flag = over
-        .map(|o| view! { " " <span class="badge danger">{format!("over-allocated: {o}")}</span> });
+    let flag = over.map(|o| {
+        view! { <span class="badge danger capacity-flag">{format!("over-allocated: {o}")}</span> }
+    });
     if compact {
-        view! { <span class="cell-meter">{meter}<span class="capacity-text">{text}{flag}</span></span> }.into_any()
+        view! { <span class="cell-meter">{meter}<span class="capacity-text">{text}</span>{flag}</span> }.into_any()
     } else {
+        // The flag takes a line of its own under the figures: a narrow card has no room beside.
         view! {
             <div class="capacity">
                 <span class="capacity-label">{label}</span>
                 {meter}
-                <span class="capacity-text">{text}{flag}</span>
+                <span class="capacity-text">{text}</span>
+                {flag}
             </div>
         }
         .into_any()

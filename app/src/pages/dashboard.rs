@@ -165,7 +165,7 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
                     <table class="table">
                         <thead><tr><th>"Organisation"</th><th class="num">"vCPUs"</th><th class="num">"Memory"</th><th class="num">"VMs"</th></tr></thead>
                         <tbody>{d.top_tenants.into_iter().map(|(t, v, m, n)| view! {
-                            <tr><td>{t}</td><td class="num">{v}</td><td class="num">{gib(m)}</td><td class="num">{n}</td></tr>
+                            <tr><td data-label="Organisation">{t}</td><td data-label="vCPUs" class="num">{v}</td><td data-label="Memory" class="num">{gib(m)}</td><td data-label="VMs" class="num">{n}</td></tr>
                         }).collect_view()}</tbody>
                     </table>
                 }.into_any()

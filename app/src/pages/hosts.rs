@@ -187,7 +187,12 @@ fn RebalanceSection() -> impl IntoView {
                                 "Memory allocated is {:.0} % of the fleet's on average; hosts more than {:.0} points above it are worth unloading. Moves keep each VM's template image, pool space, memory and vCPU overcommit. A move copies the VM's disk to the other host while the VM is off: at once when it is off, otherwise when its owner next shuts it down (they are told); it stays off until they start it.",
                                 a.mean_pct, a.margin_pct)}</p>
                             {if a.moves.is_empty() {
-                                view! { <p class="empty">{format!("Nothing to move: the hosts are within {:.0} points of each other.", a.spread_before)}</p> }.into_any()
+                                let why = if a.hosts.len() < 2 {
+                                    "Nothing to move: there is one host to place VMs on.".to_string()
+                                } else {
+                                    format!("Nothing to move: the hosts are within {:.0} points of each other.", a.spread_before)
+                                };
+                                view! { <p class="empty">{why}</p> }.into_any()
                             } else {
                                 view! {
                                     <p>{format!("{} move{} would narrow the gap between the fullest and the emptiest host from {:.0} to {:.0} points:", a.moves.len(), if a.moves.len() == 1 { "" } else { "s" }, a.spread_before, a.spread_after)}</p>

@@ -105,8 +105,8 @@ fn ReclamationContent() -> impl IntoView {
                                             <FieldMessage error=preview_error field="kind"/>
                                         </div>
                                         <Field id="rule-days" label="Days" name="days" mode="numeric" placeholder="14 (idle, oversized), 30 (powered off)" error=preview_error/>
-                                        <Field id="rule-cpu" label="Idle: CPU below (% of its vCPUs); oversized: its 95th percentile below" name="cpu_pct" mode="decimal" placeholder="5 (idle), 25 (oversized)" error=preview_error/>
-                                        <Field id="rule-mem" label="Oversized: memory in use, 95th percentile, below (% of its memory)" name="mem_pct" mode="decimal" placeholder="50" error=preview_error/>
+                                        <Field id="rule-cpu" label="CPU below (% of its vCPUs)" name="cpu_pct" mode="decimal" placeholder="5 idle; 25 oversized (95th pct.)" error=preview_error/>
+                                        <Field id="rule-mem" label="Oversized: memory below (% of size)" name="mem_pct" mode="decimal" placeholder="50 (95th percentile in use)" error=preview_error/>
                                         <Field id="rule-io" label="Idle: disk below (KiB/s)" name="io_kbps" mode="decimal" placeholder="100" error=preview_error/>
                                         <Field id="rule-net" label="Idle: network below (KiB/s)" name="net_kbps" mode="decimal" placeholder="20" error=preview_error/>
                                         <Field id="rule-share" label="Idle: share of each day's hours (%)" name="share_pct" mode="numeric" placeholder="90" error=preview_error/>

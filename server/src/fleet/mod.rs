@@ -343,10 +343,16 @@ async fn rebalance_advice(
             0.0
         }
     };
+    // Fullest minus emptiest, in points (an over-allocated host's share passes 100 %).
     let spread = |hs: &[rebalance::Host]| {
         let loads: Vec<f64> = hs.iter().map(pct).collect();
-        loads.iter().copied().fold(0.0, f64::max)
-            - loads.iter().copied().fold(f64::MAX, f64::min).min(100.0)
+        match (
+            loads.iter().copied().reduce(f64::max),
+            loads.iter().copied().reduce(f64::min),
+        ) {
+            (Some(max), Some(min)) => max - min,
+            _ => 0.0,
+        }
     };
     let name_of = |id: Uuid| {
         hosts
