@@ -220,6 +220,43 @@ fn rollup_sql(res: i32, finer: Option<i32>) -> String {
     )
 }
 
+/// Rolls the hourly buckets of `[from, to)` (whole UTC days) into daily buckets with their
+/// hours, outside the watermarks: for tests and benchmarks that write hourly buckets directly.
+/// Rolling a day twice would count it twice.
+pub async fn roll_days(pool: &PgPool, from: OffsetDateTime, to: OffsetDateTime) -> Result<()> {
+    let (from, to) = (floor_to(from, 86400), floor_to(to, 86400));
+    let mut tx = db::begin(pool, Scope::fleet()).await?;
+    sqlx::query(&rollup_sql(86400, Some(3600)))
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+    day_hours(&mut tx, from, to).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes the hours of each VM's daily buckets in `[from, to)`: every sampled hour's mean CPU
+/// (% of its vCPUs), disk and network (KiB/s), in hour order (what reclamation rules read).
+async fn day_hours(tx: &mut db::Tx, from: OffsetDateTime, to: OffsetDateTime) -> Result<()> {
+    sqlx::query(
+        "UPDATE metric_rollups d SET cpu_hours = h.cpu, io_hours = h.io, net_hours = h.net
+         FROM (SELECT subject, to_timestamp(floor(extract(epoch FROM bucket) / 86400) * 86400) AS day,
+                      array_agg((cpu_sum / rate_n)::real ORDER BY bucket) AS cpu,
+                      array_agg(((coalesce(rd_sum, 0) + coalesce(wr_sum, 0)) / rate_n / 1024)::real ORDER BY bucket) AS io,
+                      array_agg(((coalesce(rx_sum, 0) + coalesce(tx_sum, 0)) / rate_n / 1024)::real ORDER BY bucket) AS net
+               FROM metric_rollups
+               WHERE resolution = 3600 AND NOT is_host AND rate_n > 0 AND bucket >= $1 AND bucket < $2
+               GROUP BY 1, 2) h
+         WHERE d.resolution = 86400 AND d.subject = h.subject AND d.bucket = h.day",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn floor_to(t: OffsetDateTime, secs: i64) -> OffsetDateTime {
     let s = t.unix_timestamp();
     OffsetDateTime::from_unix_timestamp(s - s.rem_euclid(secs)).expect("in range")
@@ -304,6 +341,9 @@ pub async fn rollup(
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if res == 86400 {
+                day_hours(&mut tx, from, target).await?;
+            }
         }
         let upto = target.max(from);
         sqlx::query(

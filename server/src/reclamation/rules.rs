@@ -281,6 +281,9 @@ impl Found {
     }
 }
 
+/// Midnight (UTC) of `$3`, the evaluation's now: windows of days end there.
+const TODAY: &str = "date_bin('1 day', $3::timestamptz, timestamptz '2000-01-01 00:00:00+00')";
+
 /// The oversized columns, empty for the other kinds.
 const NO_SIZES: &str = "NULL::float8 AS cpu_p95, NULL::float8 AS mem_p95_mib, NULL::jsonb AS sizes";
 
@@ -300,28 +303,23 @@ pub async fn candidates(
           AND NOT EXISTS (SELECT 1 FROM reclamation_proposals p
                           WHERE p.vm_uuid = v.uuid AND p.kind = $2 AND p.state = 'kept' AND p.keep_until > $3)";
     let sql = match rule.kind.as_str() {
-        // Hourly buckets of the last `days` days, numbered back from now; a day is idle when
-        // enough of its sampled hours are below every threshold, and a VM matches when each
-        // of the days has samples and is idle.
-        // Hourly buckets of the last `days` days, in days counted back from now; a day is idle
-        // when enough of its sampled hours are below every threshold, and a VM matches when
-        // each of the days has samples and is idle. Straight off the buckets (tenant_id is on
-        // them), thresholds compared with sums (no division per row), days by `date_bin`
-        // (integer arithmetic): 7.2 million buckets in about 2.4 s here, see benchmarks.md.
+        // The VM's daily buckets of the last `days` complete days (UTC), each with its sampled
+        // hours' means (`cpu_hours`, `io_hours`, `net_hours`, written by the rollup when the
+        // day completed): a day is idle when enough of its hours are below every threshold,
+        // and a VM matches when each of the days has samples and is idle. One row per VM and
+        // day instead of one per hour: see benchmarks.md.
         "idle" => format!(
             "WITH days AS (
-                SELECT r.subject, date_bin('1 day', r.bucket, $3) AS day,
-                       sum(r.cpu_sum) / sum(r.rate_n) AS cpu, max(r.cpu_sum / r.rate_n) AS peak,
-                       (sum(coalesce(r.rd_sum, 0)) + sum(coalesce(r.wr_sum, 0))) / sum(r.rate_n) / 1024 AS io,
-                       (sum(coalesce(r.rx_sum, 0)) + sum(coalesce(r.tx_sum, 0))) / sum(r.rate_n) / 1024 AS net,
-                       count(*) FILTER (WHERE r.cpu_sum < $5 * r.rate_n
-                           AND coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0) < $6 * 1024 * r.rate_n
-                           AND coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0) < $7 * 1024 * r.rate_n) * 100
-                         >= count(*) * $8 AS idle
+                SELECT r.subject, r.bucket AS day, r.cpu_sum / r.rate_n AS cpu,
+                       (SELECT max(c)::float8 FROM unnest(r.cpu_hours) c) AS peak,
+                       (coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0)) / r.rate_n / 1024 AS io,
+                       (coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0)) / r.rate_n / 1024 AS net,
+                       (SELECT count(*) FILTER (WHERE c < $5 AND i < $6 AND n < $7) * 100 >= count(*) * $8
+                        FROM unnest(r.cpu_hours, r.io_hours, r.net_hours) AS u(c, i, n)) AS idle
                 FROM metric_rollups r
-                WHERE r.resolution = 3600 AND NOT r.is_host AND r.tenant_id = ANY($1) AND r.rate_n > 0
-                  AND r.bucket >= $3 - make_interval(days => $4) AND r.bucket < $3
-                GROUP BY 1, 2),
+                WHERE r.resolution = 86400 AND NOT r.is_host AND r.tenant_id = ANY($1) AND r.rate_n > 0
+                  AND r.cpu_hours IS NOT NULL
+                  AND r.bucket >= {today} - make_interval(days => $4) AND r.bucket < {today}),
              matched AS (
                 SELECT subject, count(*) AS days_seen, count(*) FILTER (WHERE idle) AS idle_days,
                        avg(cpu) AS cpu_mean, max(peak) AS cpu_peak, avg(io) AS io_mean_kbps,
@@ -331,7 +329,8 @@ pub async fn candidates(
              SELECT vm.*, m.days_seen, m.idle_days, m.cpu_mean, m.cpu_peak, m.io_mean_kbps, m.net_mean_kbps,
                     NULL::timestamptz AS off_since, m.daily_cpu, {NO_SIZES}
              FROM matched m JOIN vm ON vm.uuid = m.subject
-             ORDER BY vm.tenant_name, vm.name"
+             ORDER BY vm.tenant_name, vm.name",
+            today = TODAY
         ),
         // The 95th percentiles of hourly CPU and of hourly peak memory over the window (every
         // day of it sampled), both below their share of the VM's size; the size is chosen
@@ -387,8 +386,8 @@ pub async fn candidates(
              ORDER BY vm.tenant_name, vm.name"
         ),
     };
-    if matches!(rule.kind.as_str(), "idle" | "oversized") {
-        // The per-day groups of 10,000 VMs fit in memory instead of spilling to disk.
+    if rule.kind == "oversized" {
+        // The percentiles' sorts of many VMs' hours fit in memory instead of spilling to disk.
         sqlx::query("SET LOCAL work_mem = '64MB'")
             .execute(&mut **tx)
             .await?;

@@ -191,6 +191,11 @@ async fn rules_preview_propose_and_reclaim_only_what_they_should() {
     metrics(&w, app2, 20, 40.0, 40.0).await;
     metrics(&w, app3, 5, 1.0, 1.0).await;
     metrics(&w, gx1, 20, 1.0, 1.0).await;
+    // The daily buckets with their hours, as the rollup writes them when a day completes.
+    let now = w.app.clock.now();
+    concierge::metering::metrics::roll_days(&w.app.state.pool, now - time::Duration::days(21), now)
+        .await
+        .unwrap();
     ann.call(
         "vm_action",
         &[
