@@ -305,30 +305,35 @@ pub async fn candidates(
     let sql = match rule.kind.as_str() {
         // The VM's daily buckets of the last `days` complete days (UTC), each with its sampled
         // hours' means (`cpu_hours`, `io_hours`, `net_hours`, written by the rollup when the
-        // day completed): a day is idle when enough of its hours are below every threshold,
-        // and a VM matches when each of the days has samples and is idle. One row per VM and
-        // day instead of one per hour: see benchmarks.md.
+        // day completed): a day is idle when enough of its hours are below every threshold
+        // (`idle_hours`, a parallel-safe function, so every worker counts), and a VM matches
+        // when each of the days has samples and is idle. Then the figures, for matches only.
+        // One row per VM and day instead of one per hour: see benchmarks.md.
         "idle" => format!(
             "WITH days AS (
-                SELECT r.subject, r.bucket AS day, r.cpu_sum / r.rate_n AS cpu,
-                       (SELECT max(c)::float8 FROM unnest(r.cpu_hours) c) AS peak,
-                       (coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0)) / r.rate_n / 1024 AS io,
-                       (coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0)) / r.rate_n / 1024 AS net,
-                       (SELECT count(*) FILTER (WHERE c < $5 AND i < $6 AND n < $7) * 100 >= count(*) * $8
-                        FROM unnest(r.cpu_hours, r.io_hours, r.net_hours) AS u(c, i, n)) AS idle
+                SELECT r.subject,
+                       idle_hours(r.cpu_hours, r.io_hours, r.net_hours, $5, $6, $7) * 100
+                           >= cardinality(r.cpu_hours) * $8 AS idle
                 FROM metric_rollups r
                 WHERE r.resolution = 86400 AND NOT r.is_host AND r.tenant_id = ANY($1) AND r.rate_n > 0
                   AND r.cpu_hours IS NOT NULL
                   AND r.bucket >= {today} - make_interval(days => $4) AND r.bucket < {today}),
              matched AS (
-                SELECT subject, count(*) AS days_seen, count(*) FILTER (WHERE idle) AS idle_days,
-                       avg(cpu) AS cpu_mean, max(peak) AS cpu_peak, avg(io) AS io_mean_kbps,
-                       avg(net) AS net_mean_kbps, array_agg(cpu::real ORDER BY day DESC) AS daily_cpu
+                SELECT subject, count(*) AS days_seen, count(*) FILTER (WHERE idle) AS idle_days
                 FROM days GROUP BY subject HAVING count(*) FILTER (WHERE idle) >= $4),
              vm AS ({VMS})
-             SELECT vm.*, m.days_seen, m.idle_days, m.cpu_mean, m.cpu_peak, m.io_mean_kbps, m.net_mean_kbps,
-                    NULL::timestamptz AS off_since, m.daily_cpu, {NO_SIZES}
+             SELECT vm.*, m.days_seen, m.idle_days, f.cpu_mean, f.cpu_peak, f.io_mean_kbps, f.net_mean_kbps,
+                    NULL::timestamptz AS off_since, f.daily_cpu, {NO_SIZES}
              FROM matched m JOIN vm ON vm.uuid = m.subject
+             CROSS JOIN LATERAL (
+                SELECT avg(r.cpu_sum / r.rate_n) AS cpu_mean,
+                       max((SELECT max(c) FROM unnest(r.cpu_hours) c))::float8 AS cpu_peak,
+                       avg((coalesce(r.rd_sum, 0) + coalesce(r.wr_sum, 0)) / r.rate_n / 1024) AS io_mean_kbps,
+                       avg((coalesce(r.rx_sum, 0) + coalesce(r.tx_sum, 0)) / r.rate_n / 1024) AS net_mean_kbps,
+                       array_agg((r.cpu_sum / r.rate_n)::real ORDER BY r.bucket DESC) AS daily_cpu
+                FROM metric_rollups r
+                WHERE r.resolution = 86400 AND r.subject = m.subject AND r.rate_n > 0 AND r.cpu_hours IS NOT NULL
+                  AND r.bucket >= {today} - make_interval(days => $4) AND r.bucket < {today}) f
              ORDER BY vm.tenant_name, vm.name",
             today = TODAY
         ),
@@ -386,8 +391,8 @@ pub async fn candidates(
              ORDER BY vm.tenant_name, vm.name"
         ),
     };
-    if rule.kind == "oversized" {
-        // The percentiles' sorts of many VMs' hours fit in memory instead of spilling to disk.
+    if matches!(rule.kind.as_str(), "idle" | "oversized") {
+        // The sorts of many VMs' days (idle) or hours (oversized) fit in memory, not on disk.
         sqlx::query("SET LOCAL work_mem = '64MB'")
             .execute(&mut **tx)
             .await?;
