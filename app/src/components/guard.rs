@@ -95,3 +95,15 @@ pub fn fleet_admin(a: &Actor) -> bool {
 pub fn any_admin(a: &Actor) -> bool {
     a.fleet_admin || a.administered_tenants().next().is_some()
 }
+
+/// Fleet admins, and tenant admins and managers of a tenant not suspended (who read reports).
+pub fn reads_reports(a: &Actor) -> bool {
+    a.fleet_admin
+        || a.memberships.iter().any(|m| {
+            !m.tenant_suspended
+                && matches!(
+                    m.role,
+                    crate::account::TenantRole::Manager | crate::account::TenantRole::TenantAdmin
+                )
+        })
+}

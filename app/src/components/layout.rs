@@ -77,6 +77,8 @@ fn Nav(actor: Actor) -> impl IntoView {
             })}
             {approver.then(|| view! { <A href="/approvals">"Approvals" <WaitingBadge/></A> })}
             {reports.then(|| view! { <A href="/reports">"Reports"</A> })}
+            // Managers read what reclamation freed; admins find it beside Audit.
+            {(reports && !sees_audit).then(|| view! { <A href="/reclamation">"Reclamation"</A> })}
             {(!fleet).then_some(admin_links)}
             {fleet.then(|| view! {
                 <A href="/dashboard">"Dashboard"</A>

@@ -2,7 +2,7 @@
 //! evidence), then save it enabled or not; they see the proposals and what was reclaimed.
 //! Owners answer proposals about their VMs on `/proposals`.
 use crate::components::form::{action_error, FieldMessage, FormMessage};
-use crate::components::guard::{any_admin, anyone, Guard};
+use crate::components::guard::{anyone, reads_reports, Guard};
 use crate::components::timestamp::Timestamp;
 use crate::reclamation::{
     kind_label, my_reclamation_proposals, reclamation, AnswerReclamationProposal, Candidate,
@@ -58,7 +58,7 @@ fn vm_link(host: Option<uuid::Uuid>, vm: uuid::Uuid) -> String {
 pub fn ReclamationPage() -> impl IntoView {
     view! {
         <Title text="Reclamation · Concierge"/>
-        <Guard allow=any_admin>
+        <Guard allow=reads_reports>
             <ReclamationContent/>
         </Guard>
     }
@@ -84,8 +84,10 @@ fn ReclamationContent() -> impl IntoView {
                     Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
                     Ok(o) => {
                         let scopes = o.scopes.clone();
+                        // Managers read the rules, proposals and report; admins also try and save rules.
+                        let sets_rules = !scopes.is_empty();
                         view! {
-                            <section class="card" aria-labelledby="rule-title">
+                            <section class="card" aria-labelledby="rule-title" hidden=!sets_rules>
                                 <h2 id="rule-title">"Try a rule"</h2>
                                 <ActionForm action=preview attr:class="form rule-form" attr:id="rule-form">
                                     <FormMessage error=preview_error/>

@@ -723,12 +723,17 @@ impl Reclamation for ReclamationBackend {
     async fn overview(&self, req: &RequestCtx) -> Result<ReclamationOverview, AppError> {
         seam(async move {
             let actor = req.actor()?;
-            let scopes = scopes(actor);
-            if scopes.is_empty() {
+            let mut scopes = scopes(actor);
+            // Admins set rules; their tenants' managers read the proposals and the report.
+            let tenants: Vec<Uuid> = actor
+                .memberships
+                .iter()
+                .filter(|m| !m.tenant_suspended && authz::reads_reports(actor, m.tenant_id))
+                .map(|m| m.tenant_id)
+                .collect();
+            if scopes.is_empty() && tenants.is_empty() {
                 return Err(AppError::Forbidden.into());
             }
-            let mut scopes = scopes;
-            let tenants: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
             let all = actor.fleet_admin;
             let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
             if all {

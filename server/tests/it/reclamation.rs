@@ -452,6 +452,24 @@ async fn rules_preview_propose_and_reclaim_only_what_they_should() {
         "{:?}",
         o.report
     );
+    // The tenant's manager reads the proposals and the report, and sets no rules.
+    let (_, mia) = w
+        .app
+        .signed_in("mia@example.com", Some((w.tenant, "manager")))
+        .await;
+    let read: ReclamationOverview = mia.call_as("reclamation", &[]).await.unwrap();
+    assert!(read.scopes.is_empty());
+    assert_eq!(read.report.iter().map(|m| m.vms).sum::<i64>(), 2);
+    assert!(read.proposals.iter().all(|p| p.tenant_name == "Acme"));
+    assert!(matches!(
+        mia.call("save_reclamation_rule", &orphan).await,
+        Err((403, _))
+    ));
+    let (_, rob) = w
+        .app
+        .signed_in("rob@example.com", Some((w.tenant, "requester")))
+        .await;
+    assert!(matches!(rob.call("reclamation", &[]).await, Err((403, _))));
     let recount: app::provisioning::Recount = w
         .app
         .fleet_admin()
