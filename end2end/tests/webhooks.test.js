@@ -84,6 +84,8 @@ test('a fleet admin adds an alert rule and reads the capacity runway', async () 
     await page.getByRole('button', { name: 'Add rule' }).click();
     const row = page.locator('#alert-rules tr', { hasText: 'CPU saturated' });
     await row.getByText('vm cpu above 90 % for 10 min (critical)').waitFor();
+    // The form is blank again, and the field the earlier error marked is no longer marked.
+    assert.equal(await page.locator('#alert-threshold').getAttribute('aria-invalid'), null);
     await shot(page, 'alerts');
     const violations = await axeViolations(page);
     assert.deepEqual(violations, [], JSON.stringify(violations, null, 2));

@@ -108,6 +108,19 @@ where
         if action.value().with(|v| matches!(v, Some(Ok(_)))) {
             if let Some(f) = form.get_untracked() {
                 f.reset();
+                // The fields an earlier error marked are blank and valid again.
+                #[cfg(feature = "hydrate")]
+                if let Ok(marked) = f.query_selector_all("[aria-invalid=true]") {
+                    use wasm_bindgen::JsCast;
+                    for i in 0..marked.length() {
+                        if let Some(el) = marked
+                            .item(i)
+                            .and_then(|n| n.dyn_into::<web_sys::Element>().ok())
+                        {
+                            let _ = el.remove_attribute("aria-invalid");
+                        }
+                    }
+                }
             }
         }
     });
