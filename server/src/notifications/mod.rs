@@ -29,6 +29,19 @@ pub struct Notice {
 
 /// Writes `notice` as its recipient wants it (in the app, by e-mail, both or neither) inside
 /// the caller's transaction; `add_notification` queues its e-mail.
+/// `send` to `user` when there is one (a VM's owner may have been removed).
+pub async fn send_if(
+    tx: &mut Tx,
+    user: Option<Uuid>,
+    notice: impl FnOnce(Uuid) -> Notice,
+    at: OffsetDateTime,
+) -> Result<()> {
+    match user {
+        Some(u) => send(tx, notice(u), at).await,
+        None => Ok(()),
+    }
+}
+
 pub async fn send(tx: &mut Tx, notice: Notice, at: OffsetDateTime) -> Result<()> {
     sqlx::query("SELECT add_notification($1, $2, $3, $4, $5, $6, $7)")
         .bind(notice.user)

@@ -177,39 +177,34 @@ pub async fn request(
             vm.name
         );
         let link = format!("/vms/{host_id}/{uuid}");
-        tell_owner(&mut tx, vm.owner_id, vm.tenant_id, title, body, link, now).await?;
+        notifications::send_if(
+            &mut tx,
+            vm.owner_id,
+            move_notice(vm.tenant_id, title, body, link),
+            now,
+        )
+        .await?;
     }
     tx.commit().await?;
     queue.wake.notify_waiters();
     Ok(())
 }
 
-/// Tells a VM's owner, if it has one, about its move.
-async fn tell_owner(
-    tx: &mut db::Tx,
-    owner: Option<Uuid>,
+/// A notice to a moved VM's owner.
+fn move_notice(
     tenant: Uuid,
     title: String,
     body: String,
     link: String,
-    now: time::OffsetDateTime,
-) -> Result<()> {
-    let Some(user) = owner else {
-        return Ok(());
-    };
-    notifications::send(
-        tx,
-        Notice {
-            user,
-            tenant: Some(tenant),
-            kind: NotificationKind::Reclamation,
-            title,
-            body,
-            link,
-        },
-        now,
-    )
-    .await
+) -> impl FnOnce(Uuid) -> Notice {
+    move |user| Notice {
+        user,
+        tenant: Some(tenant),
+        kind: NotificationKind::Reclamation,
+        title,
+        body,
+        link,
+    }
 }
 
 /// The VM as the job finds it.
@@ -480,7 +475,13 @@ impl Provisioner {
         );
         let link = format!("/vms/{target}/{uuid}");
         let now = self.clock.now();
-        tell_owner(&mut tx, vm.owner_id, vm.tenant_id, title, body, link, now).await?;
+        notifications::send_if(
+            &mut tx,
+            vm.owner_id,
+            move_notice(vm.tenant_id, title, body, link),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         // The source's copies go last: until here a failure left the VM whole where it was.
         let (src_pool, gone) = (vm.pool.clone(), [disk, seed]);

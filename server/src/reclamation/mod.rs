@@ -335,34 +335,6 @@ async fn finish(tx: &mut Tx, id: Uuid, now: OffsetDateTime, freed: (i32, i64, i6
     Ok(())
 }
 
-/// Tells the VM's owner, if it has one, about a proposal (in-app and mail).
-async fn tell_owner(
-    tx: &mut Tx,
-    d: &Due,
-    owner: Option<Uuid>,
-    host: Option<Uuid>,
-    title: String,
-    body: String,
-    now: OffsetDateTime,
-) -> Result<()> {
-    let Some(user) = owner else {
-        return Ok(());
-    };
-    notifications::send(
-        tx,
-        Notice {
-            user,
-            tenant: Some(d.tenant_id),
-            kind: NotificationKind::Reclamation,
-            title,
-            body,
-            link: vm_link(host, d.vm_uuid),
-        },
-        now,
-    )
-    .await
-}
-
 /// Tells the owner and the tenant's webhooks that a proposal was carried out.
 #[allow(clippy::too_many_arguments)]
 async fn tell_done(
@@ -380,7 +352,16 @@ async fn tell_done(
         kind_label(&d.kind).to_lowercase()
     );
     let title = format!("{name} was {what}: reclaimed");
-    tell_owner(tx, d, owner, host, title, body, now).await?;
+    let (link, tenant) = (vm_link(host, d.vm_uuid), Some(d.tenant_id));
+    let notice = |user| Notice {
+        user,
+        tenant,
+        kind: NotificationKind::Reclamation,
+        title,
+        body,
+        link,
+    };
+    notifications::send_if(tx, owner, notice, now).await?;
     webhooks::publish(
         tx,
         Some(d.tenant_id),
@@ -445,7 +426,16 @@ async fn carry_out(
         let body = format!(
             "{name} keeps running as it is; the next time it is shut off it is resized to the proposed size ({why})."
         );
-        tell_owner(tx, d, owner, host, title, body, now).await?;
+        let (link, tenant) = (vm_link(host, d.vm_uuid), Some(d.tenant_id));
+        let notice = |user| Notice {
+            user,
+            tenant,
+            kind: NotificationKind::Reclamation,
+            title,
+            body,
+            link,
+        };
+        notifications::send_if(tx, owner, notice, now).await?;
         return Ok(Some(None));
     }
     let reason = format!("reclaimed ({}): {why}", kind_label(&d.kind).to_lowercase());
