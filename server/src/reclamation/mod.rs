@@ -335,6 +335,24 @@ async fn finish(tx: &mut Tx, id: Uuid, now: OffsetDateTime, freed: (i32, i64, i6
     Ok(())
 }
 
+/// A notice about proposal `d` to its VM's owner, linking to the VM.
+fn owner_notice(
+    d: &Due,
+    host: Option<Uuid>,
+    title: String,
+    body: String,
+) -> impl FnOnce(Uuid) -> Notice {
+    let (link, tenant) = (vm_link(host, d.vm_uuid), Some(d.tenant_id));
+    move |user| Notice {
+        user,
+        tenant,
+        kind: NotificationKind::Reclamation,
+        title,
+        body,
+        link,
+    }
+}
+
 /// Tells the owner and the tenant's webhooks that a proposal was carried out.
 #[allow(clippy::too_many_arguments)]
 async fn tell_done(
@@ -352,16 +370,7 @@ async fn tell_done(
         kind_label(&d.kind).to_lowercase()
     );
     let title = format!("{name} was {what}: reclaimed");
-    let (link, tenant) = (vm_link(host, d.vm_uuid), Some(d.tenant_id));
-    let notice = |user| Notice {
-        user,
-        tenant,
-        kind: NotificationKind::Reclamation,
-        title,
-        body,
-        link,
-    };
-    notifications::send_if(tx, owner, notice, now).await?;
+    notifications::send_if(tx, owner, owner_notice(d, host, title, body), now).await?;
     webhooks::publish(
         tx,
         Some(d.tenant_id),
@@ -426,16 +435,7 @@ async fn carry_out(
         let body = format!(
             "{name} keeps running as it is; the next time it is shut off it is resized to the proposed size ({why})."
         );
-        let (link, tenant) = (vm_link(host, d.vm_uuid), Some(d.tenant_id));
-        let notice = |user| Notice {
-            user,
-            tenant,
-            kind: NotificationKind::Reclamation,
-            title,
-            body,
-            link,
-        };
-        notifications::send_if(tx, owner, notice, now).await?;
+        notifications::send_if(tx, owner, owner_notice(d, host, title, body), now).await?;
         return Ok(Some(None));
     }
     let reason = format!("reclaimed ({}): {why}", kind_label(&d.kind).to_lowercase());
