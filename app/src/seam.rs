@@ -2,7 +2,7 @@
 //! request's authenticated actor in Leptos context; the `server` crate implements the traits.
 use crate::account::{Actor, OneTimePassword, SessionInfo, SshKey};
 use crate::alerts::{Alert, AlertRuleForm, AlertsOverview};
-use crate::audit::{AuditEntry, AuditFilter};
+use crate::audit::{AuditEntry, AuditFilter, ChainState};
 use crate::error::AppError;
 use crate::fleet::{
     ChartView, DomainSummary, FleetDashboard, HostDetail, HostFilter, HostForm, HostSummary,
@@ -236,6 +236,18 @@ pub trait AuditTrail: Send + Sync + 'static {
         req: &RequestCtx,
         filter: AuditFilter,
     ) -> Result<Page<AuditEntry>, AppError>;
+    /// The chains' state (see `authz::audit_chains` for which).
+    async fn chains(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Option<Uuid>,
+    ) -> Result<Vec<ChainState>, AppError>;
+    /// Verifies the chains from their first row and records what it found.
+    async fn verify(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Option<Uuid>,
+    ) -> Result<Vec<ChainState>, AppError>;
 }
 
 #[async_trait]

@@ -158,6 +158,22 @@ pub struct Config {
     )]
     pub reclamation_check_seconds: u64,
 
+    /// The Ed25519 key that signs the audit chains' checkpoints, kept outside the database:
+    /// created on first start (readable by this user only). Every replica must be given the
+    /// same file. Default: `$XDG_STATE_HOME/concierge/audit-signing.key` (or under
+    /// `~/.local/state`).
+    #[arg(long, env = "CONCIERGE_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<std::path::PathBuf>,
+
+    /// How often each grown audit chain is verified from its last checkpoint and its head
+    /// signed.
+    #[arg(
+        long,
+        env = "CONCIERGE_AUDIT_CHECKPOINT_SECONDS",
+        default_value_t = 300
+    )]
+    pub audit_checkpoint_seconds: u64,
+
     /// Let webhooks go to loopback, link-local and private addresses (refused by default:
     /// a tenant admin could otherwise make the server call into its own network).
     #[arg(long, env = "CONCIERGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS")]
@@ -304,6 +320,9 @@ impl Config {
             mail_from: "Concierge <concierge@localhost>".into(),
             webhooks_allow_private_networks: false,
             reclamation_check_seconds: 3600,
+            // One key for every test server (the file is made once, atomically).
+            audit_key_file: Some(std::env::temp_dir().join("concierge-test-audit.key")),
+            audit_checkpoint_seconds: 3600,
             alert_check_seconds: 3600,
             webhook_retry_seconds: 10.0,
             crash_after: None,
@@ -323,5 +342,21 @@ impl Config {
             simulated_fleets_dir: Some(std::env::temp_dir()),
             lease_check_seconds: 3600,
         }
+    }
+}
+
+impl Config {
+    /// `--audit-key-file`, or its default under the user's state folder.
+    pub fn audit_key_path(&self) -> std::path::PathBuf {
+        if let Some(p) = &self.audit_key_file {
+            return p.clone();
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+            })
+            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        state.join("concierge/audit-signing.key")
     }
 }

@@ -124,6 +124,12 @@ impl Server {
             .spawn(std::time::Duration::from_secs(
                 state.config.reclamation_check_seconds.max(1),
             ));
+        state
+            .audit_checkpoints
+            .clone()
+            .spawn(std::time::Duration::from_secs(
+                state.config.audit_checkpoint_seconds.max(1),
+            ));
         {
             // Usage rollup: complete hours since the last run, every five minutes.
             let (pool, clock) = (state.pool.clone(), state.clock.clone());

@@ -14,6 +14,13 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_sessions=warn".into()),
         )
         .init();
+    // `concierge audit verify …`: a command of its own, which needs no server flags.
+    if std::env::args().nth(1).as_deref() == Some("audit") {
+        let cmd =
+            concierge::platform::audit::command::AuditCommand::parse_from(std::env::args().skip(1));
+        let code = concierge::platform::audit::command::run(cmd).await?;
+        std::process::exit(code);
+    }
     let config = Config::parse();
     let server = Server::build(config, Arc::new(SystemClock)).await?;
     tracing::info!("Concierge listening on http://{}", server.addr);

@@ -25,6 +25,9 @@ pub struct AppState {
     pub provisioner: Arc<crate::provisioning::provisioner::Provisioner>,
     pub leases: Arc<crate::provisioning::leases::Leases>,
     pub reclaimer: Arc<crate::reclamation::Reclaimer>,
+    pub audit_checkpoints: Arc<crate::platform::audit::integrity::Checkpointer>,
+    /// The audit trail's exports (streamed, so outside the seam's request-reply methods).
+    pub audit: Arc<AuditBackend>,
     pub alerter: Arc<crate::alerts::Alerter>,
     /// The image library's backend, also for housekeeping (abandoned uploads).
     pub images: Arc<crate::catalog::images::ImagesBackend>,
@@ -110,6 +113,19 @@ impl AppState {
             vcpu_overcommit: config.vcpu_overcommit,
         });
         let live = crate::platform::live::Live::default();
+        let audit_key = Arc::new(crate::platform::audit::chain::load_or_create_key(
+            &config.audit_key_path(),
+        )?);
+        let audit = Arc::new(AuditBackend {
+            pool: pool.clone(),
+            key: audit_key.clone(),
+            clock: clock.clone(),
+        });
+        let audit_checkpoints = Arc::new(crate::platform::audit::integrity::Checkpointer {
+            pool: pool.clone(),
+            key: audit_key.clone(),
+            clock: clock.clone(),
+        });
         let images = Arc::new(crate::catalog::images::ImagesBackend {
             pool: pool.clone(),
             hypervisors: hypervisors.clone(),
@@ -147,7 +163,7 @@ impl AppState {
                 pool: pool.clone(),
                 accounts: accounts.clone(),
             }),
-            audit: Arc::new(AuditBackend { pool: pool.clone() }),
+            audit: audit.clone(),
             fleet: Arc::new(crate::fleet::FleetBackend {
                 pool: pool.clone(),
                 hypervisors: hypervisors.clone(),
@@ -222,6 +238,8 @@ impl AppState {
             provisioner,
             leases,
             reclaimer,
+            audit_checkpoints,
+            audit,
             alerter,
             images,
             live,

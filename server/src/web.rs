@@ -145,6 +145,18 @@ pub fn router(state: AppState) -> Router {
                 .with_state(state.backend.images.clone()),
         )
         .route(
+            "/audit/export.jsonl",
+            axum::routing::get(audit_export).with_state(state.audit.clone()),
+        )
+        .route(
+            "/audit/export.csv",
+            axum::routing::get(audit_export).with_state(state.audit.clone()),
+        )
+        .route(
+            "/audit/checkpoints.json",
+            axum::routing::get(audit_checkpoints).with_state(state.audit.clone()),
+        )
+        .route(
             "/reports/usage.csv",
             axum::routing::get(
                 move |axum::extract::Query(q): axum::extract::Query<app::reports::ReportQuery>,
@@ -391,6 +403,72 @@ async fn export_csv(
             )
                 .into_response()
         }
+        Err(e) => (e.status(), e.to_string()).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AuditExportQuery {
+    #[serde(default, deserialize_with = "empty_is_none")]
+    tenant: Option<uuid::Uuid>,
+}
+
+/// An empty `tenant=` (the page's "all" choice) means none.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<uuid::Uuid>, D::Error> {
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `GET /audit/export.jsonl` or `.csv`: the sealed rows with their hashes, for verifying
+/// offline (`concierge audit verify --file`).
+async fn audit_export(
+    State(audit): State<std::sync::Arc<crate::platform::audit::AuditBackend>>,
+    axum::extract::Query(q): axum::extract::Query<AuditExportQuery>,
+    axum::Extension(ctx): axum::Extension<RequestCtx>,
+    uri: axum::http::Uri,
+) -> Response {
+    let csv = uri.path().ends_with(".csv");
+    match audit.export(&ctx, q.tenant, csv).await {
+        Ok(stream) => {
+            let (kind, ext) = if csv {
+                ("text/csv; charset=utf-8", "csv")
+            } else {
+                ("application/jsonl; charset=utf-8", "jsonl")
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, kind.to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"concierge-audit.{ext}\""),
+                    ),
+                ],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        Err(e) => (e.status(), e.to_string()).into_response(),
+    }
+}
+
+/// `GET /audit/checkpoints.json`: the signed checkpoints and the public key.
+async fn audit_checkpoints(
+    State(audit): State<std::sync::Arc<crate::platform::audit::AuditBackend>>,
+    axum::extract::Query(q): axum::extract::Query<AuditExportQuery>,
+    axum::Extension(ctx): axum::Extension<RequestCtx>,
+) -> Response {
+    match audit.export_checkpoints(&ctx, q.tenant).await {
+        Ok(json) => (
+            [(
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"concierge-audit-checkpoints.json\"",
+            )],
+            axum::Json(json),
+        )
+            .into_response(),
         Err(e) => (e.status(), e.to_string()).into_response(),
     }
 }

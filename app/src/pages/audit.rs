@@ -1,4 +1,4 @@
-use crate::audit::{list_audit, AUDIT_SORTS};
+use crate::audit::{audit_chains, list_audit, ChainState, VerifyAudit, AUDIT_SORTS};
 use crate::components::filters::QueryChoice;
 use crate::components::guard::{any_admin, Guard};
 use crate::components::pager::{page_href, Pager};
@@ -35,6 +35,7 @@ fn AuditContent() -> impl IntoView {
     let all_tenants = Resource::new(|| (), |_| list_tenants());
     view! {
         <h1>"Audit log"</h1>
+        <Integrity tenant=Signal::derive(tenant)/>
         <section class="card">
             <form method="get" action="/audit" class="form row search">
                 <div class="field">
@@ -120,4 +121,91 @@ fn AuditContent() -> impl IntoView {
             </Suspense>
         </section>
     }
+}
+
+/// The chains' integrity: how many rows are sealed, the last signed checkpoint, the last
+/// verification; a button to verify now and the exports an auditor verifies offline.
+#[component]
+fn Integrity(tenant: Signal<Option<Uuid>>) -> impl IntoView {
+    let verify = ServerAction::<VerifyAudit>::new();
+    let chains = Resource::new(
+        move || (tenant.get(), verify.version().get()),
+        |(t, _)| audit_chains(t),
+    );
+    let suffix = move || {
+        tenant
+            .get()
+            .map(|t| format!("?tenant={t}"))
+            .unwrap_or_default()
+    };
+    view! {
+        <section class="card" aria-labelledby="integrity-title">
+            <h2 id="integrity-title">"Integrity"</h2>
+            <p class="muted">"Every entry is sealed into its tenant's hash chain when it is written, and the chains' heads are signed with a key kept outside the database. Verifying walks each chain from its first entry."</p>
+            <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match chains.await {
+                        Ok(list) => view! { <ChainTable chains=list/> }.into_any(),
+                        Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Suspense>
+            {move || verify.value().get().and_then(|r| r.err()).map(|e| view! { <p class="form-error" role="alert">{e.to_string()}</p> })}
+            <div class="actions-row integrity-actions">
+                <ActionForm action=verify attr:class="inline-form" attr:id="verify-audit">
+                    <input type="hidden" name="tenant_id" value=move || tenant.get().map(|t| t.to_string()).unwrap_or_default()/>
+                    <button type="submit" class="primary" disabled=move || verify.pending().get()>
+                        {move || if verify.pending().get() { "Verifying…" } else { "Verify now" }}
+                    </button>
+                </ActionForm>
+                <a class="button" href=move || format!("/audit/export.jsonl{}", suffix()) rel="external" download>"Export JSON Lines"</a>
+                <a class="button" href=move || format!("/audit/export.csv{}", suffix()) rel="external" download>"Export CSV"</a>
+                <a class="button" href=move || format!("/audit/checkpoints.json{}", suffix()) rel="external" download>"Signed checkpoints"</a>
+            </div>
+        </section>
+    }
+}
+
+#[component]
+fn ChainTable(chains: Vec<ChainState>) -> impl IntoView {
+    if chains.is_empty() {
+        return view! { <p class="empty">"Nothing recorded yet."</p> }.into_any();
+    }
+    view! {
+        <table class="table chains">
+                <thead><tr><th>"Chain"</th><th>"Entries"</th><th>"Last signed checkpoint"</th><th>"Last verified"</th><th>"State"</th></tr></thead>
+                <tbody>
+                    {chains.into_iter().map(|c| {
+                        let name = c.name();
+                        let state = match (&c.problem, c.checked_at) {
+                            (Some(p), _) => view! {
+                                <span class="badge danger">"Broken"</span>
+                                <span class="problem">{format!(" intact up to {}, then {p}", c.intact_to.unwrap_or(0))}</span>
+                            }.into_any(),
+                            (None, Some(_)) => view! {
+                                <span class="badge ok">"Intact"</span>
+                                <span class="muted">{format!(" up to {}", c.intact_to.unwrap_or(0))}</span>
+                            }.into_any(),
+                            (None, None) => view! { <span class="muted">"Not verified yet"</span> }.into_any(),
+                        };
+                        view! {
+                            <tr>
+                                <td data-label="Chain">{name}</td>
+                                <td data-label="Entries">{c.rows}</td>
+                                <td data-label="Signed"><span class="cell-value">{match (c.checkpoint_seq, c.checkpoint_at) {
+                                    (Some(s), Some(at)) => view! { "entry "{s}", "<Timestamp at/> }.into_any(),
+                                    _ => view! { <span class="muted">"none yet"</span> }.into_any(),
+                                }}</span></td>
+                                <td data-label="Verified"><span class="cell-value">{match c.checked_at {
+                                    Some(at) => view! { <Timestamp at/> }.into_any(),
+                                    None => view! { <span class="muted">"never"</span> }.into_any(),
+                                }}</span></td>
+                                <td data-label="State" class="chain-state"><span class="cell-value">{state}</span></td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+        </table>
+    }
+    .into_any()
 }

@@ -128,6 +128,25 @@ pub fn reads_reports(actor: &Actor, tenant: Uuid) -> bool {
         )
 }
 
+/// The audit chains the actor reads, verifies and exports: `tenant` given, its chain for its
+/// admins and fleet admins; else every chain (`None`) for fleet admins and the chains of the
+/// tenants a tenant admin administers.
+pub fn audit_chains(actor: &Actor, tenant: Option<Uuid>) -> Result<Option<Vec<Uuid>>, AppError> {
+    match tenant {
+        Some(t) if administers(actor, t) || actor.fleet_admin => Ok(Some(vec![t])),
+        Some(t) => Err(refuse_tenant(actor, t)),
+        None if actor.fleet_admin => Ok(None),
+        None => {
+            let mine: Vec<Uuid> = actor.administered_tenants().map(|m| m.tenant_id).collect();
+            if mine.is_empty() {
+                Err(AppError::Forbidden)
+            } else {
+                Ok(Some(mine))
+            }
+        }
+    }
+}
+
 /// What an operation does with an object, which decides how a refusal is worded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {

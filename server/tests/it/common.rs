@@ -419,6 +419,10 @@ impl Process {
             .env("CONCIERGE_LOCAL_HOST", "false")
             .env("CONCIERGE_SITE_ROOT", &dir)
             .env("CONCIERGE_DB_CONNECTIONS", "6")
+            .env(
+                "CONCIERGE_AUDIT_KEY_FILE",
+                std::env::temp_dir().join("concierge-test-audit.key"),
+            )
             // A dead runner's job is taken over 3 s after its last heartbeat.
             .env("CONCIERGE_JOB_LEASE_SECONDS", "3")
             .env("CONCIERGE_JOB_MAX_ATTEMPTS", "3")

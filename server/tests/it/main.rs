@@ -3,6 +3,7 @@
 mod common;
 
 mod alerts;
+mod audit;
 mod authorization;
 mod cluster;
 mod failover;

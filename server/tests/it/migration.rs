@@ -184,6 +184,17 @@ async fn a_vm_moves_to_another_host_when_off_and_runs_there() {
     wait_until!(60, "the VM on the second host", {
         (host_of(&app, vm).await == second).then_some(())
     });
+    // The source's copies are removed after the VM's row moves: wait for the whole job.
+    wait_until!(60, "the migrate job done", {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE kind = 'migrate' AND key = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(vm)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap();
+        (state.as_deref() == Some("done")).then_some(())
+    });
     crate::libvirtd::measure(
         "move of a shut-off VM (1 GiB blank disk)",
         moved_at.elapsed(),

@@ -1,8 +1,13 @@
-//! The audit trail: one row per state change, written in the changing transaction.
+//! The audit trail: one row per state change, written in the changing transaction and sealed
+//! into its tenant's hash chain at commit (`chain`, `integrity`, migration 37).
+pub mod chain;
+pub mod command;
+pub mod integrity;
+
 use crate::platform::db::{self, Scope, Tx};
-use crate::platform::error::{seam, Result};
+use crate::platform::error::{seam, Error, Result};
 use crate::platform::list::{self, asc, desc, Order, Window};
-use app::audit::{AuditEntry, AuditFilter};
+use app::audit::{AuditEntry, AuditFilter, ChainState};
 use app::error::AppError;
 use app::seam::{AuditTrail, RequestCtx};
 use app::{Page, Place};
@@ -126,6 +131,161 @@ const ORDERS: [Order; 4] = [
 
 pub struct AuditBackend {
     pub pool: PgPool,
+    /// The checkpoints' signing key: verification trusts its public half.
+    pub key: std::sync::Arc<ed25519_dalek::SigningKey>,
+    pub clock: std::sync::Arc<dyn crate::platform::clock::Clock>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ChainRow {
+    chain: Uuid,
+    tenant_name: Option<String>,
+    rows: i64,
+    checkpoint_seq: Option<i64>,
+    checkpoint_at: Option<time::OffsetDateTime>,
+    checked_at: Option<time::OffsetDateTime>,
+    intact_to: Option<i64>,
+    problem: Option<String>,
+}
+
+impl AuditBackend {
+    async fn chain_states(&self, chains: Option<&[Uuid]>) -> Result<Vec<ChainState>> {
+        let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+        let rows: Vec<ChainRow> = sqlx::query_as(
+            "SELECT c.chain, t.name AS tenant_name, c.seq AS rows, k.seq AS checkpoint_seq,
+                    k.at AS checkpoint_at, x.checked_at, x.intact_to, x.problem
+             FROM audit_chains c
+             LEFT JOIN tenants t ON t.id = c.chain
+             LEFT JOIN LATERAL (SELECT seq, at FROM audit_checkpoints k
+                                WHERE k.chain = c.chain ORDER BY seq DESC LIMIT 1) k ON true
+             LEFT JOIN audit_checks x ON x.chain = c.chain
+             WHERE $1::uuid[] IS NULL OR c.chain = ANY($1)
+             ORDER BY c.chain <> $2, t.name, c.chain",
+        )
+        .bind(chains)
+        .bind(chain::FLEET_CHAIN)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ChainState {
+                chain: r.chain,
+                tenant_name: (r.chain != chain::FLEET_CHAIN).then(|| {
+                    r.tenant_name
+                        .unwrap_or_else(|| format!("Deleted tenant {}", r.chain))
+                }),
+                rows: r.rows,
+                checkpoint_seq: r.checkpoint_seq,
+                checkpoint_at: r.checkpoint_at,
+                checked_at: r.checked_at,
+                intact_to: r.intact_to,
+                problem: r.problem,
+            })
+            .collect())
+    }
+
+    /// The sealed rows of the chains `req` may read (one tenant's when `tenant` is given),
+    /// as JSON Lines or CSV, streamed from the database in chain and sequence order.
+    pub async fn export(
+        &self,
+        req: &RequestCtx,
+        tenant: Option<Uuid>,
+        csv: bool,
+    ) -> std::result::Result<
+        futures::stream::BoxStream<'static, std::result::Result<axum::body::Bytes, std::io::Error>>,
+        AppError,
+    > {
+        let chains = crate::platform::authz::audit_chains(req.actor()?, tenant)?;
+        let pool = self.pool.clone();
+        let (send, recv) =
+            tokio::sync::mpsc::channel::<std::result::Result<axum::body::Bytes, std::io::Error>>(8);
+        tokio::spawn(async move {
+            let failed = send.clone();
+            if let Err(e) = export_rows(pool, chains, csv, send).await {
+                tracing::warn!(error = %e, "audit export");
+                let _ = failed
+                    .send(Err(std::io::Error::other("the export stopped")))
+                    .await;
+            }
+        });
+        Ok(Box::pin(futures::stream::unfold(
+            recv,
+            |mut r| async move { r.recv().await.map(|item| (item, r)) },
+        )))
+    }
+
+    /// The chains' signed checkpoints with the public key, as JSON for `audit verify
+    /// --checkpoints`.
+    pub async fn export_checkpoints(
+        &self,
+        req: &RequestCtx,
+        tenant: Option<Uuid>,
+    ) -> std::result::Result<serde_json::Value, AppError> {
+        let chains = crate::platform::authz::audit_chains(req.actor()?, tenant)?;
+        seam(async move {
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let list = integrity::checkpoints(&mut tx, chains.as_deref()).await?;
+            tx.commit().await?;
+            Ok(serde_json::json!({
+                "public_key": hex::encode(self.key.verifying_key().to_bytes()),
+                "checkpoints": list,
+            }))
+        })
+        .await
+    }
+}
+
+async fn export_rows(
+    pool: PgPool,
+    chains: Option<Vec<Uuid>>,
+    csv: bool,
+    send: tokio::sync::mpsc::Sender<std::result::Result<axum::body::Bytes, std::io::Error>>,
+) -> Result<()> {
+    use futures::TryStreamExt;
+    let mut tx = db::begin(&pool, Scope::fleet()).await?;
+    let sql = format!(
+        "SELECT {} FROM audit_log a WHERE a.seq IS NOT NULL AND ($1::uuid[] IS NULL OR a.chain = ANY($1))
+         ORDER BY a.chain, a.seq",
+        chain::SEALED_COLUMNS
+    );
+    let mut rows = sqlx::query_as::<_, chain::SealedRow>(&sql)
+        .bind(chains)
+        .fetch(&mut *tx);
+    let csv_writer = |headers: bool| {
+        csv::WriterBuilder::new()
+            .has_headers(headers)
+            .from_writer(Vec::with_capacity(64 * 1024))
+    };
+    let mut writer = csv_writer(true);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(row) = rows.try_next().await? {
+        if csv {
+            writer.serialize(&row).map_err(Error::other)?;
+        } else {
+            serde_json::to_writer(&mut buf, &row).map_err(Error::other)?;
+            buf.push(b'\n');
+        }
+        if csv && writer.get_ref().len() >= 60 * 1024 {
+            writer.flush().map_err(Error::other)?;
+            buf = std::mem::replace(&mut writer, csv_writer(false))
+                .into_inner()
+                .map_err(Error::other)?;
+        }
+        if buf.len() >= 60 * 1024 {
+            let chunk = axum::body::Bytes::from(std::mem::take(&mut buf));
+            if send.send(Ok(chunk)).await.is_err() {
+                return Ok(()); // the client went away
+            }
+        }
+    }
+    if csv {
+        buf = writer.into_inner().map_err(Error::other)?;
+    }
+    if !buf.is_empty() {
+        let _ = send.send(Ok(axum::body::Bytes::from(buf))).await;
+    }
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]
@@ -242,6 +402,44 @@ impl AuditTrail for AuditBackend {
                 before: None,
                 after: None,
             })
+        })
+        .await
+    }
+
+    async fn chains(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Option<Uuid>,
+    ) -> Result<Vec<ChainState>, AppError> {
+        let chains = crate::platform::authz::audit_chains(req.actor()?, tenant_id)?;
+        seam(self.chain_states(chains.as_deref())).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify(
+        &self,
+        req: &RequestCtx,
+        tenant_id: Option<Uuid>,
+    ) -> Result<Vec<ChainState>, AppError> {
+        let chains = crate::platform::authz::audit_chains(req.actor()?, tenant_id)?;
+        seam(async move {
+            let trusted = self.key.verifying_key();
+            let mut tx = db::begin(&self.pool, Scope::fleet()).await?;
+            let outcomes = integrity::verify(
+                &mut tx,
+                integrity::Verify {
+                    chains: chains.clone(),
+                    trusted: Some(&trusted),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let now = self.clock.now();
+            for o in &outcomes {
+                integrity::record(&mut tx, o, now).await?;
+            }
+            tx.commit().await?;
+            self.chain_states(chains.as_deref()).await
         })
         .await
     }
