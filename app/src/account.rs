@@ -75,6 +75,9 @@ pub struct Actor {
     pub fleet_admin: bool,
     pub must_change_password: bool,
     pub memberships: Vec<Membership>,
+    /// Required to use a second factor and not set up yet: only that setup is open to them.
+    #[serde(default)]
+    pub must_enrol_two_factor: bool,
 }
 
 impl Actor {
@@ -160,14 +163,28 @@ pub async fn login(
     #[server(default)] next: String,
 ) -> Result<(), AppError> {
     let req = crate::seam::request()?;
-    crate::seam::reply(
+    let step = crate::seam::reply(
         crate::seam::backend()?
             .accounts
             .login(&req, &email, &password)
             .await,
     )?;
-    leptos_axum::redirect(&safe_next(&next));
+    match step {
+        SignIn::Done => leptos_axum::redirect(&safe_next(&next)),
+        SignIn::CodeNeeded => leptos_axum::redirect(&format!(
+            "/login/code?next={}",
+            crate::url::urlencode(&safe_next(&next))
+        )),
+    }
     Ok(())
+}
+
+/// How far a password took a sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignIn {
+    Done,
+    /// The account uses a second factor: `/login/code` asks for it.
+    CodeNeeded,
 }
 
 /// Where sign-in may send the browser next: a path on this site, never another origin

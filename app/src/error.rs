@@ -15,6 +15,8 @@ pub enum AppError {
     Unauthenticated,
     #[error("Change your password before continuing.")]
     PasswordChangeRequired,
+    #[error("Set up two-factor sign-in before continuing.")]
+    TwoFactorRequired,
     #[error("You are not allowed to do that.")]
     Forbidden,
     #[error("{0} not found.")]
@@ -94,7 +96,9 @@ impl AppError {
     pub fn status_code(&self) -> u16 {
         match self {
             AppError::Unauthenticated | AppError::LoginFailed | AppError::LoginSlowed => 401,
-            AppError::PasswordChangeRequired | AppError::Forbidden => 403,
+            AppError::PasswordChangeRequired
+            | AppError::TwoFactorRequired
+            | AppError::Forbidden => 403,
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
             AppError::Invalid(_) => 422,

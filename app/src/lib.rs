@@ -20,6 +20,7 @@ pub mod reports;
 pub mod seam;
 pub mod states;
 pub mod tenant;
+pub mod two_factor;
 pub mod url;
 pub mod user;
 pub mod webhooks;

@@ -47,6 +47,9 @@ impl RequestCtx {
         if actor.must_change_password {
             return Err(AppError::PasswordChangeRequired);
         }
+        if actor.must_enrol_two_factor {
+            return Err(AppError::TwoFactorRequired);
+        }
         Ok(actor)
     }
 
@@ -71,7 +74,15 @@ pub struct CspNonce(pub String);
 
 #[async_trait]
 pub trait Accounts: Send + Sync + 'static {
-    async fn login(&self, req: &RequestCtx, email: &str, password: &str) -> Result<(), AppError>;
+    /// Checks the password; `SignIn::CodeNeeded` when the account uses a second factor (the
+    /// session then remembers whose password was right, for `login_code`).
+    async fn login(
+        &self,
+        req: &RequestCtx,
+        email: &str,
+        password: &str,
+    ) -> Result<crate::account::SignIn, AppError>;
+    async fn login_code(&self, req: &RequestCtx, code: &str) -> Result<(), AppError>;
     async fn logout(&self, req: &RequestCtx) -> Result<(), AppError>;
     async fn change_password(
         &self,
@@ -227,6 +238,33 @@ pub trait Invitations: Send + Sync + 'static {
     async fn mine(&self, req: &RequestCtx) -> Result<Vec<MyInvitation>, AppError>;
     async fn answer(&self, req: &RequestCtx, id: Uuid, accept: bool) -> Result<(), AppError>;
     async fn join(&self, req: &RequestCtx, form: JoinForm) -> Result<(), AppError>;
+}
+
+#[async_trait]
+pub trait TwoFactor: Send + Sync + 'static {
+    async fn status(
+        &self,
+        req: &RequestCtx,
+    ) -> Result<crate::two_factor::TwoFactorStatus, AppError>;
+    async fn start(&self, req: &RequestCtx) -> Result<crate::two_factor::Enrolment, AppError>;
+    async fn confirm(
+        &self,
+        req: &RequestCtx,
+        code: &str,
+    ) -> Result<crate::two_factor::RecoveryCodes, AppError>;
+    async fn disable(&self, req: &RequestCtx, code: &str) -> Result<(), AppError>;
+    async fn new_recovery_codes(
+        &self,
+        req: &RequestCtx,
+        code: &str,
+    ) -> Result<crate::two_factor::RecoveryCodes, AppError>;
+    async fn policy(&self, req: &RequestCtx, tenant: Option<Uuid>) -> Result<bool, AppError>;
+    async fn set_policy(
+        &self,
+        req: &RequestCtx,
+        tenant: Option<Uuid>,
+        required: bool,
+    ) -> Result<bool, AppError>;
 }
 
 #[async_trait]
@@ -553,6 +591,7 @@ pub struct Backend {
     pub tenants: Arc<dyn Tenants>,
     pub invitations: Arc<dyn Invitations>,
     pub audit: Arc<dyn AuditTrail>,
+    pub two_factor: Arc<dyn TwoFactor>,
     pub fleet: Arc<dyn Fleet>,
     pub catalog: Arc<dyn Catalog>,
     pub images: Arc<dyn Images>,

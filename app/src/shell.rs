@@ -63,6 +63,8 @@ pub fn App() -> impl IntoView {
                 <Layout>
                     <Routes fallback=pages::not_found::NotFound>
                         <Route path=path!("/login") view=pages::login::LoginPage ssr=SsrMode::Async/>
+                        <Route path=path!("/login/code") view=pages::two_factor::LoginCodePage ssr=SsrMode::Async/>
+                        <Route path=path!("/two-factor") view=pages::two_factor::TwoFactorPage ssr=SsrMode::Async/>
                         <Route path=path!("/join") view=pages::join::JoinPage ssr=SsrMode::Async/>
                         <Route path=path!("/") view=pages::home::HomePage ssr=SsrMode::Async/>
                         <Route path=path!("/password") view=pages::password::PasswordPage ssr=SsrMode::Async/>

@@ -164,6 +164,9 @@ impl AppState {
                 accounts: accounts.clone(),
             }),
             audit: audit.clone(),
+            two_factor: Arc::new(crate::accounts::two_factor::TwoFactorBackend {
+                accounts: accounts.clone(),
+            }),
             fleet: Arc::new(crate::fleet::FleetBackend {
                 pool: pool.clone(),
                 hypervisors: hypervisors.clone(),

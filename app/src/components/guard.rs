@@ -40,6 +40,9 @@ pub fn Guard(
                     Ok(Some(a)) if a.must_change_password => {
                         view! { <Redirect path="/password"/> }.into_any()
                     }
+                    Ok(Some(a)) if a.must_enrol_two_factor => {
+                        view! { <Redirect path="/two-factor"/> }.into_any()
+                    }
                     Ok(Some(a)) if allow(&a) => children.with_value(|c| c()).into_any(),
                     Ok(Some(_)) => view! { <Forbidden/> }.into_any(),
                     Ok(None) => view! { <Redirect path=back()/> }.into_any(),

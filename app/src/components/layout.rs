@@ -15,7 +15,7 @@ pub fn Layout(children: Children) -> impl IntoView {
             </a>
             <Transition fallback=|| ()>
                 {move || Suspend::new(async move {
-                    actor.await.ok().flatten().filter(|a| !a.must_change_password).map(|a| view! { <Nav actor=a/> })
+                    actor.await.ok().flatten().filter(|a| !a.must_change_password && !a.must_enrol_two_factor).map(|a| view! { <Nav actor=a/> })
                 })}
             </Transition>
         </header>

@@ -71,6 +71,7 @@ fn AccountContent() -> impl IntoView {
                 }
             })}
         </Suspense>
+        <crate::pages::two_factor::TwoFactorSection/>
         <SshKeysSection/>
         <NotificationsSection/>
         <section class="card">

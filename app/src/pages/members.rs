@@ -99,6 +99,7 @@ fn MembersContent() -> impl IntoView {
                                 <a class="button" href=format!("/tenants/{id}/quotas")>"Quotas and approvals"</a>
                             </div>
                             {t.suspended.then(|| view! { <p class="notice warn">"This tenant is suspended: its members cannot use it until a fleet admin reactivates it."</p> })}
+                            <crate::pages::two_factor::TwoFactorPolicy tenant=Some(t.id)/>
                             <section class="card">
                                 <h2>"Invite a member"</h2>
                                 <p class="muted">"They join once they accept: with their account if they have one, else by creating it with the code shown here once."</p>

@@ -20,6 +20,7 @@ pub mod reports;
 pub mod requests;
 pub mod templates;
 pub mod tenants;
+pub mod two_factor;
 pub mod users;
 pub mod vm;
 pub mod webhooks;

@@ -54,6 +54,7 @@ fn UsersContent() -> impl IntoView {
     };
     view! {
         <h1>"Users"</h1>
+        <crate::pages::two_factor::TwoFactorPolicy tenant=None/>
         <section class="card">
             <h2>"New user"</h2>
             {move || otp().map(|otp| view! { <OneTimePasswordNotice otp/> })}

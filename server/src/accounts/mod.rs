@@ -6,6 +6,7 @@ pub mod sessions;
 pub mod ssh_keys;
 pub mod tenants;
 pub mod throttle;
+pub mod two_factor;
 
 use crate::platform::audit::{self, Event, Origin};
 use crate::platform::clock::Clock;
@@ -82,6 +83,45 @@ impl AccountsBackend {
         })
     }
 
+    /// Starts the session of a sign-in whose factors were all accepted, and audits it.
+    async fn signed_in(
+        &self,
+        req: &RequestCtx,
+        user: Uuid,
+        account: String,
+        factor: Option<two_factor::Factor>,
+        now: time::OffsetDateTime,
+    ) -> Result<()> {
+        let session_id = sessions::start(
+            &self.pool,
+            &req.session,
+            user,
+            req.client_addr,
+            req.user_agent.as_deref(),
+            now,
+        )
+        .await?;
+        let mut tx = db::begin(
+            &self.pool,
+            Scope {
+                user: Some(user),
+                ..Scope::default()
+            },
+        )
+        .await?;
+        let origin = Origin {
+            actor_id: Some(user),
+            actor_email: Some(account),
+            client_addr: req.client_addr,
+        };
+        let mut event = Event::new("session.login", "session", session_id);
+        if let Some(f) = factor {
+            event = event.after(json!({ "second_factor": f.name() }));
+        }
+        audit::record(&mut tx, &origin, event).await?;
+        self.commit(tx).await
+    }
+
     async fn user_exists(&self, tx: &mut db::Tx, user_id: Uuid) -> Result<bool> {
         let found: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
@@ -97,7 +137,28 @@ struct Credentials {
     id: Uuid,
     password_hash: String,
     disabled: bool,
+    two_factor: bool,
 }
+
+/// Whose password was accepted, while the sign-in waits for the second factor (kept in the
+/// browser's session for a few minutes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AwaitingCode {
+    user_id: Uuid,
+    account: String,
+    at: i64,
+}
+
+fn two_factor_wrong() -> AppError {
+    AppError::field(
+        "code",
+        "That code is not right, or it was used already: enter the code your app shows now.",
+    )
+}
+
+const AWAITING_CODE: &str = "awaiting_code";
+/// How long a sign-in waits for its code.
+const CODE_WAIT_SECONDS: i64 = 300;
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -115,7 +176,12 @@ struct UserRow {
 #[async_trait]
 impl Accounts for AccountsBackend {
     #[tracing::instrument(skip_all)]
-    async fn login(&self, req: &RequestCtx, email: &str, password: &str) -> Result<(), AppError> {
+    async fn login(
+        &self,
+        req: &RequestCtx,
+        email: &str,
+        password: &str,
+    ) -> Result<app::account::SignIn, AppError> {
         seam(async move {
             let account = email.trim().to_lowercase();
             let mut missing = Vec::new();
@@ -144,7 +210,8 @@ impl Accounts for AccountsBackend {
                 tokio::time::sleep(wait).await;
             }
             let creds: Option<Credentials> = sqlx::query_as(
-                "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled FROM users WHERE lower(email) = $1",
+                "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled, totp_enabled_at IS NOT NULL AS two_factor
+                 FROM users WHERE lower(email) = $1",
             )
             .bind(&account)
             .fetch_optional(&self.pool)
@@ -164,37 +231,79 @@ impl Accounts for AccountsBackend {
                     .into());
                 }
             };
-            let session_id = sessions::start(
-                &self.pool,
-                &req.session,
-                user.id,
-                req.client_addr,
-                req.user_agent.as_deref(),
-                now,
-            )
-            .await?;
+            if user.two_factor {
+                // No session yet: the code comes first (`login_code`).
+                req.session
+                    .insert(
+                        AWAITING_CODE,
+                        AwaitingCode {
+                            user_id: user.id,
+                            account,
+                            at: now.unix_timestamp(),
+                        },
+                    )
+                    .await
+                    .map_err(crate::platform::error::Error::other)?;
+                return Ok(app::account::SignIn::CodeNeeded);
+            }
+            self.signed_in(req, user.id, account, None, now).await?;
+            Ok(app::account::SignIn::Done)
+    }).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login_code(&self, req: &RequestCtx, code: &str) -> Result<(), AppError> {
+        seam(async move {
+            let now = self.clock.now();
+            let waiting: Option<AwaitingCode> = req
+                .session
+                .get(AWAITING_CODE)
+                .await
+                .map_err(crate::platform::error::Error::other)?;
+            let Some(w) = waiting.filter(|w| now.unix_timestamp() - w.at < CODE_WAIT_SECONDS) else {
+                return Err(AppError::field(
+                    "code",
+                    "This sign-in has expired: sign in with your password again.",
+                )
+                .into());
+            };
+            if code.trim().is_empty() {
+                return Err(AppError::field("code", "Enter the code from your authenticator app.").into());
+            }
+            if code.len() > 64 {
+                return Err(two_factor_wrong().into());
+            }
+            let verdict =
+                throttle::check(&self.pool, self.limits, &w.account, req.client_addr, now).await?;
+            if let throttle::Verdict::Slow(wait) = verdict {
+                tokio::time::sleep(wait).await;
+            }
             let mut tx = db::begin(
                 &self.pool,
                 Scope {
-                    user: Some(user.id),
+                    user: Some(w.user_id),
                     ..Scope::default()
                 },
             )
             .await?;
-            let origin = Origin {
-                actor_id: Some(user.id),
-                actor_email: Some(account),
-                client_addr: req.client_addr,
+            let factor = two_factor::accept(&mut tx, w.user_id, code, now).await?;
+            tx.commit().await?;
+            let Some(factor) = factor else {
+                throttle::record_failure(&self.pool, &w.account, req.client_addr, now).await?;
+                return Err(match verdict {
+                    throttle::Verdict::Go => two_factor_wrong(),
+                    throttle::Verdict::Slow(_) => AppError::field(
+                        "code",
+                        "That code is not right. This account has had many failed sign-ins, so each attempt is answered more slowly for a while.",
+                    ),
+                }
+                .into());
             };
-            audit::record(
-                &mut tx,
-                &origin,
-                Event::new("session.login", "session", session_id),
-            )
-            .await?;
-            self.commit(tx).await?;
+            let _ = req.session.remove::<AwaitingCode>(AWAITING_CODE).await;
+            self.signed_in(req, w.user_id, w.account, Some(factor), now).await?;
             Ok(())
-    }).await
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]

@@ -126,6 +126,7 @@ struct ActorRow {
     created_at: OffsetDateTime,
     last_seen_at: OffsetDateTime,
     memberships: sqlx::types::Json<Vec<Membership>>,
+    must_enrol_two_factor: bool,
 }
 
 /// The actor behind this request's session, if it is still valid. Expired, ended and
@@ -222,6 +223,7 @@ impl ActorRow {
             display_name: self.display_name.clone(),
             fleet_admin: self.fleet_admin,
             must_change_password: self.must_change_password,
+            must_enrol_two_factor: self.must_enrol_two_factor,
             memberships: self.memberships.0.clone(),
         }
     }

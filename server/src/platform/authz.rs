@@ -147,6 +147,15 @@ pub fn audit_chains(actor: &Actor, tenant: Option<Uuid>) -> Result<Option<Vec<Uu
     }
 }
 
+/// Requires a second factor of a tenant's members (`Some`): its admins and fleet admins; of
+/// everyone (`None`): fleet admins.
+pub fn sets_two_factor_policy(actor: &Actor, tenant: Option<Uuid>) -> bool {
+    match tenant {
+        Some(t) => administers(actor, t),
+        None => actor.fleet_admin,
+    }
+}
+
 /// What an operation does with an object, which decides how a refusal is worded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -188,6 +197,7 @@ mod tests {
             display_name: "A".into(),
             fleet_admin,
             must_change_password: false,
+            must_enrol_two_factor: false,
             memberships: memberships
                 .iter()
                 .map(|&(tenant_id, role, tenant_suspended)| Membership {

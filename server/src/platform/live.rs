@@ -222,6 +222,7 @@ mod tests {
             display_name: "A".into(),
             fleet_admin: false,
             must_change_password: false,
+            must_enrol_two_factor: false,
             memberships: role
                 .map(|(t, r)| {
                     vec![Membership {

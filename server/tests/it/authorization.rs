@@ -343,6 +343,48 @@ async fn audit_log() {
 }
 
 #[tokio::test]
+async fn audit_chains_and_their_verification() {
+    check("audit_chains", &[TenantAdminA, FleetAdmin], |w| {
+        args("audit_chains", &[("tenant_id", w.tenant_a.to_string())])
+    })
+    .await;
+    check("verify_audit", &[TenantAdminA, FleetAdmin], |w| {
+        args("verify_audit", &[("tenant_id", w.tenant_a.to_string())])
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_factor_policies() {
+    check(
+        "tenant A's two-factor policy",
+        &[TenantAdminA, FleetAdmin],
+        |w| {
+            args(
+                "set_two_factor_policy",
+                &[("tenant_id", w.tenant_a.to_string())],
+            )
+        },
+    )
+    .await;
+    check("the fleet's two-factor policy", &[FleetAdmin], |_| {
+        args("set_two_factor_policy", &[])
+    })
+    .await;
+    check(
+        "reading tenant A's policy",
+        &[TenantAdminA, FleetAdmin],
+        |w| {
+            args(
+                "two_factor_policy",
+                &[("tenant_id", w.tenant_a.to_string())],
+            )
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn own_account_operations_need_a_session() {
     check(
         "my_sessions",

@@ -22,6 +22,7 @@ mod remote;
 mod reports;
 mod sessions;
 mod storage;
+mod two_factor;
 mod validation;
 mod vocabulary;
 mod webhooks;
