@@ -272,6 +272,21 @@ async fn an_export_verifies_offline_and_a_changed_line_does_not() {
 
     let dir = std::env::temp_dir().join(format!("concierge-audit-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Compressed, as a browser asks for it (the stream must end cleanly through the layer).
+    let brotli = admin
+        .http
+        .get(format!("{}/audit/export.jsonl", admin.base))
+        .header("Accept-Encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(brotli.status(), 200);
+    assert_eq!(brotli.headers()["content-encoding"], "br");
+    assert!(!brotli
+        .bytes()
+        .await
+        .expect("the whole compressed body")
+        .is_empty());
     let export = admin.get("/audit/export.jsonl").await;
     assert_eq!(export.status(), 200);
     let jsonl = export.text().await.unwrap();

@@ -209,10 +209,11 @@ impl AuditBackend {
                     .await;
             }
         });
-        Ok(Box::pin(futures::stream::unfold(
+        // Fused: the compression layer polls once more after the end.
+        Ok(Box::pin(futures::StreamExt::fuse(futures::stream::unfold(
             recv,
             |mut r| async move { r.recv().await.map(|item| (item, r)) },
-        )))
+        ))))
     }
 
     /// The chains' signed checkpoints with the public key, as JSON for `audit verify
