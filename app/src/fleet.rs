@@ -38,8 +38,10 @@ pub struct HostSummary {
     #[serde(default)]
     pub domain_type: Option<String>,
     pub hv_version: Option<String>,
-    /// The libvirt library is older than the configured minimum.
+    /// libvirt or QEMU is older than the fleet's minimum (`update_reason` says which).
     pub needs_update: bool,
+    #[serde(default)]
+    pub update_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_sync_at: Option<OffsetDateTime>,
     /// Reached over SSH: the pinned host key's fingerprint (`SHA256:…`), or None with
@@ -445,6 +447,14 @@ pub struct BusyHost {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutdatedHost {
+    pub id: Uuid,
+    pub name: String,
+    /// e.g. "libvirt 7.0.0 (minimum 8.0.0)".
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetDashboard {
     pub hosts: i64,
     pub connected: i64,
@@ -471,6 +481,11 @@ pub struct FleetDashboard {
     /// VMs whose CPU is unusual for them now (firing anomaly alerts), newest first.
     #[serde(default)]
     pub anomalies: Vec<Anomaly>,
+    /// Hosts whose libvirt or QEMU is below the fleet's minimum, and the minimum.
+    #[serde(default)]
+    pub outdated_hosts: Vec<OutdatedHost>,
+    #[serde(default)]
+    pub minimum_versions: String,
 }
 
 /// A VM behaving unlike its own history (an anomaly alert that is firing).

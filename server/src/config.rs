@@ -174,6 +174,15 @@ pub struct Config {
     )]
     pub audit_checkpoint_seconds: u64,
 
+    /// Hosts whose libvirt is older than this are flagged for an update (host list, fleet
+    /// dashboard).
+    #[arg(long, env = "CONCIERGE_MIN_LIBVIRT_VERSION", default_value = "8.0.0", value_parser = version)]
+    pub min_libvirt_version: i64,
+
+    /// Hosts whose QEMU is older than this are flagged too.
+    #[arg(long, env = "CONCIERGE_MIN_QEMU_VERSION", default_value = "6.2.0", value_parser = version)]
+    pub min_qemu_version: i64,
+
     /// Let webhooks go to loopback, link-local and private addresses (refused by default:
     /// a tenant admin could otherwise make the server call into its own network).
     #[arg(long, env = "CONCIERGE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS")]
@@ -323,6 +332,8 @@ impl Config {
             // One key for every test server (the file is made once, atomically).
             audit_key_file: Some(std::env::temp_dir().join("concierge-test-audit.key")),
             audit_checkpoint_seconds: 3600,
+            min_libvirt_version: 8_000_000,
+            min_qemu_version: 6_002_000,
             alert_check_seconds: 3600,
             webhook_retry_seconds: 10.0,
             crash_after: None,
@@ -358,5 +369,19 @@ impl Config {
             })
             .unwrap_or_else(|| std::path::PathBuf::from("."));
         state.join("concierge/audit-signing.key")
+    }
+}
+
+/// `major.minor[.micro]` as libvirt numbers versions (major × 1,000,000 + minor × 1,000 + micro).
+pub fn version(s: &str) -> Result<i64, String> {
+    let parts: Vec<&str> = s.trim().split('.').collect();
+    let nums: Option<Vec<i64>> = parts
+        .iter()
+        .map(|p| p.parse::<i64>().ok().filter(|n| (0..1000).contains(n)))
+        .collect();
+    match nums.as_deref() {
+        Some([major, minor]) => Ok(major * 1_000_000 + minor * 1_000),
+        Some([major, minor, micro]) => Ok(major * 1_000_000 + minor * 1_000 + micro),
+        _ => Err(format!("{s:?} is not a version like 8.0.0")),
     }
 }

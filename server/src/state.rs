@@ -191,6 +191,7 @@ impl AppState {
                         (r, crate::fleet::Kept::new(ttl))
                     })
                     .collect(),
+                min_versions: (config.min_libvirt_version, config.min_qemu_version),
                 clock: clock.clone(),
             }),
             catalog: Arc::new(crate::catalog::CatalogBackend {

@@ -156,6 +156,7 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
             </table>
         </section>
         <Unusual anomalies=d.anomalies/>
+        <Versions outdated=d.outdated_hosts minimum=d.minimum_versions/>
         <section class="card">
             <h2>"Top consumers"</h2>
             {if d.top_tenants.is_empty() {
@@ -176,6 +177,31 @@ fn DashboardView(d: FleetDashboard) -> impl IntoView {
 }
 
 /// VMs whose CPU is far from their own usual level at this hour (firing anomaly alerts).
+#[component]
+fn Versions(outdated: Vec<crate::fleet::OutdatedHost>, minimum: String) -> impl IntoView {
+    view! {
+        <section class="card" id="versions" aria-labelledby="versions-title">
+            <div class="card-head"><h2 id="versions-title">{format!("Hosts needing an update: {}", outdated.len())}</h2><a href="/hosts">"All hosts"</a></div>
+            <p class="muted small">{format!("Minimum: {minimum}.")}</p>
+            {if outdated.is_empty() {
+                view! { <p class="muted">"Every host runs at least the minimum versions."</p> }.into_any()
+            } else {
+                view! {
+                    <table class="table">
+                        <thead><tr><th>"Host"</th><th>"Below the minimum"</th></tr></thead>
+                        <tbody>{outdated.into_iter().map(|h| view! {
+                            <tr>
+                                <td data-label="Host"><a href=format!("/hosts/{}", h.id)>{h.name}</a></td>
+                                <td data-label="Below">{h.reason}</td>
+                            </tr>
+                        }).collect_view()}</tbody>
+                    </table>
+                }.into_any()
+            }}
+        </section>
+    }
+}
+
 #[component]
 fn Unusual(anomalies: Vec<Anomaly>) -> impl IntoView {
     view! {

@@ -263,7 +263,7 @@ fn HostCard(h: HostSummary) -> impl IntoView {
                 {flags.ssh_host_key.clone().map(|f| view! { <span class="badge ok mono" title="Every connection checks the host presents this SSH key">{format!("key {f}")}</span> " " })}
                 {flags.maintenance.then(|| view! { <span class="badge warn">"maintenance"</span> " " })}
                 {(!flags.schedulable).then(|| view! { <span class="badge muted">"not schedulable"</span> " " })}
-                {flags.needs_update.then(|| view! { <span class="badge danger">"needs update"</span> " " })}
+                {flags.update_reason.clone().map(|why| view! { <span class="badge danger" title=why.clone()>"needs update"</span> " " <span class="small muted">{why}</span> " " })}
                 {flags.labels.iter().map(|l| view! { <span class="badge">{l.clone()}</span> " " }).collect_view()}
             </p>
             <HostCapacity h=h.clone()/>

@@ -548,7 +548,9 @@ impl From<HostRow> for HostSummary {
             running: r.running,
             storage_capacity: r.storage_capacity,
             storage_available: r.storage_available,
-            needs_update: r.lib_version.is_some_and(|v| v < MIN_LIBVIRT_VERSION),
+            // Set by `FleetBackend::summary` against the configured minimums.
+            needs_update: false,
+            update_reason: None,
             lib_version: r.lib_version.map(version_string),
             hv_type: r.hv_type,
             domain_type: r.domain_type,
@@ -589,4 +591,32 @@ impl FleetBackend {
             .map(|_| ())
             .ok_or_else(|| AppError::NotFound("Host".into()))?)
     }
+}
+
+/// Why a host needs an update: its libvirt, or its QEMU, below the fleet's minimum
+/// (`(libvirt, qemu)`, libvirt's numbering). Hosts not yet inventoried are not judged.
+pub fn outdated(
+    lib: Option<i64>,
+    hv_type: Option<&str>,
+    hv: Option<i64>,
+    (min_lib, min_qemu): (i64, i64),
+) -> Option<String> {
+    let mut why = vec![];
+    if let Some(v) = lib.filter(|v| *v > 0 && *v < min_lib) {
+        why.push(format!(
+            "libvirt {} (minimum {})",
+            version_string(v),
+            version_string(min_lib)
+        ));
+    }
+    if let Some(v) = hv.filter(|v| *v > 0 && *v < min_qemu) {
+        if hv_type.is_some_and(|t| t.eq_ignore_ascii_case("qemu")) {
+            why.push(format!(
+                "QEMU {} (minimum {})",
+                version_string(v),
+                version_string(min_qemu)
+            ));
+        }
+    }
+    (!why.is_empty()).then(|| why.join(", "))
 }

@@ -31,8 +31,6 @@ use uuid::Uuid;
 pub const DOMAINS_PER_PAGE: u32 = 50;
 /// Host cards per page on the hosts page.
 pub const HOSTS_PER_PAGE: u32 = 24;
-/// Hosts whose libvirt library is older than this are flagged (8.0.0).
-pub const MIN_LIBVIRT_VERSION: i64 = 8_000_000;
 
 pub struct FleetBackend {
     pub pool: PgPool,
@@ -59,13 +57,23 @@ pub struct FleetBackend {
     pub charts: std::collections::HashMap<Range, Arc<Kept<Vec<ChartView>>>>,
     /// What "now" is for the charts' ranges (tests move it).
     pub clock: Arc<dyn crate::platform::clock::Clock>,
+    /// The oldest libvirt and QEMU versions the fleet accepts (libvirt's numbering).
+    pub min_versions: (i64, i64),
 }
 
 impl FleetBackend {
     /// The host as pages show it, with its vCPU capacity under this server's overcommit.
     fn summary(&self, row: HostRow) -> HostSummary {
+        let versions = (row.lib_version, row.hv_type.clone(), row.hv_version);
         let mut h = HostSummary::from(row);
         h.vcpu_capacity = (f64::from(h.cpus.unwrap_or(0)) * self.vcpu_overcommit).floor() as i64;
+        h.update_reason = hosts::outdated(
+            versions.0,
+            versions.1.as_deref(),
+            versions.2,
+            self.min_versions,
+        );
+        h.needs_update = h.update_reason.is_some();
         h
     }
 }

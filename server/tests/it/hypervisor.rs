@@ -519,3 +519,48 @@ async fn an_older_observation_never_replaces_a_newer_state() {
     upsert(facts("running", t0 + Duration::seconds(4))).await;
     assert_eq!(state().await, "running");
 }
+
+#[tokio::test]
+async fn hosts_below_the_fleets_minimum_versions_are_flagged_and_counted() {
+    // Whatever libvirt this machine runs is below 99.0.0.
+    let app = spawn_app_with(|c| c.min_libvirt_version = 99_000_000).await;
+    let admin = app.fleet_admin().await;
+    let dir = tempdir();
+    let uri = simulation::write_node(&dir, "sim-old", 1).unwrap();
+    let host: HostSummary = admin
+        .call_as(
+            "register_host",
+            &[("name", "sim-old"), ("uri", &uri), ("schedulable", "true")],
+        )
+        .await
+        .unwrap();
+    let listed: Vec<HostSummary> = admin.call_as("list_hosts", &[]).await.unwrap();
+    let h = listed.iter().find(|h| h.id == host.id).unwrap();
+    assert!(h.needs_update);
+    let why = h.update_reason.clone().unwrap();
+    assert!(
+        why.starts_with("libvirt ") && why.ends_with("(minimum 99.0.0)"),
+        "{why}"
+    );
+    assert!(h.lib_version.is_some() && h.hv_version.is_some(), "{h:?}");
+    let d: app::fleet::FleetDashboard = admin.call_as("fleet_dashboard", &[]).await.unwrap();
+    assert_eq!(d.outdated_hosts.len(), 1);
+    assert_eq!(d.outdated_hosts[0].name, "sim-old");
+    assert_eq!(d.minimum_versions, "libvirt 99.0.0, QEMU 6.2.0");
+    let page = admin.get("/dashboard").await.text().await.unwrap();
+    assert!(page.contains("Hosts needing an update: 1"));
+
+    // At the default minimum this machine's libvirt passes.
+    let current = spawn_app().await;
+    let admin = current.fleet_admin().await;
+    let uri = simulation::write_node(&dir, "sim-new", 1).unwrap();
+    admin
+        .call("register_host", &[("name", "sim-new"), ("uri", &uri)])
+        .await
+        .unwrap();
+    let d: app::fleet::FleetDashboard = admin.call_as("fleet_dashboard", &[]).await.unwrap();
+    assert!(d.outdated_hosts.is_empty(), "{:?}", d.outdated_hosts);
+    assert_eq!(concierge::config::version("8.0"), Ok(8_000_000));
+    assert_eq!(concierge::config::version("10.2.3"), Ok(10_002_003));
+    assert!(concierge::config::version("8.x").is_err());
+}
