@@ -50,12 +50,14 @@ CREATE FUNCTION audit_canonical(chain uuid, a audit_log) RETURNS text
               || audit_field(a.object_type) || audit_field(a.object_id) || audit_field(a.before::text)
               || audit_field(a.after::text) || audit_field(host(a.client_addr)) $$;
 
--- Seals every row this transaction wrote and has not sealed yet (only its own unsealed rows
--- are visible to it), chain by chain in one order, so that two transactions writing the same
--- two chains cannot deadlock; each chain's head is written once, however many rows. The
--- trigger fires for each row at commit: the first firing seals them all, the others find
--- their row sealed.
-CREATE FUNCTION audit_seal_pending() RETURNS void
+-- Seals every row from id `from_id` on that this transaction wrote and has not sealed yet
+-- (only its own unsealed rows are visible to it), chain by chain in one order, so that two
+-- transactions writing the same two chains cannot deadlock; each chain's head is written
+-- once, however many rows. The trigger fires for each row at commit, in insert order: the
+-- first firing (its row is the transaction's first) seals them all, the others find their row
+-- sealed. Starting at that id keeps the search to the rows written since, not every row ever
+-- sealed (whose old, unsealed versions stay in the indexes until vacuum).
+CREATE FUNCTION audit_seal_pending(from_id bigint) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
     AS $$
 DECLARE
@@ -67,7 +69,7 @@ DECLARE
 BEGIN
     SELECT array_agg(DISTINCT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000')
                      ORDER BY coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'))
-    INTO chains FROM audit_log WHERE seq IS NULL;
+    INTO chains FROM audit_log WHERE id >= from_id AND seq IS NULL;
     IF chains IS NULL THEN
         RETURN;
     END IF;
@@ -78,7 +80,8 @@ BEGIN
     FOREACH c IN ARRAY chains LOOP
         SELECT ch.seq, ch.head INTO s, prev FROM audit_chains ch WHERE ch.chain = c;
         FOR r IN SELECT * FROM audit_log a
-                 WHERE a.seq IS NULL AND coalesce(a.tenant_id, '00000000-0000-0000-0000-000000000000') = c
+                 WHERE a.id >= from_id AND a.seq IS NULL
+                   AND coalesce(a.tenant_id, '00000000-0000-0000-0000-000000000000') = c
                  ORDER BY a.id LOOP
             s := s + 1;
             UPDATE audit_log SET chain = c, seq = s, prev_hash = prev,
@@ -95,16 +98,16 @@ CREATE FUNCTION audit_seal() RETURNS trigger
 BEGIN
     PERFORM 1 FROM audit_log WHERE id = NEW.id AND seq IS NULL;
     IF FOUND THEN
-        PERFORM audit_seal_pending();
+        PERFORM audit_seal_pending(NEW.id);
     END IF;
     RETURN NULL;
 END $$;
 
--- The rows a committing transaction has still to seal (only its own are visible to it).
+-- Rows not sealed (only ever seen by the verifier, after tampering).
 CREATE INDEX audit_log_unsealed ON audit_log (id) WHERE seq IS NULL;
 
 -- Rows written before this migration, sealed in the order they were written.
-SELECT audit_seal_pending();
+SELECT audit_seal_pending(0);
 
 CREATE CONSTRAINT TRIGGER audit_seal AFTER INSERT ON audit_log
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION audit_seal();

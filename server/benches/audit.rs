@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
         p_on - p_off
     );
     // The control rounds' rows were never sealed: seal them now so the chain verifies.
-    sqlx::raw_sql("SELECT audit_seal_pending()")
+    sqlx::raw_sql("SELECT audit_seal_pending(0)")
         .execute(&owner)
         .await?;
 
