@@ -148,6 +148,29 @@ pub async fn accept(
     Ok((spent == 1).then_some(Factor::RecoveryCode))
 }
 
+/// Whether `tenant` (or, without one, the fleet) requires a second factor; `lock` holds the
+/// row for a change. `None`: no such tenant.
+async fn policy_of(tx: &mut Tx, tenant: Option<Uuid>, lock: bool) -> Result<Option<bool>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    Ok(match tenant {
+        Some(t) => {
+            sqlx::query_scalar(&format!(
+                "SELECT require_two_factor FROM tenants WHERE id = $1{lock}"
+            ))
+            .bind(t)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query_scalar(&format!(
+                "SELECT require_two_factor FROM fleet_settings{lock}"
+            ))
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    })
+}
+
 fn wrong_code() -> AppError {
     AppError::field(
         "code",
@@ -376,27 +399,10 @@ impl TwoFactor for TwoFactorBackend {
 
     async fn policy(&self, req: &RequestCtx, tenant: Option<Uuid>) -> Result<bool, AppError> {
         let actor = req.actor()?;
-        if !authz::sets_two_factor_policy(actor, tenant) {
-            return Err(match tenant {
-                Some(t) => authz::refuse_tenant(actor, t),
-                None => AppError::Forbidden,
-            });
-        }
+        authz::check_two_factor_policy(actor, tenant)?;
         seam(async move {
             let mut tx = db::begin(&self.accounts.pool, Scope::fleet()).await?;
-            let required: Option<bool> = match tenant {
-                Some(t) => {
-                    sqlx::query_scalar("SELECT require_two_factor FROM tenants WHERE id = $1")
-                        .bind(t)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                }
-                None => {
-                    sqlx::query_scalar("SELECT require_two_factor FROM fleet_settings")
-                        .fetch_optional(&mut *tx)
-                        .await?
-                }
-            };
+            let required = policy_of(&mut tx, tenant, false).await?;
             tx.commit().await?;
             Ok(required.ok_or_else(|| AppError::NotFound("Tenant".into()))?)
         })
@@ -410,29 +416,10 @@ impl TwoFactor for TwoFactorBackend {
         required: bool,
     ) -> Result<bool, AppError> {
         let actor = req.actor()?;
-        if !authz::sets_two_factor_policy(actor, tenant) {
-            return Err(match tenant {
-                Some(t) => authz::refuse_tenant(actor, t),
-                None => AppError::Forbidden,
-            });
-        }
+        authz::check_two_factor_policy(actor, tenant)?;
         seam(async move {
             let mut tx = db::begin(&self.accounts.pool, Scope::fleet()).await?;
-            let before: Option<bool> = match tenant {
-                Some(t) => {
-                    sqlx::query_scalar(
-                        "SELECT require_two_factor FROM tenants WHERE id = $1 FOR UPDATE",
-                    )
-                    .bind(t)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                }
-                None => {
-                    sqlx::query_scalar("SELECT require_two_factor FROM fleet_settings FOR UPDATE")
-                        .fetch_optional(&mut *tx)
-                        .await?
-                }
-            };
+            let before = policy_of(&mut tx, tenant, true).await?;
             let Some(before) = before else {
                 return Err(AppError::NotFound("Tenant".into()).into());
             };

@@ -156,6 +156,15 @@ pub fn sets_two_factor_policy(actor: &Actor, tenant: Option<Uuid>) -> bool {
     }
 }
 
+/// `sets_two_factor_policy`, refused as a tenant-level operation (or 403 fleet-wide).
+pub fn check_two_factor_policy(actor: &Actor, tenant: Option<Uuid>) -> Result<(), AppError> {
+    match tenant {
+        _ if sets_two_factor_policy(actor, tenant) => Ok(()),
+        Some(t) => Err(refuse_tenant(actor, t)),
+        None => Err(AppError::Forbidden),
+    }
+}
+
 /// What an operation does with an object, which decides how a refusal is worded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {

@@ -315,10 +315,6 @@ impl Walker {
         }
     }
 
-    pub fn broken(&self) -> bool {
-        self.problem.is_some()
-    }
-
     /// Takes the next row; false once a problem is found (the rest is not read).
     pub fn row(&mut self, row: &SealedRow) -> bool {
         if self.problem.is_some() {
